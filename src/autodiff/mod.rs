@@ -1,0 +1,15 @@
+//! Reverse-mode automatic differentiation on a tape.
+//!
+//! Every op on a [`Var`] appends one node to the [`Tape`]: an append-only arena (a
+//! Wengert list) whose recording order is already a topological order. `backward` is
+//! therefore one reverse loop: each node passes its gradient to its inputs through the
+//! op's vector-Jacobian product (the chain rule, one edge at a time), and a value used
+//! several times accumulates the contributions of all its consumers.
+
+mod gradcheck;
+pub mod ops;
+mod tape;
+
+pub use gradcheck::{GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck};
+pub use ops::CustomOp;
+pub use tape::{Gradients, NodeInfo, Tape, Var};

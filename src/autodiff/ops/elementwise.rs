@@ -1,0 +1,282 @@
+//! Elementwise ops on variables. Their local derivatives come from the tables in
+//! `tensor::elementwise`; reverse mode multiplies by the output gradient and, for
+//! broadcasting binary ops, sums back to each input's shape.
+
+use super::{Grads, Op};
+use crate::autodiff::Var;
+use crate::error::Result;
+use crate::tensor::{BinaryOp, Element, Tensor, UnaryOp};
+
+pub(crate) fn vjp<T: Element>(
+    op: &Op<T>,
+    ins: &[&Tensor<T>],
+    out: &Tensor<T>,
+    g: &Tensor<T>,
+    needs: &[bool],
+) -> Result<Grads<T>> {
+    Ok(match op {
+        Op::Unary(u) => smallvec::smallvec![Some(u.scale_by_derivative(ins[0], out, g))],
+        Op::Binary(b) => {
+            let (ga, gb) = b.scale_by_partials(ins[0], ins[1], out, g);
+            let ga = if needs[0] {
+                Some(ga.sum_to_shape(ins[0].shape())?)
+            } else {
+                None
+            };
+            let gb = if needs[1] {
+                Some(gb.sum_to_shape(ins[1].shape())?)
+            } else {
+                None
+            };
+            smallvec::smallvec![ga, gb]
+        }
+        Op::Where(mask) => {
+            let zero = Tensor::zeros(&[]);
+            let ga = Tensor::where_(mask, g, &zero)?.sum_to_shape(ins[0].shape())?;
+            let gb = Tensor::where_(mask, &zero, g)?.sum_to_shape(ins[1].shape())?;
+            smallvec::smallvec![Some(ga), Some(gb)]
+        }
+        _ => unreachable!("not an elementwise op"),
+    })
+}
+
+impl<'t, T: Element> Var<'t, T> {
+    /// Records an elementwise unary op.
+    pub fn unary(self, op: UnaryOp) -> Var<'t, T> {
+        let y = op.apply(&self.value());
+        self.tape.push(Op::Unary(op), &[self], y)
+    }
+
+    /// Records a broadcasting binary op; the error names the op and both shapes.
+    pub fn binary(self, op: BinaryOp, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        let y = op.apply(&self.value(), &other.value())?;
+        Ok(self.tape.push(Op::Binary(op), &[self, other], y))
+    }
+
+    /// `mask ? self : other` elementwise; `mask` is a constant of 0s and 1s.
+    pub fn where_(mask: &Tensor<T>, a: Var<'t, T>, b: Var<'t, T>) -> Result<Var<'t, T>> {
+        let y = Tensor::where_(mask, &a.value(), &b.value())?;
+        Ok(a.tape.push(Op::Where(mask.clone()), &[a, b], y))
+    }
+
+    /// `selfᵖ` for a constant exponent.
+    pub fn powf(self, p: f64) -> Var<'t, T> {
+        self.unary(UnaryOp::PowF(p))
+    }
+    /// `self + k` for a constant.
+    pub fn add_scalar(self, k: f64) -> Var<'t, T> {
+        self.unary(UnaryOp::AddScalar(k))
+    }
+    /// `k·self` for a constant.
+    pub fn mul_scalar(self, k: f64) -> Var<'t, T> {
+        self.unary(UnaryOp::MulScalar(k))
+    }
+    /// `self` limited to `[lo, hi]` (gradient 1 inside, 0 outside).
+    pub fn clamp(self, lo: f64, hi: f64) -> Var<'t, T> {
+        self.unary(UnaryOp::Clamp(lo, hi))
+    }
+    /// Mask (constant) where `self > other`.
+    pub fn gt(self, other: Var<'t, T>) -> Result<Tensor<T>> {
+        self.value().gt(&other.value())
+    }
+    /// Mask (constant) where `self < other`.
+    pub fn lt(self, other: Var<'t, T>) -> Result<Tensor<T>> {
+        self.value().lt(&other.value())
+    }
+}
+
+macro_rules! var_unary {
+    ($($name:ident => $op:ident),*) => {
+        impl<'t, T: Element> Var<'t, T> {
+            $(
+                #[doc = concat!("Elementwise `", stringify!($name), "`, recorded.")]
+                pub fn $name(self) -> Var<'t, T> { self.unary(UnaryOp::$op) }
+            )*
+        }
+    };
+}
+var_unary!(neg => Neg, exp => Exp, ln => Ln, sqrt => Sqrt, abs => Abs, sin => Sin, cos => Cos,
+    tanh => Tanh, sigmoid => Sigmoid, relu => Relu);
+
+macro_rules! var_binary {
+    ($($name:ident => $op:ident, $trait:ident :: $method:ident);*) => {
+        impl<'t, T: Element> Var<'t, T> {
+            $(
+                #[doc = concat!("Elementwise `", stringify!($name), "` with broadcasting, recorded.")]
+                pub fn $name(self, other: Var<'t, T>) -> Result<Var<'t, T>> { self.binary(BinaryOp::$op, other) }
+            )*
+        }
+        $(
+            /// Operator form; panics with the op and both shapes if they cannot broadcast.
+            impl<'t, T: Element> std::ops::$trait for Var<'t, T> {
+                type Output = Var<'t, T>;
+                fn $method(self, rhs: Var<'t, T>) -> Var<'t, T> {
+                    self.binary(BinaryOp::$op, rhs).unwrap_or_else(|e| panic!("{e}"))
+                }
+            }
+        )*
+    };
+}
+var_binary!(add => Add, Add::add; sub => Sub, Sub::sub; mul => Mul, Mul::mul; div => Div, Div::div);
+
+impl<'t, T: Element> Var<'t, T> {
+    /// Elementwise maximum with broadcasting (the gradient is split evenly at ties).
+    pub fn maximum(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.binary(BinaryOp::Maximum, other)
+    }
+    /// Elementwise minimum with broadcasting (the gradient is split evenly at ties).
+    pub fn minimum(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.binary(BinaryOp::Minimum, other)
+    }
+    /// `selfᵇ` with a variable exponent, broadcasting.
+    pub fn pow(self, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.binary(BinaryOp::Pow, other)
+    }
+}
+
+impl<'t, T: Element> std::ops::Neg for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn neg(self) -> Var<'t, T> {
+        self.unary(UnaryOp::Neg)
+    }
+}
+
+macro_rules! var_scalar_ops {
+    ($($trait:ident :: $method:ident => |$v:ident, $k:ident| $e:expr);*) => {$(
+        impl<'t, T: Element> std::ops::$trait<f64> for Var<'t, T> {
+            type Output = Var<'t, T>;
+            fn $method(self, $k: f64) -> Var<'t, T> { let $v = self; $e }
+        }
+    )*};
+}
+var_scalar_ops!(Add::add => |v, k| v.add_scalar(k); Sub::sub => |v, k| v.add_scalar(-k);
+    Mul::mul => |v, k| v.mul_scalar(k); Div::div => |v, k| v.mul_scalar(1.0 / k));
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::check;
+    use crate::autodiff::Tape;
+    use crate::tensor::{BinaryOp, Tensor, UnaryOp};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A random shape of rank 0 to 3 with dimensions 1 to 4.
+    pub(crate) fn random_shape(rng: &mut ChaCha8Rng) -> Vec<usize> {
+        let rank = rng.random_range(0..4);
+        (0..rank).map(|_| rng.random_range(1..5)).collect()
+    }
+
+    /// A shape that broadcasts against `shape`: some dimensions set to 1, some leading ones dropped.
+    fn broadcastable(shape: &[usize], rng: &mut ChaCha8Rng) -> Vec<usize> {
+        let drop = rng.random_range(0..=shape.len());
+        shape[drop..]
+            .iter()
+            .map(|&d| if rng.random_bool(0.5) { 1 } else { d })
+            .collect()
+    }
+
+    /// Values with |x| in [0.2, 1.2]: away from kinks and poles.
+    fn away_from_zero(shape: &[usize], seed: u64) -> Tensor<f64> {
+        let m = Tensor::<f64>::rand_uniform(shape, 0.2, 1.2, seed);
+        let s = Tensor::<f64>::rand_uniform(shape, -1.0, 1.0, seed + 1000);
+        m.mul(&s.map(f64::signum)).unwrap()
+    }
+
+    #[test]
+    fn unary_ops_match_finite_differences() {
+        let ops = [
+            UnaryOp::Neg,
+            UnaryOp::Exp,
+            UnaryOp::Ln,
+            UnaryOp::Sqrt,
+            UnaryOp::Abs,
+            UnaryOp::Sin,
+            UnaryOp::Cos,
+            UnaryOp::Tanh,
+            UnaryOp::Sigmoid,
+            UnaryOp::Relu,
+            UnaryOp::PowF(2.5),
+            UnaryOp::PowF(-1.5),
+            UnaryOp::AddScalar(3.0),
+            UnaryOp::MulScalar(-2.0),
+            UnaryOp::Clamp(-0.5, 0.5),
+        ];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for op in ops {
+            for trial in 0..4 {
+                let shape = random_shape(&mut rng);
+                let x = away_from_zero(&shape, trial);
+                let positive = matches!(op, UnaryOp::Ln | UnaryOp::Sqrt | UnaryOp::PowF(_));
+                let x = if positive { x.abs() } else { x };
+                check(op.name(), &[x], |_, v| Ok(v[0].unary(op)));
+            }
+        }
+    }
+
+    #[test]
+    fn binary_ops_with_broadcasting_match_finite_differences() {
+        let ops = [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Maximum,
+            BinaryOp::Minimum,
+            BinaryOp::Pow,
+        ];
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for op in ops {
+            for trial in 0..6 {
+                let sa = random_shape(&mut rng);
+                let sb = broadcastable(&sa, &mut rng);
+                let (sa, sb) = if trial % 2 == 0 { (sa, sb) } else { (sb, sa) };
+                let mut a = away_from_zero(&sa, 10 + trial);
+                let b = away_from_zero(&sb, 20 + trial);
+                if op == BinaryOp::Pow {
+                    a = a.abs();
+                }
+                check(op.name(), &[a, b], |_, v| v[0].binary(op, v[1]));
+            }
+        }
+    }
+
+    #[test]
+    fn where_routes_gradients_by_mask() {
+        let a = Tensor::<f64>::randn(&[3, 4], 1);
+        let b = Tensor::<f64>::randn(&[4], 2);
+        let mask = a.gt(&Tensor::zeros(&[])).unwrap();
+        check("where", &[a, b], |_, v| {
+            crate::autodiff::Var::where_(&mask, v[0], v[1])
+        });
+    }
+
+    #[test]
+    fn fan_out_accumulates() {
+        // d/dx (x·x + x) = 2x + 1
+        let tape = Tape::new();
+        let x = tape.var(Tensor::<f64>::scalar(3.0));
+        let y = x * x + x;
+        let g = tape.backward(y).unwrap();
+        assert_eq!(g[x].item().unwrap(), 7.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "add: incompatible shapes [2] and [3]")]
+    fn operator_panics_name_op_and_shapes() {
+        let tape = Tape::new();
+        let a = tape.var(Tensor::<f32>::zeros(&[2]));
+        let b = tape.var(Tensor::<f32>::zeros(&[3]));
+        let _ = a + b;
+    }
+
+    #[test]
+    fn no_grad_records_constants() {
+        let tape = Tape::new();
+        let x = tape.var(Tensor::<f64>::scalar(2.0));
+        let y = tape.no_grad(|| x.exp());
+        let z = x * y;
+        let g = tape.backward(z).unwrap();
+        // y is treated as a constant: dz/dx = y
+        assert!((g[x].item().unwrap() - 2f64.exp()).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,144 @@
+//! The closed set of recorded ops. Each family file holds, side by side, the `Var`
+//! methods that run the forward kernel and record a node, the reverse rule (VJP) of
+//! every op in the family, and its tests.
+
+pub(crate) mod elementwise;
+pub(crate) mod matmul;
+pub(crate) mod reduce;
+pub(crate) mod shape;
+
+use crate::error::Result;
+use crate::tensor::{BinaryOp, Element, Shape, Tensor, UnaryOp};
+use std::sync::Arc;
+
+/// An op defined outside the library: its forward runs eagerly (the caller supplies the
+/// value), and `vjp` maps the output gradient to one gradient per input.
+pub trait CustomOp<T: Element>: Send + Sync {
+    /// The name shown in printed graphs.
+    fn name(&self) -> &str;
+    /// Gradients for each input, given the input values, the output and its gradient.
+    fn vjp(
+        &self,
+        inputs: &[&Tensor<T>],
+        output: &Tensor<T>,
+        grad: &Tensor<T>,
+    ) -> Result<Vec<Tensor<T>>>;
+}
+
+/// What a node did. Only what the derivative needs is stored beyond the node's inputs
+/// and value (an axis list, a mask, indices).
+#[derive(Clone)]
+pub(crate) enum Op<T: Element> {
+    Leaf,
+    Constant,
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Where(Tensor<T>),
+    Sum { axes: Shape },
+    Mean { axes: Shape },
+    Max { axes: Shape },
+    LogSumExp { axes: Shape },
+    Softmax(usize),
+    LogSoftmax(usize),
+    MatMul,
+    Reshape,
+    Permute(Shape),
+    BroadcastTo,
+    Narrow { axis: usize, start: usize },
+    Concat { axis: usize },
+    IndexSelect { axis: usize, indices: Arc<[usize]> },
+    Gather { axis: usize, index: Arc<[usize]> },
+    Custom(Arc<dyn CustomOp<T>>),
+}
+
+pub(crate) type Grads<T> = smallvec::SmallVec<[Option<Tensor<T>>; 2]>;
+
+impl<T: Element> Op<T> {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Op::Leaf => "leaf",
+            Op::Constant => "constant",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Where(_) => "where",
+            Op::Sum { .. } => "sum",
+            Op::Mean { .. } => "mean",
+            Op::Max { .. } => "max",
+            Op::LogSumExp { .. } => "logsumexp",
+            Op::Softmax(_) => "softmax",
+            Op::LogSoftmax(_) => "log_softmax",
+            Op::MatMul => "matmul",
+            Op::Reshape => "reshape",
+            Op::Permute(_) => "permute",
+            Op::BroadcastTo => "broadcast_to",
+            Op::Narrow { .. } => "narrow",
+            Op::Concat { .. } => "concat",
+            Op::IndexSelect { .. } => "index_select",
+            Op::Gather { .. } => "gather",
+            Op::Custom(c) => c.name(),
+        }
+    }
+
+    /// The chain rule for one node: the output gradient `g` mapped to each input.
+    pub(crate) fn vjp(
+        &self,
+        ins: &[&Tensor<T>],
+        out: &Tensor<T>,
+        g: &Tensor<T>,
+        needs: &[bool],
+    ) -> Result<Grads<T>> {
+        match self {
+            Op::Leaf | Op::Constant => Ok(Grads::new()),
+            Op::Unary(_) | Op::Binary(_) | Op::Where(_) => {
+                elementwise::vjp(self, ins, out, g, needs)
+            }
+            Op::Sum { .. }
+            | Op::Mean { .. }
+            | Op::Max { .. }
+            | Op::LogSumExp { .. }
+            | Op::Softmax(_)
+            | Op::LogSoftmax(_) => reduce::vjp(self, ins, out, g),
+            Op::MatMul => matmul::vjp(ins, g, needs),
+            Op::Reshape
+            | Op::Permute(_)
+            | Op::BroadcastTo
+            | Op::Narrow { .. }
+            | Op::Concat { .. }
+            | Op::IndexSelect { .. }
+            | Op::Gather { .. } => shape::vjp(self, ins, g),
+            Op::Custom(c) => Ok(c.vjp(ins, out, g)?.into_iter().map(Some).collect()),
+        }
+    }
+}
+
+impl<'t, T: Element> super::Var<'t, T> {
+    /// Records a custom op whose forward value the caller computed.
+    pub fn custom(
+        inputs: &[super::Var<'t, T>],
+        op: Arc<dyn CustomOp<T>>,
+        value: Tensor<T>,
+    ) -> super::Var<'t, T> {
+        let tape = inputs
+            .first()
+            .expect("a custom op needs at least one input")
+            .tape;
+        tape.push(Op::Custom(op), inputs, value)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Shared helpers for the per-op gradient tests.
+    use crate::autodiff::{GradcheckOptions, Tape, Var, gradcheck};
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
+    /// Checks reverse mode against central differences and fails the test above 1e-6.
+    pub fn check<F>(name: &str, inputs: &[Tensor<f64>], f: F)
+    where
+        F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>,
+    {
+        let r = gradcheck(f, inputs, &GradcheckOptions::default()).unwrap();
+        assert!(r.max_rel_err <= 1e-6, "{name}: {r:?}");
+    }
+}

@@ -1,0 +1,170 @@
+//! Reductions and the softmax family on variables. A reduction's gradient is the output
+//! gradient broadcast back over the reduced axes (scaled for mean, routed to the
+//! maximum for max, weighted by the softmax for logsumexp).
+
+use super::{Grads, Op};
+use crate::autodiff::Var;
+use crate::error::Result;
+use crate::tensor::{Element, Shape, Tensor, normalize_axes};
+
+/// The input's shape with the reduced axes set to 1.
+fn keepdim_shape(input: &[usize], axes: &[usize]) -> Shape {
+    input
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
+        .collect()
+}
+
+pub(crate) fn vjp<T: Element>(
+    op: &Op<T>,
+    ins: &[&Tensor<T>],
+    out: &Tensor<T>,
+    g: &Tensor<T>,
+) -> Result<Grads<T>> {
+    let x = ins[0];
+    let gx = match op {
+        Op::Sum { axes, .. } => g
+            .reshape(&keepdim_shape(x.shape(), axes))?
+            .broadcast_to(x.shape())?,
+        Op::Mean { axes, .. } => {
+            let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
+            g.reshape(&keepdim_shape(x.shape(), axes))?
+                .mul_scalar(1.0 / count as f64)
+                .broadcast_to(x.shape())?
+        }
+        Op::Max { axes, .. } => {
+            let kd = keepdim_shape(x.shape(), axes);
+            let mask = x.eq_mask(&out.reshape(&kd)?)?;
+            let ties = mask.sum(axes, true)?;
+            g.reshape(&kd)?.div(&ties)?.mul(&mask)?
+        }
+        Op::LogSumExp { axes, .. } => {
+            let kd = keepdim_shape(x.shape(), axes);
+            x.sub(&out.reshape(&kd)?)?.exp().mul(&g.reshape(&kd)?)?
+        }
+        Op::Softmax(axis) => {
+            let dot = g.mul(out)?.sum(&[*axis], true)?;
+            out.mul(&g.sub(&dot)?)?
+        }
+        Op::LogSoftmax(axis) => {
+            let gsum = g.sum(&[*axis], true)?;
+            g.sub(&out.exp().mul(&gsum)?)?
+        }
+        _ => unreachable!("not a reduction"),
+    };
+    Ok(smallvec::smallvec![Some(gx)])
+}
+
+impl<'t, T: Element> Var<'t, T> {
+    fn reduction(self, axes: &[usize], keepdim: bool, name: &'static str) -> Result<Var<'t, T>> {
+        let x = self.value();
+        let axes: Shape = normalize_axes(name, axes, x.ndim())?.into_iter().collect();
+        let (op, y) = match name {
+            "sum" => (Op::Sum { axes: axes.clone() }, x.sum(&axes, keepdim)?),
+            "mean" => (Op::Mean { axes: axes.clone() }, x.mean(&axes, keepdim)?),
+            "max" => (Op::Max { axes: axes.clone() }, x.max(&axes, keepdim)?),
+            _ => (
+                Op::LogSumExp { axes: axes.clone() },
+                x.logsumexp(&axes, keepdim)?,
+            ),
+        };
+        Ok(self.tape.push(op, &[self], y))
+    }
+
+    /// Sum over `axes` (with `keepdim`, the reduced axes stay with size 1).
+    pub fn sum(self, axes: &[usize], keepdim: bool) -> Result<Var<'t, T>> {
+        self.reduction(axes, keepdim, "sum")
+    }
+
+    /// Sum of every element, as a 0-d variable.
+    pub fn sum_all(self) -> Var<'t, T> {
+        let axes: Vec<usize> = (0..self.shape().len()).collect();
+        self.sum(&axes, false).expect("all axes are valid")
+    }
+
+    /// Mean over `axes`.
+    pub fn mean(self, axes: &[usize], keepdim: bool) -> Result<Var<'t, T>> {
+        self.reduction(axes, keepdim, "mean")
+    }
+
+    /// Mean of every element, as a 0-d variable.
+    pub fn mean_all(self) -> Var<'t, T> {
+        let axes: Vec<usize> = (0..self.shape().len()).collect();
+        self.mean(&axes, false).expect("all axes are valid")
+    }
+
+    /// Maximum over `axes` (the gradient goes to the maximum, split evenly at ties).
+    pub fn max(self, axes: &[usize], keepdim: bool) -> Result<Var<'t, T>> {
+        self.reduction(axes, keepdim, "max")
+    }
+
+    /// Stable `ln Σ exp` over `axes`.
+    pub fn logsumexp(self, axes: &[usize], keepdim: bool) -> Result<Var<'t, T>> {
+        self.reduction(axes, keepdim, "logsumexp")
+    }
+
+    /// Softmax along `axis`.
+    pub fn softmax(self, axis: usize) -> Result<Var<'t, T>> {
+        normalize_axes("softmax", &[axis], self.shape().len())?;
+        let y = self.value().softmax(axis)?;
+        Ok(self.tape.push(Op::Softmax(axis), &[self], y))
+    }
+
+    /// Log-softmax along `axis` (fused: stable and one node).
+    pub fn log_softmax(self, axis: usize) -> Result<Var<'t, T>> {
+        normalize_axes("log_softmax", &[axis], self.shape().len())?;
+        let y = self.value().log_softmax(axis)?;
+        Ok(self.tape.push(Op::LogSoftmax(axis), &[self], y))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::check;
+    use crate::autodiff::Tape;
+    use crate::tensor::Tensor;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random_case(rng: &mut ChaCha8Rng) -> (Vec<usize>, Vec<usize>, bool) {
+        let rank = rng.random_range(1..4);
+        let shape: Vec<usize> = (0..rank).map(|_| rng.random_range(1..5)).collect();
+        let axes: Vec<usize> = (0..rank).filter(|_| rng.random_bool(0.5)).collect();
+        (shape, axes, rng.random_bool(0.5))
+    }
+
+    #[test]
+    fn reductions_match_finite_differences() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for trial in 0..8 {
+            let (shape, axes, keepdim) = random_case(&mut rng);
+            let x = Tensor::<f64>::randn(&shape, trial);
+            check("sum", &[x.clone()], |_, v| v[0].sum(&axes, keepdim));
+            check("mean", &[x.clone()], |_, v| v[0].mean(&axes, keepdim));
+            check("max", &[x.clone()], |_, v| v[0].max(&axes, keepdim));
+            check("logsumexp", &[x.clone()], |_, v| {
+                v[0].logsumexp(&axes, keepdim)
+            });
+            let axis = rng.random_range(0..shape.len());
+            check("softmax", &[x.clone()], |_, v| v[0].softmax(axis));
+            check("log_softmax", &[x], |_, v| v[0].log_softmax(axis));
+        }
+    }
+
+    #[test]
+    fn max_splits_ties_evenly() {
+        let tape = Tape::new();
+        let x = tape.var(Tensor::<f64>::from_vec(vec![1.0, 3.0, 3.0], &[3]).unwrap());
+        let g = tape.backward(x.max(&[0], false).unwrap()).unwrap();
+        assert_eq!(g[x].data(), &[0.0, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn mean_all_gradient_is_uniform() {
+        let tape = Tape::new();
+        let x = tape.var(Tensor::<f64>::ones(&[2, 5]));
+        let g = tape.backward(x.mean_all()).unwrap();
+        assert!(g[x].data().iter().all(|&v| (v - 0.1).abs() < 1e-15));
+    }
+}

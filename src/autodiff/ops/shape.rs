@@ -1,0 +1,147 @@
+//! Shape ops on variables. Their reverse rules move gradients without arithmetic:
+//! reshape back, permute by the inverse permutation, sum over broadcast axes, scatter
+//! into the slice or the selected rows.
+
+use super::{Grads, Op};
+use crate::autodiff::Var;
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Shape, Tensor, gather_adjoint, index_select_adjoint, narrow_adjoint};
+
+pub(crate) fn vjp<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], g: &Tensor<T>) -> Result<Grads<T>> {
+    let x = ins[0];
+    Ok(match op {
+        Op::Reshape => smallvec::smallvec![Some(g.reshape(x.shape())?)],
+        Op::Permute(perm) => {
+            let mut inv: Shape = smallvec::smallvec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inv[p] = i;
+            }
+            smallvec::smallvec![Some(g.permute(&inv)?)]
+        }
+        Op::BroadcastTo => smallvec::smallvec![Some(g.sum_to_shape(x.shape())?)],
+        Op::Narrow { axis, start } => {
+            smallvec::smallvec![Some(narrow_adjoint(g, x.shape(), *axis, *start))]
+        }
+        Op::Concat { axis } => {
+            let mut at = 0;
+            let mut out = Grads::new();
+            for part in ins {
+                let len = part.shape()[*axis];
+                out.push(Some(g.narrow(*axis, at, len)?));
+                at += len;
+            }
+            out
+        }
+        Op::IndexSelect { axis, indices } => {
+            smallvec::smallvec![Some(index_select_adjoint(g, x.shape(), *axis, indices))]
+        }
+        Op::Gather { axis, index } => {
+            smallvec::smallvec![Some(gather_adjoint(g, x.shape(), *axis, index))]
+        }
+        _ => unreachable!("not a shape op"),
+    })
+}
+
+impl<'t, T: Element> Var<'t, T> {
+    /// Same values, new shape (no copy).
+    pub fn reshape(self, shape: &[usize]) -> Result<Var<'t, T>> {
+        let y = self.value().reshape(shape)?;
+        Ok(self.tape.push(Op::Reshape, &[self], y))
+    }
+
+    /// Reorders the axes: output axis `i` is input axis `perm[i]`.
+    pub fn permute(self, perm: &[usize]) -> Result<Var<'t, T>> {
+        let y = self.value().permute(perm)?;
+        Ok(self
+            .tape
+            .push(Op::Permute(Shape::from_slice(perm)), &[self], y))
+    }
+
+    /// Swaps two axes.
+    pub fn transpose(self, a: usize, b: usize) -> Result<Var<'t, T>> {
+        let nd = self.shape().len();
+        if a.max(b) >= nd {
+            return Err(Error::invalid(
+                "transpose",
+                format!("axes {a}, {b} out of range for {nd} dimensions"),
+            ));
+        }
+        let mut perm: Vec<usize> = (0..nd).collect();
+        perm.swap(a, b);
+        self.permute(&perm)
+    }
+
+    /// Repeats along broadcast dimensions to reach `shape`.
+    pub fn broadcast_to(self, shape: &[usize]) -> Result<Var<'t, T>> {
+        let y = self.value().broadcast_to(shape)?;
+        Ok(self.tape.push(Op::BroadcastTo, &[self], y))
+    }
+
+    /// The slice `start..start+len` along `axis`.
+    pub fn narrow(self, axis: usize, start: usize, len: usize) -> Result<Var<'t, T>> {
+        let y = self.value().narrow(axis, start, len)?;
+        Ok(self.tape.push(Op::Narrow { axis, start }, &[self], y))
+    }
+
+    /// Joins variables along `axis`.
+    pub fn concat(parts: &[Var<'t, T>], axis: usize) -> Result<Var<'t, T>> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::invalid("concat", "needs at least one variable"))?;
+        let values: Vec<Tensor<T>> = parts.iter().map(|p| p.value()).collect();
+        let y = Tensor::concat(&values, axis)?;
+        Ok(first.tape.push(Op::Concat { axis }, parts, y))
+    }
+
+    /// Picks entries along `axis` (embedding lookups use this).
+    pub fn index_select(self, axis: usize, indices: &[usize]) -> Result<Var<'t, T>> {
+        let y = self.value().index_select(axis, indices)?;
+        Ok(self.tape.push(
+            Op::IndexSelect {
+                axis,
+                indices: indices.into(),
+            },
+            &[self],
+            y,
+        ))
+    }
+
+    /// `torch.gather` along `axis` (see [`Tensor::gather`]).
+    pub fn gather(self, axis: usize, index: &[usize]) -> Result<Var<'t, T>> {
+        let y = self.value().gather(axis, index)?;
+        Ok(self.tape.push(
+            Op::Gather {
+                axis,
+                index: index.into(),
+            },
+            &[self],
+            y,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::check;
+    use crate::autodiff::Var;
+    use crate::tensor::Tensor;
+
+    #[test]
+    fn shape_ops_match_finite_differences() {
+        let x = Tensor::<f64>::randn(&[2, 3, 4], 1);
+        check("reshape", &[x.clone()], |_, v| v[0].reshape(&[6, 4]));
+        check("permute", &[x.clone()], |_, v| v[0].permute(&[2, 0, 1]));
+        check("transpose", &[x.clone()], |_, v| v[0].transpose(0, 2));
+        check("narrow", &[x.clone()], |_, v| v[0].narrow(2, 1, 2));
+        check("index_select", &[x.clone()], |_, v| {
+            v[0].index_select(1, &[2, 0, 2])
+        });
+        check("gather", &[x.clone()], |_, v| {
+            v[0].gather(2, &[0, 3, 1, 1, 2, 0])
+        });
+        let b = Tensor::<f64>::randn(&[3, 1], 2);
+        check("broadcast_to", &[b], |_, v| v[0].broadcast_to(&[2, 3, 4]));
+        let y = Tensor::<f64>::randn(&[2, 1, 4], 3);
+        check("concat", &[x, y], |_, v| Var::concat(&[v[0], v[1]], 1));
+    }
+}

@@ -1,0 +1,333 @@
+//! The tape, the variable handle and the backward sweep.
+
+use super::ops::Op;
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
+use std::fmt;
+
+pub(crate) type Inputs = SmallVec<[u32; 2]>;
+
+pub(crate) struct Node<T: Element> {
+    pub(crate) op: Op<T>,
+    pub(crate) inputs: Inputs,
+    pub(crate) value: Tensor<T>,
+    pub(crate) requires_grad: bool,
+}
+
+/// The record of one step's computation. Create one per step (or [`Tape::clear`] it);
+/// parameters live outside it and enter each step as leaves.
+pub struct Tape<T: Element> {
+    nodes: RefCell<Vec<Node<T>>>,
+    grad_enabled: Cell<bool>,
+}
+
+/// A handle to a value on a tape: an integer id plus the tape it belongs to. Copying one
+/// is free; ops on it record nodes.
+#[derive(Clone, Copy)]
+pub struct Var<'t, T: Element> {
+    pub(crate) tape: &'t Tape<T>,
+    pub(crate) id: u32,
+}
+
+/// A read-only view of one recorded node (for printing and export).
+#[derive(Clone, Debug)]
+pub struct NodeInfo<T: Element> {
+    /// The node's id (its position on the tape).
+    pub id: usize,
+    /// The op's name (`"leaf"`, `"constant"`, `"tanh"`, `"matmul"`...).
+    pub op: String,
+    /// Ids of the inputs.
+    pub inputs: Vec<usize>,
+    /// The value computed by the forward pass.
+    pub value: Tensor<T>,
+    /// Whether a gradient flows through this node.
+    pub requires_grad: bool,
+}
+
+impl<T: Element> Default for Tape<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Element> Tape<T> {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Tape {
+            nodes: RefCell::new(Vec::new()),
+            grad_enabled: Cell::new(true),
+        }
+    }
+
+    /// An empty tape with room for `n` nodes.
+    pub fn with_capacity(n: usize) -> Self {
+        Tape {
+            nodes: RefCell::new(Vec::with_capacity(n)),
+            grad_enabled: Cell::new(true),
+        }
+    }
+
+    /// A leaf that receives a gradient (an input or a parameter).
+    pub fn var(&self, value: Tensor<T>) -> Var<'_, T> {
+        self.push_raw(Op::Leaf, Inputs::new(), value, true)
+    }
+
+    /// A leaf without a gradient (data, labels, masks).
+    pub fn constant(&self, value: Tensor<T>) -> Var<'_, T> {
+        self.push_raw(Op::Constant, Inputs::new(), value, false)
+    }
+
+    /// A 0-d constant.
+    pub fn scalar(&self, v: f64) -> Var<'_, T> {
+        self.constant(Tensor::scalar(T::of(v)))
+    }
+
+    /// Runs `f` without recording gradients: every value it computes is stored as a
+    /// constant, so nothing can be differentiated through it.
+    pub fn no_grad<R>(&self, f: impl FnOnce() -> R) -> R {
+        let before = self.grad_enabled.replace(false);
+        let r = f();
+        self.grad_enabled.set(before);
+        r
+    }
+
+    /// Number of recorded nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.borrow().len()
+    }
+
+    /// True when nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every node, keeping the arena's memory for the next step. Taking `&mut`
+    /// guarantees that no handle into the old graph survives.
+    pub fn clear(&mut self) {
+        self.nodes.get_mut().clear();
+    }
+
+    /// A description of every node in recording (topological) order.
+    pub fn nodes(&self) -> Vec<NodeInfo<T>> {
+        self.nodes
+            .borrow()
+            .iter()
+            .enumerate()
+            .map(|(id, n)| NodeInfo {
+                id,
+                op: n.op.name().to_string(),
+                inputs: n.inputs.iter().map(|&i| i as usize).collect(),
+                value: n.value.clone(),
+                requires_grad: n.requires_grad,
+            })
+            .collect()
+    }
+
+    pub(crate) fn value_of(&self, id: u32) -> Tensor<T> {
+        self.nodes.borrow()[id as usize].value.clone()
+    }
+
+    pub(crate) fn push_raw(
+        &self,
+        op: Op<T>,
+        inputs: Inputs,
+        value: Tensor<T>,
+        leaf_grad: bool,
+    ) -> Var<'_, T> {
+        let mut nodes = self.nodes.borrow_mut();
+        let id = u32::try_from(nodes.len()).expect("a tape holds at most 2^32 nodes");
+        let requires_grad = self.grad_enabled.get()
+            && (leaf_grad || inputs.iter().any(|&i| nodes[i as usize].requires_grad));
+        let (op, inputs) = if requires_grad || matches!(op, Op::Leaf) {
+            (op, inputs)
+        } else {
+            (Op::Constant, Inputs::new())
+        };
+        nodes.push(Node {
+            op,
+            inputs,
+            value,
+            requires_grad,
+        });
+        Var { tape: self, id }
+    }
+
+    /// Records the result of an op on `inputs`.
+    pub(crate) fn push(&self, op: Op<T>, inputs: &[Var<'_, T>], value: Tensor<T>) -> Var<'_, T> {
+        for v in inputs {
+            assert!(
+                std::ptr::eq(v.tape, self),
+                "variables from different tapes were combined"
+            );
+        }
+        self.push_raw(op, inputs.iter().map(|v| v.id).collect(), value, false)
+    }
+
+    /// Gradients of a one-element `output` with respect to every leaf that requires one.
+    pub fn backward(&self, output: Var<'_, T>) -> Result<Gradients<T>> {
+        let value = output.value();
+        if value.len() != 1 {
+            return Err(Error::invalid(
+                "backward",
+                format!(
+                    "the output must hold one element, got shape {:?}; use backward_with to seed a tensor output",
+                    value.shape()
+                ),
+            ));
+        }
+        self.backward_with(output, Tensor::ones(value.shape()))
+    }
+
+    /// Reverse sweep seeded with `seed` (shaped like `output`): returns `seedᵀ·J` for every
+    /// leaf, i.e. a vector-Jacobian product.
+    pub fn backward_with(&self, output: Var<'_, T>, seed: Tensor<T>) -> Result<Gradients<T>> {
+        self.sweep(output, seed, false)
+    }
+
+    /// Like [`backward`](Self::backward) but keeps the gradient of every node, not only
+    /// of the leaves (for inspection and export).
+    pub fn backward_keep_all(&self, output: Var<'_, T>) -> Result<Gradients<T>> {
+        let shape = output.shape();
+        self.sweep(output, Tensor::ones(&shape), true)
+    }
+
+    fn sweep(&self, output: Var<'_, T>, seed: Tensor<T>, keep_all: bool) -> Result<Gradients<T>> {
+        assert!(
+            std::ptr::eq(output.tape, self),
+            "output belongs to another tape"
+        );
+        let nodes = self.nodes.borrow();
+        let out = output.id as usize;
+        if seed.shape() != nodes[out].value.shape() {
+            return Err(Error::shape(
+                "backward_with",
+                nodes[out].value.shape(),
+                seed.shape(),
+            ));
+        }
+        let mut grads: Vec<Option<Tensor<T>>> = vec![None; out + 1];
+        if nodes[out].requires_grad {
+            grads[out] = Some(seed);
+        }
+        let mut kept: Vec<Option<Tensor<T>>> = if keep_all {
+            vec![None; out + 1]
+        } else {
+            Vec::new()
+        };
+        let mut input_values: SmallVec<[&Tensor<T>; 2]> = SmallVec::new();
+        for i in (0..=out).rev() {
+            let Some(g) = grads[i].take() else { continue };
+            let node = &nodes[i];
+            if matches!(node.op, Op::Leaf) {
+                grads[i] = Some(g);
+                continue;
+            }
+            input_values.clear();
+            input_values.extend(node.inputs.iter().map(|&j| &nodes[j as usize].value));
+            let needs: SmallVec<[bool; 2]> = node
+                .inputs
+                .iter()
+                .map(|&j| nodes[j as usize].requires_grad)
+                .collect();
+            let contributions = node.op.vjp(&input_values, &node.value, &g, &needs)?;
+            for ((&j, contribution), need) in node.inputs.iter().zip(contributions).zip(needs) {
+                if let (Some(c), true) = (contribution, need) {
+                    accumulate(&mut grads[j as usize], c)?;
+                }
+            }
+            if keep_all {
+                kept[i] = Some(g);
+            }
+        }
+        if keep_all {
+            for (k, g) in kept.iter_mut().zip(grads) {
+                if g.is_some() {
+                    *k = g;
+                }
+            }
+            grads = kept;
+        }
+        Ok(Gradients { grads })
+    }
+}
+
+/// Adds a contribution into a gradient slot: fan-out accumulates.
+fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, c: Tensor<T>) -> Result<()> {
+    match slot {
+        None => *slot = Some(c),
+        Some(g) => g.add_assign(&c)?,
+    }
+    Ok(())
+}
+
+/// The result of a backward sweep: one gradient per leaf that requires one.
+pub struct Gradients<T: Element> {
+    grads: Vec<Option<Tensor<T>>>,
+}
+
+impl<T: Element> Gradients<T> {
+    /// The gradient with respect to `v`, or `None` if no gradient reached it.
+    pub fn get(&self, v: Var<'_, T>) -> Option<&Tensor<T>> {
+        self.grads.get(v.id as usize).and_then(|g| g.as_ref())
+    }
+
+    /// The gradient with respect to `v`, zeros if no gradient reached it.
+    pub fn wrt(&self, v: Var<'_, T>) -> Tensor<T> {
+        self.get(v)
+            .cloned()
+            .unwrap_or_else(|| Tensor::zeros(&v.shape()))
+    }
+
+    /// The gradient of the node with this id, when it was kept.
+    pub fn by_id(&self, id: usize) -> Option<&Tensor<T>> {
+        self.grads.get(id).and_then(|g| g.as_ref())
+    }
+
+    /// Removes and returns the gradient with respect to `v` (no copy).
+    pub fn take(&mut self, v: Var<'_, T>) -> Option<Tensor<T>> {
+        self.grads.get_mut(v.id as usize).and_then(|g| g.take())
+    }
+}
+
+impl<T: Element> std::ops::Index<Var<'_, T>> for Gradients<T> {
+    type Output = Tensor<T>;
+    fn index(&self, v: Var<'_, T>) -> &Tensor<T> {
+        self.get(v)
+            .unwrap_or_else(|| panic!("no gradient reached variable #{}", v.id))
+    }
+}
+
+impl<'t, T: Element> Var<'t, T> {
+    /// The value computed by the forward pass (a cheap reference-counted copy).
+    pub fn value(&self) -> Tensor<T> {
+        self.tape.value_of(self.id)
+    }
+
+    /// The value's shape.
+    pub fn shape(&self) -> crate::tensor::Shape {
+        crate::tensor::Shape::from_slice(self.tape.nodes.borrow()[self.id as usize].value.shape())
+    }
+
+    /// The node id on the tape.
+    pub fn id(&self) -> usize {
+        self.id as usize
+    }
+
+    /// The tape this variable lives on.
+    pub fn tape(&self) -> &'t Tape<T> {
+        self.tape
+    }
+
+    /// The single value of a one-element variable.
+    pub fn item(&self) -> Result<T> {
+        self.tape.nodes.borrow()[self.id as usize].value.item()
+    }
+}
+
+impl<T: Element> fmt::Debug for Var<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Var#{} {:?}", self.id, self.value())
+    }
+}

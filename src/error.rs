@@ -1,0 +1,96 @@
+//! The library's typed error. Shape errors name the op and both shapes so that a
+//! failing line in a model points straight at the mismatch.
+
+use std::fmt;
+
+/// A list of dimensions, printed like `[128, 784]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Dims(pub Vec<usize>);
+
+impl fmt::Debug for Dims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+impl fmt::Display for Dims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Everything that can go wrong in a fallible library call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two shapes that an op cannot combine.
+    #[error("{op}: incompatible shapes {lhs} and {rhs}{detail}")]
+    Shape {
+        /// The op that refused the shapes.
+        op: &'static str,
+        /// Shape of the first operand.
+        lhs: Dims,
+        /// Shape of the second operand (or the requested shape).
+        rhs: Dims,
+        /// Extra explanation, starting with "; " when present.
+        detail: String,
+    },
+    /// An argument outside what the op accepts (an axis out of range, an index too large...).
+    #[error("{op}: {msg}")]
+    Invalid {
+        /// The op or function that refused the argument.
+        op: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file's contents are malformed.
+    #[error("{path}: {msg}")]
+    Format {
+        /// The file (or a description of the input).
+        path: String,
+        /// What is wrong, with the row or byte offset where known.
+        msg: String,
+    },
+    /// Training produced a non-finite value.
+    #[error("{0}")]
+    NonFinite(String),
+}
+
+/// Result alias for library calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Self {
+        Error::Shape {
+            op,
+            lhs: Dims(lhs.to_vec()),
+            rhs: Dims(rhs.to_vec()),
+            detail: String::new(),
+        }
+    }
+    pub(crate) fn shape_detail(
+        op: &'static str,
+        lhs: &[usize],
+        rhs: &[usize],
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::Shape {
+            op,
+            lhs: Dims(lhs.to_vec()),
+            rhs: Dims(rhs.to_vec()),
+            detail: format!("; {}", detail.into()),
+        }
+    }
+    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Invalid {
+            op,
+            msg: msg.into(),
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! Elementwise ops. Each op's forward formula and its local derivative sit side by side
+//! in one table (`unary_table!`, `binary_table!`); the autodiff layer multiplies the
+//! local derivative by the incoming gradient (reverse mode) or tangent (forward mode),
+//! so adding an op here gives it both rules at once.
+
+use super::shape::{broadcast_shapes, broadcast_strides, for_each_offset};
+use super::{Element, Tensor, c};
+use crate::error::Result;
+use rayon::prelude::*;
+
+/// Below this many elements a kernel runs on the calling thread: spawning work on the
+/// rayon pool costs a few microseconds, more than a small loop.
+pub(crate) const PARALLEL_MIN_LEN: usize = 1 << 16;
+
+/// Runs `f` over matching chunks of `out` and `inputs`, in parallel for large slices.
+fn chunked<T: Element, const N: usize>(
+    out: &mut [T],
+    inputs: [&[T]; N],
+    f: impl Fn(&mut [T], [&[T]; N]) + Sync + Send,
+) {
+    let n = out.len();
+    if n < PARALLEL_MIN_LEN {
+        f(out, inputs);
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = n.div_ceil(threads * 4).max(4096);
+    out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+        let start = i * chunk;
+        let ins: [&[T]; N] = std::array::from_fn(|j| &inputs[j][start..start + o.len()]);
+        f(o, ins)
+    });
+}
+
+/// Elementwise functions of one tensor (some with a scalar parameter).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `eˣ`
+    Exp,
+    /// natural logarithm
+    Ln,
+    /// square root
+    Sqrt,
+    /// `|x|`
+    Abs,
+    /// sine
+    Sin,
+    /// cosine
+    Cos,
+    /// hyperbolic tangent
+    Tanh,
+    /// logistic sigmoid `1 / (1 + e⁻ˣ)`
+    Sigmoid,
+    /// `max(x, 0)`
+    Relu,
+    /// `xᵖ` for a constant `p`
+    PowF(f64),
+    /// `x + c` for a constant `c`
+    AddScalar(f64),
+    /// `c·x` for a constant `c`
+    MulScalar(f64),
+    /// `x` limited to `[lo, hi]`
+    Clamp(f64, f64),
+}
+
+macro_rules! unary_table {
+    ($( $pat:pat => $name:literal, |$x:ident| $f:expr, |$dx:ident, $y:ident| $d:expr, $formula:literal; )*) => {
+        impl UnaryOp {
+            /// The op's name, as printed by gradcheck and explain.
+            #[allow(unused_variables)]
+            pub fn name(self) -> &'static str {
+                match self { $($pat => $name),* }
+            }
+            /// The local derivative ∂y/∂x as a formula in `x` and `y`.
+            #[allow(unused_variables)]
+            pub fn derivative_formula(self) -> &'static str {
+                match self { $($pat => $formula),* }
+            }
+            /// `out[i] = f(x[i])`.
+            #[allow(unused_variables)]
+            fn map_slice<T: Element>(self, xs: &[T], out: &mut [T]) {
+                match self { $($pat => {
+                    for (o, &$x) in out.iter_mut().zip(xs) { *o = $f; }
+                })* }
+            }
+            /// `out[i] = seed[i] · f'(x[i])`, where `y = f(x)`: the VJP with `seed` = the
+            /// output's gradient, and the JVP with `seed` = the input's tangent.
+            #[allow(unused_variables)]
+            fn scale_slice<T: Element>(self, xs: &[T], ys: &[T], seed: &[T], out: &mut [T]) {
+                match self { $($pat => {
+                    for (((o, &$dx), &$y), &s) in out.iter_mut().zip(xs).zip(ys).zip(seed) {
+                        *o = s * ($d);
+                    }
+                })* }
+            }
+        }
+    };
+}
+
+// The table: name, forward f(x), derivative f'(x) written in x and y = f(x), formula.
+unary_table! {
+    UnaryOp::Neg => "neg", |x| -x, |x, y| -T::one(), "-1";
+    UnaryOp::Exp => "exp", |x| x.exp(), |x, y| y, "exp(x)";
+    UnaryOp::Ln => "ln", |x| x.ln(), |x, y| x.recip(), "1/x";
+    UnaryOp::Sqrt => "sqrt", |x| x.sqrt(), |x, y| c::<T>(0.5) / y, "1/(2·sqrt(x))";
+    UnaryOp::Abs => "abs", |x| x.abs(), |x, y| sign(x), "sign(x)";
+    UnaryOp::Sin => "sin", |x| x.sin(), |x, y| x.cos(), "cos(x)";
+    UnaryOp::Cos => "cos", |x| x.cos(), |x, y| -x.sin(), "-sin(x)";
+    UnaryOp::Tanh => "tanh", |x| x.tanh(), |x, y| T::one() - y * y, "1 - tanh²(x)";
+    UnaryOp::Sigmoid => "sigmoid", |x| sigmoid(x), |x, y| y * (T::one() - y), "σ(x)·(1 - σ(x))";
+    UnaryOp::Relu => "relu", |x| if x > T::zero() { x } else { T::zero() },
+        |x, y| if x > T::zero() { T::one() } else { T::zero() }, "1 if x > 0 else 0";
+    UnaryOp::PowF(p) => "powf", |x| x.powf(c(p)), |x, y| c::<T>(p) * x.powf(c(p - 1.0)), "p·x^(p-1)";
+    UnaryOp::AddScalar(k) => "add_scalar", |x| x + c(k), |x, y| T::one(), "1";
+    UnaryOp::MulScalar(k) => "mul_scalar", |x| x * c(k), |x, y| c::<T>(k), "c";
+    UnaryOp::Clamp(lo, hi) => "clamp", |x| x.max(c(lo)).min(c(hi)),
+        |x, y| if x >= c(lo) && x <= c(hi) { T::one() } else { T::zero() }, "1 if lo ≤ x ≤ hi else 0";
+}
+
+#[inline(always)]
+fn sign<T: Element>(x: T) -> T {
+    if x > T::zero() {
+        T::one()
+    } else if x < T::zero() {
+        -T::one()
+    } else {
+        T::zero()
+    }
+}
+
+/// The logistic function, computed without overflow for large |x|.
+#[inline(always)]
+pub(crate) fn sigmoid<T: Element>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
+}
+
+impl UnaryOp {
+    /// Applies the op to every element.
+    pub fn apply<T: Element>(self, x: &Tensor<T>) -> Tensor<T> {
+        Tensor::build(x.shape(), |out| {
+            chunked(out, [x.data()], |o, [xs]| self.map_slice(xs, o))
+        })
+    }
+
+    /// `seed ⊙ f'(x)` where `y = f(x)`: the op's VJP (seed = output gradient) and JVP
+    /// (seed = input tangent), which coincide for elementwise functions.
+    pub fn scale_by_derivative<T: Element>(
+        self,
+        x: &Tensor<T>,
+        y: &Tensor<T>,
+        seed: &Tensor<T>,
+    ) -> Tensor<T> {
+        Tensor::build(x.shape(), |out| {
+            chunked(out, [x.data(), y.data(), seed.data()], |o, [xs, ys, ss]| {
+                self.scale_slice(xs, ys, ss, o)
+            })
+        })
+    }
+
+    /// The op on one `f64` (for scalar engines and the explainer).
+    pub fn apply_f64(self, x: f64) -> f64 {
+        let mut out = [0.0];
+        self.map_slice(&[x], &mut out);
+        out[0]
+    }
+
+    /// The local derivative f'(x) on one `f64`.
+    pub fn derivative_f64(self, x: f64) -> f64 {
+        let y = self.apply_f64(x);
+        let mut out = [0.0];
+        self.scale_slice(&[x], &[y], &[1.0], &mut out);
+        out[0]
+    }
+}
+
+/// Elementwise functions of two tensors, with NumPy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a · b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `max(a, b)`; at ties the gradient is split evenly
+    Maximum,
+    /// `min(a, b)`; at ties the gradient is split evenly
+    Minimum,
+    /// `aᵇ`
+    Pow,
+}
+
+macro_rules! binary_table {
+    ($( $op:ident => $name:literal, |$a:ident, $b:ident| $f:expr,
+        |$pa:ident, $pb:ident, $y:ident| $d:expr, $fa:literal, $fb:literal; )*) => {
+        impl BinaryOp {
+            /// The op's name.
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$op => $name),* }
+            }
+            /// The local derivatives (∂y/∂a, ∂y/∂b) as formulas in `a`, `b`, `y`.
+            pub fn derivative_formulas(self) -> (&'static str, &'static str) {
+                match self { $(Self::$op => ($fa, $fb)),* }
+            }
+            fn zip_slices<T: Element>(self, xa: &[T], xb: &[T], out: &mut [T]) {
+                match self { $(Self::$op => {
+                    for ((o, &$a), &$b) in out.iter_mut().zip(xa).zip(xb) { *o = $f; }
+                })* }
+            }
+            fn map_broadcast<T: Element>(self, xa: &[T], xb: &[T], out: &mut [T], shape: &[usize], sa: &[usize], sb: &[usize]) {
+                match self { $(Self::$op => {
+                    for_each_offset(shape, [sa, sb], |i, [ia, ib]| {
+                        let ($a, $b) = (xa[ia], xb[ib]);
+                        out[i] = $f;
+                    });
+                })* }
+            }
+            /// Local derivatives at one point.
+            #[allow(unused_variables)]
+            #[inline(always)]
+            fn partials<T: Element>(self, a: T, b: T, y: T) -> (T, T) {
+                match self { $(Self::$op => { let ($pa, $pb, $y) = (a, b, y); $d }),* }
+            }
+        }
+    };
+}
+
+binary_table! {
+    Add => "add", |a, b| a + b, |a, b, y| (T::one(), T::one()), "1", "1";
+    Sub => "sub", |a, b| a - b, |a, b, y| (T::one(), -T::one()), "1", "-1";
+    Mul => "mul", |a, b| a * b, |a, b, y| (b, a), "b", "a";
+    Div => "div", |a, b| a / b, |a, b, y| (b.recip(), -y / b), "1/b", "-a/b²";
+    Maximum => "maximum", |a, b| if a >= b { a } else { b },
+        |a, b, y| tie_split(a > b, a == b), "1 if a > b (½ at a tie)", "1 if b > a (½ at a tie)";
+    Minimum => "minimum", |a, b| if a <= b { a } else { b },
+        |a, b, y| tie_split(a < b, a == b), "1 if a < b (½ at a tie)", "1 if b < a (½ at a tie)";
+    Pow => "pow", |a, b| a.powf(b),
+        |a, b, y| (b * a.powf(b - T::one()), if a > T::zero() { y * a.ln() } else { T::zero() }),
+        "b·a^(b-1)", "aᵇ·ln(a)";
+}
+
+#[inline(always)]
+fn tie_split<T: Element>(first_wins: bool, tie: bool) -> (T, T) {
+    if tie {
+        (c(0.5), c(0.5))
+    } else if first_wins {
+        (T::one(), T::zero())
+    } else {
+        (T::zero(), T::one())
+    }
+}
+
+impl BinaryOp {
+    /// Applies the op with broadcasting; the error names the op and both shapes.
+    pub fn apply<T: Element>(self, a: &Tensor<T>, b: &Tensor<T>) -> Result<Tensor<T>> {
+        if a.shape() == b.shape() {
+            return Ok(Tensor::build(a.shape(), |out| {
+                chunked(out, [a.data(), b.data()], |o, [xa, xb]| {
+                    self.zip_slices(xa, xb, o)
+                })
+            }));
+        }
+        let shape = broadcast_shapes(self.name(), a.shape(), b.shape())?;
+        let sa = broadcast_strides(a.shape(), &shape);
+        let sb = broadcast_strides(b.shape(), &shape);
+        Ok(Tensor::build(&shape, |out| {
+            self.map_broadcast(a.data(), b.data(), out, &shape, &sa, &sb)
+        }))
+    }
+
+    /// The two local derivatives times `seed` (shaped like the output), each still in the
+    /// output's (broadcast) shape: `(seed ⊙ ∂y/∂a, seed ⊙ ∂y/∂b)`. The caller sums them
+    /// back to each input's shape for reverse mode.
+    pub fn scale_by_partials<T: Element>(
+        self,
+        a: &Tensor<T>,
+        b: &Tensor<T>,
+        y: &Tensor<T>,
+        seed: &Tensor<T>,
+    ) -> (Tensor<T>, Tensor<T>) {
+        match self {
+            BinaryOp::Add => return (seed.clone(), seed.clone()),
+            BinaryOp::Sub => return (seed.clone(), UnaryOp::Neg.apply(seed)),
+            _ => {}
+        }
+        let shape = y.shape();
+        let sa = broadcast_strides(a.shape(), shape);
+        let sb = broadcast_strides(b.shape(), shape);
+        let (xa, xb, ys, gs) = (a.data(), b.data(), y.data(), seed.data());
+        let mut gb = Tensor::zeros(shape);
+        let gbd = gb.data_mut();
+        let ga = Tensor::build(shape, |gad| {
+            for_each_offset(shape, [&sa, &sb], |i, [ia, ib]| {
+                let (da, db) = self.partials(xa[ia], xb[ib], ys[i]);
+                gad[i] = gs[i] * da;
+                gbd[i] = gs[i] * db;
+            });
+        });
+        (ga, gb)
+    }
+
+    /// The op on two `f64`s.
+    pub fn apply_f64(self, a: f64, b: f64) -> f64 {
+        let mut o = [0.0];
+        self.zip_slices(&[a], &[b], &mut o);
+        o[0]
+    }
+
+    /// The local derivatives (∂y/∂a, ∂y/∂b) at one point.
+    pub fn partials_f64(self, a: f64, b: f64) -> (f64, f64) {
+        self.partials(a, b, self.apply_f64(a, b))
+    }
+}
+
+/// Comparisons, giving masks of 0 and 1 in the element type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+fn compare<T: Element>(
+    a: &Tensor<T>,
+    b: &Tensor<T>,
+    cmp: Cmp,
+    op: &'static str,
+) -> Result<Tensor<T>> {
+    let shape = broadcast_shapes(op, a.shape(), b.shape())?;
+    let sa = broadcast_strides(a.shape(), &shape);
+    let sb = broadcast_strides(b.shape(), &shape);
+    let (xa, xb) = (a.data(), b.data());
+    Ok(Tensor::build(&shape, |out| {
+        for_each_offset(&shape, [&sa, &sb], |i, [ia, ib]| {
+            let (p, q) = (xa[ia], xb[ib]);
+            let t = match cmp {
+                Cmp::Eq => p == q,
+                Cmp::Ne => p != q,
+                Cmp::Lt => p < q,
+                Cmp::Le => p <= q,
+                Cmp::Gt => p > q,
+                Cmp::Ge => p >= q,
+            };
+            out[i] = if t { T::one() } else { T::zero() };
+        })
+    }))
+}
+
+macro_rules! tensor_methods {
+    (unary: $($uname:ident => $uop:expr),*; binary: $($bname:ident => $bop:ident),*; cmp: $($cname:ident => $cop:ident),*) => {
+        impl<T: Element> Tensor<T> {
+            $(
+                #[doc = concat!("Elementwise `", stringify!($uname), "`.")]
+                pub fn $uname(&self) -> Tensor<T> { $uop.apply(self) }
+            )*
+            $(
+                #[doc = concat!("Elementwise `", stringify!($bname), "` with broadcasting.")]
+                pub fn $bname(&self, other: &Tensor<T>) -> Result<Tensor<T>> { BinaryOp::$bop.apply(self, other) }
+            )*
+            $(
+                #[doc = concat!("Mask (1 where true, 0 elsewhere) of `self ", stringify!($cname), " other`, broadcasting.")]
+                pub fn $cname(&self, other: &Tensor<T>) -> Result<Tensor<T>> { compare(self, other, Cmp::$cop, stringify!($cname)) }
+            )*
+        }
+    };
+}
+
+tensor_methods! {
+    unary: neg => UnaryOp::Neg, exp => UnaryOp::Exp, ln => UnaryOp::Ln, sqrt => UnaryOp::Sqrt,
+        abs => UnaryOp::Abs, sin => UnaryOp::Sin, cos => UnaryOp::Cos, tanh => UnaryOp::Tanh,
+        sigmoid => UnaryOp::Sigmoid, relu => UnaryOp::Relu;
+    binary: add => Add, sub => Sub, mul => Mul, div => Div, maximum => Maximum, minimum => Minimum, pow => Pow;
+    cmp: eq_mask => Eq, ne_mask => Ne, lt => Lt, le => Le, gt => Gt, ge => Ge
+}
+
+impl<T: Element> Tensor<T> {
+    /// `selfᵖ` elementwise.
+    pub fn powf(&self, p: f64) -> Tensor<T> {
+        UnaryOp::PowF(p).apply(self)
+    }
+    /// Adds a constant.
+    pub fn add_scalar(&self, k: f64) -> Tensor<T> {
+        UnaryOp::AddScalar(k).apply(self)
+    }
+    /// Multiplies by a constant.
+    pub fn mul_scalar(&self, k: f64) -> Tensor<T> {
+        UnaryOp::MulScalar(k).apply(self)
+    }
+    /// Limits every element to `[lo, hi]`.
+    pub fn clamp(&self, lo: f64, hi: f64) -> Tensor<T> {
+        UnaryOp::Clamp(lo, hi).apply(self)
+    }
+
+    /// `mask ? a : b` elementwise, all three broadcast together (mask nonzero = true).
+    pub fn where_(mask: &Tensor<T>, a: &Tensor<T>, b: &Tensor<T>) -> Result<Tensor<T>> {
+        let ab = broadcast_shapes("where", a.shape(), b.shape())?;
+        let shape = broadcast_shapes("where", mask.shape(), &ab)?;
+        let sm = broadcast_strides(mask.shape(), &shape);
+        let sa = broadcast_strides(a.shape(), &shape);
+        let sb = broadcast_strides(b.shape(), &shape);
+        let (m, xa, xb) = (mask.data(), a.data(), b.data());
+        Ok(Tensor::build(&shape, |out| {
+            for_each_offset(&shape, [&sm, &sa, &sb], |i, [im, ia, ib]| {
+                out[i] = if m[im] != T::zero() { xa[ia] } else { xb[ib] };
+            })
+        }))
+    }
+
+    /// Adds `other` (same shape) into `self` in place, copying first only if shared.
+    pub fn add_assign(&mut self, other: &Tensor<T>) -> Result<()> {
+        if self.shape() != other.shape() {
+            return Err(crate::error::Error::shape(
+                "add_assign",
+                self.shape(),
+                other.shape(),
+            ));
+        }
+        let d = self.data_mut();
+        chunked(d, [other.data()], |o, [x]| {
+            for (a, &b) in o.iter_mut().zip(x) {
+                *a += b;
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(data: &[f64], shape: &[usize]) -> Tensor<f64> {
+        Tensor::from_vec(data.to_vec(), shape).unwrap()
+    }
+
+    #[test]
+    fn known_values() {
+        let x = t(&[-1.0, 0.0, 2.0], &[3]);
+        assert_eq!(x.relu().data(), &[0.0, 0.0, 2.0]);
+        assert_eq!(x.abs().data(), &[1.0, 0.0, 2.0]);
+        assert_eq!(x.exp().data(), &[(-1f64).exp(), 1.0, 2f64.exp()]);
+        assert_eq!(x.sigmoid().data()[1], 0.5);
+        assert_eq!(x.clamp(-0.5, 1.0).data(), &[-0.5, 0.0, 1.0]);
+        assert_eq!(x.powf(2.0).data(), &[1.0, 0.0, 4.0]);
+        assert_eq!(t(&[4.0], &[1]).sqrt().data(), &[2.0]);
+        assert_eq!(t(&[1.0], &[1]).ln().data(), &[0.0]);
+        assert_eq!(t(&[0.0], &[1]).tanh().data(), &[0.0]);
+        assert_eq!(t(&[0.0], &[1]).cos().data(), &[1.0]);
+        assert_eq!(t(&[0.0], &[1]).sin().data(), &[0.0]);
+        // sigmoid must not overflow far from 0
+        let s = t(&[-1000.0, 1000.0], &[2]).sigmoid();
+        assert_eq!(s.data(), &[0.0, 1.0]);
+    }
+
+    #[test]
+    fn broadcasting_binary() {
+        let a = t(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+        let b = t(&[10., 20., 30.], &[3]);
+        assert_eq!(a.add(&b).unwrap().data(), &[11., 22., 33., 14., 25., 36.]);
+        let col = t(&[1., 2.], &[2, 1]);
+        assert_eq!(a.mul(&col).unwrap().data(), &[1., 2., 3., 8., 10., 12.]);
+        assert_eq!(col.sub(&b).unwrap().shape(), &[2, 3]);
+        assert_eq!(a.div(&t(&[2.0], &[])).unwrap().data()[5], 3.0);
+        assert_eq!(
+            a.maximum(&t(&[3.5], &[1])).unwrap().data(),
+            &[3.5, 3.5, 3.5, 4., 5., 6.]
+        );
+        assert_eq!(
+            a.minimum(&t(&[3.5], &[1])).unwrap().data(),
+            &[1., 2., 3., 3.5, 3.5, 3.5]
+        );
+        assert_eq!(
+            t(&[2.0], &[1]).pow(&t(&[3.0], &[1])).unwrap().data(),
+            &[8.0]
+        );
+    }
+
+    #[test]
+    fn add_shape_error_names_op_and_shapes() {
+        let e = t(&[1., 2.], &[2])
+            .add(&t(&[1., 2., 3.], &[3]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("add") && e.contains("[2]") && e.contains("[3]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn masks_and_where() {
+        let a = t(&[1., 5., 3.], &[3]);
+        let b = t(&[2., 2., 3.], &[3]);
+        assert_eq!(a.gt(&b).unwrap().data(), &[0., 1., 0.]);
+        assert_eq!(a.ge(&b).unwrap().data(), &[0., 1., 1.]);
+        assert_eq!(a.lt(&b).unwrap().data(), &[1., 0., 0.]);
+        assert_eq!(a.le(&b).unwrap().data(), &[1., 0., 1.]);
+        assert_eq!(a.eq_mask(&b).unwrap().data(), &[0., 0., 1.]);
+        assert_eq!(a.ne_mask(&b).unwrap().data(), &[1., 1., 0.]);
+        let m = a.gt(&b).unwrap();
+        assert_eq!(Tensor::where_(&m, &a, &b).unwrap().data(), &[2., 5., 3.]);
+    }
+
+    #[test]
+    fn parallel_path_matches_serial() {
+        let n = PARALLEL_MIN_LEN * 3 + 7;
+        let x = Tensor::<f32>::from_vec((0..n).map(|i| (i as f32) * 1e-4).collect(), &[n]).unwrap();
+        let y = x.tanh();
+        for i in [0, 1, n / 2, n - 1] {
+            assert_eq!(y.data()[i], x.data()[i].tanh());
+        }
+    }
+}

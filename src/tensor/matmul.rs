@@ -1,0 +1,270 @@
+//! Matrix products through `faer`, which picks AVX-512 or AVX2 kernels at run time.
+//! Operands are raw row-major buffers read either as they are or transposed, so the
+//! backward products `Aᵀ·G` and `G·Bᵀ` never materialise a transpose.
+
+use super::{Element, Tensor};
+use crate::error::{Error, Result};
+use faer::{Accum, MatMut, MatRef, Par};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How a row-major buffer is read as a matrix operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatLayout {
+    /// The buffer is the operand (`[rows, cols]`, row-major).
+    Normal,
+    /// The buffer holds the operand's transpose (`[cols, rows]`, row-major).
+    Transposed,
+}
+
+/// Products with fewer multiply-adds than this run on one thread: handing a small
+/// product to the thread pool costs more than it saves. Measured with
+/// `chainrule bench mlp_gemm` (see README).
+static PARALLEL_MIN_MNK: AtomicUsize = AtomicUsize::new(8 * 1024 * 1024);
+
+/// Sets the size (m·n·k) from which matmul uses all rayon threads.
+pub fn set_matmul_parallel_threshold(mnk: usize) {
+    PARALLEL_MIN_MNK.store(mnk, Ordering::Relaxed);
+}
+
+fn threads_for(m: usize, n: usize, k: usize) -> usize {
+    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MNK.load(Ordering::Relaxed) {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn faer_gemm<T: Element + faer::traits::ComplexField>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: (&[T], MatLayout),
+    rhs: (&[T], MatLayout),
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(dst.len() >= m * n && lhs.0.len() >= m * k && rhs.0.len() >= k * n);
+    let view = |buf: &[T], rows: usize, cols: usize, layout: MatLayout| -> MatRef<'_, T> {
+        let (rs, cs) = match layout {
+            MatLayout::Normal => (cols as isize, 1),
+            MatLayout::Transposed => (1, rows as isize),
+        };
+        // SAFETY: the buffer holds rows·cols elements (asserted above) and the strides
+        // address exactly those, row-major or transposed.
+        unsafe { MatRef::from_raw_parts(buf.as_ptr(), rows, cols, rs, cs) }
+    };
+    let a = view(lhs.0, m, k, lhs.1);
+    let b = view(rhs.0, k, n, rhs.1);
+    // SAFETY: dst holds m·n elements, row-major, and is borrowed mutably.
+    let c = unsafe { MatMut::from_raw_parts_mut(dst.as_mut_ptr(), m, n, n as isize, 1) };
+    let par = if threads > 1 {
+        Par::rayon(threads)
+    } else {
+        Par::Seq
+    };
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    faer::linalg::matmul::matmul(c, accum, a, b, T::one(), par);
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, or `dst += ...` with `accumulate`; the thread
+/// count follows the size of the product.
+pub fn matmul_into<T: Element>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: (&[T], MatLayout),
+    rhs: (&[T], MatLayout),
+    accumulate: bool,
+) {
+    T::gemm(dst, m, n, k, lhs, rhs, accumulate, threads_for(m, n, k));
+}
+
+/// `(batch, m, k, n)` of a product, or an error naming both shapes.
+pub(crate) fn matmul_dims(a: &[usize], b: &[usize]) -> Result<(usize, usize, usize, usize)> {
+    let err = |why: &str| Error::shape_detail("matmul", a, b, why);
+    if a.len() < 2 || b.len() < 2 {
+        return Err(err("both operands need at least 2 dimensions"));
+    }
+    let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
+    let (k2, n) = (b[b.len() - 2], b[b.len() - 1]);
+    if k != k2 {
+        return Err(err(&format!("inner dimensions {k} and {k2} differ")));
+    }
+    let batch_a = &a[..a.len() - 2];
+    let batch_b = &b[..b.len() - 2];
+    if !batch_b.is_empty() && batch_a != batch_b {
+        return Err(err("batch dimensions differ"));
+    }
+    Ok((batch_a.iter().product(), m, k, n))
+}
+
+impl<T: Element> Tensor<T> {
+    /// Matrix product. `[m,k]·[k,n]`, batched `[..,m,k]·[..,k,n]` with equal batch
+    /// dimensions, or `[..,m,k]·[k,n]` (the right operand shared by every batch).
+    pub fn matmul(&self, rhs: &Tensor<T>) -> Result<Tensor<T>> {
+        let (batch, m, k, n) = matmul_dims(self.shape(), rhs.shape())?;
+        let mut shape = super::Shape::from_slice(self.shape());
+        let nd = shape.len();
+        shape[nd - 1] = n;
+        let shared_rhs = rhs.ndim() == 2;
+        Ok(Tensor::build(&shape, |out| {
+            if shared_rhs {
+                // fold the batch into the rows: one larger product
+                matmul_into(
+                    out,
+                    batch * m,
+                    n,
+                    k,
+                    (self.data(), MatLayout::Normal),
+                    (rhs.data(), MatLayout::Normal),
+                    false,
+                );
+            } else {
+                for bi in 0..batch {
+                    matmul_into(
+                        &mut out[bi * m * n..(bi + 1) * m * n],
+                        m,
+                        n,
+                        k,
+                        (
+                            &self.data()[bi * m * k..(bi + 1) * m * k],
+                            MatLayout::Normal,
+                        ),
+                        (&rhs.data()[bi * k * n..(bi + 1) * k * n], MatLayout::Normal),
+                        false,
+                    );
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &Tensor<f64>, b: &Tensor<f64>) -> Vec<f64> {
+        let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    out[i * n + j] += a.data()[i * k + p] * b.data()[p * n + j];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_product_in_every_layout() {
+        let a = Tensor::<f64>::randn(&[7, 5], 1);
+        let b = Tensor::<f64>::randn(&[5, 3], 2);
+        let want = naive(&a, &b);
+        let got = a.matmul(&b).unwrap();
+        for (x, y) in got.data().iter().zip(&want) {
+            assert!((x - y).abs() < 1e-12);
+        }
+        // the same product from transposed buffers
+        let at = a.t().unwrap();
+        let bt = b.t().unwrap();
+        let mut out = vec![0.0; 21];
+        matmul_into(
+            &mut out,
+            7,
+            3,
+            5,
+            (at.data(), MatLayout::Transposed),
+            (bt.data(), MatLayout::Transposed),
+            false,
+        );
+        for (x, y) in out.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-12);
+        }
+        // accumulate adds
+        matmul_into(
+            &mut out,
+            7,
+            3,
+            5,
+            (a.data(), MatLayout::Normal),
+            (b.data(), MatLayout::Normal),
+            true,
+        );
+        for (x, y) in out.iter().zip(&want) {
+            assert!((x - 2.0 * y).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn parallel_product_matches_serial() {
+        let a = Tensor::<f32>::randn(&[300, 200], 3);
+        let b = Tensor::<f32>::randn(&[200, 250], 4);
+        let mut serial = vec![0.0f32; 300 * 250];
+        let mut par = serial.clone();
+        f32::gemm(
+            &mut serial,
+            300,
+            250,
+            200,
+            (a.data(), MatLayout::Normal),
+            (b.data(), MatLayout::Normal),
+            false,
+            1,
+        );
+        f32::gemm(
+            &mut par,
+            300,
+            250,
+            200,
+            (a.data(), MatLayout::Normal),
+            (b.data(), MatLayout::Normal),
+            false,
+            2,
+        );
+        for (x, y) in serial.iter().zip(&par) {
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn batched_and_shared_rhs() {
+        let a = Tensor::<f64>::randn(&[2, 4, 3], 5);
+        let b = Tensor::<f64>::randn(&[2, 3, 2], 6);
+        let y = a.matmul(&b).unwrap();
+        assert_eq!(y.shape(), &[2, 4, 2]);
+        let a1 = a.narrow(0, 1, 1).unwrap().reshape(&[4, 3]).unwrap();
+        let b1 = b.narrow(0, 1, 1).unwrap().reshape(&[3, 2]).unwrap();
+        let want = naive(&a1, &b1);
+        for (x, w) in y.data()[8..].iter().zip(&want) {
+            assert!((x - w).abs() < 1e-12);
+        }
+        let shared = a.matmul(&b1).unwrap();
+        assert_eq!(shared.shape(), &[2, 4, 2]);
+        assert!((shared.data()[8] - want[0]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shape_errors_name_both_shapes() {
+        let e = Tensor::<f32>::zeros(&[2, 3])
+            .matmul(&Tensor::zeros(&[4, 5]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("matmul") && e.contains("[2, 3]") && e.contains("[4, 5]"),
+            "{e}"
+        );
+        assert!(
+            Tensor::<f32>::zeros(&[3])
+                .matmul(&Tensor::zeros(&[3, 1]))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! N-dimensional arrays of `f32` or `f64`, row-major and always contiguous.
+//!
+//! A [`Tensor`] is an immutable, reference-counted buffer plus a shape: cloning one is an
+//! atomic increment, which is what lets the tape keep every intermediate value for the
+//! backward pass without copying it. Kernels (elementwise with NumPy broadcasting,
+//! reductions, matmul through `faer`) live in the submodules.
+
+mod elementwise;
+mod matmul;
+mod random;
+mod reduce;
+mod shape;
+
+pub(crate) use reduce::normalize_axes;
+pub(crate) use shape::{gather_adjoint, index_select_adjoint, narrow_adjoint};
+
+pub use elementwise::{BinaryOp, UnaryOp};
+pub use matmul::{MatLayout, matmul_into, set_matmul_parallel_threshold};
+pub use random::{SplitMix64, splitmix64};
+pub use shape::{Shape, broadcast_shapes};
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::sync::Arc;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// The element types a tensor can hold: `f32` and `f64`.
+pub trait Element:
+    num_traits::Float
+    + num_traits::NumAssign
+    + Default
+    + Send
+    + Sync
+    + fmt::Debug
+    + fmt::Display
+    + std::iter::Sum
+    + 'static
+    + sealed::Sealed
+{
+    /// `"f32"` or `"f64"`.
+    const NAME: &'static str;
+    /// Converts from `f64`, rounding to nearest.
+    fn of(v: f64) -> Self;
+    /// Widens to `f64`.
+    fn as_f64(self) -> f64;
+    #[doc(hidden)]
+    fn gemm(
+        dst: &mut [Self],
+        m: usize,
+        n: usize,
+        k: usize,
+        lhs: (&[Self], MatLayout),
+        rhs: (&[Self], MatLayout),
+        accumulate: bool,
+        threads: usize,
+    );
+}
+
+macro_rules! impl_element {
+    ($t:ty, $name:literal) => {
+        impl Element for $t {
+            const NAME: &'static str = $name;
+            #[inline(always)]
+            fn of(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn as_f64(self) -> f64 {
+                self as f64
+            }
+            fn gemm(
+                dst: &mut [Self],
+                m: usize,
+                n: usize,
+                k: usize,
+                lhs: (&[Self], MatLayout),
+                rhs: (&[Self], MatLayout),
+                accumulate: bool,
+                threads: usize,
+            ) {
+                matmul::faer_gemm(dst, m, n, k, lhs, rhs, accumulate, threads)
+            }
+        }
+    };
+}
+impl_element!(f32, "f32");
+impl_element!(f64, "f64");
+
+/// Shorthand for a constant of the element type.
+#[inline(always)]
+pub(crate) fn c<T: Element>(v: f64) -> T {
+    T::of(v)
+}
+
+/// An n-dimensional array, row-major, contiguous, shared by reference count.
+#[derive(Clone)]
+pub struct Tensor<T> {
+    data: Arc<[T]>,
+    shape: Shape,
+}
+
+/// Allocates `n` zeros without a copy (all-zero bits are 0.0 for f32 and f64).
+pub(crate) fn zeroed_buffer<T: Element>(n: usize) -> Arc<[T]> {
+    let buf = Arc::<[T]>::new_zeroed_slice(n);
+    // SAFETY: `Element` is sealed to f32 and f64, for which all-zero bits are +0.0.
+    unsafe { buf.assume_init() }
+}
+
+impl<T: Element> Tensor<T> {
+    /// Builds a tensor from row-major data and a shape.
+    pub fn from_vec(data: Vec<T>, shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::shape_detail(
+                "from_vec",
+                &[data.len()],
+                shape,
+                format!("{} elements cannot fill shape {:?}", data.len(), shape),
+            ));
+        }
+        Ok(Tensor {
+            data: data.into(),
+            shape: Shape::from_slice(shape),
+        })
+    }
+
+    /// Builds a tensor whose buffer is filled by `fill` (used by kernels to avoid a copy).
+    pub(crate) fn build(shape: &[usize], fill: impl FnOnce(&mut [T])) -> Self {
+        let n = shape.iter().product();
+        let mut data = zeroed_buffer::<T>(n);
+        fill(Arc::get_mut(&mut data).expect("fresh buffer is unique"));
+        Tensor {
+            data,
+            shape: Shape::from_slice(shape),
+        }
+    }
+
+    /// A 0-dimensional tensor holding one value.
+    pub fn scalar(v: T) -> Self {
+        Tensor {
+            data: Arc::from([v]),
+            shape: Shape::new(),
+        }
+    }
+
+    /// All zeros.
+    pub fn zeros(shape: &[usize]) -> Self {
+        Tensor {
+            data: zeroed_buffer(shape.iter().product()),
+            shape: Shape::from_slice(shape),
+        }
+    }
+
+    /// All ones.
+    pub fn ones(shape: &[usize]) -> Self {
+        Self::full(shape, T::one())
+    }
+
+    /// Every element equal to `v`.
+    pub fn full(shape: &[usize], v: T) -> Self {
+        Self::build(shape, |d| d.fill(v))
+    }
+
+    /// A tensor of zeros with the same shape as `self`.
+    pub fn zeros_like(&self) -> Self {
+        Self::zeros(&self.shape)
+    }
+
+    /// `0, 1, ..., n-1` as a 1-D tensor.
+    pub fn arange(n: usize) -> Self {
+        Self::build(&[n], |d| {
+            for (i, v) in d.iter_mut().enumerate() {
+                *v = c(i as f64);
+            }
+        })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of dimensions.
+    pub fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True when the tensor holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The elements in row-major order.
+    pub fn data(&self) -> &[T] {
+        &self.data
+    }
+
+    /// Mutable access to the elements, copying the buffer first if it is shared.
+    pub fn data_mut(&mut self) -> &mut [T] {
+        Arc::make_mut(&mut self.data)
+    }
+
+    /// The elements as a `Vec`.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.data.to_vec()
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<T> {
+        if self.data.len() == 1 {
+            Ok(self.data[0])
+        } else {
+            Err(Error::invalid(
+                "item",
+                format!(
+                    "tensor of shape {:?} has {} elements, not 1",
+                    self.shape(),
+                    self.len()
+                ),
+            ))
+        }
+    }
+
+    /// The element at a multi-index.
+    pub fn get(&self, index: &[usize]) -> Result<T> {
+        if index.len() != self.ndim() || index.iter().zip(self.shape()).any(|(i, d)| i >= d) {
+            return Err(Error::invalid(
+                "get",
+                format!(
+                    "index {:?} out of range for shape {:?}",
+                    index,
+                    self.shape()
+                ),
+            ));
+        }
+        let mut off = 0;
+        for (i, d) in index.iter().zip(self.shape()) {
+            off = off * d + i;
+        }
+        Ok(self.data[off])
+    }
+
+    /// Converts to another element type.
+    pub fn cast<U: Element>(&self) -> Tensor<U> {
+        Tensor::build(&self.shape, |d| {
+            for (o, &v) in d.iter_mut().zip(self.data.iter()) {
+                *o = U::of(v.as_f64());
+            }
+        })
+    }
+
+    /// True when both tensors share one buffer (no copy was made).
+    pub fn shares_buffer(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
+    }
+
+    /// True when every element is finite.
+    pub fn all_finite(&self) -> bool {
+        self.data.iter().all(|v| v.is_finite())
+    }
+
+    /// Largest absolute difference to another tensor of the same shape.
+    pub fn max_abs_diff(&self, other: &Self) -> Result<f64> {
+        if self.shape() != other.shape() {
+            return Err(Error::shape("max_abs_diff", self.shape(), other.shape()));
+        }
+        Ok(self
+            .data
+            .iter()
+            .zip(other.data.iter())
+            .map(|(a, b)| (a.as_f64() - b.as_f64()).abs())
+            .fold(0.0, f64::max))
+    }
+
+    /// Euclidean norm of all elements, accumulated in f64.
+    pub fn norm(&self) -> f64 {
+        self.data
+            .iter()
+            .map(|v| {
+                let v = v.as_f64();
+                v * v
+            })
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    pub(crate) fn with_shape(data: Arc<[T]>, shape: &[usize]) -> Self {
+        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        Tensor {
+            data,
+            shape: Shape::from_slice(shape),
+        }
+    }
+
+    pub(crate) fn buffer(&self) -> &Arc<[T]> {
+        &self.data
+    }
+}
+
+impl<T: Element> fmt::Debug for Tensor<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor<{}>{:?} ", T::NAME, self.shape())?;
+        const SHOW: usize = 8;
+        let d = &self.data;
+        if d.len() <= SHOW {
+            write!(f, "{:?}", d)
+        } else {
+            write!(f, "{:?} ... ({} elements)", &d[..SHOW], d.len())
+        }
+    }
+}
+
+impl<T: Element> PartialEq for Tensor<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data == other.data
+    }
+}
