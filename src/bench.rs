@@ -1,1 +1,399 @@
-//! Benchmark workloads (filled in below).
+//! Benchmark workloads, shared by `chainrule bench` and `cargo bench`. They reproduce the
+//! workloads of the Python anchors (`shared/bench/anchors/README.md`) with the same
+//! splitmix64 data, so that the ratios against PyTorch, JAX and NumPy mean something.
+
+use crate::autodiff::{Tape, Var};
+use crate::error::Result;
+use crate::tensor::{Element, MatLayout, SplitMix64, Tensor};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// One measured row.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    /// Workload name (with its case, e.g. `mlp_gemm/128x784x256/A·B/2t`).
+    pub name: String,
+    /// Median seconds per call.
+    pub median_s: f64,
+    /// Fastest call.
+    pub min_s: f64,
+    /// Number of timed calls.
+    pub reps: usize,
+    /// Floating-point throughput, where it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    /// Memory throughput, where it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gbps: Option<f64>,
+    /// Nanoseconds per recorded op, where it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_per_op: Option<f64>,
+    /// Anything else worth recording (loss values, thread counts, ratios).
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BenchRow {
+    fn new(name: impl Into<String>, t: Timing) -> Self {
+        BenchRow {
+            name: name.into(),
+            median_s: t.median_s,
+            min_s: t.min_s,
+            reps: t.reps,
+            gflops: None,
+            gbps: None,
+            ns_per_op: None,
+            extra: Default::default(),
+        }
+    }
+    fn with(mut self, key: &str, v: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.into(), v.into());
+        self
+    }
+}
+
+/// Median and minimum of a timed closure.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Median seconds per call.
+    pub median_s: f64,
+    /// Fastest call.
+    pub min_s: f64,
+    /// Timed calls.
+    pub reps: usize,
+}
+
+/// Times `f`: warm-up calls, then samples until `budget` is used (at least `min_reps`).
+pub fn measure(budget: Duration, min_reps: usize, mut f: impl FnMut()) -> Timing {
+    let warm = Instant::now();
+    while warm.elapsed() < budget / 10 {
+        f();
+    }
+    f();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < min_reps || (start.elapsed() < budget && samples.len() < 1_000_000) {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Timing {
+        median_s: samples[samples.len() / 2],
+        min_s: samples[0],
+        reps: samples.len(),
+    }
+}
+
+/// Names of every workload, in the order `chainrule bench` runs them.
+pub const WORKLOADS: &[&str] = &[
+    "matmul_256",
+    "matmul_1024",
+    "mlp_gemm",
+    "tape_chain",
+    "elementwise_1m",
+    "w1_forward",
+    "w1_forward_backward",
+];
+
+/// Settings shared by all workloads.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Time budget of one measurement.
+    pub budget: Duration,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            budget: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Runs one named workload.
+pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
+    Ok(match name {
+        "matmul_256" => vec![square_matmul(256, cfg)],
+        "matmul_1024" => vec![square_matmul(1024, cfg)],
+        "mlp_gemm" => mlp_gemm(cfg),
+        "tape_chain" => vec![tape_chain(100_000, cfg)],
+        "elementwise_1m" => vec![elementwise_1m(cfg)?],
+        "w1_forward" => vec![w1(cfg, false)?],
+        "w1_forward_backward" => vec![w1(cfg, true)?],
+        other => {
+            return Err(crate::error::Error::invalid(
+                "bench",
+                format!(
+                    "unknown workload '{other}'; known: {}",
+                    WORKLOADS.join(", ")
+                ),
+            ));
+        }
+    })
+}
+
+fn square_matmul(n: usize, cfg: &BenchConfig) -> BenchRow {
+    let a = Tensor::<f32>::splitmix_uniform(&[n, n], 61, -1.0, 1.0);
+    let b = Tensor::<f32>::splitmix_uniform(&[n, n], 62, -1.0, 1.0);
+    let mut c = vec![0f32; n * n];
+    let t = measure(cfg.budget, 5, || {
+        f32::gemm(
+            &mut c,
+            n,
+            n,
+            n,
+            (a.data(), MatLayout::Normal),
+            (b.data(), MatLayout::Normal),
+            false,
+            2,
+        )
+    });
+    let flops = 2.0 * (n as f64).powi(3);
+    let mut row = BenchRow::new(format!("matmul_{n}"), t).with("threads", 2);
+    row.gflops = Some(flops / t.median_s / 1e9);
+    row.with("gflops_best", flops / t.min_s / 1e9)
+}
+
+fn mlp_gemm(cfg: &BenchConfig) -> Vec<BenchRow> {
+    let mut rows = Vec::new();
+    let budget = cfg.budget / 4;
+    for (m, k, n) in [(128, 784, 256), (128, 256, 256), (128, 256, 10)] {
+        let x = Tensor::<f32>::splitmix_uniform(&[m, k], 1, -1.0, 1.0);
+        let w = Tensor::<f32>::splitmix_uniform(&[k, n], 11, -1.0, 1.0);
+        let g = Tensor::<f32>::splitmix_uniform(&[m, n], 2, -1.0, 1.0);
+        let flops = 2.0 * (m * n * k) as f64;
+        for threads in [1, 2] {
+            // forward X·W, weight gradient Xᵀ·G, input gradient G·Wᵀ
+            let mut y = vec![0f32; m * n];
+            let mut dw = vec![0f32; k * n];
+            let mut dx = vec![0f32; m * k];
+            let cases: [(&str, Timing); 3] = [
+                (
+                    "A·B",
+                    measure(budget, 20, || {
+                        f32::gemm(
+                            &mut y,
+                            m,
+                            n,
+                            k,
+                            (x.data(), MatLayout::Normal),
+                            (w.data(), MatLayout::Normal),
+                            false,
+                            threads,
+                        )
+                    }),
+                ),
+                (
+                    "Aᵀ·B",
+                    measure(budget, 20, || {
+                        f32::gemm(
+                            &mut dw,
+                            k,
+                            n,
+                            m,
+                            (x.data(), MatLayout::Transposed),
+                            (g.data(), MatLayout::Normal),
+                            false,
+                            threads,
+                        )
+                    }),
+                ),
+                (
+                    "A·Bᵀ",
+                    measure(budget, 20, || {
+                        f32::gemm(
+                            &mut dx,
+                            m,
+                            k,
+                            n,
+                            (g.data(), MatLayout::Normal),
+                            (w.data(), MatLayout::Transposed),
+                            false,
+                            threads,
+                        )
+                    }),
+                ),
+            ];
+            for (layout, t) in cases {
+                let mut row = BenchRow::new(format!("mlp_gemm/{m}x{k}x{n}/{layout}/{threads}t"), t)
+                    .with("threads", threads);
+                row.gflops = Some(flops / t.median_s / 1e9);
+                rows.push(row);
+            }
+        }
+    }
+    rows
+}
+
+/// A chain of `n` cheap ops on a one-element tensor, alternating `·0.999` and `+0.001`.
+fn chain<'t>(x: Var<'t, f32>, n: usize) -> Var<'t, f32> {
+    let mut y = x;
+    for i in 0..n {
+        y = if i % 2 == 0 {
+            y.mul_scalar(0.999)
+        } else {
+            y.add_scalar(0.001)
+        };
+    }
+    y
+}
+
+fn tape_chain(n: usize, cfg: &BenchConfig) -> BenchRow {
+    let mut tape = Tape::<f32>::with_capacity(n + 1);
+    let x0 = Tensor::<f32>::scalar(1.0);
+    let t = measure(cfg.budget, 5, || {
+        tape.clear();
+        let x = tape.var(x0.clone());
+        let y = chain(x, n);
+        let g = tape.backward(y).expect("scalar output");
+        std::hint::black_box(g.get(x));
+    });
+    // the same kernels without a tape: each op's forward and its derivative kernel
+    let kernels = measure(cfg.budget / 2, 5, || {
+        let mut y = x0.clone();
+        let mut g = Tensor::<f32>::scalar(1.0);
+        for i in 0..n {
+            let op = if i % 2 == 0 {
+                crate::tensor::UnaryOp::MulScalar(0.999)
+            } else {
+                crate::tensor::UnaryOp::AddScalar(0.001)
+            };
+            let next = op.apply(&y);
+            g = op.scale_by_derivative(&y, &next, &g);
+            y = next;
+        }
+        std::hint::black_box((y, g));
+    });
+    let per_op = t.median_s / n as f64 * 1e9;
+    let kernel_per_op = kernels.median_s / n as f64 * 1e9;
+    let mut row = BenchRow::new("tape_chain", t)
+        .with("ops", n)
+        .with("kernel_ns_per_op", kernel_per_op)
+        .with("bookkeeping_ns_per_op", per_op - kernel_per_op);
+    row.ns_per_op = Some(per_op);
+    row
+}
+
+fn elementwise_1m(cfg: &BenchConfig) -> Result<BenchRow> {
+    let n = 1 << 20;
+    let a = Tensor::<f32>::splitmix_uniform(&[n], 1, -1.0, 1.0);
+    let b = Tensor::<f32>::splitmix_uniform(&[n], 2, -1.0, 1.0);
+    let t = measure(cfg.budget, 10, || {
+        std::hint::black_box(a.add(&b).expect("same shape"));
+    });
+    let mut row = BenchRow::new("elementwise_1m", t).with("op", "add f32, 2 reads + 1 write");
+    row.gbps = Some(3.0 * 4.0 * n as f64 / t.median_s / 1e9);
+    Ok(row)
+}
+
+/// The W1 network of the anchors: parameters `[W1, b1, W2, b2, W3, b3]` (W is
+/// `[fan_in, fan_out]`), input `[128, 784]` and labels, from the splitmix64 streams.
+pub struct W1Data<T: Element> {
+    /// Input batch `[128, 784]`.
+    pub x: Tensor<T>,
+    /// Class labels, 128 of them in `0..10`.
+    pub labels: Vec<usize>,
+    /// `[W1, b1, W2, b2, W3, b3]`.
+    pub params: Vec<Tensor<T>>,
+}
+
+/// Builds the anchors' data for an MLP with the given layer sizes (stream of layer `i`
+/// is `first_stream + 2i` for W and `+1` for b).
+pub fn anchor_mlp_params<T: Element>(sizes: &[usize], first_stream: u64) -> Vec<Tensor<T>> {
+    let mut params = Vec::new();
+    for (i, w) in sizes.windows(2).enumerate() {
+        let bound = 1.0 / (w[0] as f64).sqrt();
+        let s = first_stream + 2 * i as u64;
+        params.push(Tensor::splitmix_uniform(&[w[0], w[1]], s, -bound, bound));
+        params.push(Tensor::splitmix_uniform(&[w[1]], s + 1, -bound, bound));
+    }
+    params
+}
+
+impl<T: Element> W1Data<T> {
+    /// The anchors' W1 batch and initial parameters.
+    pub fn new() -> Self {
+        let mut g = SplitMix64::new(2);
+        W1Data {
+            x: Tensor::splitmix_uniform(&[128, 784], 1, -1.0, 1.0),
+            labels: (0..128).map(|_| g.int(10) as usize).collect(),
+            params: anchor_mlp_params(&[784, 256, 256, 10], 11),
+        }
+    }
+}
+
+impl<T: Element> Default for W1Data<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Forward pass of W1 on a tape: relu MLP and mean softmax cross-entropy.
+pub fn w1_loss<'t, T: Element>(
+    tape: &'t Tape<T>,
+    x: &Tensor<T>,
+    labels: &[usize],
+    params: &[Var<'t, T>],
+) -> Result<Var<'t, T>> {
+    let mut h = tape.constant(x.clone());
+    for (i, layer) in params.chunks(2).enumerate() {
+        h = h.matmul(layer[0])?.add(layer[1])?;
+        if i + 1 < params.len() / 2 {
+            h = h.relu();
+        }
+    }
+    let lse = h.logsumexp(&[1], false)?;
+    let picked = h.gather(1, labels)?.reshape(&[labels.len()])?;
+    Ok(lse.sub(picked)?.mean_all())
+}
+
+fn w1(cfg: &BenchConfig, backward: bool) -> Result<BenchRow> {
+    let data = W1Data::<f32>::new();
+    let mut tape = Tape::<f32>::new();
+    let mut loss0 = f32::NAN;
+    let mut failure = None;
+    let t = measure(cfg.budget, 20, || {
+        tape.clear();
+        let ps: Vec<Var<'_, f32>> = data.params.iter().map(|p| tape.var(p.clone())).collect();
+        match w1_loss(&tape, &data.x, &data.labels, &ps) {
+            Ok(loss) => {
+                loss0 = loss.item().unwrap_or(f32::NAN);
+                if backward {
+                    std::hint::black_box(tape.backward(loss).map(|g| g.get(ps[0]).is_some()).ok());
+                }
+            }
+            Err(e) => failure = Some(e),
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let flops = if backward { 155.1e6 } else { 68.8e6 };
+    let name = if backward {
+        "w1_forward_backward"
+    } else {
+        "w1_forward"
+    };
+    let mut row = BenchRow::new(name, t).with("loss@0", loss0 as f64);
+    row.gflops = Some(flops / t.median_s / 1e9);
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn w1_loss_matches_the_anchor() {
+        let data = W1Data::<f32>::new();
+        let tape = Tape::new();
+        let ps: Vec<_> = data.params.iter().map(|p| tape.var(p.clone())).collect();
+        let loss = w1_loss(&tape, &data.x, &data.labels, &ps)
+            .unwrap()
+            .item()
+            .unwrap();
+        // results.md: loss@0 = 2.30215 for every framework
+        assert!((loss - 2.30215).abs() < 5e-5, "{loss}");
+    }
+}

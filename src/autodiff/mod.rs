@@ -8,8 +8,10 @@
 
 mod gradcheck;
 pub mod ops;
+mod suite;
 mod tape;
 
 pub use gradcheck::{GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck};
 pub use ops::CustomOp;
+pub use suite::{OpCheck, builtin_suite};
 pub use tape::{Gradients, NodeInfo, Tape, Var};

@@ -21,6 +21,9 @@ pub(crate) struct Node<T: Element> {
 pub struct Tape<T: Element> {
     nodes: RefCell<Vec<Node<T>>>,
     grad_enabled: Cell<bool>,
+    /// The dense gradient vector of the last sweep, kept so that the next sweep reuses
+    /// memory already touched (fresh pages cost more than the sweep itself).
+    scratch: RefCell<Vec<Option<Tensor<T>>>>,
 }
 
 /// A handle to a value on a tape: an integer id plus the tape it belongs to. Copying one
@@ -55,10 +58,7 @@ impl<T: Element> Default for Tape<T> {
 impl<T: Element> Tape<T> {
     /// An empty tape.
     pub fn new() -> Self {
-        Tape {
-            nodes: RefCell::new(Vec::new()),
-            grad_enabled: Cell::new(true),
-        }
+        Self::with_capacity(0)
     }
 
     /// An empty tape with room for `n` nodes.
@@ -66,6 +66,7 @@ impl<T: Element> Tape<T> {
         Tape {
             nodes: RefCell::new(Vec::with_capacity(n)),
             grad_enabled: Cell::new(true),
+            scratch: RefCell::new(Vec::new()),
         }
     }
 
@@ -123,6 +124,11 @@ impl<T: Element> Tape<T> {
                 requires_grad: n.requires_grad,
             })
             .collect()
+    }
+
+    /// Runs `f` on a node's value without cloning it.
+    pub(crate) fn with_value<R>(&self, id: u32, f: impl FnOnce(&Tensor<T>) -> R) -> R {
+        f(&self.nodes.borrow()[id as usize].value)
     }
 
     pub(crate) fn value_of(&self, id: u32) -> Tensor<T> {
@@ -207,49 +213,48 @@ impl<T: Element> Tape<T> {
                 seed.shape(),
             ));
         }
-        let mut grads: Vec<Option<Tensor<T>>> = vec![None; out + 1];
+        let mut grads = self.scratch.borrow_mut();
+        grads.clear();
+        grads.resize(out + 1, None);
         if nodes[out].requires_grad {
             grads[out] = Some(seed);
         }
-        let mut kept: Vec<Option<Tensor<T>>> = if keep_all {
-            vec![None; out + 1]
-        } else {
-            Vec::new()
-        };
+        let mut kept: Vec<(u32, Tensor<T>)> = Vec::new();
         let mut input_values: SmallVec<[&Tensor<T>; 2]> = SmallVec::new();
+        let mut needs: SmallVec<[bool; 2]> = SmallVec::new();
         for i in (0..=out).rev() {
             let Some(g) = grads[i].take() else { continue };
             let node = &nodes[i];
             if matches!(node.op, Op::Leaf) {
-                grads[i] = Some(g);
+                kept.push((i as u32, g));
+                continue;
+            }
+            if let Op::Unary(u) = &node.op {
+                // the most common node: one input, no allocation beyond the gradient
+                let j = node.inputs[0] as usize;
+                let c = u.scale_by_derivative(&nodes[j].value, &node.value, &g);
+                accumulate(&mut grads[j], c)?;
+                if keep_all {
+                    kept.push((i as u32, g));
+                }
                 continue;
             }
             input_values.clear();
             input_values.extend(node.inputs.iter().map(|&j| &nodes[j as usize].value));
-            let needs: SmallVec<[bool; 2]> = node
-                .inputs
-                .iter()
-                .map(|&j| nodes[j as usize].requires_grad)
-                .collect();
+            needs.clear();
+            needs.extend(node.inputs.iter().map(|&j| nodes[j as usize].requires_grad));
             let contributions = node.op.vjp(&input_values, &node.value, &g, &needs)?;
-            for ((&j, contribution), need) in node.inputs.iter().zip(contributions).zip(needs) {
+            for ((&j, contribution), &need) in node.inputs.iter().zip(contributions).zip(&needs) {
                 if let (Some(c), true) = (contribution, need) {
                     accumulate(&mut grads[j as usize], c)?;
                 }
             }
             if keep_all {
-                kept[i] = Some(g);
+                kept.push((i as u32, g));
             }
         }
-        if keep_all {
-            for (k, g) in kept.iter_mut().zip(grads) {
-                if g.is_some() {
-                    *k = g;
-                }
-            }
-            grads = kept;
-        }
-        Ok(Gradients { grads })
+        kept.reverse();
+        Ok(Gradients { grads: kept })
     }
 }
 
@@ -264,13 +269,14 @@ fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, c: Tensor<T>) -> Result<
 
 /// The result of a backward sweep: one gradient per leaf that requires one.
 pub struct Gradients<T: Element> {
-    grads: Vec<Option<Tensor<T>>>,
+    /// (node id, gradient), sorted by id.
+    grads: Vec<(u32, Tensor<T>)>,
 }
 
 impl<T: Element> Gradients<T> {
     /// The gradient with respect to `v`, or `None` if no gradient reached it.
     pub fn get(&self, v: Var<'_, T>) -> Option<&Tensor<T>> {
-        self.grads.get(v.id as usize).and_then(|g| g.as_ref())
+        self.by_id(v.id as usize)
     }
 
     /// The gradient with respect to `v`, zeros if no gradient reached it.
@@ -282,12 +288,30 @@ impl<T: Element> Gradients<T> {
 
     /// The gradient of the node with this id, when it was kept.
     pub fn by_id(&self, id: usize) -> Option<&Tensor<T>> {
-        self.grads.get(id).and_then(|g| g.as_ref())
+        let i = self
+            .grads
+            .binary_search_by_key(&(id as u32), |(k, _)| *k)
+            .ok()?;
+        Some(&self.grads[i].1)
     }
 
     /// Removes and returns the gradient with respect to `v` (no copy).
     pub fn take(&mut self, v: Var<'_, T>) -> Option<Tensor<T>> {
-        self.grads.get_mut(v.id as usize).and_then(|g| g.take())
+        let i = self.grads.binary_search_by_key(&v.id, |(k, _)| *k).ok()?;
+        Some(std::mem::replace(&mut self.grads[i].1, Tensor::zeros(&[0])))
+    }
+
+    /// Every (node id, gradient) pair, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Tensor<T>)> {
+        self.grads.iter().map(|(k, g)| (*k as usize, g))
+    }
+}
+
+impl<T: Element> fmt::Debug for Gradients<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.grads.iter().map(|(k, g)| (k, g)))
+            .finish()
     }
 }
 

@@ -270,6 +270,25 @@ impl BinaryOp {
             }));
         }
         let shape = broadcast_shapes(self.name(), a.shape(), b.shape())?;
+        // fast path: one operand repeats along the leading axes (a bias row, a scalar)
+        let inner =
+            |x: &Tensor<T>| shape.ends_with(x.shape()) && shape.len() > x.ndim() || x.len() == 1;
+        if a.shape() == shape.as_slice() && inner(b) {
+            let n = b.len().max(1);
+            return Ok(Tensor::build(&shape, |out| {
+                let rows = out.chunks_exact_mut(n).zip(a.data().chunks_exact(n));
+                if n == 1 {
+                    let rep = vec![b.data()[0]; a.len().min(4096)];
+                    for (o, xa) in out.chunks_mut(4096).zip(a.data().chunks(4096)) {
+                        self.zip_slices(xa, &rep[..xa.len()], o);
+                    }
+                } else {
+                    for (o, xa) in rows {
+                        self.zip_slices(xa, b.data(), o);
+                    }
+                }
+            }));
+        }
         let sa = broadcast_strides(a.shape(), &shape);
         let sb = broadcast_strides(b.shape(), &shape);
         Ok(Tensor::build(&shape, |out| {
@@ -360,6 +379,8 @@ fn compare<T: Element>(
 
 macro_rules! tensor_methods {
     (unary: $($uname:ident => $uop:expr),*; binary: $($bname:ident => $bop:ident),*; cmp: $($cname:ident => $cop:ident),*) => {
+        // fallible by design: a shape mismatch is an error, not a panic
+        #[allow(clippy::should_implement_trait)]
         impl<T: Element> Tensor<T> {
             $(
                 #[doc = concat!("Elementwise `", stringify!($uname), "`.")]

@@ -49,6 +49,7 @@ pub trait Element:
     /// Widens to `f64`.
     fn as_f64(self) -> f64;
     #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         dst: &mut [Self],
         m: usize,
@@ -73,6 +74,7 @@ macro_rules! impl_element {
             fn as_f64(self) -> f64 {
                 self as f64
             }
+            #[allow(clippy::too_many_arguments)]
             fn gemm(
                 dst: &mut [Self],
                 m: usize,

@@ -305,7 +305,7 @@ impl<T: Element> Tensor<T> {
         check_axis("gather", axis, self.ndim())?;
         let (outer, size, inner) = split_at_axis(self.shape(), axis);
         let rest = outer * inner;
-        if rest == 0 || index.len() % rest != 0 {
+        if rest == 0 || !index.len().is_multiple_of(rest) {
             return Err(Error::invalid(
                 "gather",
                 format!(

@@ -43,7 +43,7 @@ pub(crate) fn vjp<T: Element>(
 impl<'t, T: Element> Var<'t, T> {
     /// Records an elementwise unary op.
     pub fn unary(self, op: UnaryOp) -> Var<'t, T> {
-        let y = op.apply(&self.value());
+        let y = self.tape.with_value(self.id, |x| op.apply(x));
         self.tape.push(Op::Unary(op), &[self], y)
     }
 
@@ -56,7 +56,7 @@ impl<'t, T: Element> Var<'t, T> {
     /// `mask ? self : other` elementwise; `mask` is a constant of 0s and 1s.
     pub fn where_(mask: &Tensor<T>, a: Var<'t, T>, b: Var<'t, T>) -> Result<Var<'t, T>> {
         let y = Tensor::where_(mask, &a.value(), &b.value())?;
-        Ok(a.tape.push(Op::Where(mask.clone()), &[a, b], y))
+        Ok(a.tape.push(Op::Where(Box::new(mask.clone())), &[a, b], y))
     }
 
     /// `selfᵖ` for a constant exponent.
@@ -87,6 +87,7 @@ impl<'t, T: Element> Var<'t, T> {
 
 macro_rules! var_unary {
     ($($name:ident => $op:ident),*) => {
+        #[allow(clippy::should_implement_trait)]
         impl<'t, T: Element> Var<'t, T> {
             $(
                 #[doc = concat!("Elementwise `", stringify!($name), "`, recorded.")]
@@ -100,6 +101,8 @@ var_unary!(neg => Neg, exp => Exp, ln => Ln, sqrt => Sqrt, abs => Abs, sin => Si
 
 macro_rules! var_binary {
     ($($name:ident => $op:ident, $trait:ident :: $method:ident);*) => {
+        // the named methods return `Result`; the operators panic with the same message
+        #[allow(clippy::should_implement_trait)]
         impl<'t, T: Element> Var<'t, T> {
             $(
                 #[doc = concat!("Elementwise `", stringify!($name), "` with broadcasting, recorded.")]

@@ -8,7 +8,7 @@ pub(crate) mod reduce;
 pub(crate) mod shape;
 
 use crate::error::Result;
-use crate::tensor::{BinaryOp, Element, Shape, Tensor, UnaryOp};
+use crate::tensor::{BinaryOp, Element, Tensor, UnaryOp};
 use std::sync::Arc;
 
 /// An op defined outside the library: its forward runs eagerly (the caller supplies the
@@ -33,16 +33,16 @@ pub(crate) enum Op<T: Element> {
     Constant,
     Unary(UnaryOp),
     Binary(BinaryOp),
-    Where(Tensor<T>),
-    Sum { axes: Shape },
-    Mean { axes: Shape },
-    Max { axes: Shape },
-    LogSumExp { axes: Shape },
+    Where(Box<Tensor<T>>),
+    Sum { axes: Box<[usize]> },
+    Mean { axes: Box<[usize]> },
+    Max { axes: Box<[usize]> },
+    LogSumExp { axes: Box<[usize]> },
     Softmax(usize),
     LogSoftmax(usize),
     MatMul,
     Reshape,
-    Permute(Shape),
+    Permute(Box<[usize]>),
     BroadcastTo,
     Narrow { axis: usize, start: usize },
     Concat { axis: usize },

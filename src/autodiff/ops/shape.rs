@@ -52,9 +52,7 @@ impl<'t, T: Element> Var<'t, T> {
     /// Reorders the axes: output axis `i` is input axis `perm[i]`.
     pub fn permute(self, perm: &[usize]) -> Result<Var<'t, T>> {
         let y = self.value().permute(perm)?;
-        Ok(self
-            .tape
-            .push(Op::Permute(Shape::from_slice(perm)), &[self], y))
+        Ok(self.tape.push(Op::Permute(perm.into()), &[self], y))
     }
 
     /// Swaps two axes.
@@ -129,14 +127,22 @@ mod tests {
     #[test]
     fn shape_ops_match_finite_differences() {
         let x = Tensor::<f64>::randn(&[2, 3, 4], 1);
-        check("reshape", &[x.clone()], |_, v| v[0].reshape(&[6, 4]));
-        check("permute", &[x.clone()], |_, v| v[0].permute(&[2, 0, 1]));
-        check("transpose", &[x.clone()], |_, v| v[0].transpose(0, 2));
-        check("narrow", &[x.clone()], |_, v| v[0].narrow(2, 1, 2));
-        check("index_select", &[x.clone()], |_, v| {
+        check("reshape", std::slice::from_ref(&x), |_, v| {
+            v[0].reshape(&[6, 4])
+        });
+        check("permute", std::slice::from_ref(&x), |_, v| {
+            v[0].permute(&[2, 0, 1])
+        });
+        check("transpose", std::slice::from_ref(&x), |_, v| {
+            v[0].transpose(0, 2)
+        });
+        check("narrow", std::slice::from_ref(&x), |_, v| {
+            v[0].narrow(2, 1, 2)
+        });
+        check("index_select", std::slice::from_ref(&x), |_, v| {
             v[0].index_select(1, &[2, 0, 2])
         });
-        check("gather", &[x.clone()], |_, v| {
+        check("gather", std::slice::from_ref(&x), |_, v| {
             v[0].gather(2, &[0, 3, 1, 1, 2, 0])
         });
         let b = Tensor::<f64>::randn(&[3, 1], 2);

@@ -1,0 +1,79 @@
+//! Integration tests of the engine through the public API.
+
+use chainrule::{Tape, Tensor, Var};
+
+#[test]
+fn a_million_op_chain_backpropagates_without_recursion() {
+    let tape = Tape::<f32>::with_capacity(1_000_001);
+    let x = tape.var(Tensor::scalar(1.0));
+    let mut y = x;
+    for _ in 0..1_000_000 {
+        y = y.add_scalar(1e-6);
+    }
+    let g = tape.backward(y).unwrap();
+    assert_eq!(g[x].item().unwrap(), 1.0);
+    assert_eq!(tape.len(), 1_000_001);
+}
+
+#[test]
+fn shape_errors_name_the_op_and_both_shapes() {
+    let tape = Tape::<f64>::new();
+    let a = tape.var(Tensor::zeros(&[2, 3]));
+    let b = tape.var(Tensor::zeros(&[4, 5]));
+    let msg = |e: chainrule::Error| e.to_string();
+    let add = msg(a.add(b).unwrap_err());
+    assert!(
+        add.contains("add") && add.contains("[2, 3]") && add.contains("[4, 5]"),
+        "{add}"
+    );
+    let mm = msg(a.matmul(b).unwrap_err());
+    assert!(
+        mm.contains("matmul") && mm.contains("[2, 3]") && mm.contains("[4, 5]"),
+        "{mm}"
+    );
+    let rs = msg(a.reshape(&[5]).unwrap_err());
+    assert!(
+        rs.contains("reshape") && rs.contains("[2, 3]") && rs.contains("[5]"),
+        "{rs}"
+    );
+    let cat = msg(Var::concat(&[a, b], 0).unwrap_err());
+    assert!(
+        cat.contains("concat") && cat.contains("[2, 3]") && cat.contains("[4, 5]"),
+        "{cat}"
+    );
+}
+
+#[test]
+fn backward_needs_a_scalar_and_says_so() {
+    let tape = Tape::<f32>::new();
+    let x = tape.var(Tensor::ones(&[3]));
+    let e = tape.backward(x.exp()).unwrap_err().to_string();
+    assert!(e.contains("backward") && e.contains("[3]"), "{e}");
+}
+
+#[test]
+fn cleared_tape_starts_empty_and_gradients_do_not_leak_across_steps() {
+    let mut tape = Tape::<f64>::new();
+    let w = Tensor::<f64>::from_vec(vec![2.0], &[1]).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        tape.clear();
+        let v = tape.var(w.clone());
+        let loss = (v * v).sum_all();
+        seen.push(tape.backward(loss).unwrap()[v].item().unwrap());
+        assert_eq!(tape.len(), 3);
+    }
+    assert_eq!(seen, vec![4.0, 4.0, 4.0]);
+}
+
+#[test]
+fn same_seed_same_result() {
+    let run = || {
+        let tape = Tape::<f32>::new();
+        let x = tape.var(Tensor::randn(&[8, 8], 42));
+        let w = tape.var(Tensor::randn(&[8, 4], 43));
+        let y = x.matmul(w).unwrap().tanh().sum_all();
+        tape.backward(y).unwrap()[w].to_vec()
+    };
+    assert_eq!(run(), run());
+}
