@@ -15,3 +15,6 @@ pub mod tensor;
 pub use autodiff::{Gradients, Tape, Var};
 pub use error::{Error, Result};
 pub use tensor::{Element, Tensor};
+pub mod data;
+pub mod nn;
+pub mod optim;

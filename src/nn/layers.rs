@@ -1,0 +1,340 @@
+//! Layers: Linear, an MLP builder, activations, Dropout and Embedding, with seeded
+//! initialisers.
+
+use super::store::{ParamId, ParamStore, Params};
+use crate::autodiff::Var;
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Weight initialisers (biases start at zero, except for [`Init::TorchDefault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// Glorot/Xavier uniform: U(±√(6 / (fan_in + fan_out))).
+    XavierUniform,
+    /// Glorot/Xavier normal: N(0, 2 / (fan_in + fan_out)).
+    XavierNormal,
+    /// He/Kaiming uniform for ReLU: U(±√(6 / fan_in)).
+    HeUniform,
+    /// He/Kaiming normal for ReLU: N(0, 2 / fan_in).
+    HeNormal,
+    /// PyTorch's `nn.Linear` default: weights and biases U(±1/√fan_in).
+    TorchDefault,
+}
+
+impl Init {
+    fn weight<T: Element>(self, fan_in: usize, fan_out: usize, rng: &mut ChaCha8Rng) -> Tensor<T> {
+        let (fi, fo) = (fan_in as f64, fan_out as f64);
+        let shape = [fan_in, fan_out];
+        match self {
+            Init::XavierUniform => {
+                let a = (6.0 / (fi + fo)).sqrt();
+                Tensor::rand_uniform_with(&shape, -a, a, rng)
+            }
+            Init::XavierNormal => {
+                Tensor::randn_with(&shape, rng).mul_scalar((2.0 / (fi + fo)).sqrt())
+            }
+            Init::HeUniform => {
+                let a = (6.0 / fi).sqrt();
+                Tensor::rand_uniform_with(&shape, -a, a, rng)
+            }
+            Init::HeNormal => Tensor::randn_with(&shape, rng).mul_scalar((2.0 / fi).sqrt()),
+            Init::TorchDefault => {
+                let a = 1.0 / fi.sqrt();
+                Tensor::rand_uniform_with(&shape, -a, a, rng)
+            }
+        }
+    }
+}
+
+/// Whether a forward pass is training (dropout active) and its random numbers.
+pub struct ForwardCtx {
+    /// Training mode.
+    pub train: bool,
+    /// Source of dropout masks.
+    pub rng: ChaCha8Rng,
+}
+
+impl ForwardCtx {
+    /// Training mode with a seeded generator.
+    pub fn train(seed: u64) -> Self {
+        ForwardCtx {
+            train: true,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+    /// Evaluation mode (dropout is the identity).
+    pub fn eval() -> Self {
+        ForwardCtx {
+            train: false,
+            rng: ChaCha8Rng::seed_from_u64(0),
+        }
+    }
+}
+
+/// `y = x·W + b` with `W: [in, out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// The weight `[in, out]`.
+    pub weight: ParamId,
+    /// The bias `[out]`.
+    pub bias: ParamId,
+}
+
+impl Linear {
+    /// Adds `name.weight` and `name.bias` to the store.
+    pub fn new<T: Element>(
+        store: &mut ParamStore<T>,
+        name: &str,
+        fan_in: usize,
+        fan_out: usize,
+        init: Init,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
+        let w = init.weight(fan_in, fan_out, rng);
+        let b = if init == Init::TorchDefault {
+            let a = 1.0 / (fan_in as f64).sqrt();
+            Tensor::rand_uniform_with(&[fan_out], -a, a, rng)
+        } else {
+            Tensor::zeros(&[fan_out])
+        };
+        Ok(Linear {
+            weight: store.add(format!("{name}.weight"), w)?,
+            bias: store.add(format!("{name}.bias"), b)?,
+        })
+    }
+
+    /// Applies the layer to `x: [batch, in]`.
+    pub fn forward<'t, T: Element>(&self, p: &Params<'t, T>, x: Var<'t, T>) -> Result<Var<'t, T>> {
+        x.matmul(p[self.weight])?.add(p[self.bias])
+    }
+}
+
+/// Elementwise nonlinearities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// max(x, 0)
+    Relu,
+    /// tanh
+    Tanh,
+    /// logistic sigmoid
+    Sigmoid,
+    /// no nonlinearity
+    Identity,
+}
+
+impl Activation {
+    /// Applies the activation.
+    pub fn apply<'t, T: Element>(self, x: Var<'t, T>) -> Var<'t, T> {
+        match self {
+            Activation::Relu => x.relu(),
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => x.sigmoid(),
+            Activation::Identity => x,
+        }
+    }
+}
+
+/// Inverted dropout: in training, zeroes each element with probability `p` and scales
+/// the rest by `1/(1−p)`; in evaluation, the identity.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    /// Drop probability in `[0, 1)`.
+    pub p: f64,
+}
+
+impl Dropout {
+    /// Applies dropout according to `ctx`.
+    pub fn forward<'t, T: Element>(
+        &self,
+        x: Var<'t, T>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Var<'t, T>> {
+        if !ctx.train || self.p == 0.0 {
+            return Ok(x);
+        }
+        if !(0.0..1.0).contains(&self.p) {
+            return Err(Error::invalid(
+                "dropout",
+                format!("probability {} is not in [0, 1)", self.p),
+            ));
+        }
+        let keep = 1.0 - self.p;
+        let scale = T::of(1.0 / keep);
+        let mask = Tensor::build(&x.shape(), |d| {
+            for v in d {
+                *v = if ctx.rng.random::<f64>() < keep {
+                    scale
+                } else {
+                    T::zero()
+                };
+            }
+        });
+        x.mul(x.tape().constant(mask))
+    }
+}
+
+/// A lookup table of `num` vectors of size `dim`.
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    /// The table `[num, dim]`.
+    pub table: ParamId,
+}
+
+impl Embedding {
+    /// Adds `name.weight` initialised N(0, 1), as in PyTorch.
+    pub fn new<T: Element>(
+        store: &mut ParamStore<T>,
+        name: &str,
+        num: usize,
+        dim: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
+        Ok(Embedding {
+            table: store.add(
+                format!("{name}.weight"),
+                Tensor::randn_with(&[num, dim], rng),
+            )?,
+        })
+    }
+
+    /// The rows `indices` of the table, `[indices.len(), dim]`.
+    pub fn forward<'t, T: Element>(
+        &self,
+        p: &Params<'t, T>,
+        indices: &[usize],
+    ) -> Result<Var<'t, T>> {
+        p[self.table].index_select(0, indices)
+    }
+}
+
+/// A multilayer perceptron: Linear layers with an activation (and optional dropout)
+/// between them, none after the last.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// The layers, input to output.
+    pub layers: Vec<Linear>,
+    /// The hidden activation.
+    pub activation: Activation,
+    /// Dropout after each hidden activation.
+    pub dropout: Option<Dropout>,
+    /// Layer sizes, input first.
+    pub sizes: Vec<usize>,
+}
+
+impl Mlp {
+    /// Builds layers `sizes[0] → sizes[1] → ... → sizes[n]`, named `layer0`, `layer1`...
+    pub fn new<T: Element>(
+        store: &mut ParamStore<T>,
+        sizes: &[usize],
+        activation: Activation,
+        init: Init,
+        seed: u64,
+    ) -> Result<Self> {
+        if sizes.len() < 2 || sizes.contains(&0) {
+            return Err(Error::invalid(
+                "Mlp::new",
+                format!("layer sizes {sizes:?} need at least two positive entries"),
+            ));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| Linear::new(store, &format!("layer{i}"), w[0], w[1], init, &mut rng))
+            .collect::<Result<_>>()?;
+        Ok(Mlp {
+            layers,
+            activation,
+            dropout: None,
+            sizes: sizes.to_vec(),
+        })
+    }
+
+    /// Adds dropout with probability `p` after each hidden activation.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.dropout = (p > 0.0).then_some(Dropout { p });
+        self
+    }
+
+    /// The logits for a batch `x: [batch, sizes[0]]`.
+    pub fn forward<'t, T: Element>(
+        &self,
+        p: &Params<'t, T>,
+        x: Var<'t, T>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Var<'t, T>> {
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(p, h)?;
+            if i + 1 < self.layers.len() {
+                h = self.activation.apply(h);
+                if let Some(d) = &self.dropout {
+                    h = d.forward(h, ctx)?;
+                }
+            }
+        }
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autodiff::Tape;
+
+    #[test]
+    fn mlp_shapes_names_and_seeded_init() {
+        let mut s = ParamStore::<f32>::new();
+        let m = Mlp::new(&mut s, &[4, 8, 3], Activation::Relu, Init::HeUniform, 1).unwrap();
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.name(m.layers[1].weight), "layer1.weight");
+        let mut s2 = ParamStore::<f32>::new();
+        Mlp::new(&mut s2, &[4, 8, 3], Activation::Relu, Init::HeUniform, 1).unwrap();
+        assert_eq!(s.get(ParamId(0)), s2.get(ParamId(0)));
+        let tape = Tape::new();
+        let p = s.leaves(&tape);
+        let y = m
+            .forward(
+                &p,
+                tape.constant(Tensor::ones(&[5, 4])),
+                &mut ForwardCtx::eval(),
+            )
+            .unwrap();
+        assert_eq!(y.shape().as_slice(), &[5, 3]);
+        assert!(Mlp::new(&mut s, &[4], Activation::Relu, Init::HeUniform, 1).is_err());
+    }
+
+    #[test]
+    fn dropout_scales_kept_units_and_is_identity_in_eval() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::ones(&[1000]));
+        let d = Dropout { p: 0.25 };
+        let y = d.forward(x, &mut ForwardCtx::train(3)).unwrap().value();
+        let kept = y.data().iter().filter(|&&v| v != 0.0).count();
+        assert!((700..800).contains(&kept), "{kept}");
+        assert!(
+            y.data()
+                .iter()
+                .all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-12)
+        );
+        let z = d.forward(x, &mut ForwardCtx::eval()).unwrap();
+        assert_eq!(z.id(), x.id());
+    }
+
+    #[test]
+    fn embedding_gradient_accumulates_repeated_rows() {
+        let mut s = ParamStore::<f64>::new();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let e = Embedding::new(&mut s, "emb", 5, 3, &mut rng).unwrap();
+        let tape = Tape::new();
+        let p = s.leaves(&tape);
+        let y = e.forward(&p, &[1, 1, 4]).unwrap().sum_all();
+        let g = tape.backward(y).unwrap();
+        let gt = &g[p[e.table]];
+        assert_eq!(&gt.data()[3..6], &[2.0, 2.0, 2.0]);
+        assert_eq!(&gt.data()[0..3], &[0.0, 0.0, 0.0]);
+    }
+}

@@ -1,0 +1,11 @@
+//! Neural-network building blocks. Parameters live in a [`ParamStore`], outside any tape;
+//! each step puts them on a fresh tape as leaves ([`ParamStore::leaves`]), the forward
+//! pass records the graph, and the backward pass returns one gradient per parameter.
+
+mod layers;
+mod loss;
+mod store;
+
+pub use layers::{Activation, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
+pub use loss::{bce_with_logits, cross_entropy, mse};
+pub use store::{ParamId, ParamStore, Params};

@@ -1,0 +1,340 @@
+//! The parameter store: stable ids, names, freezing, and safetensors files.
+
+use crate::autodiff::{Gradients, Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A parameter's stable id in its store (its insertion index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ParamId(pub usize);
+
+/// Named parameters, kept across steps.
+#[derive(Clone, Debug, Default)]
+pub struct ParamStore<T: Element> {
+    names: Vec<String>,
+    values: Vec<Tensor<T>>,
+    frozen: Vec<bool>,
+}
+
+/// One step's view of the store: a variable per parameter on that step's tape.
+pub struct Params<'t, T: Element> {
+    vars: Vec<Var<'t, T>>,
+}
+
+impl<'t, T: Element> std::ops::Index<ParamId> for Params<'t, T> {
+    type Output = Var<'t, T>;
+    fn index(&self, id: ParamId) -> &Var<'t, T> {
+        &self.vars[id.0]
+    }
+}
+
+impl<'t, T: Element> Params<'t, T> {
+    /// The gradient of each parameter (in id order), `None` for frozen ones.
+    pub fn grads(&self, grads: &mut Gradients<T>) -> Vec<Option<Tensor<T>>> {
+        self.vars.iter().map(|&v| grads.take(v)).collect()
+    }
+}
+
+impl<T: Element> ParamStore<T> {
+    /// An empty store.
+    pub fn new() -> Self {
+        ParamStore {
+            names: Vec::new(),
+            values: Vec::new(),
+            frozen: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter; names must be unique.
+    pub fn add(&mut self, name: impl Into<String>, value: Tensor<T>) -> Result<ParamId> {
+        let name = name.into();
+        if self.names.contains(&name) {
+            return Err(Error::invalid(
+                "ParamStore::add",
+                format!("a parameter named '{name}' already exists"),
+            ));
+        }
+        self.names.push(name);
+        self.values.push(value);
+        self.frozen.push(false);
+        Ok(ParamId(self.values.len() - 1))
+    }
+
+    /// Number of parameters (tensors).
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True when the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Total number of scalar parameters.
+    pub fn num_elements(&self) -> usize {
+        self.values.iter().map(|v| v.len()).sum()
+    }
+
+    /// A parameter's value.
+    pub fn get(&self, id: ParamId) -> &Tensor<T> {
+        &self.values[id.0]
+    }
+
+    /// A parameter's value, mutably (the optimizer updates it in place).
+    pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor<T> {
+        &mut self.values[id.0]
+    }
+
+    /// A parameter's name.
+    pub fn name(&self, id: ParamId) -> &str {
+        &self.names[id.0]
+    }
+
+    /// The id of the parameter called `name`.
+    pub fn find(&self, name: &str) -> Option<ParamId> {
+        self.names.iter().position(|n| n == name).map(ParamId)
+    }
+
+    /// Stops a parameter from receiving gradients (it enters the tape as a constant).
+    pub fn freeze(&mut self, id: ParamId) {
+        self.frozen[id.0] = true;
+    }
+
+    /// Lets a frozen parameter train again.
+    pub fn unfreeze(&mut self, id: ParamId) {
+        self.frozen[id.0] = false;
+    }
+
+    /// Whether a parameter is frozen.
+    pub fn is_frozen(&self, id: ParamId) -> bool {
+        self.frozen[id.0]
+    }
+
+    /// Every (id, name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (ParamId, &str, &Tensor<T>)> {
+        self.names
+            .iter()
+            .zip(&self.values)
+            .enumerate()
+            .map(|(i, (n, v))| (ParamId(i), n.as_str(), v))
+    }
+
+    /// Puts every parameter on `tape`: trainable ones as leaves, frozen ones as constants.
+    pub fn leaves<'t>(&self, tape: &'t Tape<T>) -> Params<'t, T> {
+        let vars = self
+            .values
+            .iter()
+            .zip(&self.frozen)
+            .map(|(v, &frozen)| {
+                if frozen {
+                    tape.constant(v.clone())
+                } else {
+                    tape.var(v.clone())
+                }
+            })
+            .collect();
+        Params { vars }
+    }
+
+    /// Writes every parameter to a safetensors file, atomically (temporary file, then
+    /// rename), with `metadata` in the file's header.
+    pub fn save_safetensors(&self, path: &Path, metadata: &HashMap<String, String>) -> Result<()> {
+        save_tensors(
+            path,
+            self.names
+                .iter()
+                .map(String::as_str)
+                .zip(self.values.iter()),
+            metadata,
+        )
+    }
+
+    /// Reads parameter values from a safetensors file: every parameter of this store must
+    /// be present with the same shape. Returns the file's metadata.
+    pub fn load_safetensors(&mut self, path: &Path) -> Result<HashMap<String, String>> {
+        let (tensors, meta) = load_tensors::<T>(path)?;
+        let mut by_name: HashMap<String, Tensor<T>> = tensors.into_iter().collect();
+        let mut fresh = Vec::with_capacity(self.values.len());
+        for (name, value) in self.names.iter().zip(&self.values) {
+            let t = by_name.remove(name).ok_or_else(|| Error::Format {
+                path: path.display().to_string(),
+                msg: format!("parameter '{name}' is missing"),
+            })?;
+            if t.shape() != value.shape() {
+                return Err(Error::Format {
+                    path: path.display().to_string(),
+                    msg: format!(
+                        "parameter '{name}' has shape {:?}, the model expects {:?}",
+                        t.shape(),
+                        value.shape()
+                    ),
+                });
+            }
+            fresh.push(t);
+        }
+        self.values = fresh;
+        Ok(meta)
+    }
+}
+
+/// Writes named tensors to a safetensors file atomically.
+pub fn save_tensors<'a, T: Element>(
+    path: &Path,
+    tensors: impl Iterator<Item = (&'a str, &'a Tensor<T>)>,
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    let dtype = if T::NAME == "f32" {
+        safetensors::Dtype::F32
+    } else {
+        safetensors::Dtype::F64
+    };
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .map(|(n, t)| {
+            let bytes: Vec<u8> = t.data().iter().flat_map(|v| to_le_bytes(*v)).collect();
+            (n.to_string(), t.shape().to_vec(), bytes)
+        })
+        .collect();
+    let mut views = Vec::with_capacity(owned.len());
+    for (n, shape, bytes) in &owned {
+        let view =
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).map_err(|e| {
+                Error::Format {
+                    path: path.display().to_string(),
+                    msg: e.to_string(),
+                }
+            })?;
+        views.push((n.as_str(), view));
+    }
+    let bytes =
+        safetensors::serialize(views, Some(metadata.clone())).map_err(|e| Error::Format {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+    write_atomically(path, &bytes)
+}
+
+fn to_le_bytes<T: Element>(v: T) -> Vec<u8> {
+    if T::NAME == "f32" {
+        (v.as_f64() as f32).to_le_bytes().to_vec()
+    } else {
+        v.as_f64().to_le_bytes().to_vec()
+    }
+}
+
+/// Reads every tensor of a safetensors file (f32 or f64, converted to `T`).
+pub fn load_tensors<T: Element>(
+    path: &Path,
+) -> Result<(Vec<(String, Tensor<T>)>, HashMap<String, String>)> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: name.clone(),
+        source: e,
+    })?;
+    let fmt = |msg: String| Error::Format {
+        path: name.clone(),
+        msg,
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| fmt(format!("not a valid safetensors file: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| fmt(format!("not a valid safetensors file: {e}")))?;
+    let mut out = Vec::new();
+    for (n, view) in st.tensors() {
+        let data: Vec<T> = match view.dtype() {
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|c| T::of(f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64))
+                .collect(),
+            safetensors::Dtype::F64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|c| T::of(f64::from_le_bytes(c.try_into().expect("8 bytes"))))
+                .collect(),
+            other => {
+                return Err(fmt(format!(
+                    "tensor '{n}' has dtype {other:?}; only F32 and F64 are supported"
+                )));
+            }
+        };
+        out.push((n, Tensor::from_vec(data, view.shape())?));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((out, meta))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over
+/// `path`: a reader sees the old file or the new one, never a partial one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |e: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safetensors_roundtrip_and_mismatch_errors() {
+        let dir = std::env::temp_dir().join(format!("chainrule-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.safetensors");
+        let mut s = ParamStore::<f32>::new();
+        let w = s.add("w", Tensor::randn(&[3, 2], 1)).unwrap();
+        s.add("b", Tensor::zeros(&[2])).unwrap();
+        assert!(s.add("w", Tensor::zeros(&[1])).is_err());
+        let meta = HashMap::from([("step".to_string(), "7".to_string())]);
+        s.save_safetensors(&path, &meta).unwrap();
+        let mut t = ParamStore::<f32>::new();
+        t.add("w", Tensor::zeros(&[3, 2])).unwrap();
+        t.add("b", Tensor::zeros(&[2])).unwrap();
+        assert_eq!(t.load_safetensors(&path).unwrap()["step"], "7");
+        assert_eq!(t.get(w), s.get(w));
+        let mut wrong = ParamStore::<f32>::new();
+        wrong.add("w", Tensor::zeros(&[2, 3])).unwrap();
+        let e = wrong.load_safetensors(&path).unwrap_err().to_string();
+        assert!(e.contains("'w'") && e.contains("[3, 2]"), "{e}");
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(
+            t.load_safetensors(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid safetensors")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn frozen_parameters_get_no_gradient() {
+        let mut s = ParamStore::<f64>::new();
+        let a = s.add("a", Tensor::ones(&[2])).unwrap();
+        let b = s.add("b", Tensor::ones(&[2])).unwrap();
+        s.freeze(b);
+        let tape = Tape::new();
+        let p = s.leaves(&tape);
+        let loss = (p[a] * p[b]).sum_all();
+        let mut g = tape.backward(loss).unwrap();
+        let grads = p.grads(&mut g);
+        assert!(grads[a.0].is_some() && grads[b.0].is_none());
+    }
+}

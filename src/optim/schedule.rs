@@ -1,0 +1,91 @@
+//! Learning-rate schedules: a base rate, an optional linear warm-up, then a decay.
+
+/// How the rate decays after warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// The base rate throughout.
+    Constant,
+    /// Multiply by `gamma` every `every` steps.
+    Step {
+        /// Steps between decays.
+        every: usize,
+        /// Decay factor.
+        gamma: f64,
+    },
+    /// Cosine from the base rate to `min_lr` over `total` steps.
+    Cosine {
+        /// Steps of the whole schedule.
+        total: usize,
+        /// Final rate.
+        min_lr: f64,
+    },
+}
+
+/// A base rate with warm-up and decay.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LrSchedule {
+    /// The base learning rate.
+    pub base_lr: f64,
+    /// The decay after warm-up.
+    pub schedule: Schedule,
+    /// Steps of linear warm-up from `base_lr / warmup` to `base_lr`.
+    pub warmup: usize,
+}
+
+impl LrSchedule {
+    /// A constant rate.
+    pub fn constant(lr: f64) -> Self {
+        LrSchedule {
+            base_lr: lr,
+            schedule: Schedule::Constant,
+            warmup: 0,
+        }
+    }
+
+    /// The rate for step `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.base_lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let s = step - self.warmup;
+        match self.schedule {
+            Schedule::Constant => self.base_lr,
+            Schedule::Step { every, gamma } => self.base_lr * gamma.powi((s / every.max(1)) as i32),
+            Schedule::Cosine { total, min_lr } => {
+                let t = (s as f64 / total.max(1) as f64).min(1.0);
+                min_lr + 0.5 * (self.base_lr - min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        assert_eq!(LrSchedule::constant(0.1).lr_at(1000), 0.1);
+        let s = LrSchedule {
+            base_lr: 1.0,
+            schedule: Schedule::Step {
+                every: 10,
+                gamma: 0.5,
+            },
+            warmup: 0,
+        };
+        assert_eq!((s.lr_at(9), s.lr_at(10), s.lr_at(25)), (1.0, 0.5, 0.25));
+        let c = LrSchedule {
+            base_lr: 1.0,
+            schedule: Schedule::Cosine {
+                total: 100,
+                min_lr: 0.0,
+            },
+            warmup: 4,
+        };
+        assert_eq!((c.lr_at(0), c.lr_at(3)), (0.25, 1.0));
+        assert!((c.lr_at(54) - 0.5).abs() < 1e-12);
+        assert!(c.lr_at(104).abs() < 1e-12);
+    }
+}
