@@ -18,3 +18,4 @@ pub use tensor::{Element, Tensor};
 pub mod data;
 pub mod nn;
 pub mod optim;
+pub mod train;

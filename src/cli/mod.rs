@@ -2,20 +2,33 @@
 
 mod bench;
 mod gradcheck;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Automatic differentiation and neural-network training.
 #[derive(Parser, Debug)]
-#[command(name = "chainrule", version, about)]
+#[command(
+    name = "chainrule",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a subcommand, `chainrule` trains (the options of `chainrule train`).
+    #[command(flatten)]
+    train: train::Args,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train an MLP (the default: the embedded digits, Adam, clipping, target 0.97, 60 s).
+    Train(train::Args),
+    /// Evaluate a saved checkpoint.
+    Eval(train::EvalArgs),
     /// Check every differentiable op's gradient against finite differences (f64).
     Gradcheck(gradcheck::Args),
     /// Run benchmark workloads and print a table (or JSON lines).
@@ -24,10 +37,9 @@ enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli
-        .command
-        .unwrap_or(Command::Gradcheck(gradcheck::Args::default()))
-    {
+    match cli.command.unwrap_or(Command::Train(cli.train)) {
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => train::eval(a),
         Command::Gradcheck(a) => gradcheck::run(a),
         Command::Bench(a) => bench::run(a),
     }

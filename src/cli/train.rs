@@ -1,0 +1,548 @@
+//! `chainrule train` (the default command) and `chainrule eval`.
+
+use anyhow::{Context, bail};
+use chainrule::data::{Dataset, LabelColumn, Standardizer, load_csv, load_mnist};
+use chainrule::nn::{Activation, Init, Mlp, ParamStore};
+use chainrule::optim::{LrSchedule, OptimizerKind, Schedule};
+use chainrule::train::{
+    Callback, CheckpointMeta, CheckpointWriter, MetricsLog, Position, Progress, StopReason,
+    TrainConfig, Trainer, evaluate, load_checkpoint, plot_history,
+};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Options of `chainrule train`. Unset options take the defaults shown, or, with
+/// `--resume`, the values the run was started with.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct Args {
+    /// Dataset: `digits` (embedded), `mnist:DIR` (the four IDX files) or `csv:FILE`.
+    #[arg(long)]
+    data: Option<String>,
+    /// CSV label column, by name or 0-based index [default: last].
+    #[arg(long)]
+    label: Option<String>,
+    /// Hidden layer sizes [default: 128,64].
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    /// Hidden activation: relu, tanh or sigmoid [default: relu].
+    #[arg(long)]
+    activation: Option<String>,
+    /// Dropout probability after each hidden layer [default: 0].
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw [default: adam].
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Learning rate [default: 0.001].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// Weight decay [default: the optimizer's PyTorch default].
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA [default: constant].
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Linear warm-up steps [default: 0].
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Samples per step [default: 32].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Clip the global gradient norm to this value [default: 1.0].
+    #[arg(long, allow_negative_numbers = true)]
+    clip_norm: Option<f64>,
+    /// Turn gradient-norm clipping off.
+    #[arg(long)]
+    no_clip: bool,
+    /// Clip each gradient element to ±this value [default: off].
+    #[arg(long, allow_negative_numbers = true)]
+    clip_value: Option<f64>,
+    /// Stop when validation accuracy reaches this [default: 0.97].
+    #[arg(long)]
+    target: Option<f64>,
+    /// Stop after this many evaluations without improvement [default: 20].
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Stop after this many epochs [default: 1000].
+    #[arg(long)]
+    max_epochs: Option<usize>,
+    /// Stop after this many steps [default: none].
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Stop after this many seconds of training [default: 60].
+    #[arg(long)]
+    max_time: Option<f64>,
+    /// Evaluate every k steps instead of every epoch.
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Fraction of the data held out for validation (digits, CSV) [default: 0.2].
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Put the best validation weights back at the end.
+    #[arg(long)]
+    restore_best: bool,
+    /// Seed of the split, initialisation, batch order and dropout [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output folder for the metrics log, plot, report and checkpoint [default: runs/run-<unix time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in this folder (its checkpoint/ subfolder).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Print the final report as one JSON object (and no progress).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The resolved settings of a run, stored in its checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    data: String,
+    label: Option<String>,
+    hidden: Vec<usize>,
+    activation: Activation,
+    dropout: f64,
+    optimizer: OptimizerKind,
+    lr: f64,
+    weight_decay: Option<f64>,
+    schedule: String,
+    warmup: usize,
+    batch_size: usize,
+    clip_norm: Option<f64>,
+    clip_value: Option<f64>,
+    target: Option<f64>,
+    patience: Option<usize>,
+    max_epochs: Option<usize>,
+    max_steps: Option<usize>,
+    max_time: Option<f64>,
+    eval_every: Option<usize>,
+    val_fraction: f64,
+    restore_best: bool,
+    seed: u64,
+}
+
+fn parse_activation(s: &str) -> anyhow::Result<Activation> {
+    Ok(match s {
+        "relu" => Activation::Relu,
+        "tanh" => Activation::Tanh,
+        "sigmoid" => Activation::Sigmoid,
+        _ => bail!("--activation: unknown activation '{s}'; choose relu, tanh or sigmoid"),
+    })
+}
+
+fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>> {
+    match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => {
+            bail!("{name} must be a positive number, got {x}")
+        }
+        _ => Ok(v),
+    }
+}
+
+impl RunConfig {
+    /// Defaults, overridden by the options given (on top of `base` when resuming).
+    fn resolve(a: &Args, base: Option<RunConfig>) -> anyhow::Result<RunConfig> {
+        let b = base.unwrap_or(RunConfig {
+            data: "digits".into(),
+            label: None,
+            hidden: vec![128, 64],
+            activation: Activation::Relu,
+            dropout: 0.0,
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-3,
+            weight_decay: None,
+            schedule: "constant".into(),
+            warmup: 0,
+            batch_size: 32,
+            clip_norm: Some(1.0),
+            clip_value: None,
+            target: Some(0.97),
+            patience: Some(20),
+            max_epochs: Some(1000),
+            max_steps: None,
+            max_time: Some(60.0),
+            eval_every: None,
+            val_fraction: 0.2,
+            restore_best: false,
+            seed: 0,
+        });
+        let lr = a.lr.unwrap_or(b.lr);
+        if !(lr.is_finite() && lr >= 0.0) {
+            bail!("--lr must be a non-negative number, got {lr}");
+        }
+        let optimizer = match &a.optimizer {
+            Some(s) => s
+                .parse::<OptimizerKind>()
+                .map_err(|e| anyhow::anyhow!("--optimizer: {e}"))?,
+            None => b.optimizer,
+        };
+        let dropout = a.dropout.unwrap_or(b.dropout);
+        if !(0.0..1.0).contains(&dropout) {
+            bail!("--dropout must be in [0, 1), got {dropout}");
+        }
+        let val_fraction = a.val_fraction.unwrap_or(b.val_fraction);
+        if !(val_fraction > 0.0 && val_fraction < 1.0) {
+            bail!("--val-fraction must be between 0 and 1, got {val_fraction}");
+        }
+        let hidden = a.hidden.clone().unwrap_or(b.hidden);
+        if hidden.contains(&0) {
+            bail!("--hidden: layer sizes must be positive, got {hidden:?}");
+        }
+        let batch_size = a.batch_size.unwrap_or(b.batch_size);
+        if batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let cfg = RunConfig {
+            data: a.data.clone().unwrap_or(b.data),
+            label: a.label.clone().or(b.label),
+            hidden,
+            activation: match &a.activation {
+                Some(s) => parse_activation(s)?,
+                None => b.activation,
+            },
+            dropout,
+            optimizer,
+            lr,
+            weight_decay: a.weight_decay.or(b.weight_decay),
+            schedule: a.schedule.clone().unwrap_or(b.schedule),
+            warmup: a.warmup.unwrap_or(b.warmup),
+            batch_size,
+            clip_norm: if a.no_clip {
+                None
+            } else {
+                positive("--clip-norm", a.clip_norm.or(b.clip_norm))?
+            },
+            clip_value: positive("--clip-value", a.clip_value.or(b.clip_value))?,
+            target: a.target.or(b.target),
+            patience: a.patience.or(b.patience),
+            max_epochs: a.max_epochs.or(b.max_epochs),
+            max_steps: a.max_steps.or(b.max_steps),
+            max_time: positive("--max-time", a.max_time.or(b.max_time))?,
+            eval_every: a.eval_every.or(b.eval_every),
+            val_fraction,
+            restore_best: a.restore_best || b.restore_best,
+            seed: a.seed.unwrap_or(b.seed),
+        };
+        cfg.lr_schedule(0)?;
+        Ok(cfg)
+    }
+
+    fn lr_schedule(&self, total_steps: usize) -> anyhow::Result<LrSchedule> {
+        let schedule = match self.schedule.as_str() {
+            "constant" => Schedule::Constant,
+            "cosine" => Schedule::Cosine {
+                total: total_steps.max(1),
+                min_lr: 0.0,
+            },
+            s if s.starts_with("step:") => {
+                let parts: Vec<&str> = s.split(':').collect();
+                match (
+                    parts.get(1).and_then(|v| v.parse().ok()),
+                    parts.get(2).and_then(|v| v.parse().ok()),
+                ) {
+                    (Some(every), Some(gamma)) if parts.len() == 3 => {
+                        Schedule::Step { every, gamma }
+                    }
+                    _ => bail!("--schedule: expected step:EVERY:GAMMA, got '{s}'"),
+                }
+            }
+            s => bail!(
+                "--schedule: unknown schedule '{s}'; choose constant, cosine or step:EVERY:GAMMA"
+            ),
+        };
+        Ok(LrSchedule {
+            base_lr: self.lr,
+            schedule,
+            warmup: self.warmup,
+        })
+    }
+}
+
+/// Training and evaluation splits, standardised with the training split's statistics.
+pub struct Splits {
+    train: Dataset,
+    val: Dataset,
+    standardizer: Standardizer,
+    eval_name: &'static str,
+}
+
+fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::Result<Splits> {
+    let (train, val, eval_name) = if cfg.data == "digits" {
+        let (t, v) = Dataset::digits()?.split(cfg.val_fraction, cfg.seed)?;
+        (t, v, "validation")
+    } else if let Some(dir) = cfg.data.strip_prefix("mnist:") {
+        let (t, v) = load_mnist(Path::new(dir))?;
+        (t, v, "test")
+    } else if let Some(file) = cfg.data.strip_prefix("csv:") {
+        let label: LabelColumn = cfg
+            .label
+            .as_deref()
+            .unwrap_or("last")
+            .parse()
+            .expect("infallible");
+        let (t, v) = load_csv(Path::new(file), &label)?.split(cfg.val_fraction, cfg.seed)?;
+        (t, v, "validation")
+    } else {
+        bail!(
+            "--data: unknown dataset '{}'; use digits, mnist:DIR or csv:FILE",
+            cfg.data
+        );
+    };
+    let s = standardizer.unwrap_or_else(|| Standardizer::fit(&train));
+    if s.mean.len() != train.dim() {
+        bail!(
+            "the checkpoint's model expects {} features, the data has {}",
+            s.mean.len(),
+            train.dim()
+        );
+    }
+    Ok(Splits {
+        train: s.apply(&train),
+        val: s.apply(&val),
+        standardizer: s,
+        eval_name,
+    })
+}
+
+fn build_model(
+    cfg: &RunConfig,
+    inputs: usize,
+    classes: usize,
+    store: &mut ParamStore<f32>,
+) -> anyhow::Result<Mlp> {
+    let mut sizes = vec![inputs];
+    sizes.extend(&cfg.hidden);
+    sizes.push(classes);
+    let init = if cfg.activation == Activation::Relu {
+        Init::HeUniform
+    } else {
+        Init::XavierUniform
+    };
+    Ok(Mlp::new(store, &sizes, cfg.activation, init, cfg.seed)?.with_dropout(cfg.dropout))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let resumed = match &args.resume {
+        Some(dir) => Some(
+            load_checkpoint(&dir.join("checkpoint"))
+                .with_context(|| format!("--resume {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let base: Option<RunConfig> = match &resumed {
+        Some(c) => Some(
+            serde_json::from_value(c.meta.config.clone())
+                .context("the checkpoint's configuration is not readable")?,
+        ),
+        None => None,
+    };
+    let cfg = RunConfig::resolve(&args, base)?;
+    let out = match (&args.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            PathBuf::from(format!("runs/run-{secs}"))
+        }
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
+
+    let splits = load_splits(
+        &cfg,
+        resumed.as_ref().and_then(|c| c.meta.standardizer.clone()),
+    )?;
+    let mut store = ParamStore::<f32>::new();
+    let model = build_model(
+        &cfg,
+        splits.train.dim(),
+        splits.train.num_classes.max(splits.val.num_classes),
+        &mut store,
+    )?;
+    let mut optimizer = cfg.optimizer.build::<f32>(cfg.lr, cfg.weight_decay)?;
+    let batches_per_epoch = splits.train.len().div_ceil(cfg.batch_size);
+    let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(
+        cfg.max_epochs
+            .unwrap_or(100)
+            .saturating_mul(batches_per_epoch),
+    );
+    let mut position = Position::default();
+    if let Some(c) = &resumed {
+        c.restore_params(&mut store)?;
+        optimizer.load_state(c.optimizer.0.clone(), c.optimizer.1)?;
+        position = c.meta.position.clone();
+    }
+
+    let trainer = Trainer::new(TrainConfig {
+        batch_size: cfg.batch_size,
+        schedule: cfg.lr_schedule(total_steps)?,
+        clip_norm: cfg.clip_norm,
+        clip_value: cfg.clip_value,
+        target: cfg.target,
+        patience: cfg.patience,
+        max_epochs: cfg.max_epochs,
+        max_steps: cfg.max_steps,
+        max_seconds: cfg.max_time,
+        eval_every: cfg.eval_every,
+        divergence_factor: Some(1e3),
+        seed: cfg.seed,
+        restore_best: cfg.restore_best,
+    })?;
+    if !args.json {
+        eprintln!(
+            "training an MLP {:?} on {} ({} train / {} {} samples) with {:?}, lr {}, batch {}, clipping {}; output in {}",
+            model.sizes,
+            cfg.data,
+            splits.train.len(),
+            splits.val.len(),
+            splits.eval_name,
+            cfg.optimizer,
+            cfg.lr,
+            cfg.batch_size,
+            cfg.clip_norm
+                .map(|c| format!("at norm {c}"))
+                .unwrap_or("off".into()),
+            out.display()
+        );
+    }
+    let meta = CheckpointMeta {
+        version: 1,
+        sizes: model.sizes.clone(),
+        activation: cfg.activation,
+        dropout: cfg.dropout,
+        standardizer: Some(splits.standardizer.clone()),
+        position: position.clone(),
+        config: serde_json::to_value(&cfg)?,
+    };
+    let mut progress = Progress::new(args.json, cfg.batch_size);
+    let mut log = MetricsLog::new(out.join("metrics.jsonl"));
+    let mut ckpt = CheckpointWriter::new(out.join("checkpoint"), meta);
+    let mut callbacks: Vec<&mut dyn Callback> = vec![&mut progress, &mut log, &mut ckpt];
+    let report = trainer.fit(
+        &model,
+        &mut store,
+        optimizer.as_mut(),
+        &splits.train,
+        &splits.val,
+        position,
+        &mut callbacks,
+    )?;
+
+    let plot_path = out.join("curves.svg");
+    plot_history(&report.history, &plot_path)?;
+    let mut json = serde_json::to_value(&report)?;
+    json["out"] = serde_json::json!(out.display().to_string());
+    json["eval_split"] = serde_json::json!(splits.eval_name);
+    json["data"] = serde_json::json!(cfg.data);
+    chainrule::nn::write_atomically(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    let failed = matches!(
+        report.stopped_by,
+        StopReason::NonFinite | StopReason::Diverged
+    );
+    if args.json {
+        json.as_object_mut().expect("object").remove("history");
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        let c = &report.clipping;
+        println!(
+            "stopped by:        {:?} ({})",
+            report.stopped_by, report.stop_detail
+        );
+        println!(
+            "best {} acc:   {:.4} (step {})",
+            splits.eval_name, report.best_val_metric, report.best_step
+        );
+        println!(
+            "final {} acc:  {:.4}",
+            splits.eval_name, report.final_val_metric
+        );
+        println!("epochs, steps:     {}, {}", report.epochs, report.steps);
+        println!(
+            "training time:     {:.3} s ({:.0} samples/s)",
+            report.seconds, report.samples_per_second
+        );
+        println!(
+            "gradient norms:    {:.3} .. {:.3} (mean {:.3}); clipped in {} of {} steps",
+            c.min_norm, c.max_norm, c.mean_norm, c.clipped_steps, c.steps
+        );
+        println!(
+            "written:           {}/metrics.jsonl, curves.svg, report.json, checkpoint/",
+            out.display()
+        );
+    }
+    if failed {
+        eprintln!(
+            "error: training failed: {}; the last good checkpoint is in {}/checkpoint",
+            report.stop_detail,
+            out.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options of `chainrule eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// A run folder (holding checkpoint/) or a checkpoint folder.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset to evaluate on [default: the run's]; its validation (or MNIST test) split is used.
+    #[arg(long)]
+    data: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let dir = if args.checkpoint.join("checkpoint").is_dir() {
+        args.checkpoint.join("checkpoint")
+    } else {
+        args.checkpoint.clone()
+    };
+    let ckpt = load_checkpoint(&dir)
+        .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
+    let mut cfg: RunConfig = serde_json::from_value(ckpt.meta.config.clone())
+        .context("the checkpoint's configuration is not readable")?;
+    if let Some(d) = args.data {
+        cfg.data = d;
+    }
+    let splits = load_splits(&cfg, ckpt.meta.standardizer.clone())?;
+    let mut store = ParamStore::<f32>::new();
+    let classes = *ckpt.meta.sizes.last().expect("sizes are never empty");
+    let model = build_model(&cfg, splits.val.dim(), classes, &mut store)?;
+    if model.sizes != ckpt.meta.sizes {
+        bail!(
+            "the checkpoint's model has sizes {:?}, but the data needs {:?}",
+            ckpt.meta.sizes,
+            model.sizes
+        );
+    }
+    ckpt.restore_params(&mut store)?;
+    let (loss, acc) = evaluate(&model, &store, &splits.val)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"data": cfg.data, "split": splits.eval_name, "samples": splits.val.len(), "loss": loss, "accuracy": acc, "step": ckpt.meta.position.step})
+        );
+    } else {
+        println!(
+            "{} on the {} split of {} ({} samples): accuracy {:.4}, loss {:.4}",
+            dir.display(),
+            splits.eval_name,
+            cfg.data,
+            splits.val.len(),
+            acc,
+            loss
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

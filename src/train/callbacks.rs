@@ -1,0 +1,176 @@
+//! What a user sees during a run: a progress bar (plain log lines when the output is not
+//! a terminal), a metrics log, and checkpoints written at every evaluation.
+
+use super::checkpoint::{CheckpointMeta, save_checkpoint};
+use super::{EvalRecord, Position, TrainReport};
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::optim::Optimizer;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+/// The state of a run at an evaluation.
+pub struct Snapshot<'a> {
+    /// The evaluation just made.
+    pub record: &'a EvalRecord,
+    /// Where the run is.
+    pub position: &'a Position,
+    /// The parameters.
+    pub store: &'a ParamStore<f32>,
+    /// The optimizer (for its state).
+    pub optimizer: &'a dyn Optimizer<f32>,
+}
+
+/// Hooks called by the trainer.
+pub trait Callback {
+    /// Before the first step.
+    fn on_start(&mut self, _position: &Position, _batches_per_epoch: usize) -> Result<()> {
+        Ok(())
+    }
+    /// After every step, with the step's loss.
+    fn on_step(&mut self, _step: usize, _loss: f64) -> Result<()> {
+        Ok(())
+    }
+    /// After every evaluation.
+    fn on_eval(&mut self, _snapshot: &Snapshot<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// At the end.
+    fn on_end(&mut self, _report: &TrainReport) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A progress bar on a terminal, one log line per evaluation otherwise.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+    samples_per_step: usize,
+    started: std::time::Instant,
+    first_step: usize,
+    step: usize,
+    loss: f64,
+}
+
+impl Progress {
+    /// `quiet` prints nothing (for `--json`).
+    pub fn new(quiet: bool, batch_size: usize) -> Self {
+        Progress {
+            bar: None,
+            quiet,
+            samples_per_step: batch_size,
+            started: std::time::Instant::now(),
+            first_step: 0,
+            step: 0,
+            loss: f64::NAN,
+        }
+    }
+    fn rate(&self) -> f64 {
+        (self.step - self.first_step) as f64 * self.samples_per_step as f64
+            / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
+impl Callback for Progress {
+    fn on_start(&mut self, position: &Position, _batches_per_epoch: usize) -> Result<()> {
+        self.first_step = position.step;
+        self.step = position.step;
+        self.started = std::time::Instant::now();
+        if !self.quiet && std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] step {pos} {msg}",
+                )
+                .expect("valid template"),
+            );
+            self.bar = Some(bar);
+        }
+        Ok(())
+    }
+    fn on_step(&mut self, step: usize, loss: f64) -> Result<()> {
+        self.step = step;
+        self.loss = loss;
+        if let Some(bar) = &self.bar {
+            if step % 20 == 0 {
+                bar.set_position(step as u64);
+                bar.set_message(format!("loss {loss:.4}  {:.0} samples/s", self.rate()));
+            }
+        }
+        Ok(())
+    }
+    fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {
+        let r = s.record;
+        let line = format!(
+            "epoch {:>6.2}  step {:>6}  loss {:.4}  val loss {:.4}  val acc {:.4}  lr {:.2e}  {:.0} samples/s",
+            r.epoch,
+            r.step,
+            r.train_loss,
+            r.val_loss,
+            r.val_metric,
+            r.lr,
+            self.rate()
+        );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None if !self.quiet => eprintln!("{line}"),
+            None => {}
+        }
+        Ok(())
+    }
+    fn on_end(&mut self, _report: &TrainReport) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+}
+
+/// Appends one JSON object per evaluation to `metrics.jsonl`.
+pub struct MetricsLog {
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Logs to `path` (appending, so a resumed run continues the same file).
+    pub fn new(path: PathBuf) -> Self {
+        MetricsLog { path }
+    }
+}
+
+impl Callback for MetricsLog {
+    fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {
+        let io = |e: std::io::Error| Error::Io {
+            path: self.path.display().to_string(),
+            source: e,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        let line = serde_json::to_string(s.record).expect("records serialise");
+        writeln!(f, "{line}").map_err(io)
+    }
+}
+
+/// Writes a checkpoint (parameters, optimizer state, metadata) at every evaluation.
+pub struct CheckpointWriter {
+    dir: PathBuf,
+    meta: CheckpointMeta,
+}
+
+impl CheckpointWriter {
+    /// Checkpoints into `dir`; `meta` carries the run's configuration and model, and its
+    /// position fields are filled in at each save.
+    pub fn new(dir: PathBuf, meta: CheckpointMeta) -> Self {
+        CheckpointWriter { dir, meta }
+    }
+}
+
+impl Callback for CheckpointWriter {
+    fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {
+        self.meta.position = s.position.clone();
+        save_checkpoint(&self.dir, &self.meta, s.store, s.optimizer)
+    }
+}
