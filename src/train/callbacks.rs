@@ -91,11 +91,11 @@ impl Callback for Progress {
     fn on_step(&mut self, step: usize, loss: f64) -> Result<()> {
         self.step = step;
         self.loss = loss;
-        if let Some(bar) = &self.bar {
-            if step % 20 == 0 {
-                bar.set_position(step as u64);
-                bar.set_message(format!("loss {loss:.4}  {:.0} samples/s", self.rate()));
-            }
+        if let Some(bar) = &self.bar
+            && step.is_multiple_of(20)
+        {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4}  {:.0} samples/s", self.rate()));
         }
         Ok(())
     }

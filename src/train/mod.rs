@@ -225,13 +225,13 @@ impl Trainer {
             ("clip norm", config.clip_norm),
             ("clip value", config.clip_value),
         ] {
-            if let Some(v) = v {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(Error::invalid(
-                        "train",
-                        format!("{name} must be a positive number, got {v}"),
-                    ));
-                }
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(Error::invalid(
+                    "train",
+                    format!("{name} must be a positive number, got {v}"),
+                ));
             }
         }
         Ok(Trainer { config })
@@ -274,31 +274,31 @@ impl Trainer {
             c.on_start(&pos, batches_per_epoch)?;
         }
         let (stopped_by, stop_detail) = 'epochs: loop {
-            if let Some(max) = cfg.max_epochs {
-                if pos.epoch >= max {
-                    break 'epochs (
-                        StopReason::MaxEpochs,
-                        format!("reached the limit of {max} epochs"),
-                    );
-                }
+            if let Some(max) = cfg.max_epochs
+                && pos.epoch >= max
+            {
+                break 'epochs (
+                    StopReason::MaxEpochs,
+                    format!("reached the limit of {max} epochs"),
+                );
             }
             let order = epoch_order(n, cfg.seed, pos.epoch);
             while pos.batch < batches_per_epoch {
-                if let Some(max) = cfg.max_steps {
-                    if pos.step >= max {
-                        break 'epochs (
-                            StopReason::MaxSteps,
-                            format!("reached the limit of {max} steps"),
-                        );
-                    }
+                if let Some(max) = cfg.max_steps
+                    && pos.step >= max
+                {
+                    break 'epochs (
+                        StopReason::MaxSteps,
+                        format!("reached the limit of {max} steps"),
+                    );
                 }
-                if let Some(max) = cfg.max_seconds {
-                    if elapsed(base_seconds) >= max {
-                        break 'epochs (
-                            StopReason::MaxTime,
-                            format!("reached the time limit of {max} s"),
-                        );
-                    }
+                if let Some(max) = cfg.max_seconds
+                    && elapsed(base_seconds) >= max
+                {
+                    break 'epochs (
+                        StopReason::MaxTime,
+                        format!("reached the time limit of {max} s"),
+                    );
                 }
                 let idx =
                     &order[pos.batch * cfg.batch_size..((pos.batch + 1) * cfg.batch_size).min(n)];
@@ -332,16 +332,16 @@ impl Trainer {
                     );
                 }
                 let first = *pos.first_loss.get_or_insert(loss);
-                if let Some(f) = cfg.divergence_factor {
-                    if loss > f * first.max(1e-12) {
-                        break 'epochs (
-                            StopReason::Diverged,
-                            format!(
-                                "the loss {loss:.4} at step {} exceeds {f} × the first loss {first:.4}",
-                                pos.step + 1
-                            ),
-                        );
-                    }
+                if let Some(f) = cfg.divergence_factor
+                    && loss > f * first.max(1e-12)
+                {
+                    break 'epochs (
+                        StopReason::Diverged,
+                        format!(
+                            "the loss {loss:.4} at step {} exceeds {f} × the first loss {first:.4}",
+                            pos.step + 1
+                        ),
+                    );
                 }
 
                 // clip, then step
@@ -383,7 +383,7 @@ impl Trainer {
                 }
 
                 let eval_now = match cfg.eval_every {
-                    Some(k) => pos.step % k.max(1) == 0,
+                    Some(k) => pos.step.is_multiple_of(k.max(1)),
                     None => pos.batch == batches_per_epoch,
                 };
                 if pos.batch == batches_per_epoch {
@@ -424,37 +424,34 @@ impl Trainer {
                             optimizer: &*optimizer,
                         })?;
                     }
-                    if let Some(t) = cfg.target {
-                        if val_metric >= t {
-                            break 'epochs (
-                                StopReason::Target,
-                                format!(
-                                    "validation accuracy {val_metric:.4} reached the target {t}"
-                                ),
-                            );
-                        }
+                    if let Some(t) = cfg.target
+                        && val_metric >= t
+                    {
+                        break 'epochs (
+                            StopReason::Target,
+                            format!("validation accuracy {val_metric:.4} reached the target {t}"),
+                        );
                     }
-                    if let Some(p) = cfg.patience {
-                        if pos.since_best >= p {
-                            break 'epochs (
-                                StopReason::Patience,
-                                format!("no improvement for {p} evaluations"),
-                            );
-                        }
+                    if let Some(p) = cfg.patience
+                        && pos.since_best >= p
+                    {
+                        break 'epochs (
+                            StopReason::Patience,
+                            format!("no improvement for {p} evaluations"),
+                        );
                     }
                 }
             }
         };
         let seconds = elapsed(base_seconds);
         pos.seconds = seconds;
-        if cfg.restore_best {
-            if let Some((_, _, weights)) = &best {
-                if !weights.is_empty() {
-                    let ids: Vec<_> = store.iter().map(|(id, _, _)| id).collect();
-                    for (id, w) in ids.into_iter().zip(weights) {
-                        *store.get_mut(id) = w.clone();
-                    }
-                }
+        if cfg.restore_best
+            && let Some((_, _, weights)) = &best
+            && !weights.is_empty()
+        {
+            let ids: Vec<_> = store.iter().map(|(id, _, _)| id).collect();
+            for (id, w) in ids.into_iter().zip(weights) {
+                *store.get_mut(id) = w.clone();
             }
         }
         let final_val_metric = if stopped_by == StopReason::NonFinite {
