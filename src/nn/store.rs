@@ -223,10 +223,11 @@ fn to_le_bytes<T: Element>(v: T) -> Vec<u8> {
     }
 }
 
+/// Named tensors and the string metadata of a safetensors file.
+pub type NamedTensors<T> = (Vec<(String, Tensor<T>)>, HashMap<String, String>);
+
 /// Reads every tensor of a safetensors file (f32 or f64, converted to `T`).
-pub fn load_tensors<T: Element>(
-    path: &Path,
-) -> Result<(Vec<(String, Tensor<T>)>, HashMap<String, String>)> {
+pub fn load_tensors<T: Element>(path: &Path) -> Result<NamedTensors<T>> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::Io {
         path: name.clone(),
