@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train an MLP (the default: the embedded digits, Adam, clipping, target 0.97, 60 s).
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Evaluate a saved checkpoint.
     Eval(train::EvalArgs),
     /// Check every differentiable op's gradient against finite differences (f64).
@@ -37,8 +37,8 @@ enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Train(cli.train)) {
-        Command::Train(a) => train::run(a),
+    match cli.command.unwrap_or(Command::Train(Box::new(cli.train))) {
+        Command::Train(a) => train::run(*a),
         Command::Eval(a) => train::eval(a),
         Command::Gradcheck(a) => gradcheck::run(a),
         Command::Bench(a) => bench::run(a),
