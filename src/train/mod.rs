@@ -283,7 +283,7 @@ impl Trainer {
                 );
             }
             let order = epoch_order(n, cfg.seed, pos.epoch);
-            while pos.batch < batches_per_epoch {
+            loop {
                 if let Some(max) = cfg.max_steps
                     && pos.step >= max
                 {
@@ -386,7 +386,8 @@ impl Trainer {
                     Some(k) => pos.step.is_multiple_of(k.max(1)),
                     None => pos.batch == batches_per_epoch,
                 };
-                if pos.batch == batches_per_epoch {
+                let epoch_done = pos.batch == batches_per_epoch;
+                if epoch_done {
                     pos.epoch += 1;
                     pos.batch = 0;
                 }
@@ -440,6 +441,9 @@ impl Trainer {
                             format!("no improvement for {p} evaluations"),
                         );
                     }
+                }
+                if epoch_done {
+                    break; // next epoch: a new order, and the epoch limit is checked
                 }
             }
         };
