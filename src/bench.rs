@@ -3,7 +3,8 @@
 //! splitmix64 data, so that the ratios against PyTorch, JAX and NumPy mean something.
 
 use crate::autodiff::{Tape, Var};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::nn::{Activation, ForwardCtx, Linear, Mlp, ParamId, ParamStore, cross_entropy, mse};
 use crate::tensor::{Element, MatLayout, SplitMix64, Tensor};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -94,6 +95,9 @@ pub const WORKLOADS: &[&str] = &[
     "elementwise_1m",
     "w1_forward",
     "w1_forward_backward",
+    "w1_step",
+    "w2_step",
+    "w7_memory",
 ];
 
 /// Settings shared by all workloads.
@@ -101,12 +105,15 @@ pub const WORKLOADS: &[&str] = &[
 pub struct BenchConfig {
     /// Time budget of one measurement.
     pub budget: Duration,
+    /// The `chainrule` executable, for workloads that need a fresh process (`w7_memory`).
+    pub exe: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
             budget: Duration::from_secs(2),
+            exe: None,
         }
     }
 }
@@ -121,6 +128,9 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "elementwise_1m" => vec![elementwise_1m(cfg)?],
         "w1_forward" => vec![w1(cfg, false)?],
         "w1_forward_backward" => vec![w1(cfg, true)?],
+        "w1_step" => vec![w1_step(cfg)?],
+        "w2_step" => vec![w2_step(cfg)?],
+        "w7_memory" => vec![w7_memory(cfg)?],
         other => {
             return Err(crate::error::Error::invalid(
                 "bench",
@@ -380,9 +390,226 @@ fn w1(cfg: &BenchConfig, backward: bool) -> Result<BenchRow> {
     Ok(row)
 }
 
+/// An MLP over parameters already in `store` (ids 0, 1, 2... as W, b pairs).
+fn mlp_over(sizes: &[usize], activation: Activation) -> Mlp {
+    let layers = (0..sizes.len() - 1)
+        .map(|i| Linear {
+            weight: ParamId(2 * i),
+            bias: ParamId(2 * i + 1),
+        })
+        .collect();
+    Mlp {
+        layers,
+        activation,
+        dropout: None,
+        sizes: sizes.to_vec(),
+    }
+}
+
+/// One training step of the anchors' workloads: forward, loss, backward, plain SGD.
+pub struct AnchorStep {
+    store: ParamStore<f32>,
+    model: Mlp,
+    x: Tensor<f32>,
+    target: Target,
+    tape: Tape<f32>,
+    lr: f32,
+}
+
+enum Target {
+    Classes(Vec<usize>),
+    Values(Tensor<f32>),
+}
+
+impl AnchorStep {
+    /// W1: 784-256-256-10 ReLU, softmax cross-entropy, batch 128, SGD lr 0.01.
+    pub fn w1() -> Self {
+        let data = W1Data::<f32>::new();
+        let mut store = ParamStore::new();
+        for (i, p) in data.params.into_iter().enumerate() {
+            store.add(format!("p{i}"), p).expect("unique names");
+        }
+        AnchorStep {
+            store,
+            model: mlp_over(&[784, 256, 256, 10], Activation::Relu),
+            x: data.x,
+            target: Target::Classes(data.labels),
+            tape: Tape::new(),
+            lr: 0.01,
+        }
+    }
+
+    /// W2: 2-16-16-1 tanh, mean squared error against x₀·x₁, batch 32, SGD lr 0.01.
+    pub fn w2() -> Self {
+        let x = Tensor::<f32>::splitmix_uniform(&[32, 2], 21, -1.0, 1.0);
+        let y: Vec<f32> = x.data().chunks_exact(2).map(|r| r[0] * r[1]).collect();
+        let mut store = ParamStore::new();
+        for (i, p) in anchor_mlp_params::<f32>(&[2, 16, 16, 1], 31)
+            .into_iter()
+            .enumerate()
+        {
+            store.add(format!("p{i}"), p).expect("unique names");
+        }
+        AnchorStep {
+            store,
+            model: mlp_over(&[2, 16, 16, 1], Activation::Tanh),
+            x,
+            target: Target::Values(Tensor::from_vec(y, &[32, 1]).expect("32 targets")),
+            tape: Tape::new(),
+            lr: 0.01,
+        }
+    }
+
+    /// Runs one step and returns the loss of its forward pass (before the update).
+    pub fn step(&mut self) -> Result<f32> {
+        self.tape.clear();
+        let (loss, grads) = {
+            let p = self.store.leaves(&self.tape);
+            let logits = self.model.forward(
+                &p,
+                self.tape.constant(self.x.clone()),
+                &mut ForwardCtx::eval(),
+            )?;
+            let loss = match &self.target {
+                Target::Classes(labels) => cross_entropy(logits, labels)?,
+                Target::Values(t) => mse(logits, self.tape.constant(t.clone()))?,
+            };
+            let value = loss.item()?;
+            let mut g = self.tape.backward(loss)?;
+            (value, p.grads(&mut g))
+        };
+        self.tape.clear();
+        for (i, g) in grads.iter().enumerate() {
+            if let Some(g) = g {
+                let p = self.store.get_mut(ParamId(i)).data_mut();
+                for (p, &g) in p.iter_mut().zip(g.data()) {
+                    *p -= self.lr * g;
+                }
+            }
+        }
+        Ok(loss)
+    }
+}
+
+fn train_step_row(
+    name: &str,
+    mut step: AnchorStep,
+    cfg: &BenchConfig,
+    flops: Option<f64>,
+) -> Result<BenchRow> {
+    let mut losses = Vec::new();
+    for _ in 0..11 {
+        losses.push(step.step()?);
+    }
+    let mut failure = None;
+    let t = measure(cfg.budget, 20, || {
+        if let Err(e) = step.step() {
+            failure = Some(e);
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let mut row = BenchRow::new(name, t)
+        .with("loss@0", losses[0] as f64)
+        .with("loss@10", losses[10] as f64);
+    row.gflops = flops.map(|f| f / t.median_s / 1e9);
+    Ok(row)
+}
+
+fn w1_step(cfg: &BenchConfig) -> Result<BenchRow> {
+    train_step_row("w1_step", AnchorStep::w1(), cfg, Some(155.1e6))
+}
+
+fn w2_step(cfg: &BenchConfig) -> Result<BenchRow> {
+    train_step_row("w2_step", AnchorStep::w2(), cfg, None)
+}
+
+/// Peak resident memory of this process in bytes (`VmHWM`), where Linux reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The body of `w7_memory`, run in a fresh process: 200 W1 steps, then the peak RSS and
+/// the last loss as one JSON object.
+pub fn w7_child() -> Result<serde_json::Value> {
+    let before = peak_rss_bytes();
+    let mut step = AnchorStep::w1();
+    let built = peak_rss_bytes();
+    let mut loss = f32::NAN;
+    for _ in 0..200 {
+        loss = step.step()?;
+    }
+    Ok(
+        serde_json::json!({"peak_rss_bytes": peak_rss_bytes(), "peak_after_start": before, "peak_after_build": built, "loss_after_200": loss}),
+    )
+}
+
+fn w7_memory(cfg: &BenchConfig) -> Result<BenchRow> {
+    let exe = cfg.exe.clone().ok_or_else(|| {
+        Error::invalid(
+            "w7_memory",
+            "needs the chainrule executable to start a fresh process",
+        )
+    })?;
+    let t0 = std::time::Instant::now();
+    let out = std::process::Command::new(&exe)
+        .args(["bench", "--w7-child"])
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .map_err(|e| Error::Io {
+            path: exe.display().to_string(),
+            source: e,
+        })?;
+    let secs = t0.elapsed().as_secs_f64();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        Error::invalid(
+            "w7_memory",
+            format!(
+                "the child process printed no result ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })?;
+    let mut row = BenchRow::new(
+        "w7_memory",
+        Timing {
+            median_s: secs,
+            min_s: secs,
+            reps: 1,
+        },
+    );
+    if let Some(m) = v.as_object() {
+        for (k, val) in m {
+            row = row.with(k, val.clone());
+        }
+    }
+    Ok(row)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn w1_and_w2_steps_reproduce_the_anchor_losses() {
+        // results.md: W1 loss@0 2.30215, loss@10 2.29226; W2 loss@0 0.17359, loss@10 0.11585
+        let mut w1 = AnchorStep::w1();
+        let l1: Vec<f32> = (0..11).map(|_| w1.step().unwrap()).collect();
+        assert!(
+            (l1[0] - 2.30215).abs() < 5e-5 && (l1[10] - 2.29226).abs() < 5e-5,
+            "{l1:?}"
+        );
+        let mut w2 = AnchorStep::w2();
+        let l2: Vec<f32> = (0..11).map(|_| w2.step().unwrap()).collect();
+        assert!(
+            (l2[0] - 0.17359).abs() < 5e-5 && (l2[10] - 0.11585).abs() < 5e-5,
+            "{l2:?}"
+        );
+    }
 
     #[test]
     fn w1_loss_matches_the_anchor() {

@@ -18,6 +18,9 @@ pub struct Args {
     /// List the workloads and exit.
     #[arg(long)]
     list: bool,
+    /// Internal: the fresh process of `w7_memory`.
+    #[arg(long, hide = true)]
+    w7_child: bool,
 }
 
 fn fmt_time(s: f64) -> String {
@@ -33,6 +36,10 @@ fn fmt_time(s: f64) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.w7_child {
+        println!("{}", bench::w7_child()?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.list {
         for w in WORKLOADS {
             println!("{w}");
@@ -57,6 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let cfg = BenchConfig {
         budget: Duration::from_secs_f64(args.budget),
+        exe: std::env::current_exe().ok(),
     };
     if !args.json {
         println!(

@@ -108,15 +108,26 @@ unary_table! {
     UnaryOp::Abs => "abs", |x| x.abs(), |x, y| sign(x), "sign(x)";
     UnaryOp::Sin => "sin", |x| x.sin(), |x, y| x.cos(), "cos(x)";
     UnaryOp::Cos => "cos", |x| x.cos(), |x, y| -x.sin(), "-sin(x)";
-    UnaryOp::Tanh => "tanh", |x| x.tanh(), |x, y| T::one() - y * y, "1 - tanh²(x)";
+    UnaryOp::Tanh => "tanh", |x| x.tanh_(), |x, y| T::one() - y * y, "1 - tanh²(x)";
     UnaryOp::Sigmoid => "sigmoid", |x| sigmoid(x), |x, y| y * (T::one() - y), "σ(x)·(1 - σ(x))";
     UnaryOp::Relu => "relu", |x| if x > T::zero() { x } else { T::zero() },
         |x, y| if x > T::zero() { T::one() } else { T::zero() }, "1 if x > 0 else 0";
-    UnaryOp::PowF(p) => "powf", |x| x.powf(c(p)), |x, y| c::<T>(p) * x.powf(c(p - 1.0)), "p·x^(p-1)";
+    UnaryOp::PowF(p) => "powf", |x| powi_or_powf(x, p), |x, y| c::<T>(p) * powi_or_powf(x, p - 1.0), "p·x^(p-1)";
     UnaryOp::AddScalar(k) => "add_scalar", |x| x + c(k), |x, y| T::one(), "1";
     UnaryOp::MulScalar(k) => "mul_scalar", |x| x * c(k), |x, y| c::<T>(k), "c";
     UnaryOp::Clamp(lo, hi) => "clamp", |x| x.max(c(lo)).min(c(hi)),
         |x, y| if x >= c(lo) && x <= c(hi) { T::one() } else { T::zero() }, "1 if lo ≤ x ≤ hi else 0";
+}
+
+/// `xᵖ`, by repeated multiplication for small integer `p` (squares are common and
+/// `powf` costs tens of cycles).
+#[inline(always)]
+fn powi_or_powf<T: Element>(x: T, p: f64) -> T {
+    if p == p.trunc() && p.abs() <= 4.0 {
+        x.powi(p as i32)
+    } else {
+        x.powf(c(p))
+    }
 }
 
 #[inline(always)]
@@ -312,6 +323,18 @@ impl BinaryOp {
             _ => {}
         }
         let shape = y.shape();
+        if a.shape() == shape && b.shape() == shape {
+            let mut gb = Tensor::zeros(shape);
+            let gbd = gb.data_mut();
+            let ga = Tensor::build(shape, |gad| {
+                for i in 0..gad.len() {
+                    let (da, db) = self.partials(a.data()[i], b.data()[i], y.data()[i]);
+                    gad[i] = seed.data()[i] * da;
+                    gbd[i] = seed.data()[i] * db;
+                }
+            });
+            return (ga, gb);
+        }
         let sa = broadcast_strides(a.shape(), shape);
         let sb = broadcast_strides(b.shape(), shape);
         let (xa, xb, ys, gs) = (a.data(), b.data(), y.data(), seed.data());
@@ -536,11 +559,12 @@ mod tests {
 
     #[test]
     fn parallel_path_matches_serial() {
+        use crate::tensor::Element;
         let n = PARALLEL_MIN_LEN * 3 + 7;
         let x = Tensor::<f32>::from_vec((0..n).map(|i| (i as f32) * 1e-4).collect(), &[n]).unwrap();
         let y = x.tanh();
         for i in [0, 1, n / 2, n - 1] {
-            assert_eq!(y.data()[i], x.data()[i].tanh());
+            assert_eq!(y.data()[i], x.data()[i].tanh_());
         }
     }
 }

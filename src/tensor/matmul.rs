@@ -72,6 +72,10 @@ pub(super) fn faer_gemm<T: Element + faer::traits::ComplexField>(
     faer::linalg::matmul::matmul(c, accum, a, b, T::one(), par);
 }
 
+/// Products with fewer multiply-adds than this use [`small_gemm`]: a GEMM library's
+/// packing and dispatch cost microseconds, more than a tiny product itself.
+const SMALL_MNK: usize = 16 * 1024;
+
 /// `dst (m×n) = lhs (m×k) · rhs (k×n)`, or `dst += ...` with `accumulate`; the thread
 /// count follows the size of the product.
 pub fn matmul_into<T: Element>(
@@ -83,7 +87,90 @@ pub fn matmul_into<T: Element>(
     rhs: (&[T], MatLayout),
     accumulate: bool,
 ) {
-    T::gemm(dst, m, n, k, lhs, rhs, accumulate, threads_for(m, n, k));
+    if m * n * k <= SMALL_MNK {
+        small_gemm(dst, m, n, k, lhs, rhs, accumulate);
+    } else {
+        T::gemm(dst, m, n, k, lhs, rhs, accumulate, threads_for(m, n, k));
+    }
+}
+
+/// Plain loops for tiny products, compiled twice: for AVX2 (picked at run time) and for
+/// the baseline x86-64 SSE2 that a portable build targets.
+fn small_gemm<T: Element>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: (&[T], MatLayout),
+    rhs: (&[T], MatLayout),
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { small_gemm_avx2(dst, m, n, k, lhs, rhs, accumulate) };
+            return;
+        }
+    }
+    small_gemm_loops(dst, m, n, k, lhs, rhs, accumulate)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn small_gemm_avx2<T: Element>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: (&[T], MatLayout),
+    rhs: (&[T], MatLayout),
+    accumulate: bool,
+) {
+    small_gemm_loops(dst, m, n, k, lhs, rhs, accumulate)
+}
+
+/// The loops, ordered so the innermost runs over contiguous memory (and vectorises) in
+/// every layout.
+#[inline(always)]
+fn small_gemm_loops<T: Element>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, la): (&[T], MatLayout),
+    (b, lb): (&[T], MatLayout),
+    accumulate: bool,
+) {
+    let dst = &mut dst[..m * n];
+    if !accumulate {
+        dst.fill(T::zero());
+    }
+    // read Bᵀ through a small contiguous copy: the Normal loop order then vectorises,
+    // where dot products along k would be one dependent add per element
+    let b_normal: std::borrow::Cow<'_, [T]> = match lb {
+        MatLayout::Normal => std::borrow::Cow::Borrowed(&b[..k * n]),
+        MatLayout::Transposed => {
+            let mut t = vec![T::zero(); k * n];
+            for j in 0..n {
+                for p in 0..k {
+                    t[p * n + j] = b[j * k + p];
+                }
+            }
+            std::borrow::Cow::Owned(t)
+        }
+    };
+    for (i, row) in dst.chunks_exact_mut(n).enumerate() {
+        for p in 0..k {
+            let aip = match la {
+                MatLayout::Normal => a[i * k + p],
+                MatLayout::Transposed => a[p * m + i],
+            };
+            for (o, &bv) in row.iter_mut().zip(&b_normal[p * n..(p + 1) * n]) {
+                *o += aip * bv;
+            }
+        }
+    }
 }
 
 /// `(batch, m, k, n)` of a product, or an error naming both shapes.
@@ -200,6 +287,37 @@ mod tests {
         );
         for (x, y) in out.iter().zip(&want) {
             assert!((x - 2.0 * y).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn small_kernel_matches_faer_in_every_layout() {
+        let (m, n, k) = (5, 7, 3);
+        let a = Tensor::<f64>::randn(&[m, k], 7);
+        let b = Tensor::<f64>::randn(&[k, n], 8);
+        let (at, bt) = (a.t().unwrap(), b.t().unwrap());
+        for (lhs, rhs) in [
+            ((a.data(), MatLayout::Normal), (b.data(), MatLayout::Normal)),
+            (
+                (at.data(), MatLayout::Transposed),
+                (b.data(), MatLayout::Normal),
+            ),
+            (
+                (a.data(), MatLayout::Normal),
+                (bt.data(), MatLayout::Transposed),
+            ),
+            (
+                (at.data(), MatLayout::Transposed),
+                (bt.data(), MatLayout::Transposed),
+            ),
+        ] {
+            let mut want = vec![1.0; m * n];
+            let mut got = want.clone();
+            f64::gemm(&mut want, m, n, k, lhs, rhs, true, 1);
+            small_gemm(&mut got, m, n, k, lhs, rhs, true);
+            for (x, y) in got.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-12);
+            }
         }
     }
 
