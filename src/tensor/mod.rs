@@ -341,23 +341,6 @@ impl<T: Element> Tensor<T> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn fast_f32_tanh_is_accurate() {
-        let mut worst = 0f64;
-        for i in -200_000..=200_000 {
-            let x = i as f32 * 5e-5;
-            let err = (super::tanh_f32(x) as f64 - (x as f64).tanh()).abs();
-            worst = worst.max(err / (x as f64).tanh().abs().max(1e-30));
-        }
-        for x in [20.0f32, -20.0, 1e30, f32::INFINITY] {
-            assert_eq!(super::tanh_f32(x), x.signum());
-        }
-        assert!(worst < 4.8e-7, "worst relative error {worst}");
-    }
-}
-
 impl<T: Element> fmt::Debug for Tensor<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Tensor<{}>{:?} ", T::NAME, self.shape())?;
@@ -374,5 +357,22 @@ impl<T: Element> fmt::Debug for Tensor<T> {
 impl<T: Element> PartialEq for Tensor<T> {
     fn eq(&self, other: &Self) -> bool {
         self.shape == other.shape && self.data == other.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_f32_tanh_is_accurate() {
+        let mut worst = 0f64;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 5e-5;
+            let err = (super::tanh_f32(x) as f64 - (x as f64).tanh()).abs();
+            worst = worst.max(err / (x as f64).tanh().abs().max(1e-30));
+        }
+        for x in [20.0f32, -20.0, 1e30, f32::INFINITY] {
+            assert_eq!(super::tanh_f32(x), x.signum());
+        }
+        assert!(worst < 4.8e-7, "worst relative error {worst}");
     }
 }
