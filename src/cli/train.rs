@@ -260,7 +260,8 @@ impl RunConfig {
     }
 }
 
-/// Training and evaluation splits, standardised with the training split's statistics.
+/// Training and evaluation splits, standardised with the training split's statistics
+/// (per feature for tabular data; one mean and deviation over all pixels for MNIST).
 pub struct Splits {
     train: Dataset,
     val: Dataset,
@@ -290,7 +291,7 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
             cfg.data
         );
     };
-    let s = standardizer.unwrap_or_else(|| Standardizer::fit(&train));
+    let s = standardizer.unwrap_or_else(|| if eval_name == "test" { Standardizer::fit_global(&train) } else { Standardizer::fit(&train) });
     if s.mean.len() != train.dim() {
         bail!(
             "the checkpoint's model expects {} features, the data has {}",

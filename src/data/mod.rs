@@ -170,6 +170,18 @@ impl Standardizer {
         }
     }
 
+    /// One mean and standard deviation over all features of `train`, repeated per
+    /// feature: for images, where per-pixel statistics would blow up near-constant
+    /// border pixels.
+    pub fn fit_global(train: &Dataset) -> Self {
+        let x = train.features.data();
+        let n = x.len().max(1) as f64;
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let std = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
+        Standardizer { mean: vec![mean as f32; train.dim()], std: vec![std; train.dim()] }
+    }
+
     /// `(x − mean) / std`, feature by feature.
     pub fn apply(&self, ds: &Dataset) -> Dataset {
         let d = ds.dim();
