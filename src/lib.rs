@@ -16,6 +16,7 @@ pub use autodiff::{Gradients, Tape, Var};
 pub use error::{Error, Result};
 pub use tensor::{Element, Tensor};
 pub mod data;
+pub mod explain;
 pub mod nn;
 pub mod optim;
 pub mod train;

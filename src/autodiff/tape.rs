@@ -131,6 +131,49 @@ impl<T: Element> Tape<T> {
         f(&self.nodes.borrow()[id as usize].value)
     }
 
+    /// For each input u of a one-element node v: (u's id, ∂v/∂u, the rule as a formula),
+    /// computed by v's own reverse rule seeded with 1 — the numbers backward uses.
+    pub fn local_derivatives(&self, id: usize) -> Result<Vec<(usize, f64, String)>> {
+        let nodes = self.nodes.borrow();
+        let node = &nodes[id];
+        if node.value.len() != 1 {
+            return Err(Error::invalid(
+                "local_derivatives",
+                format!(
+                    "node {id} has shape {:?}; only one-element nodes have scalar edges",
+                    node.value.shape()
+                ),
+            ));
+        }
+        let ins: Vec<&Tensor<T>> = node
+            .inputs
+            .iter()
+            .map(|&j| &nodes[j as usize].value)
+            .collect();
+        if ins.iter().any(|t| t.len() != 1) {
+            return Err(Error::invalid(
+                "local_derivatives",
+                format!("an input of node {id} is not a single element"),
+            ));
+        }
+        let needs = vec![true; ins.len()];
+        let seed = Tensor::ones(node.value.shape());
+        let parts = node.op.vjp(&ins, &node.value, &seed, &needs)?;
+        Ok(node
+            .inputs
+            .iter()
+            .zip(parts)
+            .enumerate()
+            .map(|(k, (&j, g))| {
+                (
+                    j as usize,
+                    g.map(|g| g.data()[0].as_f64()).unwrap_or(0.0),
+                    node.op.derivative_formula(k),
+                )
+            })
+            .collect())
+    }
+
     pub(crate) fn value_of(&self, id: u32) -> Tensor<T> {
         self.nodes.borrow()[id as usize].value.clone()
     }

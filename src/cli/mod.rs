@@ -1,6 +1,7 @@
 //! Subcommands of the `chainrule` binary.
 
 mod bench;
+mod explain;
 mod gradcheck;
 mod train;
 
@@ -33,6 +34,8 @@ enum Command {
     Gradcheck(gradcheck::Args),
     /// Run benchmark workloads and print a table (or JSON lines).
     Bench(bench::Args),
+    /// Walk the chain rule through an expression, edge by edge.
+    Explain(explain::Args),
 }
 
 /// Runs the parsed command.
@@ -42,5 +45,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => train::eval(a),
         Command::Gradcheck(a) => gradcheck::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Explain(a) => explain::run(a),
     }
 }

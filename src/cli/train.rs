@@ -291,7 +291,13 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
             cfg.data
         );
     };
-    let s = standardizer.unwrap_or_else(|| if eval_name == "test" { Standardizer::fit_global(&train) } else { Standardizer::fit(&train) });
+    let s = standardizer.unwrap_or_else(|| {
+        if eval_name == "test" {
+            Standardizer::fit_global(&train)
+        } else {
+            Standardizer::fit(&train)
+        }
+    });
     if s.mean.len() != train.dim() {
         bail!(
             "the checkpoint's model expects {} features, the data has {}",

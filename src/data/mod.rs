@@ -179,7 +179,10 @@ impl Standardizer {
         let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
         let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
         let std = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
-        Standardizer { mean: vec![mean as f32; train.dim()], std: vec![std; train.dim()] }
+        Standardizer {
+            mean: vec![mean as f32; train.dim()],
+            std: vec![std; train.dim()],
+        }
     }
 
     /// `(x − mean) / std`, feature by feature.

@@ -79,6 +79,18 @@ impl<T: Element> Op<T> {
         }
     }
 
+    /// The local derivative with respect to input `k`, as a formula.
+    pub(crate) fn derivative_formula(&self, k: usize) -> String {
+        match self {
+            Op::Unary(u) => u.derivative_formula().to_string(),
+            Op::Binary(b) => {
+                let (fa, fb) = b.derivative_formulas();
+                if k == 0 { fa } else { fb }.to_string()
+            }
+            _ => "1".to_string(),
+        }
+    }
+
     /// The chain rule for one node: the output gradient `g` mapped to each input.
     pub(crate) fn vjp(
         &self,
