@@ -77,3 +77,42 @@ fn same_seed_same_result() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn anomaly_mode_names_the_op_that_produced_nan() {
+    let tape = Tape::<f64>::new();
+    tape.set_detect_anomaly(true);
+    let x = tape.var(Tensor::from_vec(vec![0.0, 1.0], &[2]).unwrap());
+    let w = tape.var(Tensor::from_vec(vec![2.0, 3.0], &[2]).unwrap());
+    let y = x.mul(w).unwrap().sqrt().sum_all();
+    let e = tape.backward(y).unwrap_err().to_string();
+    assert!(
+        e.contains("node 3 (sqrt)") && e.contains("[2] in [0.0000e0, 3.0000e0]"),
+        "{e}"
+    );
+    // without anomaly mode the same sweep returns the infinite gradient
+    tape.set_detect_anomaly(false);
+    let g = tape.backward(y).unwrap();
+    assert!(g[x].data()[0].is_infinite());
+}
+
+#[test]
+fn exported_graph_groups_nodes_by_scope() {
+    let tape = Tape::<f32>::new();
+    let x = tape.constant(Tensor::ones(&[2, 3]));
+    let w = tape.var(Tensor::ones(&[3, 4]));
+    tape.set_label(w, "layer0.weight");
+    let h = tape.scoped("layer0", || x.matmul(w).unwrap().relu());
+    let loss = tape.scoped("loss", || h.sum_all());
+    let g = tape.backward_keep_all(loss).unwrap();
+    let dot = chainrule::autodiff::graph_dot(&tape, Some(&g));
+    assert!(
+        dot.contains("label=\"layer0\"") && dot.contains("label=\"loss\""),
+        "{dot}"
+    );
+    assert!(
+        dot.contains("leaf layer0.weight") && dot.contains("|grad|"),
+        "{dot}"
+    );
+    assert_eq!(dot.matches("->").count(), 4);
+}

@@ -246,3 +246,59 @@ fn nan_during_training_fails_cleanly_and_keeps_the_last_checkpoint() {
         stderr(&ev)
     );
 }
+
+#[test]
+fn graph_export_and_anomaly_mode_from_the_command_line() {
+    let dir = temp("graph");
+    let g = dir.join("step.dot");
+    let o = chainrule(&[
+        "--max-epochs",
+        "1",
+        "--graph",
+        g.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dot = std::fs::read_to_string(&g).unwrap();
+    for cluster in ["layer0", "layer1", "layer2", "loss"] {
+        assert!(
+            dot.contains(&format!("label=\"{cluster}\"")),
+            "{cluster} missing"
+        );
+    }
+    let d = dir.join("a");
+    let ds = d.to_str().unwrap();
+    let o = chainrule(&[
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.01",
+        "--max-epochs",
+        "1",
+        "--target",
+        "2",
+        "--no-clip",
+        "--out",
+        ds,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = chainrule(&[
+        "--resume",
+        ds,
+        "--lr",
+        "1e30",
+        "--max-epochs",
+        "3",
+        "--json",
+        "--detect-anomaly",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("anomaly: the backward rule of node") && e.contains("inputs: node"),
+        "{e}"
+    );
+}

@@ -6,11 +6,13 @@
 //! op's vector-Jacobian product (the chain rule, one edge at a time), and a value used
 //! several times accumulates the contributions of all its consumers.
 
+mod export;
 mod gradcheck;
 pub mod ops;
 mod suite;
 mod tape;
 
+pub use export::graph_dot;
 pub use gradcheck::{GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck};
 pub use ops::CustomOp;
 pub use suite::{OpCheck, builtin_suite};

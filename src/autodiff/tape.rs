@@ -14,6 +14,8 @@ pub(crate) struct Node<T: Element> {
     pub(crate) inputs: Inputs,
     pub(crate) value: Tensor<T>,
     pub(crate) requires_grad: bool,
+    /// Index into the tape's scope names (0: no scope), for grouped graph export.
+    pub(crate) scope: u16,
 }
 
 /// The record of one step's computation. Create one per step (or [`Tape::clear`] it);
@@ -24,6 +26,10 @@ pub struct Tape<T: Element> {
     /// The dense gradient vector of the last sweep, kept so that the next sweep reuses
     /// memory already touched (fresh pages cost more than the sweep itself).
     scratch: RefCell<Vec<Option<Tensor<T>>>>,
+    scope: Cell<u16>,
+    scope_names: RefCell<Vec<String>>,
+    labels: RefCell<std::collections::BTreeMap<u32, String>>,
+    detect_anomaly: Cell<bool>,
 }
 
 /// A handle to a value on a tape: an integer id plus the tape it belongs to. Copying one
@@ -47,6 +53,8 @@ pub struct NodeInfo<T: Element> {
     pub value: Tensor<T>,
     /// Whether a gradient flows through this node.
     pub requires_grad: bool,
+    /// The scope it was recorded in ([`Tape::scoped`]) or the name given to it.
+    pub label: Option<String>,
 }
 
 impl<T: Element> Default for Tape<T> {
@@ -67,6 +75,10 @@ impl<T: Element> Tape<T> {
             nodes: RefCell::new(Vec::with_capacity(n)),
             grad_enabled: Cell::new(true),
             scratch: RefCell::new(Vec::new()),
+            scope: Cell::new(0),
+            scope_names: RefCell::new(Vec::new()),
+            labels: RefCell::new(Default::default()),
+            detect_anomaly: Cell::new(false),
         }
     }
 
@@ -108,10 +120,13 @@ impl<T: Element> Tape<T> {
     /// guarantees that no handle into the old graph survives.
     pub fn clear(&mut self) {
         self.nodes.get_mut().clear();
+        self.labels.get_mut().clear();
     }
 
     /// A description of every node in recording (topological) order.
     pub fn nodes(&self) -> Vec<NodeInfo<T>> {
+        let labels = self.labels.borrow();
+        let scopes = self.scope_names.borrow();
         self.nodes
             .borrow()
             .iter()
@@ -122,8 +137,43 @@ impl<T: Element> Tape<T> {
                 inputs: n.inputs.iter().map(|&i| i as usize).collect(),
                 value: n.value.clone(),
                 requires_grad: n.requires_grad,
+                label: labels
+                    .get(&(id as u32))
+                    .cloned()
+                    .or_else(|| (n.scope > 0).then(|| scopes[n.scope as usize - 1].clone())),
             })
             .collect()
+    }
+
+    /// Records everything `f` does under the scope `name` (a layer, say), so exported
+    /// graphs can group its nodes.
+    pub fn scoped<R>(&self, name: &str, f: impl FnOnce() -> R) -> R {
+        let index = {
+            let mut scopes = self.scope_names.borrow_mut();
+            match scopes.iter().position(|s| s == name) {
+                Some(i) => i + 1,
+                None => {
+                    scopes.push(name.to_string());
+                    scopes.len()
+                }
+            }
+        };
+        let before = self.scope.replace(u16::try_from(index).unwrap_or(u16::MAX));
+        let r = f();
+        self.scope.set(before);
+        r
+    }
+
+    /// Names a node (a parameter, say) for printed and exported graphs.
+    pub fn set_label(&self, v: Var<'_, T>, label: impl Into<String>) {
+        self.labels.borrow_mut().insert(v.id, label.into());
+    }
+
+    /// With `on`, a backward pass that produces NaN or infinity fails with an error naming
+    /// the first op (in forward order) whose reverse rule produced it, with its input
+    /// shapes and value ranges.
+    pub fn set_detect_anomaly(&self, on: bool) {
+        self.detect_anomaly.set(on);
     }
 
     /// Runs `f` on a node's value without cloning it.
@@ -199,6 +249,7 @@ impl<T: Element> Tape<T> {
             inputs,
             value,
             requires_grad,
+            scope: self.scope.get(),
         });
         Var { tape: self, id }
     }
@@ -263,6 +314,8 @@ impl<T: Element> Tape<T> {
             grads[out] = Some(seed);
         }
         let mut kept: Vec<(u32, Tensor<T>)> = Vec::new();
+        let anomaly = self.detect_anomaly.get();
+        let mut culprit: Option<usize> = None;
         let mut input_values: SmallVec<[&Tensor<T>; 2]> = SmallVec::new();
         let mut needs: SmallVec<[bool; 2]> = SmallVec::new();
         for i in (0..=out).rev() {
@@ -276,6 +329,9 @@ impl<T: Element> Tape<T> {
                 // the most common node: one input, no allocation beyond the gradient
                 let j = node.inputs[0] as usize;
                 let c = u.scale_by_derivative(&nodes[j].value, &node.value, &g);
+                if anomaly && culprit.is_none_or(|k| i < k) && g.all_finite() && !c.all_finite() {
+                    culprit = Some(i);
+                }
                 accumulate(&mut grads[j], c)?;
                 if keep_all {
                     kept.push((i as u32, g));
@@ -287,6 +343,13 @@ impl<T: Element> Tape<T> {
             needs.clear();
             needs.extend(node.inputs.iter().map(|&j| nodes[j as usize].requires_grad));
             let contributions = node.op.vjp(&input_values, &node.value, &g, &needs)?;
+            if anomaly
+                && culprit.is_none_or(|k| i < k)
+                && g.all_finite()
+                && contributions.iter().flatten().any(|c| !c.all_finite())
+            {
+                culprit = Some(i);
+            }
             for ((&j, contribution), &need) in node.inputs.iter().zip(contributions).zip(&needs) {
                 if let (Some(c), true) = (contribution, need) {
                     accumulate(&mut grads[j as usize], c)?;
@@ -296,9 +359,46 @@ impl<T: Element> Tape<T> {
                 kept.push((i as u32, g));
             }
         }
+        if let Some(k) = culprit {
+            return Err(anomaly_report(&nodes, k));
+        }
         kept.reverse();
         Ok(Gradients { grads: kept })
     }
+}
+
+/// Describes the node whose reverse rule turned finite gradients into NaN or infinity.
+fn anomaly_report<T: Element>(nodes: &[Node<T>], k: usize) -> Error {
+    let range = |t: &Tensor<T>| {
+        let nan = t.data().iter().filter(|v| v.is_nan()).count();
+        if nan == t.len() {
+            return format!("{:?} all NaN", t.shape());
+        }
+        let (lo, hi) = t
+            .data()
+            .iter()
+            .filter(|v| !v.is_nan())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v.as_f64()), hi.max(v.as_f64()))
+            });
+        let nan = if nan > 0 {
+            format!(" and {nan} NaN")
+        } else {
+            String::new()
+        };
+        format!("{:?} in [{lo:.4e}, {hi:.4e}]{nan}", t.shape())
+    };
+    let inputs: Vec<String> = nodes[k]
+        .inputs
+        .iter()
+        .map(|&j| format!("node {j} {}", range(&nodes[j as usize].value)))
+        .collect();
+    Error::NonFinite(format!(
+        "anomaly: the backward rule of node {k} ({}) produced NaN or infinity from a finite gradient; its inputs: {}; its output: {}",
+        nodes[k].op.name(),
+        inputs.join(", "),
+        range(&nodes[k].value)
+    ))
 }
 
 /// Adds a contribution into a gradient slot: fan-out accumulates.

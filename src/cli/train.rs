@@ -94,6 +94,13 @@ pub struct Args {
     /// Print the final report as one JSON object (and no progress).
     #[arg(long)]
     json: bool,
+    /// Write one training step's graph (op, shape, gradient norm per node, grouped by
+    /// layer) to this Graphviz DOT file.
+    #[arg(long)]
+    graph: Option<PathBuf>,
+    /// Stop with the first op whose backward pass produced NaN or infinity.
+    #[arg(long)]
+    detect_anomaly: bool,
 }
 
 /// The resolved settings of a run, stored in its checkpoint.
@@ -398,7 +405,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         divergence_factor: Some(1e3),
         seed: cfg.seed,
         restore_best: cfg.restore_best,
+        detect_anomaly: args.detect_anomaly,
     })?;
+    if let Some(path) = &args.graph {
+        let dot =
+            chainrule::train::step_graph(&model, &store, &splits.train, cfg.batch_size, cfg.seed)?;
+        chainrule::nn::write_atomically(path, dot.as_bytes())?;
+        if !args.json {
+            eprintln!(
+                "wrote one step's graph to {} (render: dot -Tsvg {} -o graph.svg)",
+                path.display(),
+                path.display()
+            );
+        }
+    }
     if !args.json {
         eprintln!(
             "training an MLP {:?} on {} ({} train / {} {} samples) with {:?}, lr {}, batch {}, clipping {}; output in {}",

@@ -416,7 +416,7 @@ impl Walk {
             };
             let local = format!("{} ∂/∂{wrt}: {} = {}", e.op, e.formula, fmt_num(e.local));
             let acc = if e.count > 1 {
-                format!("(sum of {} contributions)", e.count)
+                format!("(sum of {})", e.count)
             } else {
                 String::new()
             };
@@ -452,7 +452,7 @@ impl Walk {
                 (c.reverse - c.finite_diff).abs()
             );
         }
-        s
+        s.lines().map(|l| format!("{}\n", l.trim_end())).collect()
     }
 
     /// Graphviz DOT: nodes with op, value and gradient; edges with local derivatives.

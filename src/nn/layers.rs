@@ -266,15 +266,19 @@ impl Mlp {
         x: Var<'t, T>,
         ctx: &mut ForwardCtx,
     ) -> Result<Var<'t, T>> {
+        let tape = x.tape();
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(p, h)?;
-            if i + 1 < self.layers.len() {
-                h = self.activation.apply(h);
-                if let Some(d) = &self.dropout {
-                    h = d.forward(h, ctx)?;
+            h = tape.scoped(&format!("layer{i}"), || -> Result<Var<'t, T>> {
+                let mut h = layer.forward(p, h)?;
+                if i + 1 < self.layers.len() {
+                    h = self.activation.apply(h);
+                    if let Some(d) = &self.dropout {
+                        h = d.forward(h, ctx)?;
+                    }
                 }
-            }
+                Ok(h)
+            })?;
         }
         Ok(h)
     }

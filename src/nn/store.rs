@@ -31,6 +31,13 @@ impl<'t, T: Element> std::ops::Index<ParamId> for Params<'t, T> {
 }
 
 impl<'t, T: Element> Params<'t, T> {
+    /// Names every parameter's node on the tape after the store (for exported graphs).
+    pub fn label(&self, store: &ParamStore<T>) {
+        for (v, (_, name, _)) in self.vars.iter().zip(store.iter()) {
+            v.tape().set_label(*v, name);
+        }
+    }
+
     /// The gradient of each parameter (in id order), `None` for frozen ones.
     pub fn grads(&self, grads: &mut Gradients<T>) -> Vec<Option<Tensor<T>>> {
         self.vars.iter().map(|&v| grads.take(v)).collect()

@@ -48,6 +48,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Put the best validation weights back at the end.
     pub restore_best: bool,
+    /// Fail with the first op whose backward produced NaN or infinity.
+    pub detect_anomaly: bool,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +68,7 @@ impl Default for TrainConfig {
             divergence_factor: Some(1e3),
             seed: 0,
             restore_best: false,
+            detect_anomaly: false,
         }
     }
 }
@@ -200,6 +203,26 @@ pub fn evaluate(model: &Mlp, store: &ParamStore<f32>, ds: &Dataset) -> Result<(f
     Ok((loss_sum / ds.len() as f64, correct as f64 / ds.len() as f64))
 }
 
+/// One training step's graph (forward, loss, backward on the first batch of the run) as
+/// Graphviz DOT, grouped by layer, with every node's gradient norm.
+pub fn step_graph(
+    model: &Mlp,
+    store: &ParamStore<f32>,
+    train: &Dataset,
+    batch_size: usize,
+    seed: u64,
+) -> Result<String> {
+    let order = epoch_order(train.len(), seed, 0);
+    let (x, y) = gather_batch(train, &order[..batch_size.min(train.len())]);
+    let tape = Tape::<f32>::new();
+    let p = store.leaves(&tape);
+    p.label(store);
+    let logits = model.forward(&p, tape.constant(x), &mut ForwardCtx::train(seed))?;
+    let loss = tape.scoped("loss", || cross_entropy(logits, &y))?;
+    let grads = tape.backward_keep_all(loss)?;
+    Ok(crate::autodiff::graph_dot(&tape, Some(&grads)))
+}
+
 /// Runs the descent loop.
 pub struct Trainer {
     /// The loop's settings.
@@ -268,6 +291,7 @@ impl Trainer {
         let mut window_loss = (0.0, 0usize);
         let mut norm_sum = pos.clipping.mean_norm * pos.clipping.steps as f64;
         let mut tape = Tape::<f32>::new();
+        tape.set_detect_anomaly(cfg.detect_anomaly);
         let mut samples = 0usize;
 
         for c in callbacks.iter_mut() {
