@@ -59,6 +59,12 @@ pub struct GradcheckReport {
     pub mode: GradcheckMode,
     /// Number of function evaluations used by the finite differences.
     pub evaluations: usize,
+    /// Forward mode against central differences along a random direction v:
+    /// |⟨u, J v⟩ − ⟨u, f(x + h v) − f(x − h v)⟩ / 2h|, relative (`None` when an op
+    /// of `f` has no forward rule).
+    pub forward_rel_err: Option<f64>,
+    /// Forward against reverse mode: |⟨u, J v⟩ − ⟨Jᵀ u, v⟩|, relative.
+    pub forward_reverse_rel_err: Option<f64>,
 }
 
 /// The denominator floor of the relative error: below this magnitude the error is
@@ -129,6 +135,8 @@ where
         worst_numeric: 0.0,
         mode: GradcheckMode::PerElement,
         evaluations: 0,
+        forward_rel_err: None,
+        forward_reverse_rel_err: None,
     };
     let record =
         |report: &mut GradcheckReport, input: usize, index: Option<Vec<usize>>, r: f64, n: f64| {
@@ -199,6 +207,55 @@ where
             .sum();
         record(&mut report, 0, None, r, numeric);
     }
+    // forward mode along a random direction, against the directional difference and,
+    // through ⟨u, J v⟩ = ⟨Jᵀ u, v⟩, against reverse mode
+    let dirs: Vec<Tensor<f64>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| Tensor::randn(x.shape(), opts.seed.wrapping_add(1000 + i as u64)))
+        .collect();
+    let ftape = Tape::forward_mode();
+    let fvars = inputs
+        .iter()
+        .zip(&dirs)
+        .map(|(x, d)| ftape.dual(x.clone(), d.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let jv = match f(&ftape, &fvars)?.tangent() {
+        Ok(t) => t,
+        Err(e) if e.to_string().contains("no forward-mode rule") => return Ok(report),
+        Err(e) => return Err(e),
+    };
+    let u_jv: f64 = jv.data().iter().zip(u.data()).map(|(a, b)| a * b).sum();
+    let jtu_v: f64 = reverse
+        .iter()
+        .zip(&dirs)
+        .map(|(g, d)| {
+            g.data()
+                .iter()
+                .zip(d.data())
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        })
+        .sum();
+    let scale = inputs
+        .iter()
+        .flat_map(|x| x.data())
+        .fold(1.0f64, |m, v| m.max(v.abs()));
+    let h = opts.eps * scale;
+    let shifted = |sign: f64| -> Result<Vec<Tensor<f64>>> {
+        inputs
+            .iter()
+            .zip(&dirs)
+            .map(|(x, d)| x.add(&d.mul_scalar(sign * h)))
+            .collect()
+    };
+    let numeric = central(&eval(&shifted(1.0)?)?, &eval(&shifted(-1.0)?)?, h);
+    report.forward_rel_err = Some(rel_err(u_jv, numeric));
+    report.forward_reverse_rel_err = Some(if u_jv == jtu_v {
+        0.0
+    } else {
+        (u_jv - jtu_v).abs() / u_jv.abs().max(jtu_v.abs())
+    });
     Ok(report)
 }
 
@@ -238,6 +295,20 @@ mod tests {
         )
         .unwrap();
         assert!(r.max_rel_err > 0.4, "{r:?}");
+    }
+
+    #[test]
+    fn forward_mode_agrees_with_reverse_and_differences() {
+        let x = Tensor::<f64>::randn(&[3, 4], 5);
+        let w = Tensor::<f64>::randn(&[4, 2], 6);
+        let r = gradcheck(
+            |_, v| Ok(v[0].matmul(v[1])?.tanh().log_softmax(1)?),
+            &[x, w],
+            &GradcheckOptions::default(),
+        )
+        .unwrap();
+        assert!(r.forward_rel_err.unwrap() < 1e-6, "{r:?}");
+        assert!(r.forward_reverse_rel_err.unwrap() < 1e-10, "{r:?}");
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct OpCheck {
     pub worst_shapes: Vec<Vec<usize>>,
     /// The worst case's report.
     pub report: GradcheckReport,
+    /// Worst forward-mode error against central differences over all cases.
+    pub worst_forward_rel_err: f64,
+    /// Worst forward-against-reverse disagreement over all cases.
+    pub worst_forward_reverse_rel_err: f64,
 }
 
 /// Input domains that keep finite differences away from kinks and poles.
@@ -277,6 +281,12 @@ pub fn builtin_suite(seed: u64) -> Result<Vec<OpCheck>> {
         match results.iter_mut().find(|r| r.op == case.op) {
             Some(r) => {
                 r.cases += 1;
+                r.worst_forward_rel_err = r
+                    .worst_forward_rel_err
+                    .max(report.forward_rel_err.unwrap_or(f64::NAN));
+                r.worst_forward_reverse_rel_err = r
+                    .worst_forward_reverse_rel_err
+                    .max(report.forward_reverse_rel_err.unwrap_or(f64::NAN));
                 if report.max_rel_err > r.report.max_rel_err {
                     r.report = report;
                     r.worst_shapes = shapes;
@@ -286,6 +296,8 @@ pub fn builtin_suite(seed: u64) -> Result<Vec<OpCheck>> {
                 op: case.op,
                 cases: 1,
                 worst_shapes: shapes,
+                worst_forward_rel_err: report.forward_rel_err.unwrap_or(f64::NAN),
+                worst_forward_reverse_rel_err: report.forward_reverse_rel_err.unwrap_or(f64::NAN),
                 report,
             }),
         }
@@ -301,6 +313,18 @@ mod tests {
         assert!(results.len() >= 36, "{}", results.len());
         for r in results {
             assert!(r.report.max_rel_err <= 1e-6, "{}: {:?}", r.op, r.report);
+            assert!(
+                r.worst_forward_rel_err <= 1e-6,
+                "{} forward: {:?}",
+                r.op,
+                r.worst_forward_rel_err
+            );
+            assert!(
+                r.worst_forward_reverse_rel_err <= 1e-10,
+                "{} forward vs reverse: {:?}",
+                r.op,
+                r.worst_forward_reverse_rel_err
+            );
         }
     }
 }

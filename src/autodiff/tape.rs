@@ -30,6 +30,11 @@ pub struct Tape<T: Element> {
     scope_names: RefCell<Vec<String>>,
     labels: RefCell<std::collections::BTreeMap<u32, String>>,
     detect_anomaly: Cell<bool>,
+    /// Forward mode: one tangent per node (`None` = zero), computed as each node is
+    /// recorded; `None` when forward mode is off.
+    tangents: RefCell<Option<Vec<Option<Tensor<T>>>>>,
+    /// The first error of a forward-mode rule (reported by [`Var::tangent`]).
+    tangent_error: RefCell<Option<String>>,
 }
 
 /// A handle to a value on a tape: an integer id plus the tape it belongs to. Copying one
@@ -79,6 +84,8 @@ impl<T: Element> Tape<T> {
             scope_names: RefCell::new(Vec::new()),
             labels: RefCell::new(Default::default()),
             detect_anomaly: Cell::new(false),
+            tangents: RefCell::new(None),
+            tangent_error: RefCell::new(None),
         }
     }
 
@@ -121,6 +128,56 @@ impl<T: Element> Tape<T> {
     pub fn clear(&mut self) {
         self.nodes.get_mut().clear();
         self.labels.get_mut().clear();
+        if let Some(t) = self.tangents.get_mut() {
+            t.clear();
+        }
+        *self.tangent_error.get_mut() = None;
+    }
+
+    /// A tape in forward mode: every recorded node also gets its tangent (directional
+    /// derivative), computed by the op's forward rule as the node is recorded, so one
+    /// pass gives both the outputs and `J·v`. Seed inputs with [`Tape::dual`].
+    pub fn forward_mode() -> Self {
+        let tape = Self::new();
+        *tape.tangents.borrow_mut() = Some(Vec::new());
+        tape
+    }
+
+    /// An input with a tangent (forward mode); an input made with [`Tape::var`] has a
+    /// zero tangent.
+    pub fn dual(&self, value: Tensor<T>, tangent: Tensor<T>) -> Result<Var<'_, T>> {
+        if value.shape() != tangent.shape() {
+            return Err(Error::shape("dual", value.shape(), tangent.shape()));
+        }
+        if self.tangents.borrow().is_none() {
+            return Err(Error::invalid(
+                "dual",
+                "this tape is not in forward mode; create it with Tape::forward_mode()",
+            ));
+        }
+        let v = self.var(value);
+        if let Some(t) = self.tangents.borrow_mut().as_mut() {
+            t[v.id as usize] = Some(tangent);
+        }
+        Ok(v)
+    }
+
+    /// The tangent of node `id` (zeros if no tangent reached it).
+    pub(crate) fn tangent_of(&self, id: u32) -> Result<Tensor<T>> {
+        if let Some(e) = self.tangent_error.borrow().as_ref() {
+            return Err(Error::invalid("jvp", e.clone()));
+        }
+        let tangents = self.tangents.borrow();
+        let t = tangents.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "tangent",
+                "this tape is not in forward mode; create it with Tape::forward_mode()",
+            )
+        })?;
+        Ok(match &t[id as usize] {
+            Some(t) => t.clone(),
+            None => Tensor::zeros(self.nodes.borrow()[id as usize].value.shape()),
+        })
     }
 
     /// A description of every node in recording (topological) order.
@@ -237,6 +294,10 @@ impl<T: Element> Tape<T> {
     ) -> Var<'_, T> {
         let mut nodes = self.nodes.borrow_mut();
         let id = u32::try_from(nodes.len()).expect("a tape holds at most 2^32 nodes");
+        if let Some(tangents) = self.tangents.borrow_mut().as_mut() {
+            let t = self.forward_rule(&nodes, tangents, &op, &inputs, &value);
+            tangents.push(t);
+        }
         let requires_grad = self.grad_enabled.get()
             && (leaf_grad || inputs.iter().any(|&i| nodes[i as usize].requires_grad));
         let (op, inputs) = if requires_grad || matches!(op, Op::Leaf) {
@@ -252,6 +313,38 @@ impl<T: Element> Tape<T> {
             scope: self.scope.get(),
         });
         Var { tape: self, id }
+    }
+
+    /// The tangent of a node being recorded, from its inputs' tangents.
+    fn forward_rule(
+        &self,
+        nodes: &[Node<T>],
+        tangents: &[Option<Tensor<T>>],
+        op: &Op<T>,
+        inputs: &Inputs,
+        value: &Tensor<T>,
+    ) -> Option<Tensor<T>> {
+        if matches!(op, Op::Leaf | Op::Constant) {
+            return None;
+        }
+        let ts: SmallVec<[Option<&Tensor<T>>; 2]> = inputs
+            .iter()
+            .map(|&i| tangents[i as usize].as_ref())
+            .collect();
+        if ts.iter().all(Option::is_none) {
+            return None;
+        }
+        let ins: SmallVec<[&Tensor<T>; 2]> =
+            inputs.iter().map(|&i| &nodes[i as usize].value).collect();
+        match op.jvp(&ins, value, &ts) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.tangent_error
+                    .borrow_mut()
+                    .get_or_insert_with(|| e.to_string());
+                None
+            }
+        }
     }
 
     /// Records the result of an op on `inputs`.
@@ -475,6 +568,11 @@ impl<'t, T: Element> Var<'t, T> {
     /// The value's shape.
     pub fn shape(&self) -> crate::tensor::Shape {
         crate::tensor::Shape::from_slice(self.tape.nodes.borrow()[self.id as usize].value.shape())
+    }
+
+    /// The tangent carried by forward mode (zeros if none reached this value).
+    pub fn tangent(&self) -> Result<Tensor<T>> {
+        self.tape.tangent_of(self.id)
     }
 
     /// The node id on the tape.

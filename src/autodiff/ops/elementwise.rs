@@ -40,6 +40,44 @@ pub(crate) fn vjp<T: Element>(
     })
 }
 
+/// Forward rule: the output tangent from the input tangents (`None` = zero).
+pub(crate) fn jvp<T: Element>(
+    op: &Op<T>,
+    ins: &[&Tensor<T>],
+    out: &Tensor<T>,
+    t: &[Option<&Tensor<T>>],
+) -> Result<Tensor<T>> {
+    let zero = || Tensor::zeros(&[]);
+    Ok(match op {
+        Op::Unary(u) => u.scale_by_derivative(
+            ins[0],
+            out,
+            t[0].expect("a unary op's tangent comes from its input"),
+        ),
+        Op::Binary(b) => {
+            // ∂y/∂a and ∂y/∂b at every output element, times the broadcast input tangents
+            let ones = Tensor::ones(out.shape());
+            let (pa, pb) = b.scale_by_partials(ins[0], ins[1], out, &ones);
+            let ta = match t[0] {
+                Some(ta) => pa.mul(ta)?,
+                None => Tensor::zeros(out.shape()),
+            };
+            match t[1] {
+                Some(tb) => ta.add(&pb.mul(tb)?)?,
+                None => ta,
+            }
+        }
+        Op::Where(mask) => {
+            let (ta, tb) = (
+                t[0].cloned().unwrap_or_else(zero),
+                t[1].cloned().unwrap_or_else(zero),
+            );
+            Tensor::where_(mask, &ta, &tb)?.broadcast_to(out.shape())?
+        }
+        _ => unreachable!("not an elementwise op"),
+    })
+}
+
 impl<'t, T: Element> Var<'t, T> {
     /// Records an elementwise unary op.
     pub fn unary(self, op: UnaryOp) -> Var<'t, T> {

@@ -75,6 +75,18 @@ pub(crate) fn vjp<T: Element>(
     Ok(smallvec::smallvec![da, db])
 }
 
+/// Forward rule: `dY = dA·B + A·dB`.
+pub(crate) fn jvp<T: Element>(ins: &[&Tensor<T>], t: &[Option<&Tensor<T>>]) -> Result<Tensor<T>> {
+    let left = t[0].map(|ta| ta.matmul(ins[1])).transpose()?;
+    let right = t[1].map(|tb| ins[0].matmul(tb)).transpose()?;
+    Ok(match (left, right) {
+        (Some(l), Some(r)) => l.add(&r)?,
+        (Some(l), None) => l,
+        (None, Some(r)) => r,
+        (None, None) => unreachable!("called only with a tangent"),
+    })
+}
+
 impl<'t, T: Element> Var<'t, T> {
     /// Matrix product (2-D, batched, or batched times a shared matrix).
     pub fn matmul(self, rhs: Var<'t, T>) -> Result<Var<'t, T>> {

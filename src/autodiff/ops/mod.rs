@@ -16,6 +16,18 @@ use std::sync::Arc;
 pub trait CustomOp<T: Element>: Send + Sync {
     /// The name shown in printed graphs.
     fn name(&self) -> &str;
+    /// The output tangent given the input tangents (`None` = zero); optional.
+    fn jvp(
+        &self,
+        _inputs: &[&Tensor<T>],
+        _output: &Tensor<T>,
+        _tangents: &[Option<&Tensor<T>>],
+    ) -> Result<Tensor<T>> {
+        Err(crate::error::Error::invalid(
+            "jvp",
+            format!("custom op '{}' has no forward-mode rule", self.name()),
+        ))
+    }
     /// Gradients for each input, given the input values, the output and its gradient.
     fn vjp(
         &self,
@@ -91,6 +103,30 @@ impl<T: Element> Op<T> {
         }
     }
 
+    /// Forward mode for one node: the output tangent from the input tangents. Only
+    /// called when at least one input has a tangent.
+    pub(crate) fn jvp(
+        &self,
+        ins: &[&Tensor<T>],
+        out: &Tensor<T>,
+        t: &[Option<&Tensor<T>>],
+    ) -> Result<Tensor<T>> {
+        let single = || t[0].expect("tangent present");
+        match self {
+            Op::Leaf | Op::Constant => unreachable!("leaves have no rule"),
+            Op::Unary(_) | Op::Binary(_) | Op::Where(_) => elementwise::jvp(self, ins, out, t),
+            Op::Sum { .. }
+            | Op::Mean { .. }
+            | Op::Max { .. }
+            | Op::LogSumExp { .. }
+            | Op::Softmax(_)
+            | Op::LogSoftmax(_) => reduce::jvp(self, ins, out, single()),
+            Op::MatMul => matmul::jvp(ins, t),
+            Op::Custom(c) => c.jvp(ins, out, t),
+            _ => shape::jvp(self, ins, out, t),
+        }
+    }
+
     /// The chain rule for one node: the output gradient `g` mapped to each input.
     pub(crate) fn vjp(
         &self,
@@ -152,5 +188,13 @@ pub(crate) mod testing {
     {
         let r = gradcheck(f, inputs, &GradcheckOptions::default()).unwrap();
         assert!(r.max_rel_err <= 1e-6, "{name}: {r:?}");
+        assert!(
+            r.forward_rel_err.unwrap() <= 1e-6,
+            "{name} forward mode: {r:?}"
+        );
+        assert!(
+            r.forward_reverse_rel_err.unwrap() <= 1e-10,
+            "{name} forward vs reverse: {r:?}"
+        );
     }
 }

@@ -56,6 +56,45 @@ pub(crate) fn vjp<T: Element>(
     Ok(smallvec::smallvec![Some(gx)])
 }
 
+/// Forward rule: the reduction of the tangent, weighted like the reverse rule.
+pub(crate) fn jvp<T: Element>(
+    op: &Op<T>,
+    ins: &[&Tensor<T>],
+    out: &Tensor<T>,
+    t: &Tensor<T>,
+) -> Result<Tensor<T>> {
+    let x = ins[0];
+    let reduce = |w: Tensor<T>, axes: &[usize]| -> Result<Tensor<T>> {
+        w.sum(axes, true)?.reshape(out.shape())
+    };
+    Ok(match op {
+        Op::Sum { axes } => reduce(t.clone(), axes)?,
+        Op::Mean { axes } => {
+            let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
+            reduce(t.mul_scalar(1.0 / count as f64), axes)?
+        }
+        Op::Max { axes } => {
+            let kd = keepdim_shape(x.shape(), axes);
+            let mask = x.eq_mask(&out.reshape(&kd)?)?;
+            let ties = mask.sum(axes, true)?;
+            reduce(t.mul(&mask)?.div(&ties)?, axes)?
+        }
+        Op::LogSumExp { axes } => {
+            let kd = keepdim_shape(x.shape(), axes);
+            reduce(x.sub(&out.reshape(&kd)?)?.exp().mul(t)?, axes)?
+        }
+        Op::Softmax(axis) => {
+            let dot = out.mul(t)?.sum(&[*axis], true)?;
+            out.mul(&t.sub(&dot)?)?
+        }
+        Op::LogSoftmax(axis) => {
+            let dot = out.exp().mul(t)?.sum(&[*axis], true)?;
+            t.sub(&dot)?
+        }
+        _ => unreachable!("not a reduction"),
+    })
+}
+
 impl<'t, T: Element> Var<'t, T> {
     fn reduction(self, axes: &[usize], keepdim: bool, name: &'static str) -> Result<Var<'t, T>> {
         let x = self.value();

@@ -42,6 +42,33 @@ pub(crate) fn vjp<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], g: &Tensor<T>) -> 
     })
 }
 
+/// Forward rule: the same shape op applied to the tangent (`None` = zero).
+pub(crate) fn jvp<T: Element>(
+    op: &Op<T>,
+    ins: &[&Tensor<T>],
+    out: &Tensor<T>,
+    t: &[Option<&Tensor<T>>],
+) -> Result<Tensor<T>> {
+    let first = || t[0].expect("a one-input shape op's tangent comes from its input");
+    Ok(match op {
+        Op::Reshape => first().reshape(out.shape())?,
+        Op::Permute(perm) => first().permute(perm)?,
+        Op::BroadcastTo => first().broadcast_to(out.shape())?,
+        Op::Narrow { axis, start } => first().narrow(*axis, *start, out.shape()[*axis])?,
+        Op::Concat { axis } => {
+            let parts: Vec<Tensor<T>> = ins
+                .iter()
+                .zip(t)
+                .map(|(x, t)| t.cloned().unwrap_or_else(|| Tensor::zeros(x.shape())))
+                .collect();
+            Tensor::concat(&parts, *axis)?
+        }
+        Op::IndexSelect { axis, indices } => first().index_select(*axis, indices)?,
+        Op::Gather { axis, index } => first().gather(*axis, index)?,
+        _ => unreachable!("not a shape op"),
+    })
+}
+
 impl<'t, T: Element> Var<'t, T> {
     /// Same values, new shape (no copy).
     pub fn reshape(self, shape: &[usize]) -> Result<Var<'t, T>> {
