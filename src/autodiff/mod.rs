@@ -7,12 +7,16 @@
 //! several times accumulates the contributions of all its consumers.
 
 mod export;
+mod functional;
 mod gradcheck;
 pub mod ops;
 mod suite;
 mod tape;
 
 pub use export::graph_dot;
+pub use functional::{
+    JacobianMode, func, grad, jacfwd, jacobian, jacrev, jvp, value_and_grad, vjp,
+};
 pub use gradcheck::{GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck};
 pub use ops::CustomOp;
 pub use suite::{OpCheck, builtin_suite};
