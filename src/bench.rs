@@ -98,6 +98,7 @@ pub const WORKLOADS: &[&str] = &[
     "w1_step",
     "w2_step",
     "w7_memory",
+    "w3_scalar",
 ];
 
 /// Settings shared by all workloads.
@@ -131,6 +132,7 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "w1_step" => vec![w1_step(cfg)?],
         "w2_step" => vec![w2_step(cfg)?],
         "w7_memory" => vec![w7_memory(cfg)?],
+        "w3_scalar" => vec![w3_scalar(100_000, cfg)],
         other => {
             return Err(crate::error::Error::invalid(
                 "bench",
@@ -390,6 +392,45 @@ fn w1(cfg: &BenchConfig, backward: bool) -> Result<BenchRow> {
     Ok(row)
 }
 
+/// W3: `loss = Σ tanh(wᵢ xᵢ + bᵢ)` as a left fold on the scalar tape, n terms, all 3n
+/// inputs receiving gradients. Timed: build (the forward pass) plus backward; the inputs
+/// are created once and the previous graph dropped before each sample.
+fn w3_scalar(n: usize, cfg: &BenchConfig) -> BenchRow {
+    use crate::scalar::{Real, STape};
+    let streams: Vec<Vec<f64>> = [41u64, 42, 43]
+        .iter()
+        .map(|&s| {
+            let mut g = SplitMix64::new(s);
+            (0..n).map(|_| g.uniform_f32(-1.0, 1.0) as f64).collect()
+        })
+        .collect();
+    let tape = STape::<f64>::with_capacity(7 * n);
+    let vars: Vec<_> = streams
+        .iter()
+        .flat_map(|s| s.iter().map(|&v| tape.var(v)))
+        .collect();
+    let (w, x, b) = (&vars[..n], &vars[n..2 * n], &vars[2 * n..]);
+    let mut adj = Vec::with_capacity(7 * n);
+    let mut loss = 0.0;
+    let t = measure(cfg.budget, 5, || {
+        tape.truncate(3 * n);
+        let mut s = (w[0] * x[0] + b[0]).tanh();
+        for i in 1..n {
+            s = s + (w[i] * x[i] + b[i]).tanh();
+        }
+        tape.backward_into(s, 1.0, &mut adj);
+        loss = s.value();
+    });
+    let ops = 4 * n - 1;
+    let mut row = BenchRow::new("w3_scalar", t)
+        .with("n", n)
+        .with("ops", ops)
+        .with("loss", loss)
+        .with("dL/dw0", adj[w[0].id as usize]);
+    row.ns_per_op = Some(t.median_s / ops as f64 * 1e9);
+    row
+}
+
 /// An MLP over parameters already in `store` (ids 0, 1, 2... as W, b pairs).
 fn mlp_over(sizes: &[usize], activation: Activation) -> Mlp {
     let layers = (0..sizes.len() - 1)
@@ -608,6 +649,24 @@ mod tests {
         assert!(
             (l2[0] - 0.17359).abs() < 5e-5 && (l2[10] - 0.11585).abs() < 5e-5,
             "{l2:?}"
+        );
+    }
+
+    #[test]
+    fn w3_reproduces_the_anchor_loss_and_gradient() {
+        // results.md: n = 100000, loss 106.2014, dL/dw0 0.482377
+        let row = w3_scalar(
+            100_000,
+            &BenchConfig {
+                budget: Duration::from_millis(1),
+                exe: None,
+            },
+        );
+        let loss = row.extra["loss"].as_f64().unwrap();
+        let g = row.extra["dL/dw0"].as_f64().unwrap();
+        assert!(
+            (loss - 106.2014).abs() < 1e-3 && (g - 0.482377).abs() < 1e-6,
+            "{loss} {g}"
         );
     }
 

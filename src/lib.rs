@@ -19,4 +19,5 @@ pub mod data;
 pub mod explain;
 pub mod nn;
 pub mod optim;
+pub mod scalar;
 pub mod train;
