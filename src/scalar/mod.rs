@@ -210,8 +210,8 @@ mod tests {
     fn three_methods_agree_on_generic_code() {
         let x = [1.3, 0.7];
         let (v, rev) = grad_reverse(|x| every_function(x), &x);
-        let fwd = grad_forward(|x| every_function(x), &x);
-        let fd = grad_central(|x| every_function(x), &x, 1e-6);
+        let fwd = grad_forward(every_function, &x);
+        let fd = grad_central(every_function, &x, 1e-6);
         assert!((v - every_function(&x)).abs() < 1e-15);
         for i in 0..2 {
             assert!((rev[i] - fwd[i]).abs() < 1e-12, "{rev:?} {fwd:?}");
