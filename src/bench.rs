@@ -671,6 +671,35 @@ mod tests {
     }
 
     #[test]
+    fn w4_and_w5_gradients_match_their_formulas() {
+        let x = w4_input::<f64>(6);
+        let g = crate::autodiff::grad(|_, v| w4_f(v), &x).unwrap();
+        let xd = x.data();
+        for i in 0..6 {
+            let mut want = xd[i].cos() * xd[i] * xd[i] + 2.0 * xd[i] * xd[i].sin();
+            if i + 1 < 6 {
+                want += -400.0 * xd[i] * (xd[i + 1] - xd[i] * xd[i]) - 2.0 * (1.0 - xd[i]);
+            }
+            if i > 0 {
+                want += 200.0 * (xd[i] - xd[i - 1] * xd[i - 1]);
+            }
+            assert!(
+                (g.data()[i] - want).abs() < 1e-12 * want.abs().max(1.0),
+                "{i}"
+            );
+        }
+        let t = Tensor::<f64>::from_vec(vec![0.5], &[1]).unwrap();
+        let (j, mode) = crate::autodiff::jacobian(|_, v| w5_g(v, 50), &t).unwrap();
+        assert_eq!(mode, crate::autodiff::JacobianMode::Forward);
+        for k in 1..=50 {
+            let kf = k as f64;
+            let want = kf * (kf * 0.5).cos() * (-0.5 / kf).exp()
+                - (kf * 0.5).sin() * (-0.5 / kf).exp() / kf;
+            assert!((j.data()[k - 1] - want).abs() < 1e-12, "{k}");
+        }
+    }
+
+    #[test]
     fn w1_loss_matches_the_anchor() {
         let data = W1Data::<f32>::new();
         let tape = Tape::new();
@@ -682,4 +711,37 @@ mod tests {
         // results.md: loss@0 = 2.30215 for every framework
         assert!((loss - 2.30215).abs() < 5e-5, "{loss}");
     }
+}
+
+/// W4's `f(x) = Σ sin(xᵢ) xᵢ² + Σ_{i<N−1} [100 (xᵢ₊₁ − xᵢ²)² + (1 − xᵢ)²]` on a tape.
+pub fn w4_f<'t, T: Element>(x: Var<'t, T>) -> Result<Var<'t, T>> {
+    let n = x.shape()[0];
+    let x2 = x.mul(x)?;
+    let first = x.sin().mul(x2)?.sum_all();
+    if n < 2 {
+        return Ok(first);
+    }
+    let head = x.narrow(0, 0, n - 1)?;
+    let tail = x.narrow(0, 1, n - 1)?;
+    let a = tail
+        .sub(x2.narrow(0, 0, n - 1)?)?
+        .powf(2.0)
+        .mul_scalar(100.0);
+    let b = head.neg().add_scalar(1.0).powf(2.0);
+    first.add(a.add(b)?.sum_all())
+}
+
+/// W4's input: `N` values uniform in [-1, 1) from splitmix64 stream 51.
+pub fn w4_input<T: Element>(n: usize) -> Tensor<T> {
+    Tensor::splitmix_uniform(&[n], 51, -1.0, 1.0)
+}
+
+/// W5's `g(t)_k = sin(k t) exp(−t/k)`, k = 1..M, for a one-element `t`.
+pub fn w5_g<'t, T: Element>(t: Var<'t, T>, m: usize) -> Result<Var<'t, T>> {
+    let k = Tensor::<T>::arange(m).add_scalar(1.0);
+    let inv_k = k.map(|v| T::one() / v);
+    let tape = t.tape();
+    let kt = tape.constant(k).mul(t)?;
+    let decay = tape.constant(inv_k).mul(t)?.neg().exp();
+    kt.sin().mul(decay)
 }

@@ -1,6 +1,7 @@
 //! Subcommands of the `chainrule` binary.
 
 mod bench;
+mod compare;
 mod explain;
 mod gradcheck;
 mod train;
@@ -36,6 +37,8 @@ enum Command {
     Bench(bench::Args),
     /// Walk the chain rule through an expression, edge by edge.
     Explain(explain::Args),
+    /// Measure what a gradient costs by reverse mode, forward mode and finite differences.
+    Compare(compare::Args),
 }
 
 /// Runs the parsed command.
@@ -46,5 +49,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gradcheck(a) => gradcheck::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Compare(a) => compare::run(a),
     }
 }

@@ -123,10 +123,16 @@ unary_table! {
 /// `powf` costs tens of cycles).
 #[inline(always)]
 fn powi_or_powf<T: Element>(x: T, p: f64) -> T {
-    if p == p.trunc() && p.abs() <= 4.0 {
-        x.powi(p as i32)
-    } else {
-        x.powf(c(p))
+    // `powi` is a library call without `-C target-cpu`; spell the common ones out
+    match p {
+        0.0 => T::one(),
+        1.0 => x,
+        2.0 => x * x,
+        3.0 => x * x * x,
+        4.0 => (x * x) * (x * x),
+        -1.0 => x.recip(),
+        -2.0 => (x * x).recip(),
+        _ => x.powf(c(p)),
     }
 }
 
@@ -348,6 +354,49 @@ impl BinaryOp {
             });
         });
         (ga, gb)
+    }
+
+    /// The output tangent `ta ⊙ ∂y/∂a + tb ⊙ ∂y/∂b` (forward mode) in one pass, the input
+    /// tangents broadcast like their inputs (`None` = zero).
+    pub fn tangent<T: Element>(
+        self,
+        a: &Tensor<T>,
+        b: &Tensor<T>,
+        y: &Tensor<T>,
+        ta: Option<&Tensor<T>>,
+        tb: Option<&Tensor<T>>,
+    ) -> Tensor<T> {
+        let shape = y.shape();
+        let zero = Tensor::zeros(&[]);
+        let (ta_t, tb_t) = (ta.unwrap_or(&zero), tb.unwrap_or(&zero));
+        let sa = broadcast_strides(a.shape(), shape);
+        let sb = broadcast_strides(b.shape(), shape);
+        let sta = broadcast_strides(ta_t.shape(), shape);
+        let stb = broadcast_strides(tb_t.shape(), shape);
+        let (xa, xb, ys, da, db) = (a.data(), b.data(), y.data(), ta_t.data(), tb_t.data());
+        // fast path: every operand either has the output's shape or is a single element
+        let flat = |t: &Tensor<T>| t.shape() == shape || t.len() == 1;
+        if [a, b, ta_t, tb_t].into_iter().all(flat) {
+            let at = |d: &[T], i: usize| if d.len() == 1 { d[0] } else { d[i] };
+            return Tensor::build(shape, |out| {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let (pa, pb) = self.partials(at(xa, i), at(xb, i), ys[i]);
+                    *o = at(da, i) * pa + at(db, i) * pb;
+                }
+            });
+        }
+        Tensor::build(shape, |out| match (ta.is_some(), tb.is_some()) {
+            (true, false) => for_each_offset(shape, [&sa, &sb, &sta], |i, [ia, ib, it]| {
+                out[i] = da[it] * self.partials(xa[ia], xb[ib], ys[i]).0;
+            }),
+            (false, true) => for_each_offset(shape, [&sa, &sb, &stb], |i, [ia, ib, it]| {
+                out[i] = db[it] * self.partials(xa[ia], xb[ib], ys[i]).1;
+            }),
+            _ => for_each_offset(shape, [&sa, &sb, &sta, &stb], |i, [ia, ib, ita, itb]| {
+                let (pa, pb) = self.partials(xa[ia], xb[ib], ys[i]);
+                out[i] = da[ita] * pa + db[itb] * pb;
+            }),
+        })
     }
 
     /// The op on two `f64`s.

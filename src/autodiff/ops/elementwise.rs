@@ -54,19 +54,7 @@ pub(crate) fn jvp<T: Element>(
             out,
             t[0].expect("a unary op's tangent comes from its input"),
         ),
-        Op::Binary(b) => {
-            // ∂y/∂a and ∂y/∂b at every output element, times the broadcast input tangents
-            let ones = Tensor::ones(out.shape());
-            let (pa, pb) = b.scale_by_partials(ins[0], ins[1], out, &ones);
-            let ta = match t[0] {
-                Some(ta) => pa.mul(ta)?,
-                None => Tensor::zeros(out.shape()),
-            };
-            match t[1] {
-                Some(tb) => ta.add(&pb.mul(tb)?)?,
-                None => ta,
-            }
-        }
+        Op::Binary(b) => b.tangent(ins[0], ins[1], out, t[0], t[1]),
         Op::Where(mask) => {
             let (ta, tb) = (
                 t[0].cloned().unwrap_or_else(zero),
