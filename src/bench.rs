@@ -631,6 +631,39 @@ fn w7_memory(cfg: &BenchConfig) -> Result<BenchRow> {
     Ok(row)
 }
 
+/// W4's `f(x) = Σ sin(xᵢ) xᵢ² + Σ_{i<N−1} [100 (xᵢ₊₁ − xᵢ²)² + (1 − xᵢ)²]` on a tape.
+pub fn w4_f<'t, T: Element>(x: Var<'t, T>) -> Result<Var<'t, T>> {
+    let n = x.shape()[0];
+    let x2 = x.mul(x)?;
+    let first = x.sin().mul(x2)?.sum_all();
+    if n < 2 {
+        return Ok(first);
+    }
+    let head = x.narrow(0, 0, n - 1)?;
+    let tail = x.narrow(0, 1, n - 1)?;
+    let a = tail
+        .sub(x2.narrow(0, 0, n - 1)?)?
+        .powf(2.0)
+        .mul_scalar(100.0);
+    let b = head.neg().add_scalar(1.0).powf(2.0);
+    first.add(a.add(b)?.sum_all())
+}
+
+/// W4's input: `N` values uniform in [-1, 1) from splitmix64 stream 51.
+pub fn w4_input<T: Element>(n: usize) -> Tensor<T> {
+    Tensor::splitmix_uniform(&[n], 51, -1.0, 1.0)
+}
+
+/// W5's `g(t)_k = sin(k t) exp(−t/k)`, k = 1..M, for a one-element `t`.
+pub fn w5_g<'t, T: Element>(t: Var<'t, T>, m: usize) -> Result<Var<'t, T>> {
+    let k = Tensor::<T>::arange(m).add_scalar(1.0);
+    let inv_k = k.map(|v| T::one() / v);
+    let tape = t.tape();
+    let kt = tape.constant(k).mul(t)?;
+    let decay = tape.constant(inv_k).mul(t)?.neg().exp();
+    kt.sin().mul(decay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,37 +744,4 @@ mod tests {
         // results.md: loss@0 = 2.30215 for every framework
         assert!((loss - 2.30215).abs() < 5e-5, "{loss}");
     }
-}
-
-/// W4's `f(x) = Σ sin(xᵢ) xᵢ² + Σ_{i<N−1} [100 (xᵢ₊₁ − xᵢ²)² + (1 − xᵢ)²]` on a tape.
-pub fn w4_f<'t, T: Element>(x: Var<'t, T>) -> Result<Var<'t, T>> {
-    let n = x.shape()[0];
-    let x2 = x.mul(x)?;
-    let first = x.sin().mul(x2)?.sum_all();
-    if n < 2 {
-        return Ok(first);
-    }
-    let head = x.narrow(0, 0, n - 1)?;
-    let tail = x.narrow(0, 1, n - 1)?;
-    let a = tail
-        .sub(x2.narrow(0, 0, n - 1)?)?
-        .powf(2.0)
-        .mul_scalar(100.0);
-    let b = head.neg().add_scalar(1.0).powf(2.0);
-    first.add(a.add(b)?.sum_all())
-}
-
-/// W4's input: `N` values uniform in [-1, 1) from splitmix64 stream 51.
-pub fn w4_input<T: Element>(n: usize) -> Tensor<T> {
-    Tensor::splitmix_uniform(&[n], 51, -1.0, 1.0)
-}
-
-/// W5's `g(t)_k = sin(k t) exp(−t/k)`, k = 1..M, for a one-element `t`.
-pub fn w5_g<'t, T: Element>(t: Var<'t, T>, m: usize) -> Result<Var<'t, T>> {
-    let k = Tensor::<T>::arange(m).add_scalar(1.0);
-    let inv_k = k.map(|v| T::one() / v);
-    let tape = t.tape();
-    let kt = tape.constant(k).mul(t)?;
-    let decay = tape.constant(inv_k).mul(t)?.neg().exp();
-    kt.sin().mul(decay)
 }
