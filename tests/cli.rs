@@ -55,3 +55,38 @@ fn bench_json_rows_have_the_required_fields() {
         assert!(row.get(k).is_some(), "{k} missing in {row}");
     }
 }
+
+#[test]
+fn compare_quick_prints_rows_and_writes_csv_and_plot() {
+    let out = std::env::temp_dir().join(format!("chainrule-compare-{}", std::process::id()));
+    let t = std::time::Instant::now();
+    let o = chainrule(&[
+        "compare",
+        "--quick",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t.elapsed().as_secs() < 30);
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for r in &rows {
+        for k in ["function", "n", "method", "median_s", "ratio"] {
+            assert!(r.get(k).is_some(), "{k} missing in {r}");
+        }
+    }
+    let rev = rows
+        .iter()
+        .find(|r| r["function"] == "f" && r["method"] == "reverse" && r["n"] == 1000)
+        .unwrap();
+    assert!(rev["ratio"].as_f64().unwrap() > 1.0);
+    assert!(
+        rows.iter()
+            .any(|r| r["function"] == "g" && r["method"] == "forward")
+    );
+    assert!(out.join("compare.csv").exists() && out.join("compare.svg").exists());
+    std::fs::remove_dir_all(out).unwrap();
+}
