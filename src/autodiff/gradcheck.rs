@@ -125,6 +125,24 @@ where
             / (2.0 * h)
     };
 
+    // the central difference along directions `dirs` (one per input), step scaled by
+    // the largest input magnitude
+    let scale = inputs
+        .iter()
+        .flat_map(|x| x.data())
+        .fold(1.0f64, |m, v| m.max(v.abs()));
+    let h = opts.eps * scale;
+    let directional = |dirs: &[Tensor<f64>]| -> Result<f64> {
+        let shifted = |sign: f64| -> Result<Vec<Tensor<f64>>> {
+            inputs
+                .iter()
+                .zip(dirs)
+                .map(|(x, d)| x.add(&d.mul_scalar(sign * h)))
+                .collect()
+        };
+        Ok(central(&eval(&shifted(1.0)?)?, &eval(&shifted(-1.0)?)?, h))
+    };
+
     let total: usize = inputs.iter().map(|x| x.len()).sum();
     let mut report = GradcheckReport {
         max_abs_err: 0.0,
@@ -180,19 +198,7 @@ where
             .enumerate()
             .map(|(i, x)| Tensor::randn(x.shape(), opts.seed.wrapping_add(i as u64 + 1)))
             .collect();
-        let scale = inputs
-            .iter()
-            .flat_map(|x| x.data())
-            .fold(1.0f64, |m, v| m.max(v.abs()));
-        let h = opts.eps * scale;
-        let shifted = |sign: f64| -> Result<Vec<Tensor<f64>>> {
-            inputs
-                .iter()
-                .zip(&dirs)
-                .map(|(x, d)| x.add(&d.mul_scalar(sign * h)))
-                .collect()
-        };
-        let numeric = central(&eval(&shifted(1.0)?)?, &eval(&shifted(-1.0)?)?, h);
+        let numeric = directional(&dirs)?;
         report.evaluations = 2;
         let r: f64 = reverse
             .iter()
@@ -237,19 +243,7 @@ where
                 .sum::<f64>()
         })
         .sum();
-    let scale = inputs
-        .iter()
-        .flat_map(|x| x.data())
-        .fold(1.0f64, |m, v| m.max(v.abs()));
-    let h = opts.eps * scale;
-    let shifted = |sign: f64| -> Result<Vec<Tensor<f64>>> {
-        inputs
-            .iter()
-            .zip(&dirs)
-            .map(|(x, d)| x.add(&d.mul_scalar(sign * h)))
-            .collect()
-    };
-    let numeric = central(&eval(&shifted(1.0)?)?, &eval(&shifted(-1.0)?)?, h);
+    let numeric = directional(&dirs)?;
     report.forward_rel_err = Some(rel_err(u_jv, numeric));
     report.forward_reverse_rel_err = Some(if u_jv == jtu_v {
         0.0

@@ -10,7 +10,7 @@ mod export;
 mod functional;
 mod gradcheck;
 pub mod ops;
-mod suite;
+pub(crate) mod suite;
 mod tape;
 
 pub use export::graph_dot;

@@ -29,14 +29,14 @@ pub struct OpCheck {
 
 /// Input domains that keep finite differences away from kinks and poles.
 #[derive(Clone, Copy)]
-enum Domain {
+pub(crate) enum Domain {
     /// |x| in [0.2, 1.2], either sign.
     AwayFromZero,
     /// x in [0.2, 1.2].
     Positive,
 }
 
-fn sample(shape: &[usize], domain: Domain, rng: &mut ChaCha8Rng) -> Tensor<f64> {
+pub(crate) fn sample(shape: &[usize], domain: Domain, rng: &mut ChaCha8Rng) -> Tensor<f64> {
     Tensor::build(shape, |d| {
         for v in d {
             let m = rng.random_range(0.2..1.2);
@@ -54,12 +54,14 @@ fn sample(shape: &[usize], domain: Domain, rng: &mut ChaCha8Rng) -> Tensor<f64> 
     })
 }
 
-fn random_shape(rng: &mut ChaCha8Rng, min_rank: usize) -> Vec<usize> {
+/// A random shape of rank `min_rank` to 3 with dimensions 1 to 4.
+pub(crate) fn random_shape(rng: &mut ChaCha8Rng, min_rank: usize) -> Vec<usize> {
     let rank = rng.random_range(min_rank..4);
     (0..rank).map(|_| rng.random_range(1..5)).collect()
 }
 
-fn broadcastable(shape: &[usize], rng: &mut ChaCha8Rng) -> Vec<usize> {
+/// A shape that broadcasts against `shape`: some dimensions 1, some leading ones dropped.
+pub(crate) fn broadcastable(shape: &[usize], rng: &mut ChaCha8Rng) -> Vec<usize> {
     let drop = rng.random_range(0..=shape.len());
     shape[drop..]
         .iter()

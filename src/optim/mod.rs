@@ -176,6 +176,26 @@ fn for_each_param<T: Element>(
     Ok(())
 }
 
+/// The methods every optimizer here shares: its learning rate, and its state as the
+/// step count plus the per-parameter slots.
+macro_rules! optimizer_bookkeeping {
+    () => {
+        fn learning_rate(&self) -> f64 {
+            self.lr
+        }
+        fn set_learning_rate(&mut self, lr: f64) {
+            self.lr = lr;
+        }
+        fn state(&self) -> (Vec<(String, Tensor<T>)>, u64) {
+            (self.slots.export(), self.steps)
+        }
+        fn load_state(&mut self, tensors: Vec<(String, Tensor<T>)>, steps: u64) -> Result<()> {
+            self.steps = steps;
+            self.slots.import(tensors)
+        }
+    };
+}
+
 /// SGD with optional (Nesterov) momentum and L2 weight decay (`torch.optim.SGD`).
 pub struct Sgd<T: Element> {
     lr: f64,
@@ -228,19 +248,7 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
         self.steps += 1;
         Ok(())
     }
-    fn learning_rate(&self) -> f64 {
-        self.lr
-    }
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-    fn state(&self) -> (Vec<(String, Tensor<T>)>, u64) {
-        (self.slots.export(), self.steps)
-    }
-    fn load_state(&mut self, tensors: Vec<(String, Tensor<T>)>, steps: u64) -> Result<()> {
-        self.steps = steps;
-        self.slots.import(tensors)
-    }
+    optimizer_bookkeeping!();
 }
 
 /// AdaGrad (`torch.optim.Adagrad`, eps 1e-10).
@@ -279,19 +287,7 @@ impl<T: Element> Optimizer<T> for AdaGrad<T> {
         self.steps += 1;
         Ok(())
     }
-    fn learning_rate(&self) -> f64 {
-        self.lr
-    }
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-    fn state(&self) -> (Vec<(String, Tensor<T>)>, u64) {
-        (self.slots.export(), self.steps)
-    }
-    fn load_state(&mut self, tensors: Vec<(String, Tensor<T>)>, steps: u64) -> Result<()> {
-        self.steps = steps;
-        self.slots.import(tensors)
-    }
+    optimizer_bookkeeping!();
 }
 
 /// RMSProp (`torch.optim.RMSprop`, eps 1e-8, not centered, no momentum).
@@ -337,19 +333,7 @@ impl<T: Element> Optimizer<T> for RmsProp<T> {
         self.steps += 1;
         Ok(())
     }
-    fn learning_rate(&self) -> f64 {
-        self.lr
-    }
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-    fn state(&self) -> (Vec<(String, Tensor<T>)>, u64) {
-        (self.slots.export(), self.steps)
-    }
-    fn load_state(&mut self, tensors: Vec<(String, Tensor<T>)>, steps: u64) -> Result<()> {
-        self.steps = steps;
-        self.slots.import(tensors)
-    }
+    optimizer_bookkeeping!();
 }
 
 /// Adam (`torch.optim.Adam`, L2 weight decay) or AdamW (`torch.optim.AdamW`, decoupled).
@@ -408,19 +392,7 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         self.steps += 1;
         Ok(())
     }
-    fn learning_rate(&self) -> f64 {
-        self.lr
-    }
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-    fn state(&self) -> (Vec<(String, Tensor<T>)>, u64) {
-        (self.slots.export(), self.steps)
-    }
-    fn load_state(&mut self, tensors: Vec<(String, Tensor<T>)>, steps: u64) -> Result<()> {
-        self.steps = steps;
-        self.slots.import(tensors)
-    }
+    optimizer_bookkeeping!();
 }
 
 #[cfg(test)]

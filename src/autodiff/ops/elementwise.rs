@@ -185,31 +185,10 @@ var_scalar_ops!(Add::add => |v, k| v.add_scalar(k); Sub::sub => |v, k| v.add_sca
 mod tests {
     use super::super::testing::check;
     use crate::autodiff::Tape;
+    use crate::autodiff::suite::{Domain, broadcastable, random_shape, sample};
     use crate::tensor::{BinaryOp, Tensor, UnaryOp};
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-
-    /// A random shape of rank 0 to 3 with dimensions 1 to 4.
-    pub(crate) fn random_shape(rng: &mut ChaCha8Rng) -> Vec<usize> {
-        let rank = rng.random_range(0..4);
-        (0..rank).map(|_| rng.random_range(1..5)).collect()
-    }
-
-    /// A shape that broadcasts against `shape`: some dimensions set to 1, some leading ones dropped.
-    fn broadcastable(shape: &[usize], rng: &mut ChaCha8Rng) -> Vec<usize> {
-        let drop = rng.random_range(0..=shape.len());
-        shape[drop..]
-            .iter()
-            .map(|&d| if rng.random_bool(0.5) { 1 } else { d })
-            .collect()
-    }
-
-    /// Values with |x| in [0.2, 1.2]: away from kinks and poles.
-    fn away_from_zero(shape: &[usize], seed: u64) -> Tensor<f64> {
-        let m = Tensor::<f64>::rand_uniform(shape, 0.2, 1.2, seed);
-        let s = Tensor::<f64>::rand_uniform(shape, -1.0, 1.0, seed + 1000);
-        m.mul(&s.map(f64::signum)).unwrap()
-    }
 
     #[test]
     fn unary_ops_match_finite_differences() {
@@ -232,11 +211,18 @@ mod tests {
         ];
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for op in ops {
-            for trial in 0..4 {
-                let shape = random_shape(&mut rng);
-                let x = away_from_zero(&shape, trial);
+            for _ in 0..4 {
+                let shape = random_shape(&mut rng, 0);
                 let positive = matches!(op, UnaryOp::Ln | UnaryOp::Sqrt | UnaryOp::PowF(_));
-                let x = if positive { x.abs() } else { x };
+                let x = sample(
+                    &shape,
+                    if positive {
+                        Domain::Positive
+                    } else {
+                        Domain::AwayFromZero
+                    },
+                    &mut rng,
+                );
                 check(op.name(), &[x], |_, v| Ok(v[0].unary(op)));
             }
         }
@@ -256,14 +242,19 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         for op in ops {
             for trial in 0..6 {
-                let sa = random_shape(&mut rng);
+                let sa = random_shape(&mut rng, 0);
                 let sb = broadcastable(&sa, &mut rng);
                 let (sa, sb) = if trial % 2 == 0 { (sa, sb) } else { (sb, sa) };
-                let mut a = away_from_zero(&sa, 10 + trial);
-                let b = away_from_zero(&sb, 20 + trial);
-                if op == BinaryOp::Pow {
-                    a = a.abs();
-                }
+                let a = sample(
+                    &sa,
+                    if op == BinaryOp::Pow {
+                        Domain::Positive
+                    } else {
+                        Domain::AwayFromZero
+                    },
+                    &mut rng,
+                );
+                let b = sample(&sb, Domain::AwayFromZero, &mut rng);
                 check(op.name(), &[a, b], |_, v| v[0].binary(op, v[1]));
             }
         }
