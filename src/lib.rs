@@ -2,22 +2,26 @@
 //!
 //! Automatic differentiation and neural-network training in Rust.
 //!
-//! The layers, bottom to top: [`tensor`] (n-d arrays and kernels), [`autodiff`] (the
-//! tape, reverse mode, gradient checking), and the benchmark workloads in [`bench`].
+//! The layers, bottom to top (imports point down only): [`tensor`] (n-d arrays and
+//! kernels), [`autodiff`] (the tape, reverse and forward mode, the functional API,
+//! gradient checking) and [`scalar`] (the same for generic scalar code), [`nn`]
+//! (parameters, layers, losses), [`data`] (datasets), [`optim`] (optimizers, schedules,
+//! clipping), [`train`] (the descent loop and what it writes); beside them [`explain`]
+//! (the chain rule, edge by edge) and [`bench`] (the benchmark workloads).
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod autodiff;
 pub mod bench;
-pub mod error;
-pub mod tensor;
-
-pub use autodiff::{Gradients, Tape, Var};
-pub use error::{Error, Result};
-pub use tensor::{Element, Tensor};
 pub mod data;
+pub mod error;
 pub mod explain;
 pub mod nn;
 pub mod optim;
 pub mod scalar;
+pub mod tensor;
 pub mod train;
+
+pub use autodiff::{Gradients, Tape, Var};
+pub use error::{Error, Result};
+pub use tensor::{Element, Tensor};
