@@ -247,6 +247,27 @@ macro_rules! binary_table {
             fn partials<T: Element>(self, a: T, b: T, y: T) -> (T, T) {
                 match self { $(Self::$op => { let ($pa, $pb, $y) = (a, b, y); $d }),* }
             }
+            /// Forward-mode tangent over equal-length slices, the op and which input
+            /// tangents exist chosen outside the loop so that it vectorises.
+            #[allow(unused_variables)]
+            fn tangent_slices<T: Element>(self, (xa, xb, ys): (&[T], &[T], &[T]), (ta, tb): (Option<&[T]>, Option<&[T]>), out: &mut [T]) {
+                match self { $(Self::$op => {
+                    let inputs = out.iter_mut().zip(xa).zip(xb).zip(ys).enumerate();
+                    match (ta, tb) {
+                        (Some(ta), Some(tb)) => for (i, (((o, &$pa), &$pb), &$y)) in inputs {
+                            let (da, db) = $d;
+                            *o = ta[i] * da + tb[i] * db;
+                        },
+                        (Some(ta), None) => for (i, (((o, &$pa), &$pb), &$y)) in inputs {
+                            *o = ta[i] * ($d).0;
+                        },
+                        (None, Some(tb)) => for (i, (((o, &$pa), &$pb), &$y)) in inputs {
+                            *o = tb[i] * ($d).1;
+                        },
+                        (None, None) => out.fill(T::zero()),
+                    }
+                })* }
+            }
         }
     };
 }
@@ -374,14 +395,40 @@ impl BinaryOp {
         let sta = broadcast_strides(ta_t.shape(), shape);
         let stb = broadcast_strides(tb_t.shape(), shape);
         let (xa, xb, ys, da, db) = (a.data(), b.data(), y.data(), ta_t.data(), tb_t.data());
-        // fast path: every operand either has the output's shape or is a single element
+        // fast path: every operand has the output's shape or a single element; single
+        // elements are read through a small buffer repeating them, chunk by chunk
         let flat = |t: &Tensor<T>| t.shape() == shape || t.len() == 1;
         if [a, b, ta_t, tb_t].into_iter().all(flat) {
-            let at = |d: &[T], i: usize| if d.len() == 1 { d[0] } else { d[i] };
+            const CHUNK: usize = 1024;
+            let n = y.len();
+            let repeated = |t: &Tensor<T>| {
+                if t.len() == 1 && n > 1 {
+                    vec![t.data()[0]; CHUNK.min(n)]
+                } else {
+                    Vec::new()
+                }
+            };
+            let (ra, rb, rta, rtb) = (repeated(a), repeated(b), repeated(ta_t), repeated(tb_t));
+            fn window<'s, T>(full: &'s [T], rep: &'s [T], start: usize, len: usize) -> &'s [T] {
+                if rep.is_empty() {
+                    &full[start..start + len]
+                } else {
+                    &rep[..len]
+                }
+            }
             return Tensor::build(shape, |out| {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let (pa, pb) = self.partials(at(xa, i), at(xb, i), ys[i]);
-                    *o = at(da, i) * pa + at(db, i) * pb;
+                for (ci, o) in out.chunks_mut(CHUNK).enumerate() {
+                    let (s0, len) = (ci * CHUNK, o.len());
+                    let inputs = (
+                        window(xa, &ra, s0, len),
+                        window(xb, &rb, s0, len),
+                        &ys[s0..s0 + len],
+                    );
+                    let tangents = (
+                        ta.map(|_| window(da, &rta, s0, len)),
+                        tb.map(|_| window(db, &rtb, s0, len)),
+                    );
+                    self.tangent_slices(inputs, tangents, o);
                 }
             });
         }
