@@ -94,6 +94,31 @@ pub fn matmul_into<T: Element>(
     }
 }
 
+/// `dst += A·B` for rows of exactly `N` outputs: the accumulator is a fixed-size array
+/// the compiler keeps in vector registers across the whole k loop.
+#[inline(always)]
+fn fixed_width_rows<T: Element, const N: usize>(
+    dst: &mut [T],
+    m: usize,
+    k: usize,
+    a_at: &impl Fn(usize, usize) -> T,
+    b: &[T],
+) {
+    for i in 0..m {
+        let mut acc = [T::zero(); N];
+        for p in 0..k {
+            let aip = a_at(i, p);
+            let brow: &[T; N] = b[p * N..(p + 1) * N].try_into().expect("row of N");
+            for j in 0..N {
+                acc[j] += aip * brow[j];
+            }
+        }
+        for (o, x) in dst[i * N..(i + 1) * N].iter_mut().zip(acc) {
+            *o += x;
+        }
+    }
+}
+
 /// Plain loops for tiny products, compiled twice: for AVX2 (picked at run time) and for
 /// the baseline x86-64 SSE2 that a portable build targets.
 fn small_gemm<T: Element>(
@@ -160,14 +185,48 @@ fn small_gemm_loops<T: Element>(
             std::borrow::Cow::Owned(t)
         }
     };
+    let a_at = |i: usize, p: usize| match la {
+        MatLayout::Normal => a[i * k + p],
+        MatLayout::Transposed => a[p * m + i],
+    };
+    if n == 1 {
+        // a matrix-vector product: one dot product per row, four partial sums
+        for (i, o) in dst.iter_mut().enumerate() {
+            let mut acc = [T::zero(); 4];
+            for p in 0..k {
+                acc[p % 4] += a_at(i, p) * b_normal[p];
+            }
+            *o += (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        }
+        return;
+    }
+    // narrow rows of a known width accumulate in registers
+    match n {
+        8 => return fixed_width_rows::<T, 8>(dst, m, k, &a_at, &b_normal),
+        16 => return fixed_width_rows::<T, 16>(dst, m, k, &a_at, &b_normal),
+        32 => return fixed_width_rows::<T, 32>(dst, m, k, &a_at, &b_normal),
+        _ => {}
+    }
+    // other rows of up to 64 outputs accumulate in a local buffer that does not alias
+    // `dst`
+    const LOCAL: usize = 64;
+    let mut acc = [T::zero(); LOCAL];
     for (i, row) in dst.chunks_exact_mut(n).enumerate() {
-        for p in 0..k {
-            let aip = match la {
-                MatLayout::Normal => a[i * k + p],
-                MatLayout::Transposed => a[p * m + i],
-            };
-            for (o, &bv) in row.iter_mut().zip(&b_normal[p * n..(p + 1) * n]) {
-                *o += aip * bv;
+        for (j0, part) in row.chunks_mut(LOCAL).enumerate() {
+            let (start, w) = (j0 * LOCAL, part.len());
+            let acc = &mut acc[..w];
+            acc.fill(T::zero());
+            for p in 0..k {
+                let aip = a_at(i, p);
+                for (x, &bv) in acc
+                    .iter_mut()
+                    .zip(&b_normal[p * n + start..p * n + start + w])
+                {
+                    *x += aip * bv;
+                }
+            }
+            for (o, &x) in part.iter_mut().zip(acc.iter()) {
+                *o += x;
             }
         }
     }
@@ -292,31 +351,42 @@ mod tests {
 
     #[test]
     fn small_kernel_matches_faer_in_every_layout() {
-        let (m, n, k) = (5, 7, 3);
-        let a = Tensor::<f64>::randn(&[m, k], 7);
-        let b = Tensor::<f64>::randn(&[k, n], 8);
-        let (at, bt) = (a.t().unwrap(), b.t().unwrap());
-        for (lhs, rhs) in [
-            ((a.data(), MatLayout::Normal), (b.data(), MatLayout::Normal)),
-            (
-                (at.data(), MatLayout::Transposed),
-                (b.data(), MatLayout::Normal),
-            ),
-            (
-                (a.data(), MatLayout::Normal),
-                (bt.data(), MatLayout::Transposed),
-            ),
-            (
-                (at.data(), MatLayout::Transposed),
-                (bt.data(), MatLayout::Transposed),
-            ),
+        // widths that take the matrix-vector, fixed-width and general paths
+        for (m, n, k) in [
+            (5, 7, 3),
+            (4, 1, 9),
+            (3, 8, 5),
+            (6, 16, 4),
+            (2, 32, 3),
+            (3, 70, 2),
         ] {
-            let mut want = vec![1.0; m * n];
-            let mut got = want.clone();
-            f64::gemm(&mut want, m, n, k, lhs, rhs, true, 1);
-            small_gemm(&mut got, m, n, k, lhs, rhs, true);
-            for (x, y) in got.iter().zip(&want) {
-                assert!((x - y).abs() < 1e-12);
+            let a = Tensor::<f64>::randn(&[m, k], 7);
+            let b = Tensor::<f64>::randn(&[k, n], 8);
+            let (at, bt) = (a.t().unwrap(), b.t().unwrap());
+            for (lhs, rhs) in [
+                ((a.data(), MatLayout::Normal), (b.data(), MatLayout::Normal)),
+                (
+                    (at.data(), MatLayout::Transposed),
+                    (b.data(), MatLayout::Normal),
+                ),
+                (
+                    (a.data(), MatLayout::Normal),
+                    (bt.data(), MatLayout::Transposed),
+                ),
+                (
+                    (at.data(), MatLayout::Transposed),
+                    (bt.data(), MatLayout::Transposed),
+                ),
+            ] {
+                for accumulate in [false, true] {
+                    let mut want = vec![1.0; m * n];
+                    let mut got = want.clone();
+                    f64::gemm(&mut want, m, n, k, lhs, rhs, accumulate, 1);
+                    small_gemm(&mut got, m, n, k, lhs, rhs, accumulate);
+                    for (x, y) in got.iter().zip(&want) {
+                        assert!((x - y).abs() < 1e-12, "{m}x{n}x{k}");
+                    }
+                }
             }
         }
     }
