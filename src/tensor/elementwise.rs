@@ -56,6 +56,10 @@ macro_rules! with_avx2 {
     }};
 }
 
+/// Below this many elements the portable loop runs directly: the dispatch to the AVX2
+/// copy costs more than it saves on a handful of values.
+const SMALL: usize = 64;
+
 /// Elementwise functions of one tensor (some with a scalar parameter).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UnaryOp {
@@ -188,7 +192,13 @@ impl UnaryOp {
     /// Applies the op to every element.
     pub fn apply<T: Element>(self, x: &Tensor<T>) -> Tensor<T> {
         Tensor::build(x.shape(), |out| {
-            chunked(out, [x.data()], |o, [xs]| with_avx2!(self.map_slice(xs, o)))
+            chunked(out, [x.data()], |o, [xs]| {
+                if o.len() < SMALL {
+                    self.map_slice(xs, o)
+                } else {
+                    with_avx2!(self.map_slice(xs, o))
+                }
+            })
         })
     }
 
@@ -202,7 +212,11 @@ impl UnaryOp {
     ) -> Tensor<T> {
         Tensor::build(x.shape(), |out| {
             chunked(out, [x.data(), y.data(), seed.data()], |o, [xs, ys, ss]| {
-                with_avx2!(self.scale_slice(xs, ys, ss, o))
+                if o.len() < SMALL {
+                    self.scale_slice(xs, ys, ss, o)
+                } else {
+                    with_avx2!(self.scale_slice(xs, ys, ss, o))
+                }
             })
         })
     }
