@@ -21,6 +21,25 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// One epoch of plain SGD into `out`: a run with a checkpoint that a huge learning rate
+/// can then blow up.
+fn one_sgd_epoch(out: &str) -> Output {
+    chainrule(&[
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.01",
+        "--max-epochs",
+        "1",
+        "--target",
+        "2",
+        "--no-clip",
+        "--out",
+        out,
+        "--json",
+    ])
+}
+
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
@@ -208,20 +227,7 @@ fn bad_input_gets_one_clear_line_and_a_failure_status() {
 fn nan_during_training_fails_cleanly_and_keeps_the_last_checkpoint() {
     let dir = temp("nan");
     let d = dir.to_str().unwrap();
-    let o = chainrule(&[
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.01",
-        "--max-epochs",
-        "1",
-        "--target",
-        "2",
-        "--no-clip",
-        "--out",
-        d,
-        "--json",
-    ]);
+    let o = one_sgd_epoch(d);
     assert!(o.status.success(), "{}", stderr(&o));
     let step = json(&o)["steps"].as_u64().unwrap();
     let o = chainrule(&["--resume", d, "--lr", "1e30", "--max-epochs", "3", "--json"]);
@@ -270,20 +276,7 @@ fn graph_export_and_anomaly_mode_from_the_command_line() {
     }
     let d = dir.join("a");
     let ds = d.to_str().unwrap();
-    let o = chainrule(&[
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.01",
-        "--max-epochs",
-        "1",
-        "--target",
-        "2",
-        "--no-clip",
-        "--out",
-        ds,
-        "--json",
-    ]);
+    let o = one_sgd_epoch(ds);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = chainrule(&[
         "--resume",

@@ -48,6 +48,24 @@ fn time(plan: &Plan, f: impl FnMut()) -> Timing {
     measure(plan.budget, 3, f)
 }
 
+/// The median time of `f`, or a note saying why it was skipped when one call is
+/// predicted to take longer than the plan's cap.
+fn time_or_skip(
+    plan: &Plan,
+    predicted_s: f64,
+    what: &str,
+    f: impl FnMut(),
+) -> (Option<f64>, Option<String>) {
+    if predicted_s > plan.cap_s {
+        (
+            None,
+            Some(format!("skipped: about {predicted_s:.1} s per {what}")),
+        )
+    } else {
+        (Some(time(plan, f).median_s), None)
+    }
+}
+
 type F32 = f32;
 
 fn f_value(x: &Tensor<F32>) -> F32 {
@@ -82,40 +100,23 @@ fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
         });
         push("reverse", Some(tr.median_s), None);
         // forward mode: N passes, one basis tangent each
-        let predicted = 3.0 * n as f64 * base;
-        if predicted > plan.cap_s {
-            push(
-                "forward",
-                None,
-                Some(format!(
-                    "skipped: about {predicted:.1} s per gradient (N passes)"
-                )),
-            );
-        } else {
-            let tw = time(plan, || {
-                let mut e = Tensor::<F32>::zeros(&[n]);
-                for i in 0..n {
-                    e.data_mut()[i] = 1.0;
-                    let tape = Tape::forward_mode();
-                    let v = tape.dual(x.clone(), e.clone()).expect("same shape");
-                    std::hint::black_box(w4_f(v).and_then(|y| y.tangent()).expect("forward rules"));
-                    e.data_mut()[i] = 0.0;
-                }
-            });
-            push("forward", Some(tw.median_s), None);
-        }
+        let (t, note) = time_or_skip(plan, 3.0 * n as f64 * base, "gradient (N passes)", || {
+            let mut e = Tensor::<F32>::zeros(&[n]);
+            for i in 0..n {
+                e.data_mut()[i] = 1.0;
+                let tape = Tape::forward_mode();
+                let v = tape.dual(x.clone(), e.clone()).expect("same shape");
+                std::hint::black_box(w4_f(v).and_then(|y| y.tangent()).expect("forward rules"));
+                e.data_mut()[i] = 0.0;
+            }
+        });
+        push("forward", t, note);
         // central differences: 2N evaluations, h = 1e-2 as in the anchors (float32)
-        let predicted = 2.0 * n as f64 * base;
-        if predicted > plan.cap_s {
-            push(
-                "finite_diff",
-                None,
-                Some(format!(
-                    "skipped: about {predicted:.1} s per gradient (2N evaluations)"
-                )),
-            );
-        } else {
-            let td = time(plan, || {
+        let (t, note) = time_or_skip(
+            plan,
+            2.0 * n as f64 * base,
+            "gradient (2N evaluations)",
+            || {
                 let mut xs = x.clone();
                 for i in 0..n {
                     let x0 = xs.data()[i];
@@ -126,9 +127,9 @@ fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
                     xs.data_mut()[i] = x0;
                     std::hint::black_box((p - m) / 2e-2);
                 }
-            });
-            push("finite_diff", Some(td.median_s), None);
-        }
+            },
+        );
+        push("finite_diff", t, note);
     }
 }
 
@@ -159,21 +160,10 @@ fn run_g(plan: &Plan, rows: &mut Vec<Row>) -> Vec<(usize, JacobianMode)> {
             std::hint::black_box(jacfwd(|_, v| w5_g(v, m), &t).expect("forward Jacobian"));
         });
         push("forward", Some(tf.median_s), None);
-        let predicted = 2.0 * m as f64 * base;
-        if predicted > plan.cap_s {
-            push(
-                "reverse",
-                None,
-                Some(format!(
-                    "skipped: about {predicted:.1} s per Jacobian (M sweeps)"
-                )),
-            );
-        } else {
-            let tr = time(plan, || {
-                std::hint::black_box(jacrev(|_, v| w5_g(v, m), &t).expect("reverse Jacobian"));
-            });
-            push("reverse", Some(tr.median_s), None);
-        }
+        let (tr, note) = time_or_skip(plan, 2.0 * m as f64 * base, "Jacobian (M sweeps)", || {
+            std::hint::black_box(jacrev(|_, v| w5_g(v, m), &t).expect("reverse Jacobian"));
+        });
+        push("reverse", tr, note);
         let (_, mode) = jacobian(|_, v| w5_g(v, m), &t).expect("Jacobian");
         picked.push((m, mode));
     }

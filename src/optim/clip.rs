@@ -3,16 +3,9 @@
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 
-/// Scales all gradients together so that their global L2 norm is at most `max_norm`
-/// (`torch.nn.utils.clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when below 1).
-/// Returns the norm before clipping. With `error_if_nonfinite`, a NaN or infinite norm is
-/// an error and nothing is changed.
-pub fn clip_grad_norm<T: Element>(
-    grads: &mut [Option<Tensor<T>>],
-    max_norm: f64,
-    error_if_nonfinite: bool,
-) -> Result<f64> {
-    let norm = grads
+/// The L2 norm of all gradients taken together, accumulated in f64.
+pub fn global_norm<T: Element>(grads: &[Option<Tensor<T>>]) -> f64 {
+    grads
         .iter()
         .flatten()
         .map(|g| {
@@ -22,7 +15,19 @@ pub fn clip_grad_norm<T: Element>(
                 .sum::<f64>()
         })
         .sum::<f64>()
-        .sqrt();
+        .sqrt()
+}
+
+/// Scales all gradients together so that their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when below 1).
+/// Returns the norm before clipping. With `error_if_nonfinite`, a NaN or infinite norm is
+/// an error and nothing is changed.
+pub fn clip_grad_norm<T: Element>(
+    grads: &mut [Option<Tensor<T>>],
+    max_norm: f64,
+    error_if_nonfinite: bool,
+) -> Result<f64> {
+    let norm = global_norm(grads);
     if !norm.is_finite() {
         if error_if_nonfinite {
             return Err(Error::NonFinite(format!(

@@ -14,7 +14,7 @@ use crate::autodiff::Tape;
 use crate::data::{Dataset, epoch_order, gather_batch};
 use crate::error::{Error, Result};
 use crate::nn::{ForwardCtx, Mlp, ParamStore, cross_entropy};
-use crate::optim::{LrSchedule, Optimizer, clip_grad_norm, clip_grad_value};
+use crate::optim::{LrSchedule, Optimizer, clip_grad_norm, clip_grad_value, global_norm};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -371,7 +371,7 @@ impl Trainer {
                 // clip, then step
                 let norm = match cfg.clip_norm {
                     Some(max) => clip_grad_norm(&mut grads, max, false)?,
-                    None => clip_grad_norm(&mut grads, f64::INFINITY, false)?,
+                    None => global_norm(&grads),
                 };
                 if !norm.is_finite() {
                     break 'epochs (
