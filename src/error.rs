@@ -42,12 +42,13 @@ pub enum Error {
         msg: String,
     },
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: String,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not chained as a source, so that a
+        /// report of the whole chain names it once).
+        cause: std::io::Error,
     },
     /// A file's contents are malformed.
     #[error("{path}: {msg}")]
@@ -60,6 +61,14 @@ pub enum Error {
     /// Training produced a non-finite value.
     #[error("{0}")]
     NonFinite(String),
+    /// An op has no rule for the requested mode (a custom op without a forward rule).
+    #[error("op '{op}' has no {mode} rule")]
+    NoRule {
+        /// The op's name.
+        op: String,
+        /// `"forward-mode"` or `"reverse-mode"`.
+        mode: &'static str,
+    },
 }
 
 /// Result alias for library calls.

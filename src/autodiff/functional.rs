@@ -174,6 +174,23 @@ mod tests {
         let lhs: f64 = jv.data().iter().zip(u.data()).map(|(a, b)| a * b).sum();
         let rhs: f64 = ujt.data().iter().zip(v.data()).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-12 * lhs.abs().max(1.0));
+        // J v itself must be the directional derivative: central difference along v
+        let h = 1e-6;
+        let eval = |p: &Tensor<f64>| {
+            let tape = Tape::new();
+            f(&tape, tape.constant(p.clone())).unwrap().value()
+        };
+        let fp = eval(&x.add(&v.mul_scalar(h)).unwrap());
+        let fm = eval(&x.sub(&v.mul_scalar(h)).unwrap());
+        assert_eq!(jv.shape(), &[3]);
+        for i in 0..3 {
+            let fd = (fp.data()[i] - fm.data()[i]) / (2.0 * h);
+            let got = jv.data()[i];
+            assert!(
+                (got - fd).abs() < 1e-8 * fd.abs().max(1.0),
+                "jv[{i}] = {got}, central difference {fd}"
+            );
+        }
     }
 
     #[test]

@@ -43,9 +43,10 @@ pub enum GradcheckMode {
 /// The outcome of a gradient check.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct GradcheckReport {
-    /// Largest |reverse − finite difference|.
+    /// Largest |reverse − finite difference| (NaN when any value was non-finite).
     pub max_abs_err: f64,
-    /// Largest |reverse − finite difference| / max(|reverse|, |finite difference|, 1e-3).
+    /// Largest |reverse − finite difference| / max(|reverse|, |finite difference|, 1e-3)
+    /// (NaN when any value was non-finite, so `max_rel_err <= tol` fails).
     pub max_rel_err: f64,
     /// Which input holds the worst element.
     pub worst_input: usize,
@@ -61,17 +62,103 @@ pub struct GradcheckReport {
     pub evaluations: usize,
     /// Forward mode against central differences along a random direction v:
     /// |⟨u, J v⟩ − ⟨u, f(x + h v) − f(x − h v)⟩ / 2h|, relative (`None` when an op
-    /// of `f` has no forward rule).
+    /// of `f` has no forward rule: see `forward_skipped`).
     pub forward_rel_err: Option<f64>,
     /// Forward against reverse mode: |⟨u, J v⟩ − ⟨Jᵀ u, v⟩|, relative.
     pub forward_reverse_rel_err: Option<f64>,
+    /// Why forward mode was not checked (an op without a forward rule), if it was not.
+    pub forward_skipped: Option<String>,
+    /// The first fault that fails the check whatever the tolerance: a non-finite
+    /// gradient, difference or tangent, a rule that returned an error or a wrongly shaped
+    /// gradient. Names the op where the tape can tell, and the input and index.
+    pub failure: Option<String>,
+}
+
+/// Forward and reverse mode compute the same numbers by different routes, so they must
+/// agree far more tightly than either agrees with finite differences.
+pub const FORWARD_REVERSE_TOLERANCE: f64 = 1e-10;
+
+impl GradcheckReport {
+    /// True when nothing failed: no fault, and reverse and forward mode within `tolerance`
+    /// of the central differences and within [`FORWARD_REVERSE_TOLERANCE`] of each other.
+    /// NaN anywhere fails.
+    pub fn passed(&self, tolerance: f64) -> bool {
+        self.failure.is_none()
+            && self.max_rel_err <= tolerance
+            && self.forward_rel_err.is_none_or(|e| e <= tolerance)
+            && self
+                .forward_reverse_rel_err
+                .is_none_or(|e| e <= FORWARD_REVERSE_TOLERANCE)
+    }
+
+    /// A report before any comparison.
+    pub(crate) fn empty(mode: GradcheckMode) -> Self {
+        GradcheckReport {
+            max_abs_err: 0.0,
+            max_rel_err: 0.0,
+            worst_input: 0,
+            worst_index: None,
+            worst_reverse: 0.0,
+            worst_numeric: 0.0,
+            mode,
+            evaluations: 0,
+            forward_rel_err: None,
+            forward_reverse_rel_err: None,
+            forward_skipped: None,
+            failure: None,
+        }
+    }
+
+    /// Records one comparison of reverse mode `r` with the difference `n`.
+    fn record(&mut self, input: usize, index: Option<Vec<usize>>, r: f64, n: f64, first: bool) {
+        let (abs, rel) = ((r - n).abs(), rel_err(r, n));
+        if !(r.is_finite() && n.is_finite()) && self.failure.is_none() {
+            let at = index
+                .as_ref()
+                .map(|i| format!(" at {i:?}"))
+                .unwrap_or_else(|| " along a random direction".into());
+            self.failure = Some(format!(
+                "input {input}{at}: reverse mode gives {r}, the central difference {n}; both must be finite"
+            ));
+        }
+        self.max_abs_err = nan_max(self.max_abs_err, abs);
+        // the first NaN stays the worst case: nothing compares above it
+        let worse = !self.max_rel_err.is_nan() && (rel.is_nan() || rel > self.max_rel_err);
+        if worse || first {
+            self.max_rel_err = nan_max(self.max_rel_err, rel);
+            self.worst_input = input;
+            self.worst_index = index;
+            self.worst_reverse = r;
+            self.worst_numeric = n;
+        }
+    }
+
+    /// A reverse-mode fault: the check fails, and so does any `max_rel_err <= tol`.
+    pub(crate) fn fail(&mut self, why: String) {
+        self.failure.get_or_insert(why);
+        self.max_rel_err = f64::NAN;
+    }
+}
+
+/// The larger of `a` and `b`, NaN if either is NaN (`f64::max` drops a NaN, which would
+/// let a check that produced NaN pass).
+pub fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 /// The denominator floor of the relative error: below this magnitude the error is
 /// effectively absolute (scaled by 1000), so exact zeros do not divide by zero.
 const REL_FLOOR: f64 = 1e-3;
 
+/// Relative error; NaN when either value is non-finite (infinity is never "close").
 fn rel_err(a: f64, b: f64) -> f64 {
+    if !(a.is_finite() && b.is_finite()) {
+        return f64::NAN;
+    }
     (a - b).abs() / a.abs().max(b.abs()).max(REL_FLOOR)
 }
 
@@ -107,7 +194,20 @@ fn random_directions(inputs: &[Tensor<f64>], seed: u64) -> Vec<Tensor<f64>> {
         .collect()
 }
 
-/// Checks the reverse-mode gradient of `f` at `inputs` against central differences.
+/// The first non-finite element among `tensors`: (which tensor, its multi-index, value).
+fn first_non_finite(tensors: &[Tensor<f64>]) -> Option<(usize, Vec<usize>, f64)> {
+    tensors.iter().enumerate().find_map(|(i, t)| {
+        t.data()
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|k| (i, unravel(k, t.shape()), t.data()[k]))
+    })
+}
+
+/// Checks the reverse-mode gradient of `f` at `inputs` against central differences, and
+/// forward mode against both. An error of `f` itself is returned as `Err`; everything
+/// that makes the check fail (a wrong value, a non-finite value, a rule that errors) is
+/// in the report: call [`GradcheckReport::passed`].
 pub fn gradcheck<F>(
     f: F,
     inputs: &[Tensor<f64>],
@@ -116,13 +216,48 @@ pub fn gradcheck<F>(
 where
     F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>,
 {
+    let total: usize = inputs.iter().map(|x| x.len()).sum();
+    let mut report = GradcheckReport::empty(if total <= opts.per_element_limit {
+        GradcheckMode::PerElement
+    } else {
+        GradcheckMode::Direction
+    });
+    if let Some((i, at, v)) = first_non_finite(inputs) {
+        report.fail(format!(
+            "input {i} at {at:?} is {v}: check at a finite point"
+        ));
+        return Ok(report);
+    }
+
     // reverse mode
     let tape = Tape::new();
     let vars: Vec<Var<'_, f64>> = inputs.iter().map(|x| tape.var(x.clone())).collect();
     let y = f(&tape, &vars)?;
+    if let Some((_, at, v)) = first_non_finite(std::slice::from_ref(&y.value())) {
+        report.fail(format!("f(x) is {v} at output index {at:?}"));
+        return Ok(report);
+    }
     let u = Tensor::<f64>::randn(&y.shape(), opts.seed ^ 0x5EED);
-    let grads = tape.backward_with(y, u.clone())?;
-    let reverse: Vec<Tensor<f64>> = vars.iter().map(|&v| grads.wrt(v)).collect();
+    let reverse: Vec<Tensor<f64>> = match tape.backward_with(y, u.clone()) {
+        Ok(grads) => vars.iter().map(|&v| grads.wrt(v)).collect(),
+        Err(e) => {
+            report.fail(format!("reverse mode: {e}"));
+            return Ok(report);
+        }
+    };
+    if let Some((i, at, v)) = first_non_finite(&reverse) {
+        // run the sweep again with anomaly detection to name the op that made it
+        tape.set_detect_anomaly(true);
+        let culprit = match tape.backward_with(y, u.clone()) {
+            Err(e) => format!("; {e}"),
+            Ok(_) => String::new(),
+        };
+        report.fail(format!(
+            "reverse mode: the gradient of input {i} at {at:?} is {v}{culprit}"
+        ));
+        (report.worst_input, report.worst_index, report.worst_reverse) = (i, Some(at), v);
+        return Ok(report);
+    }
 
     // f(x) evaluated without recording gradients
     let eval = |xs: &[Tensor<f64>]| -> Result<Tensor<f64>> {
@@ -166,33 +301,7 @@ where
         Ok(central(&eval(&shifted(1.0)?)?, &eval(&shifted(-1.0)?)?, h))
     };
 
-    let total: usize = inputs.iter().map(|x| x.len()).sum();
-    let mut report = GradcheckReport {
-        max_abs_err: 0.0,
-        max_rel_err: 0.0,
-        worst_input: 0,
-        worst_index: None,
-        worst_reverse: 0.0,
-        worst_numeric: 0.0,
-        mode: GradcheckMode::PerElement,
-        evaluations: 0,
-        forward_rel_err: None,
-        forward_reverse_rel_err: None,
-    };
-    let record =
-        |report: &mut GradcheckReport, input: usize, index: Option<Vec<usize>>, r: f64, n: f64| {
-            let (abs, rel) = ((r - n).abs(), rel_err(r, n));
-            report.max_abs_err = report.max_abs_err.max(abs);
-            if rel > report.max_rel_err || report.evaluations <= 2 {
-                report.max_rel_err = report.max_rel_err.max(rel);
-                report.worst_input = input;
-                report.worst_index = index;
-                report.worst_reverse = r;
-                report.worst_numeric = n;
-            }
-        };
-
-    if total <= opts.per_element_limit {
+    if report.mode == GradcheckMode::PerElement {
         let mut xs = inputs.to_vec();
         for (i, x) in inputs.iter().enumerate() {
             for k in 0..x.len() {
@@ -203,23 +312,23 @@ where
                 xs[i].data_mut()[k] = x0 - h;
                 let minus = eval(&xs)?;
                 xs[i].data_mut()[k] = x0;
+                let first = report.evaluations == 0;
                 report.evaluations += 2;
                 let numeric = central(&plus, &minus, h);
-                record(
-                    &mut report,
+                report.record(
                     i,
                     Some(unravel(k, x.shape())),
                     reverse[i].data()[k],
                     numeric,
+                    first,
                 );
             }
         }
     } else {
-        report.mode = GradcheckMode::Direction;
         let dirs = random_directions(inputs, opts.seed.wrapping_add(1));
         let numeric = directional(&dirs)?;
         report.evaluations = 2;
-        record(&mut report, 0, None, dot(&reverse, &dirs), numeric);
+        report.record(0, None, dot(&reverse, &dirs), numeric, true);
     }
     // forward mode along a random direction, against the directional difference and,
     // through ⟨u, J v⟩ = ⟨Jᵀ u, v⟩, against reverse mode
@@ -232,14 +341,34 @@ where
         .collect::<Result<Vec<_>>>()?;
     let jv = match f(&ftape, &fvars)?.tangent() {
         Ok(t) => t,
-        // an op without a forward rule (a custom op): report reverse mode only
-        Err(Error::Invalid { op: "jvp", .. }) => return Ok(report),
-        Err(e) => return Err(e),
+        // an op without a forward rule (a custom op that defines none): said, not hidden
+        Err(e @ Error::NoRule { .. }) => {
+            report.forward_skipped = Some(e.to_string());
+            return Ok(report);
+        }
+        Err(e) => {
+            report.forward_rel_err = Some(f64::NAN);
+            report.failure.get_or_insert(format!("forward mode: {e}"));
+            return Ok(report);
+        }
     };
+    if let Some((_, at, v)) = first_non_finite(std::slice::from_ref(&jv)) {
+        report.forward_rel_err = Some(f64::NAN);
+        report.failure.get_or_insert(format!(
+            "forward mode: the tangent of the output at {at:?} is {v}"
+        ));
+        return Ok(report);
+    }
     let u_jv = dot(std::slice::from_ref(&jv), std::slice::from_ref(&u));
     let jtu_v = dot(&reverse, &dirs);
     let numeric = directional(&dirs)?;
-    report.forward_rel_err = Some(rel_err(u_jv, numeric));
+    let forward = rel_err(u_jv, numeric);
+    report.forward_rel_err = Some(forward);
+    if forward.is_nan() {
+        report.failure.get_or_insert(format!(
+            "forward mode gives {u_jv}, the central difference {numeric}; both must be finite"
+        ));
+    }
     report.forward_reverse_rel_err = Some(if u_jv == jtu_v {
         0.0
     } else {
@@ -252,38 +381,81 @@ where
 mod tests {
     use super::*;
 
+    use crate::autodiff::suite::{PlantedFault, planted_add};
+
+    fn check(fault: Option<PlantedFault>, rows: usize) -> GradcheckReport {
+        let (inputs, f) = planted_add(fault, rows);
+        gradcheck(f, &inputs, &GradcheckOptions::default()).unwrap()
+    }
+
     #[test]
-    fn detects_a_wrong_gradient() {
-        // a custom op whose VJP is deliberately off by a factor of two must fail the check
-        struct Wrong;
-        impl crate::autodiff::CustomOp<f64> for Wrong {
-            fn name(&self) -> &str {
-                "wrong_square"
-            }
-            fn vjp(
-                &self,
-                ins: &[&Tensor<f64>],
-                _out: &Tensor<f64>,
-                g: &Tensor<f64>,
-            ) -> Result<Vec<Tensor<f64>>> {
-                Ok(vec![ins[0].mul(g)?.mul_scalar(4.0)])
+    fn a_correct_custom_op_passes() {
+        for rows in [3, 200] {
+            let r = check(None, rows);
+            assert!(r.passed(1e-6), "{r:?}");
+            assert!(r.forward_rel_err.is_some() && r.failure.is_none());
+        }
+    }
+
+    #[test]
+    fn every_planted_fault_is_rejected() {
+        // small inputs go element by element, large ones along a random direction
+        for rows in [3, 200] {
+            for fault in PlantedFault::ALL {
+                if fault == PlantedFault::NoForwardRule {
+                    continue;
+                }
+                let r = check(Some(fault), rows);
+                assert!(!r.passed(1e-6), "{fault:?} ({rows} rows) passed: {r:?}");
+                assert!(!r.passed(f64::INFINITY), "{fault:?} ({rows} rows): {r:?}");
             }
         }
-        let op = std::sync::Arc::new(Wrong);
-        let x = Tensor::<f64>::randn(&[3], 1);
-        let r = gradcheck(
-            |_, v| {
-                Ok(Var::custom(
-                    &[v[0]],
-                    op.clone(),
-                    v[0].value().mul(&v[0].value())?,
-                ))
-            },
-            &[x],
-            &GradcheckOptions::default(),
-        )
-        .unwrap();
-        assert!(r.max_rel_err > 0.4, "{r:?}");
+    }
+
+    #[test]
+    fn faults_are_named() {
+        let r = check(Some(PlantedFault::NanGradient), 3);
+        let why = r.failure.clone().unwrap();
+        assert!(r.max_rel_err.is_nan(), "{r:?}");
+        assert!(
+            why.contains("input 0 at [0, 0]") && why.contains("planted_add"),
+            "{why}"
+        );
+        let why = check(Some(PlantedFault::UnreducedBroadcast), 3)
+            .failure
+            .unwrap();
+        assert!(
+            why.contains("planted_add") && why.contains("input 1"),
+            "{why}"
+        );
+        let r = check(Some(PlantedFault::WrongSign), 3);
+        assert!(r.failure.is_none() && r.max_rel_err > 0.5, "{r:?}");
+        assert_eq!(r.worst_input, 1);
+        let r = check(Some(PlantedFault::ForwardRuleErrors), 3);
+        assert!(r.failure.unwrap().starts_with("forward mode"));
+        assert!(r.forward_rel_err.unwrap().is_nan());
+    }
+
+    #[test]
+    fn a_missing_forward_rule_is_reported_not_failed() {
+        let r = check(Some(PlantedFault::NoForwardRule), 3);
+        assert!(r.passed(1e-6), "{r:?}");
+        assert_eq!(r.forward_rel_err, None);
+        assert!(r.forward_skipped.unwrap().contains("planted_add"));
+    }
+
+    #[test]
+    fn a_non_finite_function_value_fails() {
+        let x = Tensor::<f64>::from_vec(vec![-1.0, 2.0], &[2]).unwrap();
+        let r = gradcheck(|_, v| Ok(v[0].ln()), &[x], &GradcheckOptions::default()).unwrap();
+        assert!(!r.passed(1e-6) && r.failure.unwrap().contains("NaN"));
+    }
+
+    #[test]
+    fn nan_max_propagates_nan() {
+        assert!(nan_max(0.0, f64::NAN).is_nan() && nan_max(f64::NAN, 1.0).is_nan());
+        assert_eq!(nan_max(1.0, 2.0), 2.0);
+        assert!([0.5, f64::NAN, 0.1].into_iter().fold(0.0, nan_max).is_nan());
     }
 
     #[test]

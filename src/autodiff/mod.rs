@@ -17,7 +17,9 @@ pub use export::graph_dot;
 pub use functional::{
     JacobianMode, func, grad, jacfwd, jacobian, jacrev, jvp, value_and_grad, vjp,
 };
-pub use gradcheck::{GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck};
+pub use gradcheck::{
+    FORWARD_REVERSE_TOLERANCE, GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck, nan_max,
+};
 pub use ops::CustomOp;
-pub use suite::{OpCheck, builtin_suite};
+pub use suite::{CaseFn, OpCheck, PlantedFault, SuiteReport, builtin_suite, planted_add};
 pub use tape::{Gradients, NodeInfo, Tape, Var};

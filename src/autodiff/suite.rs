@@ -2,13 +2,15 @@
 //! op on random shapes (with broadcasting for binary ops), small cases element by
 //! element and one large case along a random direction, from a fixed seed.
 
-use super::{GradcheckOptions, GradcheckReport, Tape, Var, gradcheck};
-use crate::error::Result;
+use super::gradcheck::nan_max;
+use super::{CustomOp, GradcheckMode, GradcheckOptions, GradcheckReport, Tape, Var, gradcheck};
+use crate::error::{Error, Result};
 use crate::tensor::{BinaryOp, Tensor, UnaryOp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-type CaseFn = Box<dyn for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>>;
+/// A function checked by the suite: inputs in, one recorded output.
+pub type CaseFn = Box<dyn for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>>;
 
 /// The worst result over all cases of one op.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -25,6 +27,148 @@ pub struct OpCheck {
     pub worst_forward_rel_err: f64,
     /// Worst forward-against-reverse disagreement over all cases.
     pub worst_forward_reverse_rel_err: f64,
+    /// The first fault over all cases (a non-finite value, a rule or case that errored),
+    /// with the shapes of that case.
+    pub failure: Option<String>,
+    /// No fault, and every error within its tolerance.
+    pub passed: bool,
+}
+
+/// The whole suite: one entry per op and the worst errors over all of them (NaN when
+/// any value was non-finite).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SuiteReport {
+    /// One entry per op, in a fixed order.
+    pub ops: Vec<OpCheck>,
+    /// Number of ops checked.
+    pub ops_checked: usize,
+    /// Worst reverse-mode relative error against central differences.
+    pub worst_rel_err: f64,
+    /// Worst forward-mode relative error against central differences.
+    pub worst_forward_rel_err: f64,
+    /// Worst forward-against-reverse disagreement.
+    pub worst_forward_reverse_rel_err: f64,
+    /// The tolerance against central differences.
+    pub tolerance: f64,
+    /// Every op passed.
+    pub passed: bool,
+}
+
+/// A deliberately broken rule, planted to show that the check rejects it. Each breaks
+/// `a + b` (`b` broadcast over the rows of `a`, then `tanh`), a custom op, in one way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedFault {
+    /// The reverse rule returns NaN for `a`.
+    NanGradient,
+    /// The reverse rule flips the sign of `b`'s gradient.
+    WrongSign,
+    /// The reverse rule averages `b`'s gradient over the rows instead of summing it.
+    WrongBroadcastReduction,
+    /// The reverse rule does not reduce `b`'s gradient at all (wrong shape).
+    UnreducedBroadcast,
+    /// The forward rule returns NaN.
+    NanTangent,
+    /// The forward rule returns an error.
+    ForwardRuleErrors,
+    /// Not a fault: the op defines no forward rule, so forward mode is skipped and the
+    /// report says so.
+    NoForwardRule,
+}
+
+impl PlantedFault {
+    /// Every planted fault, in the order of `--plant`'s help.
+    pub const ALL: [PlantedFault; 7] = [
+        PlantedFault::NanGradient,
+        PlantedFault::WrongSign,
+        PlantedFault::WrongBroadcastReduction,
+        PlantedFault::UnreducedBroadcast,
+        PlantedFault::NanTangent,
+        PlantedFault::ForwardRuleErrors,
+        PlantedFault::NoForwardRule,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedFault::NanGradient => "nan-gradient",
+            PlantedFault::WrongSign => "wrong-sign",
+            PlantedFault::WrongBroadcastReduction => "wrong-broadcast-reduction",
+            PlantedFault::UnreducedBroadcast => "unreduced-broadcast",
+            PlantedFault::NanTangent => "nan-tangent",
+            PlantedFault::ForwardRuleErrors => "forward-rule-errors",
+            PlantedFault::NoForwardRule => "no-forward-rule",
+        }
+    }
+}
+
+impl std::str::FromStr for PlantedFault {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        PlantedFault::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PlantedFault::ALL.iter().map(|f| f.name()).collect();
+                format!("unknown fault '{s}'; choose one of {}", names.join(", "))
+            })
+    }
+}
+
+struct PlantedAdd(Option<PlantedFault>);
+
+impl CustomOp<f64> for PlantedAdd {
+    fn name(&self) -> &str {
+        "planted_add"
+    }
+    fn jvp(
+        &self,
+        ins: &[&Tensor<f64>],
+        out: &Tensor<f64>,
+        t: &[Option<&Tensor<f64>>],
+    ) -> Result<Tensor<f64>> {
+        let mut sum = Tensor::zeros(out.shape());
+        for tangent in t.iter().flatten() {
+            sum = sum.add(tangent)?;
+        }
+        match self.0 {
+            Some(PlantedFault::NanTangent) => Ok(sum.mul_scalar(f64::NAN)),
+            Some(PlantedFault::ForwardRuleErrors) => {
+                Err(Error::shape("planted_add", ins[0].shape(), &[]))
+            }
+            Some(PlantedFault::NoForwardRule) => Err(Error::NoRule {
+                op: self.name().into(),
+                mode: "forward-mode",
+            }),
+            _ => Ok(sum),
+        }
+    }
+    fn vjp(
+        &self,
+        _ins: &[&Tensor<f64>],
+        _out: &Tensor<f64>,
+        g: &Tensor<f64>,
+    ) -> Result<Vec<Tensor<f64>>> {
+        let gb = g.sum(&[0], false)?;
+        Ok(match self.0 {
+            Some(PlantedFault::NanGradient) => vec![g.mul_scalar(f64::NAN), gb],
+            Some(PlantedFault::WrongSign) => vec![g.clone(), gb.neg()],
+            Some(PlantedFault::WrongBroadcastReduction) => vec![g.clone(), g.mean(&[0], false)?],
+            Some(PlantedFault::UnreducedBroadcast) => vec![g.clone(), g.clone()],
+            _ => vec![g.clone(), gb],
+        })
+    }
+}
+
+/// The planted op's inputs (`a` of shape `[rows, 4]`, `b` of shape `[4]`) and function
+/// `tanh(a + b)`, with `fault` in its rules (`None`: correct rules).
+pub fn planted_add(fault: Option<PlantedFault>, rows: usize) -> (Vec<Tensor<f64>>, CaseFn) {
+    let op = std::sync::Arc::new(PlantedAdd(fault));
+    let inputs = vec![Tensor::randn(&[rows, 4], 1), Tensor::randn(&[4], 2)];
+    let f: CaseFn = Box::new(move |_, v| {
+        let value = v[0].value().add(&v[1].value())?;
+        Ok(Var::custom(&[v[0], v[1]], op.clone(), value).tanh())
+    });
+    (inputs, f)
 }
 
 /// Input domains that keep finite differences away from kinks and poles.
@@ -270,26 +414,52 @@ fn cases(seed: u64) -> Vec<Case> {
     out
 }
 
-/// Runs the suite; one entry per op, in a fixed order, with its worst case.
-pub fn builtin_suite(seed: u64) -> Result<Vec<OpCheck>> {
+/// Runs the suite with every op in a fixed order, plus the ops broken by `plant` (each on
+/// a small and a large case), against central differences within `tolerance`.
+pub fn builtin_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> SuiteReport {
     let opts = GradcheckOptions {
         seed,
         ..Default::default()
     };
+    let mut all = cases(seed);
+    for &fault in plant {
+        for rows in [3, 200] {
+            let (inputs, f) = planted_add(Some(fault), rows);
+            all.push(Case {
+                op: format!("planted:{}", fault.name()),
+                inputs,
+                f,
+            });
+        }
+    }
     let mut results: Vec<OpCheck> = Vec::new();
-    for case in cases(seed) {
-        let report = gradcheck(&case.f, &case.inputs, &opts)?;
+    for case in all {
         let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
+        let report = gradcheck(&case.f, &case.inputs, &opts).unwrap_or_else(|e| {
+            // the case itself failed to run: a failure of this op, not of the whole suite
+            let mut r = GradcheckReport::empty(GradcheckMode::PerElement);
+            r.fail(format!("the case did not run: {e}"));
+            r
+        });
+        let passed = report.passed(tolerance);
+        let failure = report
+            .failure
+            .as_ref()
+            .map(|f| format!("{f} (input shapes {shapes:?})"));
+        let fwd = report.forward_rel_err.unwrap_or(0.0);
+        let fwd_rev = report.forward_reverse_rel_err.unwrap_or(0.0);
         match results.iter_mut().find(|r| r.op == case.op) {
             Some(r) => {
                 r.cases += 1;
-                r.worst_forward_rel_err = r
-                    .worst_forward_rel_err
-                    .max(report.forward_rel_err.unwrap_or(f64::NAN));
-                r.worst_forward_reverse_rel_err = r
-                    .worst_forward_reverse_rel_err
-                    .max(report.forward_reverse_rel_err.unwrap_or(f64::NAN));
-                if report.max_rel_err > r.report.max_rel_err {
+                r.worst_forward_rel_err = nan_max(r.worst_forward_rel_err, fwd);
+                r.worst_forward_reverse_rel_err = nan_max(r.worst_forward_reverse_rel_err, fwd_rev);
+                r.passed &= passed;
+                if r.failure.is_none() {
+                    r.failure = failure;
+                }
+                if !r.report.max_rel_err.is_nan()
+                    && (report.max_rel_err.is_nan() || report.max_rel_err > r.report.max_rel_err)
+                {
                     r.report = report;
                     r.worst_shapes = shapes;
                 }
@@ -298,35 +468,58 @@ pub fn builtin_suite(seed: u64) -> Result<Vec<OpCheck>> {
                 op: case.op,
                 cases: 1,
                 worst_shapes: shapes,
-                worst_forward_rel_err: report.forward_rel_err.unwrap_or(f64::NAN),
-                worst_forward_reverse_rel_err: report.forward_reverse_rel_err.unwrap_or(f64::NAN),
+                worst_forward_rel_err: fwd,
+                worst_forward_reverse_rel_err: fwd_rev,
+                failure,
+                passed,
                 report,
             }),
         }
     }
-    Ok(results)
+    let worst = |f: fn(&OpCheck) -> f64| results.iter().map(f).fold(0.0, nan_max);
+    SuiteReport {
+        ops_checked: results.len(),
+        worst_rel_err: worst(|r| r.report.max_rel_err),
+        worst_forward_rel_err: worst(|r| r.worst_forward_rel_err),
+        worst_forward_reverse_rel_err: worst(|r| r.worst_forward_reverse_rel_err),
+        tolerance,
+        passed: results.iter().all(|r| r.passed),
+        ops: results,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::autodiff::FORWARD_REVERSE_TOLERANCE;
+
     #[test]
     fn every_op_passes_the_builtin_suite() {
-        let results = super::builtin_suite(0).unwrap();
-        assert!(results.len() >= 36, "{}", results.len());
-        for r in results {
+        let suite = builtin_suite(0, 1e-6, &[]);
+        assert!(suite.ops_checked >= 36, "{}", suite.ops_checked);
+        for r in &suite.ops {
+            assert!(r.passed && r.failure.is_none(), "{}: {r:?}", r.op);
             assert!(r.report.max_rel_err <= 1e-6, "{}: {:?}", r.op, r.report);
+            assert!(r.worst_forward_rel_err <= 1e-6, "{} forward: {r:?}", r.op);
             assert!(
-                r.worst_forward_rel_err <= 1e-6,
-                "{} forward: {:?}",
-                r.op,
-                r.worst_forward_rel_err
-            );
-            assert!(
-                r.worst_forward_reverse_rel_err <= 1e-10,
-                "{} forward vs reverse: {:?}",
-                r.op,
-                r.worst_forward_reverse_rel_err
+                r.worst_forward_reverse_rel_err <= FORWARD_REVERSE_TOLERANCE,
+                "{} forward vs reverse: {r:?}",
+                r.op
             );
         }
+        assert!(suite.passed && suite.worst_rel_err <= 1e-6);
+    }
+
+    #[test]
+    fn a_planted_fault_fails_the_suite_and_only_its_op() {
+        let suite = builtin_suite(0, 1e-6, &[PlantedFault::NanGradient]);
+        assert!(!suite.passed && suite.worst_rel_err.is_nan());
+        let bad: Vec<&str> = suite
+            .ops
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.op.as_str())
+            .collect();
+        assert_eq!(bad, ["planted:nan-gradient"]);
     }
 }

@@ -34,7 +34,15 @@ pub struct Tape<T: Element> {
     /// recorded; `None` when forward mode is off.
     tangents: RefCell<Option<Vec<Option<Tensor<T>>>>>,
     /// The first error of a forward-mode rule (reported by [`Var::tangent`]).
-    tangent_error: RefCell<Option<String>>,
+    tangent_error: RefCell<Option<TangentFault>>,
+}
+
+/// Why forward mode could not give a tangent: kept apart so that a missing rule (a custom
+/// op without one) is never mistaken for a rule that failed.
+#[derive(Clone)]
+enum TangentFault {
+    NoRule(String),
+    Failed(String),
 }
 
 /// A handle to a value on a tape: an integer id plus the tape it belongs to. Copying one
@@ -164,8 +172,15 @@ impl<T: Element> Tape<T> {
 
     /// The tangent of node `id` (zeros if no tangent reached it).
     pub(crate) fn tangent_of(&self, id: u32) -> Result<Tensor<T>> {
-        if let Some(e) = self.tangent_error.borrow().as_ref() {
-            return Err(Error::invalid("jvp", e.clone()));
+        match self.tangent_error.borrow().as_ref() {
+            Some(TangentFault::NoRule(op)) => {
+                return Err(Error::NoRule {
+                    op: op.clone(),
+                    mode: "forward-mode",
+                });
+            }
+            Some(TangentFault::Failed(msg)) => return Err(Error::invalid("jvp", msg.clone())),
+            None => {}
         }
         let tangents = self.tangents.borrow();
         let t = tangents.as_ref().ok_or_else(|| {
@@ -341,7 +356,14 @@ impl<T: Element> Tape<T> {
             Err(e) => {
                 self.tangent_error
                     .borrow_mut()
-                    .get_or_insert_with(|| e.to_string());
+                    .get_or_insert_with(|| match e {
+                        Error::NoRule { op, .. } => TangentFault::NoRule(op),
+                        e => TangentFault::Failed(format!(
+                            "node {} ({}): {e}",
+                            nodes.len(),
+                            op.name()
+                        )),
+                    });
                 None
             }
         }

@@ -239,6 +239,30 @@ mod tests {
             BinaryOp::Minimum,
             BinaryOp::Pow,
         ];
+        let mut fixed_rng = ChaCha8Rng::seed_from_u64(20);
+        // fixed cases that always broadcast, both ways round: [3,1]·[4] → [3,4] (each
+        // side expands) and [2,3,4]·[3,1] → [2,3,4] (rank and size-1 expansion)
+        let fixed: [(&[usize], &[usize], &[usize]); 4] = [
+            (&[3, 1], &[4], &[3, 4]),
+            (&[4], &[3, 1], &[3, 4]),
+            (&[2, 3, 4], &[3, 1], &[2, 3, 4]),
+            (&[3, 1], &[2, 3, 4], &[2, 3, 4]),
+        ];
+        for op in ops {
+            for &(sa, sb, out) in &fixed {
+                let a_domain = if op == BinaryOp::Pow {
+                    Domain::Positive
+                } else {
+                    Domain::AwayFromZero
+                };
+                let a = sample(sa, a_domain, &mut fixed_rng);
+                let b = sample(sb, Domain::AwayFromZero, &mut fixed_rng);
+                let tape = Tape::new();
+                let y = tape.var(a.clone()).binary(op, tape.var(b.clone())).unwrap();
+                assert_eq!(y.shape().as_slice(), out, "{} {sa:?} {sb:?}", op.name());
+                check(op.name(), &[a, b], |_, v| v[0].binary(op, v[1]));
+            }
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         for op in ops {
             for trial in 0..6 {

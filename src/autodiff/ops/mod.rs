@@ -7,7 +7,7 @@ pub(crate) mod matmul;
 pub(crate) mod reduce;
 pub(crate) mod shape;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{BinaryOp, Element, Tensor, UnaryOp};
 use std::sync::Arc;
 
@@ -23,10 +23,10 @@ pub trait CustomOp<T: Element>: Send + Sync {
         _output: &Tensor<T>,
         _tangents: &[Option<&Tensor<T>>],
     ) -> Result<Tensor<T>> {
-        Err(crate::error::Error::invalid(
-            "jvp",
-            format!("custom op '{}' has no forward-mode rule", self.name()),
-        ))
+        Err(crate::error::Error::NoRule {
+            op: self.name().to_string(),
+            mode: "forward-mode",
+        })
     }
     /// Gradients for each input, given the input values, the output and its gradient.
     fn vjp(
@@ -122,7 +122,21 @@ impl<T: Element> Op<T> {
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::jvp(self, ins, out, single()),
             Op::MatMul => matmul::jvp(ins, t),
-            Op::Custom(c) => c.jvp(ins, out, t),
+            Op::Custom(c) => {
+                let t = c.jvp(ins, out, t)?;
+                if t.shape() != out.shape() {
+                    return Err(Error::shape_detail(
+                        "jvp",
+                        out.shape(),
+                        t.shape(),
+                        format!(
+                            "the forward rule of custom op '{}' returned a tangent of the second shape for an output of the first",
+                            c.name()
+                        ),
+                    ));
+                }
+                Ok(t)
+            }
             _ => shape::jvp(self, ins, out, t),
         }
     }
@@ -154,7 +168,35 @@ impl<T: Element> Op<T> {
             | Op::Concat { .. }
             | Op::IndexSelect { .. }
             | Op::Gather { .. } => shape::vjp(self, ins, g),
-            Op::Custom(c) => Ok(c.vjp(ins, out, g)?.into_iter().map(Some).collect()),
+            Op::Custom(c) => {
+                // a user's rule is checked here, once, so the sweep can trust every rule
+                let grads = c.vjp(ins, out, g)?;
+                if grads.len() != ins.len() {
+                    return Err(Error::invalid(
+                        "backward",
+                        format!(
+                            "the reverse rule of custom op '{}' returned {} gradients for {} inputs",
+                            c.name(),
+                            grads.len(),
+                            ins.len()
+                        ),
+                    ));
+                }
+                for (k, (gr, x)) in grads.iter().zip(ins).enumerate() {
+                    if gr.shape() != x.shape() {
+                        return Err(Error::shape_detail(
+                            "backward",
+                            x.shape(),
+                            gr.shape(),
+                            format!(
+                                "the reverse rule of custom op '{}' returned a gradient of the second shape for input {k} of the first",
+                                c.name()
+                            ),
+                        ));
+                    }
+                }
+                Ok(grads.into_iter().map(Some).collect())
+            }
         }
     }
 }
@@ -187,6 +229,7 @@ pub(crate) mod testing {
         F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>,
     {
         let r = gradcheck(f, inputs, &GradcheckOptions::default()).unwrap();
+        assert!(r.passed(1e-6), "{name}: {r:?}");
         assert!(r.max_rel_err <= 1e-6, "{name}: {r:?}");
         assert!(
             r.forward_rel_err.unwrap() <= 1e-6,

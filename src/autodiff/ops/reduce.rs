@@ -192,6 +192,55 @@ mod tests {
 
     #[test]
     fn reductions_match_finite_differences() {
+        // fixed cases that always reduce real axes (size ≥ 2), kept and dropped
+        let fixed: [(&[usize], &[usize], bool); 5] = [
+            (&[3, 4, 2], &[0, 2], false),
+            (&[3, 4, 2], &[0, 2], true),
+            (&[3, 4, 2], &[1], false),
+            (&[3, 4], &[0, 1], false),
+            (&[5], &[0], true),
+        ];
+        for (i, &(shape, axes, keepdim)) in fixed.iter().enumerate() {
+            let x = Tensor::<f64>::randn(shape, 100 + i as u64);
+            let expect: Vec<usize> = if keepdim {
+                (0..shape.len())
+                    .map(|d| if axes.contains(&d) { 1 } else { shape[d] })
+                    .collect()
+            } else {
+                (0..shape.len())
+                    .filter(|d| !axes.contains(d))
+                    .map(|d| shape[d])
+                    .collect()
+            };
+            let tape = Tape::new();
+            let y = tape.var(x.clone()).sum(axes, keepdim).unwrap();
+            assert_eq!(
+                y.shape().as_slice(),
+                &expect[..],
+                "{shape:?} {axes:?} {keepdim}"
+            );
+            check("sum fixed", std::slice::from_ref(&x), |_, v| {
+                v[0].sum(axes, keepdim)
+            });
+            check("mean fixed", std::slice::from_ref(&x), |_, v| {
+                v[0].mean(axes, keepdim)
+            });
+            check("max fixed", std::slice::from_ref(&x), |_, v| {
+                v[0].max(axes, keepdim)
+            });
+            check("logsumexp fixed", std::slice::from_ref(&x), |_, v| {
+                v[0].logsumexp(axes, keepdim)
+            });
+        }
+        let x = Tensor::<f64>::randn(&[3, 4, 2], 200);
+        for axis in 0..3 {
+            check("softmax fixed", std::slice::from_ref(&x), |_, v| {
+                v[0].softmax(axis)
+            });
+            check("log_softmax fixed", std::slice::from_ref(&x), |_, v| {
+                v[0].log_softmax(axis)
+            });
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for trial in 0..8 {
             let (shape, axes, keepdim) = random_case(&mut rng);
