@@ -52,6 +52,8 @@ impl<F: Real> Neg for Dual<F> {
     }
 }
 
+impl<F: Real> super::sealed::Sealed for Dual<F> {}
+
 impl<F: Real> Real for Dual<F> {
     fn cst(v: f64) -> Self {
         Dual::new(F::cst(v), F::cst(0.0))

@@ -4,6 +4,9 @@
 //! [`grad_central`] on plain `f64` (finite differences), and [`hvp`] on tape variables
 //! over dual numbers (forward-over-reverse: a Hessian-vector product).
 
+// Soundness here rests on the compiler alone: the tape is safe code over cells.
+#![forbid(unsafe_code)]
+
 mod dual;
 mod tape;
 
@@ -12,10 +15,56 @@ pub use tape::{STape, SVar};
 
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
+/// The private supertrait that seals [`Real`]: public inside a private module, so no
+/// code outside this crate can name it, hence none can implement `Real`.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
 /// A number that generic differentiable code can compute with: `f32`, `f64`,
-/// [`Dual`] and [`SVar`] implement it.
+/// [`Dual`] and [`SVar`] implement it. Write functions generic over it
+/// (`fn f<T: Real>(x: &[T]) -> T`) and run them on any of those.
+///
+/// The trait is **sealed**: only this crate implements it (for `f32`, `f64`, `Dual<F>`
+/// and `SVar<F>` over any `F: Real`); users write generic code over it, not new number
+/// types. The reason: [`STape`] calls `F`'s arithmetic (constants, `+`, `*`, copies)
+/// in the middle of recording a node and of the backward sweep. A foreign type whose
+/// arithmetic recorded on that same tape (say through a thread-local handle) would
+/// change the node list under those calls; the tape's storage keeps that memory-safe
+/// (it has no `unsafe`), but the recording would be garbage. Sealed, every line of code
+/// that runs inside the tape is ours. Implementing it outside the crate does not
+/// compile:
+///
+/// ```compile_fail,E0277
+/// use chainrule::scalar::Real;
+/// use std::ops::{Add, Div, Mul, Neg, Sub};
+///
+/// #[derive(Clone, Copy, Debug)]
+/// struct Mine(f64);
+/// impl Add for Mine { type Output = Mine; fn add(self, o: Mine) -> Mine { Mine(self.0 + o.0) } }
+/// impl Sub for Mine { type Output = Mine; fn sub(self, o: Mine) -> Mine { Mine(self.0 - o.0) } }
+/// impl Mul for Mine { type Output = Mine; fn mul(self, o: Mine) -> Mine { Mine(self.0 * o.0) } }
+/// impl Div for Mine { type Output = Mine; fn div(self, o: Mine) -> Mine { Mine(self.0 / o.0) } }
+/// impl Neg for Mine { type Output = Mine; fn neg(self) -> Mine { Mine(-self.0) } }
+///
+/// impl Real for Mine {
+///     fn cst(v: f64) -> Self { Mine(v) }
+///     fn value(self) -> f64 { self.0 }
+///     fn exp(self) -> Self { Mine(self.0.exp()) }
+///     fn ln(self) -> Self { Mine(self.0.ln()) }
+///     fn sqrt(self) -> Self { Mine(self.0.sqrt()) }
+///     fn sin(self) -> Self { Mine(self.0.sin()) }
+///     fn cos(self) -> Self { Mine(self.0.cos()) }
+///     fn tanh(self) -> Self { Mine(self.0.tanh()) }
+///     fn abs(self) -> Self { Mine(self.0.abs()) }
+///     fn powf(self, p: f64) -> Self { Mine(self.0.powf(p)) }
+/// }
+/// ```
 pub trait Real:
-    Copy
+    sealed::Sealed
+    + Copy
     + std::fmt::Debug
     + Add<Output = Self>
     + Sub<Output = Self>
@@ -105,7 +154,7 @@ where
     let vars: Vec<SVar<'_, f64>> = x.iter().map(|&v| tape.var(v)).collect();
     let y = f(&vars);
     let adj = tape.backward(y, 1.0);
-    (y.value, vars.iter().map(|v| adj[v.id as usize]).collect())
+    (y.value, vars.iter().map(|v| adj[v.id()]).collect())
 }
 
 /// The gradient of `f` at `x` by forward mode: one pass per input, each seeding one
@@ -159,7 +208,7 @@ where
         .collect();
     let y = f(&vars);
     let adj = tape.backward(y, Dual::new(1.0, 0.0));
-    vars.iter().map(|var| adj[var.id as usize].d).collect()
+    vars.iter().map(|var| adj[var.id()].d).collect()
 }
 
 /// The full Hessian for small inputs: one Hessian-vector product per basis vector.
