@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// One measured row.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
-    /// Workload name (with its case, e.g. `mlp_gemm/128x784x256/A·B/2t`).
+    /// Workload name (with its case, e.g. `mlp_gemm/128x784x256/A·B`).
     pub name: String,
     /// Median seconds per call.
     pub median_s: f64,
@@ -32,6 +32,11 @@ pub struct BenchRow {
     /// Anything else worth recording (loss values, thread counts, ratios).
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Values checked against a reference (an anchor's loss, an f64 product), by name:
+    /// `{"expected", "got", "tol"}`, or `{"max", "got"}` for an upper bound. A row is only
+    /// returned when every check passed.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub check: serde_json::Map<String, serde_json::Value>,
 }
 
 impl BenchRow {
@@ -45,12 +50,141 @@ impl BenchRow {
             gbps: None,
             ns_per_op: None,
             extra: Default::default(),
+            check: Default::default(),
         }
     }
     fn with(mut self, key: &str, v: impl Into<serde_json::Value>) -> Self {
         self.extra.insert(key.into(), v.into());
         self
     }
+
+    /// Records `got` against `expected` under `key` in `check`; an error naming the
+    /// workload, both values and the tolerance when they differ by more than `tol`.
+    fn verify(mut self, key: &str, expected: f64, got: f64, tol: f64) -> Result<Self> {
+        self.check.insert(
+            key.into(),
+            serde_json::json!({"expected": expected, "got": got, "tol": tol}),
+        );
+        if (got - expected).abs() <= tol {
+            Ok(self)
+        } else {
+            Err(Error::invalid(
+                "bench",
+                format!(
+                    "{}: {key} check failed: expected {expected}, measured {got} (difference {:.3e}, tolerance {tol:e})",
+                    self.name,
+                    (got - expected).abs()
+                ),
+            ))
+        }
+    }
+
+    /// [`verify`](Self::verify) on a number already recorded in `extra` (missing or not a
+    /// number fails).
+    fn verify_extra(self, key: &str, expected: f64, tol: f64) -> Result<Self> {
+        let got = self
+            .extra
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NAN);
+        self.verify(key, expected, got, tol)
+    }
+
+    /// Records `got` under `key` against an upper bound; an error when it exceeds `max`.
+    fn verify_at_most(mut self, key: &str, max: f64, got: f64) -> Result<Self> {
+        self.check
+            .insert(key.into(), serde_json::json!({"max": max, "got": got}));
+        if got <= max {
+            Ok(self)
+        } else {
+            Err(Error::invalid(
+                "bench",
+                format!(
+                    "{}: {key} check failed: expected at most {max}, measured {got}",
+                    self.name
+                ),
+            ))
+        }
+    }
+
+    /// Records a product's error against its f64 reference ([`product_error`]) as
+    /// `max_rel_err`; an error above [`PRODUCT_TOL`].
+    fn verify_product(mut self, (err, entries): (f64, usize)) -> Result<Self> {
+        self.check.insert(
+            "max_rel_err".into(),
+            serde_json::json!({"expected": 0.0, "got": err, "tol": PRODUCT_TOL, "entries": entries}),
+        );
+        if err <= PRODUCT_TOL {
+            Ok(self)
+        } else {
+            Err(Error::invalid(
+                "bench",
+                format!(
+                    "{}: the product differs from its f64 reference: expected a relative error of at most {PRODUCT_TOL:e}, measured {err:.3e} over {entries} entries",
+                    self.name
+                ),
+            ))
+        }
+    }
+}
+
+/// Check values of the anchors (`shared/bench/anchors/results.md`), with the tolerances
+/// of the unit tests below: W1 and W2 `loss@0` / `loss@10` (the losses returned by steps 1
+/// and 11), W3 at n = 100 000, W7 the loss returned by step 200.
+const W1_LOSSES: [f64; 2] = [2.30215, 2.29226];
+const W2_LOSSES: [f64; 2] = [0.17359, 0.11585];
+const LOSS_TOL: f64 = 5e-5;
+const W3_LOSS: (f64, f64) = (106.2014, 1e-3);
+const W3_DW0: (f64, f64) = (0.482377, 1e-6);
+const W7_LOSS_200: f64 = 2.11580;
+
+/// Largest error a benchmarked product may have against its f64 reference, relative to
+/// the reference's largest entry.
+const PRODUCT_TOL: f64 = 1e-4;
+
+/// How far `got` (`m×n`, row-major) is from `lhs·rhs` (`m×k · k×n`, each buffer read as
+/// its layout says) computed with f64 dot products: the largest difference relative to
+/// the largest reference entry, over every entry of products with at most 4096 of them
+/// and over 256 entries drawn from splitmix64 stream 97 otherwise. Returns the error
+/// (NaN when `got` has a NaN or an infinity) and the number of entries compared.
+fn product_error(
+    got: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: (&[f32], MatLayout),
+    rhs: (&[f32], MatLayout),
+) -> (f64, usize) {
+    let at = |(buf, layout): (&[f32], MatLayout), rows: usize, cols: usize, r: usize, c: usize| {
+        f64::from(match layout {
+            MatLayout::Normal => buf[r * cols + c],
+            MatLayout::Transposed => buf[c * rows + r],
+        })
+    };
+    let entries: Vec<(usize, usize)> = if m * n <= 4096 {
+        (0..m * n).map(|e| (e / n, e % n)).collect()
+    } else {
+        let mut g = SplitMix64::new(97);
+        (0..256)
+            .map(|_| (g.int(m as u64) as usize, g.int(n as u64) as usize))
+            .collect()
+    };
+    let (mut worst, mut scale, mut finite) = (0f64, 0f64, true);
+    for &(i, j) in &entries {
+        let want: f64 = (0..k)
+            .map(|p| at(lhs, m, k, i, p) * at(rhs, k, n, p, j))
+            .sum();
+        let have = f64::from(got[i * n + j]);
+        finite &= have.is_finite();
+        worst = worst.max((have - want).abs());
+        scale = scale.max(want.abs());
+    }
+    let err = if finite {
+        worst / scale.max(f64::MIN_POSITIVE)
+    } else {
+        f64::NAN
+    };
+    (err, entries.len())
 }
 
 /// Median and minimum of a timed closure.
@@ -98,6 +232,7 @@ pub const WORKLOADS: &[&str] = &[
     "w1_step",
     "w2_step",
     "w7_memory",
+    "memory_flat",
     "w3_scalar",
 ];
 
@@ -106,7 +241,8 @@ pub const WORKLOADS: &[&str] = &[
 pub struct BenchConfig {
     /// Time budget of one measurement.
     pub budget: Duration,
-    /// The `chainrule` executable, for workloads that need a fresh process (`w7_memory`).
+    /// The `chainrule` executable, for workloads that need a fresh process (`w7_memory`,
+    /// `memory_flat`).
     pub exe: Option<std::path::PathBuf>,
 }
 
@@ -122,9 +258,9 @@ impl Default for BenchConfig {
 /// Runs one named workload.
 pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     Ok(match name {
-        "matmul_256" => vec![square_matmul(256, cfg)],
-        "matmul_1024" => vec![square_matmul(1024, cfg)],
-        "mlp_gemm" => mlp_gemm(cfg),
+        "matmul_256" => vec![square_matmul(256, cfg)?],
+        "matmul_1024" => vec![square_matmul(1024, cfg)?],
+        "mlp_gemm" => mlp_gemm(cfg)?,
         "tape_chain" => vec![tape_chain(100_000, cfg)],
         "elementwise_1m" => vec![elementwise_1m(cfg)?],
         "w1_forward" => vec![w1(cfg, false)?],
@@ -132,7 +268,12 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "w1_step" => vec![w1_step(cfg)?],
         "w2_step" => vec![w2_step(cfg)?],
         "w7_memory" => vec![w7_memory(cfg)?],
-        "w3_scalar" => vec![w3_scalar(100_000, cfg)],
+        "memory_flat" => vec![memory_flat(cfg)?],
+        "w3_scalar" => vec![
+            w3_scalar(100_000, cfg)
+                .verify_extra("loss", W3_LOSS.0, W3_LOSS.1)?
+                .verify_extra("dL/dw0", W3_DW0.0, W3_DW0.1)?,
+        ],
         other => {
             return Err(crate::error::Error::invalid(
                 "bench",
@@ -145,97 +286,183 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     })
 }
 
-fn square_matmul(n: usize, cfg: &BenchConfig) -> BenchRow {
+/// `n×n · n×n` through [`Tensor::matmul`] (its threading threshold and kernel choice
+/// included), checked against f64 dot products.
+fn square_matmul(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
     let a = Tensor::<f32>::splitmix_uniform(&[n, n], 61, -1.0, 1.0);
     let b = Tensor::<f32>::splitmix_uniform(&[n, n], 62, -1.0, 1.0);
-    let mut c = vec![0f32; n * n];
+    let mut c = a.matmul(&b)?;
     let t = measure(cfg.budget, 5, || {
-        f32::gemm(
-            &mut c,
-            n,
-            n,
-            n,
-            (a.data(), MatLayout::Normal),
-            (b.data(), MatLayout::Normal),
-            false,
-            2,
-        )
+        c = a.matmul(&b).expect("the shapes of the call above");
     });
     let flops = 2.0 * (n as f64).powi(3);
-    let mut row = BenchRow::new(format!("matmul_{n}"), t).with("threads", 2);
+    let err = product_error(
+        c.data(),
+        n,
+        n,
+        n,
+        (a.data(), MatLayout::Normal),
+        (b.data(), MatLayout::Normal),
+    );
+    let mut row = BenchRow::new(format!("matmul_{n}"), t)
+        .with("threads", Tensor::<f32>::matmul_threads(n, n, n))
+        .with("gflops_best", flops / t.min_s / 1e9);
     row.gflops = Some(flops / t.median_s / 1e9);
-    row.with("gflops_best", flops / t.min_s / 1e9)
+    row.verify_product(err)
 }
 
-fn mlp_gemm(cfg: &BenchConfig) -> Vec<BenchRow> {
+/// The three products of each W1 layer through the tape: `A·B` is the forward `X·W`
+/// recorded by `Var::matmul`; `Aᵀ·B` (`dW = Xᵀ·G`) and `A·Bᵀ` (`dX = G·Wᵀ`) are reverse
+/// sweeps (`backward_with`, seed `G`) of a recorded product where only `W`, or only `X`,
+/// needs a gradient; `layer` records the product with both as variables and runs the
+/// forward and a backward that gives both gradients (GFLOP/s over the three products).
+/// Every output is checked against f64 dot products.
+fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
+    use MatLayout::{Normal, Transposed};
     let mut rows = Vec::new();
     let budget = cfg.budget / 4;
+    let mut tape = Tape::<f32>::new();
     for (m, k, n) in [(128, 784, 256), (128, 256, 256), (128, 256, 10)] {
         let x = Tensor::<f32>::splitmix_uniform(&[m, k], 1, -1.0, 1.0);
         let w = Tensor::<f32>::splitmix_uniform(&[k, n], 11, -1.0, 1.0);
         let g = Tensor::<f32>::splitmix_uniform(&[m, n], 2, -1.0, 1.0);
         let flops = 2.0 * (m * n * k) as f64;
-        for threads in [1, 2] {
-            // forward X·W, weight gradient Xᵀ·G, input gradient G·Wᵀ
-            let mut y = vec![0f32; m * n];
-            let mut dw = vec![0f32; k * n];
-            let mut dx = vec![0f32; m * k];
-            let cases: [(&str, Timing); 3] = [
-                (
-                    "A·B",
-                    measure(budget, 20, || {
-                        f32::gemm(
-                            &mut y,
-                            m,
-                            n,
-                            k,
-                            (x.data(), MatLayout::Normal),
-                            (w.data(), MatLayout::Normal),
-                            false,
-                            threads,
-                        )
-                    }),
-                ),
-                (
-                    "Aᵀ·B",
-                    measure(budget, 20, || {
-                        f32::gemm(
-                            &mut dw,
-                            k,
-                            n,
-                            m,
-                            (x.data(), MatLayout::Transposed),
-                            (g.data(), MatLayout::Normal),
-                            false,
-                            threads,
-                        )
-                    }),
-                ),
-                (
-                    "A·Bᵀ",
-                    measure(budget, 20, || {
-                        f32::gemm(
-                            &mut dx,
-                            m,
-                            k,
-                            n,
-                            (g.data(), MatLayout::Normal),
-                            (w.data(), MatLayout::Transposed),
-                            false,
-                            threads,
-                        )
-                    }),
-                ),
-            ];
-            for (layout, t) in cases {
-                let mut row = BenchRow::new(format!("mlp_gemm/{m}x{k}x{n}/{layout}/{threads}t"), t)
-                    .with("threads", threads);
-                row.gflops = Some(flops / t.median_s / 1e9);
-                rows.push(row);
+        let y_err = |y: &Tensor<f32>| {
+            product_error(y.data(), m, n, k, (x.data(), Normal), (w.data(), Normal))
+        };
+        let dw_err = |dw: &Tensor<f32>| {
+            product_error(
+                dw.data(),
+                k,
+                n,
+                m,
+                (x.data(), Transposed),
+                (g.data(), Normal),
+            )
+        };
+        let dx_err = |dx: &Tensor<f32>| {
+            product_error(
+                dx.data(),
+                m,
+                k,
+                n,
+                (g.data(), Normal),
+                (w.data(), Transposed),
+            )
+        };
+        let row = |case: &str, product: &str, t: Timing, threads: usize, products: f64| {
+            let mut r = BenchRow::new(format!("mlp_gemm/{m}x{k}x{n}/{case}"), t)
+                .with("product", product)
+                .with("threads", threads);
+            r.gflops = Some(products * flops / t.median_s / 1e9);
+            r
+        };
+        let mut failure = None;
+
+        // forward X·W, recorded on the tape
+        let mut y = x.matmul(&w)?;
+        let t = measure(budget, 20, || {
+            tape.clear();
+            let (xv, wv) = (tape.constant(x.clone()), tape.var(w.clone()));
+            match xv.matmul(wv) {
+                Ok(v) => y = v.value(),
+                Err(e) => failure = Some(e),
             }
+        });
+        if let Some(e) = failure.take() {
+            return Err(e);
         }
+        rows.push(
+            row(
+                "A·B",
+                "X·W (forward)",
+                t,
+                Tensor::<f32>::matmul_threads(m, n, k),
+                1.0,
+            )
+            .verify_product(y_err(&y))?,
+        );
+
+        // weight gradient Xᵀ·G: only W needs a gradient
+        tape.clear();
+        let (xv, wv) = (tape.constant(x.clone()), tape.var(w.clone()));
+        let yv = xv.matmul(wv)?;
+        let mut dw = Tensor::zeros(&[k, n]);
+        let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
+            Ok(grads) => dw = grads.wrt(wv),
+            Err(e) => failure = Some(e),
+        });
+        if let Some(e) = failure.take() {
+            return Err(e);
+        }
+        rows.push(
+            row(
+                "Aᵀ·B",
+                "Xᵀ·G (dW)",
+                t,
+                Tensor::<f32>::matmul_threads(k, n, m),
+                1.0,
+            )
+            .verify_product(dw_err(&dw))?,
+        );
+
+        // input gradient G·Wᵀ: only X needs a gradient
+        tape.clear();
+        let (xv, wv) = (tape.var(x.clone()), tape.constant(w.clone()));
+        let yv = xv.matmul(wv)?;
+        let mut dx = Tensor::zeros(&[m, k]);
+        let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
+            Ok(grads) => dx = grads.wrt(xv),
+            Err(e) => failure = Some(e),
+        });
+        if let Some(e) = failure.take() {
+            return Err(e);
+        }
+        rows.push(
+            row(
+                "A·Bᵀ",
+                "G·Wᵀ (dX)",
+                t,
+                Tensor::<f32>::matmul_threads(m, k, n),
+                1.0,
+            )
+            .verify_product(dx_err(&dx))?,
+        );
+
+        // the whole layer: record X·W with both operands variables, backward to both
+        let t = measure(budget, 20, || {
+            tape.clear();
+            let (xv, wv) = (tape.var(x.clone()), tape.var(w.clone()));
+            let grads = xv.matmul(wv).and_then(|yv| {
+                y = yv.value();
+                tape.backward_with(yv, g.clone())
+            });
+            match grads {
+                Ok(grads) => (dw, dx) = (grads.wrt(wv), grads.wrt(xv)),
+                Err(e) => failure = Some(e),
+            }
+        });
+        if let Some(e) = failure.take() {
+            return Err(e);
+        }
+        let errs = [y_err(&y), dw_err(&dw), dx_err(&dx)];
+        let worst = errs
+            .iter()
+            .map(|e| e.0)
+            .fold(0f64, |a, b| if b.is_nan() { b } else { a.max(b) });
+        let entries = errs.iter().map(|e| e.1).sum();
+        rows.push(
+            row(
+                "layer",
+                "X·W, then Xᵀ·G and G·Wᵀ in one backward",
+                t,
+                Tensor::<f32>::matmul_threads(m, n, k),
+                3.0,
+            )
+            .verify_product((worst, entries))?,
+        );
     }
-    rows
+    Ok(rows)
 }
 
 /// A chain of `n` cheap ops on a one-element tensor, alternating `·0.999` and `+0.001`.
@@ -389,7 +616,7 @@ fn w1(cfg: &BenchConfig, backward: bool) -> Result<BenchRow> {
     };
     let mut row = BenchRow::new(name, t).with("loss@0", loss0 as f64);
     row.gflops = Some(flops / t.median_s / 1e9);
-    Ok(row)
+    row.verify_extra("loss@0", W1_LOSSES[0], LOSS_TOL)
 }
 
 /// W3: `loss = Σ tanh(wᵢ xᵢ + bᵢ)` as a left fold on the scalar tape, n terms, all 3n
@@ -426,7 +653,7 @@ fn w3_scalar(n: usize, cfg: &BenchConfig) -> BenchRow {
         .with("n", n)
         .with("ops", ops)
         .with("loss", loss)
-        .with("dL/dw0", adj[w[0].id as usize]);
+        .with("dL/dw0", adj[w[0].id()]);
     row.ns_per_op = Some(t.median_s / ops as f64 * 1e9);
     row
 }
@@ -532,11 +759,14 @@ impl AnchorStep {
     }
 }
 
+/// Times steps after the first 11, whose losses are checked against `expected`
+/// (`loss@0`, `loss@10`).
 fn train_step_row(
     name: &str,
     mut step: AnchorStep,
     cfg: &BenchConfig,
     flops: Option<f64>,
+    expected: [f64; 2],
 ) -> Result<BenchRow> {
     let mut losses = Vec::new();
     for _ in 0..11 {
@@ -555,15 +785,16 @@ fn train_step_row(
         .with("loss@0", losses[0] as f64)
         .with("loss@10", losses[10] as f64);
     row.gflops = flops.map(|f| f / t.median_s / 1e9);
-    Ok(row)
+    row.verify_extra("loss@0", expected[0], LOSS_TOL)?
+        .verify_extra("loss@10", expected[1], LOSS_TOL)
 }
 
 fn w1_step(cfg: &BenchConfig) -> Result<BenchRow> {
-    train_step_row("w1_step", AnchorStep::w1(), cfg, Some(155.1e6))
+    train_step_row("w1_step", AnchorStep::w1(), cfg, Some(155.1e6), W1_LOSSES)
 }
 
 fn w2_step(cfg: &BenchConfig) -> Result<BenchRow> {
-    train_step_row("w2_step", AnchorStep::w2(), cfg, None)
+    train_step_row("w2_step", AnchorStep::w2(), cfg, None, W2_LOSSES)
 }
 
 /// Peak resident memory of this process in bytes (`VmHWM`), where Linux reports it.
@@ -577,58 +808,128 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// The body of `w7_memory`, run in a fresh process: 200 W1 steps, then the peak RSS and
 /// the last loss as one JSON object.
 pub fn w7_child() -> Result<serde_json::Value> {
+    w1_steps_child(200)
+}
+
+/// `steps` W1 training steps in this (fresh) process, then one JSON object: `steps`, the
+/// peak RSS (`VmHWM`, bytes) at the start, after building the model and data, and at the
+/// end (`peak_rss_bytes`), and the loss returned by the last step (`loss_after_{steps}`).
+/// The body of `w7_memory` (200 steps) and of `memory_flat`.
+pub fn w1_steps_child(steps: usize) -> Result<serde_json::Value> {
     let before = peak_rss_bytes();
     let mut step = AnchorStep::w1();
     let built = peak_rss_bytes();
     let mut loss = f32::NAN;
-    for _ in 0..200 {
+    for _ in 0..steps {
         loss = step.step()?;
     }
-    Ok(
-        serde_json::json!({"peak_rss_bytes": peak_rss_bytes(), "peak_after_start": before, "peak_after_build": built, "loss_after_200": loss}),
-    )
+    let mut out = serde_json::Map::new();
+    out.insert("steps".into(), steps.into());
+    out.insert("peak_rss_bytes".into(), peak_rss_bytes().into());
+    out.insert("peak_after_start".into(), before.into());
+    out.insert("peak_after_build".into(), built.into());
+    out.insert(format!("loss_after_{steps}"), f64::from(loss).into());
+    Ok(out.into())
 }
 
-fn w7_memory(cfg: &BenchConfig) -> Result<BenchRow> {
+/// Runs `chainrule <args>` in a fresh process with two rayon threads and returns the
+/// JSON object it prints and the seconds it took.
+fn child_json(
+    cfg: &BenchConfig,
+    workload: &'static str,
+    args: &[&str],
+) -> Result<(serde_json::Value, f64)> {
     let exe = cfg.exe.clone().ok_or_else(|| {
         Error::invalid(
-            "w7_memory",
+            workload,
             "needs the chainrule executable to start a fresh process",
         )
     })?;
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     let out = std::process::Command::new(&exe)
-        .args(["bench", "--w7-child"])
+        .args(args)
         .env("RAYON_NUM_THREADS", "2")
         .output()
         .map_err(|e| Error::Io {
             path: exe.display().to_string(),
-            source: e,
+            cause: e,
         })?;
     let secs = t0.elapsed().as_secs_f64();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        Error::invalid(
-            "w7_memory",
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+    match parsed {
+        Some(v) if out.status.success() && v.is_object() => Ok((v, secs)),
+        _ => Err(Error::invalid(
+            workload,
             format!(
-                "the child process printed no result ({e}): {}",
-                String::from_utf8_lossy(&out.stderr)
+                "the child process `{} {}` failed ({}) or printed no result: {}",
+                exe.display(),
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
             ),
-        )
-    })?;
-    let mut row = BenchRow::new(
-        "w7_memory",
+        )),
+    }
+}
+
+/// A row for a fresh-process workload: the child's wall time, one call.
+fn once(name: &str, secs: f64) -> BenchRow {
+    BenchRow::new(
+        name,
         Timing {
             median_s: secs,
             min_s: secs,
             reps: 1,
         },
-    );
+    )
+}
+
+fn w7_memory(cfg: &BenchConfig) -> Result<BenchRow> {
+    let (v, secs) = child_json(cfg, "w7_memory", &["bench", "--w7-child"])?;
+    let mut row = once("w7_memory", secs);
     if let Some(m) = v.as_object() {
         for (k, val) in m {
             row = row.with(k, val.clone());
         }
     }
-    Ok(row)
+    row.verify_extra("loss_after_200", W7_LOSS_200, LOSS_TOL)
+}
+
+/// W1 training in two fresh processes, 1,000 and 10,000 steps: the peak RSS must not grow
+/// with the number of steps (at most 5% more after 10,000 than after 1,000).
+fn memory_flat(cfg: &BenchConfig) -> Result<BenchRow> {
+    const STEPS: [usize; 2] = [1_000, 10_000];
+    let mut row = once("memory_flat", 0.0);
+    let mut peaks = [0u64; 2];
+    let mut total = 0.0;
+    for (peak, steps) in peaks.iter_mut().zip(STEPS) {
+        let (v, secs) = child_json(
+            cfg,
+            "memory_flat",
+            &["bench", "--w1-steps-child", &steps.to_string()],
+        )?;
+        total += secs;
+        let field = |key: &str| v.get(key).and_then(|x| x.as_u64());
+        *peak = field("peak_rss_bytes").ok_or_else(|| {
+            Error::invalid(
+                "memory_flat",
+                format!("the child reported no peak RSS: {v}"),
+            )
+        })?;
+        let built = field("peak_after_build").unwrap_or(0);
+        let loss = v.get(format!("loss_after_{steps}")).cloned();
+        row = row
+            .with(&format!("peak_rss_{steps}_steps"), *peak)
+            .with(
+                &format!("growth_during_{steps}_steps"),
+                peak.saturating_sub(built),
+            )
+            .with(&format!("loss_after_{steps}"), loss.unwrap_or_default())
+            .with(&format!("seconds_{steps}_steps"), secs);
+    }
+    (row.median_s, row.min_s) = (total, total);
+    let ratio = peaks[1] as f64 / peaks[0] as f64;
+    row.with("peak_ratio", ratio)
+        .verify_at_most("peak_ratio", 1.05, ratio)
 }
 
 /// W4's `f(x) = Σ sin(xᵢ) xᵢ² + Σ_{i<N−1} [100 (xᵢ₊₁ − xᵢ²)² + (1 − xᵢ)²]` on a tape.
@@ -853,6 +1154,66 @@ mod tests {
         let (hv, _, err) = w1_hvp_check(2).unwrap();
         assert_eq!(hv.len(), 269_322);
         assert!(err <= 1e-5, "relative error {err}");
+    }
+
+    #[test]
+    fn checks_fail_with_the_workload_and_both_values() {
+        let t = Timing {
+            median_s: 1.0,
+            min_s: 1.0,
+            reps: 1,
+        };
+        let row = BenchRow::new("w1_step", t).with("loss@0", 2.31);
+        let e = row.verify_extra("loss@0", 2.30215, 5e-5).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("w1_step") && msg.contains("2.30215") && msg.contains("2.31"),
+            "{msg}"
+        );
+        let ok = BenchRow::new("w2_step", t)
+            .with("loss@0", 0.17361)
+            .verify_extra("loss@0", 0.17359, 5e-5)
+            .unwrap();
+        assert_eq!(ok.check["loss@0"]["expected"], 0.17359);
+        assert_eq!(ok.check["loss@0"]["got"], 0.17361);
+        // a missing value fails too
+        assert!(
+            BenchRow::new("x", t)
+                .verify_extra("loss", 1.0, 1.0)
+                .is_err()
+        );
+        assert!(
+            BenchRow::new("memory_flat", t)
+                .verify_at_most("peak_ratio", 1.05, 1.06)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn product_error_finds_a_wrong_entry_in_every_layout() {
+        use MatLayout::{Normal, Transposed};
+        // small (every entry compared) and large (a sample of 256)
+        for (m, n, k) in [(7, 5, 3), (128, 256, 40)] {
+            let a = Tensor::<f32>::splitmix_uniform(&[m, k], 1, -1.0, 1.0);
+            let b = Tensor::<f32>::splitmix_uniform(&[k, n], 2, -1.0, 1.0);
+            let (at, bt) = (a.t().unwrap(), b.t().unwrap());
+            for (lhs, rhs) in [
+                ((a.data(), Normal), (b.data(), Normal)),
+                ((at.data(), Transposed), (bt.data(), Transposed)),
+            ] {
+                let mut c = a.matmul(&b).unwrap().to_vec();
+                let (err, entries) = product_error(&c, m, n, k, lhs, rhs);
+                assert!(err <= PRODUCT_TOL, "{err}");
+                assert_eq!(entries, if m * n <= 4096 { m * n } else { 256 });
+                // every entry is wrong: any sample sees it
+                for v in c.iter_mut() {
+                    *v *= 1.001;
+                }
+                assert!(product_error(&c, m, n, k, lhs, rhs).0 > PRODUCT_TOL);
+                c.fill(f32::NAN);
+                assert!(product_error(&c, m, n, k, lhs, rhs).0.is_nan());
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Args {
     /// Internal: the fresh process of `w7_memory`.
     #[arg(long, hide = true)]
     w7_child: bool,
+    /// Internal: a fresh process of `memory_flat` that runs this many W1 steps.
+    #[arg(long, hide = true, value_name = "STEPS")]
+    w1_steps_child: Option<usize>,
 }
 
 fn fmt_time(s: f64) -> String {
@@ -38,6 +41,10 @@ fn fmt_time(s: f64) -> String {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.w7_child {
         println!("{}", bench::w7_child()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(steps) = args.w1_steps_child {
+        println!("{}", bench::w1_steps_child(steps)?);
         return Ok(ExitCode::SUCCESS);
     }
     if args.list {
@@ -72,15 +79,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "workload", "median", "min", "reps", "GFLOP/s", "GB/s", "ns/op"
         );
     }
+    // a workload whose check fails (or that cannot run) is reported and the others still
+    // run; the exit status says whether any failed
+    let mut failed = Vec::new();
     for name in names {
-        for row in bench::run(&name, &cfg)? {
+        let rows = match bench::run(&name, &cfg) {
+            Ok(rows) => rows,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed.push(name);
+                continue;
+            }
+        };
+        for row in rows {
             if args.json {
                 println!("{}", serde_json::to_string(&row)?);
             } else {
                 let opt =
                     |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_default();
-                let extra: Vec<String> =
+                let mut extra: Vec<String> =
                     row.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                if !row.check.is_empty() {
+                    extra.push(format!(
+                        "check={}",
+                        serde_json::Value::from(row.check.clone())
+                    ));
+                }
                 println!(
                     "{:<34} {:>12} {:>12} {:>7} {:>9} {:>8} {:>9}  {}",
                     row.name,
@@ -94,6 +118,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{} workload(s) failed: {}", failed.len(), failed.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,8 +26,13 @@ pub fn set_matmul_parallel_threshold(mnk: usize) {
     PARALLEL_MIN_MNK.store(mnk, Ordering::Relaxed);
 }
 
-fn threads_for(m: usize, n: usize, k: usize) -> usize {
-    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MNK.load(Ordering::Relaxed) {
+/// The threads [`matmul_into`] (and so `Tensor::matmul` and the reverse rule of `matmul`)
+/// uses for an `m×k · k×n` product: one for small products and below the parallel
+/// threshold, every rayon thread of the calling context above it. The kernel calls this
+/// very function, so benchmarks that report it cannot drift from what ran.
+pub fn matmul_threads(m: usize, n: usize, k: usize) -> usize {
+    let mnk = m.saturating_mul(n).saturating_mul(k);
+    if mnk > SMALL_MNK && mnk >= PARALLEL_MIN_MNK.load(Ordering::Relaxed) {
         rayon::current_num_threads()
     } else {
         1
@@ -90,7 +95,7 @@ pub fn matmul_into<T: Element>(
     if m * n * k <= SMALL_MNK {
         small_gemm(dst, m, n, k, lhs, rhs, accumulate);
     } else {
-        T::gemm(dst, m, n, k, lhs, rhs, accumulate, threads_for(m, n, k));
+        T::gemm(dst, m, n, k, lhs, rhs, accumulate, matmul_threads(m, n, k));
     }
 }
 
@@ -252,6 +257,12 @@ pub(crate) fn matmul_dims(a: &[usize], b: &[usize]) -> Result<(usize, usize, usi
 }
 
 impl<T: Element> Tensor<T> {
+    /// The threads [`Tensor::matmul`] uses for an `m×k · k×n` product. The reverse rule of
+    /// `A·B` (`A: m×k`) runs `dB = Aᵀ·G` as `(k, n, m)` and `dA = G·Bᵀ` as `(m, k, n)`.
+    pub fn matmul_threads(m: usize, n: usize, k: usize) -> usize {
+        matmul_threads(m, n, k)
+    }
+
     /// Matrix product. `[m,k]·[k,n]`, batched `[..,m,k]·[..,k,n]` with equal batch
     /// dimensions, or `[..,m,k]·[k,n]` (the right operand shared by every batch).
     pub fn matmul(&self, rhs: &Tensor<T>) -> Result<Tensor<T>> {
@@ -428,15 +439,35 @@ mod tests {
         let b = Tensor::<f64>::randn(&[2, 3, 2], 6);
         let y = a.matmul(&b).unwrap();
         assert_eq!(y.shape(), &[2, 4, 2]);
-        let a1 = a.narrow(0, 1, 1).unwrap().reshape(&[4, 3]).unwrap();
-        let b1 = b.narrow(0, 1, 1).unwrap().reshape(&[3, 2]).unwrap();
-        let want = naive(&a1, &b1);
-        for (x, w) in y.data()[8..].iter().zip(&want) {
-            assert!((x - w).abs() < 1e-12);
-        }
+        assert_eq!(y.len(), 16);
+        let slice = |t: &Tensor<f64>, i: usize, shape: &[usize]| {
+            t.narrow(0, i, 1).unwrap().reshape(shape).unwrap()
+        };
+        let b1 = slice(&b, 1, &[3, 2]);
         let shared = a.matmul(&b1).unwrap();
         assert_eq!(shared.shape(), &[2, 4, 2]);
-        assert!((shared.data()[8] - want[0]).abs() < 1e-12);
+        assert_eq!(shared.len(), 16);
+        for i in 0..2 {
+            let ai = slice(&a, i, &[4, 3]);
+            // batch i of the batched product: a[i] · b[i]
+            let want = naive(&ai, &slice(&b, i, &[3, 2]));
+            assert_eq!(want.len(), 8);
+            for (j, (x, w)) in y.data()[i * 8..(i + 1) * 8].iter().zip(&want).enumerate() {
+                assert!((x - w).abs() < 1e-12, "batch {i} entry {j}: {x} vs {w}");
+            }
+            // batch i of the shared-rhs product: a[i] · b[1]
+            let want = naive(&ai, &b1);
+            for (j, (x, w)) in shared.data()[i * 8..(i + 1) * 8]
+                .iter()
+                .zip(&want)
+                .enumerate()
+            {
+                assert!(
+                    (x - w).abs() < 1e-12,
+                    "shared batch {i} entry {j}: {x} vs {w}"
+                );
+            }
+        }
     }
 
     #[test]
