@@ -16,6 +16,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod explain;
+pub mod fuzzing;
 pub mod nn;
 pub mod optim;
 pub mod scalar;

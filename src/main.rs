@@ -27,7 +27,19 @@ fn keep_freed_memory() {}
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // one line naming what is wrong (clap adds usage and a hint below it)
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

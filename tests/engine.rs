@@ -68,14 +68,35 @@ fn cleared_tape_starts_empty_and_gradients_do_not_leak_across_steps() {
 
 #[test]
 fn same_seed_same_result() {
+    // Sizes above the parallel thresholds, so the multi-threaded paths run: the forward
+    // matmul and both backward products are 300·300·200 = 18M multiply-adds (threshold
+    // 8M), and sin / its backward cover 90,000 elements (threshold 65,536), as does the
+    // broadcast add of a [300] row to [300, 300].
     let run = || {
         let tape = Tape::<f32>::new();
-        let x = tape.var(Tensor::randn(&[8, 8], 42));
-        let w = tape.var(Tensor::randn(&[8, 4], 43));
-        let y = x.matmul(w).unwrap().tanh().sum_all();
-        tape.backward(y).unwrap()[w].to_vec()
+        let x = tape.var(Tensor::randn(&[300, 300], 42));
+        let r = tape.var(Tensor::randn(&[300], 44));
+        let w = tape.var(Tensor::randn(&[300, 200], 43));
+        let h = x.sin().add(r).unwrap();
+        let y = h.matmul(w).unwrap().tanh().sum_all();
+        let g = tape.backward(y).unwrap();
+        (
+            y.item().unwrap().to_bits(),
+            g[w].to_vec(),
+            g[x].to_vec(),
+            g[r].to_vec(),
+        )
     };
-    assert_eq!(run(), run());
+    let (a, b) = (run(), run());
+    assert_eq!(a.1.len(), 300 * 200);
+    assert_eq!(a.2.len(), 300 * 300);
+    assert!(a.1.iter().chain(&a.2).chain(&a.3).all(|v| v.is_finite()));
+    // bit-identical (compared as bits so that even a NaN would have to match)
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(a.0, b.0);
+    assert_eq!(bits(&a.1), bits(&b.1));
+    assert_eq!(bits(&a.2), bits(&b.2));
+    assert_eq!(bits(&a.3), bits(&b.3));
 }
 
 #[test]

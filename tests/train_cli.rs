@@ -3,9 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Runs the binary; a training run gets `--max-time none` unless it sets a time limit,
+/// so that no test depends on how fast a loaded machine is.
 fn chainrule(args: &[&str]) -> Output {
+    let mut args = args.to_vec();
+    if args.first() != Some(&"eval") && !args.contains(&"--max-time") {
+        args.extend(["--max-time", "none"]);
+    }
     Command::new(env!("CARGO_BIN_EXE_chainrule"))
-        .args(args)
+        .args(&args)
         .output()
         .expect("binary runs")
 }
@@ -53,23 +59,24 @@ fn default_run_reaches_the_target_on_embedded_digits() {
     let r = json(&o);
     assert_eq!(r["stopped_by"], "target");
     assert!(r["best_val_metric"].as_f64().unwrap() >= 0.97);
-    for k in [
-        "final_val_metric",
-        "epochs",
-        "steps",
-        "seconds",
-        "samples_per_second",
-        "clipping",
-    ] {
-        assert!(r.get(k).is_some(), "{k} missing");
+    for k in ["final_val_metric", "seconds", "samples_per_second"] {
+        assert!(
+            r[k].as_f64().is_some_and(|v| v.is_finite() && v > 0.0),
+            "{k} is not a positive number in {r}"
+        );
     }
+    for k in ["epochs", "steps"] {
+        assert!(r[k].as_u64().is_some_and(|v| v >= 1), "{k} in {r}");
+    }
+    assert!(
+        r["clipping"]["steps"].as_u64() == r["steps"].as_u64(),
+        "{r}"
+    );
     for f in [
         "metrics.jsonl",
         "curves.svg",
         "report.json",
-        "checkpoint/params.safetensors",
-        "checkpoint/optimizer.safetensors",
-        "checkpoint/meta.json",
+        "checkpoint.safetensors",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
@@ -129,98 +136,214 @@ fn resumed_run_continues_exactly_like_an_uninterrupted_one() {
     assert_eq!(ra, rb, "the loss sequence after resuming differs");
 }
 
+/// Writes an IDX file: magic for unsigned bytes, the dimensions, then the payload.
+fn idx(dims: &[u32], payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        b.extend(d.to_be_bytes());
+    }
+    b.extend(payload);
+    b
+}
+
 #[test]
 fn bad_input_gets_one_clear_line_and_a_failure_status() {
     let dir = temp("bad");
-    let write = |name: &str, text: &str| {
+    let write = |name: &str, bytes: &[u8]| {
         let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        format!("csv:{}", p.display())
+        std::fs::write(&p, bytes).unwrap();
+        p.display().to_string()
     };
+    let csv = |name: &str, text: &str| format!("csv:{}", write(name, text.as_bytes()));
     let good = "a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n";
+    // an MNIST folder with a given training-image and training-label file
+    let mnist = |name: &str, images: &[u8], labels: &[u8]| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("train-images-idx3-ubyte"), images).unwrap();
+        std::fs::write(d.join("train-labels-idx1-ubyte"), labels).unwrap();
+        format!("mnist:{}", d.display())
+    };
+    let labels3 = idx(&[3], &[1, 2, 3]);
+    // a run to resume from, and damaged copies of its checkpoint
+    let run = dir.join("run");
+    let o = chainrule(&[
+        "--data",
+        &csv("good.csv", good),
+        "--hidden",
+        "3",
+        "--max-steps",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let damaged = |name: &str, bytes: &[u8]| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("checkpoint.safetensors"), bytes).unwrap();
+        d.display().to_string()
+    };
+    let truncated = damaged("truncated", &ckpt[..ckpt.len() / 2]);
+    // a valid safetensors file that is not a checkpoint: a header with no metadata
+    let header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let mut foreign = (header.len() as u64).to_le_bytes().to_vec();
+    foreign.extend(header);
+    foreign.extend([0, 0, 128, 63]);
+    let foreign = damaged("foreign", &foreign);
+    let run = run.display().to_string();
+    let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            vec![
-                "--data".into(),
-                write("nonnum.csv", "a,b,y\n1,2,0\n3,oops,1\n"),
-            ],
-            "row 3, column 1 ('b'): 'oops' is not a number",
+            a(&["--data", "csv:/no/such/file.csv"]),
+            "/no/such/file.csv: No such file or directory",
         ),
         (
-            vec!["--data".into(), write("short.csv", "1,2,0\n3,4,1\n5,6\n")],
-            "row 3: has 2 fields",
+            a(&["--data", &format!("csv:{}", dir.display())]),
+            "Is a directory",
         ),
+        (a(&["--data", &csv("empty.csv", "")]), "holds no rows"),
         (
-            vec![
-                "--data".into(),
-                write("label.csv", good),
-                "--label".into(),
-                "class".into(),
-            ],
-            "no column named 'class'",
-        ),
-        (
-            vec![
-                "--data".into(),
-                write("strlabel.csv", "a,b,y\n1,2,cat\n3,4,dog\n"),
-            ],
-            "label column 2 ('y') holds 'cat'",
-        ),
-        (
-            vec!["--data".into(), write("empty.csv", "")],
-            "holds no rows",
-        ),
-        (
-            vec!["--data".into(), write("header.csv", "a,b,y\n")],
+            a(&["--data", &csv("header.csv", "a,b,y\n")]),
             "no data rows",
         ),
         (
-            vec!["--data".into(), "mnist:/no/such/dir".into()],
+            a(&["--data", &csv("short.csv", "1,2,0\n3,4,1\n5,6\n")]),
+            "row 3: has 2 fields",
+        ),
+        (
+            a(&["--data", &csv("nonnum.csv", "a,b,y\n1,2,0\n3,oops,1\n")]),
+            "row 3, column 1 ('b'): 'oops' is not a number",
+        ),
+        (
+            a(&["--data", &csv("huge.csv", "a,y\n1e300,0\n2,1\n")]),
+            "'1e300' is not finite",
+        ),
+        (
+            a(&["--data", &csv("label.csv", good), "--label", "7"]),
+            "label column 7 does not exist (the file has 3 columns)",
+        ),
+        (
+            a(&["--data", &csv("named.csv", good), "--label", "class"]),
+            "no column named 'class'",
+        ),
+        (
+            a(&["--data", &csv("strlabel.csv", "a,b,y\n1,2,cat\n3,4,dog\n")]),
+            "label column 2 ('y') holds 'cat'",
+        ),
+        (
+            a(&["--data", &csv("one.csv", "a,y\n1,4\n2,4\n3,4\n")]),
+            "a classifier needs at least two classes",
+        ),
+        (
+            a(&["--data", "mnist:/no/such/dir"]),
             "no train-images-idx3-ubyte",
         ),
         (
-            vec!["--data".into(), "imagenet".into()],
-            "unknown dataset 'imagenet'",
+            a(&[
+                "--data",
+                &mnist("trunc", &idx(&[2, 28, 28], &[1, 2]), &labels3),
+            ]),
+            "need 1568 bytes of data, the file has 2",
         ),
         (
-            vec!["--optimizer".into(), "adamx".into()],
-            "unknown optimizer 'adamx'",
+            a(&["--data", &mnist("magic", b"P5 28 28 255\n", &labels3)]),
+            "not an IDX file",
         ),
         (
-            vec!["--lr".into(), "-0.1".into()],
+            a(&[
+                "--data",
+                &mnist("wrapped", &idx(&[u32::MAX; 3], &[]), &labels3),
+            ]),
+            "need more bytes than a file can hold",
+        ),
+        (
+            a(&[
+                "--data",
+                &mnist("counts", &idx(&[2, 2, 2], &[0; 8]), &labels3),
+            ]),
+            "images [2, 2, 2] and labels [3] do not match",
+        ),
+        (a(&["--resume", &truncated]), "not a valid safetensors file"),
+        (a(&["--resume", &foreign]), "not a chainrule checkpoint"),
+        (
+            a(&["eval", "--checkpoint", &run, "--data", "digits"]),
+            "expects 2 features, the data has 64",
+        ),
+        (
+            a(&["--resume", &run, "--seed", "3"]),
+            "--seed 3 differs from the saved run's 0",
+        ),
+        (
+            a(&["--resume", &run, "--val-fraction", "0.5"]),
+            "--val-fraction 0.5 differs",
+        ),
+        (
+            a(&["--resume", &run, "--hidden", "4"]),
+            "--hidden [4] differs from the saved run's [3]",
+        ),
+        (
+            a(&["--resume", &run, "--batch-size", "2"]),
+            "--batch-size 2 differs",
+        ),
+        (
+            a(&["--resume", &run, "--data", "digits"]),
+            "--data \"digits\" differs",
+        ),
+        (a(&["--batch-size", "0"]), "--batch-size must be at least 1"),
+        (
+            a(&["--lr", "nan"]),
+            "--lr must be a non-negative number, got NaN",
+        ),
+        (
+            a(&["--lr", "-0.1"]),
             "--lr must be a non-negative number, got -0.1",
         ),
         (
-            vec!["--batch-size".into(), "0".into()],
-            "--batch-size must be at least 1",
+            a(&["--hidden", "0"]),
+            "--hidden: layer sizes must be positive",
         ),
-        (vec!["--frobnicate".into()], "--frobnicate"),
+        (a(&["--optimizer", "adamx"]), "unknown optimizer 'adamx'"),
+        (a(&["--data", "imagenet"]), "unknown dataset 'imagenet'"),
+        (
+            a(&["--target", "soon"]),
+            "or 'none' to switch this limit off",
+        ),
+        (
+            a(&[
+                "--patience",
+                "none",
+                "--max-epochs",
+                "none",
+                "--max-time",
+                "none",
+            ]),
+            "keep at least one so that the run ends",
+        ),
+        (a(&["--frobnicate"]), "--frobnicate"),
     ];
     for (args, want) in cases {
-        let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut v: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = dir.join("out");
-        a.extend_from_slice(&["--out", out.to_str().unwrap(), "--json"]);
-        let o = chainrule(&a);
+        if v[0] != "eval" {
+            v.extend_from_slice(&["--out", out.to_str().unwrap(), "--json"]);
+        }
+        let o = chainrule(&v);
         assert!(!o.status.success(), "{args:?} succeeded");
         let e = stderr(&o);
         assert!(e.contains(want), "{args:?}: expected '{want}' in:\n{e}");
         assert!(!e.contains("panicked"), "{args:?} panicked:\n{e}");
+        // one line, naming the cause once
+        assert_eq!(e.trim_end().lines().count(), 1, "{args:?}:\n{e}");
+        assert!(!e.contains("(os error 2): No such file"), "{args:?}:\n{e}");
+        assert!(
+            !out.exists(),
+            "{args:?} wrote {} before failing",
+            out.display()
+        );
     }
-    // a truncated IDX file in an MNIST folder
-    let mn = dir.join("mnist");
-    std::fs::create_dir_all(&mn).unwrap();
-    std::fs::write(
-        mn.join("train-images-idx3-ubyte"),
-        [0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2],
-    )
-    .unwrap();
-    let o = chainrule(&["--data", &format!("mnist:{}", mn.display()), "--json"]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("need 1568 bytes of data, the file has 2"),
-        "{}",
-        stderr(&o)
-    );
 }
 
 #[test]
@@ -235,7 +358,7 @@ fn nan_during_training_fails_cleanly_and_keeps_the_last_checkpoint() {
     let e = stderr(&o);
     assert!(
         e.contains("training failed")
-            && (e.contains("NaN") || e.contains("inf") || e.contains("exceeds")),
+            && (e.contains("NaN") || e.contains("infinit") || e.contains("exceeds")),
         "{e}"
     );
     assert_eq!(e.lines().count(), 1, "{e}");
@@ -243,11 +366,11 @@ fn nan_during_training_fails_cleanly_and_keeps_the_last_checkpoint() {
     assert!(ev.status.success(), "{}", stderr(&ev));
     assert_eq!(json(&ev)["step"].as_u64().unwrap(), step);
     // a corrupted checkpoint is refused with its file named
-    std::fs::write(dir.join("checkpoint/params.safetensors"), b"garbage").unwrap();
+    std::fs::write(dir.join("checkpoint.safetensors"), b"garbage").unwrap();
     let ev = chainrule(&["eval", "--checkpoint", d]);
     assert!(!ev.status.success());
     assert!(
-        stderr(&ev).contains("params.safetensors: not a valid safetensors file"),
+        stderr(&ev).contains("checkpoint.safetensors: not a valid safetensors file"),
         "{}",
         stderr(&ev)
     );

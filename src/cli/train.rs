@@ -5,8 +5,8 @@ use chainrule::data::{Dataset, LabelColumn, Standardizer, load_csv, load_mnist};
 use chainrule::nn::{Activation, Init, Mlp, ParamStore};
 use chainrule::optim::{LrSchedule, OptimizerKind, Schedule};
 use chainrule::train::{
-    Callback, CheckpointMeta, CheckpointWriter, MetricsLog, Position, Progress, StopReason,
-    TrainConfig, Trainer, evaluate, load_checkpoint, plot_history,
+    CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, MetricsLog, Position, Progress,
+    StopReason, TrainConfig, Trainer, evaluate, load_checkpoint, plot_history,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -58,21 +58,21 @@ pub struct Args {
     /// Clip each gradient element to ±this value [default: off].
     #[arg(long, allow_negative_numbers = true)]
     clip_value: Option<f64>,
-    /// Stop when validation accuracy reaches this [default: 0.97].
+    /// Stop when validation accuracy reaches this, or `none` [default: 0.97].
     #[arg(long)]
-    target: Option<f64>,
-    /// Stop after this many evaluations without improvement [default: 20].
+    target: Option<Limit<f64>>,
+    /// Stop after this many evaluations without improvement, or `none` [default: 20].
     #[arg(long)]
-    patience: Option<usize>,
-    /// Stop after this many epochs [default: 1000].
+    patience: Option<Limit<usize>>,
+    /// Stop after this many epochs, or `none` [default: 1000].
     #[arg(long)]
-    max_epochs: Option<usize>,
-    /// Stop after this many steps [default: none].
+    max_epochs: Option<Limit<usize>>,
+    /// Stop after this many steps, or `none` [default: none].
     #[arg(long)]
-    max_steps: Option<usize>,
-    /// Stop after this many seconds of training [default: 60].
+    max_steps: Option<Limit<usize>>,
+    /// Stop after this many seconds of training, or `none` [default: 60].
     #[arg(long)]
-    max_time: Option<f64>,
+    max_time: Option<Limit<f64>>,
     /// Evaluate every k steps instead of every epoch.
     #[arg(long)]
     eval_every: Option<usize>,
@@ -88,7 +88,7 @@ pub struct Args {
     /// Output folder for the metrics log, plot, report and checkpoint [default: runs/run-<unix time>].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run saved in this folder (its checkpoint/ subfolder).
+    /// Continue the run saved in this folder (its checkpoint.safetensors).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Print the final report as one JSON object (and no progress).
@@ -101,6 +101,33 @@ pub struct Args {
     /// Stop with the first op whose backward pass produced NaN or infinity.
     #[arg(long)]
     detect_anomaly: bool,
+}
+
+/// A stop limit on the command line: a value, or `none` to switch the limit off.
+#[derive(Clone, Copy, Debug)]
+pub struct Limit<T>(Option<T>);
+
+impl<T: std::str::FromStr> std::str::FromStr for Limit<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(Limit(None));
+        }
+        s.parse()
+            .map(|v| Limit(Some(v)))
+            .map_err(|e| format!("{e} (give a number, or 'none' to switch this limit off)"))
+    }
+}
+
+/// The option's value when given (`Some(None)` for `none`), else the saved or default one.
+fn limit<T: Copy>(given: Option<Limit<T>>, base: Option<T>) -> Option<T> {
+    match given {
+        Some(Limit(v)) => v,
+        None => base,
+    }
 }
 
 /// The resolved settings of a run, stored in its checkpoint.
@@ -222,18 +249,66 @@ impl RunConfig {
                 positive("--clip-norm", a.clip_norm.or(b.clip_norm))?
             },
             clip_value: positive("--clip-value", a.clip_value.or(b.clip_value))?,
-            target: a.target.or(b.target),
-            patience: a.patience.or(b.patience),
-            max_epochs: a.max_epochs.or(b.max_epochs),
-            max_steps: a.max_steps.or(b.max_steps),
-            max_time: positive("--max-time", a.max_time.or(b.max_time))?,
+            target: limit(a.target, b.target),
+            patience: limit(a.patience, b.patience),
+            max_epochs: limit(a.max_epochs, b.max_epochs),
+            max_steps: limit(a.max_steps, b.max_steps),
+            max_time: positive("--max-time", limit(a.max_time, b.max_time))?,
             eval_every: a.eval_every.or(b.eval_every),
             val_fraction,
             restore_best: a.restore_best || b.restore_best,
             seed: a.seed.unwrap_or(b.seed),
         };
         cfg.lr_schedule(0)?;
+        if let Some(t) = cfg.target
+            && !t.is_finite()
+        {
+            bail!("--target must be a finite number, got {t}");
+        }
+        if cfg.patience.is_none()
+            && cfg.max_epochs.is_none()
+            && cfg.max_steps.is_none()
+            && cfg.max_time.is_none()
+        {
+            bail!(
+                "--patience, --max-epochs, --max-steps and --max-time are all off: keep at least one so that the run ends"
+            );
+        }
         Ok(cfg)
+    }
+
+    /// With `--resume`: refuses any option that would change the data split, the model or
+    /// the batch layout of the saved run, naming the option and the saved value.
+    fn refuse_changes(a: &Args, saved: &RunConfig) -> anyhow::Result<()> {
+        fn same<T: PartialEq + std::fmt::Debug>(
+            flag: &str,
+            given: Option<T>,
+            saved: T,
+        ) -> anyhow::Result<()> {
+            match given {
+                Some(g) if g != saved => bail!(
+                    "--resume: {flag} {g:?} differs from the saved run's {saved:?}; a resumed run keeps its data split, model and batch layout (drop {flag}, or start a new run)"
+                ),
+                _ => Ok(()),
+            }
+        }
+        same("--data", a.data.as_ref(), &saved.data)?;
+        same("--label", a.label.as_ref().map(Some), saved.label.as_ref())?;
+        same("--val-fraction", a.val_fraction, saved.val_fraction)?;
+        same("--seed", a.seed, saved.seed)?;
+        same("--hidden", a.hidden.as_ref(), &saved.hidden)?;
+        let activation = a.activation.as_deref().map(parse_activation).transpose()?;
+        same("--activation", activation, saved.activation)?;
+        same("--dropout", a.dropout, saved.dropout)?;
+        let optimizer = match &a.optimizer {
+            Some(s) => Some(
+                s.parse::<OptimizerKind>()
+                    .map_err(|e| anyhow::anyhow!("--optimizer: {e}"))?,
+            ),
+            None => None,
+        };
+        same("--optimizer", optimizer, saved.optimizer)?;
+        same("--batch-size", a.batch_size, saved.batch_size)
     }
 
     fn lr_schedule(&self, total_steps: usize) -> anyhow::Result<LrSchedule> {
@@ -290,7 +365,11 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
             .unwrap_or("last")
             .parse()
             .expect("infallible");
-        let (t, v) = load_csv(Path::new(file), &label)?.split(cfg.val_fraction, cfg.seed)?;
+        let all = load_csv(Path::new(file), &label)?;
+        if all.num_classes < 2 {
+            bail!("{file}: every row has the same label; a classifier needs at least two classes");
+        }
+        let (t, v) = all.split(cfg.val_fraction, cfg.seed)?;
         (t, v, "validation")
     } else {
         bail!(
@@ -320,27 +399,31 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
     })
 }
 
-fn build_model(
-    cfg: &RunConfig,
-    inputs: usize,
-    classes: usize,
-    store: &mut ParamStore<f32>,
-) -> anyhow::Result<Mlp> {
+/// The MLP's layer sizes, input first.
+fn layer_sizes(cfg: &RunConfig, inputs: usize, classes: usize) -> Vec<usize> {
     let mut sizes = vec![inputs];
     sizes.extend(&cfg.hidden);
     sizes.push(classes);
+    sizes
+}
+
+fn build_model(
+    cfg: &RunConfig,
+    sizes: &[usize],
+    store: &mut ParamStore<f32>,
+) -> anyhow::Result<Mlp> {
     let init = if cfg.activation == Activation::Relu {
         Init::HeUniform
     } else {
         Init::XavierUniform
     };
-    Ok(Mlp::new(store, &sizes, cfg.activation, init, cfg.seed)?.with_dropout(cfg.dropout))
+    Ok(Mlp::new(store, sizes, cfg.activation, init, cfg.seed)?.with_dropout(cfg.dropout))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let resumed = match &args.resume {
         Some(dir) => Some(
-            load_checkpoint(&dir.join("checkpoint"))
+            load_checkpoint(&dir.join(CHECKPOINT_FILE))
                 .with_context(|| format!("--resume {}", dir.display()))?,
         ),
         None => None,
@@ -352,31 +435,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    if let Some(saved) = &base {
+        RunConfig::refuse_changes(&args, saved)?;
+    }
     let cfg = RunConfig::resolve(&args, base)?;
-    let out = match (&args.out, &args.resume) {
-        (Some(o), _) => o.clone(),
-        (None, Some(r)) => r.clone(),
-        (None, None) => {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            PathBuf::from(format!("runs/run-{secs}"))
-        }
-    };
-    std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
-
+    // everything is validated before anything is written: the data, the model, the
+    // checkpoint's tensors and the trainer's settings
     let splits = load_splits(
         &cfg,
         resumed.as_ref().and_then(|c| c.meta.standardizer.clone()),
     )?;
-    let mut store = ParamStore::<f32>::new();
-    let model = build_model(
+    let sizes = layer_sizes(
         &cfg,
         splits.train.dim(),
         splits.train.num_classes.max(splits.val.num_classes),
-        &mut store,
-    )?;
+    );
+    if let Some(c) = &resumed {
+        c.check_sizes(&sizes)?;
+    }
+    let mut store = ParamStore::<f32>::new();
+    let model = build_model(&cfg, &sizes, &mut store)?;
     let mut optimizer = cfg.optimizer.build::<f32>(cfg.lr, cfg.weight_decay)?;
     let batches_per_epoch = splits.train.len().div_ceil(cfg.batch_size);
     let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(
@@ -407,6 +485,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         restore_best: cfg.restore_best,
         detect_anomaly: args.detect_anomaly,
     })?;
+
+    let out = match (&args.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            PathBuf::from(format!("runs/run-{secs}"))
+        }
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
     if let Some(path) = &args.graph {
         let dot =
             chainrule::train::step_graph(&model, &store, &splits.train, cfg.batch_size, cfg.seed)?;
@@ -446,8 +537,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config: serde_json::to_value(&cfg)?,
     };
     let mut progress = Progress::new(args.json, cfg.batch_size);
-    let mut log = MetricsLog::new(out.join("metrics.jsonl"));
-    let mut ckpt = CheckpointWriter::new(out.join("checkpoint"), meta);
+    let mut log = match &resumed {
+        Some(c) => MetricsLog::resume(out.join("metrics.jsonl"), c.meta.position.step)?,
+        None => MetricsLog::new(out.join("metrics.jsonl")),
+    };
+    let mut ckpt = CheckpointWriter::new(out.join(CHECKPOINT_FILE), meta);
     let mut callbacks: Vec<&mut dyn Callback> = vec![&mut progress, &mut log, &mut ckpt];
     let report = trainer.fit(
         &model,
@@ -500,15 +594,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             c.min_norm, c.max_norm, c.mean_norm, c.clipped_steps, c.steps
         );
         println!(
-            "written:           {}/metrics.jsonl, curves.svg, report.json, checkpoint/",
+            "written:           {}/metrics.jsonl, curves.svg, report.json, {CHECKPOINT_FILE}",
             out.display()
         );
     }
     if failed {
         eprintln!(
-            "error: training failed: {}; the last good checkpoint is in {}/checkpoint",
+            "error: training failed: {}; the last good checkpoint is {}",
             report.stop_detail,
-            out.display()
+            out.join(CHECKPOINT_FILE).display()
         );
         return Ok(ExitCode::FAILURE);
     }
@@ -518,7 +612,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Options of `chainrule eval`.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// A run folder (holding checkpoint/) or a checkpoint folder.
+    /// A run folder (holding checkpoint.safetensors) or a checkpoint file.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Dataset to evaluate on [default: the run's]; its validation (or MNIST test) split is used.
@@ -530,8 +624,8 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let dir = if args.checkpoint.join("checkpoint").is_dir() {
-        args.checkpoint.join("checkpoint")
+    let dir = if args.checkpoint.is_dir() {
+        args.checkpoint.join(CHECKPOINT_FILE)
     } else {
         args.checkpoint.clone()
     };
@@ -543,16 +637,14 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         cfg.data = d;
     }
     let splits = load_splits(&cfg, ckpt.meta.standardizer.clone())?;
+    let Some(&classes) = ckpt.meta.sizes.last() else {
+        bail!("{}: the checkpoint's model has no layers", dir.display());
+    };
+    let sizes = layer_sizes(&cfg, splits.val.dim(), classes);
+    ckpt.check_sizes(&sizes)
+        .with_context(|| format!("--checkpoint {}", dir.display()))?;
     let mut store = ParamStore::<f32>::new();
-    let classes = *ckpt.meta.sizes.last().expect("sizes are never empty");
-    let model = build_model(&cfg, splits.val.dim(), classes, &mut store)?;
-    if model.sizes != ckpt.meta.sizes {
-        bail!(
-            "the checkpoint's model has sizes {:?}, but the data needs {:?}",
-            ckpt.meta.sizes,
-            model.sizes
-        );
-    }
+    let model = build_model(&cfg, &sizes, &mut store)?;
     ckpt.restore_params(&mut store)?;
     let (loss, acc) = evaluate(&model, &store, &splits.val)?;
     if args.json {

@@ -31,15 +31,21 @@ impl std::str::FromStr for LabelColumn {
 /// Loads a CSV file of numeric features and a class label.
 pub fn load_csv(path: &Path, label: &LabelColumn) -> Result<Dataset> {
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| Error::Io {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
         path: name.clone(),
-        source: e,
+        cause: e,
     })?;
+    parse_csv(&bytes, &name, label)
+}
+
+/// Parses CSV text (numeric features and a class label); `name` is used in messages.
+/// Malformed input is an error, never a panic.
+pub fn parse_csv(bytes: &[u8], name: &str, label: &LabelColumn) -> Result<Dataset> {
     let reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .trim(csv::Trim::All)
-        .from_reader(file);
-    parse_records(reader, &name, label)
+        .from_reader(bytes);
+    parse_records(reader, name, label)
 }
 
 pub(super) fn parse_records<R: std::io::Read>(
@@ -123,7 +129,7 @@ pub(super) fn parse_records<R: std::io::Read>(
                     ))
                 }
             })?;
-            if !v.is_finite() {
+            if !v.is_finite() || (j != label_col && !(v as f32).is_finite()) {
                 return Err(fmt(format!(
                     "row {line}, column {j}{}: '{field}' is not finite",
                     col_name(j)

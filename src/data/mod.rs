@@ -5,8 +5,8 @@
 mod csv_file;
 mod mnist;
 
-pub use csv_file::{LabelColumn, load_csv};
-pub use mnist::{load_mnist, read_idx};
+pub use csv_file::{LabelColumn, load_csv, parse_csv};
+pub use mnist::{MAX_IDX_BYTES, load_mnist, parse_idx, read_idx};
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -239,30 +239,83 @@ mod tests {
 
     #[test]
     fn split_is_seeded_and_disjoint() {
-        let d = Dataset::digits().unwrap();
+        // rows made unique by their index, so a row's features say where it came from
+        let n = 50;
+        let d = Dataset::new(
+            Tensor::from_vec((0..n * 2).map(|v| v as f32).collect(), &[n, 2]).unwrap(),
+            (0..n).map(|i| i % 3).collect(),
+            3,
+            "rows",
+        )
+        .unwrap();
+        let origin = |ds: &Dataset| -> Vec<usize> {
+            ds.features
+                .data()
+                .chunks_exact(2)
+                .map(|r| r[0] as usize / 2)
+                .collect()
+        };
         let (a, b) = d.split(0.2, 1).unwrap();
-        let (a2, _) = d.split(0.2, 1).unwrap();
-        assert_eq!(a.labels, a2.labels);
-        assert_eq!(a.len() + b.len(), d.len());
-        assert_eq!(b.len(), 359);
+        let (a2, b2) = d.split(0.2, 1).unwrap();
+        assert_eq!((origin(&a), origin(&b)), (origin(&a2), origin(&b2)));
+        assert_eq!(b.len(), 10);
+        // disjoint, and together every row exactly once, each with its own label
+        let mut all: Vec<usize> = origin(&a).into_iter().chain(origin(&b)).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>());
+        for ds in [&a, &b] {
+            for (i, &l) in origin(ds).iter().zip(&ds.labels) {
+                assert_eq!(l, i % 3);
+            }
+        }
+        // another seed gives another split
+        assert_ne!(origin(&d.split(0.2, 2).unwrap().1), origin(&b));
+        let digits = Dataset::digits().unwrap();
+        let (t, v) = digits.split(0.2, 1).unwrap();
+        assert_eq!((t.len(), v.len()), (1438, 359));
     }
 
     #[test]
     fn standardizer_uses_training_statistics() {
-        let d = Dataset::digits().unwrap();
-        let (train, val) = d.split(0.2, 0).unwrap();
+        // train rows have mean (2, 10) and deviation (1, 0: constant); validation rows differ
+        let train = Dataset::new(
+            Tensor::from_vec(vec![1.0, 10.0, 3.0, 10.0, 1.0, 10.0, 3.0, 10.0], &[4, 2]).unwrap(),
+            vec![0, 1, 0, 1],
+            2,
+            "train",
+        )
+        .unwrap();
+        let val = Dataset::new(
+            Tensor::from_vec(vec![5.0, 12.0, 7.0, 8.0], &[2, 2]).unwrap(),
+            vec![0, 1],
+            2,
+            "val",
+        )
+        .unwrap();
         let s = Standardizer::fit(&train);
-        let t = s.apply(&train);
-        let m = t.features.mean(&[0], false).unwrap();
-        assert!(m.data().iter().all(|v| v.abs() < 1e-4));
+        assert_eq!(s.mean, vec![2.0, 10.0]);
+        assert_eq!(s.std, vec![1.0, 1.0]); // a constant feature is left unscaled
+        assert_eq!(
+            s.apply(&train).features.data(),
+            &[-1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 1.0, 0.0]
+        );
         // the validation split is transformed with the training statistics, not its own
-        let v = s.apply(&val);
-        assert_eq!(v.len(), val.len());
+        // (its own would give [-1, 1, 1, -1])
+        assert_eq!(s.apply(&val).features.data(), &[3.0, 2.0, 5.0, -2.0]);
+        let g = Standardizer::fit_global(&train);
+        assert_eq!(g.mean, vec![6.0, 6.0]);
+        assert!((g.std[0] - 16.5f32.sqrt()).abs() < 1e-6, "{:?}", g.std);
     }
 
     #[test]
     fn epoch_orders_differ_by_epoch_and_repeat_by_seed() {
-        assert_eq!(epoch_order(50, 3, 1), epoch_order(50, 3, 1));
-        assert_ne!(epoch_order(50, 3, 1), epoch_order(50, 3, 2));
+        let order = epoch_order(50, 3, 1);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>(), "not a permutation");
+        assert_ne!(order, sorted, "not shuffled");
+        assert_eq!(order, epoch_order(50, 3, 1));
+        assert_ne!(order, epoch_order(50, 3, 2));
+        assert_ne!(order, epoch_order(50, 4, 1));
     }
 }

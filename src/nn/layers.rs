@@ -298,6 +298,22 @@ mod tests {
         let mut s2 = ParamStore::<f32>::new();
         Mlp::new(&mut s2, &[4, 8, 3], Activation::Relu, Init::HeUniform, 1).unwrap();
         assert_eq!(s.get(ParamId(0)), s2.get(ParamId(0)));
+        // a different seed gives different weights
+        let mut s3 = ParamStore::<f32>::new();
+        let m3 = Mlp::new(&mut s3, &[4, 8, 3], Activation::Relu, Init::HeUniform, 2).unwrap();
+        assert_ne!(s.get(m.layers[0].weight), s3.get(m3.layers[0].weight));
+        assert_ne!(s.get(m.layers[1].weight), s3.get(m3.layers[1].weight));
+        // He uniform: weights [fan_in, fan_out] in U(±√(6 / fan_in)), biases zero
+        for (layer, fan_in) in m.layers.iter().zip([4.0f64, 8.0]) {
+            let bound = (6.0 / fan_in).sqrt();
+            let w = s.get(layer.weight);
+            assert_eq!(w.shape()[0], fan_in as usize);
+            let max = w.data().iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
+            assert!(max <= bound * (1.0 + 1e-6), "max |w| {max} > {bound}");
+            // the full range is used (all of 24+ draws below bound/2 has odds < 2⁻²⁴)
+            assert!(max > bound / 2.0, "max |w| {max} vs bound {bound}");
+            assert!(s.get(layer.bias).data().iter().all(|&b| b == 0.0));
+        }
         let tape = Tape::new();
         let p = s.leaves(&tape);
         let y = m

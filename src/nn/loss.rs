@@ -94,6 +94,16 @@ mod tests {
         )
         .unwrap();
         assert!(r.max_rel_err < 1e-6, "{r:?}");
+        // mse is the mean of squares: ((1-0)² + (2-0)²) / 2 = 2.5
+        let p = tape.var(Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap());
+        let t0 = tape.constant(Tensor::from_vec(vec![0.0, 0.0], &[2]).unwrap());
+        let m = mse(p, t0).unwrap().item().unwrap();
+        assert!((m - 2.5).abs() < 1e-12, "{m}");
+        // a non-symmetric case: ((3-1)² + (-1-1)² + (0.5-2)²) / 3 = (4 + 4 + 2.25) / 3
+        let p = tape.var(Tensor::from_vec(vec![3.0, -1.0, 0.5], &[3]).unwrap());
+        let t1 = tape.constant(Tensor::from_vec(vec![1.0, 1.0, 2.0], &[3]).unwrap());
+        let m = mse(p, t1).unwrap().item().unwrap();
+        assert!((m - 10.25 / 3.0).abs() < 1e-12, "{m}");
         let r = gradcheck(
             |_, v| mse(v[0], v[1]),
             &[Tensor::randn(&[4, 2], 5), Tensor::randn(&[4, 2], 6)],

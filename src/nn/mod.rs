@@ -8,4 +8,6 @@ pub(crate) mod store;
 
 pub use layers::{Activation, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
 pub use loss::{bce_with_logits, cross_entropy, mse};
-pub use store::{ParamId, ParamStore, Params, load_tensors, save_tensors, write_atomically};
+pub use store::{
+    ParamId, ParamStore, Params, load_tensors, save_tensors, tensors_from_bytes, write_atomically,
+};

@@ -238,16 +238,22 @@ pub fn load_tensors<T: Element>(path: &Path) -> Result<NamedTensors<T>> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::Io {
         path: name.clone(),
-        source: e,
+        cause: e,
     })?;
+    tensors_from_bytes(&bytes, &name)
+}
+
+/// Parses the bytes of a safetensors file; `name` is used in messages. Never panics on
+/// malformed input.
+pub fn tensors_from_bytes<T: Element>(bytes: &[u8], name: &str) -> Result<NamedTensors<T>> {
     let fmt = |msg: String| Error::Format {
-        path: name.clone(),
+        path: name.to_string(),
         msg,
     };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| fmt(format!("not a valid safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| fmt(format!("not a valid safetensors file: {e}")))?;
     let mut out = Vec::new();
     for (n, view) in st.tensors() {
@@ -268,7 +274,9 @@ pub fn load_tensors<T: Element>(path: &Path) -> Result<NamedTensors<T>> {
                 )));
             }
         };
-        out.push((n, Tensor::from_vec(data, view.shape())?));
+        let t =
+            Tensor::from_vec(data, view.shape()).map_err(|e| fmt(format!("tensor '{n}': {e}")))?;
+        out.push((n, t));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, meta))
@@ -280,7 +288,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |e: std::io::Error| Error::Io {
         path: path.display().to_string(),
-        source: e,
+        cause: e,
     };
     let dir = path
         .parent()
@@ -295,7 +303,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    // make the rename itself durable (a crash of the machine, not only of the process)
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -309,15 +322,26 @@ mod tests {
         let path = dir.join("p.safetensors");
         let mut s = ParamStore::<f32>::new();
         let w = s.add("w", Tensor::randn(&[3, 2], 1)).unwrap();
-        s.add("b", Tensor::zeros(&[2])).unwrap();
+        let b = s
+            .add("b", Tensor::from_vec(vec![1.5, -2.25], &[2]).unwrap())
+            .unwrap();
         assert!(s.add("w", Tensor::zeros(&[1])).is_err());
         let meta = HashMap::from([("step".to_string(), "7".to_string())]);
         s.save_safetensors(&path, &meta).unwrap();
         let mut t = ParamStore::<f32>::new();
         t.add("w", Tensor::zeros(&[3, 2])).unwrap();
-        t.add("b", Tensor::zeros(&[2])).unwrap();
+        let tb = t.add("b", Tensor::zeros(&[2])).unwrap();
         assert_eq!(t.load_safetensors(&path).unwrap()["step"], "7");
         assert_eq!(t.get(w), s.get(w));
+        assert_eq!(t.get(tb).data(), &[1.5, -2.25]);
+        assert_eq!(t.get(tb), s.get(b));
+        // matched by name, not by position
+        let mut r = ParamStore::<f32>::new();
+        let rb = r.add("b", Tensor::zeros(&[2])).unwrap();
+        let rw = r.add("w", Tensor::zeros(&[3, 2])).unwrap();
+        r.load_safetensors(&path).unwrap();
+        assert_eq!(r.get(rb).data(), &[1.5, -2.25]);
+        assert_eq!(r.get(rw), s.get(w));
         let mut wrong = ParamStore::<f32>::new();
         wrong.add("w", Tensor::zeros(&[2, 3])).unwrap();
         let e = wrong.load_safetensors(&path).unwrap_err().to_string();

@@ -84,8 +84,13 @@ mod tests {
             .sqrt();
         assert!((after - 1.0).abs() < 1e-6);
         // below the limit: untouched
+        let before: Vec<Vec<f64>> = g.iter().flatten().map(|t| t.to_vec()).collect();
+        assert!((before[0][0] - 0.6).abs() < 1e-6 && (before[1][0] - 0.8).abs() < 1e-6);
         let n2 = clip_grad_norm(&mut g, 10.0, true).unwrap();
         assert!((n2 - after).abs() < 1e-12);
+        assert!(g[1].is_none());
+        let unchanged: Vec<Vec<f64>> = g.iter().flatten().map(|t| t.to_vec()).collect();
+        assert_eq!(unchanged, before);
     }
 
     #[test]
@@ -100,6 +105,10 @@ mod tests {
                 .contains("NaN")
         );
         assert!(clip_grad_norm(&mut g, 1.0, false).unwrap().is_nan());
+        // neither call touched the gradient
+        let d = g[0].as_ref().unwrap().data();
+        assert!(d[0].is_nan());
+        assert_eq!(d[1], 1.0);
     }
 
     #[test]

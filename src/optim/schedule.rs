@@ -87,5 +87,28 @@ mod tests {
         assert_eq!((c.lr_at(0), c.lr_at(3)), (0.25, 1.0));
         assert!((c.lr_at(54) - 0.5).abs() < 1e-12);
         assert!(c.lr_at(104).abs() < 1e-12);
+        // a non-zero floor: cosine from base to min_lr over `total` steps after warm-up
+        let m = LrSchedule {
+            base_lr: 1.0,
+            schedule: Schedule::Cosine {
+                total: 100,
+                min_lr: 0.1,
+            },
+            warmup: 4,
+        };
+        assert_eq!((m.lr_at(0), m.lr_at(3)), (0.25, 1.0));
+        assert!((m.lr_at(4) - 1.0).abs() < 1e-12, "{}", m.lr_at(4));
+        // the midpoint is the mean of base and min
+        assert!((m.lr_at(54) - 0.55).abs() < 1e-12, "{}", m.lr_at(54));
+        // a quarter of the way: min + (base − min)·(1 + cos(π/4))/2
+        let quarter = 0.1 + 0.9 * (1.0 + std::f64::consts::FRAC_1_SQRT_2) / 2.0;
+        assert!((m.lr_at(29) - quarter).abs() < 1e-12, "{}", m.lr_at(29));
+        // the end equals min_lr, and it stays there
+        assert!((m.lr_at(104) - 0.1).abs() < 1e-12, "{}", m.lr_at(104));
+        assert!((m.lr_at(1000) - 0.1).abs() < 1e-12, "{}", m.lr_at(1000));
+        // decreasing from base to min_lr, never below it
+        let rates: Vec<f64> = (4..=104).map(|i| m.lr_at(i)).collect();
+        assert!(rates.windows(2).all(|w| w[1] <= w[0]), "{rates:?}");
+        assert!(rates.iter().all(|&r| r >= 0.1 - 1e-12));
     }
 }

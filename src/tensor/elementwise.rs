@@ -702,5 +702,79 @@ mod tests {
         for i in [0, 1, n / 2, n - 1] {
             assert_eq!(y.data()[i], x.data()[i].tanh_());
         }
+        // the whole output against a serial, element-by-element reference
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let serial: Vec<f32> = x.data().iter().map(|v| v.tanh_()).collect();
+        assert_eq!(y.len(), n);
+        assert_eq!(bits(y.data()), bits(&serial));
+        let s = x.sin();
+        let serial: Vec<f32> = x.data().iter().map(|v| v.sin()).collect();
+        assert_eq!(bits(s.data()), bits(&serial));
+        // same-shape binary ops (chunked in parallel)
+        let b = Tensor::<f32>::from_vec(
+            (0..n)
+                .map(|i| 0.5 + ((i * 7919) % 1000) as f32 * 1e-3)
+                .collect(),
+            &[n],
+        )
+        .unwrap();
+        let serial: Vec<f32> = x.data().iter().zip(b.data()).map(|(p, q)| p / q).collect();
+        assert_eq!(bits(x.div(&b).unwrap().data()), bits(&serial));
+        let serial: Vec<f32> = x
+            .data()
+            .iter()
+            .zip(b.data())
+            .map(|(&p, &q)| if p >= q { p } else { q })
+            .collect();
+        assert_eq!(bits(x.maximum(&b).unwrap().data()), bits(&serial));
+        let mut acc = x.clone();
+        acc.add_assign(&b).unwrap();
+        let serial: Vec<f32> = x.data().iter().zip(b.data()).map(|(p, q)| p + q).collect();
+        assert_eq!(bits(acc.data()), bits(&serial));
+        // large binary ops with broadcasting: a row [cols] and a column [rows, 1]
+        let (rows, cols) = (300, 701);
+        assert!(rows * cols > PARALLEL_MIN_LEN * 3);
+        let a = Tensor::<f32>::from_vec(
+            (0..rows * cols)
+                .map(|i| ((i * 31) % 977) as f32 * 1e-2 - 4.0)
+                .collect(),
+            &[rows, cols],
+        )
+        .unwrap();
+        let row =
+            Tensor::<f32>::from_vec((0..cols).map(|j| j as f32 * 0.25 - 7.0).collect(), &[cols])
+                .unwrap();
+        let col = Tensor::<f32>::from_vec(
+            (0..rows).map(|r| 1.0 + r as f32 * 0.125).collect(),
+            &[rows, 1],
+        )
+        .unwrap();
+        let sub = a.sub(&row).unwrap();
+        let mul = a.mul(&col).unwrap();
+        let div = row.div(&col).unwrap();
+        assert_eq!(sub.shape(), &[rows, cols]);
+        assert_eq!(mul.shape(), &[rows, cols]);
+        assert_eq!(div.shape(), &[rows, cols]);
+        for r in 0..rows {
+            for j in 0..cols {
+                let i = r * cols + j;
+                let (av, rv, cv) = (a.data()[i], row.data()[j], col.data()[r]);
+                assert_eq!(
+                    sub.data()[i].to_bits(),
+                    (av - rv).to_bits(),
+                    "sub at {r},{j}"
+                );
+                assert_eq!(
+                    mul.data()[i].to_bits(),
+                    (av * cv).to_bits(),
+                    "mul at {r},{j}"
+                );
+                assert_eq!(
+                    div.data()[i].to_bits(),
+                    (rv / cv).to_bits(),
+                    "div at {r},{j}"
+                );
+            }
+        }
     }
 }

@@ -129,20 +129,54 @@ impl Callback for Progress {
 /// Appends one JSON object per evaluation to `metrics.jsonl`.
 pub struct MetricsLog {
     path: PathBuf,
+    /// Start a new file when the run starts (a fresh run), or append (a resumed one).
+    fresh: bool,
 }
 
 impl MetricsLog {
-    /// Logs to `path` (appending, so a resumed run continues the same file).
+    /// Logs a new run to `path`: rows already there (an earlier run into the same folder)
+    /// are replaced when the run starts.
     pub fn new(path: PathBuf) -> Self {
-        MetricsLog { path }
+        MetricsLog { path, fresh: true }
+    }
+
+    /// Logs to `path` for a run resumed at `step`: rows of evaluations after that step
+    /// (written before the process stopped, but not in its checkpoint) and a torn last
+    /// line are dropped first, so the file reads as if the run had never stopped.
+    pub fn resume(path: PathBuf, step: usize) -> Result<Self> {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let kept: String = text
+                .split_inclusive('\n')
+                .filter(|line| {
+                    line.ends_with('\n')
+                        && serde_json::from_str::<serde_json::Value>(line)
+                            .ok()
+                            .and_then(|r| r["step"].as_u64())
+                            .is_some_and(|s| s <= step as u64)
+                })
+                .collect();
+            if kept.len() != text.len() {
+                crate::nn::write_atomically(&path, kept.as_bytes())?;
+            }
+        }
+        Ok(MetricsLog { path, fresh: false })
     }
 }
 
 impl Callback for MetricsLog {
+    fn on_start(&mut self, _position: &Position, _batches_per_epoch: usize) -> Result<()> {
+        if self.fresh {
+            std::fs::write(&self.path, b"").map_err(|e| Error::Io {
+                path: self.path.display().to_string(),
+                cause: e,
+            })?;
+        }
+        Ok(())
+    }
     fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {
         let io = |e: std::io::Error| Error::Io {
             path: self.path.display().to_string(),
-            source: e,
+            cause: e,
         };
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -156,21 +190,40 @@ impl Callback for MetricsLog {
 
 /// Writes a checkpoint (parameters, optimizer state, metadata) at every evaluation.
 pub struct CheckpointWriter {
-    dir: PathBuf,
+    path: PathBuf,
     meta: CheckpointMeta,
 }
 
 impl CheckpointWriter {
-    /// Checkpoints into `dir`; `meta` carries the run's configuration and model, and its
-    /// position fields are filled in at each save.
-    pub fn new(dir: PathBuf, meta: CheckpointMeta) -> Self {
-        CheckpointWriter { dir, meta }
+    /// Checkpoints into the file `path`; `meta` carries the run's configuration and model,
+    /// and its position fields are filled in at each save.
+    pub fn new(path: PathBuf, meta: CheckpointMeta) -> Self {
+        CheckpointWriter { path, meta }
     }
 }
 
 impl Callback for CheckpointWriter {
+    fn on_start(&mut self, _position: &Position, _batches_per_epoch: usize) -> Result<()> {
+        // temporary files of a process killed while it wrote (`write_atomically`'s names)
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Ok(());
+        };
+        let prefix = format!(".{}.tmp", name.to_string_lossy());
+        if let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        }) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
     fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {
         self.meta.position = s.position.clone();
-        save_checkpoint(&self.dir, &self.meta, s.store, s.optimizer)
+        save_checkpoint(&self.path, &self.meta, s.store, s.optimizer)
     }
 }

@@ -1,11 +1,13 @@
-//! Checkpoints: `params.safetensors`, `optimizer.safetensors` and `meta.json` in one
-//! directory. Each file is written atomically and `meta.json` last; the step is stored in
-//! all three, so a checkpoint interrupted between files is detected, never half-loaded.
+//! Checkpoints: one safetensors file holding the parameters (`param:NAME`), the optimizer
+//! state (`optimizer:NAME`) and the metadata (JSON in the file's header), written
+//! atomically (temporary file, sync, rename). A process killed at any moment leaves the
+//! previous complete checkpoint or the new one, never a mixture. Other tools read the
+//! parameters as ordinary safetensors.
 
 use super::Position;
 use crate::data::Standardizer;
 use crate::error::{Error, Result};
-use crate::nn::store::{load_tensors, save_tensors, write_atomically};
+use crate::nn::store::{save_tensors, tensors_from_bytes};
 use crate::nn::{Activation, ParamStore};
 use crate::optim::Optimizer;
 use crate::tensor::Tensor;
@@ -43,71 +45,109 @@ pub struct Checkpoint {
     pub optimizer: (Vec<(String, Tensor<f32>)>, u64),
 }
 
+/// The file name of a run's checkpoint inside its output folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+const META_KEY: &str = "chainrule_checkpoint";
+const PARAM: &str = "param:";
+const OPTIMIZER: &str = "optimizer:";
+
 pub(super) fn save_checkpoint(
-    dir: &Path,
+    path: &Path,
     meta: &CheckpointMeta,
     store: &ParamStore<f32>,
     optimizer: &dyn Optimizer<f32>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-        path: dir.display().to_string(),
-        source: e,
-    })?;
-    let step = meta.position.step.to_string();
-    let tag = HashMap::from([("step".to_string(), step.clone())]);
-    store.save_safetensors(&dir.join("params.safetensors"), &tag)?;
     let (state, steps) = optimizer.state();
-    let mut otag = tag.clone();
-    otag.insert("optimizer_steps".into(), steps.to_string());
-    save_tensors(
-        &dir.join("optimizer.safetensors"),
-        state.iter().map(|(n, t)| (n.as_str(), t)),
-        &otag,
-    )?;
-    let json = serde_json::to_vec_pretty(meta).expect("metadata serialises");
-    write_atomically(&dir.join("meta.json"), &json)
+    let mut named: Vec<(String, &Tensor<f32>)> = store
+        .iter()
+        .map(|(_, n, t)| (format!("{PARAM}{n}"), t))
+        .collect();
+    named.extend(state.iter().map(|(n, t)| (format!("{OPTIMIZER}{n}"), t)));
+    let metadata = HashMap::from([
+        (
+            META_KEY.to_string(),
+            serde_json::to_string(meta).expect("metadata serialises"),
+        ),
+        ("optimizer_steps".to_string(), steps.to_string()),
+    ]);
+    save_tensors(path, named.iter().map(|(n, t)| (n.as_str(), *t)), &metadata)
 }
 
-/// Reads a checkpoint directory, checking that its three files belong together.
-pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
-    let meta_path = dir.join("meta.json");
-    let text = std::fs::read(&meta_path).map_err(|e| Error::Io {
-        path: meta_path.display().to_string(),
-        source: e,
+/// Reads a checkpoint file.
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: name.clone(),
+        cause: e,
     })?;
-    let meta: CheckpointMeta = serde_json::from_slice(&text).map_err(|e| Error::Format {
-        path: meta_path.display().to_string(),
-        msg: format!("not a chainrule checkpoint: {e}"),
-    })?;
-    let (params, ptag) = load_tensors::<f32>(&dir.join("params.safetensors"))?;
-    let (ostate, otag) = load_tensors::<f32>(&dir.join("optimizer.safetensors"))?;
-    let want = meta.position.step.to_string();
-    for (file, tag) in [
-        ("params.safetensors", &ptag),
-        ("optimizer.safetensors", &otag),
-    ] {
-        if tag.get("step") != Some(&want) {
-            return Err(Error::Format {
-                path: dir.join(file).display().to_string(),
-                msg: format!(
-                    "written at step {:?}, but meta.json is at step {want}: the checkpoint is inconsistent",
-                    tag.get("step")
-                ),
-            });
-        }
-    }
-    let steps = otag
-        .get("optimizer_steps")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok(Checkpoint {
-        meta,
-        params,
-        optimizer: (ostate, steps),
-    })
+    Checkpoint::from_bytes(&bytes, &name)
 }
 
 impl Checkpoint {
+    /// Parses the bytes of a checkpoint file; `name` is used in messages. Malformed or
+    /// foreign files are an error, never a panic.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Checkpoint> {
+        let fmt = |msg: String| Error::Format {
+            path: name.to_string(),
+            msg,
+        };
+        let (tensors, tags) = tensors_from_bytes::<f32>(bytes, name)?;
+        let text = tags.get(META_KEY).ok_or_else(|| {
+            fmt("a safetensors file, but not a chainrule checkpoint (no metadata)".into())
+        })?;
+        let meta: CheckpointMeta = serde_json::from_str(text)
+            .map_err(|e| fmt(format!("not a chainrule checkpoint: {e}")))?;
+        let steps = match tags.get("optimizer_steps").map(|s| s.parse::<u64>()) {
+            Some(Ok(n)) => n,
+            _ => {
+                return Err(fmt(
+                    "the optimizer's step count is missing or malformed".into()
+                ));
+            }
+        };
+        let (mut params, mut ostate) = (Vec::new(), Vec::new());
+        for (n, t) in tensors {
+            if let Some(p) = n.strip_prefix(PARAM) {
+                params.push((p.to_string(), t));
+            } else if let Some(o) = n.strip_prefix(OPTIMIZER) {
+                ostate.push((o.to_string(), t));
+            } else {
+                return Err(fmt(format!("unexpected tensor '{n}'")));
+            }
+        }
+        Ok(Checkpoint {
+            meta,
+            params,
+            optimizer: (ostate, steps),
+        })
+    }
+
+    /// Number of parameter values a model of these layer sizes has (weights and biases),
+    /// `None` on overflow.
+    pub fn mlp_param_count(sizes: &[usize]) -> Option<usize> {
+        sizes.windows(2).try_fold(0usize, |acc, w| {
+            w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(acc)
+        })
+    }
+
+    /// Checks, before a model of `sizes` is built, that this checkpoint holds exactly its
+    /// parameters: a hostile or foreign file cannot make the caller allocate more than
+    /// the file itself holds.
+    pub fn check_sizes(&self, sizes: &[usize]) -> Result<()> {
+        let held: usize = self.params.iter().map(|(_, t)| t.len()).sum();
+        if self.meta.sizes != sizes || Self::mlp_param_count(sizes) != Some(held) {
+            return Err(Error::Format {
+                path: "checkpoint".into(),
+                msg: format!(
+                    "it holds a model of layer sizes {:?} ({held} values); this run needs {sizes:?}",
+                    self.meta.sizes
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Copies the parameter values into `store` (names and shapes must match).
     pub fn restore_params(&self, store: &mut ParamStore<f32>) -> Result<()> {
         let by_name: HashMap<&str, &Tensor<f32>> =

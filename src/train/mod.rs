@@ -7,7 +7,7 @@ mod checkpoint;
 mod plot;
 
 pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot};
-pub use checkpoint::{Checkpoint, CheckpointMeta, load_checkpoint};
+pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, load_checkpoint};
 pub use plot::plot_history;
 
 use crate::autodiff::Tape;
@@ -275,6 +275,16 @@ impl Trainer {
         let cfg = &self.config;
         let n = train.len();
         let batches_per_epoch = n.div_ceil(cfg.batch_size);
+        if start.batch >= batches_per_epoch {
+            // a checkpoint of another batch size or dataset: slicing would panic
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "the run resumes at batch {} of an epoch that has {batches_per_epoch} batches of {}: it was saved with another batch size or dataset",
+                    start.batch, cfg.batch_size
+                ),
+            ));
+        }
         let mut pos = start;
         let clock = Instant::now();
         let elapsed = |pos_seconds: f64| pos_seconds + clock.elapsed().as_secs_f64();
@@ -506,5 +516,44 @@ impl Trainer {
             c.on_end(&report)?;
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Activation, Init};
+    use crate::optim::OptimizerKind;
+
+    #[test]
+    fn a_start_position_beyond_the_epoch_is_an_error_not_a_panic() {
+        let ds = Dataset::new(
+            Tensor::from_vec((0..20).map(|v| v as f32).collect(), &[10, 2]).unwrap(),
+            (0..10).map(|i| i % 2).collect(),
+            2,
+            "ten",
+        )
+        .unwrap();
+        let mut store = ParamStore::new();
+        let model = Mlp::new(&mut store, &[2, 3, 2], Activation::Relu, Init::HeUniform, 0).unwrap();
+        let mut opt = OptimizerKind::Sgd.build::<f32>(0.1, None).unwrap();
+        let trainer = Trainer::new(TrainConfig {
+            batch_size: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        // saved with batch size 1: batch 7 of 10; this run has 2 batches per epoch
+        let start = Position {
+            batch: 7,
+            ..Default::default()
+        };
+        let e = trainer
+            .fit(&model, &mut store, opt.as_mut(), &ds, &ds, start, &mut [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("resumes at batch 7 of an epoch that has 2 batches"),
+            "{e}"
+        );
     }
 }

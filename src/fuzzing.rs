@@ -1,0 +1,74 @@
+//! The entry points of the fuzz targets (`fuzz/`, run with cargo-fuzz) and of the tests
+//! that replay their corpora under `cargo test`: each feeds arbitrary bytes to one loader
+//! the way the command-line program does. Any panic, overflow or unbounded allocation is
+//! a bug; an `Err` is the expected answer to bad input.
+
+use crate::data::{LabelColumn, parse_csv, parse_idx};
+use crate::nn::{Activation, Init, Mlp, ParamStore};
+use crate::train::Checkpoint;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// The CSV loader; the first byte picks the label column (last, an index or a name).
+pub fn csv(data: &[u8]) {
+    let Some((&pick, text)) = data.split_first() else {
+        return;
+    };
+    let label = match pick % 4 {
+        0 => LabelColumn::Last,
+        1 => LabelColumn::Index(usize::from(pick / 4)),
+        2 => LabelColumn::Name("y".into()),
+        _ => LabelColumn::Index(usize::MAX),
+    };
+    if let Ok(ds) = parse_csv(text, "fuzz.csv", &label) {
+        // what training does next with a loaded file
+        let _ = ds.split(0.2, 0);
+    }
+}
+
+/// The IDX loader: the first byte chooses raw bytes or the rest compressed with gzip
+/// first, so the header parser is reached behind gzip too.
+pub fn idx(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let bytes = if pick & 1 == 0 {
+        rest.to_vec()
+    } else {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(rest).expect("writes to memory");
+        gz.finish().expect("writes to memory")
+    };
+    let _ = parse_idx(bytes, "fuzz-idx");
+}
+
+/// Checkpoint loading, then what `eval` and `--resume` do with it: size the model from
+/// the metadata, build it, restore its parameters.
+pub fn checkpoint(data: &[u8]) {
+    let Ok(ckpt) = Checkpoint::from_bytes(data, "fuzz.safetensors") else {
+        return;
+    };
+    let sizes = ckpt.meta.sizes.clone();
+    if ckpt.check_sizes(&sizes).is_err() {
+        return;
+    }
+    let mut store = ParamStore::<f32>::new();
+    if Mlp::new(&mut store, &sizes, Activation::Relu, Init::HeUniform, 0).is_ok() {
+        let _ = ckpt.restore_params(&mut store);
+    }
+}
+
+/// `chainrule explain`'s parser and walk, with every variable set to 0.5.
+pub fn explain(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(expr) = crate::explain::parse(text) else {
+        return;
+    };
+    let at: BTreeMap<String, f64> = expr.variables().into_iter().map(|v| (v, 0.5)).collect();
+    if let Ok(walk) = crate::explain::explain(text, &at) {
+        let _ = walk.render(Some(50));
+        let _ = walk.to_dot();
+    }
+}
