@@ -52,6 +52,14 @@ pub fn checkpoint(data: &[u8]) {
     if ckpt.check_sizes(&sizes).is_err() {
         return;
     }
+    // what loading the data does with the saved feature statistics
+    if let (Some(s), Some(&dim)) = (&ckpt.meta.standardizer, sizes.first())
+        && s.check(dim).is_ok()
+        && let Ok(features) = crate::tensor::Tensor::from_vec(vec![0.5; dim], &[1, dim])
+        && let Ok(ds) = crate::data::Dataset::new(features, vec![0], 1, "fuzz")
+    {
+        let _ = s.apply(&ds);
+    }
     let mut store = ParamStore::<f32>::new();
     if Mlp::new(&mut store, &sizes, Activation::Relu, Init::HeUniform, 0).is_ok() {
         let _ = ckpt.restore_params(&mut store);

@@ -384,13 +384,7 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
             Standardizer::fit(&train)
         }
     });
-    if s.mean.len() != train.dim() {
-        bail!(
-            "the checkpoint's model expects {} features, the data has {}",
-            s.mean.len(),
-            train.dim()
-        );
-    }
+    s.check(train.dim())?;
     Ok(Splits {
         train: s.apply(&train),
         val: s.apply(&val),

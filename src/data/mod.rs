@@ -185,7 +185,33 @@ impl Standardizer {
         }
     }
 
-    /// `(x − mean) / std`, feature by feature.
+    /// Checks that these statistics fit data of `dim` features (they may come from a
+    /// checkpoint file): one mean and one positive, finite deviation per feature.
+    pub fn check(&self, dim: usize) -> Result<()> {
+        let bad = |msg: String| {
+            Err(Error::Format {
+                path: "checkpoint".into(),
+                msg,
+            })
+        };
+        if self.mean.len() != dim || self.std.len() != dim {
+            return bad(format!(
+                "the checkpoint's model expects {} features, the data has {dim}",
+                self.mean.len()
+            ));
+        }
+        if let Some(j) = (0..dim).find(|&j| {
+            !(self.mean[j].is_finite() && self.std[j].is_finite() && self.std[j] > 0.0)
+        }) {
+            return bad(format!(
+                "feature {j}'s statistics (mean {}, deviation {}) are not usable",
+                self.mean[j], self.std[j]
+            ));
+        }
+        Ok(())
+    }
+
+    /// `(x − mean) / std`, feature by feature (see [`check`](Self::check)).
     pub fn apply(&self, ds: &Dataset) -> Dataset {
         let d = ds.dim();
         let mut f = ds.features.clone();
