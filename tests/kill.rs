@@ -2,6 +2,9 @@
 //! writes a checkpoint, always leaves a checkpoint that loads, and resuming after every
 //! kill ends exactly where an uninterrupted run ends.
 
+mod common;
+
+use common::metric_rows;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,19 +53,6 @@ fn command(dir: &Path, resume: bool) -> Command {
     c
 }
 
-/// The metrics log without the wall-clock column.
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
-}
-
 #[test]
 fn twenty_kills_at_random_moments_then_resume_ends_like_an_uninterrupted_run() {
     let root = std::env::temp_dir().join(format!("chainrule-kill-{}", std::process::id()));
@@ -72,7 +62,7 @@ fn twenty_kills_at_random_moments_then_resume_ends_like_an_uninterrupted_run() {
     assert!(command(&reference, false).status().unwrap().success());
     // the uninterrupted run's duration only scales the random delays; nothing is timed
     let span = t.elapsed().as_secs_f64();
-    let want = metrics(&reference);
+    let want = metric_rows(&reference);
     assert_eq!(want.len(), 40);
 
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
@@ -119,7 +109,7 @@ fn twenty_kills_at_random_moments_then_resume_ends_like_an_uninterrupted_run() {
         }
         // this run finished before the kill: it must end exactly like the reference
         assert!(child.wait().unwrap().success());
-        assert_eq!(metrics(&dir), want, "chain {chain} after {kills} kills");
+        assert_eq!(metric_rows(&dir), want, "chain {chain} after {kills} kills");
         completed += 1;
         chain += 1;
         dir = root.join(format!("chain{chain}"));
@@ -131,7 +121,11 @@ fn twenty_kills_at_random_moments_then_resume_ends_like_an_uninterrupted_run() {
             .unwrap()
             .success()
     );
-    assert_eq!(metrics(&dir), want, "the last chain after {kills} kills");
+    assert_eq!(
+        metric_rows(&dir),
+        want,
+        "the last chain after {kills} kills"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

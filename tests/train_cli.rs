@@ -1,5 +1,8 @@
 //! Training from the command line: the default run, resuming, and bad input.
 
+mod common;
+
+use common::metric_rows;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -86,18 +89,6 @@ fn default_run_reaches_the_target_on_embedded_digits() {
         json(&e)["accuracy"].as_f64(),
         r["final_val_metric"].as_f64()
     );
-}
-
-fn metric_rows(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
 }
 
 #[test]

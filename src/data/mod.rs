@@ -200,9 +200,9 @@ impl Standardizer {
                 self.mean.len()
             ));
         }
-        if let Some(j) = (0..dim).find(|&j| {
-            !(self.mean[j].is_finite() && self.std[j].is_finite() && self.std[j] > 0.0)
-        }) {
+        if let Some(j) = (0..dim)
+            .find(|&j| !(self.mean[j].is_finite() && self.std[j].is_finite() && self.std[j] > 0.0))
+        {
             return bad(format!(
                 "feature {j}'s statistics (mean {}, deviation {}) are not usable",
                 self.mean[j], self.std[j]
