@@ -5,6 +5,8 @@
 
 use crate::data::{LabelColumn, parse_csv, parse_idx};
 use crate::nn::{Activation, Init, Mlp, ParamStore};
+use crate::optim::OptimizerKind;
+use crate::tensor::Tensor;
 use crate::train::Checkpoint;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -55,14 +57,27 @@ pub fn checkpoint(data: &[u8]) {
     // what loading the data does with the saved feature statistics
     if let (Some(s), Some(&dim)) = (&ckpt.meta.standardizer, sizes.first())
         && s.check(dim).is_ok()
-        && let Ok(features) = crate::tensor::Tensor::from_vec(vec![0.5; dim], &[1, dim])
+        && let Ok(features) = Tensor::from_vec(vec![0.5; dim], &[1, dim])
         && let Ok(ds) = crate::data::Dataset::new(features, vec![0], 1, "fuzz")
     {
         let _ = s.apply(&ds);
     }
     let mut store = ParamStore::<f32>::new();
-    if Mlp::new(&mut store, &sizes, Activation::Relu, Init::HeUniform, 0).is_ok() {
-        let _ = ckpt.restore_params(&mut store);
+    if Mlp::new(&mut store, &sizes, Activation::Relu, Init::HeUniform, 0).is_ok()
+        && ckpt.restore_params(&mut store).is_ok()
+    {
+        // the optimizer state, as `--resume` restores it, then one step on it
+        let (state, steps) = ckpt.optimizer.clone();
+        let mut opt = OptimizerKind::Adam
+            .build::<f32>(1e-3, None)
+            .expect("a valid rate");
+        if opt.load_state(state, steps, &store).is_ok() {
+            let grads: Vec<Option<Tensor<f32>>> = store
+                .iter()
+                .map(|(_, _, t)| Some(Tensor::ones(t.shape())))
+                .collect();
+            let _ = opt.step(&mut store, &grads);
+        }
     }
 }
 

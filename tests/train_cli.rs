@@ -313,6 +313,10 @@ fn bad_input_gets_one_clear_line_and_a_failure_status() {
             ]),
             "keep at least one so that the run ends",
         ),
+        (
+            a(&["--schedule", "cosine", "--max-epochs", "none"]),
+            "--schedule cosine needs --max-epochs or --max-steps",
+        ),
         (a(&["--frobnicate"]), "--frobnicate"),
     ];
     for (args, want) in cases {

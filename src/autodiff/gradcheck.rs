@@ -137,6 +137,7 @@ impl GradcheckReport {
     pub(crate) fn fail(&mut self, why: String) {
         self.failure.get_or_insert(why);
         self.max_rel_err = f64::NAN;
+        self.max_abs_err = f64::NAN;
     }
 }
 
@@ -369,10 +370,20 @@ where
             "forward mode gives {u_jv}, the central difference {numeric}; both must be finite"
         ));
     }
+    // both sides are sums of products: when they cancel to nearly zero, only the
+    // magnitude of their terms says how much rounding to expect
+    let terms = |a: &[Tensor<f64>], b: &[Tensor<f64>]| -> f64 {
+        a.iter()
+            .zip(b)
+            .flat_map(|(x, y)| x.data().iter().zip(y.data()).map(|(p, q)| (p * q).abs()))
+            .sum()
+    };
+    let floor =
+        terms(std::slice::from_ref(&jv), std::slice::from_ref(&u)).max(terms(&reverse, &dirs));
     report.forward_reverse_rel_err = Some(if u_jv == jtu_v {
         0.0
     } else {
-        (u_jv - jtu_v).abs() / u_jv.abs().max(jtu_v.abs())
+        (u_jv - jtu_v).abs() / u_jv.abs().max(jtu_v.abs()).max(floor)
     });
     Ok(report)
 }

@@ -354,16 +354,18 @@ impl<T: Element> Tape<T> {
         match op.jvp(&ins, value, &ts) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.tangent_error
-                    .borrow_mut()
-                    .get_or_insert_with(|| match e {
-                        Error::NoRule { op, .. } => TangentFault::NoRule(op),
-                        e => TangentFault::Failed(format!(
-                            "node {} ({}): {e}",
-                            nodes.len(),
-                            op.name()
-                        )),
-                    });
+                let mut fault = self.tangent_error.borrow_mut();
+                // a rule that failed outranks a missing one found earlier: the check must
+                // not report "skipped" while a broken rule sits in another branch
+                if matches!(*fault, Some(TangentFault::NoRule(_)))
+                    && !matches!(e, Error::NoRule { .. })
+                {
+                    *fault = None;
+                }
+                fault.get_or_insert_with(|| match e {
+                    Error::NoRule { op, .. } => TangentFault::NoRule(op),
+                    e => TangentFault::Failed(format!("node {} ({}): {e}", nodes.len(), op.name())),
+                });
                 None
             }
         }

@@ -265,6 +265,11 @@ impl RunConfig {
         {
             bail!("--target must be a finite number, got {t}");
         }
+        if cfg.schedule == "cosine" && cfg.max_epochs.is_none() && cfg.max_steps.is_none() {
+            bail!(
+                "--schedule cosine needs --max-epochs or --max-steps: the cosine ends where the run ends"
+            );
+        }
         if cfg.patience.is_none()
             && cfg.max_epochs.is_none()
             && cfg.max_steps.is_none()
@@ -293,7 +298,13 @@ impl RunConfig {
             }
         }
         same("--data", a.data.as_ref(), &saved.data)?;
-        same("--label", a.label.as_ref().map(Some), saved.label.as_ref())?;
+        // no label option means the last column
+        let label = |l: Option<&String>| l.map_or("last".to_string(), String::clone);
+        same(
+            "--label",
+            a.label.as_ref().map(|l| label(Some(l))),
+            label(saved.label.as_ref()),
+        )?;
         same("--val-fraction", a.val_fraction, saved.val_fraction)?;
         same("--seed", a.seed, saved.seed)?;
         same("--hidden", a.hidden.as_ref(), &saved.hidden)?;
@@ -429,6 +440,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    let resume_context = || {
+        let dir = args.resume.clone().unwrap_or_default();
+        format!("--resume {}", dir.join(CHECKPOINT_FILE).display())
+    };
     if let Some(saved) = &base {
         RunConfig::refuse_changes(&args, saved)?;
     }
@@ -445,7 +460,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         splits.train.num_classes.max(splits.val.num_classes),
     );
     if let Some(c) = &resumed {
-        c.check_sizes(&sizes)?;
+        c.check_sizes(&sizes).with_context(resume_context)?;
     }
     let mut store = ParamStore::<f32>::new();
     let model = build_model(&cfg, &sizes, &mut store)?;
@@ -458,8 +473,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let mut position = Position::default();
     if let Some(c) = &resumed {
-        c.restore_params(&mut store)?;
-        optimizer.load_state(c.optimizer.0.clone(), c.optimizer.1)?;
+        c.restore_params(&mut store).with_context(resume_context)?;
+        optimizer
+            .load_state(c.optimizer.0.clone(), c.optimizer.1, &store)
+            .with_context(resume_context)?;
         position = c.meta.position.clone();
     }
 
@@ -532,7 +549,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut progress = Progress::new(args.json, cfg.batch_size);
     let mut log = match &resumed {
-        Some(c) => MetricsLog::resume(out.join("metrics.jsonl"), c.meta.position.step)?,
+        Some(c) => MetricsLog::resume(
+            &args
+                .resume
+                .clone()
+                .unwrap_or_default()
+                .join("metrics.jsonl"),
+            out.join("metrics.jsonl"),
+            c.meta.position.step,
+        )?,
         None => MetricsLog::new(out.join("metrics.jsonl")),
     };
     let mut ckpt = CheckpointWriter::new(out.join(CHECKPOINT_FILE), meta);

@@ -98,7 +98,8 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
 }
 
 fn load_split(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
-    let (dims, pixels) = read_idx(&find(dir, images)?)?;
+    let image_path = find(dir, images)?;
+    let (dims, pixels) = read_idx(&image_path)?;
     let label_path = find(dir, labels)?;
     let (ldims, lab) = read_idx(&label_path)?;
     if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
@@ -109,7 +110,7 @@ fn load_split(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
     }
     // the product is at most the file's length unless there are no images
     let d = dims[1].checked_mul(dims[2]).ok_or_else(|| Error::Format {
-        path: label_path.display().to_string(),
+        path: image_path.display().to_string(),
         msg: format!("image dimensions {dims:?} are too large"),
     })?;
     let features = Tensor::from_vec(

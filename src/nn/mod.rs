@@ -9,5 +9,6 @@ pub(crate) mod store;
 pub use layers::{Activation, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
 pub use loss::{bce_with_logits, cross_entropy, mse};
 pub use store::{
-    ParamId, ParamStore, Params, load_tensors, save_tensors, tensors_from_bytes, write_atomically,
+    ParamId, ParamStore, Params, load_tensors, remove_stale_temporaries, save_tensors,
+    tensors_from_bytes, write_atomically,
 };

@@ -282,6 +282,27 @@ pub fn tensors_from_bytes<T: Element>(bytes: &[u8], name: &str) -> Result<NamedT
     Ok((out, meta))
 }
 
+/// Removes the temporary files that [`write_atomically`] leaves beside `path` when its
+/// process is killed mid-write (a file name with another process id never gets renamed).
+pub fn remove_stale_temporaries(path: &Path) {
+    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp", name.to_string_lossy());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over
 /// `path`: a reader sees the old file or the new one, never a partial one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

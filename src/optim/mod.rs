@@ -22,8 +22,15 @@ pub trait Optimizer<T: Element> {
     fn set_learning_rate(&mut self, lr: f64);
     /// The optimizer's state as named tensors (for checkpoints), plus its step count.
     fn state(&self) -> (Vec<(String, Tensor<T>)>, u64);
-    /// Restores a state written by [`state`](Self::state).
-    fn load_state(&mut self, tensors: Vec<(String, Tensor<T>)>, steps: u64) -> Result<()>;
+    /// Restores a state written by [`state`](Self::state) for the parameters of `store`.
+    /// The state may come from a file: every entry must name a parameter of `store`, with
+    /// its shape, and the step count must fit the bias corrections, or it is an error.
+    fn load_state(
+        &mut self,
+        tensors: Vec<(String, Tensor<T>)>,
+        steps: u64,
+        store: &ParamStore<T>,
+    ) -> Result<()>;
 }
 
 /// The optimizers, by name (`sgd`, `momentum`, `nesterov`, `adagrad`, `rmsprop`, `adam`, `adamw`).
@@ -106,6 +113,10 @@ impl OptimizerKind {
     }
 }
 
+/// The largest step count a state may carry: bias corrections raise β to the power
+/// `steps + 1` as an `i32`.
+const MAX_STEPS: u64 = i32::MAX as u64 - 1;
+
 /// Per-parameter state tensors, created on first use.
 #[derive(Default)]
 struct Slots<T: Element> {
@@ -139,16 +150,38 @@ impl<T: Element> Slots<T> {
         }
         out
     }
-    fn import(&mut self, tensors: Vec<(String, Tensor<T>)>) -> Result<()> {
-        self.per_param.clear();
+    /// Restores exported state, checking each entry against the parameters of `store`
+    /// (it may come from a hostile file: an id past the parameters or a shape that differs
+    /// from its parameter's would allocate without bound or update part of a parameter).
+    fn import(&mut self, tensors: Vec<(String, Tensor<T>)>, store: &ParamStore<T>) -> Result<()> {
+        let mut per_param: Vec<Vec<Tensor<T>>> = Vec::new();
         for (key, t) in tensors {
-            let bad = || Error::invalid("optimizer state", format!("unexpected entry '{key}'"));
-            let (id, name) = key.split_once('.').ok_or_else(bad)?;
-            let id: usize = id.parse().map_err(|_| bad())?;
-            let slot = self.names.iter().position(|n| *n == name).ok_or_else(bad)?;
-            let shape = t.shape().to_vec();
-            self.get(id, &shape)[slot] = t;
+            let bad =
+                |why: &str| Error::invalid("optimizer state", format!("entry '{key}': {why}"));
+            let (id, name) = key.split_once('.').ok_or_else(|| bad("not ID.NAME"))?;
+            let id: usize = id.parse().map_err(|_| bad("not ID.NAME"))?;
+            let slot = (self.names.iter())
+                .position(|n| *n == name)
+                .ok_or_else(|| bad("not a state of this optimizer"))?;
+            if id >= store.len() {
+                return Err(bad(&format!("the model has {} parameters", store.len())));
+            }
+            let shape = store.get(ParamId(id)).shape();
+            if t.shape() != shape {
+                return Err(bad(&format!(
+                    "shape {:?}, but the parameter has shape {shape:?}",
+                    t.shape()
+                )));
+            }
+            if per_param.len() <= id {
+                per_param.resize_with(id + 1, Vec::new);
+            }
+            if per_param[id].is_empty() {
+                per_param[id] = self.names.iter().map(|_| Tensor::zeros(shape)).collect();
+            }
+            per_param[id][slot] = t;
         }
+        self.per_param = per_param;
         Ok(())
     }
 }
@@ -189,9 +222,21 @@ macro_rules! optimizer_bookkeeping {
         fn state(&self) -> (Vec<(String, Tensor<T>)>, u64) {
             (self.slots.export(), self.steps)
         }
-        fn load_state(&mut self, tensors: Vec<(String, Tensor<T>)>, steps: u64) -> Result<()> {
+        fn load_state(
+            &mut self,
+            tensors: Vec<(String, Tensor<T>)>,
+            steps: u64,
+            store: &ParamStore<T>,
+        ) -> Result<()> {
+            if steps > MAX_STEPS {
+                return Err(Error::invalid(
+                    "optimizer state",
+                    format!("a step count of {steps} is beyond {MAX_STEPS}"),
+                ));
+            }
+            self.slots.import(tensors, store)?;
             self.steps = steps;
-            self.slots.import(tensors)
+            Ok(())
         }
     };
 }
@@ -536,7 +581,17 @@ mod tests {
         let (state, steps) = opt.state();
         let mut store2 = store.clone();
         let mut opt2 = OptimizerKind::Adam.build(0.1, None).unwrap();
-        opt2.load_state(state, steps).unwrap();
+        opt2.load_state(state.clone(), steps, &store2).unwrap();
+        // entries that do not fit the model are refused, not trusted
+        let mut wrong = state.clone();
+        wrong[0].0 = "99999999999.exp_avg".into();
+        let e = OptimizerKind::Adam.build::<f64>(0.1, None).unwrap();
+        let mut e = e;
+        assert!(e.load_state(wrong, steps, &store2).is_err());
+        let mut short = state.clone();
+        short[0].1 = Tensor::zeros(&[2]);
+        assert!(e.load_state(short, steps, &store2).is_err());
+        assert!(e.load_state(state, u64::MAX, &store2).is_err());
         let (g, g2) = (
             store.get(id).mul(&a).unwrap(),
             store2.get(id).mul(&a).unwrap(),

@@ -468,7 +468,7 @@ mod tests {
         assert_eq!(tape.backward(c * c, 1.0), vec![0.0; 3]);
     }
 
-    /// Many segments (the first holds 64 nodes), truncation and re-recording, and a
+    /// Many segments (the first holds 1024 nodes), truncation and re-recording, and a
     /// sweep from an output below the top of the tape.
     #[test]
     fn long_chains_cross_segments_and_truncation_reuses_them() {

@@ -140,11 +140,14 @@ impl MetricsLog {
         MetricsLog { path, fresh: true }
     }
 
-    /// Logs to `path` for a run resumed at `step`: rows of evaluations after that step
-    /// (written before the process stopped, but not in its checkpoint) and a torn last
-    /// line are dropped first, so the file reads as if the run had never stopped.
-    pub fn resume(path: PathBuf, step: usize) -> Result<Self> {
-        if let Ok(text) = std::fs::read_to_string(&path) {
+    /// Logs to `path` a run resumed at `step` whose log so far is `from` (the same file,
+    /// or the saved run's when the resumed one writes elsewhere): rows of evaluations
+    /// after that step (written before the process stopped, but not in its checkpoint)
+    /// and a torn last line are dropped first, so the file reads as if the run had never
+    /// stopped.
+    pub fn resume(from: &std::path::Path, path: PathBuf, step: usize) -> Result<Self> {
+        crate::nn::remove_stale_temporaries(&path);
+        if let Ok(text) = std::fs::read_to_string(from) {
             let kept: String = text
                 .split_inclusive('\n')
                 .filter(|line| {
@@ -155,7 +158,7 @@ impl MetricsLog {
                             .is_some_and(|s| s <= step as u64)
                 })
                 .collect();
-            if kept.len() != text.len() {
+            if kept.len() != text.len() || from != path {
                 crate::nn::write_atomically(&path, kept.as_bytes())?;
             }
         }
@@ -204,22 +207,7 @@ impl CheckpointWriter {
 
 impl Callback for CheckpointWriter {
     fn on_start(&mut self, _position: &Position, _batches_per_epoch: usize) -> Result<()> {
-        // temporary files of a process killed while it wrote (`write_atomically`'s names)
-        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
-            return Ok(());
-        };
-        let prefix = format!(".{}.tmp", name.to_string_lossy());
-        if let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
-            std::path::Path::new(".")
-        } else {
-            dir
-        }) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        crate::nn::remove_stale_temporaries(&self.path);
         Ok(())
     }
     fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {

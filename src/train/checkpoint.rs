@@ -137,13 +137,13 @@ impl Checkpoint {
     pub fn check_sizes(&self, sizes: &[usize]) -> Result<()> {
         let held: usize = self.params.iter().map(|(_, t)| t.len()).sum();
         if self.meta.sizes != sizes || Self::mlp_param_count(sizes) != Some(held) {
-            return Err(Error::Format {
-                path: "checkpoint".into(),
-                msg: format!(
+            return Err(Error::invalid(
+                "checkpoint",
+                format!(
                     "it holds a model of layer sizes {:?} ({held} values); this run needs {sizes:?}",
                     self.meta.sizes
                 ),
-            });
+            ));
         }
         Ok(())
     }
