@@ -166,10 +166,11 @@ impl<T: Element> Slots<T> {
             if id >= store.len() {
                 return Err(bad(&format!("the model has {} parameters", store.len())));
             }
-            let shape = store.get(ParamId(id)).shape();
-            if t.shape() != shape {
+            // the state is kept flat, one value per parameter element
+            let len = store.get(ParamId(id)).len();
+            if t.shape() != [len] {
                 return Err(bad(&format!(
-                    "shape {:?}, but the parameter has shape {shape:?}",
+                    "shape {:?}, but the parameter has {len} elements",
                     t.shape()
                 )));
             }
@@ -177,7 +178,7 @@ impl<T: Element> Slots<T> {
                 per_param.resize_with(id + 1, Vec::new);
             }
             if per_param[id].is_empty() {
-                per_param[id] = self.names.iter().map(|_| Tensor::zeros(shape)).collect();
+                per_param[id] = self.names.iter().map(|_| Tensor::zeros(&[len])).collect();
             }
             per_param[id][slot] = t;
         }
