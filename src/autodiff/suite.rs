@@ -411,6 +411,10 @@ fn cases(seed: u64) -> Vec<Case> {
             f: Box::new(move |_, v| v[0].broadcast_to(&target)),
         });
     }
+    // the fused recurrent cell steps (custom ops with both rules)
+    for (op, inputs, f) in super::ops::recurrent::suite_cases(&mut rng) {
+        out.push(Case { op, inputs, f });
+    }
     out
 }
 

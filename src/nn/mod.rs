@@ -4,10 +4,12 @@
 
 mod layers;
 mod loss;
+pub(crate) mod recurrent;
 pub(crate) mod store;
 
 pub use layers::{Activation, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
 pub use loss::{bce_with_logits, cross_entropy, mse};
+pub use recurrent::{Gru, Lstm, Recurrent, RecurrentLayer, RecurrentOutput, Rnn};
 pub use store::{
     ParamId, ParamStore, Params, load_tensors, remove_stale_temporaries, save_tensors,
     tensors_from_bytes, write_atomically,

@@ -4,6 +4,7 @@
 
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
+pub(crate) mod recurrent;
 pub(crate) mod reduce;
 pub(crate) mod shape;
 
