@@ -1200,11 +1200,19 @@ mod tests {
             for (lhs, rhs) in [
                 ((a.data(), Normal), (b.data(), Normal)),
                 ((at.data(), Transposed), (bt.data(), Transposed)),
+                ((a.data(), Normal), (bt.data(), Transposed)),
+                ((at.data(), Transposed), (b.data(), Normal)),
             ] {
                 let mut c = a.matmul(&b).unwrap().to_vec();
                 let (err, entries) = product_error(&c, m, n, k, lhs, rhs);
                 assert!(err <= PRODUCT_TOL, "{err}");
                 assert_eq!(entries, if m * n <= 4096 { m * n } else { 256 });
+                if m * n <= 4096 {
+                    // every entry is compared: one wrong entry is enough
+                    let mut one = c.clone();
+                    one[17] += 1e-2;
+                    assert!(product_error(&one, m, n, k, lhs, rhs).0 > PRODUCT_TOL);
+                }
                 // every entry is wrong: any sample sees it
                 for v in c.iter_mut() {
                     *v *= 1.001;
