@@ -81,6 +81,26 @@ pub fn checkpoint(data: &[u8]) {
     }
 }
 
+/// The text corpus loader and its truncated-BPTT windows; the first two bytes pick the
+/// batch and window sizes, the rest is the text (no cargo-fuzz target yet: proptest only).
+pub fn text(data: &[u8]) {
+    let [b, s, rest @ ..] = data else {
+        return;
+    };
+    let Ok(corpus) = crate::data::TextCorpus::from_bytes(rest, "fuzz.txt") else {
+        return;
+    };
+    let _ = corpus.encode("ab\n");
+    let _ = corpus.decode(corpus.val());
+    if let Ok(streams) =
+        crate::data::Streams::new(corpus.train(), usize::from(*b % 5), usize::from(*s % 9))
+    {
+        for k in 0..=streams.windows() {
+            let _ = streams.window(k);
+        }
+    }
+}
+
 /// `chainrule explain`'s parser and walk, with every variable set to 0.5.
 pub fn explain(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -54,11 +54,15 @@ proptest! {
         fuzzing::idx(&bytes);
         fuzzing::checkpoint(&bytes);
         fuzzing::explain(&bytes);
+        fuzzing::text(&bytes);
     }
 
     #[test]
     fn random_text_never_panics(text in "[-+*/^(),.0-9a-z ]{0,80}") {
         fuzzing::explain(text.as_bytes());
         fuzzing::csv(text.as_bytes());
+        let mut sized = vec![3u8, 4];
+        sized.extend(text.as_bytes());
+        fuzzing::text(&sized);
     }
 }

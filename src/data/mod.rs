@@ -4,9 +4,11 @@
 
 mod csv_file;
 mod mnist;
+mod text;
 
 pub use csv_file::{LabelColumn, load_csv, parse_csv};
 pub use mnist::{MAX_IDX_BYTES, load_mnist, parse_idx, read_idx};
+pub use text::{Streams, TextCorpus, unigram_entropy};
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
