@@ -66,6 +66,7 @@ pub fn checkpoint(data: &[u8]) {
     if Mlp::new(&mut store, &sizes, Activation::Relu, Init::HeUniform, 0).is_ok()
         && ckpt.restore_params(&mut store).is_ok()
     {
+        let _ = ckpt.best_weights(&store);
         // the optimizer state, as `--resume` restores it, then one step on it
         let (state, steps) = ckpt.optimizer.clone();
         let mut opt = OptimizerKind::Adam

@@ -127,6 +127,55 @@ fn resumed_run_continues_exactly_like_an_uninterrupted_one() {
     assert_eq!(ra, rb, "the loss sequence after resuming differs");
 }
 
+#[test]
+fn a_resumed_run_restores_the_same_best_weights() {
+    let (a, b) = (temp("best-a"), temp("best-b"));
+    let args = |dir: &Path, epochs: &'static str| -> Vec<String> {
+        [
+            "--restore-best",
+            "--target",
+            "2",
+            "--patience",
+            "100",
+            "--seed",
+            "5",
+            "--lr",
+            "0.02",
+            "--json",
+            "--max-epochs",
+            epochs,
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.display().to_string()])
+        .collect()
+    };
+    let run = |v: Vec<String>| {
+        let o = chainrule(&v.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        json(&o)
+    };
+    let whole = run(args(&a, "6"));
+    run(args(&b, "4"));
+    let mut more = args(&b, "6");
+    more.extend(["--resume".to_string(), b.display().to_string()]);
+    let resumed = run(more);
+    // the best evaluation (step 180 of 270) came before the interruption and is better
+    // than the last one, so restoring it changes the result
+    let last = metric_rows(&a).last().unwrap()["val_metric"]
+        .as_f64()
+        .unwrap();
+    assert!(whole["best_step"].as_u64().unwrap() <= 180, "{whole}");
+    assert_ne!(whole["final_val_metric"].as_f64().unwrap(), last, "{whole}");
+    assert_eq!(whole["final_val_metric"], whole["best_val_metric"]);
+    assert_eq!(
+        resumed["final_val_metric"], whole["final_val_metric"],
+        "{resumed}"
+    );
+    assert_eq!(resumed["best_step"], whole["best_step"]);
+}
+
 /// Writes an IDX file: magic for unsigned bytes, the dimensions, then the payload.
 fn idx(dims: &[u32], payload: &[u8]) -> Vec<u8> {
     let mut b = vec![0, 0, 8, dims.len() as u8];

@@ -478,6 +478,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .load_state(c.optimizer.0.clone(), c.optimizer.1, &store)
             .with_context(resume_context)?;
         position = c.meta.position.clone();
+        position.best_weights = c.best_weights(&store).with_context(resume_context)?;
     }
 
     let trainer = Trainer::new(TrainConfig {

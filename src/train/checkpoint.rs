@@ -43,6 +43,9 @@ pub struct Checkpoint {
     pub params: Vec<(String, Tensor<f32>)>,
     /// Optimizer state tensors and step count.
     pub optimizer: (Vec<(String, Tensor<f32>)>, u64),
+    /// The parameters at the best evaluation so far, by name (empty unless the run
+    /// restores its best weights at the end).
+    pub best: Vec<(String, Tensor<f32>)>,
 }
 
 /// The file name of a run's checkpoint inside its output folder.
@@ -51,6 +54,7 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const META_KEY: &str = "chainrule_checkpoint";
 const PARAM: &str = "param:";
 const OPTIMIZER: &str = "optimizer:";
+const BEST: &str = "best:";
 
 pub(super) fn save_checkpoint(
     path: &Path,
@@ -64,6 +68,13 @@ pub(super) fn save_checkpoint(
         .map(|(_, n, t)| (format!("{PARAM}{n}"), t))
         .collect();
     named.extend(state.iter().map(|(n, t)| (format!("{OPTIMIZER}{n}"), t)));
+    // the best weights so far, when the run restores them at the end
+    named.extend(
+        store
+            .iter()
+            .zip(&meta.position.best_weights)
+            .map(|((_, n, _), t)| (format!("{BEST}{n}"), t)),
+    );
     let metadata = HashMap::from([
         (
             META_KEY.to_string(),
@@ -106,12 +117,14 @@ impl Checkpoint {
                 ));
             }
         };
-        let (mut params, mut ostate) = (Vec::new(), Vec::new());
+        let (mut params, mut ostate, mut best) = (Vec::new(), Vec::new(), Vec::new());
         for (n, t) in tensors {
             if let Some(p) = n.strip_prefix(PARAM) {
                 params.push((p.to_string(), t));
             } else if let Some(o) = n.strip_prefix(OPTIMIZER) {
                 ostate.push((o.to_string(), t));
+            } else if let Some(b) = n.strip_prefix(BEST) {
+                best.push((b.to_string(), t));
             } else {
                 return Err(fmt(format!("unexpected tensor '{n}'")));
             }
@@ -120,6 +133,7 @@ impl Checkpoint {
             meta,
             params,
             optimizer: (ostate, steps),
+            best,
         })
     }
 
@@ -146,6 +160,27 @@ impl Checkpoint {
             ));
         }
         Ok(())
+    }
+
+    /// The best weights so far in the order of `store`'s parameters (names and shapes
+    /// must match), ready for [`Position::best_weights`]; empty when the checkpoint has
+    /// none.
+    pub fn best_weights(&self, store: &ParamStore<f32>) -> Result<Vec<Tensor<f32>>> {
+        if self.best.is_empty() {
+            return Ok(Vec::new());
+        }
+        let by_name: HashMap<&str, &Tensor<f32>> =
+            self.best.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        store
+            .iter()
+            .map(|(_, name, t)| match by_name.get(name) {
+                Some(b) if b.shape() == t.shape() => Ok((*b).clone()),
+                _ => Err(Error::invalid(
+                    "checkpoint",
+                    format!("its best weights lack '{name}' of shape {:?}", t.shape()),
+                )),
+            })
+            .collect()
     }
 
     /// Copies the parameter values into `store` (names and shapes must match).

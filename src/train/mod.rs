@@ -174,6 +174,11 @@ pub struct Position {
     pub first_loss: Option<f64>,
     /// Evaluations since the best one.
     pub since_best: usize,
+    /// The parameters at the best evaluation so far, kept when the best weights are to be
+    /// restored at the end (in a checkpoint as `best:NAME` tensors, not in its JSON), so
+    /// that a resumed run restores the same weights as an uninterrupted one.
+    #[serde(skip)]
+    pub best_weights: Vec<Tensor<f32>>,
     /// Clipping statistics so far.
     pub clipping: ClipStats,
 }
@@ -289,14 +294,13 @@ impl Trainer {
         let clock = Instant::now();
         let elapsed = |pos_seconds: f64| pos_seconds + clock.elapsed().as_secs_f64();
         let base_seconds = pos.seconds;
-        let mut best: Option<(f64, usize, Vec<Tensor<f32>>)> = pos
-            .history
-            .iter()
-            .fold(None, |b: Option<(f64, usize)>, r| match b {
-                Some((m, _)) if m >= r.val_metric => b,
-                _ => Some((r.val_metric, r.step)),
-            })
-            .map(|(m, s)| (m, s, Vec::new()));
+        let mut best: Option<(f64, usize)> =
+            pos.history
+                .iter()
+                .fold(None, |b: Option<(f64, usize)>, r| match b {
+                    Some((m, _)) if m >= r.val_metric => b,
+                    _ => Some((r.val_metric, r.step)),
+                });
         let mut step_losses = Vec::new();
         let mut window_loss = (0.0, 0usize);
         let mut norm_sum = pos.clipping.mean_norm * pos.clipping.steps as f64;
@@ -437,14 +441,12 @@ impl Trainer {
                         seconds: elapsed(base_seconds),
                     };
                     window_loss = (0.0, 0);
-                    let improved = best.as_ref().is_none_or(|(m, _, _)| val_metric > *m);
+                    let improved = best.as_ref().is_none_or(|(m, _)| val_metric > *m);
                     if improved {
-                        let weights = if cfg.restore_best {
-                            store.iter().map(|(_, _, t)| t.clone()).collect()
-                        } else {
-                            Vec::new()
-                        };
-                        best = Some((val_metric, pos.step, weights));
+                        if cfg.restore_best {
+                            pos.best_weights = store.iter().map(|(_, _, t)| t.clone()).collect();
+                        }
+                        best = Some((val_metric, pos.step));
                         pos.since_best = 0;
                     } else {
                         pos.since_best += 1;
@@ -483,12 +485,9 @@ impl Trainer {
         };
         let seconds = elapsed(base_seconds);
         pos.seconds = seconds;
-        if cfg.restore_best
-            && let Some((_, _, weights)) = &best
-            && !weights.is_empty()
-        {
+        if cfg.restore_best && !pos.best_weights.is_empty() {
             let ids: Vec<_> = store.iter().map(|(id, _, _)| id).collect();
-            for (id, w) in ids.into_iter().zip(weights) {
+            for (id, w) in ids.into_iter().zip(&pos.best_weights) {
                 *store.get_mut(id) = w.clone();
             }
         }
@@ -497,7 +496,7 @@ impl Trainer {
         } else {
             evaluate(model, store, val)?.1
         };
-        let (best_val_metric, best_step) = best.map(|(m, s, _)| (m, s)).unwrap_or((f64::NAN, 0));
+        let (best_val_metric, best_step) = best.unwrap_or((f64::NAN, 0));
         let report = TrainReport {
             stopped_by,
             stop_detail,
