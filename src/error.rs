@@ -61,18 +61,24 @@ pub enum Error {
     /// Training produced a non-finite value.
     #[error("{0}")]
     NonFinite(String),
-    /// An op has no rule for the requested mode (a custom op without a forward rule).
-    #[error("op '{op}' has no {mode} rule")]
+    /// An op has no forward-mode rule (a custom op that defines none).
+    #[error("op '{op}' has no forward-mode rule")]
     NoRule {
         /// The op's name.
         op: String,
-        /// `"forward-mode"` or `"reverse-mode"`.
-        mode: &'static str,
     },
 }
 
 /// Result alias for library calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Reads a whole file; an error names the file and its cause once.
+pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        cause: e,
+    })
+}
 
 impl Error {
     pub(crate) fn shape(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Self {

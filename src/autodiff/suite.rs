@@ -137,7 +137,6 @@ impl CustomOp<f64> for PlantedAdd {
             }
             Some(PlantedFault::NoForwardRule) => Err(Error::NoRule {
                 op: self.name().into(),
-                mode: "forward-mode",
             }),
             _ => Ok(sum),
         }

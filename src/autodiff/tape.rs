@@ -174,10 +174,7 @@ impl<T: Element> Tape<T> {
     pub(crate) fn tangent_of(&self, id: u32) -> Result<Tensor<T>> {
         match self.tangent_error.borrow().as_ref() {
             Some(TangentFault::NoRule(op)) => {
-                return Err(Error::NoRule {
-                    op: op.clone(),
-                    mode: "forward-mode",
-                });
+                return Err(Error::NoRule { op: op.clone() });
             }
             Some(TangentFault::Failed(msg)) => return Err(Error::invalid("jvp", msg.clone())),
             None => {}

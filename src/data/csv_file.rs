@@ -2,7 +2,7 @@
 //! without a header row (a first row that does not parse as numbers is a header).
 
 use super::Dataset;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, read_file};
 use crate::tensor::Tensor;
 use std::path::Path;
 
@@ -30,11 +30,7 @@ impl std::str::FromStr for LabelColumn {
 
 /// Loads a CSV file of numeric features and a class label.
 pub fn load_csv(path: &Path, label: &LabelColumn) -> Result<Dataset> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: name.clone(),
-        cause: e,
-    })?;
+    let (name, bytes) = (path.display().to_string(), read_file(path)?);
     parse_csv(&bytes, &name, label)
 }
 

@@ -1,7 +1,7 @@
 //! MNIST in IDX format (big-endian header, then bytes), raw or gzip-compressed.
 
 use super::Dataset;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, read_file};
 use crate::tensor::Tensor;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,11 +9,7 @@ use std::path::{Path, PathBuf};
 /// Reads an IDX file (`.gz` or raw, detected by its magic bytes): returns the dimensions
 /// and the unsigned-byte payload.
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let name = path.display().to_string();
-    let raw = std::fs::read(path).map_err(|e| Error::Io {
-        path: name.clone(),
-        cause: e,
-    })?;
+    let (name, raw) = (path.display().to_string(), read_file(path)?);
     parse_idx(raw, &name)
 }
 

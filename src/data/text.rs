@@ -2,7 +2,7 @@
 //! characters, split in order into 90% training and 10% validation text, and cut into
 //! parallel streams for truncated backpropagation through time.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, read_file};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -18,11 +18,7 @@ pub struct TextCorpus {
 impl TextCorpus {
     /// Reads and parses a UTF-8 text file (see [`from_bytes`](Self::from_bytes)).
     pub fn load(path: &Path) -> Result<TextCorpus> {
-        let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| Error::Io {
-            path: name.clone(),
-            cause: e,
-        })?;
+        let (name, bytes) = (path.display().to_string(), read_file(path)?);
         TextCorpus::from_bytes(&bytes, &name)
     }
 

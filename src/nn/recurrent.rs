@@ -267,33 +267,26 @@ cell_layer!(
     "A multi-layer LSTM, batch-first (PyTorch's `nn.LSTM`, gates i, f, g, o)."
 );
 
-impl Rnn {
-    /// `x: [B, T, in]`, `h0: [L, B, H]` (zeros when absent) → (`y: [B, T, H]`,
-    /// `h_n: [L, B, H]`).
-    pub fn forward<'t, T: Element>(
-        &self,
-        p: &Params<'t, T>,
-        x: Var<'t, T>,
-        h0: Option<Var<'t, T>>,
-    ) -> Result<(Var<'t, T>, Var<'t, T>)> {
-        let o = self.0.forward(p, x, h0, None)?;
-        Ok((o.y, o.h_n))
-    }
+/// `forward` of the cells whose only state is `h` (RNN and GRU).
+macro_rules! hidden_state_forward {
+    ($($name:ident),*) => {$(
+        impl $name {
+            /// `x: [B, T, in]`, `h0: [L, B, H]` (zeros when absent) → (`y: [B, T, H]`,
+            /// `h_n: [L, B, H]`).
+            pub fn forward<'t, T: Element>(
+                &self,
+                p: &Params<'t, T>,
+                x: Var<'t, T>,
+                h0: Option<Var<'t, T>>,
+            ) -> Result<(Var<'t, T>, Var<'t, T>)> {
+                let o = self.0.forward(p, x, h0, None)?;
+                Ok((o.y, o.h_n))
+            }
+        }
+    )*};
 }
 
-impl Gru {
-    /// `x: [B, T, in]`, `h0: [L, B, H]` (zeros when absent) → (`y: [B, T, H]`,
-    /// `h_n: [L, B, H]`).
-    pub fn forward<'t, T: Element>(
-        &self,
-        p: &Params<'t, T>,
-        x: Var<'t, T>,
-        h0: Option<Var<'t, T>>,
-    ) -> Result<(Var<'t, T>, Var<'t, T>)> {
-        let o = self.0.forward(p, x, h0, None)?;
-        Ok((o.y, o.h_n))
-    }
-}
+hidden_state_forward!(Rnn, Gru);
 
 impl Lstm {
     /// `x: [B, T, in]`, `state = (h0, c0)`, each `[L, B, H]` (zeros when absent) →

@@ -1,7 +1,7 @@
 //! The parameter store: stable ids, names, freezing, and safetensors files.
 
 use crate::autodiff::{Gradients, Tape, Var};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, read_file};
 use crate::tensor::{Element, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -235,11 +235,7 @@ pub type NamedTensors<T> = (Vec<(String, Tensor<T>)>, HashMap<String, String>);
 
 /// Reads every tensor of a safetensors file (f32 or f64, converted to `T`).
 pub fn load_tensors<T: Element>(path: &Path) -> Result<NamedTensors<T>> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: name.clone(),
-        cause: e,
-    })?;
+    let (name, bytes) = (path.display().to_string(), read_file(path)?);
     tensors_from_bytes(&bytes, &name)
 }
 

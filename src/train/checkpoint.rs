@@ -6,7 +6,7 @@
 
 use super::Position;
 use crate::data::Standardizer;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, read_file};
 use crate::nn::store::{save_tensors, tensors_from_bytes};
 use crate::nn::{Activation, ParamStore};
 use crate::optim::Optimizer;
@@ -87,11 +87,7 @@ pub(super) fn save_checkpoint(
 
 /// Reads a checkpoint file.
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: name.clone(),
-        cause: e,
-    })?;
+    let (name, bytes) = (path.display().to_string(), read_file(path)?);
     Checkpoint::from_bytes(&bytes, &name)
 }
 

@@ -26,7 +26,6 @@ pub trait CustomOp<T: Element>: Send + Sync {
     ) -> Result<Tensor<T>> {
         Err(crate::error::Error::NoRule {
             op: self.name().to_string(),
-            mode: "forward-mode",
         })
     }
     /// Gradients for each input, given the input values, the output and its gradient.
