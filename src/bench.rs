@@ -3,9 +3,12 @@
 //! splitmix64 data, so that the ratios against PyTorch, JAX and NumPy mean something.
 
 use crate::autodiff::{Tape, Var};
+use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::nn::{Activation, ForwardCtx, Linear, Mlp, ParamId, ParamStore, cross_entropy, mse};
+use crate::nn::{Activation, Linear, Mlp, ParamId, ParamStore};
+use crate::optim::{LrSchedule, Optimizer, OptimizerKind};
 use crate::tensor::{Element, MatLayout, SplitMix64, Tensor};
+use crate::train::{Classification, Objective, Regression, TrainConfig, Trainer};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -674,22 +677,45 @@ fn mlp_over(sizes: &[usize], activation: Activation) -> Mlp {
     }
 }
 
-/// One training step of the anchors' workloads: forward, loss, backward, plain SGD.
+/// One training step of the anchors' workloads (forward, loss, backward, plain SGD),
+/// through the trainer's own step ([`Trainer::train_step`]) on a one-batch objective.
 pub struct AnchorStep {
     store: ParamStore<f32>,
     model: Mlp,
-    x: Tensor<f32>,
-    target: Target,
+    data: AnchorData,
     tape: Tape<f32>,
-    lr: f32,
+    trainer: Trainer,
+    optimizer: Box<dyn Optimizer<f32>>,
+    steps: usize,
 }
 
-enum Target {
-    Classes(Vec<usize>),
-    Values(Tensor<f32>),
+enum AnchorData {
+    Classes(Dataset),
+    Values(Tensor<f32>, Tensor<f32>),
 }
 
 impl AnchorStep {
+    fn new(store: ParamStore<f32>, model: Mlp, data: AnchorData, batch: usize) -> Self {
+        let lr = 0.01;
+        AnchorStep {
+            store,
+            model,
+            data,
+            tape: Tape::new(),
+            trainer: Trainer::new(TrainConfig {
+                batch_size: batch,
+                schedule: LrSchedule::constant(lr),
+                divergence_factor: None,
+                ..Default::default()
+            })
+            .expect("valid settings"),
+            optimizer: OptimizerKind::Sgd
+                .build::<f32>(lr, None)
+                .expect("valid settings"),
+            steps: 0,
+        }
+    }
+
     /// W1: 784-256-256-10 ReLU, softmax cross-entropy, batch 128, SGD lr 0.01.
     pub fn w1() -> Self {
         let data = W1Data::<f32>::new();
@@ -697,14 +723,13 @@ impl AnchorStep {
         for (i, p) in data.params.into_iter().enumerate() {
             store.add(format!("p{i}"), p).expect("unique names");
         }
-        AnchorStep {
+        let ds = Dataset::new(data.x, data.labels, 10, "w1").expect("128 labelled rows");
+        AnchorStep::new(
             store,
-            model: mlp_over(&[784, 256, 256, 10], Activation::Relu),
-            x: data.x,
-            target: Target::Classes(data.labels),
-            tape: Tape::new(),
-            lr: 0.01,
-        }
+            mlp_over(&[784, 256, 256, 10], Activation::Relu),
+            AnchorData::Classes(ds),
+            128,
+        )
     }
 
     /// W2: 2-16-16-1 tanh, mean squared error against x₀·x₁, batch 32, SGD lr 0.01.
@@ -718,44 +743,45 @@ impl AnchorStep {
         {
             store.add(format!("p{i}"), p).expect("unique names");
         }
-        AnchorStep {
+        let y = Tensor::from_vec(y, &[32, 1]).expect("32 targets");
+        AnchorStep::new(
             store,
-            model: mlp_over(&[2, 16, 16, 1], Activation::Tanh),
-            x,
-            target: Target::Values(Tensor::from_vec(y, &[32, 1]).expect("32 targets")),
-            tape: Tape::new(),
-            lr: 0.01,
-        }
+            mlp_over(&[2, 16, 16, 1], Activation::Tanh),
+            AnchorData::Values(x, y),
+            32,
+        )
     }
 
     /// Runs one step and returns the loss of its forward pass (before the update).
     pub fn step(&mut self) -> Result<f32> {
-        self.tape.clear();
-        let (loss, grads) = {
-            let p = self.store.leaves(&self.tape);
-            let logits = self.model.forward(
-                &p,
-                self.tape.constant(self.x.clone()),
-                &mut ForwardCtx::eval(),
-            )?;
-            let loss = match &self.target {
-                Target::Classes(labels) => cross_entropy(logits, labels)?,
-                Target::Values(t) => mse(logits, self.tape.constant(t.clone()))?,
-            };
-            let value = loss.item()?;
-            let mut g = self.tape.backward(loss)?;
-            (value, p.grads(&mut g))
-        };
-        self.tape.clear();
-        for (i, g) in grads.iter().enumerate() {
-            if let Some(g) = g {
-                let p = self.store.get_mut(ParamId(i)).data_mut();
-                for (p, &g) in p.iter_mut().zip(g.data()) {
-                    *p -= self.lr * g;
-                }
+        let batch = self.trainer.config.batch_size;
+        let mut objective: Box<dyn Objective> = match &self.data {
+            AnchorData::Classes(ds) => {
+                Box::new(Classification::new(&self.model, ds, ds, batch, false)?)
             }
+            AnchorData::Values(x, y) => Box::new(Regression::new(
+                &self.model,
+                (x.clone(), y.clone()),
+                (x.clone(), y.clone()),
+                batch,
+                false,
+            )?),
+        };
+        let out = self.trainer.train_step(
+            &mut self.tape,
+            objective.as_mut(),
+            &mut self.store,
+            self.optimizer.as_mut(),
+            0,
+            self.steps,
+            None,
+            false,
+        )?;
+        if let Some((_, why)) = out.stop {
+            return Err(Error::NonFinite(why));
         }
-        Ok(loss)
+        self.steps += 1;
+        Ok(out.loss as f32)
     }
 }
 

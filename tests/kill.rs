@@ -63,7 +63,7 @@ fn twenty_kills_at_random_moments_then_resume_ends_like_an_uninterrupted_run() {
     // the uninterrupted run's duration only scales the random delays; nothing is timed
     let span = t.elapsed().as_secs_f64();
     let want = metric_rows(&reference);
-    assert_eq!(want.len(), 40);
+    assert_eq!(want.len(), 80, "a row per step and per evaluation");
 
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut uniform = move || {

@@ -1,12 +1,16 @@
 //! `chainrule train` (the default command) and `chainrule eval`.
 
 use anyhow::{Context, bail};
-use chainrule::data::{Dataset, LabelColumn, Standardizer, load_csv, load_mnist};
-use chainrule::nn::{Activation, Init, Mlp, ParamStore};
+use chainrule::autodiff::CellKind;
+use chainrule::data::{
+    Dataset, LabelColumn, Standardizer, Streams, TextCorpus, load_csv, load_mnist, unigram_entropy,
+};
+use chainrule::nn::{Activation, CharModel, Init, Mlp, ParamStore};
 use chainrule::optim::{LrSchedule, OptimizerKind, Schedule};
 use chainrule::train::{
-    CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, MetricsLog, Position, Progress,
-    StopReason, TrainConfig, Trainer, evaluate, load_checkpoint, plot_history,
+    CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, Classification, LanguageModel,
+    MetricsLog, Objective, Position, Progress, StopReason, TrainConfig, Trainer, evaluate,
+    load_checkpoint, plot_history,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -16,13 +20,28 @@ use std::process::ExitCode;
 /// `--resume`, the values the run was started with.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct Args {
-    /// Dataset: `digits` (embedded), `mnist:DIR` (the four IDX files) or `csv:FILE`.
+    /// Dataset: `digits` (embedded), `mnist:DIR` (the four IDX files), `csv:FILE`, or
+    /// `text:FILE` (UTF-8 text for a character-level language model).
     #[arg(long)]
     data: Option<String>,
+    /// Model: `mlp` (for digits, MNIST and CSV), or `lstm`, `gru`, `rnn` (for text)
+    /// [default: mlp, or lstm for text].
+    #[arg(long)]
+    model: Option<String>,
+    /// Embedding size of a character model [default: 64].
+    #[arg(long)]
+    embed: Option<usize>,
+    /// Recurrent layers of a character model [default: 2].
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Characters per window of truncated backpropagation through time [default: 64].
+    #[arg(long)]
+    seq_len: Option<usize>,
     /// CSV label column, by name or 0-based index [default: last].
     #[arg(long)]
     label: Option<String>,
-    /// Hidden layer sizes [default: 128,64].
+    /// Hidden layer sizes of an MLP [default: 128,64], or the hidden size of a recurrent
+    /// model [default: 256].
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
     /// Hidden activation: relu, tanh or sigmoid [default: relu].
@@ -46,7 +65,7 @@ pub struct Args {
     /// Linear warm-up steps [default: 0].
     #[arg(long)]
     warmup: Option<usize>,
-    /// Samples per step [default: 32].
+    /// Samples per step, or streams of a character model [default: 32].
     #[arg(long)]
     batch_size: Option<usize>,
     /// Clip the global gradient norm to this value [default: 1.0].
@@ -58,7 +77,8 @@ pub struct Args {
     /// Clip each gradient element to ±this value [default: off].
     #[arg(long, allow_negative_numbers = true)]
     clip_value: Option<f64>,
-    /// Stop when validation accuracy reaches this, or `none` [default: 0.97].
+    /// Stop when validation accuracy reaches this (a character model: when the validation
+    /// loss falls to this, in nats per character), or `none` [default: 0.97; none for text].
     #[arg(long)]
     target: Option<Limit<f64>>,
     /// Stop after this many evaluations without improvement, or `none` [default: 20].
@@ -70,10 +90,10 @@ pub struct Args {
     /// Stop after this many steps, or `none` [default: none].
     #[arg(long)]
     max_steps: Option<Limit<usize>>,
-    /// Stop after this many seconds of training, or `none` [default: 60].
+    /// Stop after this many seconds of training, or `none` [default: 60; 600 for text].
     #[arg(long)]
     max_time: Option<Limit<f64>>,
-    /// Evaluate every k steps instead of every epoch.
+    /// Evaluate every k steps instead of every epoch [default: every epoch; 200 for text].
     #[arg(long)]
     eval_every: Option<usize>,
     /// Fraction of the data held out for validation (digits, CSV) [default: 0.2].
@@ -134,6 +154,14 @@ fn limit<T: Copy>(given: Option<Limit<T>>, base: Option<T>) -> Option<T> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunConfig {
     data: String,
+    #[serde(default = "mlp")]
+    model: String,
+    #[serde(default)]
+    embed: usize,
+    #[serde(default)]
+    layers: usize,
+    #[serde(default)]
+    seq_len: usize,
     label: Option<String>,
     hidden: Vec<usize>,
     activation: Activation,
@@ -157,6 +185,21 @@ pub struct RunConfig {
     seed: u64,
 }
 
+fn mlp() -> String {
+    "mlp".into()
+}
+
+/// The recurrent cell of a `--model` name (`None` for `mlp`).
+fn cell_kind(model: &str) -> anyhow::Result<Option<CellKind>> {
+    Ok(match model {
+        "mlp" => None,
+        "lstm" => Some(CellKind::Lstm),
+        "gru" => Some(CellKind::Gru),
+        "rnn" => Some(CellKind::Rnn),
+        _ => bail!("--model: unknown model '{model}'; choose mlp, lstm, gru or rnn"),
+    })
+}
+
 fn parse_activation(s: &str) -> anyhow::Result<Activation> {
     Ok(match s {
         "relu" => Activation::Relu,
@@ -178,29 +221,71 @@ fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>> {
 impl RunConfig {
     /// Defaults, overridden by the options given (on top of `base` when resuming).
     fn resolve(a: &Args, base: Option<RunConfig>) -> anyhow::Result<RunConfig> {
-        let b = base.unwrap_or(RunConfig {
-            data: "digits".into(),
-            label: None,
-            hidden: vec![128, 64],
-            activation: Activation::Relu,
-            dropout: 0.0,
-            optimizer: OptimizerKind::Adam,
-            lr: 1e-3,
-            weight_decay: None,
-            schedule: "constant".into(),
-            warmup: 0,
-            batch_size: 32,
-            clip_norm: Some(1.0),
-            clip_value: None,
-            target: Some(0.97),
-            patience: Some(20),
-            max_epochs: Some(1000),
-            max_steps: None,
-            max_time: Some(60.0),
-            eval_every: None,
-            val_fraction: 0.2,
-            restore_best: false,
-            seed: 0,
+        let text = a
+            .data
+            .as_deref()
+            .or(base.as_ref().map(|b| b.data.as_str()))
+            .is_some_and(|d| d.starts_with("text:"));
+        let b = base.unwrap_or(if text {
+            // a character-level language model: the best recipe found for 600 s on the
+            // tragedies (README, "Character-level language model")
+            RunConfig {
+                data: String::new(),
+                model: "lstm".into(),
+                embed: 64,
+                layers: 2,
+                seq_len: 64,
+                label: None,
+                hidden: vec![256],
+                activation: Activation::Tanh,
+                dropout: 0.0,
+                optimizer: OptimizerKind::Adam,
+                lr: 2e-3,
+                weight_decay: None,
+                schedule: "constant".into(),
+                warmup: 0,
+                batch_size: 32,
+                clip_norm: Some(1.0),
+                clip_value: None,
+                target: None,
+                patience: Some(20),
+                max_epochs: Some(1000),
+                max_steps: None,
+                max_time: Some(600.0),
+                eval_every: Some(200),
+                val_fraction: 0.1,
+                restore_best: false,
+                seed: 0,
+            }
+        } else {
+            RunConfig {
+                data: "digits".into(),
+                model: mlp(),
+                embed: 0,
+                layers: 0,
+                seq_len: 0,
+                label: None,
+                hidden: vec![128, 64],
+                activation: Activation::Relu,
+                dropout: 0.0,
+                optimizer: OptimizerKind::Adam,
+                lr: 1e-3,
+                weight_decay: None,
+                schedule: "constant".into(),
+                warmup: 0,
+                batch_size: 32,
+                clip_norm: Some(1.0),
+                clip_value: None,
+                target: Some(0.97),
+                patience: Some(20),
+                max_epochs: Some(1000),
+                max_steps: None,
+                max_time: Some(60.0),
+                eval_every: None,
+                val_fraction: 0.2,
+                restore_best: false,
+                seed: 0,
+            }
         });
         let lr = a.lr.unwrap_or(b.lr);
         if !(lr.is_finite() && lr >= 0.0) {
@@ -228,8 +313,44 @@ impl RunConfig {
         if batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
+        let data = a.data.clone().unwrap_or(b.data);
+        let model = a.model.clone().unwrap_or(b.model);
+        let recurrent = cell_kind(&model)?.is_some();
+        if recurrent != text {
+            bail!(
+                "--model {model} does not train on --data {data}: text data takes lstm, gru or rnn, the others take mlp"
+            );
+        }
+        let (embed, layers, seq_len) = (
+            a.embed.unwrap_or(b.embed),
+            a.layers.unwrap_or(b.layers),
+            a.seq_len.unwrap_or(b.seq_len),
+        );
+        if text {
+            for (flag, v) in [
+                ("--embed", embed),
+                ("--layers", layers),
+                ("--seq-len", seq_len),
+            ] {
+                if v == 0 {
+                    bail!("{flag} must be at least 1");
+                }
+            }
+            if hidden.len() != 1 {
+                bail!(
+                    "--hidden: a recurrent model takes one hidden size (stack layers with --layers), got {hidden:?}"
+                );
+            }
+            if a.val_fraction.is_some() {
+                bail!("--val-fraction: text data always validates on its last 10%");
+            }
+        }
         let cfg = RunConfig {
-            data: a.data.clone().unwrap_or(b.data),
+            data,
+            model,
+            embed,
+            layers,
+            seq_len,
             label: a.label.clone().or(b.label),
             hidden,
             activation: match &a.activation {
@@ -298,6 +419,10 @@ impl RunConfig {
             }
         }
         same("--data", a.data.as_ref(), &saved.data)?;
+        same("--model", a.model.as_ref(), &saved.model)?;
+        same("--embed", a.embed, saved.embed)?;
+        same("--layers", a.layers, saved.layers)?;
+        same("--seq-len", a.seq_len, saved.seq_len)?;
         // no label option means the last column
         let label = |l: Option<&String>| l.map_or("last".to_string(), String::clone);
         same(
@@ -384,7 +509,7 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
         (t, v, "validation")
     } else {
         bail!(
-            "--data: unknown dataset '{}'; use digits, mnist:DIR or csv:FILE",
+            "--data: unknown dataset '{}'; use digits, mnist:DIR, csv:FILE or text:FILE",
             cfg.data
         );
     };
@@ -425,6 +550,65 @@ fn build_model(
     Ok(Mlp::new(store, sizes, cfg.activation, init, cfg.seed)?.with_dropout(cfg.dropout))
 }
 
+/// A character model's data: the corpus and its streams.
+struct TextData {
+    corpus: TextCorpus,
+    train: Streams,
+    val: Streams,
+}
+
+fn load_text(cfg: &RunConfig, saved_vocab: Option<&str>) -> anyhow::Result<TextData> {
+    let file = cfg.data.strip_prefix("text:").unwrap_or(&cfg.data);
+    let corpus = TextCorpus::load(Path::new(file))?;
+    if let Some(v) = saved_vocab {
+        let now: String = corpus.vocab().iter().collect();
+        if now != v {
+            bail!(
+                "{file}: its vocabulary ({} characters) differs from the one the checkpoint was trained on ({} characters); the text changed",
+                corpus.vocab().len(),
+                v.chars().count()
+            );
+        }
+    }
+    let streams = |ids: &[u32], what: &str| {
+        Streams::new(ids, cfg.batch_size, cfg.seq_len).with_context(|| {
+            format!(
+                "{file}: the {what} text ({} characters) is too short for {} streams",
+                ids.len(),
+                cfg.batch_size
+            )
+        })
+    };
+    Ok(TextData {
+        train: streams(corpus.train(), "training")?,
+        val: streams(corpus.val(), "validation")?,
+        corpus,
+    })
+}
+
+/// The model of a run and its data.
+enum Problem {
+    Classifier { splits: Splits, model: Mlp },
+    Text { text: TextData, model: CharModel },
+}
+
+fn char_model(
+    cfg: &RunConfig,
+    kind: CellKind,
+    vocab: usize,
+    store: &mut ParamStore<f32>,
+) -> anyhow::Result<CharModel> {
+    Ok(CharModel::new(
+        store,
+        kind,
+        vocab,
+        cfg.embed,
+        cfg.hidden[0],
+        cfg.layers,
+        cfg.seed,
+    )?)
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let resumed = match &args.resume {
         Some(dir) => Some(
@@ -450,22 +634,57 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = RunConfig::resolve(&args, base)?;
     // everything is validated before anything is written: the data, the model, the
     // checkpoint's tensors and the trainer's settings
-    let splits = load_splits(
-        &cfg,
-        resumed.as_ref().and_then(|c| c.meta.standardizer.clone()),
-    )?;
-    let sizes = layer_sizes(
-        &cfg,
-        splits.train.dim(),
-        splits.train.num_classes.max(splits.val.num_classes),
-    );
-    if let Some(c) = &resumed {
-        c.check_sizes(&sizes).with_context(resume_context)?;
-    }
     let mut store = ParamStore::<f32>::new();
-    let model = build_model(&cfg, &sizes, &mut store)?;
+    let problem = match cell_kind(&cfg.model)? {
+        None => {
+            let splits = load_splits(
+                &cfg,
+                resumed.as_ref().and_then(|c| c.meta.standardizer.clone()),
+            )?;
+            let sizes = layer_sizes(
+                &cfg,
+                splits.train.dim(),
+                splits.train.num_classes.max(splits.val.num_classes),
+            );
+            if let Some(c) = &resumed {
+                c.check_sizes(&sizes).with_context(resume_context)?;
+            }
+            let model = build_model(&cfg, &sizes, &mut store)?;
+            Problem::Classifier { splits, model }
+        }
+        Some(kind) => {
+            let text = load_text(&cfg, resumed.as_ref().and_then(|c| c.meta.vocab.as_deref()))?;
+            let vocab = text.corpus.vocab().len();
+            if let Some(c) = &resumed {
+                c.check_param_count(CharModel::param_count(
+                    kind,
+                    vocab,
+                    cfg.embed,
+                    cfg.hidden[0],
+                    cfg.layers,
+                ))
+                .with_context(resume_context)?;
+            }
+            let model = char_model(&cfg, kind, vocab, &mut store)?;
+            Problem::Text { text, model }
+        }
+    };
     let mut optimizer = cfg.optimizer.build::<f32>(cfg.lr, cfg.weight_decay)?;
-    let batches_per_epoch = splits.train.len().div_ceil(cfg.batch_size);
+    let mut objective: Box<dyn Objective + '_> = match &problem {
+        Problem::Classifier { splits, model } => Box::new(Classification::new(
+            model,
+            &splits.train,
+            &splits.val,
+            cfg.batch_size,
+            true,
+        )?),
+        Problem::Text { text, model } => Box::new(LanguageModel::new(
+            model,
+            text.train.clone(),
+            text.val.clone(),
+        )),
+    };
+    let batches_per_epoch = objective.batches_per_epoch();
     let total_steps = cfg.max_steps.unwrap_or(usize::MAX).min(
         cfg.max_epochs
             .unwrap_or(100)
@@ -479,6 +698,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(resume_context)?;
         position = c.meta.position.clone();
         position.best_weights = c.best_weights(&store).with_context(resume_context)?;
+        if position.batch > 0 {
+            // checked now, before anything is written
+            objective.start_epoch(position.epoch, cfg.seed)?;
+            objective
+                .restore_carried_state(position.carried.clone())
+                .with_context(resume_context)?;
+        }
     }
 
     let trainer = Trainer::new(TrainConfig {
@@ -511,8 +737,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
     if let Some(path) = &args.graph {
-        let dot =
-            chainrule::train::step_graph(&model, &store, &splits.train, cfg.batch_size, cfg.seed)?;
+        let dot = chainrule::train::step_graph(objective.as_mut(), &store, cfg.seed)?;
         chainrule::nn::write_atomically(path, dot.as_bytes())?;
         if !args.json {
             eprintln!(
@@ -522,33 +747,77 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if !args.json {
-        eprintln!(
-            "training an MLP {:?} on {} ({} train / {} {} samples) with {:?}, lr {}, batch {}, clipping {}; output in {}",
-            model.sizes,
-            cfg.data,
-            splits.train.len(),
-            splits.val.len(),
-            splits.eval_name,
-            cfg.optimizer,
-            cfg.lr,
-            cfg.batch_size,
-            cfg.clip_norm
-                .map(|c| format!("at norm {c}"))
-                .unwrap_or("off".into()),
-            out.display()
-        );
-    }
+    let clipping = cfg
+        .clip_norm
+        .map(|c| format!("at norm {c}"))
+        .unwrap_or("off".into());
+    let (eval_name, sizes, vocab, standardizer) = match &problem {
+        Problem::Classifier { splits, model } => {
+            if !args.json {
+                eprintln!(
+                    "training an MLP {:?} on {} ({} train / {} {} samples) with {:?}, lr {}, batch {}, clipping {clipping}; output in {}",
+                    model.sizes,
+                    cfg.data,
+                    splits.train.len(),
+                    splits.val.len(),
+                    splits.eval_name,
+                    cfg.optimizer,
+                    cfg.lr,
+                    cfg.batch_size,
+                    out.display()
+                );
+            }
+            (
+                splits.eval_name,
+                model.sizes.clone(),
+                None,
+                Some(splits.standardizer.clone()),
+            )
+        }
+        Problem::Text { text, model } => {
+            if !args.json {
+                eprintln!(
+                    "training a character {} ({} layers of {}, embedding {}, {} parameters) on {} ({} train / {} validation characters, vocabulary {}, unigram entropy {:.3} nats) with {:?}, lr {}, {} streams × {} characters, clipping {clipping}; output in {}",
+                    cfg.model.to_uppercase(),
+                    cfg.layers,
+                    cfg.hidden[0],
+                    model.embed,
+                    store.num_elements(),
+                    text.corpus.name(),
+                    text.corpus.train().len(),
+                    text.corpus.val().len(),
+                    model.vocab,
+                    unigram_entropy(text.corpus.train()),
+                    cfg.optimizer,
+                    cfg.lr,
+                    cfg.batch_size,
+                    cfg.seq_len,
+                    out.display()
+                );
+            }
+            (
+                "validation",
+                Vec::new(),
+                Some(text.corpus.vocab().iter().collect::<String>()),
+                None,
+            )
+        }
+    };
     let meta = CheckpointMeta {
         version: 1,
-        sizes: model.sizes.clone(),
+        sizes,
         activation: cfg.activation,
         dropout: cfg.dropout,
-        standardizer: Some(splits.standardizer.clone()),
+        standardizer,
+        vocab,
         position: position.clone(),
         config: serde_json::to_value(&cfg)?,
     };
-    let mut progress = Progress::new(args.json, cfg.batch_size);
+    let (per_step, unit) = match &problem {
+        Problem::Classifier { .. } => (cfg.batch_size, "samples"),
+        Problem::Text { .. } => (cfg.batch_size * cfg.seq_len, "chars"),
+    };
+    let mut progress = Progress::new(args.json, per_step, unit);
     let mut log = match &resumed {
         Some(c) => MetricsLog::resume(
             &args
@@ -564,21 +833,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut ckpt = CheckpointWriter::new(out.join(CHECKPOINT_FILE), meta);
     let mut callbacks: Vec<&mut dyn Callback> = vec![&mut progress, &mut log, &mut ckpt];
     let report = trainer.fit(
-        &model,
+        objective.as_mut(),
         &mut store,
         optimizer.as_mut(),
-        &splits.train,
-        &splits.val,
         position,
         &mut callbacks,
     )?;
 
     let plot_path = out.join("curves.svg");
-    plot_history(&report.history, &plot_path)?;
+    plot_history(&report.history, &report.step_norms, &plot_path)?;
     let mut json = serde_json::to_value(&report)?;
     json["out"] = serde_json::json!(out.display().to_string());
-    json["eval_split"] = serde_json::json!(splits.eval_name);
+    json["eval_split"] = serde_json::json!(eval_name);
     json["data"] = serde_json::json!(cfg.data);
+    json["model"] = serde_json::json!(cfg.model);
+    let text = matches!(problem, Problem::Text { .. });
+    if text {
+        let best_loss = report.best_val_metric;
+        json["best_val_loss"] = serde_json::json!(best_loss);
+        json["best_val_bits_per_char"] = serde_json::json!(best_loss / std::f64::consts::LN_2);
+    }
     chainrule::nn::write_atomically(
         &out.join("report.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
@@ -596,17 +870,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "stopped by:        {:?} ({})",
             report.stopped_by, report.stop_detail
         );
-        println!(
-            "best {} acc:   {:.4} (step {})",
-            splits.eval_name, report.best_val_metric, report.best_step
-        );
-        println!(
-            "final {} acc:  {:.4}",
-            splits.eval_name, report.final_val_metric
-        );
+        if text {
+            let ln2 = std::f64::consts::LN_2;
+            println!(
+                "best val loss:     {:.4} nats/char = {:.4} bits/char (step {})",
+                report.best_val_metric,
+                report.best_val_metric / ln2,
+                report.best_step
+            );
+            println!(
+                "final val loss:    {:.4} nats/char = {:.4} bits/char",
+                report.final_val_loss,
+                report.final_val_loss / ln2
+            );
+        } else {
+            println!(
+                "best {} acc:   {:.4} (step {})",
+                eval_name, report.best_val_metric, report.best_step
+            );
+            println!("final {} acc:  {:.4}", eval_name, report.final_val_metric);
+        }
         println!("epochs, steps:     {}, {}", report.epochs, report.steps);
         println!(
-            "training time:     {:.3} s ({:.0} samples/s)",
+            "training time:     {:.3} s ({:.0} {unit}/s)",
             report.seconds, report.samples_per_second
         );
         println!(
@@ -616,6 +902,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!(
             "written:           {}/metrics.jsonl, curves.svg, report.json, {CHECKPOINT_FILE}",
             out.display()
+        );
+    }
+    if let Some(w) = &report.clipping.first_norm_growth {
+        eprintln!(
+            "warning: {w}{}",
+            match report.clipping.norm_growth_events {
+                1 => String::new(),
+                n => format!(" ({n} such growths in the run)"),
+            }
         );
     }
     if failed {
@@ -655,6 +950,42 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         .context("the checkpoint's configuration is not readable")?;
     if let Some(d) = args.data {
         cfg.data = d;
+    }
+    if let Some(kind) = cell_kind(&cfg.model)? {
+        let Some(vocab) = ckpt.meta.vocab.as_deref() else {
+            bail!(
+                "{}: a character model's checkpoint without its vocabulary",
+                dir.display()
+            );
+        };
+        let text = load_text(&cfg, Some(vocab))?;
+        ckpt.check_param_count(CharModel::param_count(
+            kind,
+            text.corpus.vocab().len(),
+            cfg.embed,
+            cfg.hidden[0],
+            cfg.layers,
+        ))
+        .with_context(|| format!("--checkpoint {}", dir.display()))?;
+        let mut store = ParamStore::<f32>::new();
+        let model = char_model(&cfg, kind, text.corpus.vocab().len(), &mut store)?;
+        ckpt.restore_params(&mut store)?;
+        let lm = LanguageModel::new(&model, text.train.clone(), text.val.clone());
+        let loss = lm.loss_over(&store, &text.val)?;
+        let bpc = loss / std::f64::consts::LN_2;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"data": cfg.data, "split": "validation", "characters": text.corpus.val().len(), "loss": loss, "bits_per_char": bpc, "step": ckpt.meta.position.step})
+            );
+        } else {
+            println!(
+                "{} on the validation text of {}: loss {loss:.4} nats/char = {bpc:.4} bits/char",
+                dir.display(),
+                cfg.data
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let splits = load_splits(&cfg, ckpt.meta.standardizer.clone())?;
     let Some(&classes) = ckpt.meta.sizes.last() else {

@@ -2,11 +2,13 @@
 //! each step puts them on a fresh tape as leaves ([`ParamStore::leaves`]), the forward
 //! pass records the graph, and the backward pass returns one gradient per parameter.
 
+mod language;
 mod layers;
 mod loss;
 pub(crate) mod recurrent;
 pub(crate) mod store;
 
+pub use language::{CarriedState, CharModel, WindowOutput};
 pub use layers::{Activation, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
 pub use loss::{bce_with_logits, cross_entropy, mse};
 pub use recurrent::{Gru, Lstm, Recurrent, RecurrentLayer, RecurrentOutput, Rnn};

@@ -144,7 +144,59 @@ impl Recurrent {
                 ),
             ));
         }
-        let (bsz, steps, hid, nl) = (xs[0], xs[1], self.hidden_size, self.layers.len());
+        let (bsz, steps) = (xs[0], xs[1]);
+        // time-major rows: step t of the window is rows t·B .. (t+1)·B
+        let x = x
+            .permute(&[1, 0, 2])?
+            .reshape(&[steps * bsz, self.input_size])?;
+        let o = self.forward_time_major_with(param, x, bsz, h0, c0)?;
+        Ok(RecurrentOutput {
+            y: o.y
+                .reshape(&[steps, bsz, self.hidden_size])?
+                .permute(&[1, 0, 2])?,
+            ..o
+        })
+    }
+
+    /// The stack on a time-major input `x: [T·B, in]` (rows `t·B .. (t+1)·B` are step
+    /// `t`), returning a time-major `y: [T·B, H]`: no transposition of the input or the
+    /// output (a language model gathers its embeddings in this order directly).
+    pub fn forward_time_major<'t, T: Element>(
+        &self,
+        p: &Params<'t, T>,
+        x: Var<'t, T>,
+        bsz: usize,
+        h0: Option<Var<'t, T>>,
+        c0: Option<Var<'t, T>>,
+    ) -> Result<RecurrentOutput<'t, T>> {
+        self.forward_time_major_with(|id| p[id], x, bsz, h0, c0)
+    }
+
+    fn forward_time_major_with<'t, T: Element>(
+        &self,
+        param: impl Fn(ParamId) -> Var<'t, T>,
+        x: Var<'t, T>,
+        bsz: usize,
+        h0: Option<Var<'t, T>>,
+        c0: Option<Var<'t, T>>,
+    ) -> Result<RecurrentOutput<'t, T>> {
+        let op = "Recurrent::forward";
+        let xs = x.shape();
+        if xs.len() != 2
+            || xs[1] != self.input_size
+            || bsz == 0
+            || xs[0] == 0
+            || !xs[0].is_multiple_of(bsz)
+        {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "the time-major input has shape {xs:?}, expected [steps·{bsz}, {}] with at least one step",
+                    self.input_size
+                ),
+            ));
+        }
+        let (steps, hid, nl) = (xs[0] / bsz, self.hidden_size, self.layers.len());
         let state = |s: Option<Var<'t, T>>, what: &str| -> Result<Option<Var<'t, T>>> {
             match s {
                 Some(s) if s.shape().as_slice() != [nl, bsz, hid] => Err(Error::invalid(
@@ -171,10 +223,7 @@ impl Recurrent {
                 None => Ok(tape.constant(Tensor::zeros(&[bsz, hid]))),
             }
         };
-        // time-major rows: step t of the window is rows t·B .. (t+1)·B
-        let mut input = x
-            .permute(&[1, 0, 2])?
-            .reshape(&[steps * bsz, self.input_size])?;
+        let mut input = x;
         let (mut h_last, mut c_last) = (Vec::with_capacity(nl), Vec::with_capacity(nl));
         for (l, lp) in self.layers.iter().enumerate() {
             let xp = input
@@ -202,10 +251,9 @@ impl Recurrent {
             h_last.push(h);
             c_last.extend(c);
         }
-        let y = input.reshape(&[steps, bsz, hid])?.permute(&[1, 0, 2])?;
         let stack = |s: &[Var<'t, T>]| Var::concat(s, 0)?.reshape(&[nl, bsz, hid]);
         Ok(RecurrentOutput {
-            y,
+            y: input,
             h_n: stack(&h_last)?,
             c_n: if lstm { Some(stack(&c_last)?) } else { None },
         })

@@ -20,6 +20,7 @@ pub struct ParamStore<T: Element> {
 
 /// One step's view of the store: a variable per parameter on that step's tape.
 pub struct Params<'t, T: Element> {
+    tape: &'t Tape<T>,
     vars: Vec<Var<'t, T>>,
 }
 
@@ -31,6 +32,11 @@ impl<'t, T: Element> std::ops::Index<ParamId> for Params<'t, T> {
 }
 
 impl<'t, T: Element> Params<'t, T> {
+    /// The tape the parameters are on.
+    pub fn tape(&self) -> &'t Tape<T> {
+        self.tape
+    }
+
     /// Names every parameter's node on the tape after the store (for exported graphs).
     pub fn label(&self, store: &ParamStore<T>) {
         for (v, (_, name, _)) in self.vars.iter().zip(store.iter()) {
@@ -142,7 +148,7 @@ impl<T: Element> ParamStore<T> {
                 }
             })
             .collect();
-        Params { vars }
+        Params { tape, vars }
     }
 
     /// Writes every parameter to a safetensors file, atomically (temporary file, then

@@ -18,6 +18,22 @@ pub fn global_norm<T: Element>(grads: &[Option<Tensor<T>>]) -> f64 {
         .sqrt()
 }
 
+/// The L2 norm of each gradient (0 for an absent one), accumulated in f64.
+pub fn grad_norms<T: Element>(grads: &[Option<Tensor<T>>]) -> Vec<f64> {
+    grads
+        .iter()
+        .map(|g| {
+            g.as_ref().map_or(0.0, |g| {
+                g.data()
+                    .iter()
+                    .map(|v| v.as_f64() * v.as_f64())
+                    .sum::<f64>()
+                    .sqrt()
+            })
+        })
+        .collect()
+}
+
 /// Scales all gradients together so that their global L2 norm is at most `max_norm`
 /// (`torch.nn.utils.clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when below 1).
 /// Returns the norm before clipping. With `error_if_nonfinite`, a NaN or infinite norm is

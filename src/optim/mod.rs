@@ -5,7 +5,7 @@
 mod clip;
 mod schedule;
 
-pub use clip::{clip_grad_norm, clip_grad_value, global_norm};
+pub use clip::{clip_grad_norm, clip_grad_value, global_norm, grad_norms};
 pub use schedule::{LrSchedule, Schedule};
 
 use crate::error::{Error, Result};

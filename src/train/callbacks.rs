@@ -2,7 +2,7 @@
 //! a terminal), a metrics log, and checkpoints written at every evaluation.
 
 use super::checkpoint::{CheckpointMeta, save_checkpoint};
-use super::{EvalRecord, Position, TrainReport};
+use super::{EvalRecord, Position, StepRecord, TrainReport};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::optim::Optimizer;
@@ -27,8 +27,8 @@ pub trait Callback {
     fn on_start(&mut self, _position: &Position, _batches_per_epoch: usize) -> Result<()> {
         Ok(())
     }
-    /// After every step, with the step's loss.
-    fn on_step(&mut self, _step: usize, _loss: f64) -> Result<()> {
+    /// After every step.
+    fn on_step(&mut self, _step: &StepRecord) -> Result<()> {
         Ok(())
     }
     /// After every evaluation.
@@ -46,6 +46,7 @@ pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     quiet: bool,
     samples_per_step: usize,
+    unit: &'static str,
     started: std::time::Instant,
     first_step: usize,
     step: usize,
@@ -53,12 +54,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// `quiet` prints nothing (for `--json`).
-    pub fn new(quiet: bool, batch_size: usize) -> Self {
+    /// `quiet` prints nothing (for `--json`); a step trains on `per_step` samples, or
+    /// characters, or whatever `unit` names.
+    pub fn new(quiet: bool, per_step: usize, unit: &'static str) -> Self {
         Progress {
             bar: None,
             quiet,
-            samples_per_step: batch_size,
+            samples_per_step: per_step,
+            unit,
             started: std::time::Instant::now(),
             first_step: 0,
             step: 0,
@@ -88,28 +91,39 @@ impl Callback for Progress {
         }
         Ok(())
     }
-    fn on_step(&mut self, step: usize, loss: f64) -> Result<()> {
+    fn on_step(&mut self, record: &StepRecord) -> Result<()> {
+        let (step, loss) = (record.step, record.loss);
         self.step = step;
         self.loss = loss;
         if let Some(bar) = &self.bar
             && step.is_multiple_of(20)
         {
             bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.4}  {:.0} samples/s", self.rate()));
+            bar.set_message(format!(
+                "loss {loss:.4}  grad norm {:.3}  {:.0} {}/s",
+                record.grad_norm,
+                self.rate(),
+                self.unit
+            ));
         }
         Ok(())
     }
     fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {
         let r = s.record;
+        let named: String = r
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("  val {} {v:.4}", k.replace('_', " ")))
+            .collect();
         let line = format!(
-            "epoch {:>6.2}  step {:>6}  loss {:.4}  val loss {:.4}  val acc {:.4}  lr {:.2e}  {:.0} samples/s",
+            "epoch {:>6.2}  step {:>6}  loss {:.4}  val loss {:.4}{named}  lr {:.2e}  {:.0} {}/s",
             r.epoch,
             r.step,
             r.train_loss,
             r.val_loss,
-            r.val_metric,
             r.lr,
-            self.rate()
+            self.rate(),
+            self.unit,
         );
         match &self.bar {
             Some(bar) => bar.println(line),
@@ -126,18 +140,26 @@ impl Callback for Progress {
     }
 }
 
-/// Appends one JSON object per evaluation to `metrics.jsonl`.
+/// Appends one JSON object per step (`step`, `loss`, `grad_norm` before clipping,
+/// `clipped`) and one per evaluation (`epoch`, `step`, `train_loss`, `val_loss`,
+/// `val_metric`, ...) to `metrics.jsonl`. Step rows are buffered and written out at each
+/// evaluation and at the end.
 pub struct MetricsLog {
     path: PathBuf,
     /// Start a new file when the run starts (a fresh run), or append (a resumed one).
     fresh: bool,
+    pending: String,
 }
 
 impl MetricsLog {
     /// Logs a new run to `path`: rows already there (an earlier run into the same folder)
     /// are replaced when the run starts.
     pub fn new(path: PathBuf) -> Self {
-        MetricsLog { path, fresh: true }
+        MetricsLog {
+            path,
+            fresh: true,
+            pending: String::new(),
+        }
     }
 
     /// Logs to `path` a run resumed at `step` whose log so far is `from` (the same file,
@@ -162,7 +184,31 @@ impl MetricsLog {
                 crate::nn::write_atomically(&path, kept.as_bytes())?;
             }
         }
-        Ok(MetricsLog { path, fresh: false })
+        Ok(MetricsLog {
+            path,
+            fresh: false,
+            pending: String::new(),
+        })
+    }
+}
+
+impl MetricsLog {
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| Error::Io {
+            path: self.path.display().to_string(),
+            cause: e,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        f.write_all(self.pending.as_bytes()).map_err(io)?;
+        self.pending.clear();
+        Ok(())
     }
 }
 
@@ -176,18 +222,20 @@ impl Callback for MetricsLog {
         }
         Ok(())
     }
+    fn on_step(&mut self, record: &StepRecord) -> Result<()> {
+        self.pending
+            .push_str(&serde_json::to_string(record).expect("records serialise"));
+        self.pending.push('\n');
+        Ok(())
+    }
     fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {
-        let io = |e: std::io::Error| Error::Io {
-            path: self.path.display().to_string(),
-            cause: e,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io)?;
-        let line = serde_json::to_string(s.record).expect("records serialise");
-        writeln!(f, "{line}").map_err(io)
+        self.pending
+            .push_str(&serde_json::to_string(s.record).expect("records serialise"));
+        self.pending.push('\n');
+        self.flush()
+    }
+    fn on_end(&mut self, _report: &TrainReport) -> Result<()> {
+        self.flush()
     }
 }
 

@@ -28,6 +28,9 @@ pub struct CheckpointMeta {
     pub dropout: f64,
     /// Feature statistics of the training split.
     pub standardizer: Option<Standardizer>,
+    /// The vocabulary of a character model, in id order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<String>,
     /// Where the run stands. The random state is derived, not stored: the batch order of
     /// epoch e comes from (seed, e) and the dropout masks of step s from (seed, s).
     pub position: Position,
@@ -55,6 +58,7 @@ const META_KEY: &str = "chainrule_checkpoint";
 const PARAM: &str = "param:";
 const OPTIMIZER: &str = "optimizer:";
 const BEST: &str = "best:";
+const STATE: &str = "state:";
 
 pub(super) fn save_checkpoint(
     path: &Path,
@@ -74,6 +78,12 @@ pub(super) fn save_checkpoint(
             .iter()
             .zip(&meta.position.best_weights)
             .map(|((_, n, _), t)| (format!("{BEST}{n}"), t)),
+    );
+    named.extend(
+        meta.position
+            .carried
+            .iter()
+            .map(|(n, t)| (format!("{STATE}{n}"), t)),
     );
     let metadata = HashMap::from([
         (
@@ -114,6 +124,7 @@ impl Checkpoint {
             }
         };
         let (mut params, mut ostate, mut best) = (Vec::new(), Vec::new(), Vec::new());
+        let mut meta = meta;
         for (n, t) in tensors {
             if let Some(p) = n.strip_prefix(PARAM) {
                 params.push((p.to_string(), t));
@@ -121,6 +132,8 @@ impl Checkpoint {
                 ostate.push((o.to_string(), t));
             } else if let Some(b) = n.strip_prefix(BEST) {
                 best.push((b.to_string(), t));
+            } else if let Some(c) = n.strip_prefix(STATE) {
+                meta.position.carried.push((c.to_string(), t));
             } else {
                 return Err(fmt(format!("unexpected tensor '{n}'")));
             }
@@ -139,6 +152,23 @@ impl Checkpoint {
         sizes.windows(2).try_fold(0usize, |acc, w| {
             w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(acc)
         })
+    }
+
+    /// Checks, before a model is built, that this checkpoint holds exactly `expected`
+    /// parameter values (`None`: the model's size overflows), so that a hostile or
+    /// foreign file cannot make the caller allocate more than the file itself holds.
+    pub fn check_param_count(&self, expected: Option<usize>) -> Result<()> {
+        let held: usize = self.params.iter().map(|(_, t)| t.len()).sum();
+        if expected != Some(held) {
+            return Err(Error::invalid(
+                "checkpoint",
+                format!(
+                    "it holds {held} parameter values; the model it describes needs {}",
+                    expected.map_or("more than can be counted".to_string(), |e| e.to_string())
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks, before a model of `sizes` is built, that this checkpoint holds exactly its

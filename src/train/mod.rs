@@ -4,19 +4,25 @@
 
 mod callbacks;
 mod checkpoint;
+mod objective;
 mod plot;
 
 pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot};
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, load_checkpoint};
+pub use objective::{
+    Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression, evaluate,
+};
 pub use plot::plot_history;
 
 use crate::autodiff::Tape;
-use crate::data::{Dataset, epoch_order, gather_batch};
 use crate::error::{Error, Result};
-use crate::nn::{ForwardCtx, Mlp, ParamStore, cross_entropy};
-use crate::optim::{LrSchedule, Optimizer, clip_grad_norm, clip_grad_value, global_norm};
+use crate::nn::{ForwardCtx, ParamStore};
+use crate::optim::{
+    LrSchedule, Optimizer, clip_grad_norm, clip_grad_value, global_norm, grad_norms,
+};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Settings of the loop. `None` means "no such limit".
@@ -30,7 +36,8 @@ pub struct TrainConfig {
     pub clip_norm: Option<f64>,
     /// Clip every gradient element to ±this value.
     pub clip_value: Option<f64>,
-    /// Stop when the validation accuracy reaches this.
+    /// Stop when the objective's validation metric reaches this (at least this for an
+    /// accuracy, at most this for a loss).
     pub target: Option<f64>,
     /// Stop after this many evaluations without improvement.
     pub patience: Option<usize>,
@@ -104,13 +111,57 @@ pub struct EvalRecord {
     pub train_loss: f64,
     /// Mean validation loss.
     pub val_loss: f64,
-    /// Validation accuracy.
+    /// The objective's metric (validation accuracy for a classifier, the loss for a
+    /// language model).
     pub val_metric: f64,
     /// Learning rate at the last step.
     pub lr: f64,
     /// Training seconds so far.
     pub seconds: f64,
+    /// The objective's named metrics besides the loss.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// Each parameter's gradient norm (before clipping) at the step before this
+    /// evaluation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grad_norms: BTreeMap<String, f64>,
 }
+
+/// One step, as logged: its loss, the global gradient norm before clipping, and whether
+/// clipping changed the gradient.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Steps taken, this one included.
+    pub step: usize,
+    /// The batch's loss.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Whether clipping fired.
+    pub clipped: bool,
+}
+
+/// What [`Trainer::train_step`] did.
+#[derive(Clone, Debug)]
+pub struct StepOutcome {
+    /// The batch's loss.
+    pub loss: f64,
+    /// Samples (or predicted tokens) the loss averages over.
+    pub samples: usize,
+    /// The learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping (NaN when the step stopped before it).
+    pub grad_norm: f64,
+    /// Whether clipping changed the gradient.
+    pub clipped: bool,
+    /// Each parameter's gradient norm before clipping, when asked for.
+    pub param_norms: Vec<f64>,
+    /// Set when the step changed nothing because the run must stop.
+    pub stop: Option<(StopReason, String)>,
+}
+
+/// Steps over which a tenfold growth of the gradient norm is reported.
+pub const GROWTH_WINDOW: usize = 50;
 
 /// Gradient-norm statistics over the run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -125,6 +176,12 @@ pub struct ClipStats {
     pub max_norm: f64,
     /// Mean global gradient norm.
     pub mean_norm: f64,
+    /// Times the norm grew tenfold within [`GROWTH_WINDOW`] steps.
+    #[serde(default)]
+    pub norm_growth_events: usize,
+    /// The first such growth, in words.
+    #[serde(default)]
+    pub first_norm_growth: Option<String>,
 }
 
 /// What the run did.
@@ -134,12 +191,16 @@ pub struct TrainReport {
     pub stopped_by: StopReason,
     /// A sentence explaining it.
     pub stop_detail: String,
-    /// Best validation accuracy seen.
+    /// The metric that picked the best evaluation.
+    pub metric: MetricSpec,
+    /// Best value of that metric seen.
     pub best_val_metric: f64,
     /// Step at which it was seen.
     pub best_step: usize,
-    /// Validation accuracy at the end (after restoring the best weights, if asked).
+    /// The metric at the end (after restoring the best weights, if asked).
     pub final_val_metric: f64,
+    /// The validation loss at the end.
+    pub final_val_loss: f64,
     /// Epochs completed.
     pub epochs: usize,
     /// Steps taken.
@@ -155,6 +216,10 @@ pub struct TrainReport {
     /// Loss returned by every step, in order.
     #[serde(skip)]
     pub step_losses: Vec<f64>,
+    /// `(step, global gradient norm before clipping, clipped)` of every step of this
+    /// process, in order.
+    #[serde(skip)]
+    pub step_norms: Vec<(usize, f64, bool)>,
 }
 
 /// Where a run starts: fresh, or where a checkpoint left off.
@@ -181,49 +246,24 @@ pub struct Position {
     pub best_weights: Vec<Tensor<f32>>,
     /// Clipping statistics so far.
     pub clipping: ClipStats,
-}
-
-/// Mean cross-entropy and accuracy of `model` on `ds`, without recording gradients.
-pub fn evaluate(model: &Mlp, store: &ParamStore<f32>, ds: &Dataset) -> Result<(f64, f64)> {
-    let mut loss_sum = 0.0;
-    let mut correct = 0usize;
-    let idx: Vec<usize> = (0..ds.len()).collect();
-    for chunk in idx.chunks(2048) {
-        let tape = Tape::new();
-        let (x, y) = gather_batch(ds, chunk);
-        tape.no_grad(|| -> Result<()> {
-            let p = store.leaves(&tape);
-            let logits = model.forward(&p, tape.constant(x), &mut ForwardCtx::eval())?;
-            loss_sum += cross_entropy(logits, &y)?.item()? as f64 * chunk.len() as f64;
-            correct += logits
-                .value()
-                .argmax_rows()
-                .iter()
-                .zip(&y)
-                .filter(|(a, b)| a == b)
-                .count();
-            Ok(())
-        })?;
-    }
-    Ok((loss_sum / ds.len() as f64, correct as f64 / ds.len() as f64))
+    /// The state the objective carries to the next batch (a recurrent model's hidden
+    /// state), in a checkpoint as `state:NAME` tensors; empty at an epoch's end.
+    #[serde(skip)]
+    pub carried: Vec<(String, Tensor<f32>)>,
 }
 
 /// One training step's graph (forward, loss, backward on the first batch of the run) as
 /// Graphviz DOT, grouped by layer, with every node's gradient norm.
 pub fn step_graph(
-    model: &Mlp,
+    objective: &mut dyn Objective,
     store: &ParamStore<f32>,
-    train: &Dataset,
-    batch_size: usize,
     seed: u64,
 ) -> Result<String> {
-    let order = epoch_order(train.len(), seed, 0);
-    let (x, y) = gather_batch(train, &order[..batch_size.min(train.len())]);
+    objective.start_epoch(0, seed)?;
     let tape = Tape::<f32>::new();
     let p = store.leaves(&tape);
     p.label(store);
-    let logits = model.forward(&p, tape.constant(x), &mut ForwardCtx::train(seed))?;
-    let loss = tape.scoped("loss", || cross_entropy(logits, &y))?;
+    let (loss, _) = objective.batch_loss(&p, 0, &mut ForwardCtx::train(seed))?;
     let grads = tape.backward_keep_all(loss)?;
     Ok(crate::autodiff::graph_dot(&tape, Some(&grads)))
 }
@@ -265,21 +305,109 @@ impl Trainer {
         Ok(Trainer { config })
     }
 
-    /// Trains `model` (whose parameters are in `store`) on `train`, evaluating on `val`.
+    /// One step on batch `batch` of the current epoch: forward, loss, backward, (the
+    /// seam where a gradient all-reduce across processes goes), clipping, optimizer step.
+    /// `step` is the number of steps taken before this one (it seeds dropout and picks
+    /// the learning rate); `first_loss` is the run's first loss, for the divergence test.
+    /// A step whose loss or gradient is not finite, or whose loss diverged, changes
+    /// nothing and says why in [`StepOutcome::stop`]. `norms_by_param` asks for each
+    /// parameter's gradient norm (before clipping) as well.
     #[allow(clippy::too_many_arguments)]
-    pub fn fit(
+    pub fn train_step(
         &self,
-        model: &Mlp,
+        tape: &mut Tape<f32>,
+        objective: &mut dyn Objective,
         store: &mut ParamStore<f32>,
         optimizer: &mut dyn Optimizer<f32>,
-        train: &Dataset,
-        val: &Dataset,
+        batch: usize,
+        step: usize,
+        first_loss: Option<f64>,
+        norms_by_param: bool,
+    ) -> Result<StepOutcome> {
+        let cfg = &self.config;
+        let lr = cfg.schedule.lr_at(step);
+        optimizer.set_learning_rate(lr);
+        tape.clear();
+        let (loss, samples, mut grads) = {
+            let p = store.leaves(tape);
+            let mut ctx =
+                ForwardCtx::train(cfg.seed ^ (step as u64).wrapping_mul(0xA076_1D64_78BD_642F));
+            let (loss, samples) = objective.batch_loss(&p, batch, &mut ctx)?;
+            let value = loss.item()? as f64;
+            let mut g = tape.backward(loss)?;
+            (value, samples, p.grads(&mut g))
+        };
+        tape.clear(); // drop the graph so the optimizer updates parameters in place
+        let mut out = StepOutcome {
+            loss,
+            samples,
+            lr,
+            grad_norm: f64::NAN,
+            clipped: false,
+            param_norms: Vec::new(),
+            stop: None,
+        };
+        if !loss.is_finite() {
+            out.stop = Some((
+                StopReason::NonFinite,
+                format!("the loss became {loss} at step {}", step + 1),
+            ));
+            return Ok(out);
+        }
+        let first = first_loss.unwrap_or(loss);
+        if let Some(f) = cfg.divergence_factor
+            && loss > f * first.max(1e-12)
+        {
+            out.stop = Some((
+                StopReason::Diverged,
+                format!(
+                    "the loss {loss:.4} at step {} exceeds {f} × the first loss {first:.4}",
+                    step + 1
+                ),
+            ));
+            return Ok(out);
+        }
+        // (a data-parallel run all-reduces `grads` here, before they are measured)
+        if norms_by_param {
+            out.param_norms = grad_norms(&grads);
+        }
+        out.grad_norm = match cfg.clip_norm {
+            Some(max) => clip_grad_norm(&mut grads, max, false)?,
+            None => global_norm(&grads),
+        };
+        if !out.grad_norm.is_finite() {
+            out.stop = Some((
+                StopReason::NonFinite,
+                format!(
+                    "the gradient norm became {} at step {}",
+                    out.grad_norm,
+                    step + 1
+                ),
+            ));
+            return Ok(out);
+        }
+        out.clipped = cfg.clip_norm.is_some_and(|m| out.grad_norm > m);
+        if let Some(v) = cfg.clip_value {
+            out.clipped |= clip_grad_value(&mut grads, v) > 0;
+        }
+        optimizer.step(store, &grads)?;
+        Ok(out)
+    }
+
+    /// Trains the parameters in `store` on `objective` from `start` until a stop
+    /// condition holds; evaluates every epoch (or every `eval_every` steps).
+    pub fn fit(
+        &self,
+        objective: &mut dyn Objective,
+        store: &mut ParamStore<f32>,
+        optimizer: &mut dyn Optimizer<f32>,
         start: Position,
         callbacks: &mut [&mut dyn Callback],
     ) -> Result<TrainReport> {
         let cfg = &self.config;
-        let n = train.len();
-        let batches_per_epoch = n.div_ceil(cfg.batch_size);
+        let metric = objective.metric();
+        let goal = metric.goal;
+        let batches_per_epoch = objective.batches_per_epoch();
         if start.batch >= batches_per_epoch {
             // a checkpoint of another batch size or dataset: slicing would panic
             return Err(Error::invalid(
@@ -294,19 +422,21 @@ impl Trainer {
         let clock = Instant::now();
         let elapsed = |pos_seconds: f64| pos_seconds + clock.elapsed().as_secs_f64();
         let base_seconds = pos.seconds;
-        let mut best: Option<(f64, usize)> =
-            pos.history
-                .iter()
-                .fold(None, |b: Option<(f64, usize)>, r| match b {
-                    Some((m, _)) if m >= r.val_metric => b,
-                    _ => Some((r.val_metric, r.step)),
-                });
+        let mut best: Option<(f64, usize)> = None;
+        for r in &pos.history {
+            if best.is_none_or(|(m, _)| goal.better(r.val_metric, m)) {
+                best = Some((r.val_metric, r.step));
+            }
+        }
         let mut step_losses = Vec::new();
+        let mut step_norms = Vec::new();
         let mut window_loss = (0.0, 0usize);
         let mut norm_sum = pos.clipping.mean_norm * pos.clipping.steps as f64;
+        let mut recent_norms = std::collections::VecDeque::with_capacity(GROWTH_WINDOW);
         let mut tape = Tape::<f32>::new();
         tape.set_detect_anomaly(cfg.detect_anomaly);
         let mut samples = 0usize;
+        let mut epoch_started = None;
 
         for c in callbacks.iter_mut() {
             c.on_start(&pos, batches_per_epoch)?;
@@ -320,7 +450,14 @@ impl Trainer {
                     format!("reached the limit of {max} epochs"),
                 );
             }
-            let order = epoch_order(n, cfg.seed, pos.epoch);
+            if epoch_started != Some(pos.epoch) {
+                objective.start_epoch(pos.epoch, cfg.seed)?;
+                if pos.batch > 0 {
+                    // resuming mid-epoch: the state the saved run carried
+                    objective.restore_carried_state(std::mem::take(&mut pos.carried))?;
+                }
+                epoch_started = Some(pos.epoch);
+            }
             loop {
                 if let Some(max) = cfg.max_steps
                     && pos.step >= max
@@ -338,65 +475,26 @@ impl Trainer {
                         format!("reached the time limit of {max} s"),
                     );
                 }
-                let idx =
-                    &order[pos.batch * cfg.batch_size..((pos.batch + 1) * cfg.batch_size).min(n)];
-                let (x, y) = gather_batch(train, idx);
-                let lr = cfg.schedule.lr_at(pos.step);
-                optimizer.set_learning_rate(lr);
-
-                // forward, loss, backward
-                tape.clear();
-                let (loss, mut grads) = {
-                    let p = store.leaves(&tape);
-                    let mut ctx = ForwardCtx::train(
-                        cfg.seed ^ (pos.step as u64).wrapping_mul(0xA076_1D64_78BD_642F),
-                    );
-                    let logits = model.forward(&p, tape.constant(x), &mut ctx)?;
-                    let loss = cross_entropy(logits, &y)?;
-                    let value = loss.item()? as f64;
-                    let mut g = tape.backward(loss)?;
-                    (value, p.grads(&mut g))
+                let eval_now = match cfg.eval_every {
+                    Some(k) => (pos.step + 1).is_multiple_of(k.max(1)),
+                    None => pos.batch + 1 == batches_per_epoch,
                 };
-                tape.clear(); // drop the graph so the optimizer updates parameters in place
-                step_losses.push(loss);
-                if !loss.is_finite() {
-                    break 'epochs (
-                        StopReason::NonFinite,
-                        format!(
-                            "the loss became {loss} at step {} (epoch {})",
-                            pos.step + 1,
-                            pos.epoch + 1
-                        ),
-                    );
+                let out = self.train_step(
+                    &mut tape,
+                    objective,
+                    store,
+                    optimizer,
+                    pos.batch,
+                    pos.step,
+                    pos.first_loss,
+                    eval_now,
+                )?;
+                step_losses.push(out.loss);
+                if let Some((reason, detail)) = out.stop {
+                    break 'epochs (reason, format!("{detail} (epoch {})", pos.epoch + 1));
                 }
-                let first = *pos.first_loss.get_or_insert(loss);
-                if let Some(f) = cfg.divergence_factor
-                    && loss > f * first.max(1e-12)
-                {
-                    break 'epochs (
-                        StopReason::Diverged,
-                        format!(
-                            "the loss {loss:.4} at step {} exceeds {f} × the first loss {first:.4}",
-                            pos.step + 1
-                        ),
-                    );
-                }
-
-                // clip, then step
-                let norm = match cfg.clip_norm {
-                    Some(max) => clip_grad_norm(&mut grads, max, false)?,
-                    None => global_norm(&grads),
-                };
-                if !norm.is_finite() {
-                    break 'epochs (
-                        StopReason::NonFinite,
-                        format!(
-                            "the gradient norm became {norm} at step {} (epoch {})",
-                            pos.step + 1,
-                            pos.epoch + 1
-                        ),
-                    );
-                }
+                pos.first_loss.get_or_insert(out.loss);
+                let norm = out.grad_norm;
                 let cs = &mut pos.clipping;
                 if cs.steps == 0 || norm < cs.min_norm {
                     cs.min_norm = norm;
@@ -405,43 +503,70 @@ impl Trainer {
                 cs.steps += 1;
                 norm_sum += norm;
                 cs.mean_norm = norm_sum / cs.steps as f64;
-                let mut clipped = cfg.clip_norm.is_some_and(|m| norm > m);
-                if let Some(v) = cfg.clip_value {
-                    clipped |= clip_grad_value(&mut grads, v) > 0;
+                cs.clipped_steps += usize::from(out.clipped);
+                // a norm ten times the median of the last GROWTH_WINDOW steps (the median,
+                // not the smallest: minibatch norms scatter)
+                if recent_norms.len() == GROWTH_WINDOW {
+                    recent_norms.pop_front();
                 }
-                cs.clipped_steps += usize::from(clipped);
-                optimizer.step(store, &grads)?;
+                if recent_norms.len() >= GROWTH_WINDOW / 2 {
+                    let mut sorted: Vec<f64> = recent_norms.iter().copied().collect();
+                    sorted.sort_by(f64::total_cmp);
+                    let median = sorted[sorted.len() / 2];
+                    if norm > 10.0 * median {
+                        cs.norm_growth_events += 1;
+                        cs.first_norm_growth.get_or_insert_with(|| {
+                            format!(
+                                "the gradient norm grew from {median:.3e} (median of the previous {} steps) to {norm:.3e} at step {}",
+                                sorted.len(),
+                                pos.step + 1
+                            )
+                        });
+                        recent_norms.clear();
+                    }
+                }
+                recent_norms.push_back(norm);
 
                 pos.step += 1;
                 pos.batch += 1;
-                samples += idx.len();
-                window_loss = (window_loss.0 + loss, window_loss.1 + 1);
+                samples += out.samples;
+                window_loss = (window_loss.0 + out.loss, window_loss.1 + 1);
+                step_norms.push((pos.step, norm, out.clipped));
+                let record = StepRecord {
+                    step: pos.step,
+                    loss: out.loss,
+                    grad_norm: norm,
+                    clipped: out.clipped,
+                };
                 for c in callbacks.iter_mut() {
-                    c.on_step(pos.step, loss)?;
+                    c.on_step(&record)?;
                 }
 
-                let eval_now = match cfg.eval_every {
-                    Some(k) => pos.step.is_multiple_of(k.max(1)),
-                    None => pos.batch == batches_per_epoch,
-                };
                 let epoch_done = pos.batch == batches_per_epoch;
                 if epoch_done {
                     pos.epoch += 1;
                     pos.batch = 0;
                 }
                 if eval_now {
-                    let (val_loss, val_metric) = evaluate(model, store, val)?;
+                    let eval = objective.evaluate(store)?;
+                    let val_metric = eval.get(&metric.name);
                     let record = EvalRecord {
                         epoch: pos.epoch as f64 + pos.batch as f64 / batches_per_epoch as f64,
                         step: pos.step,
                         train_loss: window_loss.0 / window_loss.1.max(1) as f64,
-                        val_loss,
+                        val_loss: eval.loss,
                         val_metric,
-                        lr,
+                        lr: out.lr,
                         seconds: elapsed(base_seconds),
+                        metrics: eval.metrics.iter().cloned().collect(),
+                        grad_norms: store
+                            .iter()
+                            .zip(&out.param_norms)
+                            .map(|((_, n, _), &v)| (n.to_string(), v))
+                            .collect(),
                     };
                     window_loss = (0.0, 0);
-                    let improved = best.as_ref().is_none_or(|(m, _)| val_metric > *m);
+                    let improved = best.is_none_or(|(m, _)| goal.better(val_metric, m));
                     if improved {
                         if cfg.restore_best {
                             pos.best_weights = store.iter().map(|(_, _, t)| t.clone()).collect();
@@ -453,6 +578,11 @@ impl Trainer {
                     }
                     pos.history.push(record.clone());
                     pos.seconds = elapsed(base_seconds);
+                    pos.carried = if epoch_done {
+                        Vec::new()
+                    } else {
+                        objective.carried_state()
+                    };
                     for c in callbacks.iter_mut() {
                         c.on_eval(&Snapshot {
                             record: &record,
@@ -461,12 +591,16 @@ impl Trainer {
                             optimizer: &*optimizer,
                         })?;
                     }
+                    pos.carried.clear();
                     if let Some(t) = cfg.target
-                        && val_metric >= t
+                        && goal.reached(val_metric, t)
                     {
                         break 'epochs (
                             StopReason::Target,
-                            format!("validation accuracy {val_metric:.4} reached the target {t}"),
+                            format!(
+                                "validation {} {val_metric:.4} reached the target {t}",
+                                metric.name
+                            ),
                         );
                     }
                     if let Some(p) = cfg.patience
@@ -491,18 +625,23 @@ impl Trainer {
                 *store.get_mut(id) = w.clone();
             }
         }
-        let final_val_metric = if stopped_by == StopReason::NonFinite {
-            f64::NAN
+        let final_eval = if stopped_by == StopReason::NonFinite {
+            Evaluation {
+                loss: f64::NAN,
+                metrics: Vec::new(),
+            }
         } else {
-            evaluate(model, store, val)?.1
+            objective.evaluate(store)?
         };
         let (best_val_metric, best_step) = best.unwrap_or((f64::NAN, 0));
         let report = TrainReport {
             stopped_by,
             stop_detail,
+            metric: metric.clone(),
             best_val_metric,
             best_step,
-            final_val_metric,
+            final_val_metric: final_eval.get(&metric.name),
+            final_val_loss: final_eval.loss,
             epochs: pos.epoch,
             steps: pos.step,
             seconds,
@@ -510,6 +649,7 @@ impl Trainer {
             clipping: pos.clipping.clone(),
             history: pos.history.clone(),
             step_losses,
+            step_norms,
         };
         for c in callbacks.iter_mut() {
             c.on_end(&report)?;
@@ -521,7 +661,8 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::{Activation, Init};
+    use crate::data::Dataset;
+    use crate::nn::{Activation, Init, Mlp};
     use crate::optim::OptimizerKind;
 
     #[test]
@@ -547,7 +688,13 @@ mod tests {
             ..Default::default()
         };
         let e = trainer
-            .fit(&model, &mut store, opt.as_mut(), &ds, &ds, start, &mut [])
+            .fit(
+                &mut Classification::new(&model, &ds, &ds, 5, true).unwrap(),
+                &mut store,
+                opt.as_mut(),
+                start,
+                &mut [],
+            )
             .unwrap_err()
             .to_string();
         assert!(

@@ -5,16 +5,22 @@ use crate::error::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;
 
-/// Draws training and validation loss (left) and validation accuracy (right) against
-/// epochs into an SVG file.
-pub fn plot_history(history: &[EvalRecord], path: &Path) -> Result<()> {
+/// Draws training and validation loss (left) and the validation metric (middle) against
+/// epochs, and every step's global gradient norm before clipping on a log scale (right,
+/// clipped steps in red), into an SVG file.
+pub fn plot_history(
+    history: &[EvalRecord],
+    step_norms: &[(usize, f64, bool)],
+    path: &Path,
+) -> Result<()> {
     let err = |e: String| Error::Format {
         path: path.display().to_string(),
         msg: format!("plot: {e}"),
     };
-    let root = SVGBackend::new(path, (960, 400)).into_drawing_area();
+    let root = SVGBackend::new(path, (1440, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let (left, right) = root.split_horizontally(480);
+    let (left, rest) = root.split_horizontally(480);
+    let (right, norms) = rest.split_horizontally(480);
     let max_epoch = history.iter().map(|r| r.epoch).fold(1.0, f64::max);
     let losses = history
         .iter()
@@ -54,12 +60,25 @@ pub fn plot_history(history: &[EvalRecord], path: &Path) -> Result<()> {
         .border_style(BLACK)
         .draw()
         .map_err(|e| err(e.to_string()))?;
+    let values = history
+        .iter()
+        .map(|r| r.val_metric)
+        .filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let range = if lo >= 0.0 && hi <= 1.0 || lo > hi {
+        0.0..1.0
+    } else {
+        let pad = ((hi - lo) * 0.05).max(1e-3);
+        (lo - pad)..(hi + pad)
+    };
     let mut acc = ChartBuilder::on(&right)
-        .caption("validation accuracy", ("sans-serif", 20))
+        .caption("validation metric", ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.0..max_epoch, 0.0..1.0)
+        .build_cartesian_2d(0.0..max_epoch, range)
         .map_err(|e| err(e.to_string()))?;
     acc.configure_mesh()
         .x_desc("epoch")
@@ -70,6 +89,48 @@ pub fn plot_history(history: &[EvalRecord], path: &Path) -> Result<()> {
         &GREEN,
     ))
     .map_err(|e| err(e.to_string()))?;
+    draw_norms(&norms, step_norms).map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// The gradient-norm panel: every step's norm before clipping, log scale.
+fn draw_norms<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    step_norms: &[(usize, f64, bool)],
+) -> std::result::Result<(), String> {
+    let finite = || step_norms.iter().filter(|s| s.1.is_finite() && s.1 > 0.0);
+    let (lo, hi) = finite().fold((f64::INFINITY, 0.0f64), |(a, b), s| {
+        (a.min(s.1), b.max(s.1))
+    });
+    let (lo, hi) = if lo <= hi {
+        (lo / 1.5, hi * 1.5)
+    } else {
+        (1e-3, 1.0)
+    };
+    let first = step_norms.first().map_or(0, |s| s.0);
+    let last = step_norms.last().map_or(1, |s| s.0).max(first + 1);
+    let mut chart = ChartBuilder::on(area)
+        .caption("gradient norm (before clipping)", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(first as f64..last as f64, (lo..hi).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(LineSeries::new(finite().map(|s| (s.0 as f64, s.1)), &BLUE))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(
+            finite()
+                .filter(|s| s.2)
+                .map(|s| Circle::new((s.0 as f64, s.1), 2, RED.filled())),
+        )
+        .map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -1,0 +1,481 @@
+//! What the descent loop trains: an [`Objective`] says which batches make an epoch, what
+//! a batch's loss is on the tape, what state carries from one batch to the next, and how
+//! the model is evaluated. The loop itself ([`super::Trainer`]) is the same for every
+//! model: a classifier, a regression and a language model are three objectives.
+
+use crate::autodiff::{CellKind, Tape, Var};
+use crate::data::{Dataset, Streams, epoch_order, gather_batch};
+use crate::error::{Error, Result};
+use crate::nn::{CarriedState, CharModel, ForwardCtx, Mlp, ParamStore, Params, cross_entropy, mse};
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Whether a metric improves downwards (a loss) or upwards (an accuracy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Goal {
+    /// Lower is better.
+    Minimize,
+    /// Higher is better.
+    Maximize,
+}
+
+impl Goal {
+    /// Whether `a` is strictly better than `b`.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Goal::Minimize => a < b,
+            Goal::Maximize => a > b,
+        }
+    }
+
+    /// Whether `value` has reached `target`.
+    pub fn reached(self, value: f64, target: f64) -> bool {
+        match self {
+            Goal::Minimize => value <= target,
+            Goal::Maximize => value >= target,
+        }
+    }
+}
+
+/// The metric that picks the best evaluation and that `target` and `patience` watch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricSpec {
+    /// Its name in [`Evaluation::metrics`] (`loss` means [`Evaluation::loss`]).
+    pub name: String,
+    /// Which way is better.
+    pub goal: Goal,
+}
+
+/// One evaluation on the validation split.
+#[derive(Clone, Debug, Default)]
+pub struct Evaluation {
+    /// Mean loss per sample (per predicted token for a language model).
+    pub loss: f64,
+    /// Named metrics besides the loss.
+    pub metrics: Vec<(String, f64)>,
+}
+
+impl Evaluation {
+    /// The value of the metric `name` (`loss` is the loss); NaN when absent.
+    pub fn get(&self, name: &str) -> f64 {
+        if name == "loss" {
+            return self.loss;
+        }
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(f64::NAN, |(_, v)| *v)
+    }
+}
+
+/// A training problem, as the descent loop sees it.
+pub trait Objective {
+    /// The metric that decides the best evaluation, `target` and `patience`.
+    fn metric(&self) -> MetricSpec;
+    /// Batches in one epoch (at least one).
+    fn batches_per_epoch(&self) -> usize;
+    /// Prepares epoch `epoch`: its batch order (derived from `seed` and `epoch`, so that a
+    /// resumed run sees the same order) and a fresh carried state.
+    fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()>;
+    /// Records the loss of batch `batch` of the current epoch on the tape of `p` and
+    /// returns it with the number of samples it averages over. State that carries to the
+    /// next batch is kept detached (as values, not on the tape).
+    fn batch_loss<'t>(
+        &mut self,
+        p: &Params<'t, f32>,
+        batch: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Result<(Var<'t, f32>, usize)>;
+    /// Evaluates the parameters in `store` on the validation split, without a gradient.
+    fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation>;
+    /// The state carried between batches, for a checkpoint (empty when none).
+    fn carried_state(&self) -> Vec<(String, Tensor<f32>)> {
+        Vec::new()
+    }
+    /// Puts back a state from [`Objective::carried_state`] after `start_epoch`.
+    fn restore_carried_state(&mut self, state: Vec<(String, Tensor<f32>)>) -> Result<()> {
+        match state.first() {
+            None => Ok(()),
+            Some((name, _)) => Err(Error::invalid(
+                "restore_carried_state",
+                format!("this model carries no state between batches, but '{name}' was given"),
+            )),
+        }
+    }
+}
+
+/// Mean cross-entropy and accuracy of `model` on `ds`, without recording gradients.
+pub fn evaluate(model: &Mlp, store: &ParamStore<f32>, ds: &Dataset) -> Result<(f64, f64)> {
+    let mut loss_sum = 0.0;
+    let mut correct = 0usize;
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    for chunk in idx.chunks(2048) {
+        let tape = Tape::new();
+        let (x, y) = gather_batch(ds, chunk);
+        tape.no_grad(|| -> Result<()> {
+            let p = store.leaves(&tape);
+            let logits = model.forward(&p, tape.constant(x), &mut ForwardCtx::eval())?;
+            loss_sum += cross_entropy(logits, &y)?.item()? as f64 * chunk.len() as f64;
+            correct += logits
+                .value()
+                .argmax_rows()
+                .iter()
+                .zip(&y)
+                .filter(|(a, b)| a == b)
+                .count();
+            Ok(())
+        })?;
+    }
+    Ok((loss_sum / ds.len() as f64, correct as f64 / ds.len() as f64))
+}
+
+/// An MLP classifier trained with softmax cross-entropy on shuffled minibatches; its
+/// metric is validation accuracy.
+pub struct Classification<'a> {
+    /// The model.
+    pub model: &'a Mlp,
+    train: &'a Dataset,
+    val: &'a Dataset,
+    batch_size: usize,
+    shuffle: bool,
+    order: Vec<usize>,
+}
+
+impl<'a> Classification<'a> {
+    /// Minibatches of `batch_size` from `train`, shuffled each epoch when `shuffle`.
+    pub fn new(
+        model: &'a Mlp,
+        train: &'a Dataset,
+        val: &'a Dataset,
+        batch_size: usize,
+        shuffle: bool,
+    ) -> Result<Self> {
+        check_batches("Classification", train.len(), batch_size)?;
+        Ok(Classification {
+            model,
+            train,
+            val,
+            batch_size,
+            shuffle,
+            order: (0..train.len()).collect(),
+        })
+    }
+
+    fn rows(&self, batch: usize) -> &[usize] {
+        let n = self.order.len();
+        &self.order[(batch * self.batch_size).min(n)..((batch + 1) * self.batch_size).min(n)]
+    }
+}
+
+fn check_batches(op: &'static str, n: usize, batch_size: usize) -> Result<()> {
+    if n == 0 || batch_size == 0 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "needs at least one sample and a batch size of at least 1 (got {n} samples, batch {batch_size})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Objective for Classification<'_> {
+    fn metric(&self) -> MetricSpec {
+        MetricSpec {
+            name: "accuracy".into(),
+            goal: Goal::Maximize,
+        }
+    }
+    fn batches_per_epoch(&self) -> usize {
+        self.train.len().div_ceil(self.batch_size)
+    }
+    fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()> {
+        if self.shuffle {
+            self.order = epoch_order(self.train.len(), seed, epoch);
+        }
+        Ok(())
+    }
+    fn batch_loss<'t>(
+        &mut self,
+        p: &Params<'t, f32>,
+        batch: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Result<(Var<'t, f32>, usize)> {
+        let rows = self.rows(batch);
+        let (x, y) = gather_batch(self.train, rows);
+        let logits = self.model.forward(p, p.tape().constant(x), ctx)?;
+        let loss = p.tape().scoped("loss", || cross_entropy(logits, &y))?;
+        Ok((loss, rows.len()))
+    }
+    fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {
+        let (loss, accuracy) = evaluate(self.model, store, self.val)?;
+        Ok(Evaluation {
+            loss,
+            metrics: vec![("accuracy".into(), accuracy)],
+        })
+    }
+}
+
+/// An MLP fitted to real-valued targets with mean squared error; its metric is the
+/// validation loss.
+pub struct Regression<'a> {
+    /// The model.
+    pub model: &'a Mlp,
+    x: Tensor<f32>,
+    y: Tensor<f32>,
+    val: (Tensor<f32>, Tensor<f32>),
+    batch_size: usize,
+    shuffle: bool,
+    order: Vec<usize>,
+}
+
+impl<'a> Regression<'a> {
+    /// Inputs `x: [n, d]` with targets `y: [n, k]`, validated on `val`, in minibatches of
+    /// `batch_size` (shuffled each epoch when `shuffle`).
+    pub fn new(
+        model: &'a Mlp,
+        (x, y): (Tensor<f32>, Tensor<f32>),
+        val: (Tensor<f32>, Tensor<f32>),
+        batch_size: usize,
+        shuffle: bool,
+    ) -> Result<Self> {
+        for (x, y) in [(&x, &y), (&val.0, &val.1)] {
+            if x.shape().len() != 2 || y.shape().len() != 2 || x.shape()[0] != y.shape()[0] {
+                return Err(Error::shape_detail(
+                    "Regression",
+                    x.shape(),
+                    y.shape(),
+                    "inputs [n, d] and targets [n, k] with the same n",
+                ));
+            }
+        }
+        let n = x.shape()[0];
+        check_batches("Regression", n, batch_size)?;
+        Ok(Regression {
+            model,
+            x,
+            y,
+            val,
+            batch_size,
+            shuffle,
+            order: (0..n).collect(),
+        })
+    }
+}
+
+impl Objective for Regression<'_> {
+    fn metric(&self) -> MetricSpec {
+        MetricSpec {
+            name: "loss".into(),
+            goal: Goal::Minimize,
+        }
+    }
+    fn batches_per_epoch(&self) -> usize {
+        self.order.len().div_ceil(self.batch_size)
+    }
+    fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()> {
+        if self.shuffle {
+            self.order = epoch_order(self.order.len(), seed, epoch);
+        }
+        Ok(())
+    }
+    fn batch_loss<'t>(
+        &mut self,
+        p: &Params<'t, f32>,
+        batch: usize,
+        ctx: &mut ForwardCtx,
+    ) -> Result<(Var<'t, f32>, usize)> {
+        let n = self.order.len();
+        let rows =
+            &self.order[(batch * self.batch_size).min(n)..((batch + 1) * self.batch_size).min(n)];
+        let whole = rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r);
+        // the whole set in order (a full-batch workload) needs no gather
+        let (x, y) = if whole {
+            (self.x.clone(), self.y.clone())
+        } else {
+            (self.x.index_select(0, rows)?, self.y.index_select(0, rows)?)
+        };
+        let tape = p.tape();
+        let pred = self.model.forward(p, tape.constant(x), ctx)?;
+        let loss = tape.scoped("loss", || mse(pred, tape.constant(y)))?;
+        Ok((loss, rows.len()))
+    }
+    fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {
+        let tape = Tape::new();
+        let loss = tape.no_grad(|| -> Result<f64> {
+            let p = store.leaves(&tape);
+            let pred = self.model.forward(
+                &p,
+                tape.constant(self.val.0.clone()),
+                &mut ForwardCtx::eval(),
+            )?;
+            Ok(mse(pred, tape.constant(self.val.1.clone()))?.item()? as f64)
+        })?;
+        Ok(Evaluation {
+            loss,
+            metrics: Vec::new(),
+        })
+    }
+}
+
+/// A character model trained by truncated backpropagation through time: the training
+/// text is cut into `B` contiguous streams, batch `k` of an epoch is window `k` of every
+/// stream, and the hidden state carries from one window to the next (detached), starting
+/// from zeros each epoch. Its metric is the validation loss in nats per character;
+/// `bits_per_char` is reported beside it. Validation reads the whole validation text the
+/// same way, state carried.
+pub struct LanguageModel<'a> {
+    /// The model.
+    pub model: &'a CharModel,
+    train: Streams,
+    val: Streams,
+    state: Option<CarriedState>,
+}
+
+/// Time-major ids (`t·B + b`) from a row-major `[B, len]` window.
+fn time_major(ids: &[u32], bsz: usize, len: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(ids.len());
+    for t in 0..len {
+        for b in 0..bsz {
+            out.push(ids[b * len + t] as usize);
+        }
+    }
+    out
+}
+
+impl<'a> LanguageModel<'a> {
+    /// Trains `model` on the streams `train`, validating on `val`.
+    pub fn new(model: &'a CharModel, train: Streams, val: Streams) -> Self {
+        LanguageModel {
+            model,
+            train,
+            val,
+            state: None,
+        }
+    }
+
+    /// Mean loss (nats per character) over all of `streams`, state carried.
+    pub fn loss_over(&self, store: &ParamStore<f32>, streams: &Streams) -> Result<f64> {
+        let mut tape = Tape::new();
+        let (mut sum, mut count) = (0.0, 0usize);
+        let mut state: Option<CarriedState> = None;
+        for k in 0..streams.windows() {
+            let (inputs, targets, len) = streams.window(k);
+            let bsz = streams.batch();
+            tape.no_grad(|| -> Result<()> {
+                let p = store.leaves(&tape);
+                let o =
+                    self.model
+                        .forward(&p, &time_major(&inputs, bsz, len), bsz, state.as_ref())?;
+                let loss = cross_entropy(o.logits, &time_major(&targets, bsz, len))?;
+                sum += loss.item()? as f64 * (bsz * len) as f64;
+                count += bsz * len;
+                state = Some(o.state);
+                Ok(())
+            })?;
+            tape.clear();
+        }
+        Ok(sum / count.max(1) as f64)
+    }
+}
+
+impl Objective for LanguageModel<'_> {
+    fn metric(&self) -> MetricSpec {
+        MetricSpec {
+            name: "loss".into(),
+            goal: Goal::Minimize,
+        }
+    }
+    fn batches_per_epoch(&self) -> usize {
+        self.train.windows()
+    }
+    fn start_epoch(&mut self, _epoch: usize, _seed: u64) -> Result<()> {
+        self.state = None;
+        Ok(())
+    }
+    fn batch_loss<'t>(
+        &mut self,
+        p: &Params<'t, f32>,
+        batch: usize,
+        _ctx: &mut ForwardCtx,
+    ) -> Result<(Var<'t, f32>, usize)> {
+        let (inputs, targets, len) = self.train.window(batch);
+        let bsz = self.train.batch();
+        if len == 0 {
+            return Err(Error::invalid(
+                "LanguageModel",
+                format!("window {batch} is past the end of the training streams"),
+            ));
+        }
+        let o = self
+            .model
+            .forward(p, &time_major(&inputs, bsz, len), bsz, self.state.as_ref())?;
+        self.state = Some(o.state);
+        let targets = time_major(&targets, bsz, len);
+        let loss = p
+            .tape()
+            .scoped("loss", || cross_entropy(o.logits, &targets))?;
+        Ok((loss, bsz * len))
+    }
+    fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {
+        let loss = self.loss_over(store, &self.val)?;
+        Ok(Evaluation {
+            loss,
+            metrics: vec![("bits_per_char".into(), loss / std::f64::consts::LN_2)],
+        })
+    }
+    fn carried_state(&self) -> Vec<(String, Tensor<f32>)> {
+        match &self.state {
+            None => Vec::new(),
+            Some(s) => std::iter::once(("h".to_string(), s.h.clone()))
+                .chain(s.c.clone().map(|c| ("c".to_string(), c)))
+                .collect(),
+        }
+    }
+    fn restore_carried_state(&mut self, state: Vec<(String, Tensor<f32>)>) -> Result<()> {
+        let (l, b, h) = (
+            self.model.rnn.num_layers(),
+            self.train.batch(),
+            self.model.rnn.hidden_size,
+        );
+        let lstm = self.model.rnn.kind == CellKind::Lstm;
+        let mut s = CarriedState {
+            h: Tensor::zeros(&[0]),
+            c: None,
+        };
+        let mut have_h = false;
+        for (name, t) in state {
+            if t.shape() != [l, b, h] {
+                return Err(Error::invalid(
+                    "checkpoint",
+                    format!(
+                        "carried state '{name}' has shape {:?}, the model needs [{l}, {b}, {h}]",
+                        t.shape()
+                    ),
+                ));
+            }
+            match name.as_str() {
+                "h" => (s.h, have_h) = (t, true),
+                "c" if lstm => s.c = Some(t),
+                _ => {
+                    return Err(Error::invalid(
+                        "checkpoint",
+                        format!("unexpected carried state '{name}'"),
+                    ));
+                }
+            }
+        }
+        self.state = match (have_h, lstm, s.c.is_some()) {
+            (false, _, false) => None,
+            (true, false, false) | (true, true, true) => Some(s),
+            _ => {
+                return Err(Error::invalid(
+                    "checkpoint",
+                    "the carried state is incomplete (an LSTM needs both h and c)",
+                ));
+            }
+        };
+        Ok(())
+    }
+}
