@@ -237,6 +237,8 @@ pub const WORKLOADS: &[&str] = &[
     "w7_memory",
     "memory_flat",
     "w3_scalar",
+    "w9_forward",
+    "w9_step",
 ];
 
 /// Settings shared by all workloads.
@@ -247,13 +249,19 @@ pub struct BenchConfig {
     /// The `chainrule` executable, for workloads that need a fresh process (`w7_memory`,
     /// `memory_flat`).
     pub exe: Option<std::path::PathBuf>,
+    /// The tragedies text of W9 (`w9_forward`, `w9_step`).
+    pub text: std::path::PathBuf,
 }
+
+/// Where W9's text is, seen from the repository root.
+pub const W9_TEXT: &str = "../shared/data/text/shakespeare-tragedies.txt";
 
 impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
             budget: Duration::from_secs(2),
             exe: None,
+            text: W9_TEXT.into(),
         }
     }
 }
@@ -272,6 +280,8 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "w2_step" => vec![w2_step(cfg)?],
         "w7_memory" => vec![w7_memory(cfg)?],
         "memory_flat" => vec![memory_flat(cfg)?],
+        "w9_forward" => vec![w9(cfg, false)?],
+        "w9_step" => vec![w9(cfg, true)?],
         "w3_scalar" => vec![
             w3_scalar(100_000, cfg)
                 .verify_extra("loss", W3_LOSS.0, W3_LOSS.1)?
@@ -1133,7 +1143,7 @@ mod tests {
             100_000,
             &BenchConfig {
                 budget: Duration::from_millis(1),
-                exe: None,
+                ..Default::default()
             },
         );
         let loss = row.extra["loss"].as_f64().unwrap();
@@ -1262,4 +1272,87 @@ mod tests {
         // results.md: loss@0 = 2.30215 for every framework
         assert!((loss - 2.30215).abs() < 5e-5, "{loss}");
     }
+}
+
+/// W9 (`shared/bench/anchors/w9_char_lstm.py`): embedding 64, a 2-layer LSTM of 256, a
+/// linear head, 32 streams × 64 characters of the tragedies, through the trainer's step
+/// (`Trainer::train_step` on a `LanguageModel`: forward, loss, backward, clipping at 1.0,
+/// Adam 2e-3), windows in order with the state carried; or the forward pass and loss of a
+/// window alone. Checks: the first loss is within 0.25 of ln(vocabulary) (PyTorch's
+/// initialisation predicts nearly uniformly), and the training step lowers the loss.
+fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
+    use crate::autodiff::CellKind;
+    use crate::data::{Streams, TextCorpus};
+    use crate::nn::CharModel;
+    use crate::train::LanguageModel;
+    let corpus = TextCorpus::load(&cfg.text)?;
+    let vocab = corpus.vocab().len();
+    let train_streams = Streams::new(corpus.train(), 32, 64)?;
+    let val = Streams::new(corpus.val(), 32, 64)?;
+    let mut store = ParamStore::new();
+    let model = CharModel::new(&mut store, CellKind::Lstm, vocab, 64, 256, 2, 0)?;
+    let mut objective = LanguageModel::new(&model, train_streams, val);
+    objective.start_epoch(0, 0)?;
+    let windows = objective.batches_per_epoch();
+    let trainer = Trainer::new(TrainConfig {
+        batch_size: 32,
+        schedule: LrSchedule::constant(2e-3),
+        clip_norm: Some(1.0),
+        divergence_factor: None,
+        ..Default::default()
+    })?;
+    let mut optimizer = OptimizerKind::Adam.build::<f32>(2e-3, None)?;
+    let mut tape = Tape::new();
+    let (mut step, mut losses) = (0usize, Vec::new());
+    let mut failure = None;
+    let mut run = |step: &mut usize, losses: &mut Vec<f64>| -> Result<()> {
+        let batch = *step % windows;
+        if train {
+            let out = trainer.train_step(
+                &mut tape,
+                &mut objective,
+                &mut store,
+                optimizer.as_mut(),
+                batch,
+                *step,
+                None,
+                false,
+            )?;
+            losses.push(out.loss);
+        } else {
+            tape.clear();
+            let p = store.leaves(&tape);
+            let (loss, _) = objective.batch_loss(&p, batch, &mut crate::nn::ForwardCtx::eval())?;
+            losses.push(loss.item()? as f64);
+        }
+        *step += 1;
+        Ok(())
+    };
+    for _ in 0..20 {
+        run(&mut step, &mut losses)?;
+    }
+    let t = measure(cfg.budget, 5, || {
+        if failure.is_none()
+            && let Err(e) = run(&mut step, &mut losses)
+        {
+            failure = Some(e);
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let name = if train { "w9_step" } else { "w9_forward" };
+    let uniform = (vocab as f64).ln();
+    let mut row = BenchRow::new(name, t)
+        .with("loss@0", losses[0])
+        .with("ln_vocab", uniform)
+        .with("chars_per_s", 32.0 * 64.0 / t.median_s)
+        .verify("loss@0", uniform, losses[0], 0.25)?;
+    if train {
+        let last = losses[19];
+        row = row
+            .with("loss@19", last)
+            .verify_at_most("loss@19", losses[0] - 0.3, last)?;
+    }
+    Ok(row)
 }

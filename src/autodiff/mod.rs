@@ -21,6 +21,6 @@ pub use gradcheck::{
     FORWARD_REVERSE_TOLERANCE, GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck, nan_max,
 };
 pub use ops::CustomOp;
-pub use ops::recurrent::{CellKind, gru_cell, lstm_cell, rnn_cell};
+pub use ops::recurrent::{CellKind, gru_cell, lstm_cell, recurrent_sequence, rnn_cell};
 pub use suite::{CaseFn, OpCheck, PlantedFault, SuiteReport, builtin_suite, planted_add};
 pub use tape::{Gradients, NodeInfo, Tape, Var};

@@ -18,6 +18,9 @@ pub struct Args {
     /// List the workloads and exit.
     #[arg(long)]
     list: bool,
+    /// The tragedies text for W9 (`w9_forward`, `w9_step`).
+    #[arg(long, default_value = chainrule::bench::W9_TEXT)]
+    text: std::path::PathBuf,
     /// Internal: the fresh process of `w7_memory`.
     #[arg(long, hide = true)]
     w7_child: bool,
@@ -72,6 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = BenchConfig {
         budget: Duration::from_secs_f64(args.budget),
         exe: std::env::current_exe().ok(),
+        text: args.text.clone(),
     };
     if !args.json {
         println!(

@@ -4,13 +4,13 @@
 //!
 //! Speed comes from structure. Per layer, the input projection of the whole window is
 //! one product (`x` as `[T·B, in]` times `W_ihᵀ`, plus `b_ih`; rows are time-major so
-//! each step's slice is one contiguous `narrow`). Each time step of a cell is then one
-//! recorded node (the step ops of `autodiff::ops::recurrent`: [`rnn_cell`], [`gru_cell`],
-//! [`lstm_cell`]) whose inputs are the step's slice of the projection, the previous
-//! state, `W_hh` and `b_hh`, so the backward sweep visits each step once.
+//! each step's slice is contiguous). The recurrence over the window is then one recorded
+//! node ([`crate::autodiff::recurrent_sequence`], running the step rules of
+//! [`crate::autodiff::rnn_cell`], `gru_cell` and `lstm_cell`) whose backward sweep visits
+//! each step once and forms `∂W_hh` as one product over the window.
 
 use super::store::{ParamId, ParamStore, Params};
-use crate::autodiff::{CellKind, Var, gru_cell, lstm_cell, rnn_cell};
+use crate::autodiff::{CellKind, Var, recurrent_sequence};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 use rand::SeedableRng;
@@ -230,26 +230,19 @@ impl Recurrent {
                 .matmul(param(lp.weight_ih).transpose(0, 1)?)?
                 .add(param(lp.bias_ih))?;
             let (w, b) = (param(lp.weight_hh), param(lp.bias_hh));
-            let mut h = initial(h0, l)?;
-            let mut c = if lstm { Some(initial(c0, l)?) } else { None };
-            let mut outs = Vec::with_capacity(steps);
-            for t in 0..steps {
-                let xt = xp.narrow(0, t * bsz, bsz)?;
-                h = match (self.kind, c) {
-                    (CellKind::Rnn, _) => rnn_cell(xt, h, w, b)?,
-                    (CellKind::Gru, _) => gru_cell(xt, h, w, b)?,
-                    (CellKind::Lstm, Some(cp)) => {
-                        let hc = lstm_cell(xt, h, cp, w, b)?;
-                        c = Some(hc.narrow(1, hid, hid)?);
-                        hc.narrow(1, 0, hid)?
-                    }
-                    (CellKind::Lstm, None) => unreachable!("an LSTM always has a cell state"),
-                };
-                outs.push(h);
+            let c = if lstm { Some(initial(c0, l)?) } else { None };
+            let seq = recurrent_sequence(self.kind, xp, initial(h0, l)?, c, w, b)?;
+            // an LSTM's final cell state comes as B rows after the steps' outputs
+            let ys = if lstm {
+                seq.narrow(0, 0, steps * bsz)?
+            } else {
+                seq
+            };
+            h_last.push(ys.narrow(0, (steps - 1) * bsz, bsz)?);
+            if lstm {
+                c_last.push(seq.narrow(0, steps * bsz, bsz)?);
             }
-            input = Var::concat(&outs, 0)?;
-            h_last.push(h);
-            c_last.extend(c);
+            input = ys;
         }
         let stack = |s: &[Var<'t, T>]| Var::concat(s, 0)?.reshape(&[nl, bsz, hid]);
         Ok(RecurrentOutput {
@@ -357,6 +350,7 @@ impl Lstm {
 mod tests {
     use super::*;
     use crate::autodiff::{GradcheckOptions, Tape, gradcheck};
+    use crate::autodiff::{gru_cell, rnn_cell};
     use std::collections::HashMap;
     use std::path::PathBuf;
 

@@ -15,14 +15,12 @@ use std::sync::Arc;
 // Shared pieces of the step rules: the hidden projection hp = h·Wᵀ + b and its two rules.
 // ---------------------------------------------------------------------------------------
 
+/// `σ(x) = (1 + tanh(x/2)) / 2`: branch-free over the vectorisable `tanh_`, so the gate
+/// loops below vectorise (an `exp` per element was a quarter of an LSTM's forward pass).
 #[inline(always)]
 fn sigmoid<T: Element>(x: T) -> T {
-    if x >= T::zero() {
-        T::one() / (T::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (T::one() + e)
-    }
+    let half = T::of(0.5);
+    half + half * (half * x).tanh_()
 }
 
 /// `hp = h·Wᵀ + b`: `h: [B, H]`, `W: [GH, H]`, `b: [GH]`, result `[B, GH]` row-major.
@@ -145,6 +143,139 @@ fn check_step(
 }
 
 // ---------------------------------------------------------------------------------------
+// The rules of one step, row by row (one row = one sequence of the batch). The step ops
+// below and the whole-window op `recurrent_sequence` both run these, so each derivative
+// is written once.
+// ---------------------------------------------------------------------------------------
+
+/// RNN forward: `h' = tanh(xp + hp)`.
+#[inline]
+fn rnn_forward_row<T: Element>(xp: &[T], hp: &[T], h_new: &mut [T]) {
+    for ((o, &x), &a) in h_new.iter_mut().zip(xp).zip(hp) {
+        *o = (x + a).tanh_();
+    }
+}
+
+/// RNN reverse: `ḡa = g ⊙ (1 − h'²)` is the gradient of both `xp` and `hp`.
+#[inline]
+fn rnn_backward_row<T: Element>(h_new: &[T], g: &[T], ga: &mut [T]) {
+    for ((o, &y), &g) in ga.iter_mut().zip(h_new).zip(g) {
+        *o = (T::one() - y * y) * g;
+    }
+}
+
+/// GRU forward (PyTorch's form): `r = σ(xp_r + hp_r)`, `z = σ(xp_z + hp_z)`,
+/// `n = tanh(xp_n + r ⊙ hp_n)`, `h' = (1 − z) ⊙ n + z ⊙ h`; keeps `[r, z, n, hp_n]`.
+#[inline]
+fn gru_forward_row<T: Element>(
+    hid: usize,
+    xp: &[T],
+    hp: &[T],
+    h: &[T],
+    h_new: &mut [T],
+    saved: &mut [T],
+) {
+    let (rz, rest) = saved[..4 * hid].split_at_mut(2 * hid);
+    let (n, hn) = rest.split_at_mut(hid);
+    for ((v, &x), &p) in rz.iter_mut().zip(&xp[..2 * hid]).zip(&hp[..2 * hid]) {
+        *v = sigmoid(x + p);
+    }
+    hn.copy_from_slice(&hp[2 * hid..3 * hid]);
+    let (r, z) = rz.split_at(hid);
+    let (xn, h, h_new) = (&xp[2 * hid..3 * hid], &h[..hid], &mut h_new[..hid]);
+    for j in 0..hid {
+        n[j] = (xn[j] + r[j] * hn[j]).tanh_();
+        h_new[j] = (T::one() - z[j]) * n[j] + z[j] * h[j];
+    }
+}
+
+/// GRU reverse: `ḡn = g(1−z)(1−n²)`, `ḡz = g(h−n) z(1−z)`, `ḡr = ḡn hp_n r(1−r)`;
+/// `∂xp = [ḡr, ḡz, ḡn]`, `∂hp = [ḡr, ḡz, ḡn ⊙ r]`, and `h` gets `g z` directly (besides
+/// `∂hp·W`).
+#[inline]
+fn gru_backward_row<T: Element>(
+    hid: usize,
+    saved: &[T],
+    h: &[T],
+    g: &[T],
+    gx: &mut [T],
+    ghp: &mut [T],
+    direct: &mut [T],
+) {
+    for j in 0..hid {
+        let (r, z, n, hn) = (
+            saved[j],
+            saved[hid + j],
+            saved[2 * hid + j],
+            saved[3 * hid + j],
+        );
+        let gn = g[j] * (T::one() - z) * (T::one() - n * n);
+        let gz = g[j] * (h[j] - n) * z * (T::one() - z);
+        let gr = gn * hn * r * (T::one() - r);
+        direct[j] = g[j] * z;
+        (gx[j], gx[hid + j], gx[2 * hid + j]) = (gr, gz, gn);
+        (ghp[j], ghp[hid + j], ghp[2 * hid + j]) = (gr, gz, gn * r);
+    }
+}
+
+/// LSTM forward: `a = xp + hp` (given in `a`, replaced by the activated gates
+/// `[i, f, g, o]`); `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`. Block by block, so that
+/// every loop vectorises.
+#[inline]
+fn lstm_forward_row<T: Element>(
+    hid: usize,
+    a: &mut [T],
+    c: &[T],
+    h_new: &mut [T],
+    c_new: &mut [T],
+) {
+    let (ifg, o) = a[..4 * hid].split_at_mut(3 * hid);
+    let (i_f, g) = ifg.split_at_mut(2 * hid);
+    i_f.iter_mut().for_each(|v| *v = sigmoid(*v));
+    g.iter_mut().for_each(|v| *v = v.tanh_());
+    o.iter_mut().for_each(|v| *v = sigmoid(*v));
+    let (i, f) = i_f.split_at(hid);
+    let (c, h_new, c_new) = (&c[..hid], &mut h_new[..hid], &mut c_new[..hid]);
+    for j in 0..hid {
+        let cn = f[j] * c[j] + i[j] * g[j];
+        h_new[j] = o[j] * cn.tanh_();
+        c_new[j] = cn;
+    }
+}
+
+/// LSTM reverse, given `g_h` and `g_c` of the step's outputs: `ḡc = g_c + g_h o (1 −
+/// tanh² c')`; `∂a = [ḡc g i(1−i), ḡc c f(1−f), ḡc i (1−g²), g_h tanh c' o(1−o)]` (the
+/// gradient of both `xp` and `hp`); `∂c = ḡc f`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn lstm_backward_row<T: Element>(
+    hid: usize,
+    gates: &[T],
+    c: &[T],
+    c_new: &[T],
+    g_h: &[T],
+    g_c: &[T],
+    da: &mut [T],
+    dc: &mut [T],
+) {
+    for j in 0..hid {
+        let (i, f, gg, o) = (
+            gates[j],
+            gates[hid + j],
+            gates[2 * hid + j],
+            gates[3 * hid + j],
+        );
+        let tc = c_new[j].tanh_();
+        let gct = g_c[j] + g_h[j] * o * (T::one() - tc * tc);
+        da[j] = gct * gg * i * (T::one() - i);
+        da[hid + j] = gct * c[j] * f * (T::one() - f);
+        da[2 * hid + j] = gct * i * (T::one() - gg * gg);
+        da[3 * hid + j] = g_h[j] * tc * o * (T::one() - o);
+        dc[j] = gct * f;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // RNN (tanh): h' = tanh(xp + h·Wᵀ + b).     inputs [xp, h, W_hh, b_hh]
 // ---------------------------------------------------------------------------------------
 
@@ -168,19 +299,12 @@ impl<T: Element> CustomOp<T> for RnnStep {
             da.iter_mut().zip(dx.data()).for_each(|(a, &d)| *a += d);
         }
         Ok(Tensor::build(out.shape(), |o| {
-            for ((o, &y), &a) in o.iter_mut().zip(out.data()).zip(&da) {
-                *o = (T::one() - y * y) * a;
-            }
+            rnn_backward_row(out.data(), &da, o);
         }))
     }
 
-    /// `ḡa = g ⊙ (1 − h'²)`; `∂xp = ḡa`, then the hidden projection's rule.
     fn vjp(&self, ins: &[&Tensor<T>], out: &Tensor<T>, g: &Tensor<T>) -> Result<Vec<Tensor<T>>> {
-        let ga = Tensor::build(out.shape(), |o| {
-            for ((o, &y), &g) in o.iter_mut().zip(out.data()).zip(g.data()) {
-                *o = (T::one() - y * y) * g;
-            }
-        });
+        let ga = Tensor::build(out.shape(), |o| rnn_backward_row(out.data(), g.data(), o));
         let (dh, dw, db) = hidden_proj_vjp(ins[1], ins[2], ga.data());
         Ok(vec![ga, dh, dw, db])
     }
@@ -204,11 +328,7 @@ pub fn rnn_cell<'t, T: Element>(
         bv.shape(),
     )?;
     let hp = hidden_proj(&hv, &wv, &bv);
-    let y = Tensor::build(&[bsz, hid], |o| {
-        for ((o, &a), &x) in o.iter_mut().zip(&hp).zip(xv.data()) {
-            *o = (a + x).tanh_();
-        }
-    });
+    let y = Tensor::build(&[bsz, hid], |o| rnn_forward_row(xv.data(), &hp, o));
     Ok(Var::custom(&[xp, h, w_hh, b_hh], Arc::new(RnnStep), y))
 }
 
@@ -257,8 +377,6 @@ impl<T: Element> CustomOp<T> for GruStep<T> {
         }))
     }
 
-    /// `ḡn = g(1−z)(1−n²)`, `ḡz = g(h−n) z(1−z)`, `ḡr = ḡn hp_n r(1−r)`;
-    /// `∂xp = [ḡr, ḡz, ḡn]`, `∂hp = [ḡr, ḡz, ḡn ⊙ r]`, `∂h = g z + ∂hp·W`
     fn vjp(&self, ins: &[&Tensor<T>], out: &Tensor<T>, g: &Tensor<T>) -> Result<Vec<Tensor<T>>> {
         let (h, hid) = (ins[1], out.shape()[1]);
         let bsz = out.shape()[0];
@@ -267,20 +385,16 @@ impl<T: Element> CustomOp<T> for GruStep<T> {
         let mut direct = vec![T::zero(); bsz * hid];
         let gx = Tensor::build(&[bsz, 3 * hid], |gx| {
             for bi in 0..bsz {
-                let s = &s[bi * 4 * hid..(bi + 1) * 4 * hid];
-                let gx = &mut gx[bi * 3 * hid..(bi + 1) * 3 * hid];
-                let ghp = &mut ghp[bi * 3 * hid..(bi + 1) * 3 * hid];
-                for j in 0..hid {
-                    let k = bi * hid + j;
-                    let (r, z, n, hn) = (s[j], s[hid + j], s[2 * hid + j], s[3 * hid + j]);
-                    let g = g.data()[k];
-                    let gn = g * (T::one() - z) * (T::one() - n * n);
-                    let gz = g * (h.data()[k] - n) * z * (T::one() - z);
-                    let gr = gn * hn * r * (T::one() - r);
-                    direct[k] = g * z;
-                    (gx[j], gx[hid + j], gx[2 * hid + j]) = (gr, gz, gn);
-                    (ghp[j], ghp[hid + j], ghp[2 * hid + j]) = (gr, gz, gn * r);
-                }
+                let (r3, r1) = (bi * 3 * hid..(bi + 1) * 3 * hid, bi * hid..(bi + 1) * hid);
+                gru_backward_row(
+                    hid,
+                    &s[bi * 4 * hid..(bi + 1) * 4 * hid],
+                    &h.data()[r1.clone()],
+                    &g.data()[r1.clone()],
+                    &mut gx[r3.clone()],
+                    &mut ghp[r3],
+                    &mut direct[r1],
+                );
             }
         });
         let (mut dh, dw, db) = hidden_proj_vjp(h, ins[2], &ghp);
@@ -314,18 +428,15 @@ pub fn gru_cell<'t, T: Element>(
     let mut saved = vec![T::zero(); bsz * 4 * hid];
     let y = Tensor::build(&[bsz, hid], |o| {
         for bi in 0..bsz {
-            let x = &xv.data()[bi * 3 * hid..(bi + 1) * 3 * hid];
-            let hp = &hp[bi * 3 * hid..(bi + 1) * 3 * hid];
-            let s = &mut saved[bi * 4 * hid..(bi + 1) * 4 * hid];
-            for j in 0..hid {
-                let r = sigmoid(x[j] + hp[j]);
-                let z = sigmoid(x[hid + j] + hp[hid + j]);
-                let hn = hp[2 * hid + j];
-                let n = (x[2 * hid + j] + r * hn).tanh_();
-                let k = bi * hid + j;
-                o[k] = (T::one() - z) * n + z * hv.data()[k];
-                (s[j], s[hid + j], s[2 * hid + j], s[3 * hid + j]) = (r, z, n, hn);
-            }
+            let (r3, r1) = (bi * 3 * hid..(bi + 1) * 3 * hid, bi * hid..(bi + 1) * hid);
+            gru_forward_row(
+                hid,
+                &xv.data()[r3.clone()],
+                &hp[r3],
+                &hv.data()[r1.clone()],
+                &mut o[r1],
+                &mut saved[bi * 4 * hid..(bi + 1) * 4 * hid],
+            );
         }
     });
     let saved = Tensor::from_vec(saved, &[bsz, 4 * hid])?;
@@ -388,29 +499,28 @@ impl<T: Element> CustomOp<T> for LstmStep<T> {
         }))
     }
 
-    /// `ḡc = g_c + g_h o (1 − tanh² c')`; `∂a = [ḡc g i(1−i), ḡc c f(1−f), ḡc i (1−g²),
-    /// g_h tanh c' o(1−o)]`; `∂xp = ∂a`, `∂c = ḡc f`, then the hidden projection's rule.
     fn vjp(&self, ins: &[&Tensor<T>], out: &Tensor<T>, g: &Tensor<T>) -> Result<Vec<Tensor<T>>> {
         let (c, bsz, hid) = (ins[2], out.shape()[0], out.shape()[1] / 2);
         let gs = self.gates.data();
         let mut dc = vec![T::zero(); bsz * hid];
         let da = Tensor::build(&[bsz, 4 * hid], |da| {
             for bi in 0..bsz {
-                let s = &gs[bi * 4 * hid..(bi + 1) * 4 * hid];
-                let da = &mut da[bi * 4 * hid..(bi + 1) * 4 * hid];
-                let (grow, yrow) = (&g.data()[bi * 2 * hid..], &out.data()[bi * 2 * hid..]);
-                for j in 0..hid {
-                    let k = bi * hid + j;
-                    let (i, f, gg, og) = (s[j], s[hid + j], s[2 * hid + j], s[3 * hid + j]);
-                    let (gh, gc) = (grow[j], grow[hid + j]);
-                    let tc = yrow[hid + j].tanh_();
-                    let gct = gc + gh * og * (T::one() - tc * tc);
-                    da[j] = gct * gg * i * (T::one() - i);
-                    da[hid + j] = gct * c.data()[k] * f * (T::one() - f);
-                    da[2 * hid + j] = gct * i * (T::one() - gg * gg);
-                    da[3 * hid + j] = gh * tc * og * (T::one() - og);
-                    dc[k] = gct * f;
-                }
+                let (r4, r1, r2) = (
+                    bi * 4 * hid..(bi + 1) * 4 * hid,
+                    bi * hid..(bi + 1) * hid,
+                    bi * 2 * hid..(bi + 1) * 2 * hid,
+                );
+                let (grow, yrow) = (&g.data()[r2.clone()], &out.data()[r2]);
+                lstm_backward_row(
+                    hid,
+                    &gs[r4.clone()],
+                    &c.data()[r1.clone()],
+                    &yrow[hid..],
+                    &grow[..hid],
+                    &grow[hid..],
+                    &mut da[r4],
+                    &mut dc[r1],
+                );
             }
         });
         let (dh, dw, db) = hidden_proj_vjp(ins[1], ins[3], da.data());
@@ -443,18 +553,14 @@ pub fn lstm_cell<'t, T: Element>(
     a.iter_mut().zip(xv.data()).for_each(|(a, &x)| *a += x);
     let y = Tensor::build(&[bsz, 2 * hid], |o| {
         for bi in 0..bsz {
-            let a = &mut a[bi * 4 * hid..(bi + 1) * 4 * hid];
-            let orow = &mut o[bi * 2 * hid..(bi + 1) * 2 * hid];
-            for j in 0..hid {
-                let i = sigmoid(a[j]);
-                let f = sigmoid(a[hid + j]);
-                let g = a[2 * hid + j].tanh_();
-                let og = sigmoid(a[3 * hid + j]);
-                let cn = f * cv.data()[bi * hid + j] + i * g;
-                orow[j] = og * cn.tanh_();
-                orow[hid + j] = cn;
-                (a[j], a[hid + j], a[2 * hid + j], a[3 * hid + j]) = (i, f, g, og);
-            }
+            let (h_new, c_new) = o[bi * 2 * hid..(bi + 1) * 2 * hid].split_at_mut(hid);
+            lstm_forward_row(
+                hid,
+                &mut a[bi * 4 * hid..(bi + 1) * 4 * hid],
+                &cv.data()[bi * hid..(bi + 1) * hid],
+                h_new,
+                c_new,
+            );
         }
     });
     let gates = Tensor::from_vec(a, &[bsz, 4 * hid])?;
@@ -490,6 +596,374 @@ impl CellKind {
             CellKind::Lstm => 4,
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A whole window of one layer as one recorded node.
+//   inputs [xp, h0, (c0,) W_hh, b_hh];  xp: [T·B, G·H] time-major (rows t·B .. (t+1)·B
+//   are step t);  output: every step's h, [T·B, H], and for an LSTM the final c appended
+//   as B more rows, [(T+1)·B, H].
+// ---------------------------------------------------------------------------------------
+
+/// A recurrent layer over a window. The forward pass runs the step rules above with one
+/// hidden product per step into a reused buffer; the reverse sweep visits each step once
+/// (one product `∂hp·W` per step) and forms `∂W_hh` as one product over the whole window
+/// (`∂HPᵀ · H_prev`, inner size `T·B`) instead of one `[G·H, H]` product per step.
+struct SequenceOp<T: Element> {
+    kind: CellKind,
+    bsz: usize,
+    /// GRU: `[r, z, n, hp_n]` per row, `[T·B, 4H]`; LSTM: the gates `[T·B, 4H]`.
+    saved: Vec<T>,
+    /// LSTM: every step's cell state, `[T·B, H]`.
+    cells: Vec<T>,
+}
+
+impl<T: Element> SequenceOp<T> {
+    /// `(T, H)`.
+    fn dims(&self, ins: &[&Tensor<T>]) -> (usize, usize) {
+        (ins[0].shape()[0] / self.bsz, ins[1].shape()[1])
+    }
+}
+
+impl<T: Element> CustomOp<T> for SequenceOp<T> {
+    fn name(&self) -> &str {
+        match self.kind {
+            CellKind::Rnn => "rnn_sequence",
+            CellKind::Gru => "gru_sequence",
+            CellKind::Lstm => "lstm_sequence",
+        }
+    }
+
+    /// Step by step, the step ops' forward rules with the tangent of the previous state.
+    fn jvp(
+        &self,
+        ins: &[&Tensor<T>],
+        out: &Tensor<T>,
+        t: &[Option<&Tensor<T>>],
+    ) -> Result<Tensor<T>> {
+        let (steps, hid) = self.dims(ins);
+        let (bsz, lstm) = (self.bsz, self.kind == CellKind::Lstm);
+        let gh = self.kind.gates() * hid;
+        let (w, b) = (ins[ins.len() - 2], ins[ins.len() - 1]);
+        let (tw, tb) = (t[t.len() - 2], t[t.len() - 1]);
+        let rows = |v: &[T], t: usize, width: usize| -> Result<Tensor<T>> {
+            Tensor::from_vec(
+                v[t * bsz * width..(t + 1) * bsz * width].to_vec(),
+                &[bsz, width],
+            )
+        };
+        let mut dout = vec![T::zero(); out.len()];
+        let mut h = ins[1].clone();
+        let mut dh: Option<Tensor<T>> = t[1].cloned();
+        let mut c = if lstm { Some(ins[2].clone()) } else { None };
+        let mut dc: Option<Tensor<T>> = if lstm { t[2].cloned() } else { None };
+        for s in 0..steps {
+            let xp = rows(ins[0].data(), s, gh)?;
+            let dxp = t[0].map(|d| rows(d.data(), s, gh)).transpose()?;
+            let h_new = rows(out.data(), s, hid)?;
+            let y = match self.kind {
+                CellKind::Rnn => {
+                    let ins = [&xp, &h, w, b];
+                    RnnStep.jvp(&ins, &h_new, &[dxp.as_ref(), dh.as_ref(), tw, tb])?
+                }
+                CellKind::Gru => {
+                    let op = GruStep {
+                        saved: rows(&self.saved, s, 4 * hid)?,
+                    };
+                    op.jvp(
+                        &[&xp, &h, w, b],
+                        &h_new,
+                        &[dxp.as_ref(), dh.as_ref(), tw, tb],
+                    )?
+                }
+                CellKind::Lstm => {
+                    let c_new = rows(&self.cells, s, hid)?;
+                    let op = LstmStep {
+                        gates: rows(&self.saved, s, 4 * hid)?,
+                    };
+                    let both = Tensor::concat(&[h_new.clone(), c_new.clone()], 1)?;
+                    let cp = c.take().expect("an LSTM has a cell state");
+                    let ins = [&xp, &h, &cp, w, b];
+                    let y = op.jvp(
+                        &ins,
+                        &both,
+                        &[dxp.as_ref(), dh.as_ref(), dc.as_ref(), tw, tb],
+                    )?;
+                    c = Some(c_new);
+                    dc = Some(y.narrow(1, hid, hid)?);
+                    y.narrow(1, 0, hid)?
+                }
+            };
+            dout[s * bsz * hid..(s + 1) * bsz * hid].copy_from_slice(y.data());
+            dh = Some(y);
+            h = h_new;
+        }
+        if let (true, Some(dc)) = (lstm, dc) {
+            dout[steps * bsz * hid..].copy_from_slice(dc.data());
+        }
+        Tensor::from_vec(dout, out.shape())
+    }
+
+    fn vjp(&self, ins: &[&Tensor<T>], out: &Tensor<T>, g: &Tensor<T>) -> Result<Vec<Tensor<T>>> {
+        let (steps, hid) = self.dims(ins);
+        let (bsz, kind) = (self.bsz, self.kind);
+        let (lstm, gru) = (kind == CellKind::Lstm, kind == CellKind::Gru);
+        let gh = kind.gates() * hid;
+        let w = ins[ins.len() - 2];
+        let (h0, y, g) = (ins[1].data(), out.data(), g.data());
+        let (bh, bg) = (bsz * hid, bsz * gh);
+        // ∂xp of every step; for the GRU also ∂hp (they differ in the n block)
+        let mut dhp = if gru {
+            vec![T::zero(); steps * bg]
+        } else {
+            Vec::new()
+        };
+        let mut dh = vec![T::zero(); bh]; // ∂L/∂h_t from the steps after t
+        let mut gsum = vec![T::zero(); bh];
+        let mut direct = vec![T::zero(); bh];
+        let mut dc = if lstm {
+            g[steps * bh..].to_vec()
+        } else {
+            Vec::new()
+        };
+        let mut dc_prev = vec![T::zero(); if lstm { bh } else { 0 }];
+        let dxp = Tensor::build(&[steps * bsz, gh], |dxp| {
+            for s in (0..steps).rev() {
+                for ((a, &gy), &d) in gsum.iter_mut().zip(&g[s * bh..(s + 1) * bh]).zip(&dh) {
+                    *a = gy + d;
+                }
+                let h_prev = if s == 0 { h0 } else { &y[(s - 1) * bh..s * bh] };
+                let dx = &mut dxp[s * bg..(s + 1) * bg];
+                match kind {
+                    CellKind::Rnn => rnn_backward_row(&y[s * bh..(s + 1) * bh], &gsum, dx),
+                    CellKind::Gru => {
+                        let dhp = &mut dhp[s * bg..(s + 1) * bg];
+                        for bi in 0..bsz {
+                            let (r3, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
+                            gru_backward_row(
+                                hid,
+                                &self.saved[(s * bsz + bi) * 4 * hid..(s * bsz + bi + 1) * 4 * hid],
+                                &h_prev[r1.clone()],
+                                &gsum[r1.clone()],
+                                &mut dx[r3.clone()],
+                                &mut dhp[r3],
+                                &mut direct[r1],
+                            );
+                        }
+                    }
+                    CellKind::Lstm => {
+                        let c_prev = if s == 0 {
+                            ins[2].data()
+                        } else {
+                            &self.cells[(s - 1) * bh..s * bh]
+                        };
+                        for bi in 0..bsz {
+                            let (r4, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
+                            let row = s * bh + bi * hid;
+                            lstm_backward_row(
+                                hid,
+                                &self.saved[s * bg + bi * gh..s * bg + (bi + 1) * gh],
+                                &c_prev[r1.clone()],
+                                &self.cells[row..row + hid],
+                                &gsum[r1.clone()],
+                                &dc[r1.clone()],
+                                &mut dx[r4],
+                                &mut dc_prev[r1],
+                            );
+                        }
+                        std::mem::swap(&mut dc, &mut dc_prev);
+                    }
+                }
+                // ∂h_{t−1} = ∂hp·W (+ the GRU's direct path)
+                let ghp = if gru {
+                    &dhp[s * bg..(s + 1) * bg]
+                } else {
+                    &dxp[s * bg..(s + 1) * bg]
+                };
+                matmul_into(
+                    &mut dh,
+                    bsz,
+                    hid,
+                    gh,
+                    (ghp, MatLayout::Normal),
+                    (w.data(), MatLayout::Normal),
+                    false,
+                );
+                if gru {
+                    dh.iter_mut().zip(&direct).for_each(|(a, &d)| *a += d);
+                }
+            }
+        });
+        // ∂W_hh = Σ_t ∂hp_tᵀ · h_{t−1}: one product over the window
+        let all_dhp = if gru { &dhp[..] } else { dxp.data() };
+        let mut h_prev = Vec::with_capacity(steps * bh);
+        h_prev.extend_from_slice(h0);
+        h_prev.extend_from_slice(&y[..(steps - 1) * bh]);
+        let dw = Tensor::build(&[gh, hid], |d| {
+            let lhs = (all_dhp, MatLayout::Transposed);
+            matmul_into(
+                d,
+                gh,
+                hid,
+                steps * bsz,
+                lhs,
+                (&h_prev, MatLayout::Normal),
+                false,
+            );
+        });
+        let db = Tensor::build(&[gh], |d| {
+            for row in all_dhp.chunks_exact(gh) {
+                d.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+            }
+        });
+        let mut grads = vec![dxp, Tensor::from_vec(dh, &[bsz, hid])?];
+        if lstm {
+            grads.push(Tensor::from_vec(dc, &[bsz, hid])?);
+        }
+        grads.extend([dw, db]);
+        Ok(grads)
+    }
+}
+
+/// A recurrent layer over a whole window as one recorded node: `xp: [T·B, G·H]` is the
+/// input projection `x·W_ihᵀ + b_ih` of every step, time-major (rows `t·B .. (t+1)·B` are
+/// step `t`); `h0` (and `c0` for an LSTM, `None` otherwise) is the state before the
+/// window, `[B, H]`. Returns every step's `h`, `[T·B, H]`, with an LSTM's final `c`
+/// appended as `B` more rows (`[(T+1)·B, H]`). The same rules as [`rnn_cell`],
+/// [`gru_cell`] and [`lstm_cell`], without a node, a gradient of `W_hh` or an allocation
+/// per step.
+pub fn recurrent_sequence<'t, T: Element>(
+    kind: CellKind,
+    xp: Var<'t, T>,
+    h0: Var<'t, T>,
+    c0: Option<Var<'t, T>>,
+    w_hh: Var<'t, T>,
+    b_hh: Var<'t, T>,
+) -> Result<Var<'t, T>> {
+    let op = "recurrent_sequence";
+    let lstm = kind == CellKind::Lstm;
+    if lstm != c0.is_some() {
+        return Err(Error::invalid(
+            op,
+            "an LSTM needs a cell state c0, and only an LSTM takes one",
+        ));
+    }
+    let (xv, hv, wv, bv) = (xp.value(), h0.value(), w_hh.value(), b_hh.value());
+    let cv = c0.map(|c| c.value());
+    let mut states = vec![hv.shape()];
+    if let Some(c) = &cv {
+        states.push(c.shape());
+    }
+    let hs = hv.shape();
+    let bsz = if hs.len() == 2 { hs[0] } else { 0 };
+    let xs = xv.shape();
+    if bsz == 0 || xs.len() != 2 || xs[0] == 0 || !xs[0].is_multiple_of(bsz) {
+        return Err(Error::invalid(
+            op,
+            format!("xp has shape {xs:?} and h0 {hs:?}: expected [T·B, G·H] with T ≥ 1 and [B, H]"),
+        ));
+    }
+    let steps = xs[0] / bsz;
+    let (_, hid) = check_step(
+        op,
+        kind.gates(),
+        &[bsz, xs[1]],
+        &states,
+        wv.shape(),
+        bv.shape(),
+    )?;
+    let gh = kind.gates() * hid;
+    let (bh, bg) = (bsz * hid, bsz * gh);
+    let rows = steps * bsz + if lstm { bsz } else { 0 };
+    let mut saved = vec![
+        T::zero();
+        if kind == CellKind::Rnn {
+            0
+        } else {
+            steps * bsz * 4 * hid
+        }
+    ];
+    let mut cells = vec![T::zero(); if lstm { steps * bh } else { 0 }];
+    let mut hp = vec![T::zero(); bg];
+    // W_hhᵀ as a row-major [H, G·H] copy, once per window: a product with the weight's
+    // columns contiguous needs no packing by the GEMM at every step
+    let mut wt = vec![T::zero(); hid * gh];
+    for (k, row) in wt.chunks_exact_mut(gh).enumerate() {
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = wv.data()[r * hid + k];
+        }
+    }
+    let y = Tensor::build(&[rows, hid], |out| {
+        for s in 0..steps {
+            let (done, rest) = out.split_at_mut(s * bh);
+            let h_prev = if s == 0 {
+                hv.data()
+            } else {
+                &done[(s - 1) * bh..]
+            };
+            let h_new = &mut rest[..bh];
+            for row in hp.chunks_exact_mut(gh) {
+                row.copy_from_slice(bv.data());
+            }
+            let (lhs, rhs) = ((h_prev, MatLayout::Normal), (&wt[..], MatLayout::Normal));
+            matmul_into(&mut hp, bsz, gh, hid, lhs, rhs, true);
+            let x = &xv.data()[s * bg..(s + 1) * bg];
+            match kind {
+                CellKind::Rnn => rnn_forward_row(x, &hp, h_new),
+                CellKind::Gru => {
+                    for bi in 0..bsz {
+                        let (r3, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
+                        let at = (s * bsz + bi) * 4 * hid;
+                        gru_forward_row(
+                            hid,
+                            &x[r3.clone()],
+                            &hp[r3],
+                            &h_prev[r1.clone()],
+                            &mut h_new[r1],
+                            &mut saved[at..at + 4 * hid],
+                        );
+                    }
+                }
+                CellKind::Lstm => {
+                    let (cdone, crest) = cells.split_at_mut(s * bh);
+                    let c_prev = match (&cv, s) {
+                        (Some(c), 0) => c.data(),
+                        _ => &cdone[(s - 1) * bh..],
+                    };
+                    let gates = &mut saved[s * bg..(s + 1) * bg];
+                    gates.copy_from_slice(&hp);
+                    gates.iter_mut().zip(x).for_each(|(a, &x)| *a += x);
+                    for bi in 0..bsz {
+                        let r1 = bi * hid..(bi + 1) * hid;
+                        lstm_forward_row(
+                            hid,
+                            &mut gates[bi * gh..(bi + 1) * gh],
+                            &c_prev[r1.clone()],
+                            &mut h_new[r1.clone()],
+                            &mut crest[r1],
+                        );
+                    }
+                }
+            }
+        }
+        if lstm {
+            out[steps * bh..].copy_from_slice(&cells[(steps - 1) * bh..]);
+        }
+    });
+    drop((xv, hv, wv, bv, cv));
+    let mut inputs = vec![xp, h0];
+    inputs.extend(c0);
+    inputs.extend([w_hh, b_hh]);
+    Ok(Var::custom(
+        &inputs,
+        Arc::new(SequenceOp {
+            kind,
+            bsz,
+            saved,
+            cells,
+        }),
+        y,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -540,6 +1014,22 @@ pub(crate) fn suite_cases(
                 step_fn(kind),
             ));
         }
+        // the whole-window op over 3 steps (small) and 6 steps (larger)
+        for (steps, bsz, hid) in [(3, 2, 3), (6, 3, 8)] {
+            let mut inputs = step_inputs(kind, bsz, hid, rng);
+            inputs[0] = crate::autodiff::suite::sample(
+                &[steps * bsz, kind.gates() * hid],
+                crate::autodiff::suite::Domain::AwayFromZero,
+                rng,
+            );
+            let f: crate::autodiff::CaseFn = match kind {
+                CellKind::Lstm => Box::new(move |_, v| {
+                    recurrent_sequence(kind, v[0], v[1], Some(v[2]), v[3], v[4])
+                }),
+                _ => Box::new(move |_, v| recurrent_sequence(kind, v[0], v[1], None, v[2], v[3])),
+            };
+            out.push((format!("{}_sequence", &name[..name.len() - 5]), inputs, f));
+        }
     }
     out
 }
@@ -551,10 +1041,10 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
-    fn each_cell_step_passes_gradcheck() {
+    fn each_cell_step_and_sequence_passes_gradcheck() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let cases = suite_cases(&mut rng);
-        assert_eq!(cases.len(), 6);
+        assert_eq!(cases.len(), 12);
         for (name, inputs, f) in &cases {
             check(name, inputs, f);
         }
@@ -563,7 +1053,14 @@ mod tests {
     #[test]
     fn the_builtin_suite_lists_and_passes_the_cells() {
         let suite = crate::autodiff::builtin_suite(0, 1e-6, &[]);
-        for name in ["rnn_cell", "gru_cell", "lstm_cell"] {
+        for name in [
+            "rnn_cell",
+            "gru_cell",
+            "lstm_cell",
+            "rnn_sequence",
+            "gru_sequence",
+            "lstm_sequence",
+        ] {
             let r = suite.ops.iter().find(|r| r.op == name).expect(name);
             assert_eq!(r.cases, 2, "{name}");
             assert!(r.passed && r.failure.is_none(), "{name}: {r:?}");
