@@ -21,7 +21,8 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct Args {
     /// Dataset: `digits` (embedded), `mnist:DIR` (the four IDX files), `csv:FILE`, or
-    /// `text:FILE` (UTF-8 text for a character-level language model).
+    /// text for a character-level language model: `text:FILE` (UTF-8) or `macbeth`
+    /// (embedded).
     #[arg(long)]
     data: Option<String>,
     /// Model: `mlp` (for digits, MNIST and CSV), or `lstm`, `gru`, `rnn` (for text)
@@ -185,6 +186,12 @@ pub struct RunConfig {
     seed: u64,
 }
 
+/// Whether `--data` names text for a character model (`text:FILE`, or the embedded
+/// `macbeth`).
+fn is_text(data: &str) -> bool {
+    data.starts_with("text:") || data == "macbeth"
+}
+
 fn mlp() -> String {
     "mlp".into()
 }
@@ -225,7 +232,7 @@ impl RunConfig {
             .data
             .as_deref()
             .or(base.as_ref().map(|b| b.data.as_str()))
-            .is_some_and(|d| d.starts_with("text:"));
+            .is_some_and(is_text);
         let b = base.unwrap_or(if text {
             // a character-level language model: the best recipe found for 600 s on the
             // tragedies (README, "Character-level language model")
@@ -509,7 +516,7 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
         (t, v, "validation")
     } else {
         bail!(
-            "--data: unknown dataset '{}'; use digits, mnist:DIR, csv:FILE or text:FILE",
+            "--data: unknown dataset '{}'; use digits, mnist:DIR, csv:FILE, text:FILE or macbeth",
             cfg.data
         );
     };
@@ -559,7 +566,11 @@ struct TextData {
 
 fn load_text(cfg: &RunConfig, saved_vocab: Option<&str>) -> anyhow::Result<TextData> {
     let file = cfg.data.strip_prefix("text:").unwrap_or(&cfg.data);
-    let corpus = TextCorpus::load(Path::new(file))?;
+    let corpus = if cfg.data == "macbeth" {
+        TextCorpus::macbeth()?
+    } else {
+        TextCorpus::load(Path::new(file))?
+    };
     if let Some(v) = saved_vocab {
         let now: String = corpus.vocab().iter().collect();
         if now != v {
@@ -1014,5 +1025,95 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             loss
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options of `chainrule sample`.
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// A run folder of a character model (holding checkpoint.safetensors) or its file.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text the model reads before it writes; every character must be in its vocabulary
+    /// [default: a newline].
+    #[arg(long, default_value = "\n", hide_default_value = true)]
+    prompt: String,
+    /// Characters to generate.
+    #[arg(long, default_value_t = 500)]
+    length: usize,
+    /// Softmax temperature: below 1 is more conservative, 0 always picks the most likely
+    /// character (greedy).
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    temperature: f64,
+    /// Draw only among the k most likely characters [default: all].
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        bail!(
+            "--temperature must be a finite number ≥ 0 (0 is greedy), got {}",
+            args.temperature
+        );
+    }
+    if args.top_k == Some(0) {
+        bail!("--top-k must be at least 1");
+    }
+    let file = if args.checkpoint.is_dir() {
+        args.checkpoint.join(CHECKPOINT_FILE)
+    } else {
+        args.checkpoint.clone()
+    };
+    let context = || format!("--checkpoint {}", args.checkpoint.display());
+    let ckpt = load_checkpoint(&file).with_context(context)?;
+    let cfg: RunConfig = serde_json::from_value(ckpt.meta.config.clone())
+        .context("the checkpoint's configuration is not readable")?;
+    let (Some(kind), Some(vocab)) = (cell_kind(&cfg.model)?, ckpt.meta.vocab.as_deref()) else {
+        bail!(
+            "{}: it holds an MLP classifier, not a character model; sample needs a run of `chainrule train --data text:FILE`",
+            file.display()
+        );
+    };
+    let chars: Vec<char> = vocab.chars().collect();
+    let prompt: Vec<usize> = args
+        .prompt
+        .chars()
+        .map(|ch| {
+            chars.iter().position(|&v| v == ch).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--prompt: the character {ch:?} is not in the model's vocabulary of {} characters",
+                    chars.len()
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if prompt.is_empty() {
+        bail!("--prompt is empty; give at least one character");
+    }
+    ckpt.check_param_count(CharModel::param_count(
+        kind,
+        chars.len(),
+        cfg.embed,
+        cfg.hidden.first().copied().unwrap_or(0),
+        cfg.layers,
+    ))
+    .with_context(context)?;
+    let mut store = ParamStore::<f32>::new();
+    let model = char_model(&cfg, kind, chars.len(), &mut store)?;
+    ckpt.restore_params(&mut store).with_context(context)?;
+    let ids = model.sample(
+        &store,
+        &prompt,
+        args.length,
+        args.temperature,
+        args.top_k,
+        args.seed,
+    )?;
+    let text: String = ids.iter().map(|&i| chars[i]).collect();
+    println!("{}{text}", args.prompt);
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,21 @@ pub struct TextCorpus {
     name: String,
 }
 
+/// Shakespeare's Macbeth, gzip-compressed (data/text/ATTRIBUTION.md).
+static MACBETH_GZ: &[u8] = include_bytes!("../../data/text/macbeth.txt.gz");
+
 impl TextCorpus {
+    /// Shakespeare's *Macbeth* (103,428 characters, 67 distinct), embedded in the binary.
+    pub fn macbeth() -> Result<TextCorpus> {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(MACBETH_GZ), &mut bytes)
+            .map_err(|e| Error::Format {
+                path: "embedded macbeth".into(),
+                msg: e.to_string(),
+            })?;
+        TextCorpus::from_bytes(&bytes, "macbeth")
+    }
+
     /// Reads and parses a UTF-8 text file (see [`from_bytes`](Self::from_bytes)).
     pub fn load(path: &Path) -> Result<TextCorpus> {
         let (name, bytes) = (path.display().to_string(), read_file(path)?);
@@ -220,6 +234,14 @@ impl Streams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_macbeth() {
+        let m = TextCorpus::macbeth().unwrap();
+        assert_eq!(m.vocab().len(), 67);
+        assert_eq!(m.train().len() + m.val().len(), 103_428);
+        assert!(m.decode(&m.train()[..7]) == "MACBETH");
+    }
 
     fn err_text<T: std::fmt::Debug>(r: Result<T>) -> String {
         r.expect_err("expected an error").to_string()
