@@ -10,7 +10,11 @@ use std::process::{Command, Output};
 /// so that no test depends on how fast a loaded machine is.
 fn chainrule(args: &[&str]) -> Output {
     let mut args = args.to_vec();
-    if args.first() != Some(&"eval") && !args.contains(&"--max-time") {
+    let trains = !matches!(
+        args.first(),
+        Some(&"eval") | Some(&"sample") | Some(&"clipping")
+    );
+    if trains && !args.contains(&"--max-time") {
         args.extend(["--max-time", "none"]);
     }
     Command::new(env!("CARGO_BIN_EXE_chainrule"))
@@ -235,6 +239,26 @@ fn bad_input_gets_one_clear_line_and_a_failure_status() {
     foreign.extend([0, 0, 128, 63]);
     let foreign = damaged("foreign", &foreign);
     let run = run.display().to_string();
+    // a character model to sample from
+    let text_run = dir.join("text-run");
+    let o = chainrule(&[
+        "--data",
+        "macbeth",
+        "--hidden",
+        "8",
+        "--embed",
+        "4",
+        "--layers",
+        "1",
+        "--max-steps",
+        "2",
+        "--out",
+        text_run.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text_run = text_run.display().to_string();
+    let text = |name: &str, body: &str| format!("text:{}", write(name, body.as_bytes()));
     let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
@@ -368,11 +392,61 @@ fn bad_input_gets_one_clear_line_and_a_failure_status() {
             "--schedule cosine needs --max-epochs or --max-steps",
         ),
         (a(&["--frobnicate"]), "--frobnicate"),
+        // character models
+        (
+            a(&[
+                "--data",
+                &format!("text:{}", dir.join("absent.txt").display()),
+            ]),
+            "absent.txt",
+        ),
+        (a(&["--data", &text("empty.txt", "")]), "the text is empty"),
+        (
+            a(&["--data", &text("one.txt", &"a".repeat(500))]),
+            "at least two distinct characters",
+        ),
+        (
+            a(&["--data", &text("short.txt", &"ab".repeat(100))]),
+            "too short for 32 streams",
+        ),
+        (
+            a(&["--data", "macbeth", "--seq-len", "0"]),
+            "--seq-len must be at least 1",
+        ),
+        (
+            a(&["--data", "macbeth", "--model", "transformer"]),
+            "unknown model 'transformer'",
+        ),
+        (a(&["--model", "lstm"]), "does not train on --data digits"),
+        (
+            a(&["--data", "macbeth", "--hidden", "64,64"]),
+            "takes one hidden size",
+        ),
+        (
+            a(&["sample", "--checkpoint", &run]),
+            "not a character model",
+        ),
+        (
+            a(&["sample", "--checkpoint", &text_run, "--prompt", "ROMEO: Ω"]),
+            "'Ω' is not in the model's vocabulary",
+        ),
+        (
+            a(&["sample", "--checkpoint", &text_run, "--temperature", "-1"]),
+            "--temperature must be a finite number ≥ 0",
+        ),
+        (
+            a(&["sample", "--checkpoint", &text_run, "--temperature", "nan"]),
+            "--temperature must be a finite number ≥ 0",
+        ),
+        (
+            a(&["sample", "--checkpoint", &text_run, "--top-k", "0"]),
+            "--top-k must be at least 1",
+        ),
     ];
     for (args, want) in cases {
         let mut v: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = dir.join("out");
-        if v[0] != "eval" {
+        if v[0] != "eval" && v[0] != "sample" {
             v.extend_from_slice(&["--out", out.to_str().unwrap(), "--json"]);
         }
         let o = chainrule(&v);
@@ -462,4 +536,226 @@ fn graph_export_and_anomaly_mode_from_the_command_line() {
         e.contains("anomaly: the backward rule of node") && e.contains("inputs: node"),
         "{e}"
     );
+}
+
+/// A short text (the first 30,000 characters of the embedded Macbeth) in a file.
+fn short_text(dir: &Path) -> String {
+    let corpus = chainrule::data::TextCorpus::macbeth().unwrap();
+    let ids: Vec<u32> = corpus
+        .train()
+        .iter()
+        .chain(corpus.val())
+        .copied()
+        .take(30_000)
+        .collect();
+    let path = dir.join("short.txt");
+    std::fs::write(&path, corpus.decode(&ids)).unwrap();
+    format!("text:{}", path.display())
+}
+
+/// A tiny character LSTM, a few hundred steps: its flags after `--data`.
+const TINY_LSTM: &[&str] = &[
+    "--hidden",
+    "64",
+    "--embed",
+    "16",
+    "--layers",
+    "1",
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "32",
+    "--lr",
+    "0.01",
+    "--schedule",
+    "constant",
+];
+
+#[test]
+fn a_tiny_character_model_learns_below_the_unigram_entropy() {
+    let dir = temp("tiny-lm");
+    let data = short_text(&dir);
+    let out = dir.join("run");
+    let mut args = vec!["--data", &data];
+    args.extend(TINY_LSTM);
+    args.extend([
+        "--max-steps",
+        "300",
+        "--eval-every",
+        "100",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    let o = chainrule(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = json(&o);
+    let file = data.strip_prefix("text:").unwrap();
+    let corpus = chainrule::data::TextCorpus::load(Path::new(file)).unwrap();
+    let unigram = chainrule::data::unigram_entropy(corpus.train());
+    let best = report["best_val_loss"].as_f64().unwrap();
+    assert!(
+        best < unigram - 0.2,
+        "validation loss {best} nats/char is not below the unigram entropy {unigram}"
+    );
+    let bpc = report["best_val_bits_per_char"].as_f64().unwrap();
+    assert!(
+        (bpc - best / std::f64::consts::LN_2).abs() < 1e-9,
+        "{report}"
+    );
+    assert_eq!(report["steps"], 300);
+    // every step's gradient norm is logged
+    let steps: Vec<_> = metric_rows(&out)
+        .into_iter()
+        .filter(|r| r.get("grad_norm").is_some())
+        .collect();
+    assert_eq!(steps.len(), 300);
+    assert!(steps.iter().all(|r| r["grad_norm"].as_f64().unwrap() > 0.0));
+    assert_eq!(eval_rows(&out).len(), 3);
+    assert!(
+        eval_rows(&out)[2]["grad_norms"]["lstm.weight_hh_l0"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    // sampling: seeded, the requested length, after the prompt
+    let sample = |seed: &str| {
+        let o = chainrule(&[
+            "sample",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--prompt",
+            "MACBETH.",
+            "--length",
+            "120",
+            "--top-k",
+            "5",
+            "--seed",
+            seed,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (a, b, c) = (sample("1"), sample("1"), sample("2"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.starts_with("MACBETH."));
+    assert_eq!(
+        a.trim_end_matches('\n').chars().count(),
+        "MACBETH.".len() + 120
+    );
+    // greedy decoding is deterministic whatever the seed
+    let greedy = |seed: &str| {
+        let o = chainrule(&[
+            "sample",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "--seed",
+            seed,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o.stdout
+    };
+    assert_eq!(greedy("1"), greedy("2"));
+    // eval reads the character model's checkpoint
+    let o = chainrule(&["eval", "--checkpoint", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = json(&o);
+    assert!(
+        (e["loss"].as_f64().unwrap() - report["final_val_loss"].as_f64().unwrap()).abs() < 1e-6
+    );
+}
+
+#[test]
+fn a_character_model_resumed_mid_epoch_continues_exactly() {
+    // the hidden state carried between windows travels in the checkpoint
+    let dir = temp("lm-resume");
+    let data = short_text(&dir);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let run = |out: &Path, steps: &str, resume: bool| {
+        let mut args = vec!["--data", &data];
+        args.extend(TINY_LSTM);
+        args.extend(["--model", "gru", "--max-steps", steps, "--eval-every", "25"]);
+        args.extend(["--out", out.to_str().unwrap(), "--json"]);
+        if resume {
+            args.extend(["--resume", out.to_str().unwrap()]);
+        }
+        let o = chainrule(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        json(&o)
+    };
+    let whole = run(&a, "100", false);
+    run(&b, "50", false);
+    let resumed = run(&b, "100", true);
+    assert_eq!(metric_rows(&a), metric_rows(&b));
+    assert_eq!(whole["final_val_loss"], resumed["final_val_loss"]);
+    // 100 steps of 27,000 / 8 / 32 ≈ 105 windows: the resume point is mid-epoch
+    assert_eq!(whole["epochs"], 0);
+}
+
+#[test]
+fn clipping_rescues_a_learning_rate_that_diverges_without_it() {
+    let dir = temp("clipping");
+    let o = chainrule(&[
+        "clipping",
+        "--quick",
+        "--json",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for r in runs {
+        for key in [
+            "lr",
+            "clip",
+            "final_val_loss",
+            "stopped_by",
+            "diverged_at_step",
+            "max_grad_norm",
+            "clipped_steps",
+        ] {
+            assert!(r.get(key).is_some(), "{key} missing from {r}");
+        }
+    }
+    let rescued = runs.iter().any(|u| {
+        u["clip"].is_null()
+            && !u["diverged_at_step"].is_null()
+            && runs
+                .iter()
+                .any(|c| c["lr"] == u["lr"] && !c["clip"].is_null() && c["final_val_loss"].is_f64())
+    });
+    assert!(rescued, "{v}");
+    let best = |clipped: bool| {
+        runs.iter()
+            .filter(|r| r["clip"].is_null() != clipped)
+            .filter_map(|r| r["final_val_loss"].as_f64())
+            .fold(f64::INFINITY, f64::min)
+    };
+    assert!(best(true) < best(false), "{v}");
+    let depth = v["depth"].as_array().unwrap();
+    assert_eq!(depth.len(), 3);
+    let norms = |i: usize| -> Vec<f64> {
+        depth[i]["layer_grad_norms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (big, small, steady) = (norms(0), norms(1), norms(2));
+    assert_eq!(big.len(), 30);
+    assert!(big[0] > 100.0 * big[29], "exploding: {big:?}");
+    assert!(small.iter().all(|&n| n < 1e-6), "vanishing: {small:?}");
+    assert!(
+        steady.iter().all(|&n| (0.01..10.0).contains(&n)),
+        "steady: {steady:?}"
+    );
+    assert!(dir.join("clipping.svg").exists());
+    assert!(v["conclusion"].as_str().unwrap().ends_with('.'));
 }

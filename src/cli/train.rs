@@ -54,13 +54,14 @@ pub struct Args {
     /// sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw [default: adam].
     #[arg(long)]
     optimizer: Option<String>,
-    /// Learning rate [default: 0.001].
+    /// Learning rate [default: 0.001; 0.003 for text].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Weight decay [default: the optimizer's PyTorch default].
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
-    /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA [default: constant].
+    /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA [default: constant;
+    /// cosine for text].
     #[arg(long)]
     schedule: Option<String>,
     /// Linear warm-up steps [default: 0].
@@ -88,13 +89,13 @@ pub struct Args {
     /// Stop after this many epochs, or `none` [default: 1000].
     #[arg(long)]
     max_epochs: Option<Limit<usize>>,
-    /// Stop after this many steps, or `none` [default: none].
+    /// Stop after this many steps, or `none` [default: none; 5000 for text].
     #[arg(long)]
     max_steps: Option<Limit<usize>>,
     /// Stop after this many seconds of training, or `none` [default: 60; 600 for text].
     #[arg(long)]
     max_time: Option<Limit<f64>>,
-    /// Evaluate every k steps instead of every epoch [default: every epoch; 200 for text].
+    /// Evaluate every k steps instead of every epoch [default: every epoch; 500 for text].
     #[arg(long)]
     eval_every: Option<usize>,
     /// Fraction of the data held out for validation (digits, CSV) [default: 0.2].
@@ -247,9 +248,9 @@ impl RunConfig {
                 activation: Activation::Tanh,
                 dropout: 0.0,
                 optimizer: OptimizerKind::Adam,
-                lr: 2e-3,
+                lr: 3e-3,
                 weight_decay: None,
-                schedule: "constant".into(),
+                schedule: "cosine".into(),
                 warmup: 0,
                 batch_size: 32,
                 clip_norm: Some(1.0),
@@ -257,9 +258,9 @@ impl RunConfig {
                 target: None,
                 patience: Some(20),
                 max_epochs: Some(1000),
-                max_steps: None,
+                max_steps: Some(5000),
                 max_time: Some(600.0),
-                eval_every: Some(200),
+                eval_every: Some(500),
                 val_fraction: 0.1,
                 restore_best: false,
                 seed: 0,

@@ -268,6 +268,70 @@ pub fn step_graph(
     Ok(crate::autodiff::graph_dot(&tape, Some(&grads)))
 }
 
+/// Evaluates, updates the best metric and the position, and tells the callbacks (which
+/// log and checkpoint). Returns the metric.
+#[allow(clippy::too_many_arguments)]
+fn record_evaluation(
+    cfg: &TrainConfig,
+    objective: &mut dyn Objective,
+    store: &ParamStore<f32>,
+    optimizer: &dyn Optimizer<f32>,
+    callbacks: &mut [&mut dyn Callback],
+    pos: &mut Position,
+    best: &mut Option<(f64, usize)>,
+    window_loss: &mut (f64, usize),
+    metric: &MetricSpec,
+    batches_per_epoch: usize,
+    (lr, seconds): (f64, f64),
+    param_norms: &[f64],
+) -> Result<f64> {
+    let eval = objective.evaluate(store)?;
+    let val_metric = eval.get(&metric.name);
+    let record = EvalRecord {
+        epoch: pos.epoch as f64 + pos.batch as f64 / batches_per_epoch as f64,
+        step: pos.step,
+        train_loss: window_loss.0 / window_loss.1.max(1) as f64,
+        val_loss: eval.loss,
+        val_metric,
+        lr,
+        seconds,
+        metrics: eval.metrics.iter().cloned().collect(),
+        grad_norms: store
+            .iter()
+            .zip(param_norms)
+            .map(|((_, n, _), &v)| (n.to_string(), v))
+            .collect(),
+    };
+    *window_loss = (0.0, 0);
+    if best.is_none_or(|(m, _)| metric.goal.better(val_metric, m)) {
+        if cfg.restore_best {
+            pos.best_weights = store.iter().map(|(_, _, t)| t.clone()).collect();
+        }
+        *best = Some((val_metric, pos.step));
+        pos.since_best = 0;
+    } else {
+        pos.since_best += 1;
+    }
+    pos.history.push(record.clone());
+    pos.seconds = seconds;
+    // at an epoch's end the next batch starts from a fresh state
+    pos.carried = if pos.batch == 0 {
+        Vec::new()
+    } else {
+        objective.carried_state()
+    };
+    for c in callbacks.iter_mut() {
+        c.on_eval(&Snapshot {
+            record: &record,
+            position: pos,
+            store,
+            optimizer,
+        })?;
+    }
+    pos.carried.clear();
+    Ok(val_metric)
+}
+
 /// Runs the descent loop.
 pub struct Trainer {
     /// The loop's settings.
@@ -548,50 +612,20 @@ impl Trainer {
                     pos.batch = 0;
                 }
                 if eval_now {
-                    let eval = objective.evaluate(store)?;
-                    let val_metric = eval.get(&metric.name);
-                    let record = EvalRecord {
-                        epoch: pos.epoch as f64 + pos.batch as f64 / batches_per_epoch as f64,
-                        step: pos.step,
-                        train_loss: window_loss.0 / window_loss.1.max(1) as f64,
-                        val_loss: eval.loss,
-                        val_metric,
-                        lr: out.lr,
-                        seconds: elapsed(base_seconds),
-                        metrics: eval.metrics.iter().cloned().collect(),
-                        grad_norms: store
-                            .iter()
-                            .zip(&out.param_norms)
-                            .map(|((_, n, _), &v)| (n.to_string(), v))
-                            .collect(),
-                    };
-                    window_loss = (0.0, 0);
-                    let improved = best.is_none_or(|(m, _)| goal.better(val_metric, m));
-                    if improved {
-                        if cfg.restore_best {
-                            pos.best_weights = store.iter().map(|(_, _, t)| t.clone()).collect();
-                        }
-                        best = Some((val_metric, pos.step));
-                        pos.since_best = 0;
-                    } else {
-                        pos.since_best += 1;
-                    }
-                    pos.history.push(record.clone());
-                    pos.seconds = elapsed(base_seconds);
-                    pos.carried = if epoch_done {
-                        Vec::new()
-                    } else {
-                        objective.carried_state()
-                    };
-                    for c in callbacks.iter_mut() {
-                        c.on_eval(&Snapshot {
-                            record: &record,
-                            position: &pos,
-                            store,
-                            optimizer: &*optimizer,
-                        })?;
-                    }
-                    pos.carried.clear();
+                    let val_metric = record_evaluation(
+                        cfg,
+                        objective,
+                        store,
+                        &*optimizer,
+                        callbacks,
+                        &mut pos,
+                        &mut best,
+                        &mut window_loss,
+                        &metric,
+                        batches_per_epoch,
+                        (out.lr, elapsed(base_seconds)),
+                        &out.param_norms,
+                    )?;
                     if let Some(t) = cfg.target
                         && goal.reached(val_metric, t)
                     {
@@ -617,6 +651,26 @@ impl Trainer {
                 }
             }
         };
+        // a run that stops between evaluations is evaluated (and checkpointed) once more,
+        // so that its last steps are not lost
+        let failed = matches!(stopped_by, StopReason::NonFinite | StopReason::Diverged);
+        if !failed && pos.step > 0 && pos.history.last().is_none_or(|r| r.step != pos.step) {
+            let last_lr = cfg.schedule.lr_at(pos.step - 1);
+            record_evaluation(
+                cfg,
+                objective,
+                store,
+                &*optimizer,
+                callbacks,
+                &mut pos,
+                &mut best,
+                &mut window_loss,
+                &metric,
+                batches_per_epoch,
+                (last_lr, elapsed(base_seconds)),
+                &[],
+            )?;
+        }
         let seconds = elapsed(base_seconds);
         pos.seconds = seconds;
         if cfg.restore_best && !pos.best_weights.is_empty() {
@@ -625,13 +679,24 @@ impl Trainer {
                 *store.get_mut(id) = w.clone();
             }
         }
-        let final_eval = if stopped_by == StopReason::NonFinite {
-            Evaluation {
+        let restored = cfg.restore_best && !pos.best_weights.is_empty();
+        let last = pos
+            .history
+            .last()
+            .filter(|r| r.step == pos.step && !restored);
+        let final_eval = match (stopped_by, last) {
+            (StopReason::NonFinite, _) => Evaluation {
                 loss: f64::NAN,
                 metrics: Vec::new(),
-            }
-        } else {
-            objective.evaluate(store)?
+            },
+            // the weights of the last evaluation are the final ones
+            (_, Some(r)) => Evaluation {
+                loss: r.val_loss,
+                metrics: std::iter::once((metric.name.clone(), r.val_metric))
+                    .chain(r.metrics.clone())
+                    .collect(),
+            },
+            _ => objective.evaluate(store)?,
         };
         let (best_val_metric, best_step) = best.unwrap_or((f64::NAN, 0));
         let report = TrainReport {

@@ -599,6 +599,265 @@ impl CellKind {
 }
 
 // ---------------------------------------------------------------------------------------
+// One step of `recurrent_sequence` on a block of batch rows. The rows of a batch are
+// independent within a step, so a step splits into two blocks that run on two threads,
+// each with its own single-threaded hidden product and gate loops: one fork per step
+// instead of a GEMM's internal synchronisation plus serial gate loops.
+// ---------------------------------------------------------------------------------------
+
+/// A step is split across two threads from this much hidden-product work (B·G·H·H).
+const PARALLEL_STEP_WORK: usize = 1 << 20;
+
+/// Whether the steps of a window of `bsz` rows split across two threads.
+fn parallel_steps(bsz: usize, gh: usize, hid: usize) -> bool {
+    rayon::current_num_threads() > 1 && bsz >= 2 && bsz * gh * hid >= PARALLEL_STEP_WORK
+}
+
+/// Splits a row-major slab of `rows` rows (any width, possibly empty) after `at` rows.
+fn split_ref<T>(s: &[T], rows: usize, at: usize) -> (&[T], &[T]) {
+    s.split_at(s.len() / rows * at)
+}
+
+fn split_mut<T>(s: &mut [T], rows: usize, at: usize) -> (&mut [T], &mut [T]) {
+    let w = s.len() / rows;
+    s.split_at_mut(w * at)
+}
+
+/// Runs `run` on `block` (`rows` rows), in two halves on two threads when `parallel`.
+fn in_halves<B: Send>(
+    block: B,
+    rows: usize,
+    parallel: bool,
+    split: impl Fn(B, usize, usize) -> (B, B),
+    run: impl Fn(B) + Sync,
+) {
+    if parallel && rows >= 2 {
+        let (a, b) = split(block, rows, rows / 2);
+        rayon::join(|| run(a), || run(b));
+    } else {
+        run(block);
+    }
+}
+
+/// `a = b + h·W_hhᵀ` for `rows` rows, with `wt = W_hhᵀ` row-major.
+fn hidden_product<T: Element>(a: &mut [T], h: &[T], wt: &[T], b: &[T], hid: usize) {
+    let gh = b.len();
+    let rows = a.len() / gh;
+    for row in a.chunks_exact_mut(gh) {
+        row.copy_from_slice(b);
+    }
+    let (lhs, rhs) = ((h, MatLayout::Normal), (wt, MatLayout::Normal));
+    matmul_into(a, rows, gh, hid, lhs, rhs, true);
+}
+
+/// The forward pass of one step on a block of rows.
+struct ForwardBlock<'a, T> {
+    x: &'a [T],
+    h_prev: &'a [T],
+    c_prev: &'a [T],
+    hp: &'a mut [T],
+    h_new: &'a mut [T],
+    saved: &'a mut [T],
+    c_new: &'a mut [T],
+}
+
+impl<T: Element> ForwardBlock<'_, T> {
+    fn split(self, rows: usize, at: usize) -> (Self, Self) {
+        let (x0, x1) = split_ref(self.x, rows, at);
+        let (h0, h1) = split_ref(self.h_prev, rows, at);
+        let (c0, c1) = split_ref(self.c_prev, rows, at);
+        let (p0, p1) = split_mut(self.hp, rows, at);
+        let (n0, n1) = split_mut(self.h_new, rows, at);
+        let (s0, s1) = split_mut(self.saved, rows, at);
+        let (d0, d1) = split_mut(self.c_new, rows, at);
+        (
+            ForwardBlock {
+                x: x0,
+                h_prev: h0,
+                c_prev: c0,
+                hp: p0,
+                h_new: n0,
+                saved: s0,
+                c_new: d0,
+            },
+            ForwardBlock {
+                x: x1,
+                h_prev: h1,
+                c_prev: c1,
+                hp: p1,
+                h_new: n1,
+                saved: s1,
+                c_new: d1,
+            },
+        )
+    }
+
+    fn run(self, kind: CellKind, hid: usize, wt: &[T], b: &[T]) {
+        let gh = b.len();
+        match kind {
+            CellKind::Rnn => {
+                hidden_product(self.hp, self.h_prev, wt, b, hid);
+                rnn_forward_row(self.x, self.hp, self.h_new);
+            }
+            CellKind::Gru => {
+                hidden_product(self.hp, self.h_prev, wt, b, hid);
+                let rows = self.h_new.len() / hid;
+                for bi in 0..rows {
+                    let (r3, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
+                    gru_forward_row(
+                        hid,
+                        &self.x[r3.clone()],
+                        &self.hp[r3],
+                        &self.h_prev[r1.clone()],
+                        &mut self.h_new[r1],
+                        &mut self.saved[bi * 4 * hid..(bi + 1) * 4 * hid],
+                    );
+                }
+            }
+            CellKind::Lstm => {
+                // the gates are computed where they are kept
+                let gates = self.saved;
+                hidden_product(gates, self.h_prev, wt, b, hid);
+                gates.iter_mut().zip(self.x).for_each(|(a, &x)| *a += x);
+                for (bi, g) in gates.chunks_exact_mut(gh).enumerate() {
+                    let r1 = bi * hid..(bi + 1) * hid;
+                    lstm_forward_row(
+                        hid,
+                        g,
+                        &self.c_prev[r1.clone()],
+                        &mut self.h_new[r1.clone()],
+                        &mut self.c_new[r1],
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The reverse pass of one step on a block of rows: `dh` comes in as `∂L/∂h_t` from
+/// the later steps and leaves as `∂L/∂h_{t−1}`.
+struct BackwardBlock<'a, T> {
+    g_y: &'a [T],
+    h_prev: &'a [T],
+    h_new: &'a [T],
+    saved: &'a [T],
+    c_prev: &'a [T],
+    c_new: &'a [T],
+    dc_in: &'a [T],
+    dh: &'a mut [T],
+    gsum: &'a mut [T],
+    dx: &'a mut [T],
+    dhp: &'a mut [T],
+    direct: &'a mut [T],
+    dc_out: &'a mut [T],
+}
+
+impl<T: Element> BackwardBlock<'_, T> {
+    fn split(self, rows: usize, at: usize) -> (Self, Self) {
+        let (a0, a1) = split_ref(self.g_y, rows, at);
+        let (b0, b1) = split_ref(self.h_prev, rows, at);
+        let (c0, c1) = split_ref(self.h_new, rows, at);
+        let (d0, d1) = split_ref(self.saved, rows, at);
+        let (e0, e1) = split_ref(self.c_prev, rows, at);
+        let (f0, f1) = split_ref(self.c_new, rows, at);
+        let (g0, g1) = split_ref(self.dc_in, rows, at);
+        let (h0, h1) = split_mut(self.dh, rows, at);
+        let (i0, i1) = split_mut(self.gsum, rows, at);
+        let (j0, j1) = split_mut(self.dx, rows, at);
+        let (k0, k1) = split_mut(self.dhp, rows, at);
+        let (l0, l1) = split_mut(self.direct, rows, at);
+        let (m0, m1) = split_mut(self.dc_out, rows, at);
+        (
+            BackwardBlock {
+                g_y: a0,
+                h_prev: b0,
+                h_new: c0,
+                saved: d0,
+                c_prev: e0,
+                c_new: f0,
+                dc_in: g0,
+                dh: h0,
+                gsum: i0,
+                dx: j0,
+                dhp: k0,
+                direct: l0,
+                dc_out: m0,
+            },
+            BackwardBlock {
+                g_y: a1,
+                h_prev: b1,
+                h_new: c1,
+                saved: d1,
+                c_prev: e1,
+                c_new: f1,
+                dc_in: g1,
+                dh: h1,
+                gsum: i1,
+                dx: j1,
+                dhp: k1,
+                direct: l1,
+                dc_out: m1,
+            },
+        )
+    }
+
+    fn run(self, kind: CellKind, hid: usize, w: &[T]) {
+        let gh = kind.gates() * hid;
+        let rows = self.dh.len() / hid;
+        for ((a, &gy), &d) in self.gsum.iter_mut().zip(self.g_y).zip(self.dh.iter()) {
+            *a = gy + d;
+        }
+        let gsum = &*self.gsum;
+        match kind {
+            CellKind::Rnn => rnn_backward_row(self.h_new, gsum, self.dx),
+            CellKind::Gru => {
+                for bi in 0..rows {
+                    let (r3, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
+                    gru_backward_row(
+                        hid,
+                        &self.saved[bi * 4 * hid..(bi + 1) * 4 * hid],
+                        &self.h_prev[r1.clone()],
+                        &gsum[r1.clone()],
+                        &mut self.dx[r3.clone()],
+                        &mut self.dhp[r3],
+                        &mut self.direct[r1],
+                    );
+                }
+            }
+            CellKind::Lstm => {
+                for bi in 0..rows {
+                    let (r4, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
+                    lstm_backward_row(
+                        hid,
+                        &self.saved[r4.clone()],
+                        &self.c_prev[r1.clone()],
+                        &self.c_new[r1.clone()],
+                        &gsum[r1.clone()],
+                        &self.dc_in[r1.clone()],
+                        &mut self.dx[r4],
+                        &mut self.dc_out[r1],
+                    );
+                }
+            }
+        }
+        // ∂h_{t−1} = ∂hp·W (+ the GRU's direct path)
+        let ghp = if kind == CellKind::Gru {
+            &*self.dhp
+        } else {
+            &*self.dx
+        };
+        let (lhs, rhs) = ((ghp, MatLayout::Normal), (w, MatLayout::Normal));
+        matmul_into(self.dh, rows, hid, gh, lhs, rhs, false);
+        if kind == CellKind::Gru {
+            self.dh
+                .iter_mut()
+                .zip(self.direct.iter())
+                .for_each(|(a, &d)| *a += d);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // A whole window of one layer as one recorded node.
 //   inputs [xp, h0, (c0,) W_hh, b_hh];  xp: [T·B, G·H] time-major (rows t·B .. (t+1)·B
 //   are step t);  output: every step's h, [T·B, H], and for an LSTM the final c appended
@@ -727,70 +986,47 @@ impl<T: Element> CustomOp<T> for SequenceOp<T> {
             Vec::new()
         };
         let mut dc_prev = vec![T::zero(); if lstm { bh } else { 0 }];
+        let (parallel, sw) = (
+            parallel_steps(bsz, gh, hid),
+            if gru || lstm { 4 * hid } else { 0 },
+        );
         let dxp = Tensor::build(&[steps * bsz, gh], |dxp| {
             for s in (0..steps).rev() {
-                for ((a, &gy), &d) in gsum.iter_mut().zip(&g[s * bh..(s + 1) * bh]).zip(&dh) {
-                    *a = gy + d;
-                }
                 let h_prev = if s == 0 { h0 } else { &y[(s - 1) * bh..s * bh] };
-                let dx = &mut dxp[s * bg..(s + 1) * bg];
-                match kind {
-                    CellKind::Rnn => rnn_backward_row(&y[s * bh..(s + 1) * bh], &gsum, dx),
-                    CellKind::Gru => {
-                        let dhp = &mut dhp[s * bg..(s + 1) * bg];
-                        for bi in 0..bsz {
-                            let (r3, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
-                            gru_backward_row(
-                                hid,
-                                &self.saved[(s * bsz + bi) * 4 * hid..(s * bsz + bi + 1) * 4 * hid],
-                                &h_prev[r1.clone()],
-                                &gsum[r1.clone()],
-                                &mut dx[r3.clone()],
-                                &mut dhp[r3],
-                                &mut direct[r1],
-                            );
-                        }
-                    }
-                    CellKind::Lstm => {
-                        let c_prev = if s == 0 {
-                            ins[2].data()
-                        } else {
-                            &self.cells[(s - 1) * bh..s * bh]
-                        };
-                        for bi in 0..bsz {
-                            let (r4, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
-                            let row = s * bh + bi * hid;
-                            lstm_backward_row(
-                                hid,
-                                &self.saved[s * bg + bi * gh..s * bg + (bi + 1) * gh],
-                                &c_prev[r1.clone()],
-                                &self.cells[row..row + hid],
-                                &gsum[r1.clone()],
-                                &dc[r1.clone()],
-                                &mut dx[r4],
-                                &mut dc_prev[r1],
-                            );
-                        }
-                        std::mem::swap(&mut dc, &mut dc_prev);
-                    }
-                }
-                // ∂h_{t−1} = ∂hp·W (+ the GRU's direct path)
-                let ghp = if gru {
-                    &dhp[s * bg..(s + 1) * bg]
+                let (c_prev, c_new): (&[T], &[T]) = if lstm {
+                    let c_prev = if s == 0 {
+                        ins[2].data()
+                    } else {
+                        &self.cells[(s - 1) * bh..s * bh]
+                    };
+                    (c_prev, &self.cells[s * bh..(s + 1) * bh])
                 } else {
-                    &dxp[s * bg..(s + 1) * bg]
+                    (&[], &[])
                 };
-                matmul_into(
-                    &mut dh,
-                    bsz,
-                    hid,
-                    gh,
-                    (ghp, MatLayout::Normal),
-                    (w.data(), MatLayout::Normal),
-                    false,
-                );
-                if gru {
-                    dh.iter_mut().zip(&direct).for_each(|(a, &d)| *a += d);
+                let block = BackwardBlock {
+                    g_y: &g[s * bh..(s + 1) * bh],
+                    h_prev,
+                    h_new: &y[s * bh..(s + 1) * bh],
+                    saved: &self.saved[s * bsz * sw..(s + 1) * bsz * sw],
+                    c_prev,
+                    c_new,
+                    dc_in: &dc,
+                    dh: &mut dh,
+                    gsum: &mut gsum,
+                    dx: &mut dxp[s * bg..(s + 1) * bg],
+                    dhp: if gru {
+                        &mut dhp[s * bg..(s + 1) * bg]
+                    } else {
+                        &mut []
+                    },
+                    direct: &mut direct,
+                    dc_out: &mut dc_prev,
+                };
+                in_halves(block, bsz, parallel, BackwardBlock::split, |b| {
+                    b.run(kind, hid, w.data())
+                });
+                if lstm {
+                    std::mem::swap(&mut dc, &mut dc_prev);
                 }
             }
         });
@@ -893,6 +1129,8 @@ pub fn recurrent_sequence<'t, T: Element>(
             *v = wv.data()[r * hid + k];
         }
     }
+    let parallel = parallel_steps(bsz, gh, hid);
+    let sw = if kind == CellKind::Rnn { 0 } else { 4 * hid };
     let y = Tensor::build(&[rows, hid], |out| {
         for s in 0..steps {
             let (done, rest) = out.split_at_mut(s * bh);
@@ -901,50 +1139,30 @@ pub fn recurrent_sequence<'t, T: Element>(
             } else {
                 &done[(s - 1) * bh..]
             };
-            let h_new = &mut rest[..bh];
-            for row in hp.chunks_exact_mut(gh) {
-                row.copy_from_slice(bv.data());
-            }
-            let (lhs, rhs) = ((h_prev, MatLayout::Normal), (&wt[..], MatLayout::Normal));
-            matmul_into(&mut hp, bsz, gh, hid, lhs, rhs, true);
-            let x = &xv.data()[s * bg..(s + 1) * bg];
-            match kind {
-                CellKind::Rnn => rnn_forward_row(x, &hp, h_new),
-                CellKind::Gru => {
-                    for bi in 0..bsz {
-                        let (r3, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
-                        let at = (s * bsz + bi) * 4 * hid;
-                        gru_forward_row(
-                            hid,
-                            &x[r3.clone()],
-                            &hp[r3],
-                            &h_prev[r1.clone()],
-                            &mut h_new[r1],
-                            &mut saved[at..at + 4 * hid],
-                        );
-                    }
-                }
-                CellKind::Lstm => {
+            let (c_prev, c_new): (&[T], &mut [T]) = match &cv {
+                Some(c0) => {
                     let (cdone, crest) = cells.split_at_mut(s * bh);
-                    let c_prev = match (&cv, s) {
-                        (Some(c), 0) => c.data(),
-                        _ => &cdone[(s - 1) * bh..],
+                    let c_prev = if s == 0 {
+                        c0.data()
+                    } else {
+                        &cdone[(s - 1) * bh..]
                     };
-                    let gates = &mut saved[s * bg..(s + 1) * bg];
-                    gates.copy_from_slice(&hp);
-                    gates.iter_mut().zip(x).for_each(|(a, &x)| *a += x);
-                    for bi in 0..bsz {
-                        let r1 = bi * hid..(bi + 1) * hid;
-                        lstm_forward_row(
-                            hid,
-                            &mut gates[bi * gh..(bi + 1) * gh],
-                            &c_prev[r1.clone()],
-                            &mut h_new[r1.clone()],
-                            &mut crest[r1],
-                        );
-                    }
+                    (c_prev, &mut crest[..bh])
                 }
-            }
+                None => (&[], &mut []),
+            };
+            let block = ForwardBlock {
+                x: &xv.data()[s * bg..(s + 1) * bg],
+                h_prev,
+                c_prev,
+                hp: &mut hp,
+                h_new: &mut rest[..bh],
+                saved: &mut saved[s * bsz * sw..(s + 1) * bsz * sw],
+                c_new,
+            };
+            in_halves(block, bsz, parallel, ForwardBlock::split, |b| {
+                b.run(kind, hid, &wt, bv.data())
+            });
         }
         if lstm {
             out[steps * bh..].copy_from_slice(&cells[(steps - 1) * bh..]);
@@ -1047,6 +1265,73 @@ mod tests {
         assert_eq!(cases.len(), 12);
         for (name, inputs, f) in &cases {
             check(name, inputs, f);
+        }
+    }
+
+    /// The window op against a chain of step ops (an independent path), at sizes where
+    /// each step splits across two threads: values and every gradient.
+    #[test]
+    fn a_window_equals_its_steps_also_when_split_across_threads() {
+        use crate::autodiff::Tape;
+        for (kind, hid) in [
+            (CellKind::Rnn, 256),
+            (CellKind::Gru, 150),
+            (CellKind::Lstm, 128),
+        ] {
+            let (bsz, steps) = (16, 3);
+            assert!(bsz * kind.gates() * hid * hid >= PARALLEL_STEP_WORK);
+            let mut rng = ChaCha8Rng::seed_from_u64(3);
+            let mut inputs = step_inputs(kind, bsz, hid, &mut rng);
+            inputs[0] = crate::autodiff::suite::sample(
+                &[steps * bsz, kind.gates() * hid],
+                crate::autodiff::suite::Domain::AwayFromZero,
+                &mut rng,
+            );
+            let lstm = kind == CellKind::Lstm;
+            let run = |window: bool| {
+                let tape = Tape::<f64>::new();
+                let v: Vec<_> = inputs.iter().map(|t| tape.var(t.clone())).collect();
+                let (w, b) = (v[v.len() - 2], v[v.len() - 1]);
+                let out = if window {
+                    recurrent_sequence(kind, v[0], v[1], lstm.then(|| v[2]), w, b).unwrap()
+                } else {
+                    let (mut h, mut c, mut outs) = (v[1], v.get(2).copied(), Vec::new());
+                    for t in 0..steps {
+                        let xt = v[0].narrow(0, t * bsz, bsz).unwrap();
+                        h = match kind {
+                            CellKind::Rnn => rnn_cell(xt, h, w, b).unwrap(),
+                            CellKind::Gru => gru_cell(xt, h, w, b).unwrap(),
+                            CellKind::Lstm => {
+                                let hc = lstm_cell(xt, h, c.unwrap(), w, b).unwrap();
+                                c = Some(hc.narrow(1, hid, hid).unwrap());
+                                hc.narrow(1, 0, hid).unwrap()
+                            }
+                        };
+                        outs.push(h);
+                    }
+                    if lstm {
+                        outs.push(c.unwrap());
+                    }
+                    crate::autodiff::Var::concat(&outs, 0).unwrap()
+                };
+                // a loss that weighs every output differently
+                let weights = Tensor::build(&out.shape(), |d| {
+                    for (i, v) in d.iter_mut().enumerate() {
+                        *v = ((i % 7) as f64 - 3.0) * 0.1;
+                    }
+                });
+                let loss = out.mul(tape.constant(weights)).unwrap().sum_all();
+                let mut g = tape.backward(loss).unwrap();
+                let mut res = vec![out.value()];
+                res.extend(v.iter().map(|&x| g.take(x).unwrap()));
+                res
+            };
+            let (a, b) = (run(true), run(false));
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                let scale = y.data().iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+                let err = x.max_abs_diff(y).unwrap() / scale;
+                assert!(err < 1e-12, "{kind:?} #{i}: {err}");
+            }
         }
     }
 
