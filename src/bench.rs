@@ -236,6 +236,7 @@ pub const WORKLOADS: &[&str] = &[
     "w2_step",
     "w7_memory",
     "memory_flat",
+    "memory_flat_lm",
     "w3_scalar",
     "w9_forward",
     "w9_step",
@@ -279,7 +280,8 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "w1_step" => vec![w1_step(cfg)?],
         "w2_step" => vec![w2_step(cfg)?],
         "w7_memory" => vec![w7_memory(cfg)?],
-        "memory_flat" => vec![memory_flat(cfg)?],
+        "memory_flat" => vec![memory_flat(cfg, "memory_flat", "--w1-steps-child")?],
+        "memory_flat_lm" => vec![memory_flat(cfg, "memory_flat_lm", "--lm-steps-child")?],
         "w9_forward" => vec![w9(cfg, false)?],
         "w9_step" => vec![w9(cfg, true)?],
         "w3_scalar" => vec![
@@ -868,6 +870,60 @@ pub fn w1_steps_child(steps: usize) -> Result<serde_json::Value> {
     Ok(out.into())
 }
 
+/// `steps` training steps of a character LSTM (embedding 32, 2 layers of 128, 32 streams
+/// × 64 characters of the embedded Macbeth, Adam 2e-3, clipping at 1.0, the state carried
+/// and reset at each epoch) through `Trainer::fit` in this (fresh) process, then the same
+/// JSON object as [`w1_steps_child`] (`loss_after_{steps}`: the last step's loss).
+pub fn lm_steps_child(steps: usize) -> Result<serde_json::Value> {
+    use crate::autodiff::CellKind;
+    use crate::data::{Streams, TextCorpus};
+    use crate::nn::CharModel;
+    use crate::train::{LanguageModel, Position};
+    let before = peak_rss_bytes();
+    let corpus = TextCorpus::macbeth()?;
+    let mut store = ParamStore::new();
+    let model = CharModel::new(
+        &mut store,
+        CellKind::Lstm,
+        corpus.vocab().len(),
+        32,
+        128,
+        2,
+        0,
+    )?;
+    let mut objective = LanguageModel::new(
+        &model,
+        Streams::new(corpus.train(), 32, 64)?,
+        Streams::new(corpus.val(), 32, 64)?,
+    );
+    let trainer = Trainer::new(TrainConfig {
+        batch_size: 32,
+        schedule: LrSchedule::constant(2e-3),
+        clip_norm: Some(1.0),
+        max_epochs: None,
+        max_steps: Some(steps),
+        eval_every: Some(steps.max(1)),
+        ..Default::default()
+    })?;
+    let mut optimizer = OptimizerKind::Adam.build::<f32>(2e-3, None)?;
+    let built = peak_rss_bytes();
+    let report = trainer.fit(
+        &mut objective,
+        &mut store,
+        optimizer.as_mut(),
+        Position::default(),
+        &mut [],
+    )?;
+    let loss = report.step_losses.last().copied().unwrap_or(f64::NAN);
+    let mut out = serde_json::Map::new();
+    out.insert("steps".into(), steps.into());
+    out.insert("peak_rss_bytes".into(), peak_rss_bytes().into());
+    out.insert("peak_after_start".into(), before.into());
+    out.insert("peak_after_build".into(), built.into());
+    out.insert(format!("loss_after_{steps}"), loss.into());
+    Ok(out.into())
+}
+
 /// Runs `chainrule <args>` in a fresh process with two rayon threads and returns the
 /// JSON object it prints and the seconds it took.
 fn child_json(
@@ -930,27 +986,20 @@ fn w7_memory(cfg: &BenchConfig) -> Result<BenchRow> {
     row.verify_extra("loss_after_200", W7_LOSS_200, LOSS_TOL)
 }
 
-/// W1 training in two fresh processes, 1,000 and 10,000 steps: the peak RSS must not grow
-/// with the number of steps (at most 5% more after 10,000 than after 1,000).
-fn memory_flat(cfg: &BenchConfig) -> Result<BenchRow> {
+/// Training in two fresh processes, 1,000 and 10,000 steps (`child_flag`: W1, or the
+/// character LSTM of [`lm_steps_child`]): the peak RSS must not grow with the number of
+/// steps (at most 5% more after 10,000 than after 1,000).
+fn memory_flat(cfg: &BenchConfig, name: &'static str, child_flag: &str) -> Result<BenchRow> {
     const STEPS: [usize; 2] = [1_000, 10_000];
-    let mut row = once("memory_flat", 0.0);
+    let mut row = once(name, 0.0);
     let mut peaks = [0u64; 2];
     let mut total = 0.0;
     for (peak, steps) in peaks.iter_mut().zip(STEPS) {
-        let (v, secs) = child_json(
-            cfg,
-            "memory_flat",
-            &["bench", "--w1-steps-child", &steps.to_string()],
-        )?;
+        let (v, secs) = child_json(cfg, name, &["bench", child_flag, &steps.to_string()])?;
         total += secs;
         let field = |key: &str| v.get(key).and_then(|x| x.as_u64());
-        *peak = field("peak_rss_bytes").ok_or_else(|| {
-            Error::invalid(
-                "memory_flat",
-                format!("the child reported no peak RSS: {v}"),
-            )
-        })?;
+        *peak = field("peak_rss_bytes")
+            .ok_or_else(|| Error::invalid(name, format!("the child reported no peak RSS: {v}")))?;
         let built = field("peak_after_build").unwrap_or(0);
         let loss = v.get(format!("loss_after_{steps}")).cloned();
         row = row

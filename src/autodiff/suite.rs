@@ -389,6 +389,14 @@ fn cases(seed: u64) -> Vec<Case> {
             inputs: vec![x.clone()],
             f: Box::new(|_, v| v[0].index_select(1, &[2, 0, 2])),
         });
+        // an embedding lookup: rows of a table, some repeated (their gradients add up)
+        let table = sample(&[7, 5], Domain::AwayFromZero, &mut rng);
+        let ids: Vec<usize> = (0..12).map(|_| rng.random_range(0..7)).collect();
+        out.push(Case {
+            op: "embedding".into(),
+            inputs: vec![table],
+            f: Box::new(move |_, v| v[0].index_select(0, &ids)),
+        });
         let rows = s[0] * s[1];
         let index: Vec<usize> = (0..rows * 2).map(|_| rng.random_range(0..s[2])).collect();
         out.push(Case {

@@ -27,6 +27,10 @@ pub struct Args {
     /// Internal: a fresh process of `memory_flat` that runs this many W1 steps.
     #[arg(long, hide = true, value_name = "STEPS")]
     w1_steps_child: Option<usize>,
+    /// Internal: a fresh process of `memory_flat_lm` that runs this many character-model
+    /// steps.
+    #[arg(long, hide = true, value_name = "STEPS")]
+    lm_steps_child: Option<usize>,
 }
 
 fn fmt_time(s: f64) -> String {
@@ -44,6 +48,10 @@ fn fmt_time(s: f64) -> String {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.w7_child {
         println!("{}", bench::w7_child()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(steps) = args.lm_steps_child {
+        println!("{}", bench::lm_steps_child(steps)?);
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(steps) = args.w1_steps_child {

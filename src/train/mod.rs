@@ -767,4 +767,59 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn a_target_on_a_loss_is_reached_from_above() {
+        let x = Tensor::<f32>::splitmix_uniform(&[64, 2], 5, -1.0, 1.0);
+        let y: Vec<f32> = x.data().chunks_exact(2).map(|r| r[0] * r[1]).collect();
+        let y = Tensor::from_vec(y, &[64, 1]).unwrap();
+        let mut store = ParamStore::new();
+        let model = Mlp::new(
+            &mut store,
+            &[2, 16, 1],
+            Activation::Tanh,
+            Init::XavierUniform,
+            0,
+        )
+        .unwrap();
+        let mut objective =
+            Regression::new(&model, (x.clone(), y.clone()), (x, y), 16, true).unwrap();
+        assert_eq!(objective.metric().goal, Goal::Minimize);
+        let first = objective.evaluate(&store).unwrap().loss;
+        let mut opt = crate::optim::OptimizerKind::Adam
+            .build::<f32>(0.01, None)
+            .unwrap();
+        let trainer = Trainer::new(TrainConfig {
+            batch_size: 16,
+            target: Some(first * 0.5),
+            max_epochs: Some(500),
+            ..Default::default()
+        })
+        .unwrap();
+        let r = trainer
+            .fit(
+                &mut objective,
+                &mut store,
+                opt.as_mut(),
+                Position::default(),
+                &mut [],
+            )
+            .unwrap();
+        assert_eq!(r.stopped_by, StopReason::Target, "{}", r.stop_detail);
+        assert!(r.best_val_metric <= first * 0.5);
+        assert!(
+            r.history
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|h| h.val_metric > first * 0.5)
+        );
+        // the best evaluation is the lowest loss
+        let lowest = r
+            .history
+            .iter()
+            .map(|h| h.val_loss)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(r.best_val_metric, lowest);
+    }
 }
