@@ -137,9 +137,7 @@ pub struct Classification<'a> {
     pub model: &'a Mlp,
     train: &'a Dataset,
     val: &'a Dataset,
-    batch_size: usize,
-    shuffle: bool,
-    order: Vec<usize>,
+    batches: Minibatches,
 }
 
 impl<'a> Classification<'a> {
@@ -151,33 +149,55 @@ impl<'a> Classification<'a> {
         batch_size: usize,
         shuffle: bool,
     ) -> Result<Self> {
-        check_batches("Classification", train.len(), batch_size)?;
         Ok(Classification {
             model,
             train,
             val,
-            batch_size,
-            shuffle,
-            order: (0..train.len()).collect(),
+            batches: Minibatches::new("Classification", train.len(), batch_size, shuffle)?,
         })
+    }
+}
+
+/// The minibatches of a set of `n` samples: batch `b` of an epoch is rows
+/// `b·size .. (b+1)·size` of that epoch's order (shuffled from the seed and the epoch, or
+/// in order).
+struct Minibatches {
+    size: usize,
+    shuffle: bool,
+    order: Vec<usize>,
+}
+
+impl Minibatches {
+    fn new(op: &'static str, n: usize, size: usize, shuffle: bool) -> Result<Self> {
+        if n == 0 || size == 0 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "needs at least one sample and a batch size of at least 1 (got {n} samples, batch {size})"
+                ),
+            ));
+        }
+        Ok(Minibatches {
+            size,
+            shuffle,
+            order: (0..n).collect(),
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.order.len().div_ceil(self.size)
+    }
+
+    fn start_epoch(&mut self, epoch: usize, seed: u64) {
+        if self.shuffle {
+            self.order = epoch_order(self.order.len(), seed, epoch);
+        }
     }
 
     fn rows(&self, batch: usize) -> &[usize] {
         let n = self.order.len();
-        &self.order[(batch * self.batch_size).min(n)..((batch + 1) * self.batch_size).min(n)]
+        &self.order[(batch * self.size).min(n)..((batch + 1) * self.size).min(n)]
     }
-}
-
-fn check_batches(op: &'static str, n: usize, batch_size: usize) -> Result<()> {
-    if n == 0 || batch_size == 0 {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "needs at least one sample and a batch size of at least 1 (got {n} samples, batch {batch_size})"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 impl Objective for Classification<'_> {
@@ -188,12 +208,10 @@ impl Objective for Classification<'_> {
         }
     }
     fn batches_per_epoch(&self) -> usize {
-        self.train.len().div_ceil(self.batch_size)
+        self.batches.count()
     }
     fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()> {
-        if self.shuffle {
-            self.order = epoch_order(self.train.len(), seed, epoch);
-        }
+        self.batches.start_epoch(epoch, seed);
         Ok(())
     }
     fn batch_loss<'t>(
@@ -202,7 +220,7 @@ impl Objective for Classification<'_> {
         batch: usize,
         ctx: &mut ForwardCtx,
     ) -> Result<(Var<'t, f32>, usize)> {
-        let rows = self.rows(batch);
+        let rows = self.batches.rows(batch);
         let (x, y) = gather_batch(self.train, rows);
         let logits = self.model.forward(p, p.tape().constant(x), ctx)?;
         let loss = p.tape().scoped("loss", || cross_entropy(logits, &y))?;
@@ -225,9 +243,7 @@ pub struct Regression<'a> {
     x: Tensor<f32>,
     y: Tensor<f32>,
     val: (Tensor<f32>, Tensor<f32>),
-    batch_size: usize,
-    shuffle: bool,
-    order: Vec<usize>,
+    batches: Minibatches,
 }
 
 impl<'a> Regression<'a> {
@@ -250,16 +266,13 @@ impl<'a> Regression<'a> {
                 ));
             }
         }
-        let n = x.shape()[0];
-        check_batches("Regression", n, batch_size)?;
+        let batches = Minibatches::new("Regression", x.shape()[0], batch_size, shuffle)?;
         Ok(Regression {
             model,
             x,
             y,
             val,
-            batch_size,
-            shuffle,
-            order: (0..n).collect(),
+            batches,
         })
     }
 }
@@ -272,12 +285,10 @@ impl Objective for Regression<'_> {
         }
     }
     fn batches_per_epoch(&self) -> usize {
-        self.order.len().div_ceil(self.batch_size)
+        self.batches.count()
     }
     fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()> {
-        if self.shuffle {
-            self.order = epoch_order(self.order.len(), seed, epoch);
-        }
+        self.batches.start_epoch(epoch, seed);
         Ok(())
     }
     fn batch_loss<'t>(
@@ -286,9 +297,8 @@ impl Objective for Regression<'_> {
         batch: usize,
         ctx: &mut ForwardCtx,
     ) -> Result<(Var<'t, f32>, usize)> {
-        let n = self.order.len();
-        let rows =
-            &self.order[(batch * self.batch_size).min(n)..((batch + 1) * self.batch_size).min(n)];
+        let rows = self.batches.rows(batch);
+        let n = self.x.shape()[0];
         let whole = rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r);
         // the whole set in order (a full-batch workload) needs no gather
         let (x, y) = if whole {
