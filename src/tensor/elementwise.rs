@@ -33,7 +33,8 @@ fn chunked<T: Element, const N: usize>(
 }
 
 /// Runs a kernel call compiled for AVX2 when the CPU has it (twice the vector width of
-/// the portable x86-64 baseline; no FMA, so results are the same either way).
+/// the portable x86-64 baseline; no FMA, so results are the same either way). Also used
+/// by the recurrent cells' gate loops.
 macro_rules! with_avx2 {
     ($call:expr) => {{
         #[cfg(target_arch = "x86_64")]
@@ -55,6 +56,7 @@ macro_rules! with_avx2 {
         }
     }};
 }
+pub(crate) use with_avx2;
 
 /// Below this many elements the portable loop runs directly: the dispatch to the AVX2
 /// copy costs more than it saves on a handful of values.

@@ -7,7 +7,7 @@
 use super::CustomOp;
 use crate::autodiff::Var;
 use crate::error::{Error, Result};
-use crate::tensor::{Element, MatLayout, Tensor, matmul_into};
+use crate::tensor::{Element, MatLayout, Tensor, matmul_into, with_avx2};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
 
@@ -149,7 +149,7 @@ fn check_step(
 // ---------------------------------------------------------------------------------------
 
 /// RNN forward: `h' = tanh(xp + hp)`.
-#[inline]
+#[inline(always)]
 fn rnn_forward_row<T: Element>(xp: &[T], hp: &[T], h_new: &mut [T]) {
     for ((o, &x), &a) in h_new.iter_mut().zip(xp).zip(hp) {
         *o = (x + a).tanh_();
@@ -157,7 +157,7 @@ fn rnn_forward_row<T: Element>(xp: &[T], hp: &[T], h_new: &mut [T]) {
 }
 
 /// RNN reverse: `ḡa = g ⊙ (1 − h'²)` is the gradient of both `xp` and `hp`.
-#[inline]
+#[inline(always)]
 fn rnn_backward_row<T: Element>(h_new: &[T], g: &[T], ga: &mut [T]) {
     for ((o, &y), &g) in ga.iter_mut().zip(h_new).zip(g) {
         *o = (T::one() - y * y) * g;
@@ -166,7 +166,7 @@ fn rnn_backward_row<T: Element>(h_new: &[T], g: &[T], ga: &mut [T]) {
 
 /// GRU forward (PyTorch's form): `r = σ(xp_r + hp_r)`, `z = σ(xp_z + hp_z)`,
 /// `n = tanh(xp_n + r ⊙ hp_n)`, `h' = (1 − z) ⊙ n + z ⊙ h`; keeps `[r, z, n, hp_n]`.
-#[inline]
+#[inline(always)]
 fn gru_forward_row<T: Element>(
     hid: usize,
     xp: &[T],
@@ -192,7 +192,7 @@ fn gru_forward_row<T: Element>(
 /// GRU reverse: `ḡn = g(1−z)(1−n²)`, `ḡz = g(h−n) z(1−z)`, `ḡr = ḡn hp_n r(1−r)`;
 /// `∂xp = [ḡr, ḡz, ḡn]`, `∂hp = [ḡr, ḡz, ḡn ⊙ r]`, and `h` gets `g z` directly (besides
 /// `∂hp·W`).
-#[inline]
+#[inline(always)]
 fn gru_backward_row<T: Element>(
     hid: usize,
     saved: &[T],
@@ -221,7 +221,7 @@ fn gru_backward_row<T: Element>(
 /// LSTM forward: `a = xp + hp` (given in `a`, replaced by the activated gates
 /// `[i, f, g, o]`); `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`. Block by block, so that
 /// every loop vectorises.
-#[inline]
+#[inline(always)]
 fn lstm_forward_row<T: Element>(
     hid: usize,
     a: &mut [T],
@@ -247,7 +247,7 @@ fn lstm_forward_row<T: Element>(
 /// tanh² c')`; `∂a = [ḡc g i(1−i), ḡc c f(1−f), ḡc i (1−g²), g_h tanh c' o(1−o)]` (the
 /// gradient of both `xp` and `hp`); `∂c = ḡc f`.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn lstm_backward_row<T: Element>(
     hid: usize,
     gates: &[T],
@@ -694,14 +694,17 @@ impl<T: Element> ForwardBlock<'_, T> {
 
     fn run(self, kind: CellKind, hid: usize, wt: &[T], b: &[T]) {
         let gh = b.len();
-        match kind {
-            CellKind::Rnn => {
-                hidden_product(self.hp, self.h_prev, wt, b, hid);
-                rnn_forward_row(self.x, self.hp, self.h_new);
-            }
+        if kind == CellKind::Lstm {
+            // the gates are computed where they are kept
+            hidden_product(self.saved, self.h_prev, wt, b, hid);
+        } else {
+            hidden_product(self.hp, self.h_prev, wt, b, hid);
+        }
+        let rows = self.h_new.len() / hid;
+        // the gate loops compiled for AVX2 where the CPU has it (same results)
+        with_avx2!(match kind {
+            CellKind::Rnn => rnn_forward_row(self.x, self.hp, self.h_new),
             CellKind::Gru => {
-                hidden_product(self.hp, self.h_prev, wt, b, hid);
-                let rows = self.h_new.len() / hid;
                 for bi in 0..rows {
                     let (r3, r1) = (bi * gh..(bi + 1) * gh, bi * hid..(bi + 1) * hid);
                     gru_forward_row(
@@ -715,9 +718,7 @@ impl<T: Element> ForwardBlock<'_, T> {
                 }
             }
             CellKind::Lstm => {
-                // the gates are computed where they are kept
-                let gates = self.saved;
-                hidden_product(gates, self.h_prev, wt, b, hid);
+                let gates = &mut *self.saved;
                 gates.iter_mut().zip(self.x).for_each(|(a, &x)| *a += x);
                 for (bi, g) in gates.chunks_exact_mut(gh).enumerate() {
                     let r1 = bi * hid..(bi + 1) * hid;
@@ -730,7 +731,7 @@ impl<T: Element> ForwardBlock<'_, T> {
                     );
                 }
             }
-        }
+        })
     }
 }
 
@@ -808,7 +809,8 @@ impl<T: Element> BackwardBlock<'_, T> {
             *a = gy + d;
         }
         let gsum = &*self.gsum;
-        match kind {
+        // the gate loops compiled for AVX2 where the CPU has it (same results)
+        with_avx2!(match kind {
             CellKind::Rnn => rnn_backward_row(self.h_new, gsum, self.dx),
             CellKind::Gru => {
                 for bi in 0..rows {
@@ -839,7 +841,7 @@ impl<T: Element> BackwardBlock<'_, T> {
                     );
                 }
             }
-        }
+        });
         // ∂h_{t−1} = ∂hp·W (+ the GRU's direct path)
         let ghp = if kind == CellKind::Gru {
             &*self.dhp
