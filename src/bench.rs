@@ -1175,7 +1175,12 @@ fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
     use crate::data::{Streams, TextCorpus};
     use crate::nn::CharModel;
     use crate::train::LanguageModel;
-    let corpus = TextCorpus::load(&cfg.text)?;
+    let corpus = TextCorpus::load(&cfg.text).map_err(|e| {
+        Error::invalid(
+            "bench",
+            format!("{e} (W9 reads the tragedies text: give its path with --text FILE)"),
+        )
+    })?;
     let vocab = corpus.vocab().len();
     let train_streams = Streams::new(corpus.train(), 32, 64)?;
     let val = Streams::new(corpus.val(), 32, 64)?;

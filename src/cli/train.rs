@@ -610,15 +610,19 @@ fn char_model(
     vocab: usize,
     store: &mut ParamStore<f32>,
 ) -> anyhow::Result<CharModel> {
+    let Some(&hidden) = cfg.hidden.first() else {
+        bail!("the run's configuration has no hidden size");
+    };
     Ok(CharModel::new(
-        store,
-        kind,
-        vocab,
-        cfg.embed,
-        cfg.hidden[0],
-        cfg.layers,
-        cfg.seed,
+        store, kind, vocab, cfg.embed, hidden, cfg.layers, cfg.seed,
     )?)
+}
+
+/// Parameter values of the character model `cfg` describes (`None`: no hidden size, or
+/// an overflow), to check a checkpoint before the model is built.
+fn char_param_count(cfg: &RunConfig, kind: CellKind, vocab: usize) -> Option<usize> {
+    let hidden = *cfg.hidden.first()?;
+    CharModel::param_count(kind, vocab, cfg.embed, hidden, cfg.layers)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -668,14 +672,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let text = load_text(&cfg, resumed.as_ref().and_then(|c| c.meta.vocab.as_deref()))?;
             let vocab = text.corpus.vocab().len();
             if let Some(c) = &resumed {
-                c.check_param_count(CharModel::param_count(
-                    kind,
-                    vocab,
-                    cfg.embed,
-                    cfg.hidden[0],
-                    cfg.layers,
-                ))
-                .with_context(resume_context)?;
+                c.check_param_count(char_param_count(&cfg, kind, vocab))
+                    .with_context(resume_context)?;
             }
             let model = char_model(&cfg, kind, vocab, &mut store)?;
             Problem::Text { text, model }
@@ -792,7 +790,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "training a character {} ({} layers of {}, embedding {}, {} parameters) on {} ({} train / {} validation characters, vocabulary {}, unigram entropy {:.3} nats) with {:?}, lr {}, {} streams × {} characters, clipping {clipping}; output in {}",
                     cfg.model.to_uppercase(),
                     cfg.layers,
-                    cfg.hidden[0],
+                    model.rnn.hidden_size,
                     model.embed,
                     store.num_elements(),
                     text.corpus.name(),
@@ -827,7 +825,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (per_step, unit) = match &problem {
         Problem::Classifier { .. } => (cfg.batch_size, "samples"),
-        Problem::Text { .. } => (cfg.batch_size * cfg.seq_len, "chars"),
+        Problem::Text { .. } => (cfg.batch_size.saturating_mul(cfg.seq_len), "chars"),
     };
     let mut progress = Progress::new(args.json, per_step, unit);
     let mut log = match &resumed {
@@ -971,14 +969,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             );
         };
         let text = load_text(&cfg, Some(vocab))?;
-        ckpt.check_param_count(CharModel::param_count(
-            kind,
-            text.corpus.vocab().len(),
-            cfg.embed,
-            cfg.hidden[0],
-            cfg.layers,
-        ))
-        .with_context(|| format!("--checkpoint {}", dir.display()))?;
+        ckpt.check_param_count(char_param_count(&cfg, kind, text.corpus.vocab().len()))
+            .with_context(|| format!("--checkpoint {}", dir.display()))?;
         let mut store = ParamStore::<f32>::new();
         let model = char_model(&cfg, kind, text.corpus.vocab().len(), &mut store)?;
         ckpt.restore_params(&mut store)?;
@@ -1095,14 +1087,8 @@ pub fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
     if prompt.is_empty() {
         bail!("--prompt is empty; give at least one character");
     }
-    ckpt.check_param_count(CharModel::param_count(
-        kind,
-        chars.len(),
-        cfg.embed,
-        cfg.hidden.first().copied().unwrap_or(0),
-        cfg.layers,
-    ))
-    .with_context(context)?;
+    ckpt.check_param_count(char_param_count(&cfg, kind, chars.len()))
+        .with_context(context)?;
     let mut store = ParamStore::<f32>::new();
     let model = char_model(&cfg, kind, chars.len(), &mut store)?;
     ckpt.restore_params(&mut store).with_context(context)?;

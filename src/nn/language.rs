@@ -61,13 +61,17 @@ impl CharModel {
         layers: usize,
     ) -> Option<usize> {
         let gh = kind.gates().checked_mul(hidden)?;
-        let mut n = vocab.checked_mul(embed)?;
-        for l in 0..layers {
-            let fan_in = if l == 0 { embed } else { hidden };
-            let per = gh.checked_mul(fan_in.checked_add(hidden)?.checked_add(2)?)?;
-            n = n.checked_add(per)?;
-        }
-        n.checked_add(hidden.checked_add(1)?.checked_mul(vocab)?)
+        // layer 0 reads the embedding, the others the layer below: in closed form, so
+        // that a hostile layer count cannot make this loop
+        let first = gh.checked_mul(embed.checked_add(hidden)?.checked_add(2)?)?;
+        let rest = gh
+            .checked_mul(hidden.checked_mul(2)?.checked_add(2)?)?
+            .checked_mul(layers.checked_sub(1)?)?;
+        vocab
+            .checked_mul(embed)?
+            .checked_add(first)?
+            .checked_add(rest)?
+            .checked_add(hidden.checked_add(1)?.checked_mul(vocab)?)
     }
 
     /// A model with PyTorch's default initialisation: embedding N(0, 1), recurrent and
@@ -170,7 +174,7 @@ impl CharModel {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut tape = Tape::<f32>::new();
         let mut state: Option<CarriedState> = None;
-        let mut out = Vec::with_capacity(length);
+        let mut out = Vec::with_capacity(length.min(1 << 16));
         let mut input: Vec<usize> = prompt.to_vec();
         while out.len() < length {
             let scores = tape.no_grad(|| -> Result<Vec<f32>> {

@@ -21,9 +21,10 @@ pub enum Goal {
 }
 
 impl Goal {
-    /// Whether `a` is strictly better than `b`.
+    /// Whether `a` is strictly better than `b` (any number is better than NaN).
     pub fn better(self, a: f64, b: f64) -> bool {
         match self {
+            _ if b.is_nan() => !a.is_nan(),
             Goal::Minimize => a < b,
             Goal::Maximize => a > b,
         }

@@ -120,7 +120,7 @@ fn check_step(
     b: &[usize],
 ) -> Result<(usize, usize)> {
     let bad = |msg: String| Err(Error::invalid(op, msg));
-    if w.len() != 2 || w[0] != gates * w[1] {
+    if w.len() != 2 || w[0] != gates * w[1] || w[1] == 0 {
         return bad(format!("W_hh has shape {w:?}, expected [{gates}·H, H]"));
     }
     let hid = w[1];
