@@ -250,6 +250,12 @@ pub struct Position {
     /// state), in a checkpoint as `state:NAME` tensors; empty at an epoch's end.
     #[serde(skip)]
     pub carried: Vec<(String, Tensor<f32>)>,
+    /// The global gradient norms of the last steps, for the growth warning.
+    #[serde(default)]
+    pub recent_norms: std::collections::VecDeque<f64>,
+    /// The sum of every step's gradient norm (the mean's numerator, kept exactly).
+    #[serde(default)]
+    pub norm_sum: Option<f64>,
 }
 
 /// One training step's graph (forward, loss, backward on the first batch of the run) as
@@ -495,8 +501,9 @@ impl Trainer {
         let mut step_losses = Vec::new();
         let mut step_norms = Vec::new();
         let mut window_loss = (0.0, 0usize);
-        let mut norm_sum = pos.clipping.mean_norm * pos.clipping.steps as f64;
-        let mut recent_norms = std::collections::VecDeque::with_capacity(GROWTH_WINDOW);
+        let mut norm_sum = pos
+            .norm_sum
+            .unwrap_or(pos.clipping.mean_norm * pos.clipping.steps as f64);
         let mut tape = Tape::<f32>::new();
         tape.set_detect_anomaly(cfg.detect_anomaly);
         let mut samples = 0usize;
@@ -566,7 +573,9 @@ impl Trainer {
                 cs.max_norm = cs.max_norm.max(norm);
                 cs.steps += 1;
                 norm_sum += norm;
+                pos.norm_sum = Some(norm_sum);
                 cs.mean_norm = norm_sum / cs.steps as f64;
+                let recent_norms = &mut pos.recent_norms;
                 cs.clipped_steps += usize::from(out.clipped);
                 // a norm ten times the median of the last GROWTH_WINDOW steps (the median,
                 // not the smallest: minibatch norms scatter)
@@ -578,8 +587,8 @@ impl Trainer {
                     sorted.sort_by(f64::total_cmp);
                     let median = sorted[sorted.len() / 2];
                     if norm > 10.0 * median {
-                        cs.norm_growth_events += 1;
-                        cs.first_norm_growth.get_or_insert_with(|| {
+                        pos.clipping.norm_growth_events += 1;
+                        pos.clipping.first_norm_growth.get_or_insert_with(|| {
                             format!(
                                 "the gradient norm grew from {median:.3e} (median of the previous {} steps) to {norm:.3e} at step {}",
                                 sorted.len(),
