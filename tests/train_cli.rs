@@ -79,6 +79,18 @@ fn default_run_reaches_the_target_on_embedded_digits() {
         r["clipping"]["steps"].as_u64() == r["steps"].as_u64(),
         "{r}"
     );
+    // where the time went: every phase a number, together the loop's time
+    let phases = r["profile"].as_object().expect("a profile");
+    assert_eq!(phases.len(), 7, "{r}");
+    let total: f64 = phases.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!(phases.values().all(|v| v.as_f64().unwrap() >= 0.0), "{r}");
+    assert!(
+        phases["forward"].as_f64().unwrap() > 0.0 && phases["optimizer"].as_f64().unwrap() > 0.0
+    );
+    assert!(
+        (total - r["seconds"].as_f64().unwrap()).abs() < 0.05 + 0.05 * total,
+        "{r}"
+    );
     for f in [
         "metrics.jsonl",
         "curves.svg",

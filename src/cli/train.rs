@@ -123,6 +123,11 @@ pub struct Args {
     /// Stop with the first op whose backward pass produced NaN or infinity.
     #[arg(long)]
     detect_anomaly: bool,
+    /// Print where the training time went, phase by phase (forward, backward, clipping,
+    /// optimizer, evaluation, logging and checkpoints); the JSON report always has it
+    /// under `profile`.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// A stop limit on the command line: a value, or `none` to switch the limit off.
@@ -913,6 +918,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "written:           {}/metrics.jsonl, curves.svg, report.json, {CHECKPOINT_FILE}",
             out.display()
         );
+        if args.profile {
+            let total: f64 = report.profile.named().iter().map(|(_, s)| s).sum();
+            println!("where the time went ({total:.3} s):");
+            for (phase, s) in report.profile.named() {
+                println!(
+                    "  {phase:<26} {s:>9.3} s  {:>5.1}%",
+                    100.0 * s / total.max(1e-12)
+                );
+            }
+        }
     }
     if let Some(w) = &report.clipping.first_norm_growth {
         eprintln!(

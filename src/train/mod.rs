@@ -141,6 +141,47 @@ pub struct StepRecord {
     pub clipped: bool,
 }
 
+/// Seconds spent in each phase of the loop, over this process's part of the run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PhaseTimes {
+    /// The batch (gathered by the objective), the forward pass and the loss.
+    pub forward: f64,
+    /// The backward sweep and collecting the parameters' gradients.
+    pub backward: f64,
+    /// Gradient norms and clipping.
+    pub clipping: f64,
+    /// The optimizer's update.
+    pub optimizer: f64,
+    /// Evaluations on the validation split.
+    pub evaluation: f64,
+    /// The callbacks: progress, metrics log and checkpoints.
+    pub logging_and_checkpoints: f64,
+    /// Everything else in the loop (bookkeeping between the phases).
+    pub other: f64,
+}
+
+impl PhaseTimes {
+    fn add(&mut self, o: &PhaseTimes) {
+        self.forward += o.forward;
+        self.backward += o.backward;
+        self.clipping += o.clipping;
+        self.optimizer += o.optimizer;
+    }
+
+    /// The phases with their names, in loop order.
+    pub fn named(&self) -> [(&'static str, f64); 7] {
+        [
+            ("forward (with the batch)", self.forward),
+            ("backward", self.backward),
+            ("clipping", self.clipping),
+            ("optimizer", self.optimizer),
+            ("evaluation", self.evaluation),
+            ("logging and checkpoints", self.logging_and_checkpoints),
+            ("other", self.other),
+        ]
+    }
+}
+
 /// What [`Trainer::train_step`] did.
 #[derive(Clone, Debug)]
 pub struct StepOutcome {
@@ -158,6 +199,8 @@ pub struct StepOutcome {
     pub param_norms: Vec<f64>,
     /// Set when the step changed nothing because the run must stop.
     pub stop: Option<(StopReason, String)>,
+    /// Seconds of its phases (forward, backward, clipping, optimizer).
+    pub times: PhaseTimes,
 }
 
 /// Steps over which a tenfold growth of the gradient norm is reported.
@@ -211,6 +254,9 @@ pub struct TrainReport {
     pub samples_per_second: f64,
     /// Clipping statistics.
     pub clipping: ClipStats,
+    /// Seconds per phase of the loop (this process's steps; the final evaluation
+    /// included).
+    pub profile: PhaseTimes,
     /// Every evaluation.
     pub history: Vec<EvalRecord>,
     /// Loss returned by every step, in order.
@@ -290,8 +336,11 @@ fn record_evaluation(
     batches_per_epoch: usize,
     (lr, seconds): (f64, f64),
     param_norms: &[f64],
+    profile: &mut PhaseTimes,
 ) -> Result<f64> {
+    let t = Instant::now();
     let eval = objective.evaluate(store)?;
+    profile.evaluation += t.elapsed().as_secs_f64();
     let val_metric = eval.get(&metric.name);
     let record = EvalRecord {
         epoch: pos.epoch as f64 + pos.batch as f64 / batches_per_epoch as f64,
@@ -326,6 +375,7 @@ fn record_evaluation(
     } else {
         objective.carried_state()
     };
+    let t = Instant::now();
     for c in callbacks.iter_mut() {
         c.on_eval(&Snapshot {
             record: &record,
@@ -334,6 +384,7 @@ fn record_evaluation(
             optimizer,
         })?;
     }
+    profile.logging_and_checkpoints += t.elapsed().as_secs_f64();
     pos.carried.clear();
     Ok(val_metric)
 }
@@ -397,6 +448,13 @@ impl Trainer {
         let cfg = &self.config;
         let lr = cfg.schedule.lr_at(step);
         optimizer.set_learning_rate(lr);
+        let mut times = PhaseTimes::default();
+        let mut clock = Instant::now();
+        let mut lap = |phase: &mut f64| {
+            let now = Instant::now();
+            *phase += (now - clock).as_secs_f64();
+            clock = now;
+        };
         tape.clear();
         let (loss, samples, mut grads) = {
             let p = store.leaves(tape);
@@ -404,10 +462,12 @@ impl Trainer {
                 ForwardCtx::train(cfg.seed ^ (step as u64).wrapping_mul(0xA076_1D64_78BD_642F));
             let (loss, samples) = objective.batch_loss(&p, batch, &mut ctx)?;
             let value = loss.item()? as f64;
+            lap(&mut times.forward);
             let mut g = tape.backward(loss)?;
             (value, samples, p.grads(&mut g))
         };
         tape.clear(); // drop the graph so the optimizer updates parameters in place
+        lap(&mut times.backward);
         let mut out = StepOutcome {
             loss,
             samples,
@@ -416,6 +476,7 @@ impl Trainer {
             clipped: false,
             param_norms: Vec::new(),
             stop: None,
+            times: PhaseTimes::default(),
         };
         if !loss.is_finite() {
             out.stop = Some((
@@ -460,7 +521,10 @@ impl Trainer {
         if let Some(v) = cfg.clip_value {
             out.clipped |= clip_grad_value(&mut grads, v) > 0;
         }
+        lap(&mut times.clipping);
         optimizer.step(store, &grads)?;
+        lap(&mut times.optimizer);
+        out.times = times;
         Ok(out)
     }
 
@@ -508,6 +572,7 @@ impl Trainer {
         tape.set_detect_anomaly(cfg.detect_anomaly);
         let mut samples = 0usize;
         let mut epoch_started = None;
+        let mut profile = PhaseTimes::default();
 
         for c in callbacks.iter_mut() {
             c.on_start(&pos, batches_per_epoch)?;
@@ -561,6 +626,7 @@ impl Trainer {
                     eval_now,
                 )?;
                 step_losses.push(out.loss);
+                profile.add(&out.times);
                 if let Some((reason, detail)) = out.stop {
                     break 'epochs (reason, format!("{detail} (epoch {})", pos.epoch + 1));
                 }
@@ -611,9 +677,11 @@ impl Trainer {
                     grad_norm: norm,
                     clipped: out.clipped,
                 };
+                let t = Instant::now();
                 for c in callbacks.iter_mut() {
                     c.on_step(&record)?;
                 }
+                profile.logging_and_checkpoints += t.elapsed().as_secs_f64();
 
                 let epoch_done = pos.batch == batches_per_epoch;
                 if epoch_done {
@@ -634,6 +702,7 @@ impl Trainer {
                         batches_per_epoch,
                         (out.lr, elapsed(base_seconds)),
                         &out.param_norms,
+                        &mut profile,
                     )?;
                     if let Some(t) = cfg.target
                         && goal.reached(val_metric, t)
@@ -678,6 +747,7 @@ impl Trainer {
                 batches_per_epoch,
                 (last_lr, elapsed(base_seconds)),
                 &[],
+                &mut profile,
             )?;
         }
         let seconds = elapsed(base_seconds);
@@ -705,8 +775,15 @@ impl Trainer {
                     .chain(r.metrics.clone())
                     .collect(),
             },
-            _ => objective.evaluate(store)?,
+            _ => {
+                let t = Instant::now();
+                let e = objective.evaluate(store)?;
+                profile.evaluation += t.elapsed().as_secs_f64();
+                e
+            }
         };
+        let phases: f64 = profile.named().iter().map(|(_, s)| s).sum();
+        profile.other = (elapsed(base_seconds) - base_seconds - phases).max(0.0);
         let (best_val_metric, best_step) = best.unwrap_or((f64::NAN, 0));
         let report = TrainReport {
             stopped_by,
@@ -721,6 +798,7 @@ impl Trainer {
             seconds,
             samples_per_second: samples as f64 / (seconds - base_seconds).max(1e-9),
             clipping: pos.clipping.clone(),
+            profile,
             history: pos.history.clone(),
             step_losses,
             step_norms,
