@@ -861,13 +861,24 @@ pub fn w1_steps_child(steps: usize) -> Result<serde_json::Value> {
     for _ in 0..steps {
         loss = step.step()?;
     }
+    Ok(steps_report(steps, before, built, f64::from(loss)))
+}
+
+/// The JSON object a training child prints: `steps`, the peak RSS at the end
+/// (`peak_rss_bytes`), after start and after building, and the last step's loss.
+fn steps_report(
+    steps: usize,
+    before: Option<u64>,
+    built: Option<u64>,
+    loss: f64,
+) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     out.insert("steps".into(), steps.into());
     out.insert("peak_rss_bytes".into(), peak_rss_bytes().into());
     out.insert("peak_after_start".into(), before.into());
     out.insert("peak_after_build".into(), built.into());
-    out.insert(format!("loss_after_{steps}"), f64::from(loss).into());
-    Ok(out.into())
+    out.insert(format!("loss_after_{steps}"), loss.into());
+    out.into()
 }
 
 /// `steps` training steps of a character LSTM (embedding 32, 2 layers of 128, 32 streams
@@ -915,13 +926,7 @@ pub fn lm_steps_child(steps: usize) -> Result<serde_json::Value> {
         &mut [],
     )?;
     let loss = report.step_losses.last().copied().unwrap_or(f64::NAN);
-    let mut out = serde_json::Map::new();
-    out.insert("steps".into(), steps.into());
-    out.insert("peak_rss_bytes".into(), peak_rss_bytes().into());
-    out.insert("peak_after_start".into(), before.into());
-    out.insert("peak_after_build".into(), built.into());
-    out.insert(format!("loss_after_{steps}"), loss.into());
-    Ok(out.into())
+    Ok(steps_report(steps, before, built, loss))
 }
 
 /// Runs `chainrule <args>` in a fresh process with two rayon threads and returns the

@@ -27,17 +27,12 @@ fn sigmoid<T: Element>(x: T) -> T {
 fn hidden_proj<T: Element>(h: &Tensor<T>, w: &Tensor<T>, b: &Tensor<T>) -> Vec<T> {
     let (bsz, hid, gh) = (h.shape()[0], h.shape()[1], w.shape()[0]);
     let mut out = vec![T::zero(); bsz * gh];
-    for row in out.chunks_exact_mut(gh) {
-        row.copy_from_slice(b.data());
-    }
-    matmul_into(
+    hidden_product(
         &mut out,
-        bsz,
-        gh,
-        hid,
-        (h.data(), MatLayout::Normal),
+        h.data(),
         (w.data(), MatLayout::Transposed),
-        true,
+        b.data(),
+        hid,
     );
     out
 }
@@ -639,15 +634,15 @@ fn in_halves<B: Send>(
     }
 }
 
-/// `a = b + h·W_hhᵀ` for `rows` rows, with `wt = W_hhᵀ` row-major.
-fn hidden_product<T: Element>(a: &mut [T], h: &[T], wt: &[T], b: &[T], hid: usize) {
+/// `a = b + h·W_hhᵀ` for the rows of `h`, with `W_hh` given as itself
+/// (`MatLayout::Transposed`) or as a row-major copy of `W_hhᵀ` (`MatLayout::Normal`).
+fn hidden_product<T: Element>(a: &mut [T], h: &[T], w: (&[T], MatLayout), b: &[T], hid: usize) {
     let gh = b.len();
     let rows = a.len() / gh;
     for row in a.chunks_exact_mut(gh) {
         row.copy_from_slice(b);
     }
-    let (lhs, rhs) = ((h, MatLayout::Normal), (wt, MatLayout::Normal));
-    matmul_into(a, rows, gh, hid, lhs, rhs, true);
+    matmul_into(a, rows, gh, hid, (h, MatLayout::Normal), w, true);
 }
 
 /// The forward pass of one step on a block of rows.
@@ -696,9 +691,9 @@ impl<T: Element> ForwardBlock<'_, T> {
         let gh = b.len();
         if kind == CellKind::Lstm {
             // the gates are computed where they are kept
-            hidden_product(self.saved, self.h_prev, wt, b, hid);
+            hidden_product(self.saved, self.h_prev, (wt, MatLayout::Normal), b, hid);
         } else {
-            hidden_product(self.hp, self.h_prev, wt, b, hid);
+            hidden_product(self.hp, self.h_prev, (wt, MatLayout::Normal), b, hid);
         }
         let rows = self.h_new.len() / hid;
         // the gate loops compiled for AVX2 where the CPU has it (same results)
