@@ -10,7 +10,8 @@ pub use schedule::{LrSchedule, Schedule};
 
 use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, PARALLEL_MIN_LEN, Tensor, with_avx2};
+use rayon::prelude::*;
 
 /// One optimizer interface for every update rule.
 pub trait Optimizer<T: Element> {
@@ -132,12 +133,13 @@ impl<T: Element> Slots<T> {
         }
     }
     /// The state tensors of `id`, zero-initialised with `shape` on first use.
-    fn get(&mut self, id: usize, shape: &[usize]) -> &mut [Tensor<T>] {
+    /// The slots of parameter `id`, which has `len` elements (kept flat).
+    fn get(&mut self, id: usize, len: usize) -> &mut [Tensor<T>] {
         if self.per_param.len() <= id {
             self.per_param.resize_with(id + 1, Vec::new);
         }
         if self.per_param[id].is_empty() {
-            self.per_param[id] = self.names.iter().map(|_| Tensor::zeros(shape)).collect();
+            self.per_param[id] = self.names.iter().map(|_| Tensor::zeros(&[len])).collect();
         }
         &mut self.per_param[id]
     }
@@ -210,6 +212,47 @@ fn for_each_param<T: Element>(
     Ok(())
 }
 
+/// Runs an update rule `f` over a parameter, its gradient and its state slots (all of
+/// one length): in chunks on every rayon thread for large parameters, each chunk
+/// compiled for AVX2 where the CPU has it. Every rule here updates element `j` from
+/// element `j` alone and uses no FMA, so neither the split nor the instruction set can
+/// change a result.
+fn update_in_chunks<T: Element, const S: usize>(
+    p: &mut [T],
+    g: &[T],
+    slots: [&mut [T]; S],
+    f: impl Fn(&mut [T], &[T], [&mut [T]; S]) + Sync + Send,
+) {
+    let n = p.len();
+    // the slots were made (or loaded and checked) with the parameter's length; a
+    // shorter one would only shorten the zipped loops, never index out of bounds
+    debug_assert!(g.len() == n && slots.iter().all(|s| s.len() == n));
+    let threads = rayon::current_num_threads();
+    if n < PARALLEL_MIN_LEN || threads < 2 {
+        with_avx2!(f(p, g, slots));
+        return;
+    }
+    let chunk = n.div_ceil(threads * 2);
+    let mut slot_chunks = slots.map(|s| s.chunks_mut(chunk));
+    let parts: Vec<(&mut [T], &[T], [&mut [T]; S])> = p
+        .chunks_mut(chunk)
+        .zip(g.chunks(chunk))
+        .map_while(|(p, g)| {
+            let mut s = slot_chunks.each_mut().map(Iterator::next);
+            s.iter().all(Option::is_some).then(|| {
+                (
+                    p,
+                    g,
+                    std::array::from_fn(|i| s[i].take().expect("checked just above")),
+                )
+            })
+        })
+        .collect();
+    parts
+        .into_par_iter()
+        .for_each(|(p, g, s)| with_avx2!(f(p, g, s)));
+}
+
 /// The methods every optimizer here shares: its learning rate, and its state as the
 /// step count plus the per-parameter slots.
 macro_rules! optimizer_bookkeeping {
@@ -278,17 +321,23 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
         let slots = &mut self.slots;
         for_each_param(store, grads, |i, p, g| {
             if mu == T::zero() {
-                for (p, &g) in p.iter_mut().zip(g) {
-                    *p -= lr * (g + wd * *p);
-                }
+                update_in_chunks(p, g, [], |p, g, []| {
+                    for (p, &g) in p.iter_mut().zip(g) {
+                        *p -= lr * (g + wd * *p);
+                    }
+                });
                 return Ok(());
             }
-            let buf = slots.get(i, &[p.len()])[0].data_mut();
-            for ((p, &g), b) in p.iter_mut().zip(g).zip(buf) {
-                let d = g + wd * *p;
-                *b = if first { d } else { mu * *b + d };
-                *p -= lr * if nesterov { d + mu * *b } else { *b };
-            }
+            let [buf] = slots.get(i, p.len()) else {
+                unreachable!("one slot")
+            };
+            update_in_chunks(p, g, [buf.data_mut()], |p, g, [buf]| {
+                for ((p, &g), b) in p.iter_mut().zip(g).zip(buf) {
+                    let d = g + wd * *p;
+                    *b = if first { d } else { mu * *b + d };
+                    *p -= lr * if nesterov { d + mu * *b } else { *b };
+                }
+            });
             Ok(())
         })?;
         self.steps += 1;
@@ -322,12 +371,16 @@ impl<T: Element> Optimizer<T> for AdaGrad<T> {
         let (lr, wd, eps) = (T::of(self.lr), T::of(self.weight_decay), T::of(1e-10));
         let slots = &mut self.slots;
         for_each_param(store, grads, |i, p, g| {
-            let sum = slots.get(i, &[p.len()])[0].data_mut();
-            for ((p, &g), s) in p.iter_mut().zip(g).zip(sum) {
-                let d = g + wd * *p;
-                *s += d * d;
-                *p -= lr * d / (s.sqrt() + eps);
-            }
+            let [sum] = slots.get(i, p.len()) else {
+                unreachable!("one slot")
+            };
+            update_in_chunks(p, g, [sum.data_mut()], |p, g, [sum]| {
+                for ((p, &g), s) in p.iter_mut().zip(g).zip(sum) {
+                    let d = g + wd * *p;
+                    *s += d * d;
+                    *p -= lr * d / (s.sqrt() + eps);
+                }
+            });
             Ok(())
         })?;
         self.steps += 1;
@@ -368,12 +421,16 @@ impl<T: Element> Optimizer<T> for RmsProp<T> {
         );
         let slots = &mut self.slots;
         for_each_param(store, grads, |i, p, g| {
-            let v = slots.get(i, &[p.len()])[0].data_mut();
-            for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
-                let d = g + wd * *p;
-                *v = a * *v + (T::one() - a) * d * d;
-                *p -= lr * d / (v.sqrt() + eps);
-            }
+            let [v] = slots.get(i, p.len()) else {
+                unreachable!("one slot")
+            };
+            update_in_chunks(p, g, [v.data_mut()], |p, g, [v]| {
+                for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
+                    let d = g + wd * *p;
+                    *v = a * *v + (T::one() - a) * d * d;
+                    *p -= lr * d / (v.sqrt() + eps);
+                }
+            });
             Ok(())
         })?;
         self.steps += 1;
@@ -422,17 +479,18 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         };
         let slots = &mut self.slots;
         for_each_param(store, grads, |i, p, g| {
-            let [m, v] = slots.get(i, &[p.len()]) else {
+            let [m, v] = slots.get(i, p.len()) else {
                 unreachable!("two slots")
             };
-            let (m, v) = (m.data_mut(), v.data_mut());
-            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                *p *= shrink;
-                let d = g + l2 * *p;
-                *m = b1 * *m + (T::one() - b1) * d;
-                *v = b2 * *v + (T::one() - b2) * d * d;
-                *p -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
-            }
+            update_in_chunks(p, g, [m.data_mut(), v.data_mut()], |p, g, [m, v]| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    *p *= shrink;
+                    let d = g + l2 * *p;
+                    *m = b1 * *m + (T::one() - b1) * d;
+                    *v = b2 * *v + (T::one() - b2) * d * d;
+                    *p -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+                }
+            });
             Ok(())
         })?;
         self.steps += 1;

@@ -6,7 +6,7 @@
 //! reductions, matmul through `faer`) live in the submodules.
 
 mod elementwise;
-pub(crate) use elementwise::with_avx2;
+pub(crate) use elementwise::{PARALLEL_MIN_LEN, with_avx2};
 mod matmul;
 mod random;
 mod reduce;
