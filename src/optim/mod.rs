@@ -234,7 +234,7 @@ fn update_in_chunks<T: Element, const S: usize>(
     }
     let chunk = n.div_ceil(threads * 2);
     let mut slot_chunks = slots.map(|s| s.chunks_mut(chunk));
-    let parts: Vec<(&mut [T], &[T], [&mut [T]; S])> = p
+    let parts: Vec<_> = p
         .chunks_mut(chunk)
         .zip(g.chunks(chunk))
         .map_while(|(p, g)| {
