@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 const KILLS: usize = 20;
 
-/// A run that evaluates, and so checkpoints, after every step: most of its time is spent
-/// writing checkpoints, so random kills land inside writes.
+/// A run that evaluates and checkpoints (`--checkpoint-every 1`) after every step: most
+/// of its time is spent writing checkpoints, so random kills land inside writes.
 fn args(dir: &Path) -> Vec<String> {
     [
         "--hidden",
         "256",
         "--eval-every",
+        "1",
+        "--checkpoint-every",
         "1",
         "--max-steps",
         "40",

@@ -115,6 +115,10 @@ pub struct Args {
     /// Output folder for the metrics log, plot, report and checkpoint [default: runs/run-<unix time>].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Besides the evaluations that improve the best metric and the end of the run, also
+    /// write the checkpoint at every K-th evaluation [default: never].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: Option<u64>,
     /// Continue the run saved in this folder (its checkpoint.safetensors).
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -876,7 +880,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )?,
         None => MetricsLog::new(out.join("metrics.jsonl")),
     };
-    let mut ckpt = CheckpointWriter::new(out.join(CHECKPOINT_FILE), meta);
+    let mut ckpt = CheckpointWriter::new(out.join(CHECKPOINT_FILE), meta).every(
+        args.checkpoint_every
+            .map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
+    );
     let mut callbacks: Vec<&mut dyn Callback> = vec![&mut progress, &mut log, &mut ckpt];
     let report = trainer.fit(
         objective.as_mut(),

@@ -750,6 +750,25 @@ impl Trainer {
                 &mut profile,
             )?;
         }
+        pos.seconds = elapsed(base_seconds);
+        if let Some(record) = pos.history.last().filter(|_| !failed).cloned() {
+            let t = Instant::now();
+            pos.carried = if pos.batch == 0 {
+                Vec::new()
+            } else {
+                objective.carried_state()
+            };
+            for c in callbacks.iter_mut() {
+                c.on_stop(&Snapshot {
+                    record: &record,
+                    position: &pos,
+                    store,
+                    optimizer: &*optimizer,
+                })?;
+            }
+            pos.carried.clear();
+            profile.logging_and_checkpoints += t.elapsed().as_secs_f64();
+        }
         let seconds = elapsed(base_seconds);
         pos.seconds = seconds;
         if cfg.restore_best && !pos.best_weights.is_empty() {
@@ -908,5 +927,97 @@ mod tests {
             .map(|h| h.val_loss)
             .fold(f64::INFINITY, f64::min);
         assert_eq!(r.best_val_metric, lowest);
+    }
+
+    /// Checkpoints are written when the best metric improves, at every k-th evaluation
+    /// when asked, and when the run stops; with a learning rate of 0 nothing improves
+    /// after the first evaluation.
+    #[test]
+    fn checkpoints_follow_improvement_every_k_and_the_end() {
+        struct Watch {
+            inner: CheckpointWriter,
+            path: std::path::PathBuf,
+            saved_at: Vec<usize>,
+        }
+        impl Watch {
+            fn note(&mut self) {
+                let step = load_checkpoint(&self.path).unwrap().meta.position.step;
+                if self.saved_at.last() != Some(&step) {
+                    self.saved_at.push(step);
+                }
+            }
+        }
+        impl Callback for Watch {
+            fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {
+                self.inner.on_eval(s)?;
+                self.note();
+                Ok(())
+            }
+            fn on_stop(&mut self, s: &Snapshot<'_>) -> Result<()> {
+                self.inner.on_stop(s)?;
+                self.note();
+                Ok(())
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("chainrule-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let x = Tensor::<f32>::splitmix_uniform(&[64, 2], 5, -1.0, 1.0);
+        let y = Tensor::<f32>::splitmix_uniform(&[64, 1], 6, -1.0, 1.0);
+        for (every, want) in [(None, vec![4, 20]), (Some(2), vec![4, 12, 20])] {
+            let mut store = ParamStore::new();
+            let model = Mlp::new(
+                &mut store,
+                &[2, 4, 1],
+                Activation::Tanh,
+                Init::XavierUniform,
+                0,
+            )
+            .unwrap();
+            let mut objective = Regression::new(
+                &model,
+                (x.clone(), y.clone()),
+                (x.clone(), y.clone()),
+                16,
+                true,
+            )
+            .unwrap();
+            let mut opt = OptimizerKind::Sgd.build::<f32>(0.1, None).unwrap();
+            let path = dir.join(format!("{every:?}.safetensors"));
+            let meta = CheckpointMeta {
+                version: 1,
+                sizes: vec![2, 4, 1],
+                activation: Activation::Tanh,
+                dropout: 0.0,
+                standardizer: None,
+                vocab: None,
+                position: Position::default(),
+                config: serde_json::Value::Null,
+            };
+            let mut watch = Watch {
+                inner: CheckpointWriter::new(path.clone(), meta).every(every),
+                path,
+                saved_at: Vec::new(),
+            };
+            let trainer = Trainer::new(TrainConfig {
+                batch_size: 16,
+                max_epochs: Some(5),
+                schedule: crate::optim::LrSchedule::constant(0.0),
+                ..Default::default()
+            })
+            .unwrap();
+            let r = trainer
+                .fit(
+                    &mut objective,
+                    &mut store,
+                    opt.as_mut(),
+                    Position::default(),
+                    &mut [&mut watch],
+                )
+                .unwrap();
+            assert_eq!(r.steps, 20);
+            assert_eq!(r.history.len(), 5);
+            assert_eq!(watch.saved_at, want, "--checkpoint-every {every:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
