@@ -223,6 +223,35 @@ pub fn measure(budget: Duration, min_reps: usize, mut f: impl FnMut()) -> Timing
     }
 }
 
+/// CPU seconds (user + system, every thread) this process has used so far, where Linux
+/// reports them (`/proc/self/stat`, in clock ticks of 1/100 s: Linux's `USER_HZ` on every
+/// architecture it exposes to user space).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // the command name may hold spaces and parentheses: count fields after the last ')'
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields 14 and 15 of the whole line (utime, stime) are 12 and 13 after the name
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// [`measure`], plus how many cores were busy on average while it ran (CPU seconds of
+/// the process over wall seconds; `None` where the CPU time is not reported).
+pub fn measure_with_cores(
+    budget: Duration,
+    min_reps: usize,
+    f: impl FnMut(),
+) -> (Timing, Option<f64>) {
+    let (cpu0, wall0) = (process_cpu_seconds(), Instant::now());
+    let t = measure(budget, min_reps, f);
+    let wall = wall0.elapsed().as_secs_f64();
+    let busy = cpu0
+        .zip(process_cpu_seconds())
+        .map(|(a, b)| (b - a) / wall.max(1e-9));
+    (t, busy)
+}
+
 /// Names of every workload, in the order `chainrule bench` runs them.
 pub const WORKLOADS: &[&str] = &[
     "matmul_256",
@@ -240,6 +269,7 @@ pub const WORKLOADS: &[&str] = &[
     "w3_scalar",
     "w9_forward",
     "w9_step",
+    "mnist_epoch",
 ];
 
 /// Settings shared by all workloads.
@@ -252,7 +282,12 @@ pub struct BenchConfig {
     pub exe: Option<std::path::PathBuf>,
     /// The tragedies text of W9 (`w9_forward`, `w9_step`).
     pub text: std::path::PathBuf,
+    /// The MNIST folder of W8 (`mnist_epoch`).
+    pub mnist: std::path::PathBuf,
 }
+
+/// Where W8's MNIST files are, seen from the repository root.
+pub const W8_MNIST: &str = "../shared/data/mnist";
 
 /// Where W9's text is, seen from the repository root.
 pub const W9_TEXT: &str = "../shared/data/text/shakespeare-tragedies.txt";
@@ -263,6 +298,7 @@ impl Default for BenchConfig {
             budget: Duration::from_secs(2),
             exe: None,
             text: W9_TEXT.into(),
+            mnist: W8_MNIST.into(),
         }
     }
 }
@@ -284,6 +320,7 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "memory_flat_lm" => vec![memory_flat(cfg, "memory_flat_lm", "--lm-steps-child")?],
         "w9_forward" => vec![w9(cfg, false)?],
         "w9_step" => vec![w9(cfg, true)?],
+        "mnist_epoch" => vec![mnist_epoch(cfg)?],
         "w3_scalar" => vec![
             w3_scalar(100_000, cfg)
                 .verify_extra("loss", W3_LOSS.0, W3_LOSS.1)?
@@ -811,7 +848,7 @@ fn train_step_row(
         losses.push(step.step()?);
     }
     let mut failure = None;
-    let t = measure(cfg.budget, 20, || {
+    let (t, busy) = measure_with_cores(cfg.budget, 20, || {
         if let Err(e) = step.step() {
             failure = Some(e);
         }
@@ -821,7 +858,8 @@ fn train_step_row(
     }
     let mut row = BenchRow::new(name, t)
         .with("loss@0", losses[0] as f64)
-        .with("loss@10", losses[10] as f64);
+        .with("loss@10", losses[10] as f64)
+        .with("cores_busy", busy);
     row.gflops = flops.map(|f| f / t.median_s / 1e9);
     row.verify_extra("loss@0", expected[0], LOSS_TOL)?
         .verify_extra("loss@10", expected[1], LOSS_TOL)
@@ -1255,6 +1293,70 @@ fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
             .verify_at_most("loss@19", losses[0] - 0.3, last)?;
     }
     Ok(row)
+}
+
+/// W8's recipe for one epoch: MNIST standardised with one mean and deviation, MLP
+/// 784-256-256-10 (ReLU, PyTorch's initialisation, seed 0), Adam 1e-3, batch 128, clipping
+/// at 1.0 (chainrule's default), 469 steps through [`Trainer::fit`], then the evaluation
+/// on the 10,000 test images, as `w8_mnist.py` does each epoch. Each repetition starts
+/// from the same fresh model; the check is its test accuracy after the epoch.
+fn mnist_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
+    use crate::data::{Standardizer, load_mnist};
+    use crate::nn::Init;
+    use crate::train::Position;
+    let (train, test) = load_mnist(&cfg.mnist).map_err(|e| {
+        Error::invalid(
+            "bench",
+            format!("{e} (mnist_epoch reads MNIST: give its folder with --mnist DIR)"),
+        )
+    })?;
+    let s = Standardizer::fit_global(&train);
+    let (train, test) = (s.apply(&train), s.apply(&test));
+    let trainer = Trainer::new(TrainConfig {
+        batch_size: 128,
+        schedule: LrSchedule::constant(1e-3),
+        clip_norm: Some(1.0),
+        max_epochs: Some(1),
+        ..Default::default()
+    })?;
+    let epoch = || -> Result<(f64, usize)> {
+        let mut store = ParamStore::new();
+        let model = Mlp::new(
+            &mut store,
+            &[784, 256, 256, 10],
+            Activation::Relu,
+            Init::TorchDefault,
+            0,
+        )?;
+        let mut objective = Classification::new(&model, &train, &test, 128, true)?;
+        let mut optimizer = OptimizerKind::Adam.build::<f32>(1e-3, None)?;
+        let r = trainer.fit(
+            &mut objective,
+            &mut store,
+            optimizer.as_mut(),
+            Position::default(),
+            &mut [],
+        )?;
+        Ok((r.final_val_metric, r.steps))
+    };
+    let (accuracy, steps) = epoch()?;
+    let mut failure = None;
+    let (t, busy) = measure_with_cores(cfg.budget, 3, || {
+        if failure.is_none()
+            && let Err(e) = epoch()
+        {
+            failure = Some(e);
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    BenchRow::new("mnist_epoch", t)
+        .with("steps", steps)
+        .with("test_accuracy", accuracy)
+        .with("cores_busy", busy)
+        .with("samples_per_s", train.len() as f64 / t.median_s)
+        .verify("test_accuracy", 0.97, accuracy, 0.02)
 }
 
 #[cfg(test)]

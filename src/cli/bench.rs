@@ -21,6 +21,9 @@ pub struct Args {
     /// The tragedies text for W9 (`w9_forward`, `w9_step`).
     #[arg(long, default_value = chainrule::bench::W9_TEXT)]
     text: std::path::PathBuf,
+    /// The MNIST folder for W8 (`mnist_epoch`).
+    #[arg(long, default_value = chainrule::bench::W8_MNIST)]
+    mnist: std::path::PathBuf,
     /// Internal: the fresh process of `w7_memory`.
     #[arg(long, hide = true)]
     w7_child: bool,
@@ -84,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         budget: Duration::from_secs_f64(args.budget),
         exe: std::env::current_exe().ok(),
         text: args.text.clone(),
+        mnist: args.mnist.clone(),
     };
     if !args.json {
         println!(
