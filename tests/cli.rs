@@ -90,6 +90,13 @@ fn bench_json_rows_have_the_required_fields() {
         );
     }
     assert!(row["reps"].as_u64().is_some_and(|r| r >= 1), "{row}");
+    let bookkeeping = &row["extra"]["bookkeeping_ns_per_op"];
+    assert!(
+        bookkeeping
+            .as_f64()
+            .is_some_and(|v| v.is_finite() && v > 0.0),
+        "bookkeeping_ns_per_op is not a positive number in {row}"
+    );
 }
 
 #[test]
