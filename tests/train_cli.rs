@@ -142,6 +142,33 @@ fn resumed_run_continues_exactly_like_an_uninterrupted_one() {
     assert_eq!(eval_rows(&a).len(), 5);
     assert_eq!(ra.len(), 5 + 5 * 45, "five evaluations and 225 steps");
     assert_eq!(ra, rb, "the loss sequence after resuming differs");
+    // the resumed report knows the whole run: its history comes back from metrics.jsonl,
+    // since the checkpoint does not carry it (its metadata stays the same size)
+    let report = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("report.json")).unwrap()).unwrap()
+    };
+    let evals = |r: &serde_json::Value| -> Vec<(u64, f64)> {
+        r["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["step"].as_u64().unwrap(),
+                    h["val_metric"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (pa, pb) = (report(&a), report(&b));
+    assert_eq!(evals(&pa).len(), 5);
+    assert_eq!(evals(&pa), evals(&pb));
+    assert_eq!(pa["best_step"], pb["best_step"]);
+    assert_eq!(pa["best_val_metric"], pb["best_val_metric"]);
+    let bytes = std::fs::read(b.join("checkpoint.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&bytes[8..8 + header_len]);
+    assert!(header.contains("chainrule_checkpoint") && !header.contains("history"));
 }
 
 #[test]

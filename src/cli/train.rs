@@ -10,7 +10,7 @@ use chainrule::optim::{LrSchedule, OptimizerKind, Schedule};
 use chainrule::train::{
     CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, Classification, LanguageModel,
     MetricsLog, Objective, Position, Progress, StopReason, TrainConfig, Trainer, evaluate,
-    load_checkpoint, plot_history,
+    load_checkpoint, plot_history, read_evaluations,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -747,6 +747,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .load_state(c.optimizer.0.clone(), c.optimizer.1, &store)
             .with_context(resume_context)?;
         position = c.meta.position.clone();
+        if position.history.is_empty() {
+            let log = args
+                .resume
+                .clone()
+                .unwrap_or_default()
+                .join("metrics.jsonl");
+            position.history = read_evaluations(&log, position.step);
+        }
         position.best_weights = c.best_weights(&store).with_context(resume_context)?;
         if position.batch > 0 {
             // checked now, before anything is written

@@ -198,6 +198,23 @@ impl MetricsLog {
     }
 }
 
+/// The evaluation rows of a metrics log up to `step` (a resumed run's history: its
+/// checkpoint does not hold it). A missing file gives none; lines that are not
+/// evaluation rows, or do not parse, are skipped.
+pub fn read_evaluations(path: &std::path::Path, step: usize) -> Vec<EvalRecord> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).ok()?;
+            row.get("val_metric")?;
+            serde_json::from_value::<EvalRecord>(row).ok()
+        })
+        .filter(|r| r.step <= step)
+        .collect()
+}
+
 impl MetricsLog {
     fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
@@ -278,7 +295,7 @@ impl CheckpointWriter {
     }
 
     fn save(&mut self, s: &Snapshot<'_>) -> Result<()> {
-        self.meta.position = s.position.clone();
+        self.meta.position = s.position.without_history();
         save_checkpoint(&self.path, &self.meta, s.store, s.optimizer)?;
         self.evals_since_save = 0;
         self.saved_step = Some(s.position.step);

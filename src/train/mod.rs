@@ -7,7 +7,7 @@ mod checkpoint;
 mod objective;
 mod plot;
 
-pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot};
+pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot, read_evaluations};
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, load_checkpoint};
 pub use objective::{
     Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression, evaluate,
@@ -279,8 +279,14 @@ pub struct Position {
     pub step: usize,
     /// Training seconds so far.
     pub seconds: f64,
-    /// Evaluations so far.
+    /// Evaluations so far. Not written into a checkpoint, whose metadata would grow with
+    /// the run: a resumed run reads them back from its `metrics.jsonl` (checkpoints
+    /// written before this change still carry them, and are read).
+    #[serde(default, skip_serializing)]
     pub history: Vec<EvalRecord>,
+    /// The best metric so far and the step of its evaluation.
+    #[serde(default)]
+    pub best: Option<(f64, usize)>,
     /// The first step's loss (for the divergence test).
     pub first_loss: Option<f64>,
     /// Evaluations since the best one.
@@ -302,6 +308,29 @@ pub struct Position {
     /// The sum of every step's gradient norm (the mean's numerator, kept exactly).
     #[serde(default)]
     pub norm_sum: Option<f64>,
+}
+
+impl Position {
+    /// A copy for a checkpoint: everything but the history of evaluations, which a
+    /// checkpoint does not hold, so that writing one costs the same late in a run as
+    /// early.
+    pub fn without_history(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            batch: self.batch,
+            step: self.step,
+            seconds: self.seconds,
+            history: Vec::new(),
+            best: self.best,
+            first_loss: self.first_loss,
+            since_best: self.since_best,
+            best_weights: self.best_weights.clone(),
+            clipping: self.clipping.clone(),
+            carried: self.carried.clone(),
+            recent_norms: self.recent_norms.clone(),
+            norm_sum: self.norm_sum,
+        }
+    }
 }
 
 /// One training step's graph (forward, loss, backward on the first batch of the run) as
@@ -363,6 +392,7 @@ fn record_evaluation(
             pos.best_weights = store.iter().map(|(_, _, t)| t.clone()).collect();
         }
         *best = Some((val_metric, pos.step));
+        pos.best = *best;
         pos.since_best = 0;
     } else {
         pos.since_best += 1;
@@ -556,12 +586,14 @@ impl Trainer {
         let clock = Instant::now();
         let elapsed = |pos_seconds: f64| pos_seconds + clock.elapsed().as_secs_f64();
         let base_seconds = pos.seconds;
-        let mut best: Option<(f64, usize)> = None;
-        for r in &pos.history {
+        // a checkpoint written before `best` was kept has it only in its history
+        let mut best: Option<(f64, usize)> = pos.best;
+        for r in pos.history.iter().filter(|_| pos.best.is_none()) {
             if best.is_none_or(|(m, _)| goal.better(r.val_metric, m)) {
                 best = Some((r.val_metric, r.step));
             }
         }
+        pos.best = best;
         let mut step_losses = Vec::new();
         let mut step_norms = Vec::new();
         let mut window_loss = (0.0, 0usize);
