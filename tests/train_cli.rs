@@ -81,7 +81,7 @@ fn default_run_reaches_the_target_on_embedded_digits() {
     );
     // where the time went: every phase a number, together the loop's time
     let phases = r["profile"].as_object().expect("a profile");
-    assert_eq!(phases.len(), 7, "{r}");
+    assert_eq!(phases.len(), 8, "{r}");
     let total: f64 = phases.values().map(|v| v.as_f64().unwrap()).sum();
     assert!(phases.values().all(|v| v.as_f64().unwrap() >= 0.0), "{r}");
     assert!(
@@ -797,4 +797,21 @@ fn clipping_rescues_a_learning_rate_that_diverges_without_it() {
     );
     assert!(dir.join("clipping.svg").exists());
     assert!(v["conclusion"].as_str().unwrap().ends_with('.'));
+}
+
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_without_mpi_says_how_to_build_it() {
+    let o = chainrule(&["--distributed", "--max-steps", "1"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("built without MPI") && err.contains("--features mpi"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
 }

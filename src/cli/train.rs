@@ -8,9 +8,9 @@ use chainrule::data::{
 use chainrule::nn::{Activation, CharModel, Init, Mlp, ParamStore};
 use chainrule::optim::{LrSchedule, OptimizerKind, Schedule};
 use chainrule::train::{
-    CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, Classification, LanguageModel,
-    MetricsLog, Objective, Position, Progress, StopReason, TrainConfig, Trainer, evaluate,
-    load_checkpoint, plot_history, read_evaluations,
+    CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, Classification, Collective,
+    LanguageModel, MetricsLog, Objective, Position, Progress, StopReason, TrainConfig, Trainer,
+    evaluate, load_checkpoint, plot_history, read_evaluations,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -122,6 +122,12 @@ pub struct Args {
     /// Continue the run saved in this folder (its checkpoint.safetensors).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Train data-parallel across the processes of an MPI job: `mpirun -np N chainrule
+    /// train --distributed ...` (a build with `--features mpi`). `--batch-size` stays the
+    /// global batch, so the same options train the same model on 1 or N processes; rank 0
+    /// writes the output folder.
+    #[arg(long)]
+    distributed: bool,
     /// Print the final report as one JSON object (and no progress).
     #[arg(long)]
     json: bool,
@@ -666,6 +672,100 @@ fn char_param_count(cfg: &RunConfig, kind: CellKind, vocab: usize) -> Option<usi
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.distributed {
+        return run_distributed(args);
+    }
+    run_with(args, None)
+}
+
+/// `--distributed`: one process of an MPI job. An error on any process aborts the whole
+/// job (after this process's one line), so no process waits forever on one that failed.
+#[cfg(feature = "mpi")]
+fn run_distributed(args: Args) -> anyhow::Result<ExitCode> {
+    use mpi::traits::Communicator;
+    let universe = mpi::initialize()
+        .ok_or_else(|| anyhow::anyhow!("--distributed: MPI was already started"))?;
+    let world = universe.world();
+    let rank = world.rank();
+    let collective = chainrule::train::mpi::MpiCollective::new(universe.world());
+    match run_with(args, Some(Box::new(collective))) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("error: rank {rank} of {}: {e:#}", world.size());
+            world.abort(1)
+        }
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn run_distributed(_args: Args) -> anyhow::Result<ExitCode> {
+    bail!(
+        "--distributed: this chainrule was built without MPI; build it with `cargo build --release --features mpi` (README, \"Data-parallel training\")"
+    )
+}
+
+/// What must be equal on every process of a data-parallel run: the configuration and a
+/// hash of the training and validation data, as JSON.
+fn run_fingerprint(cfg: &RunConfig, problem: &Problem) -> anyhow::Result<serde_json::Value> {
+    // FNV-1a over 32-bit words: enough to tell two files apart, fast on 188 MB
+    let fnv = |words: &mut dyn Iterator<Item = u32>| {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for w in words {
+            h = (h ^ u64::from(w)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    };
+    let data = match problem {
+        Problem::Classifier { splits, .. } => {
+            let set = |d: &Dataset| {
+                let words = d.features.data().iter().map(|v| v.to_bits());
+                let labels = d.labels.iter().map(|&l| l as u32);
+                serde_json::json!({"samples": d.len(), "hash": fnv(&mut words.chain(labels))})
+            };
+            serde_json::json!({"train": set(&splits.train), "validation": set(&splits.val)})
+        }
+        Problem::Text { text, .. } => {
+            let set = |t: &[u32]| serde_json::json!({"characters": t.len(), "hash": fnv(&mut t.iter().copied())});
+            serde_json::json!({"train": set(text.corpus.train()), "validation": set(text.corpus.val())})
+        }
+    };
+    Ok(serde_json::json!({"configuration": serde_json::to_value(cfg)?, "data": data}))
+}
+
+/// Refuses to train unless every process has rank 0's configuration and data; the
+/// process that differs names the first difference.
+fn check_same_run(c: &dyn Collective, mine: &serde_json::Value) -> anyhow::Result<()> {
+    let mut bytes = serde_json::to_vec(mine)?;
+    c.broadcast_bytes(&mut bytes)?;
+    let theirs: serde_json::Value = serde_json::from_slice(&bytes)?;
+    let mut difference = None;
+    for part in ["configuration", "data"] {
+        if let (Some(a), Some(b)) = (mine[part].as_object(), theirs[part].as_object()) {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            if let Some(k) = keys.into_iter().find(|k| a.get(*k) != b.get(*k)) {
+                difference = Some(format!(
+                    "its {part} differs from rank 0's at '{k}': {} here, {} on rank 0",
+                    a.get(k).unwrap_or(&serde_json::Value::Null),
+                    b.get(k).unwrap_or(&serde_json::Value::Null)
+                ));
+                break;
+            }
+        }
+    }
+    let any = c.any(difference.is_some())?;
+    match difference {
+        Some(d) => bail!("{d}; every process must train the same run"),
+        None if any => {
+            // the process that differs says how and aborts the job; give it the time to
+            let pause = std::time::Duration::from_secs(5);
+            std::thread::sleep(pause);
+            bail!("another process's configuration or data differs from rank 0's")
+        }
+        None => Ok(()),
+    }
+}
+
+fn run_with(args: Args, collective: Option<Box<dyn Collective>>) -> anyhow::Result<ExitCode> {
     let resumed = match &args.resume {
         Some(dir) => Some(
             load_checkpoint(&dir.join(CHECKPOINT_FILE))
@@ -781,6 +881,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         restore_best: cfg.restore_best,
         detect_anomaly: args.detect_anomaly,
     })?;
+    // rank 0 of a data-parallel run (or a single process) writes the run's files
+    let writer = collective.as_ref().is_none_or(|c| c.rank() == 0);
+    let trainer = match collective {
+        None => trainer,
+        Some(c) => {
+            check_same_run(c.as_ref(), &run_fingerprint(&cfg, &problem)?)?;
+            objective.shard(c.rank(), c.ranks())?;
+            trainer.with_collective(c)
+        }
+    };
 
     let out = match (&args.out, &args.resume) {
         (Some(o), _) => o.clone(),
@@ -793,8 +903,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             PathBuf::from(format!("runs/run-{secs}"))
         }
     };
-    std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
-    if let Some(path) = &args.graph {
+    if writer {
+        std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
+    }
+    if let Some(path) = args.graph.as_ref().filter(|_| writer) {
         let dot = chainrule::train::step_graph(objective.as_mut(), &store, cfg.seed)?;
         chainrule::nn::write_atomically(path, dot.as_bytes())?;
         if !args.json {
@@ -811,7 +923,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or("off".into());
     let (eval_name, sizes, vocab, standardizer) = match &problem {
         Problem::Classifier { splits, model } => {
-            if !args.json {
+            if writer && !args.json {
                 eprintln!(
                     "training an MLP {:?} on {} ({} train / {} {} samples) with {:?}, lr {}, batch {}, clipping {clipping}; output in {}",
                     model.sizes,
@@ -833,7 +945,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         }
         Problem::Text { text, model } => {
-            if !args.json {
+            if writer && !args.json {
                 eprintln!(
                     "training a character {} ({} layers of {}, embedding {}, {} parameters) on {} ({} train / {} validation characters, vocabulary {}, unigram entropy {:.3} nats) with {:?}, lr {}, {} streams × {} characters, clipping {clipping}; output in {}",
                     cfg.model.to_uppercase(),
@@ -877,7 +989,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut progress = Progress::new(args.json, per_step, unit);
     let mut log = match &resumed {
-        Some(c) => MetricsLog::resume(
+        _ if !writer => None,
+        Some(c) => Some(MetricsLog::resume(
             &args
                 .resume
                 .clone()
@@ -885,14 +998,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .join("metrics.jsonl"),
             out.join("metrics.jsonl"),
             c.meta.position.step,
-        )?,
-        None => MetricsLog::new(out.join("metrics.jsonl")),
+        )?),
+        None => Some(MetricsLog::new(out.join("metrics.jsonl"))),
     };
     let mut ckpt = CheckpointWriter::new(out.join(CHECKPOINT_FILE), meta).every(
         args.checkpoint_every
             .map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
     );
-    let mut callbacks: Vec<&mut dyn Callback> = vec![&mut progress, &mut log, &mut ckpt];
+    let mut callbacks: Vec<&mut dyn Callback> = match &mut log {
+        Some(log) => vec![&mut progress, log, &mut ckpt],
+        None => Vec::new(),
+    };
     let report = trainer.fit(
         objective.as_mut(),
         &mut store,
@@ -900,6 +1016,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         position,
         &mut callbacks,
     )?;
+    let failed = matches!(
+        report.stopped_by,
+        StopReason::NonFinite | StopReason::Diverged
+    );
+    if !writer {
+        return Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
 
     let plot_path = out.join("curves.svg");
     plot_history(&report.history, &report.step_norms, &plot_path)?;
@@ -918,10 +1045,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &out.join("report.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
-    let failed = matches!(
-        report.stopped_by,
-        StopReason::NonFinite | StopReason::Diverged
-    );
     if args.json {
         json.as_object_mut().expect("object").remove("history");
         println!("{}", serde_json::to_string(&json)?);
@@ -967,7 +1090,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.profile {
             let total: f64 = report.profile.named().iter().map(|(_, s)| s).sum();
             println!("where the time went ({total:.3} s):");
-            for (phase, s) in report.profile.named() {
+            // a single process has nothing to all-reduce: no line for it
+            let phases = report.profile.named();
+            for (phase, s) in phases
+                .into_iter()
+                .filter(|&(p, s)| p != "all-reduce" || s > 0.0)
+            {
                 println!(
                     "  {phase:<26} {s:>9.3} s  {:>5.1}%",
                     100.0 * s / total.max(1e-12)

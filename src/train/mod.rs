@@ -4,11 +4,15 @@
 
 mod callbacks;
 mod checkpoint;
+mod collective;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod objective;
 mod plot;
 
 pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot, read_evaluations};
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, load_checkpoint};
+pub use collective::{Collective, share};
 pub use objective::{
     Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression, evaluate,
 };
@@ -148,6 +152,9 @@ pub struct PhaseTimes {
     pub forward: f64,
     /// The backward sweep and collecting the parameters' gradients.
     pub backward: f64,
+    /// Summing gradients across the processes of a data-parallel run.
+    #[serde(default)]
+    pub all_reduce: f64,
     /// Gradient norms and clipping.
     pub clipping: f64,
     /// The optimizer's update.
@@ -164,15 +171,17 @@ impl PhaseTimes {
     fn add(&mut self, o: &PhaseTimes) {
         self.forward += o.forward;
         self.backward += o.backward;
+        self.all_reduce += o.all_reduce;
         self.clipping += o.clipping;
         self.optimizer += o.optimizer;
     }
 
     /// The phases with their names, in loop order.
-    pub fn named(&self) -> [(&'static str, f64); 7] {
+    pub fn named(&self) -> [(&'static str, f64); 8] {
         [
             ("forward (with the batch)", self.forward),
             ("backward", self.backward),
+            ("all-reduce", self.all_reduce),
             ("clipping", self.clipping),
             ("optimizer", self.optimizer),
             ("evaluation", self.evaluation),
@@ -423,6 +432,8 @@ fn record_evaluation(
 pub struct Trainer {
     /// The loop's settings.
     pub config: TrainConfig,
+    /// The processes this one trains with (data-parallel), if any.
+    collective: Option<Box<dyn Collective>>,
 }
 
 impl Trainer {
@@ -453,7 +464,20 @@ impl Trainer {
                 ));
             }
         }
-        Ok(Trainer { config })
+        Ok(Trainer {
+            config,
+            collective: None,
+        })
+    }
+
+    /// Trains data-parallel with the processes of `collective`: each one's objective must
+    /// already be [sharded](Objective::shard) to its rank. The run starts from rank 0's
+    /// parameters; every step sums the gradients weighted by each share's size (so they
+    /// are the global batch's gradient), and the processes agree on every stop (a loss
+    /// that is not finite on one stops all: the loss is summed too).
+    pub fn with_collective(mut self, collective: Box<dyn Collective>) -> Self {
+        self.collective = Some(collective);
+        self
     }
 
     /// One step on batch `batch` of the current epoch: forward, loss, backward, (the
@@ -498,6 +522,24 @@ impl Trainer {
         };
         tape.clear(); // drop the graph so the optimizer updates parameters in place
         lap(&mut times.backward);
+        // data-parallel: the mean over the global batch from each share's mean
+        let (loss, samples) = match &self.collective {
+            None => (loss, samples),
+            Some(c) => {
+                let mut totals = [loss * samples as f64, samples as f64];
+                c.sum_f64(&mut totals)?;
+                let weight = (samples as f64 / totals[1]) as f32;
+                for g in grads.iter_mut().flatten() {
+                    let values = g.data_mut();
+                    for v in values.iter_mut() {
+                        *v *= weight;
+                    }
+                    c.sum_f32(values)?;
+                }
+                lap(&mut times.all_reduce);
+                (totals[0] / totals[1], samples)
+            }
+        };
         let mut out = StepOutcome {
             loss,
             samples,
@@ -528,7 +570,6 @@ impl Trainer {
             ));
             return Ok(out);
         }
-        // (a data-parallel run all-reduces `grads` here, before they are measured)
         if norms_by_param {
             out.param_norms = grad_norms(&grads);
         }
@@ -558,6 +599,15 @@ impl Trainer {
         Ok(out)
     }
 
+    /// `flag` here, or on any process of a data-parallel run: so that a decision taken
+    /// from a local clock is the same on every process.
+    fn agree(&self, flag: bool) -> Result<bool> {
+        match &self.collective {
+            Some(c) => c.any(flag),
+            None => Ok(flag),
+        }
+    }
+
     /// Trains the parameters in `store` on `objective` from `start` until a stop
     /// condition holds; evaluates every epoch (or every `eval_every` steps).
     pub fn fit(
@@ -581,6 +631,13 @@ impl Trainer {
                     start.batch, cfg.batch_size
                 ),
             ));
+        }
+        if let Some(c) = &self.collective {
+            // every process starts from rank 0's parameters
+            let ids: Vec<_> = store.iter().map(|(id, _, _)| id).collect();
+            for id in ids {
+                c.broadcast_f32(store.get_mut(id).data_mut())?;
+            }
         }
         let mut pos = start;
         let clock = Instant::now();
@@ -636,7 +693,7 @@ impl Trainer {
                     );
                 }
                 if let Some(max) = cfg.max_seconds
-                    && elapsed(base_seconds) >= max
+                    && self.agree(elapsed(base_seconds) >= max)?
                 {
                     break 'epochs (
                         StopReason::MaxTime,

@@ -94,6 +94,16 @@ pub trait Objective {
     fn carried_state(&self) -> Vec<(String, Tensor<f32>)> {
         Vec::new()
     }
+    /// Makes batch `b` of every epoch this process's share of global batch `b`, for
+    /// data-parallel training as rank `rank` of `ranks` ([`super::share`]); the loss of a
+    /// batch is then the mean over the share. Objectives that cannot be split say so.
+    fn shard(&mut self, rank: usize, ranks: usize) -> Result<()> {
+        let _ = (rank, ranks);
+        Err(Error::invalid(
+            "distributed training",
+            "this model's batches cannot be split across processes yet",
+        ))
+    }
     /// Puts back a state from [`Objective::carried_state`] after `start_epoch`.
     fn restore_carried_state(&mut self, state: Vec<(String, Tensor<f32>)>) -> Result<()> {
         match state.first() {
@@ -166,6 +176,8 @@ struct Minibatches {
     size: usize,
     shuffle: bool,
     order: Vec<usize>,
+    /// (rank, ranks) of a data-parallel run: `rows` gives this process's share.
+    shard: (usize, usize),
 }
 
 impl Minibatches {
@@ -182,7 +194,27 @@ impl Minibatches {
             size,
             shuffle,
             order: (0..n).collect(),
+            shard: (0, 1),
         })
+    }
+
+    /// Every process of `ranks` must get at least one row of every batch (a share of
+    /// none would average over nothing).
+    fn shard(&mut self, rank: usize, ranks: usize) -> Result<()> {
+        let n = self.order.len();
+        let last = n - (self.count() - 1) * self.size;
+        let smallest = self.size.min(last);
+        if ranks == 0 || rank >= ranks || smallest < ranks {
+            return Err(Error::invalid(
+                "distributed training",
+                format!(
+                    "{ranks} processes cannot share a batch of {smallest} rows ({n} samples in batches of {}): every process needs at least one row of every batch",
+                    self.size
+                ),
+            ));
+        }
+        self.shard = (rank, ranks);
+        Ok(())
     }
 
     fn count(&self) -> usize {
@@ -197,7 +229,8 @@ impl Minibatches {
 
     fn rows(&self, batch: usize) -> &[usize] {
         let n = self.order.len();
-        &self.order[(batch * self.size).min(n)..((batch + 1) * self.size).min(n)]
+        let global = &self.order[(batch * self.size).min(n)..((batch + 1) * self.size).min(n)];
+        &global[super::share(global.len(), self.shard.0, self.shard.1)]
     }
 }
 
@@ -214,6 +247,9 @@ impl Objective for Classification<'_> {
     fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()> {
         self.batches.start_epoch(epoch, seed);
         Ok(())
+    }
+    fn shard(&mut self, rank: usize, ranks: usize) -> Result<()> {
+        self.batches.shard(rank, ranks)
     }
     fn batch_loss<'t>(
         &mut self,
@@ -291,6 +327,9 @@ impl Objective for Regression<'_> {
     fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()> {
         self.batches.start_epoch(epoch, seed);
         Ok(())
+    }
+    fn shard(&mut self, rank: usize, ranks: usize) -> Result<()> {
+        self.batches.shard(rank, ranks)
     }
     fn batch_loss<'t>(
         &mut self,

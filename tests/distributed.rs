@@ -1,0 +1,159 @@
+//! Data-parallel training under `mpirun -np 2` (cargo feature `mpi`; CI installs Open
+//! MPI and runs these). Two processes on the same global batch must train the model one
+//! process trains, and a process that fails must end the whole job, never hang it.
+#![cfg(feature = "mpi")]
+
+use chainrule::train::load_checkpoint;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("chainrule-mpi-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// `mpirun` with one or more `-np 1 chainrule train --distributed ...` parts (one per
+/// rank, so ranks may be given different options).
+fn mpirun(ranks: &[Vec<String>]) -> Output {
+    let mut cmd = Command::new("mpirun");
+    // as root (CI containers) Open MPI wants both; ranks use threads, so no core binding
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    for (i, args) in ranks.iter().enumerate() {
+        if i > 0 {
+            cmd.arg(":");
+        }
+        cmd.args(["-np", "1", "--bind-to", "none"])
+            .arg(env!("CARGO_BIN_EXE_chainrule"))
+            .args(["train", "--distributed"])
+            .args(args);
+    }
+    cmd.output()
+        .expect("mpirun runs (apt-get install openmpi-bin)")
+}
+
+fn single(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chainrule"))
+        .arg("train")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn args(extra: &[&str], out: &Path) -> Vec<String> {
+    [
+        "--hidden",
+        "256,256",
+        "--batch-size",
+        "128",
+        "--max-steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--target",
+        "none",
+        "--patience",
+        "none",
+        "--max-time",
+        "none",
+        "--json",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .chain(["--out".to_string(), out.display().to_string()])
+    .collect()
+}
+
+/// The largest relative difference between the two runs' parameters (per tensor, the
+/// largest elementwise difference over the largest magnitude: an element near zero has no
+/// meaningful relative error in f32), and between their step losses.
+fn differences(a: &Path, b: &Path) -> (f64, f64) {
+    let (ca, cb) = (
+        load_checkpoint(&a.join("checkpoint.safetensors")).unwrap(),
+        load_checkpoint(&b.join("checkpoint.safetensors")).unwrap(),
+    );
+    assert_eq!(ca.meta.position.step, 20);
+    assert_eq!(cb.meta.position.step, 20);
+    let mut worst = 0f64;
+    for ((na, ta), (nb, tb)) in ca.params.iter().zip(&cb.params) {
+        assert_eq!(na, nb);
+        let (mut diff, mut scale) = (0f64, 0f64);
+        for (&x, &y) in ta.data().iter().zip(tb.data()) {
+            assert!(x.is_finite() && y.is_finite(), "{na}: {x} vs {y}");
+            diff = diff.max((x - y).abs() as f64);
+            scale = scale.max(x.abs() as f64);
+        }
+        worst = worst.max(diff / scale.max(f64::MIN_POSITIVE));
+    }
+    let losses = |d: &Path| -> Vec<f64> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|r| r.get("loss").and_then(|v| v.as_f64()))
+            .collect()
+    };
+    let (la, lb) = (losses(a), losses(b));
+    assert_eq!(la.len(), 20);
+    assert_eq!(la.len(), lb.len());
+    let loss = la
+        .iter()
+        .zip(&lb)
+        .map(|(x, y)| (x - y).abs() / x.abs().max(1e-3))
+        .fold(0f64, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) });
+    (worst, loss)
+}
+
+#[test]
+fn two_ranks_train_the_model_one_process_trains() {
+    for (optimizer, lr, tol) in [("sgd", "0.05", 1e-6), ("adam", "0.001", 1e-4)] {
+        let (one, two) = (
+            temp(&format!("one-{optimizer}")),
+            temp(&format!("two-{optimizer}")),
+        );
+        let extra = ["--optimizer", optimizer, "--lr", lr];
+        let o = single(&args(&extra, &one));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let both = args(&extra, &two);
+        let o = mpirun(&[both.clone(), both]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (params, losses) = differences(&one, &two);
+        eprintln!("{optimizer}: parameters {params:.2e}, losses {losses:.2e} (relative)");
+        assert!(
+            params <= tol,
+            "{optimizer}: parameters differ by {params:e}"
+        );
+        assert!(losses <= tol, "{optimizer}: losses differ by {losses:e}");
+    }
+}
+
+#[test]
+fn a_rank_that_fails_ends_the_job_with_its_reason() {
+    let out = temp("fault");
+    let good = args(&[], &out);
+    let mut bad = good.clone();
+    bad.extend(["--data".to_string(), "mnist:/no/such/folder".to_string()]);
+    let started = Instant::now();
+    let o = mpirun(&[good, bad]);
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        took < Duration::from_secs(60),
+        "the job took {took:?} to end"
+    );
+    assert!(
+        err.contains("error: rank 1 of 2") && err.contains("/no/such/folder"),
+        "{err}"
+    );
+    // rank 1 differs from rank 0 in an option: it names the option
+    let mut other = args(&[], &out);
+    other.extend(["--lr".to_string(), "0.01".to_string()]);
+    let o = mpirun(&[args(&[], &out), other]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("differs from rank 0's at 'lr'"), "{err}");
+}
