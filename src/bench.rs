@@ -1297,6 +1297,65 @@ fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
     Ok(row)
 }
 
+/// Workloads run by name only, under `mpirun` in a build with the `mpi` feature.
+pub const MPI_WORKLOADS: &[&str] = &["allreduce"];
+
+/// Sums of 4 KiB to 64 MiB of f32 across the processes of `c` through
+/// [`Collective::sum_f32`] (the trainer's path): the median time of each size, the
+/// algorithmic bandwidth (bytes / time) and the bus bandwidth of a ring all-reduce,
+/// 2(N−1)/N · bytes / time. Every process must call this; rank 0's rows are the ones to
+/// print. Each sum is checked: every element must come out as 1 + 2 + … + N.
+pub fn allreduce(cfg: &BenchConfig, c: &dyn crate::train::Collective) -> Result<Vec<BenchRow>> {
+    let ranks = c.ranks();
+    let want = (ranks * (ranks + 1) / 2) as f32;
+    let mine = (c.rank() + 1) as f32;
+    let mut rows = Vec::new();
+    for kib in [4usize, 16, 64, 256, 1024, 4096, 16384, 65536] {
+        let n = kib * 1024 / 4;
+        let mut buf = vec![mine; n];
+        let once = |buf: &mut Vec<f32>| -> Result<f64> {
+            buf.fill(mine);
+            let t = Instant::now();
+            c.sum_f32(buf)?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        once(&mut buf)?;
+        // every process must make the same number of calls: rank 0's estimate decides
+        let mut estimate = [once(&mut buf)? as f32];
+        c.broadcast_f32(&mut estimate)?;
+        let per_size = cfg.budget.as_secs_f64() / 8.0;
+        let reps = (per_size / f64::from(estimate[0]).max(1e-7)).clamp(5.0, 10_000.0) as usize;
+        let mut samples = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            samples.push(once(&mut buf)?);
+        }
+        let wrong = buf.iter().filter(|&&v| v != want).count();
+        if wrong > 0 {
+            return Err(Error::invalid(
+                "bench allreduce",
+                format!("{wrong} of {n} sums differ from {want} ({kib} KiB)"),
+            ));
+        }
+        samples.sort_by(f64::total_cmp);
+        let t = Timing {
+            median_s: samples[samples.len() / 2],
+            min_s: samples[0],
+            reps,
+        };
+        let bytes = (n * 4) as f64;
+        let mut row = BenchRow::new(format!("allreduce/{kib}KiB"), t)
+            .with("ranks", ranks)
+            .with("bytes", bytes)
+            .with(
+                "bus_gbps",
+                2.0 * (ranks as f64 - 1.0) / ranks as f64 * bytes / t.median_s / 1e9,
+            );
+        row.gbps = Some(bytes / t.median_s / 1e9);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 /// W8's recipe for one epoch: MNIST standardised with one mean and deviation, MLP
 /// 784-256-256-10 (ReLU, PyTorch's initialisation, seed 0), Adam 1e-3, batch 128, clipping
 /// at 1.0 (chainrule's default), 469 steps through [`Trainer::fit`], then the evaluation

@@ -79,9 +79,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.names
     };
     for n in &names {
-        if !WORKLOADS.contains(&n.as_str()) {
-            anyhow::bail!("unknown workload '{n}'; known: {}", WORKLOADS.join(", "));
+        if !WORKLOADS.contains(&n.as_str()) && !bench::MPI_WORKLOADS.contains(&n.as_str()) {
+            anyhow::bail!(
+                "unknown workload '{n}'; known: {}, and under mpirun {}",
+                WORKLOADS.join(", "),
+                bench::MPI_WORKLOADS.join(", ")
+            );
         }
+    }
+    let mpi = names
+        .iter()
+        .any(|n| bench::MPI_WORKLOADS.contains(&n.as_str()));
+    if mpi && names.len() > 1 {
+        anyhow::bail!(
+            "{} run under mpirun, alone: `mpirun -np 2 chainrule bench allreduce`",
+            bench::MPI_WORKLOADS.join(", ")
+        );
     }
     let cfg = BenchConfig {
         budget: Duration::from_secs_f64(args.budget),
@@ -89,6 +102,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         text: args.text.clone(),
         mnist: args.mnist.clone(),
     };
+    if mpi {
+        return allreduce(&cfg, args.json);
+    }
     if !args.json {
         println!(
             "{:<34} {:>12} {:>12} {:>7} {:>9} {:>8} {:>9}  extra",
@@ -139,4 +155,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{} workload(s) failed: {}", failed.len(), failed.join(", "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mpirun -np N chainrule bench allreduce`: every rank takes part, rank 0 prints.
+#[cfg(feature = "mpi")]
+fn allreduce(cfg: &BenchConfig, json: bool) -> anyhow::Result<ExitCode> {
+    use chainrule::train::Collective;
+    let universe = mpi::initialize()
+        .ok_or_else(|| anyhow::anyhow!("bench allreduce: MPI was already started"))?;
+    let c = chainrule::train::mpi::MpiCollective::new(universe.world());
+    let rows = bench::allreduce(cfg, &c)?;
+    if c.rank() == 0 {
+        for row in rows {
+            if json {
+                println!("{}", serde_json::to_string(&row)?);
+            } else {
+                println!(
+                    "{:<20} {:>12} {:>12} {:>7} {:>8.2} GB/s  bus {:>6.2} GB/s  ({} ranks)",
+                    row.name,
+                    fmt_time(row.median_s),
+                    fmt_time(row.min_s),
+                    row.reps,
+                    row.gbps.unwrap_or(f64::NAN),
+                    row.extra["bus_gbps"].as_f64().unwrap_or(f64::NAN),
+                    row.extra["ranks"]
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn allreduce(_cfg: &BenchConfig, _json: bool) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "bench allreduce: this chainrule was built without MPI; build it with `cargo build --release --features mpi` and run `mpirun -np 2 target/release/chainrule bench allreduce`"
+    )
 }

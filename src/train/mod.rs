@@ -358,6 +358,21 @@ pub fn step_graph(
     Ok(crate::autodiff::graph_dot(&tape, Some(&grads)))
 }
 
+/// The state the objective carries to the next batch; in a data-parallel run each
+/// process holds its own streams' part (zeros elsewhere) and the sum is the whole.
+fn carried_state(
+    objective: &dyn Objective,
+    collective: Option<&dyn Collective>,
+) -> Result<Vec<(String, Tensor<f32>)>> {
+    let mut state = objective.carried_state();
+    if let Some(c) = collective {
+        for (_, t) in &mut state {
+            c.sum_f32(t.data_mut())?;
+        }
+    }
+    Ok(state)
+}
+
 /// Evaluates, updates the best metric and the position, and tells the callbacks (which
 /// log and checkpoint). Returns the metric.
 #[allow(clippy::too_many_arguments)]
@@ -375,6 +390,7 @@ fn record_evaluation(
     (lr, seconds): (f64, f64),
     param_norms: &[f64],
     profile: &mut PhaseTimes,
+    collective: Option<&dyn Collective>,
 ) -> Result<f64> {
     let t = Instant::now();
     let eval = objective.evaluate(store)?;
@@ -412,7 +428,7 @@ fn record_evaluation(
     pos.carried = if pos.batch == 0 {
         Vec::new()
     } else {
-        objective.carried_state()
+        carried_state(objective, collective)?
     };
     let t = Instant::now();
     for c in callbacks.iter_mut() {
@@ -792,6 +808,7 @@ impl Trainer {
                         (out.lr, elapsed(base_seconds)),
                         &out.param_norms,
                         &mut profile,
+                        self.collective.as_deref(),
                     )?;
                     if let Some(t) = cfg.target
                         && goal.reached(val_metric, t)
@@ -837,6 +854,7 @@ impl Trainer {
                 (last_lr, elapsed(base_seconds)),
                 &[],
                 &mut profile,
+                self.collective.as_deref(),
             )?;
         }
         pos.seconds = elapsed(base_seconds);
@@ -845,7 +863,7 @@ impl Trainer {
             pos.carried = if pos.batch == 0 {
                 Vec::new()
             } else {
-                objective.carried_state()
+                carried_state(objective, self.collective.as_deref())?
             };
             for c in callbacks.iter_mut() {
                 c.on_stop(&Snapshot {

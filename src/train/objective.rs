@@ -380,7 +380,10 @@ pub struct LanguageModel<'a> {
     pub model: &'a CharModel,
     train: Streams,
     val: Streams,
+    /// The state of this process's streams (all of them, or its share).
     state: Option<CarriedState>,
+    /// (rank, ranks) of a data-parallel run: this process trains its share of the streams.
+    shard: (usize, usize),
 }
 
 /// Time-major ids (`t·B + b`) from a row-major `[B, len]` window.
@@ -402,7 +405,13 @@ impl<'a> LanguageModel<'a> {
             train,
             val,
             state: None,
+            shard: (0, 1),
         }
+    }
+
+    /// The streams this process trains.
+    fn my_streams(&self) -> std::ops::Range<usize> {
+        super::share(self.train.batch(), self.shard.0, self.shard.1)
     }
 
     /// Mean loss (nats per character) over all of `streams`, state carried.
@@ -451,18 +460,22 @@ impl Objective for LanguageModel<'_> {
         _ctx: &mut ForwardCtx,
     ) -> Result<(Var<'t, f32>, usize)> {
         let (inputs, targets, len) = self.train.window(batch);
-        let bsz = self.train.batch();
         if len == 0 {
             return Err(Error::invalid(
                 "LanguageModel",
                 format!("window {batch} is past the end of the training streams"),
             ));
         }
+        // this process's streams: rows of the row-major [B, len] window
+        let mine = self.my_streams();
+        let bsz = mine.len();
+        let rows = mine.start * len..mine.end * len;
+        let (inputs, targets) = (&inputs[rows.clone()], &targets[rows]);
         let o = self
             .model
-            .forward(p, &time_major(&inputs, bsz, len), bsz, self.state.as_ref())?;
+            .forward(p, &time_major(inputs, bsz, len), bsz, self.state.as_ref())?;
         self.state = Some(o.state);
-        let targets = time_major(&targets, bsz, len);
+        let targets = time_major(targets, bsz, len);
         let loss = p
             .tape()
             .scoped("loss", || cross_entropy(o.logits, &targets))?;
@@ -475,13 +488,43 @@ impl Objective for LanguageModel<'_> {
             metrics: vec![("bits_per_char".into(), loss / std::f64::consts::LN_2)],
         })
     }
-    fn carried_state(&self) -> Vec<(String, Tensor<f32>)> {
-        match &self.state {
-            None => Vec::new(),
-            Some(s) => std::iter::once(("h".to_string(), s.h.clone()))
-                .chain(s.c.clone().map(|c| ("c".to_string(), c)))
-                .collect(),
+    fn shard(&mut self, rank: usize, ranks: usize) -> Result<()> {
+        let streams = self.train.batch();
+        if ranks == 0 || rank >= ranks || streams < ranks {
+            return Err(Error::invalid(
+                "distributed training",
+                format!(
+                    "{ranks} processes cannot share {streams} streams (--batch-size): every process needs at least one"
+                ),
+            ));
         }
+        self.shard = (rank, ranks);
+        Ok(())
+    }
+    /// The state of all `B` streams, `[layers, B, hidden]`; a process of a data-parallel
+    /// run fills its own streams' rows and leaves zeros elsewhere, so that the sum over
+    /// the processes is the whole state.
+    fn carried_state(&self) -> Vec<(String, Tensor<f32>)> {
+        let Some(s) = &self.state else {
+            return Vec::new();
+        };
+        let mine = self.my_streams();
+        let all = self.train.batch();
+        let whole = |t: &Tensor<f32>| -> Tensor<f32> {
+            if mine.len() == all {
+                return t.clone();
+            }
+            let (l, h) = (t.shape()[0], t.shape()[2]);
+            let mut out = vec![0f32; l * all * h];
+            for (layer, rows) in t.data().chunks_exact(mine.len() * h).enumerate() {
+                let at = (layer * all + mine.start) * h;
+                out[at..at + rows.len()].copy_from_slice(rows);
+            }
+            Tensor::from_vec(out, &[l, all, h]).expect("l·B·h values")
+        };
+        std::iter::once(("h".to_string(), whole(&s.h)))
+            .chain(s.c.as_ref().map(|c| ("c".to_string(), whole(c))))
+            .collect()
     }
     fn restore_carried_state(&mut self, state: Vec<(String, Tensor<f32>)>) -> Result<()> {
         let (l, b, h) = (
@@ -516,6 +559,24 @@ impl Objective for LanguageModel<'_> {
                 }
             }
         }
+        // a process of a data-parallel run keeps its own streams' rows
+        let mine = self.my_streams();
+        let own = |t: Tensor<f32>| -> Tensor<f32> {
+            if mine.len() == b {
+                return t;
+            }
+            let rows: Vec<f32> = t
+                .data()
+                .chunks_exact(b * h)
+                .flat_map(|layer| &layer[mine.start * h..mine.end * h])
+                .copied()
+                .collect();
+            Tensor::from_vec(rows, &[l, mine.len(), h]).expect("l·share·h values")
+        };
+        if have_h {
+            s.h = own(s.h);
+        }
+        s.c = s.c.map(own);
         self.state = match (have_h, lstm, s.c.is_some()) {
             (false, _, false) => None,
             (true, false, false) | (true, true, true) => Some(s),
