@@ -96,6 +96,34 @@ fn differences(a: &Path, b: &Path) -> (f64, f64) {
             .filter_map(|r| r.get("loss").and_then(|v| v.as_f64()))
             .collect()
     };
+    // evaluation, sharded across the ranks and summed, matches one process's
+    let evals = |d: &Path| -> Vec<(f64, f64)> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r.get("val_loss").is_some())
+            .map(|r| {
+                (
+                    r["val_loss"].as_f64().unwrap(),
+                    r["val_metric"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (ea, eb) = (evals(a), evals(b));
+    assert_eq!(ea.len(), 2);
+    assert_eq!(ea.len(), eb.len());
+    for ((la, ma), (lb, mb)) in ea.iter().zip(&eb) {
+        assert!(
+            (la - lb).abs() <= 1e-6 * la.abs(),
+            "validation loss {la} vs {lb}"
+        );
+        assert!(
+            (ma - mb).abs() <= 1e-6 * ma.abs(),
+            "validation metric {ma} vs {mb}"
+        );
+    }
     let (la, lb) = (losses(a), losses(b));
     assert_eq!(la.len(), 20);
     assert_eq!(la.len(), lb.len());

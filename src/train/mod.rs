@@ -358,6 +358,61 @@ pub fn step_graph(
     Ok(crate::autodiff::graph_dot(&tape, Some(&grads)))
 }
 
+/// The evaluation of the whole validation split from each process's evaluation of its
+/// share: means weighted by the samples they are over.
+fn combine(e: Evaluation, collective: Option<&dyn Collective>) -> Result<Evaluation> {
+    let Some(c) = collective else {
+        return Ok(e);
+    };
+    let n = e.samples as f64;
+    // a process with no share adds nothing (its means are NaN)
+    let weighted = |v: f64| if e.samples == 0 { 0.0 } else { v * n };
+    let mut sums: Vec<f64> = std::iter::once(weighted(e.loss))
+        .chain(e.metrics.iter().map(|(_, v)| weighted(*v)))
+        .chain(std::iter::once(n))
+        .collect();
+    c.sum_f64(&mut sums)?;
+    let total = sums[sums.len() - 1];
+    Ok(Evaluation {
+        loss: sums[0] / total,
+        metrics: e
+            .metrics
+            .iter()
+            .zip(&sums[1..])
+            .map(|((name, _), s)| (name.clone(), s / total))
+            .collect(),
+        samples: total as usize,
+    })
+}
+
+/// Checks that every process holds rank 0's parameters (a hash of their bits), so that a
+/// process that drifted (a bug, a flipped bit) stops the run instead of training apart.
+fn same_parameters(c: &dyn Collective, store: &ParamStore<f32>, step: usize) -> Result<()> {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for (_, _, t) in store.iter() {
+        for v in t.data() {
+            h = (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    let mut bytes = h.to_le_bytes().to_vec();
+    c.broadcast_bytes(&mut bytes)?;
+    let differs = bytes != h.to_le_bytes();
+    if c.any(differs)? {
+        return Err(Error::invalid(
+            "distributed training",
+            if differs {
+                format!(
+                    "at step {step} rank {}'s parameters differ from rank 0's",
+                    c.rank()
+                )
+            } else {
+                format!("at step {step} another process's parameters differ from rank 0's")
+            },
+        ));
+    }
+    Ok(())
+}
+
 /// The state the objective carries to the next batch; in a data-parallel run each
 /// process holds its own streams' part (zeros elsewhere) and the sum is the whole.
 fn carried_state(
@@ -393,8 +448,11 @@ fn record_evaluation(
     collective: Option<&dyn Collective>,
 ) -> Result<f64> {
     let t = Instant::now();
-    let eval = objective.evaluate(store)?;
+    let eval = combine(objective.evaluate(store)?, collective)?;
     profile.evaluation += t.elapsed().as_secs_f64();
+    if let Some(c) = collective {
+        same_parameters(c, store, pos.step)?;
+    }
     let val_metric = eval.get(&metric.name);
     let record = EvalRecord {
         epoch: pos.epoch as f64 + pos.batch as f64 / batches_per_epoch as f64,
@@ -893,6 +951,7 @@ impl Trainer {
             (StopReason::NonFinite, _) => Evaluation {
                 loss: f64::NAN,
                 metrics: Vec::new(),
+                samples: 0,
             },
             // the weights of the last evaluation are the final ones
             (_, Some(r)) => Evaluation {
@@ -900,10 +959,11 @@ impl Trainer {
                 metrics: std::iter::once((metric.name.clone(), r.val_metric))
                     .chain(r.metrics.clone())
                     .collect(),
+                samples: 0,
             },
             _ => {
                 let t = Instant::now();
-                let e = objective.evaluate(store)?;
+                let e = combine(objective.evaluate(store)?, self.collective.as_deref())?;
                 profile.evaluation += t.elapsed().as_secs_f64();
                 e
             }

@@ -55,6 +55,9 @@ pub struct Evaluation {
     pub loss: f64,
     /// Named metrics besides the loss.
     pub metrics: Vec<(String, f64)>,
+    /// How many samples (tokens) the means are over: a data-parallel run weights each
+    /// process's evaluation of its share by it.
+    pub samples: usize,
 }
 
 impl Evaluation {
@@ -118,9 +121,20 @@ pub trait Objective {
 
 /// Mean cross-entropy and accuracy of `model` on `ds`, without recording gradients.
 pub fn evaluate(model: &Mlp, store: &ParamStore<f32>, ds: &Dataset) -> Result<(f64, f64)> {
+    evaluate_rows(model, store, ds, 0..ds.len())
+}
+
+/// [`evaluate`] on rows `rows` of `ds` (NaN for no rows).
+fn evaluate_rows(
+    model: &Mlp,
+    store: &ParamStore<f32>,
+    ds: &Dataset,
+    rows: std::ops::Range<usize>,
+) -> Result<(f64, f64)> {
     let mut loss_sum = 0.0;
     let mut correct = 0usize;
-    let idx: Vec<usize> = (0..ds.len()).collect();
+    let n = rows.len();
+    let idx: Vec<usize> = rows.collect();
     for chunk in idx.chunks(2048) {
         let tape = Tape::new();
         let (x, y) = gather_batch(ds, chunk);
@@ -138,7 +152,7 @@ pub fn evaluate(model: &Mlp, store: &ParamStore<f32>, ds: &Dataset) -> Result<(f
             Ok(())
         })?;
     }
-    Ok((loss_sum / ds.len() as f64, correct as f64 / ds.len() as f64))
+    Ok((loss_sum / n as f64, correct as f64 / n as f64))
 }
 
 /// An MLP classifier trained with softmax cross-entropy on shuffled minibatches; its
@@ -263,11 +277,16 @@ impl Objective for Classification<'_> {
         let loss = p.tape().scoped("loss", || cross_entropy(logits, &y))?;
         Ok((loss, rows.len()))
     }
+    /// In a data-parallel run each process evaluates its share of the validation rows.
     fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {
-        let (loss, accuracy) = evaluate(self.model, store, self.val)?;
+        let (rank, ranks) = self.batches.shard;
+        let rows = super::share(self.val.len(), rank, ranks);
+        let samples = rows.len();
+        let (loss, accuracy) = evaluate_rows(self.model, store, self.val, rows)?;
         Ok(Evaluation {
             loss,
             metrics: vec![("accuracy".into(), accuracy)],
+            samples,
         })
     }
 }
@@ -362,9 +381,11 @@ impl Objective for Regression<'_> {
             )?;
             Ok(mse(pred, tape.constant(self.val.1.clone()))?.item()? as f64)
         })?;
+        // every process evaluates all of the (small) validation set
         Ok(Evaluation {
             loss,
             metrics: Vec::new(),
+            samples: self.val.0.shape()[0],
         })
     }
 }
@@ -416,18 +437,33 @@ impl<'a> LanguageModel<'a> {
 
     /// Mean loss (nats per character) over all of `streams`, state carried.
     pub fn loss_over(&self, store: &ParamStore<f32>, streams: &Streams) -> Result<f64> {
+        Ok(self
+            .loss_over_streams(store, streams, 0..streams.batch())?
+            .0)
+    }
+
+    /// Mean loss over streams `which` of `streams` (NaN for none), and how many
+    /// characters it is over.
+    fn loss_over_streams(
+        &self,
+        store: &ParamStore<f32>,
+        streams: &Streams,
+        which: std::ops::Range<usize>,
+    ) -> Result<(f64, usize)> {
         let mut tape = Tape::new();
         let (mut sum, mut count) = (0.0, 0usize);
         let mut state: Option<CarriedState> = None;
+        let bsz = which.len();
         for k in 0..streams.windows() {
             let (inputs, targets, len) = streams.window(k);
-            let bsz = streams.batch();
+            let rows = which.start * len..which.end * len;
+            let (inputs, targets) = (&inputs[rows.clone()], &targets[rows]);
             tape.no_grad(|| -> Result<()> {
                 let p = store.leaves(&tape);
                 let o =
                     self.model
-                        .forward(&p, &time_major(&inputs, bsz, len), bsz, state.as_ref())?;
-                let loss = cross_entropy(o.logits, &time_major(&targets, bsz, len))?;
+                        .forward(&p, &time_major(inputs, bsz, len), bsz, state.as_ref())?;
+                let loss = cross_entropy(o.logits, &time_major(targets, bsz, len))?;
                 sum += loss.item()? as f64 * (bsz * len) as f64;
                 count += bsz * len;
                 state = Some(o.state);
@@ -435,7 +471,7 @@ impl<'a> LanguageModel<'a> {
             })?;
             tape.clear();
         }
-        Ok(sum / count.max(1) as f64)
+        Ok((sum / count as f64, count))
     }
 }
 
@@ -481,11 +517,14 @@ impl Objective for LanguageModel<'_> {
             .scoped("loss", || cross_entropy(o.logits, &targets))?;
         Ok((loss, bsz * len))
     }
+    /// In a data-parallel run each process evaluates its share of the validation streams.
     fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {
-        let loss = self.loss_over(store, &self.val)?;
+        let which = super::share(self.val.batch(), self.shard.0, self.shard.1);
+        let (loss, samples) = self.loss_over_streams(store, &self.val, which)?;
         Ok(Evaluation {
             loss,
             metrics: vec![("bits_per_char".into(), loss / std::f64::consts::LN_2)],
+            samples,
         })
     }
     fn shard(&mut self, rank: usize, ranks: usize) -> Result<()> {
