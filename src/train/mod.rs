@@ -428,80 +428,6 @@ fn carried_state(
     Ok(state)
 }
 
-/// Evaluates, updates the best metric and the position, and tells the callbacks (which
-/// log and checkpoint). Returns the metric.
-#[allow(clippy::too_many_arguments)]
-fn record_evaluation(
-    cfg: &TrainConfig,
-    objective: &mut dyn Objective,
-    store: &ParamStore<f32>,
-    optimizer: &dyn Optimizer<f32>,
-    callbacks: &mut [&mut dyn Callback],
-    pos: &mut Position,
-    best: &mut Option<(f64, usize)>,
-    window_loss: &mut (f64, usize),
-    metric: &MetricSpec,
-    batches_per_epoch: usize,
-    (lr, seconds): (f64, f64),
-    param_norms: &[f64],
-    profile: &mut PhaseTimes,
-    collective: Option<&dyn Collective>,
-) -> Result<f64> {
-    let t = Instant::now();
-    let eval = combine(objective.evaluate(store)?, collective)?;
-    profile.evaluation += t.elapsed().as_secs_f64();
-    if let Some(c) = collective {
-        same_parameters(c, store, pos.step)?;
-    }
-    let val_metric = eval.get(&metric.name);
-    let record = EvalRecord {
-        epoch: pos.epoch as f64 + pos.batch as f64 / batches_per_epoch as f64,
-        step: pos.step,
-        train_loss: window_loss.0 / window_loss.1.max(1) as f64,
-        val_loss: eval.loss,
-        val_metric,
-        lr,
-        seconds,
-        metrics: eval.metrics.iter().cloned().collect(),
-        grad_norms: store
-            .iter()
-            .zip(param_norms)
-            .map(|((_, n, _), &v)| (n.to_string(), v))
-            .collect(),
-    };
-    *window_loss = (0.0, 0);
-    if best.is_none_or(|(m, _)| metric.goal.better(val_metric, m)) {
-        if cfg.restore_best {
-            pos.best_weights = store.iter().map(|(_, _, t)| t.clone()).collect();
-        }
-        *best = Some((val_metric, pos.step));
-        pos.best = *best;
-        pos.since_best = 0;
-    } else {
-        pos.since_best += 1;
-    }
-    pos.history.push(record.clone());
-    pos.seconds = seconds;
-    // at an epoch's end the next batch starts from a fresh state
-    pos.carried = if pos.batch == 0 {
-        Vec::new()
-    } else {
-        carried_state(objective, collective)?
-    };
-    let t = Instant::now();
-    for c in callbacks.iter_mut() {
-        c.on_eval(&Snapshot {
-            record: &record,
-            position: pos,
-            store,
-            optimizer,
-        })?;
-    }
-    profile.logging_and_checkpoints += t.elapsed().as_secs_f64();
-    pos.carried.clear();
-    Ok(val_metric)
-}
-
 /// Runs the descent loop.
 pub struct Trainer {
     /// The loop's settings.
@@ -671,6 +597,80 @@ impl Trainer {
         lap(&mut times.optimizer);
         out.times = times;
         Ok(out)
+    }
+
+    /// Evaluates, updates the best metric and the position, and tells the callbacks (which
+    /// log and checkpoint). Returns the metric.
+    #[allow(clippy::too_many_arguments)]
+    fn record_evaluation(
+        &self,
+        objective: &mut dyn Objective,
+        store: &ParamStore<f32>,
+        optimizer: &dyn Optimizer<f32>,
+        callbacks: &mut [&mut dyn Callback],
+        pos: &mut Position,
+        best: &mut Option<(f64, usize)>,
+        window_loss: &mut (f64, usize),
+        metric: &MetricSpec,
+        batches_per_epoch: usize,
+        (lr, seconds): (f64, f64),
+        param_norms: &[f64],
+        profile: &mut PhaseTimes,
+    ) -> Result<f64> {
+        let (cfg, collective) = (&self.config, self.collective.as_deref());
+        let t = Instant::now();
+        let eval = combine(objective.evaluate(store)?, collective)?;
+        profile.evaluation += t.elapsed().as_secs_f64();
+        if let Some(c) = collective {
+            same_parameters(c, store, pos.step)?;
+        }
+        let val_metric = eval.get(&metric.name);
+        let record = EvalRecord {
+            epoch: pos.epoch as f64 + pos.batch as f64 / batches_per_epoch as f64,
+            step: pos.step,
+            train_loss: window_loss.0 / window_loss.1.max(1) as f64,
+            val_loss: eval.loss,
+            val_metric,
+            lr,
+            seconds,
+            metrics: eval.metrics.iter().cloned().collect(),
+            grad_norms: store
+                .iter()
+                .zip(param_norms)
+                .map(|((_, n, _), &v)| (n.to_string(), v))
+                .collect(),
+        };
+        *window_loss = (0.0, 0);
+        if best.is_none_or(|(m, _)| metric.goal.better(val_metric, m)) {
+            if cfg.restore_best {
+                pos.best_weights = store.iter().map(|(_, _, t)| t.clone()).collect();
+            }
+            *best = Some((val_metric, pos.step));
+            pos.best = *best;
+            pos.since_best = 0;
+        } else {
+            pos.since_best += 1;
+        }
+        pos.history.push(record.clone());
+        pos.seconds = seconds;
+        // at an epoch's end the next batch starts from a fresh state
+        pos.carried = if pos.batch == 0 {
+            Vec::new()
+        } else {
+            carried_state(objective, collective)?
+        };
+        let t = Instant::now();
+        for c in callbacks.iter_mut() {
+            c.on_eval(&Snapshot {
+                record: &record,
+                position: pos,
+                store,
+                optimizer,
+            })?;
+        }
+        profile.logging_and_checkpoints += t.elapsed().as_secs_f64();
+        pos.carried.clear();
+        Ok(val_metric)
     }
 
     /// `flag` here, or on any process of a data-parallel run: so that a decision taken
@@ -852,8 +852,7 @@ impl Trainer {
                     pos.batch = 0;
                 }
                 if eval_now {
-                    let val_metric = record_evaluation(
-                        cfg,
+                    let val_metric = self.record_evaluation(
                         objective,
                         store,
                         &*optimizer,
@@ -866,7 +865,6 @@ impl Trainer {
                         (out.lr, elapsed(base_seconds)),
                         &out.param_norms,
                         &mut profile,
-                        self.collective.as_deref(),
                     )?;
                     if let Some(t) = cfg.target
                         && goal.reached(val_metric, t)
@@ -898,8 +896,7 @@ impl Trainer {
         let failed = matches!(stopped_by, StopReason::NonFinite | StopReason::Diverged);
         if !failed && pos.step > 0 && pos.history.last().is_none_or(|r| r.step != pos.step) {
             let last_lr = cfg.schedule.lr_at(pos.step - 1);
-            record_evaluation(
-                cfg,
+            self.record_evaluation(
                 objective,
                 store,
                 &*optimizer,
@@ -912,7 +909,6 @@ impl Trainer {
                 (last_lr, elapsed(base_seconds)),
                 &[],
                 &mut profile,
-                self.collective.as_deref(),
             )?;
         }
         pos.seconds = elapsed(base_seconds);
