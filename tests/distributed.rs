@@ -42,8 +42,17 @@ fn single(args: &[String]) -> Output {
         .unwrap()
 }
 
+/// `base`, then `extra`, then `--out OUT`, as the arguments of one run.
+fn options(base: &[&str], extra: &[&str], out: &Path) -> Vec<String> {
+    base.iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .chain(["--out".to_string(), out.display().to_string()])
+        .collect()
+}
+
 fn args(extra: &[&str], out: &Path) -> Vec<String> {
-    [
+    let base = [
         "--hidden",
         "256,256",
         "--batch-size",
@@ -59,12 +68,8 @@ fn args(extra: &[&str], out: &Path) -> Vec<String> {
         "--max-time",
         "none",
         "--json",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .chain(["--out".to_string(), out.display().to_string()])
-    .collect()
+    ];
+    options(&base, extra, out)
 }
 
 /// The largest relative difference between the two runs' parameters (per tensor, the
@@ -161,7 +166,7 @@ fn two_ranks_train_the_model_one_process_trains() {
 /// A small character LSTM on the embedded Macbeth: 8 streams, 4 per rank, state carried
 /// between windows.
 fn lstm_args(extra: &[&str], out: &Path) -> Vec<String> {
-    [
+    let base = [
         "--data",
         "macbeth",
         "--model",
@@ -185,12 +190,8 @@ fn lstm_args(extra: &[&str], out: &Path) -> Vec<String> {
         "--schedule",
         "constant",
         "--json",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .chain(["--out".to_string(), out.display().to_string()])
-    .collect()
+    ];
+    options(&base, extra, out)
 }
 
 #[test]

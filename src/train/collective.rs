@@ -31,6 +31,15 @@ pub trait Collective {
     }
 }
 
+/// FNV-1a over 32-bit words: what the processes of a data-parallel run compare to tell
+/// that their data or parameters are the same (not a cryptographic hash; fast on
+/// hundreds of megabytes).
+pub fn fingerprint(words: impl Iterator<Item = u32>) -> u64 {
+    words.fold(0xcbf2_9ce4_8422_2325u64, |h, w| {
+        (h ^ u64::from(w)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// This process's share of a global batch of `len` rows: rows `len·r/N .. len·(r+1)/N`
 /// for rank r of N (shares differ by at most one row).
 pub fn share(len: usize, rank: usize, ranks: usize) -> std::ops::Range<usize> {

@@ -12,7 +12,7 @@ mod plot;
 
 pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot, read_evaluations};
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, load_checkpoint};
-pub use collective::{Collective, share};
+pub use collective::{Collective, fingerprint, share};
 pub use objective::{
     Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression, evaluate,
 };
@@ -388,12 +388,11 @@ fn combine(e: Evaluation, collective: Option<&dyn Collective>) -> Result<Evaluat
 /// Checks that every process holds rank 0's parameters (a hash of their bits), so that a
 /// process that drifted (a bug, a flipped bit) stops the run instead of training apart.
 fn same_parameters(c: &dyn Collective, store: &ParamStore<f32>, step: usize) -> Result<()> {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for (_, _, t) in store.iter() {
-        for v in t.data() {
-            h = (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
+    let h = fingerprint(
+        store
+            .iter()
+            .flat_map(|(_, _, t)| t.data().iter().map(|v| v.to_bits())),
+    );
     let mut bytes = h.to_le_bytes().to_vec();
     c.broadcast_bytes(&mut bytes)?;
     let differs = bytes != h.to_le_bytes();
