@@ -262,7 +262,9 @@ pub const WORKLOADS: &[&str] = &[
     "w1_forward",
     "w1_forward_backward",
     "w1_step",
+    "w1_step_replay",
     "w2_step",
+    "w2_step_replay",
     "w7_memory",
     "memory_flat",
     "memory_flat_lm",
@@ -313,8 +315,10 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "elementwise_1m" => vec![elementwise_1m(cfg)?],
         "w1_forward" => vec![w1(cfg, false)?],
         "w1_forward_backward" => vec![w1(cfg, true)?],
-        "w1_step" => vec![w1_step(cfg)?],
-        "w2_step" => vec![w2_step(cfg)?],
+        "w1_step" => vec![w1_step(cfg, false)?],
+        "w1_step_replay" => vec![w1_step(cfg, true)?],
+        "w2_step" => vec![w2_step(cfg, false)?],
+        "w2_step_replay" => vec![w2_step(cfg, true)?],
         "w7_memory" => vec![w7_memory(cfg)?],
         "memory_flat" => vec![memory_flat(cfg, "memory_flat", "--w1-steps-child")?],
         "memory_flat_lm" => vec![memory_flat(cfg, "memory_flat_lm", "--lm-steps-child")?],
@@ -803,6 +807,12 @@ impl AnchorStep {
         )
     }
 
+    /// The same steps, each recorded on the tape (no replay).
+    pub fn eager(mut self) -> Self {
+        self.trainer.config.replay = false;
+        self
+    }
+
     /// Runs one step and returns the loss of its forward pass (before the update).
     pub fn step(&mut self) -> Result<f32> {
         let batch = self.trainer.config.batch_size;
@@ -867,12 +877,23 @@ fn train_step_row(
         .verify_extra("loss@10", expected[1], LOSS_TOL)
 }
 
-fn w1_step(cfg: &BenchConfig) -> Result<BenchRow> {
-    train_step_row("w1_step", AnchorStep::w1(), cfg, Some(155.1e6), W1_LOSSES)
+/// W1 training steps, every step recorded on the tape (`w1_step`) or replayed from the
+/// first one's recording (`w1_step_replay`).
+fn w1_step(cfg: &BenchConfig, replay: bool) -> Result<BenchRow> {
+    let (name, step) = match replay {
+        true => ("w1_step_replay", AnchorStep::w1()),
+        false => ("w1_step", AnchorStep::w1().eager()),
+    };
+    train_step_row(name, step, cfg, Some(155.1e6), W1_LOSSES)
 }
 
-fn w2_step(cfg: &BenchConfig) -> Result<BenchRow> {
-    train_step_row("w2_step", AnchorStep::w2(), cfg, None, W2_LOSSES)
+/// W2 training steps, eager or replayed as in [`w1_step`].
+fn w2_step(cfg: &BenchConfig, replay: bool) -> Result<BenchRow> {
+    let (name, step) = match replay {
+        true => ("w2_step_replay", AnchorStep::w2()),
+        false => ("w2_step", AnchorStep::w2().eager()),
+    };
+    train_step_row(name, step, cfg, None, W2_LOSSES)
 }
 
 /// Peak resident memory of this process in bytes (`VmHWM`), where Linux reports it.

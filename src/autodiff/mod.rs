@@ -10,6 +10,7 @@ mod export;
 mod functional;
 mod gradcheck;
 pub mod ops;
+mod replay;
 pub(crate) mod suite;
 mod tape;
 
@@ -22,5 +23,6 @@ pub use gradcheck::{
 };
 pub use ops::CustomOp;
 pub use ops::recurrent::{CellKind, gru_cell, lstm_cell, recurrent_sequence, rnn_cell};
+pub use replay::Trace;
 pub use suite::{CaseFn, OpCheck, PlantedFault, SuiteReport, builtin_suite, planted_add};
 pub use tape::{Gradients, NodeInfo, Tape, Var};

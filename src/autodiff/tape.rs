@@ -245,6 +245,11 @@ impl<T: Element> Tape<T> {
         self.detect_anomaly.set(on);
     }
 
+    /// Runs `f` on the recorded nodes.
+    pub(crate) fn with_nodes<R>(&self, f: impl FnOnce(&[Node<T>]) -> R) -> R {
+        f(&self.nodes.borrow())
+    }
+
     /// Runs `f` on a node's value without cloning it.
     pub(crate) fn with_value<R>(&self, id: u32, f: impl FnOnce(&Tensor<T>) -> R) -> R {
         f(&self.nodes.borrow()[id as usize].value)

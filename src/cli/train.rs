@@ -138,6 +138,10 @@ pub struct Args {
     /// Stop with the first op whose backward pass produced NaN or infinity.
     #[arg(long)]
     detect_anomaly: bool,
+    /// Record every step on the tape; by default a step whose graph and shapes repeat the
+    /// previous one's is replayed from its recording (same values, less bookkeeping).
+    #[arg(long)]
+    eager: bool,
     /// Print where the training time went, phase by phase (forward, backward, clipping,
     /// optimizer, evaluation, logging and checkpoints); the JSON report always has it
     /// under `profile`.
@@ -875,6 +879,7 @@ fn run_with(args: Args, collective: Option<Box<dyn Collective>>) -> anyhow::Resu
         seed: cfg.seed,
         restore_best: cfg.restore_best,
         detect_anomaly: args.detect_anomaly,
+        replay: !args.eager,
     })?;
     // rank 0 of a data-parallel run (or a single process) writes the run's files
     let writer = collective.as_ref().is_none_or(|c| c.rank() == 0);

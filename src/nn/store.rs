@@ -37,6 +37,11 @@ impl<'t, T: Element> Params<'t, T> {
         self.tape
     }
 
+    /// The variables, in id order.
+    pub fn vars(&self) -> &[Var<'t, T>] {
+        &self.vars
+    }
+
     /// Names every parameter's node on the tape after the store (for exported graphs).
     pub fn label(&self, store: &ParamStore<T>) {
         for (v, (_, name, _)) in self.vars.iter().zip(store.iter()) {

@@ -111,7 +111,7 @@ macro_rules! unary_table {
             /// `out[i] = f(x[i])`.
             #[allow(unused_variables)]
             #[inline(always)]
-            fn map_slice<T: Element>(self, xs: &[T], out: &mut [T]) {
+            pub(crate) fn map_slice<T: Element>(self, xs: &[T], out: &mut [T]) {
                 match self { $($pat => {
                     for (o, &$x) in out.iter_mut().zip(xs) { *o = $f; }
                 })* }
@@ -120,7 +120,7 @@ macro_rules! unary_table {
             /// output's gradient, and the JVP with `seed` = the input's tangent.
             #[allow(unused_variables)]
             #[inline(always)]
-            fn scale_slice<T: Element>(self, xs: &[T], ys: &[T], seed: &[T], out: &mut [T]) {
+            pub(crate) fn scale_slice<T: Element>(self, xs: &[T], ys: &[T], seed: &[T], out: &mut [T]) {
                 match self { $($pat => {
                     for (((o, &$dx), &$y), &s) in out.iter_mut().zip(xs).zip(ys).zip(seed) {
                         *o = s * ($d);

@@ -245,6 +245,17 @@ impl<T: Element> Tensor<T> {
         Arc::make_mut(&mut self.data)
     }
 
+    /// The elements for overwriting, as a buffer of `shape`: this tensor's own buffer
+    /// when it has that shape and nothing else shares it, a fresh one otherwise (never a
+    /// copy: the old contents are to be overwritten). Replayed steps reuse their buffers
+    /// through it.
+    pub(crate) fn overwrite(&mut self, shape: &[usize]) -> &mut [T] {
+        if self.shape.as_slice() != shape || Arc::get_mut(&mut self.data).is_none() {
+            *self = Tensor::zeros(shape);
+        }
+        Arc::get_mut(&mut self.data).expect("unique after the check above")
+    }
+
     /// The elements as a `Vec`.
     pub fn to_vec(&self) -> Vec<T> {
         self.data.to_vec()

@@ -38,7 +38,10 @@ fn reduce_one_axis<T: Element>(x: &Tensor<T>, axis: usize, fold: Fold) -> Tensor
             match fold {
                 Fold::Sum if inner == 1 => dst[0] = block.iter().copied().sum(),
                 Fold::Max if inner == 1 => {
-                    dst[0] = block.iter().copied().fold(T::neg_infinity(), T::max)
+                    // not `T::max`, which drops NaN: a NaN must reach the result
+                    dst[0] = block.iter().copied().fold(T::neg_infinity(), |d, v| {
+                        if v > d || v.is_nan() { v } else { d }
+                    })
                 }
                 Fold::Sum => {
                     for row in block.chunks_exact(inner) {

@@ -14,11 +14,12 @@ pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot, 
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, load_checkpoint};
 pub use collective::{Collective, fingerprint, share};
 pub use objective::{
-    Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression, evaluate,
+    BatchData, Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression,
+    evaluate,
 };
 pub use plot::plot_history;
 
-use crate::autodiff::Tape;
+use crate::autodiff::{Tape, Trace};
 use crate::error::{Error, Result};
 use crate::nn::{ForwardCtx, ParamStore};
 use crate::optim::{
@@ -26,6 +27,7 @@ use crate::optim::{
 };
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -61,6 +63,15 @@ pub struct TrainConfig {
     pub restore_best: bool,
     /// Fail with the first op whose backward produced NaN or infinity.
     pub detect_anomaly: bool,
+    /// Replay a recorded step when the next one has the same graph and shapes
+    /// ([`crate::autodiff::Trace`]) instead of recording it again; steps that change
+    /// shape (a last, smaller batch) and runs with `detect_anomaly` use the tape.
+    #[serde(default = "replay_by_default")]
+    pub replay: bool,
+}
+
+fn replay_by_default() -> bool {
+    true
 }
 
 impl Default for TrainConfig {
@@ -80,6 +91,7 @@ impl Default for TrainConfig {
             seed: 0,
             restore_best: false,
             detect_anomaly: false,
+            replay: true,
         }
     }
 }
@@ -433,7 +445,13 @@ pub struct Trainer {
     pub config: TrainConfig,
     /// The processes this one trains with (data-parallel), if any.
     collective: Option<Box<dyn Collective>>,
+    /// Recorded steps, newest last, each with the graph it was recorded for.
+    traces: RefCell<Vec<(String, Trace<f32>)>>,
 }
+
+/// Traces kept at once: the full batch and the last smaller one of an epoch, with room
+/// for an objective that alternates between a few shapes.
+const TRACES_KEPT: usize = 4;
 
 impl Trainer {
     /// A trainer with these settings.
@@ -466,6 +484,7 @@ impl Trainer {
         Ok(Trainer {
             config,
             collective: None,
+            traces: RefCell::new(Vec::new()),
         })
     }
 
@@ -477,6 +496,48 @@ impl Trainer {
     pub fn with_collective(mut self, collective: Box<dyn Collective>) -> Self {
         self.collective = Some(collective);
         self
+    }
+
+    /// Forward and backward of a batch given as data: replayed when a trace of the same
+    /// graph and shapes exists, otherwise recorded on the tape (and traced for the next
+    /// batch like it).
+    #[allow(clippy::type_complexity)]
+    fn replayed_step(
+        &self,
+        tape: &mut Tape<f32>,
+        objective: &mut dyn Objective,
+        store: &ParamStore<f32>,
+        data: &BatchData,
+        lap: &mut impl FnMut(&mut f64),
+        times: &mut PhaseTimes,
+    ) -> Result<(f64, usize, Vec<Option<Tensor<f32>>>)> {
+        let params: Vec<&Tensor<f32>> = store.iter().map(|(_, _, v)| v).collect();
+        let inputs: Vec<&Tensor<f32>> = data.inputs.iter().collect();
+        let indices: Vec<&[usize]> = data.indices.iter().map(Vec::as_slice).collect();
+        let mut traces = self.traces.borrow_mut();
+        if let Some((_, trace)) = traces
+            .iter_mut()
+            .find(|(g, t)| *g == data.graph && t.accepts(&params, &inputs, &indices))
+        {
+            let loss = trace.forward(&params, &inputs, &indices)? as f64;
+            lap(&mut times.forward);
+            return Ok((loss, data.samples, trace.backward()?));
+        }
+        // record: the inputs are variables, so that every op depending on them is on
+        // the tape (their gradients are computed once, here, and dropped)
+        let p = store.leaves(tape);
+        let vars: Vec<_> = data.inputs.iter().map(|t| tape.var(t.clone())).collect();
+        let loss = objective.data_loss(&p, &vars, &data.indices)?;
+        let value = loss.item()? as f64;
+        lap(&mut times.forward);
+        if let Ok(trace) = Trace::record(tape, loss, p.vars(), &vars) {
+            if traces.len() == TRACES_KEPT {
+                traces.remove(0);
+            }
+            traces.push((data.graph.clone(), trace));
+        }
+        let mut g = tape.backward(loss)?;
+        Ok((value, data.samples, p.grads(&mut g)))
     }
 
     /// One step on batch `batch` of the current epoch: forward, loss, backward, (the
@@ -509,15 +570,25 @@ impl Trainer {
             clock = now;
         };
         tape.clear();
-        let (loss, samples, mut grads) = {
-            let p = store.leaves(tape);
-            let mut ctx =
-                ForwardCtx::train(cfg.seed ^ (step as u64).wrapping_mul(0xA076_1D64_78BD_642F));
-            let (loss, samples) = objective.batch_loss(&p, batch, &mut ctx)?;
-            let value = loss.item()? as f64;
-            lap(&mut times.forward);
-            let mut g = tape.backward(loss)?;
-            (value, samples, p.grads(&mut g))
+        let data = if cfg.replay && !cfg.detect_anomaly {
+            objective.batch_data(batch)?
+        } else {
+            None
+        };
+        let (loss, samples, mut grads) = match data {
+            Some(data) => {
+                self.replayed_step(tape, objective, store, &data, &mut lap, &mut times)?
+            }
+            None => {
+                let p = store.leaves(tape);
+                let mut ctx =
+                    ForwardCtx::train(cfg.seed ^ (step as u64).wrapping_mul(0xA076_1D64_78BD_642F));
+                let (loss, samples) = objective.batch_loss(&p, batch, &mut ctx)?;
+                let value = loss.item()? as f64;
+                lap(&mut times.forward);
+                let mut g = tape.backward(loss)?;
+                (value, samples, p.grads(&mut g))
+            }
         };
         tape.clear(); // drop the graph so the optimizer updates parameters in place
         lap(&mut times.backward);

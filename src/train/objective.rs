@@ -91,6 +91,29 @@ pub trait Objective {
         batch: usize,
         ctx: &mut ForwardCtx,
     ) -> Result<(Var<'t, f32>, usize)>;
+    /// Batch `batch` of the current epoch as data for a replayed step
+    /// ([`crate::autodiff::Trace`]): its tensors, its index lists (class labels) and how
+    /// many samples it holds. `None` (the default) when this objective's steps cannot be
+    /// replayed (state carried between batches, dropout): every step is then recorded
+    /// by [`Objective::batch_loss`].
+    fn batch_data(&mut self, batch: usize) -> Result<Option<BatchData>> {
+        let _ = batch;
+        Ok(None)
+    }
+    /// The loss of a batch from [`Objective::batch_data`], recorded on the tape of `p`
+    /// with the batch's tensors as `inputs` (the loss `batch_loss` records for it).
+    fn data_loss<'t>(
+        &self,
+        p: &Params<'t, f32>,
+        inputs: &[Var<'t, f32>],
+        indices: &[Vec<usize>],
+    ) -> Result<Var<'t, f32>> {
+        let _ = (p, inputs, indices);
+        Err(Error::invalid(
+            "data_loss",
+            "this objective gives no batch data to replay",
+        ))
+    }
     /// Evaluates the parameters in `store` on the validation split, without a gradient.
     fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation>;
     /// The state carried between batches, for a checkpoint (empty when none).
@@ -117,6 +140,19 @@ pub trait Objective {
             )),
         }
     }
+}
+
+/// One batch as plain data, for a replayed step.
+pub struct BatchData {
+    /// What the recorded graph depends on besides the parameters: two batches with the
+    /// same graph and shapes replay the same trace.
+    pub graph: String,
+    /// The batch's tensors (inputs, targets).
+    pub inputs: Vec<Tensor<f32>>,
+    /// The batch's index lists (class labels), one per gather of the loss.
+    pub indices: Vec<Vec<usize>>,
+    /// Samples in the batch.
+    pub samples: usize,
 }
 
 /// Mean cross-entropy and accuracy of `model` on `ds`, without recording gradients.
@@ -277,6 +313,31 @@ impl Objective for Classification<'_> {
         let loss = p.tape().scoped("loss", || cross_entropy(logits, &y))?;
         Ok((loss, rows.len()))
     }
+    fn batch_data(&mut self, batch: usize) -> Result<Option<BatchData>> {
+        if self.model.dropout.is_some_and(|d| d.p > 0.0) {
+            return Ok(None);
+        }
+        let rows = self.batches.rows(batch);
+        let (x, y) = gather_batch(self.train, rows);
+        Ok(Some(BatchData {
+            graph: format!(
+                "classification {:?} {:?}",
+                self.model.sizes, self.model.activation
+            ),
+            inputs: vec![x],
+            indices: vec![y],
+            samples: rows.len(),
+        }))
+    }
+    fn data_loss<'t>(
+        &self,
+        p: &Params<'t, f32>,
+        inputs: &[Var<'t, f32>],
+        indices: &[Vec<usize>],
+    ) -> Result<Var<'t, f32>> {
+        let logits = self.model.forward(p, inputs[0], &mut ForwardCtx::eval())?;
+        cross_entropy(logits, &indices[0])
+    }
     /// In a data-parallel run each process evaluates its share of the validation rows.
     fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {
         let (rank, ranks) = self.batches.shard;
@@ -333,6 +394,21 @@ impl<'a> Regression<'a> {
     }
 }
 
+impl Regression<'_> {
+    /// The inputs and targets of batch `batch`.
+    fn rows_of(&self, batch: usize) -> Result<(Tensor<f32>, Tensor<f32>)> {
+        let rows = self.batches.rows(batch);
+        let n = self.x.shape()[0];
+        let whole = rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r);
+        // the whole set in order (a full-batch workload) needs no gather
+        Ok(if whole {
+            (self.x.clone(), self.y.clone())
+        } else {
+            (self.x.index_select(0, rows)?, self.y.index_select(0, rows)?)
+        })
+    }
+}
+
 impl Objective for Regression<'_> {
     fn metric(&self) -> MetricSpec {
         MetricSpec {
@@ -356,19 +432,36 @@ impl Objective for Regression<'_> {
         batch: usize,
         ctx: &mut ForwardCtx,
     ) -> Result<(Var<'t, f32>, usize)> {
-        let rows = self.batches.rows(batch);
-        let n = self.x.shape()[0];
-        let whole = rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r);
-        // the whole set in order (a full-batch workload) needs no gather
-        let (x, y) = if whole {
-            (self.x.clone(), self.y.clone())
-        } else {
-            (self.x.index_select(0, rows)?, self.y.index_select(0, rows)?)
-        };
+        let (x, y) = self.rows_of(batch)?;
+        let samples = x.shape()[0];
         let tape = p.tape();
         let pred = self.model.forward(p, tape.constant(x), ctx)?;
         let loss = tape.scoped("loss", || mse(pred, tape.constant(y)))?;
-        Ok((loss, rows.len()))
+        Ok((loss, samples))
+    }
+    fn batch_data(&mut self, batch: usize) -> Result<Option<BatchData>> {
+        if self.model.dropout.is_some_and(|d| d.p > 0.0) {
+            return Ok(None);
+        }
+        let (x, y) = self.rows_of(batch)?;
+        Ok(Some(BatchData {
+            graph: format!(
+                "regression {:?} {:?}",
+                self.model.sizes, self.model.activation
+            ),
+            samples: x.shape()[0],
+            inputs: vec![x, y],
+            indices: Vec::new(),
+        }))
+    }
+    fn data_loss<'t>(
+        &self,
+        p: &Params<'t, f32>,
+        inputs: &[Var<'t, f32>],
+        _indices: &[Vec<usize>],
+    ) -> Result<Var<'t, f32>> {
+        let pred = self.model.forward(p, inputs[0], &mut ForwardCtx::eval())?;
+        mse(pred, inputs[1])
     }
     fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {
         let tape = Tape::new();

@@ -1,0 +1,1092 @@
+//! Replay: a recorded step run again on new data, without a tape.
+//!
+//! A training step usually records the same graph every time, only on new numbers.
+//! [`Trace::record`] turns one recorded graph into a program: each value gets a slot, a
+//! product followed by its bias and activation becomes one fused step (its buffers kept
+//! and reused from replay to replay), softmax cross-entropy becomes one step with the
+//! fused gradient `softmax − onehot`, and every other op runs its own kernel and its own
+//! reverse rule from the op table. [`Trace::forward`] and [`Trace::backward`] then run
+//! the step on new inputs without pushing a node. The eager tape stays the reference:
+//! the fused steps do the same arithmetic in the same order, so replayed values are the
+//! eager ones bit for bit, except softmax cross-entropy, whose fused gradient rounds
+//! differently (within a few ulp).
+
+use super::ops::Op;
+use super::tape::{Node, Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{
+    BinaryOp, Element, MatLayout, PARALLEL_MIN_LEN, Shape, Tensor, UnaryOp, matmul_into, with_avx2,
+};
+use rayon::prelude::*;
+use smallvec::SmallVec;
+use std::sync::Arc;
+
+/// A recorded step, ready to replay on new inputs of the same shapes.
+pub struct Trace<T: Element> {
+    steps: Vec<Step<T>>,
+    /// The values of one run, by node id (`None`: not needed or not yet computed).
+    values: Vec<Option<Tensor<T>>>,
+    /// Constants captured when recording (anything that is neither a parameter nor an
+    /// input), by node id.
+    constants: Vec<Option<Tensor<T>>>,
+    /// Whether a gradient flows through each node.
+    needs: Vec<bool>,
+    /// Node id and shape of each parameter, in the order given to `record`.
+    params: Vec<(u32, Shape)>,
+    /// Node id and shape of each input.
+    inputs: Vec<(u32, Shape)>,
+    /// Number of indices each index slot takes (gathers and row selections, in recording
+    /// order).
+    index_lens: Vec<usize>,
+    output: u32,
+    /// Set by `forward`, consumed by `backward`.
+    ready: bool,
+}
+
+enum Step<T: Element> {
+    Dense(Box<Dense<T>>),
+    CrossEntropy(Box<CrossEntropy<T>>),
+    Op {
+        op: Op<T>,
+        inputs: SmallVec<[u32; 2]>,
+        out: u32,
+        shape: Shape,
+        /// The index slot of a gather or row selection.
+        index_slot: Option<usize>,
+    },
+}
+
+/// `act(x·W + b)` for `x` `[m, k]`, `W` `[k, n]`, `b` `[n]`: the product written into
+/// the pre-activation buffer, then one pass that adds the bias and applies the
+/// activation row by row (the eager ops' arithmetic in their order, so the same bits).
+struct Dense<T: Element> {
+    x: u32,
+    w: u32,
+    b: u32,
+    act: Option<UnaryOp>,
+    out: u32,
+    m: usize,
+    k: usize,
+    n: usize,
+    pre: Tensor<T>,
+    value: Tensor<T>,
+    g_pre: Tensor<T>,
+    g_w: Tensor<T>,
+    g_x: Tensor<T>,
+}
+
+/// `mean over rows of (logsumexp(z_i) − z_i[label_i])` for logits `z` `[m, c]`, with the
+/// gradient `(softmax(z) − onehot(label)) · g / m` in one pass.
+struct CrossEntropy<T: Element> {
+    z: u32,
+    out: u32,
+    index_slot: usize,
+    labels: Vec<usize>,
+    m: usize,
+    c: usize,
+    /// `softmax(z)` of the last forward pass.
+    probs: Tensor<T>,
+    g_z: Tensor<T>,
+}
+
+/// Reads the id of `v`, refusing a variable from another tape.
+fn id_on<T: Element>(tape: &Tape<T>, v: &Var<'_, T>, what: &str) -> Result<u32> {
+    if !std::ptr::eq(v.tape, tape) {
+        return Err(Error::invalid(
+            "Trace::record",
+            format!("{what} belongs to another tape"),
+        ));
+    }
+    Ok(v.id)
+}
+
+impl<T: Element> Trace<T> {
+    /// Turns the graph recorded on `tape` up to `output` (a one-element loss) into a
+    /// replayable step. `params` are the leaves whose gradients [`Trace::backward`]
+    /// returns (a constant among them is a frozen parameter: it is fed, but gets no
+    /// gradient); `inputs` are the leaves fed anew at each replay, and must be made with
+    /// [`Tape::var`] so that every op depending on them is recorded. Only what the
+    /// output depends on is replayed. Every gather and row selection (`gather`,
+    /// `index_select`) takes its indices from the replay call, in recording order. Any other constant on the tape, including values computed
+    /// under `no_grad`, is captured as it is now (a dropout mask would be replayed
+    /// unchanged: do not trace a step with dropout). Custom ops and `where` (whose mask
+    /// depends on the data) cannot be replayed.
+    pub fn record(
+        tape: &Tape<T>,
+        output: Var<'_, T>,
+        params: &[Var<'_, T>],
+        inputs: &[Var<'_, T>],
+    ) -> Result<Self> {
+        let out = id_on(tape, &output, "the output")?;
+        let param_ids = params
+            .iter()
+            .map(|p| id_on(tape, p, "a parameter"))
+            .collect::<Result<Vec<_>>>()?;
+        let input_ids = inputs
+            .iter()
+            .map(|p| id_on(tape, p, "an input"))
+            .collect::<Result<Vec<_>>>()?;
+        tape.with_nodes(|nodes| compile(&nodes[..=out as usize], out, &param_ids, &input_ids))
+    }
+
+    /// Whether parameters, inputs and index lists of these shapes and lengths fit this
+    /// trace (otherwise record a new one).
+    pub fn accepts(
+        &self,
+        params: &[&Tensor<T>],
+        inputs: &[&Tensor<T>],
+        indices: &[&[usize]],
+    ) -> bool {
+        params.len() == self.params.len()
+            && inputs.len() == self.inputs.len()
+            && indices.len() == self.index_lens.len()
+            && params
+                .iter()
+                .zip(&self.params)
+                .all(|(p, (_, s))| p.shape() == s.as_slice())
+            && inputs
+                .iter()
+                .zip(&self.inputs)
+                .all(|(p, (_, s))| p.shape() == s.as_slice())
+            && indices
+                .iter()
+                .zip(&self.index_lens)
+                .all(|(i, &n)| i.len() == n)
+    }
+
+    /// The steps, by name: `dense(relu)`, `softmax_cross_entropy`, or an op's name.
+    pub fn describe(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Dense(d) => match d.act {
+                    Some(a) => format!("dense({})", a.name()),
+                    None => "dense".to_string(),
+                },
+                Step::CrossEntropy(_) => "softmax_cross_entropy".to_string(),
+                Step::Op { op, .. } => op.name().to_string(),
+            })
+            .collect()
+    }
+
+    /// Runs the recorded computation on new values and returns the output. Shapes and
+    /// index counts must be those recorded ([`Trace::accepts`]).
+    pub fn forward(
+        &mut self,
+        params: &[&Tensor<T>],
+        inputs: &[&Tensor<T>],
+        indices: &[&[usize]],
+    ) -> Result<T> {
+        if !self.accepts(params, inputs, indices) {
+            return Err(Error::invalid(
+                "Trace::forward",
+                format!(
+                    "the trace was recorded for {} parameters, {} inputs and {} index lists of other shapes: {}",
+                    self.params.len(),
+                    self.inputs.len(),
+                    self.index_lens.len(),
+                    "record a new trace for these shapes"
+                ),
+            ));
+        }
+        self.ready = false;
+        self.values.clone_from(&self.constants);
+        for ((id, _), t) in self.params.iter().zip(params) {
+            self.values[*id as usize] = Some((*t).clone());
+        }
+        for ((id, _), t) in self.inputs.iter().zip(inputs) {
+            self.values[*id as usize] = Some((*t).clone());
+        }
+        let values = &mut self.values;
+        for step in &mut self.steps {
+            match step {
+                Step::Dense(d) => d.forward(values),
+                Step::CrossEntropy(ce) => ce.forward(values, indices[ce.index_slot])?,
+                Step::Op {
+                    op,
+                    inputs,
+                    out,
+                    shape,
+                    index_slot,
+                } => {
+                    if let Some(k) = index_slot {
+                        set_indices(op, indices[*k]);
+                    }
+                    let y = {
+                        let ins: SmallVec<[&Tensor<T>; 2]> =
+                            inputs.iter().map(|&i| value(values, i)).collect();
+                        op_forward(op, &ins, shape)?
+                    };
+                    values[*out as usize] = Some(y);
+                }
+            }
+        }
+        self.ready = true;
+        value(&self.values, self.output).item()
+    }
+
+    /// The reverse sweep of the last [`Trace::forward`]: the gradient of the output with
+    /// respect to each parameter, in the order given to [`Trace::record`] (`None` for a
+    /// frozen parameter or one the output does not depend on). Releases the values the
+    /// forward pass held.
+    pub fn backward(&mut self) -> Result<Vec<Option<Tensor<T>>>> {
+        if !self.ready {
+            return Err(Error::invalid(
+                "Trace::backward",
+                "call forward first (each forward pass allows one backward sweep)",
+            ));
+        }
+        self.ready = false;
+        let n = self.values.len();
+        let mut grads: Vec<Option<Tensor<T>>> = vec![None; n];
+        grads[self.output as usize] = Some(Tensor::ones(value(&self.values, self.output).shape()));
+        let (values, needs) = (&self.values, &self.needs);
+        for step in self.steps.iter_mut().rev() {
+            match step {
+                Step::Dense(d) => d.backward(values, needs, &mut grads)?,
+                Step::CrossEntropy(ce) => ce.backward(&mut grads)?,
+                Step::Op {
+                    op, inputs, out, ..
+                } => {
+                    let Some(g) = grads[*out as usize].take() else {
+                        continue;
+                    };
+                    let ins: SmallVec<[&Tensor<T>; 2]> =
+                        inputs.iter().map(|&i| value(values, i)).collect();
+                    let wants: SmallVec<[bool; 2]> =
+                        inputs.iter().map(|&i| needs[i as usize]).collect();
+                    let y = value(values, *out);
+                    let parts = op.vjp(&ins, y, &g, &wants)?;
+                    for ((&j, part), &want) in inputs.iter().zip(parts).zip(&wants) {
+                        if let (Some(c), true) = (part, want) {
+                            accumulate(&mut grads[j as usize], c)?;
+                        }
+                    }
+                }
+            }
+        }
+        let out = self
+            .params
+            .iter()
+            .map(|(id, _)| {
+                if self.needs[*id as usize] {
+                    grads[*id as usize].take()
+                } else {
+                    None
+                }
+            })
+            .collect();
+        // release every value so that the parameters and the kept buffers are unshared
+        for v in &mut self.values {
+            *v = None;
+        }
+        Ok(out)
+    }
+}
+
+fn value<T: Element>(values: &[Option<Tensor<T>>], id: u32) -> &Tensor<T> {
+    values[id as usize]
+        .as_ref()
+        .expect("a trace computes every value before its use")
+}
+
+fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, c: Tensor<T>) -> Result<()> {
+    match slot {
+        None => *slot = Some(c),
+        Some(g) => g.add_assign(&c)?,
+    }
+    Ok(())
+}
+
+/// Puts a replay's indices into a gather or row selection.
+fn set_indices<T: Element>(op: &mut Op<T>, new: &[usize]) {
+    match op {
+        Op::Gather { index, .. } => {
+            if index.as_ref() != new {
+                *index = Arc::from(new);
+            }
+        }
+        Op::IndexSelect { indices, .. } => {
+            if indices.as_ref() != new {
+                *indices = Arc::from(new);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The forward kernel of a recorded op, producing the recorded shape.
+fn op_forward<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], shape: &[usize]) -> Result<Tensor<T>> {
+    let x = ins[0];
+    let reduced = |t: Tensor<T>| t.reshape(shape);
+    match op {
+        Op::Unary(u) => Ok(u.apply(x)),
+        Op::Binary(b) => b.apply(x, ins[1]),
+        Op::Sum { axes } => reduced(x.sum(axes, false)?),
+        Op::Mean { axes } => reduced(x.mean(axes, false)?),
+        Op::Max { axes } => reduced(x.max(axes, false)?),
+        Op::LogSumExp { axes } => reduced(x.logsumexp(axes, false)?),
+        Op::Softmax(axis) => x.softmax(*axis),
+        Op::LogSoftmax(axis) => x.log_softmax(*axis),
+        Op::MatMul => x.matmul(ins[1]),
+        Op::Reshape => x.reshape(shape),
+        Op::Permute(perm) => x.permute(perm),
+        Op::BroadcastTo => x.broadcast_to(shape),
+        Op::Narrow { axis, start } => x.narrow(*axis, *start, shape[*axis]),
+        Op::Concat { axis } => {
+            let parts: Vec<Tensor<T>> = ins.iter().map(|t| (*t).clone()).collect();
+            Tensor::concat(&parts, *axis)
+        }
+        Op::IndexSelect { axis, indices } => x.index_select(*axis, indices),
+        Op::Gather { axis, index } => x.gather(*axis, index),
+        Op::Leaf | Op::Constant | Op::Where(_) | Op::Custom(_) => {
+            unreachable!("refused when recording")
+        }
+    }
+}
+
+/// Builds the program from the recorded nodes `0..=out`.
+fn compile<T: Element>(
+    nodes: &[Node<T>],
+    out: u32,
+    params: &[u32],
+    inputs: &[u32],
+) -> Result<Trace<T>> {
+    let n = nodes.len();
+    if nodes[out as usize].value.len() != 1 {
+        return Err(Error::invalid(
+            "Trace::record",
+            format!(
+                "the output must hold one element, got shape {:?}",
+                nodes[out as usize].value.shape()
+            ),
+        ));
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Role {
+        Computed,
+        Param,
+        Input,
+    }
+    let mut role = vec![Role::Computed; n];
+    for &p in params {
+        role[p as usize] = Role::Param;
+    }
+    for (k, &i) in inputs.iter().enumerate() {
+        if role[i as usize] != Role::Computed {
+            return Err(Error::invalid(
+                "Trace::record",
+                format!("input {k} is also a parameter or another input"),
+            ));
+        }
+        if !matches!(nodes[i as usize].op, Op::Leaf) {
+            return Err(Error::invalid(
+                "Trace::record",
+                format!(
+                    "input {k} is not a variable made with Tape::var, so the ops that depend on it were not recorded"
+                ),
+            ));
+        }
+        role[i as usize] = Role::Input;
+    }
+    // only what the output depends on is replayed
+    let mut reached = vec![false; n];
+    reached[out as usize] = true;
+    for i in (0..n).rev() {
+        if reached[i] {
+            for &j in &nodes[i].inputs {
+                reached[j as usize] = true;
+            }
+        }
+    }
+    let mut uses = vec![0u32; n];
+    let mut consumer = vec![u32::MAX; n];
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| reached[*i]) {
+        for &j in &node.inputs {
+            uses[j as usize] += 1;
+            consumer[j as usize] = i as u32;
+        }
+    }
+    let only_consumer = |j: u32| -> Option<usize> {
+        (uses[j as usize] == 1 && j != out).then(|| consumer[j as usize] as usize)
+    };
+    // index slots follow the recording order of gathers and row selections
+    let mut index_slot = vec![usize::MAX; n];
+    let mut index_lens = Vec::new();
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| reached[*i]) {
+        match &node.op {
+            Op::Gather { index, .. } => {
+                index_slot[i] = index_lens.len();
+                index_lens.push(index.len());
+            }
+            Op::IndexSelect { indices, .. } => {
+                index_slot[i] = index_lens.len();
+                index_lens.push(indices.len());
+            }
+            _ => {}
+        }
+    }
+    let mut needs = vec![false; n];
+    let mut constants: Vec<Option<Tensor<T>>> = vec![None; n];
+    let mut absorbed = vec![false; n];
+    let mut steps = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        if absorbed[i] || !reached[i] {
+            continue;
+        }
+        match role[i] {
+            Role::Param => {
+                needs[i] = node.requires_grad && matches!(node.op, Op::Leaf);
+                continue;
+            }
+            Role::Input => continue,
+            Role::Computed => {}
+        }
+        match &node.op {
+            Op::Leaf => {
+                return Err(Error::invalid(
+                    "Trace::record",
+                    format!("leaf node {i} is neither a parameter nor an input"),
+                ));
+            }
+            Op::Constant => {
+                constants[i] = Some(node.value.clone());
+                continue;
+            }
+            Op::Where(_) | Op::Custom(_) => {
+                return Err(Error::invalid(
+                    "Trace::record",
+                    format!(
+                        "node {i} ({}) cannot be replayed; run this step on the tape",
+                        node.op.name()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if let Some((d, parts)) = dense_at(nodes, i, &only_consumer) {
+            needs[d.out as usize] = [d.x, d.w, d.b].iter().any(|&j| needs[j as usize]);
+            for k in parts {
+                absorbed[k] = true;
+            }
+            steps.push(Step::Dense(Box::new(d)));
+            continue;
+        }
+        if let Some((ce, parts)) = cross_entropy_at(nodes, i, &only_consumer, &index_slot) {
+            needs[ce.out as usize] = needs[ce.z as usize];
+            for k in parts {
+                absorbed[k] = true;
+            }
+            steps.push(Step::CrossEntropy(Box::new(ce)));
+            continue;
+        }
+        needs[i] = node.inputs.iter().any(|&j| needs[j as usize]);
+        steps.push(Step::Op {
+            op: node.op.clone(),
+            inputs: node.inputs.iter().copied().collect(),
+            out: i as u32,
+            shape: Shape::from_slice(node.value.shape()),
+            index_slot: (index_slot[i] != usize::MAX).then_some(index_slot[i]),
+        });
+    }
+    Ok(Trace {
+        steps,
+        values: vec![None; n],
+        constants,
+        needs,
+        params: params
+            .iter()
+            .map(|&p| (p, Shape::from_slice(nodes[p as usize].value.shape())))
+            .collect(),
+        inputs: inputs
+            .iter()
+            .map(|&p| (p, Shape::from_slice(nodes[p as usize].value.shape())))
+            .collect(),
+        index_lens,
+        output: out,
+        ready: false,
+    })
+}
+
+/// `matmul(x, W)` (2-D) at `i`, used once, by `add(·, b)` with `b` `[n]`, optionally
+/// followed by its only consumer relu, tanh or sigmoid.
+fn dense_at<T: Element>(
+    nodes: &[Node<T>],
+    i: usize,
+    only_consumer: &impl Fn(u32) -> Option<usize>,
+) -> Option<(Dense<T>, Vec<usize>)> {
+    let node = &nodes[i];
+    if !matches!(node.op, Op::MatMul) {
+        return None;
+    }
+    let (x, w) = (node.inputs[0], node.inputs[1]);
+    let (xs, ws) = (
+        nodes[x as usize].value.shape(),
+        nodes[w as usize].value.shape(),
+    );
+    if xs.len() != 2 || ws.len() != 2 {
+        return None;
+    }
+    let (m, k, n) = (xs[0], xs[1], ws[1]);
+    let a = only_consumer(i as u32)?;
+    let add = &nodes[a];
+    if !matches!(add.op, Op::Binary(BinaryOp::Add)) || add.inputs[0] != i as u32 {
+        return None;
+    }
+    let b = add.inputs[1];
+    if nodes[b as usize].value.shape() != [n] || b as usize == i {
+        return None;
+    }
+    let act = only_consumer(a as u32).and_then(|u| match nodes[u].op {
+        Op::Unary(op @ (UnaryOp::Relu | UnaryOp::Tanh | UnaryOp::Sigmoid)) => Some((u, op)),
+        _ => None,
+    });
+    let (out, act) = match act {
+        Some((u, op)) => (u as u32, Some(op)),
+        None => (a as u32, None),
+    };
+    let parts = vec![i, a, out as usize];
+    let dense = Dense {
+        x,
+        w,
+        b,
+        act,
+        out,
+        m,
+        k,
+        n,
+        pre: Tensor::zeros(&[0]),
+        value: Tensor::zeros(&[0]),
+        g_pre: Tensor::zeros(&[0]),
+        g_w: Tensor::zeros(&[0]),
+        g_x: Tensor::zeros(&[0]),
+    };
+    Some((dense, parts))
+}
+
+/// `mean(logsumexp(z, [1]) − reshape(gather(z, 1, labels)))` starting at the logsumexp
+/// node `i` (the recording order of `nn::cross_entropy`).
+fn cross_entropy_at<T: Element>(
+    nodes: &[Node<T>],
+    i: usize,
+    only_consumer: &impl Fn(u32) -> Option<usize>,
+    index_slot: &[usize],
+) -> Option<(CrossEntropy<T>, Vec<usize>)> {
+    let Op::LogSumExp { axes } = &nodes[i].op else {
+        return None;
+    };
+    let z = nodes[i].inputs[0];
+    let zs = nodes[z as usize].value.shape();
+    if axes.as_ref() != [1] || zs.len() != 2 {
+        return None;
+    }
+    let (m, c) = (zs[0], zs[1]);
+    let d = only_consumer(i as u32)?;
+    if !matches!(nodes[d].op, Op::Binary(BinaryOp::Sub)) || nodes[d].inputs[0] != i as u32 {
+        return None;
+    }
+    let r = nodes[d].inputs[1] as usize;
+    if !matches!(nodes[r].op, Op::Reshape) || only_consumer(r as u32) != Some(d) {
+        return None;
+    }
+    let g = nodes[r].inputs[0] as usize;
+    match &nodes[g].op {
+        Op::Gather { axis: 1, .. } if nodes[g].inputs[0] == z => {}
+        _ => return None,
+    }
+    if only_consumer(g as u32) != Some(r) || nodes[g].value.shape() != [m, 1] {
+        return None;
+    }
+    let mean = only_consumer(d as u32)?;
+    match &nodes[mean].op {
+        Op::Mean { axes } if axes.as_ref() == [0] && nodes[d].value.shape() == [m] => {}
+        _ => return None,
+    }
+    let ce = CrossEntropy {
+        z,
+        out: mean as u32,
+        index_slot: index_slot[g],
+        labels: Vec::new(),
+        m,
+        c,
+        probs: Tensor::zeros(&[0]),
+        g_z: Tensor::zeros(&[0]),
+    };
+    Some((ce, vec![i, g, r, d, mean]))
+}
+
+impl<T: Element> Dense<T> {
+    fn forward(&mut self, values: &mut [Option<Tensor<T>>]) {
+        let (m, k, n) = (self.m, self.k, self.n);
+        let (x, w, b) = (
+            value(values, self.x),
+            value(values, self.w),
+            value(values, self.b),
+        );
+        let pre = self.pre.overwrite(&[m, n]);
+        matmul_into(
+            pre,
+            m,
+            n,
+            k,
+            (x.data(), MatLayout::Normal),
+            (w.data(), MatLayout::Normal),
+            false,
+        );
+        let bias = b.data();
+        match self.act {
+            None => {
+                rows_mut(pre, n, |row, _| {
+                    for (o, &bv) in row.iter_mut().zip(bias) {
+                        *o += bv;
+                    }
+                });
+                values[self.out as usize] = Some(self.pre.clone());
+            }
+            Some(act) => {
+                let out = self.value.overwrite(&[m, n]);
+                rows2_mut(pre, out, n, |p, o| {
+                    for (v, &bv) in p.iter_mut().zip(bias) {
+                        *v += bv;
+                    }
+                    if n < 64 {
+                        act.map_slice(p, o)
+                    } else {
+                        with_avx2!(act.map_slice(p, o))
+                    }
+                });
+                values[self.out as usize] = Some(self.value.clone());
+            }
+        }
+    }
+
+    fn backward(
+        &mut self,
+        values: &[Option<Tensor<T>>],
+        needs: &[bool],
+        grads: &mut [Option<Tensor<T>>],
+    ) -> Result<()> {
+        let Some(g) = grads[self.out as usize].take() else {
+            return Ok(());
+        };
+        let (m, k, n) = (self.m, self.k, self.n);
+        if let Some(act) = self.act {
+            let (pre, y) = (self.pre.data(), self.value.data());
+            let gp = self.g_pre.overwrite(&[m, n]);
+            let seed = g.data();
+            if gp.len() >= PARALLEL_MIN_LEN {
+                gp.par_chunks_mut(n * 64).enumerate().for_each(|(c, o)| {
+                    let s = c * n * 64;
+                    let e = s + o.len();
+                    with_avx2!(act.scale_slice(&pre[s..e], &y[s..e], &seed[s..e], o))
+                });
+            } else if gp.len() < 64 {
+                act.scale_slice(pre, y, seed, gp)
+            } else {
+                with_avx2!(act.scale_slice(pre, y, seed, gp))
+            }
+        }
+        let gp = if self.act.is_some() { &self.g_pre } else { &g };
+        if needs[self.b as usize] {
+            accumulate(&mut grads[self.b as usize], gp.sum_to_shape(&[n])?)?;
+        }
+        if needs[self.w as usize] {
+            let x = value(values, self.x);
+            let out = self.g_w.overwrite(&[k, n]);
+            matmul_into(
+                out,
+                k,
+                n,
+                m,
+                (x.data(), MatLayout::Transposed),
+                (gp.data(), MatLayout::Normal),
+                false,
+            );
+            accumulate(&mut grads[self.w as usize], self.g_w.clone())?;
+        }
+        if needs[self.x as usize] {
+            let w = value(values, self.w);
+            let out = self.g_x.overwrite(&[m, k]);
+            matmul_into(
+                out,
+                m,
+                k,
+                n,
+                (gp.data(), MatLayout::Normal),
+                (w.data(), MatLayout::Transposed),
+                false,
+            );
+            accumulate(&mut grads[self.x as usize], self.g_x.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` on each row of `n` elements of `data`, on both cores when it is large.
+fn rows_mut<T: Element>(data: &mut [T], n: usize, f: impl Fn(&mut [T], usize) + Sync + Send) {
+    if data.len() >= PARALLEL_MIN_LEN {
+        data.par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(i, r)| f(r, i));
+    } else {
+        for (i, r) in data.chunks_mut(n).enumerate() {
+            f(r, i)
+        }
+    }
+}
+
+/// Runs `f` on matching rows of `n` elements of `a` and `b`.
+fn rows2_mut<T: Element>(
+    a: &mut [T],
+    b: &mut [T],
+    n: usize,
+    f: impl Fn(&mut [T], &mut [T]) + Sync + Send,
+) {
+    if a.len() >= PARALLEL_MIN_LEN {
+        a.par_chunks_mut(n)
+            .zip(b.par_chunks_mut(n))
+            .for_each(|(x, y)| f(x, y));
+    } else {
+        for (x, y) in a.chunks_mut(n).zip(b.chunks_mut(n)) {
+            f(x, y)
+        }
+    }
+}
+
+impl<T: Element> CrossEntropy<T> {
+    fn forward(&mut self, values: &mut [Option<Tensor<T>>], labels: &[usize]) -> Result<()> {
+        let (m, c) = (self.m, self.c);
+        if let Some(&bad) = labels.iter().find(|&&l| l >= c) {
+            return Err(Error::invalid(
+                "cross_entropy",
+                format!("label {bad} out of range for {c} classes"),
+            ));
+        }
+        self.labels.clear();
+        self.labels.extend_from_slice(labels);
+        let z = value(values, self.z).data();
+        let probs = self.probs.overwrite(&[m, c]);
+        let mut total = T::zero();
+        for ((row, p), &label) in z.chunks_exact(c).zip(probs.chunks_exact_mut(c)).zip(labels) {
+            // as `Tensor::logsumexp`: shift by a finite maximum, NaN propagates
+            let top = row.iter().copied().fold(T::neg_infinity(), |d, v| {
+                if v > d || v.is_nan() { v } else { d }
+            });
+            let shift = if top.is_finite() { top } else { T::zero() };
+            let mut s = T::zero();
+            for (q, &v) in p.iter_mut().zip(row) {
+                *q = (v - shift).exp();
+                s += *q;
+            }
+            let lse = s.ln() + shift;
+            let inv = s.recip();
+            for q in p.iter_mut() {
+                *q *= inv;
+            }
+            total += lse - row[label];
+        }
+        let mean = total * T::of(1.0 / m as f64);
+        values[self.out as usize] = Some(Tensor::scalar(mean));
+        Ok(())
+    }
+
+    fn backward(&mut self, grads: &mut [Option<Tensor<T>>]) -> Result<()> {
+        let Some(g) = grads[self.out as usize].take() else {
+            return Ok(());
+        };
+        let (m, c) = (self.m, self.c);
+        let w = g.item()? * T::of(1.0 / m as f64);
+        let probs = self.probs.data();
+        let gz = self.g_z.overwrite(&[m, c]);
+        for ((o, p), &label) in gz
+            .chunks_exact_mut(c)
+            .zip(probs.chunks_exact(c))
+            .zip(&self.labels)
+        {
+            for (q, &pv) in o.iter_mut().zip(p) {
+                *q = w * pv;
+            }
+            o[label] -= w;
+        }
+        accumulate(&mut grads[self.z as usize], self.g_z.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autodiff::CustomOp;
+
+    /// An MLP with a softmax cross-entropy loss, as `nn` records it.
+    fn mlp_loss<'t, T: Element>(
+        x: Var<'t, T>,
+        labels: &[usize],
+        p: &[Var<'t, T>],
+        act: UnaryOp,
+    ) -> Result<Var<'t, T>> {
+        let mut h = x;
+        for (i, layer) in p.chunks(2).enumerate() {
+            h = h.matmul(layer[0])?.add(layer[1])?;
+            if i + 1 < p.len() / 2 {
+                h = h.unary(act);
+            }
+        }
+        let lse = h.logsumexp(&[1], false)?;
+        let picked = h.gather(1, labels)?.reshape(&[labels.len()])?;
+        Ok(lse.sub(picked)?.mean_all())
+    }
+
+    fn mlp_params<T: Element>(sizes: &[usize], seed: u64) -> Vec<Tensor<T>> {
+        let mut out = Vec::new();
+        for (i, w) in sizes.windows(2).enumerate() {
+            out.push(Tensor::<f64>::randn(&[w[0], w[1]], seed + 2 * i as u64).cast());
+            out.push(Tensor::<f64>::randn(&[w[1]], seed + 2 * i as u64 + 1).cast());
+        }
+        out
+    }
+
+    fn labels(n: usize, classes: usize, seed: u64) -> Vec<usize> {
+        let mut g = crate::tensor::SplitMix64::new(seed);
+        (0..n).map(|_| g.int(classes as u64) as usize).collect()
+    }
+
+    /// The eager loss and gradients of the MLP on a fresh tape.
+    fn eager<T: Element>(
+        x: &Tensor<T>,
+        y: &[usize],
+        params: &[Tensor<T>],
+        act: UnaryOp,
+    ) -> (T, Vec<Tensor<T>>) {
+        let tape = Tape::new();
+        let p: Vec<Var<'_, T>> = params.iter().map(|t| tape.var(t.clone())).collect();
+        let loss = mlp_loss(tape.constant(x.clone()), y, &p, act).unwrap();
+        let g = tape.backward(loss).unwrap();
+        (loss.item().unwrap(), p.iter().map(|&v| g.wrt(v)).collect())
+    }
+
+    /// Records the MLP step once and returns its trace.
+    fn traced<T: Element>(
+        x: &Tensor<T>,
+        y: &[usize],
+        params: &[Tensor<T>],
+        act: UnaryOp,
+    ) -> Trace<T> {
+        let tape = Tape::new();
+        let p: Vec<Var<'_, T>> = params.iter().map(|t| tape.var(t.clone())).collect();
+        let xv = tape.var(x.clone());
+        let loss = mlp_loss(xv, y, &p, act).unwrap();
+        Trace::record(&tape, loss, &p, &[xv]).unwrap()
+    }
+
+    fn rel(a: f64, b: f64) -> f64 {
+        let d = (a - b).abs() / a.abs().max(b.abs()).max(1e-30);
+        if d.is_nan() { f64::INFINITY } else { d }
+    }
+
+    fn worst<T: Element>(a: &Tensor<T>, b: &Tensor<T>) -> f64 {
+        assert_eq!(a.shape(), b.shape());
+        let scale = a
+            .data()
+            .iter()
+            .fold(0.0f64, |m, v| m.max(v.as_f64().abs()))
+            .max(1e-30);
+        a.data().iter().zip(b.data()).fold(0.0, |m: f64, (x, y)| {
+            let d = (x.as_f64() - y.as_f64()).abs() / scale;
+            if d.is_nan() { f64::INFINITY } else { m.max(d) }
+        })
+    }
+
+    #[test]
+    fn a_replayed_mlp_step_matches_the_tape_on_new_data_and_parameters() {
+        for (act, sizes, batch) in [
+            (UnaryOp::Relu, [13usize, 9, 7, 5], 11usize),
+            (UnaryOp::Tanh, [20, 300, 257, 10], 260),
+            (UnaryOp::Sigmoid, [3, 4, 2, 2], 1),
+        ] {
+            let params = mlp_params::<f32>(&sizes, 1);
+            let x = Tensor::<f64>::randn(&[batch, sizes[0]], 2).cast::<f32>();
+            let y = labels(batch, sizes[3], 3);
+            let mut trace = traced(&x, &y, &params, act);
+            assert_eq!(
+                trace.describe(),
+                [
+                    format!("dense({})", act.name()),
+                    format!("dense({})", act.name()),
+                    "dense".to_string(),
+                    "softmax_cross_entropy".to_string()
+                ]
+            );
+            for round in 0..3u64 {
+                let params = mlp_params::<f32>(&sizes, 10 + round);
+                let x = Tensor::<f64>::randn(&[batch, sizes[0]], 20 + round).cast::<f32>();
+                let y = labels(batch, sizes[3], 30 + round);
+                let (loss, grads) = eager(&x, &y, &params, act);
+                let refs: Vec<&Tensor<f32>> = params.iter().collect();
+                let l = trace.forward(&refs, &[&x], &[&y]).unwrap();
+                let g = trace.backward().unwrap();
+                assert!(rel(l as f64, loss as f64) <= 1e-6, "{l} vs {loss}");
+                for (k, (a, b)) in g.iter().zip(&grads).enumerate() {
+                    let a = a.as_ref().expect("every parameter gets a gradient");
+                    let err = worst(b, a);
+                    assert!(err <= 1e-6, "{act:?} parameter {k}: {err}");
+                    if k < 4 {
+                        // the hidden layers' gradients come before the fused softmax
+                        // rounding reaches them only through the last layer: same bits
+                        // are not promised, but the weights of layer 0 and 1 must agree
+                        // to float precision
+                        assert!(err <= 1e-6);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn generic_ops_replay_bit_for_bit_and_fan_out_accumulates() {
+        // a regression loss with broadcasting, reshape, a shared parameter and a row
+        // selection: every step is an op from the table, so the bits are the eager ones
+        fn f<'t>(
+            x: Var<'t, f64>,
+            t: Var<'t, f64>,
+            p: &[Var<'t, f64>],
+            rows: &[usize],
+        ) -> Result<Var<'t, f64>> {
+            let h = x.matmul(p[0])?.add(p[1])?.tanh();
+            let h = h.mul(p[1])?.softmax(1)?; // p[1] used twice
+            let h = h.index_select(0, rows)?.permute(&[1, 0])?;
+            let e = h.sub(t)?.powf(2.0);
+            Ok(e.sum(&[0], false)?.mean_all())
+        }
+        let params = [Tensor::<f64>::randn(&[4, 3], 1), Tensor::randn(&[3], 2)];
+        let run_eager = |x: &Tensor<f64>, t: &Tensor<f64>, ps: &[Tensor<f64>], rows: &[usize]| {
+            let tape = Tape::new();
+            let p: Vec<_> = ps.iter().map(|v| tape.var(v.clone())).collect();
+            let l = f(tape.constant(x.clone()), tape.constant(t.clone()), &p, rows).unwrap();
+            let g = tape.backward(l).unwrap();
+            (
+                l.item().unwrap(),
+                p.iter().map(|&v| g.wrt(v)).collect::<Vec<_>>(),
+            )
+        };
+        let tape = Tape::new();
+        let p: Vec<_> = params.iter().map(|v| tape.var(v.clone())).collect();
+        let x = tape.var(Tensor::randn(&[5, 4], 3));
+        let t = tape.var(Tensor::randn(&[3, 2], 4));
+        let l = f(x, t, &p, &[4, 0]).unwrap();
+        let mut trace = Trace::record(&tape, l, &p, &[x, t]).unwrap();
+        assert_eq!(trace.describe()[0], "dense(tanh)");
+        for round in 0..3 {
+            let ps = [
+                Tensor::randn(&[4, 3], 10 + round),
+                Tensor::randn(&[3], 20 + round),
+            ];
+            let xs = Tensor::randn(&[5, 4], 30 + round);
+            let ts = Tensor::randn(&[3, 2], 40 + round);
+            let rows = [round as usize, 3];
+            let (le, ge) = run_eager(&xs, &ts, &ps, &rows);
+            let lr = trace
+                .forward(&[&ps[0], &ps[1]], &[&xs, &ts], &[&rows])
+                .unwrap();
+            let gr = trace.backward().unwrap();
+            assert_eq!(le.to_bits(), lr.to_bits());
+            for (a, b) in ge.iter().zip(&gr) {
+                assert_eq!(a.data(), b.as_ref().unwrap().data());
+            }
+        }
+    }
+
+    #[test]
+    fn a_frozen_parameter_is_fed_but_gets_no_gradient() {
+        let tape = Tape::<f64>::new();
+        let w = tape.var(Tensor::randn(&[3, 2], 1));
+        let b = tape.constant(Tensor::randn(&[2], 2)); // frozen
+        let x = tape.var(Tensor::randn(&[4, 3], 3));
+        let l = x.matmul(w).unwrap().add(b).unwrap().relu().sum_all();
+        let mut trace = Trace::record(&tape, l, &[w, b], &[x]).unwrap();
+        let (wv, bv, xv) = (w.value(), Tensor::randn(&[2], 5), x.value());
+        let lr = trace.forward(&[&wv, &bv], &[&xv], &[]).unwrap();
+        let g = trace.backward().unwrap();
+        assert!(g[0].is_some() && g[1].is_none());
+        let eager = (xv.matmul(&wv).unwrap().add(&bv).unwrap().relu().sum_all())
+            .item()
+            .unwrap();
+        assert_eq!(lr, eager);
+    }
+
+    #[test]
+    fn what_cannot_be_replayed_is_refused_with_a_reason() {
+        struct Twice;
+        impl CustomOp<f64> for Twice {
+            fn name(&self) -> &str {
+                "twice"
+            }
+            fn vjp(
+                &self,
+                _: &[&Tensor<f64>],
+                _: &Tensor<f64>,
+                g: &Tensor<f64>,
+            ) -> Result<Vec<Tensor<f64>>> {
+                Ok(vec![g.mul_scalar(2.0)])
+            }
+        }
+        let tape = Tape::<f64>::new();
+        let w = tape.var(Tensor::randn(&[3], 1));
+        let x = tape.var(Tensor::randn(&[3], 2));
+        let c = Var::custom(&[w], Arc::new(Twice), w.value().mul_scalar(2.0));
+        let l = c.mul(x).unwrap().sum_all();
+        let e = Trace::record(&tape, l, &[w], &[x])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("twice") && e.contains("cannot be replayed"),
+            "{e}"
+        );
+        // an input that is a constant: what depends on it only was not recorded
+        let k = tape.constant(Tensor::randn(&[3], 3));
+        let l = w.mul(k).unwrap().sum_all();
+        let e = Trace::record(&tape, l, &[w], &[k])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("Tape::var"), "{e}");
+        // a leaf neither fed nor a parameter
+        let l = w.mul(x).unwrap().sum_all();
+        let e = Trace::record(&tape, l, &[w], &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("neither a parameter nor an input"), "{e}");
+        // other shapes are not accepted, and backward needs a forward first
+        let mut trace = Trace::record(&tape, l, &[w], &[x]).unwrap();
+        let (wv, big) = (w.value(), Tensor::randn(&[4], 4));
+        assert!(!trace.accepts(&[&wv], &[&big], &[]));
+        assert!(trace.forward(&[&wv], &[&big], &[]).is_err());
+        assert!(trace.backward().is_err());
+        let xv = x.value();
+        trace.forward(&[&wv], &[&xv], &[]).unwrap();
+        trace.backward().unwrap();
+        assert!(trace.backward().is_err());
+    }
+
+    #[test]
+    fn bad_labels_and_non_finite_logits_are_reported_not_hidden() {
+        let params = mlp_params::<f64>(&[3, 4, 4, 3], 1);
+        let x = Tensor::<f64>::randn(&[2, 3], 2);
+        let mut trace = traced(&x, &[0, 2], &params, UnaryOp::Relu);
+        let refs: Vec<&Tensor<f64>> = params.iter().collect();
+        let e = trace
+            .forward(&refs, &[&x], &[&[0, 3]])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("label 3 out of range for 3 classes"), "{e}");
+        let mut params = params.clone();
+        params[5] = Tensor::from_vec(vec![f64::NAN, 0.0, 0.0], &[3]).unwrap();
+        let refs: Vec<&Tensor<f64>> = params.iter().collect();
+        let l = trace.forward(&refs, &[&x], &[&[0, 1]]).unwrap();
+        assert!(l.is_nan());
+        let g = trace.backward().unwrap();
+        assert!(g[0].as_ref().unwrap().data().iter().any(|v| v.is_nan()));
+    }
+}
