@@ -1069,6 +1069,52 @@ mod tests {
     use crate::nn::{Activation, Init, Mlp};
     use crate::optim::OptimizerKind;
 
+    /// Two epochs of the digits with SGD, replayed or on the tape: the parameters after
+    /// 30 steps (a last, smaller batch in each epoch included).
+    fn digits_run(replay: bool) -> (ParamStore<f32>, TrainReport, usize) {
+        let (train, val) = Dataset::digits().unwrap().split(0.2, 1).unwrap();
+        let mut store = ParamStore::new();
+        let model = Mlp::new(&mut store, &[64, 32, 10], Activation::Tanh, Init::TorchDefault, 3).unwrap();
+        let mut opt = OptimizerKind::Sgd.build::<f32>(0.05, None).unwrap();
+        let trainer = Trainer::new(TrainConfig {
+            batch_size: 100,
+            max_epochs: Some(2),
+            clip_norm: Some(1.0),
+            replay,
+            ..Default::default()
+        })
+        .unwrap();
+        let report = trainer
+            .fit(
+                &mut Classification::new(&model, &train, &val, 100, true).unwrap(),
+                &mut store,
+                opt.as_mut(),
+                Position::default(),
+                &mut [],
+            )
+            .unwrap();
+        let traces = trainer.traces.borrow().len();
+        (store, report, traces)
+    }
+
+    #[test]
+    fn replayed_training_follows_the_taped_one() {
+        let (eager, r_eager, none) = digits_run(false);
+        let (replayed, r_replay, traces) = digits_run(true);
+        assert_eq!(none, 0);
+        // one trace for the full batches, one for the last smaller batch of an epoch
+        assert_eq!(traces, 2);
+        assert_eq!(r_eager.steps, r_replay.steps);
+        for ((_, name, a), (_, _, b)) in eager.iter().zip(replayed.iter()) {
+            let scale = a.norm().max(1e-12);
+            let d = a.max_abs_diff(b).unwrap() / scale;
+            assert!(d <= 1e-6, "{name}: {d}");
+        }
+        for (a, b) in r_eager.history.iter().zip(&r_replay.history) {
+            assert!((a.val_loss - b.val_loss).abs() <= 1e-6 * a.val_loss.abs(), "{a:?} {b:?}");
+        }
+    }
+
     #[test]
     fn a_start_position_beyond_the_epoch_is_an_error_not_a_panic() {
         let ds = Dataset::new(
