@@ -4,7 +4,7 @@
 use super::store::{ParamId, ParamStore, Params};
 use crate::autodiff::Var;
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Tensor, UnaryOp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -126,6 +126,16 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Applies the activation to plain values (inference, no tape).
+    pub fn apply_values<T: Element>(self, x: Tensor<T>) -> Tensor<T> {
+        match self {
+            Activation::Relu => UnaryOp::Relu.apply(&x),
+            Activation::Tanh => UnaryOp::Tanh.apply(&x),
+            Activation::Sigmoid => UnaryOp::Sigmoid.apply(&x),
+            Activation::Identity => x,
+        }
+    }
+
     /// Applies the activation.
     pub fn apply<'t, T: Element>(self, x: Var<'t, T>) -> Var<'t, T> {
         match self {
@@ -259,6 +269,22 @@ impl Mlp {
         self
     }
 
+    /// The logits for a batch `x: [batch, sizes[0]]` computed on plain values, without a
+    /// tape (evaluation and prediction): the same kernels as [`Mlp::forward`] in
+    /// evaluation mode, so the same numbers.
+    pub fn infer<T: Element>(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = h
+                .matmul(store.get(layer.weight))?
+                .add(store.get(layer.bias))?;
+            if i + 1 < self.layers.len() {
+                h = self.activation.apply_values(h);
+            }
+        }
+        Ok(h)
+    }
+
     /// The logits for a batch `x: [batch, sizes[0]]`.
     pub fn forward<'t, T: Element>(
         &self,
@@ -288,6 +314,33 @@ impl Mlp {
 mod tests {
     use super::*;
     use crate::autodiff::Tape;
+
+    #[test]
+    fn inference_without_a_tape_gives_the_taped_numbers() {
+        for act in [Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
+            let mut s = ParamStore::<f32>::new();
+            let m = Mlp::new(&mut s, &[5, 7, 6, 3], act, Init::TorchDefault, 2).unwrap();
+            let x = Tensor::<f64>::randn(&[9, 5], 3).cast::<f32>();
+            let labels = [0, 1, 2, 2, 1, 0, 0, 1, 2];
+            let tape = Tape::new();
+            let p = s.leaves(&tape);
+            let logits = m
+                .forward(&p, tape.constant(x.clone()), &mut ForwardCtx::eval())
+                .unwrap();
+            let plain = m.infer(&s, &x).unwrap();
+            assert_eq!(logits.value().data(), plain.data());
+            let taped = crate::nn::cross_entropy(logits, &labels)
+                .unwrap()
+                .item()
+                .unwrap();
+            let values = crate::nn::cross_entropy_values(&plain, &labels).unwrap();
+            assert_eq!(taped.to_bits(), values.to_bits());
+            let target = Tensor::<f64>::randn(&[9, 3], 4).cast::<f32>();
+            let taped = crate::nn::mse(logits, tape.constant(target.clone())).unwrap();
+            let values = crate::nn::mse_values(&plain, &target).unwrap();
+            assert_eq!(taped.item().unwrap().to_bits(), values.to_bits());
+        }
+    }
 
     #[test]
     fn mlp_shapes_names_and_seeded_init() {

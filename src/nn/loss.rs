@@ -2,7 +2,7 @@
 
 use crate::autodiff::Var;
 use crate::error::{Error, Result};
-use crate::tensor::Element;
+use crate::tensor::{Element, Tensor};
 
 /// Mean squared error `mean((pred − target)²)`.
 pub fn mse<'t, T: Element>(pred: Var<'t, T>, target: Var<'t, T>) -> Result<Var<'t, T>> {
@@ -33,6 +33,33 @@ pub fn cross_entropy<'t, T: Element>(logits: Var<'t, T>, labels: &[usize]) -> Re
     let lse = logits.logsumexp(&[1], false)?;
     let picked = logits.gather(1, labels)?.reshape(&[labels.len()])?;
     Ok(lse.sub(picked)?.mean_all())
+}
+
+/// [`cross_entropy`] on plain values (evaluation, no tape): the mean over the rows of
+/// `logsumexp(z) − z[label]`, by the same kernels.
+pub fn cross_entropy_values<T: Element>(logits: &Tensor<T>, labels: &[usize]) -> Result<T> {
+    let shape = logits.shape();
+    if shape.len() != 2 || shape[0] != labels.len() {
+        return Err(Error::shape_detail(
+            "cross_entropy",
+            shape,
+            &[labels.len()],
+            "logits must be [batch, classes] with one label per row",
+        ));
+    }
+    let lse = logits.logsumexp(&[1], false)?;
+    let picked = logits.gather(1, labels)?.reshape(&[labels.len()])?;
+    lse.sub(&picked)?.mean(&[0], false)?.item()
+}
+
+/// [`mse`] on plain values (evaluation, no tape).
+pub fn mse_values<T: Element>(pred: &Tensor<T>, target: &Tensor<T>) -> Result<T> {
+    if pred.shape() != target.shape() {
+        return Err(Error::shape("mse", pred.shape(), target.shape()));
+    }
+    let squares = pred.sub(target)?.powf(2.0);
+    let axes: Vec<usize> = (0..squares.ndim()).collect();
+    squares.mean(&axes, false)?.item()
 }
 
 /// Binary cross-entropy from logits `z` and targets `y` in [0, 1], averaged:

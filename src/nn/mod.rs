@@ -10,7 +10,7 @@ pub(crate) mod store;
 
 pub use language::{CarriedState, CharModel, WindowOutput};
 pub use layers::{Activation, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
-pub use loss::{bce_with_logits, cross_entropy, mse};
+pub use loss::{bce_with_logits, cross_entropy, cross_entropy_values, mse, mse_values};
 pub use recurrent::{Gru, Lstm, Recurrent, RecurrentLayer, RecurrentOutput, Rnn};
 pub use store::{
     ParamId, ParamStore, Params, load_tensors, remove_stale_temporaries, save_tensors,

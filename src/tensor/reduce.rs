@@ -199,6 +199,24 @@ mod tests {
     }
 
     #[test]
+    fn max_keeps_a_nan_along_every_axis() {
+        let x = Tensor::<f64>::from_vec(vec![1.0, f64::NAN, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+        // along the last axis (one contiguous row) and along the first
+        let rows = x.max(&[1], false).unwrap();
+        assert!(
+            rows.data()[0].is_nan() && rows.data()[1] == 6.0,
+            "{:?}",
+            rows.data()
+        );
+        let cols = x.max(&[0], false).unwrap();
+        assert!(
+            cols.data()[1].is_nan() && cols.data()[0] == 4.0,
+            "{:?}",
+            cols.data()
+        );
+    }
+
+    #[test]
     fn logsumexp_is_stable() {
         let x = Tensor::<f64>::from_vec(vec![1000.0, 1000.0, -1000.0, -1000.0], &[2, 2]).unwrap();
         let l = x.logsumexp(&[1], false).unwrap();

@@ -1074,7 +1074,14 @@ mod tests {
     fn digits_run(replay: bool) -> (ParamStore<f32>, TrainReport, usize) {
         let (train, val) = Dataset::digits().unwrap().split(0.2, 1).unwrap();
         let mut store = ParamStore::new();
-        let model = Mlp::new(&mut store, &[64, 32, 10], Activation::Tanh, Init::TorchDefault, 3).unwrap();
+        let model = Mlp::new(
+            &mut store,
+            &[64, 32, 10],
+            Activation::Tanh,
+            Init::TorchDefault,
+            3,
+        )
+        .unwrap();
         let mut opt = OptimizerKind::Sgd.build::<f32>(0.05, None).unwrap();
         let trainer = Trainer::new(TrainConfig {
             batch_size: 100,
@@ -1111,7 +1118,10 @@ mod tests {
             assert!(d <= 1e-6, "{name}: {d}");
         }
         for (a, b) in r_eager.history.iter().zip(&r_replay.history) {
-            assert!((a.val_loss - b.val_loss).abs() <= 1e-6 * a.val_loss.abs(), "{a:?} {b:?}");
+            assert!(
+                (a.val_loss - b.val_loss).abs() <= 1e-6 * a.val_loss.abs(),
+                "{a:?} {b:?}"
+            );
         }
     }
 

@@ -6,7 +6,10 @@
 use crate::autodiff::{CellKind, Tape, Var};
 use crate::data::{Dataset, Streams, epoch_order, gather_batch};
 use crate::error::{Error, Result};
-use crate::nn::{CarriedState, CharModel, ForwardCtx, Mlp, ParamStore, Params, cross_entropy, mse};
+use crate::nn::{
+    CarriedState, CharModel, ForwardCtx, Mlp, ParamStore, Params, cross_entropy,
+    cross_entropy_values, mse, mse_values,
+};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -172,21 +175,15 @@ fn evaluate_rows(
     let n = rows.len();
     let idx: Vec<usize> = rows.collect();
     for chunk in idx.chunks(2048) {
-        let tape = Tape::new();
         let (x, y) = gather_batch(ds, chunk);
-        tape.no_grad(|| -> Result<()> {
-            let p = store.leaves(&tape);
-            let logits = model.forward(&p, tape.constant(x), &mut ForwardCtx::eval())?;
-            loss_sum += cross_entropy(logits, &y)?.item()? as f64 * chunk.len() as f64;
-            correct += logits
-                .value()
-                .argmax_rows()
-                .iter()
-                .zip(&y)
-                .filter(|(a, b)| a == b)
-                .count();
-            Ok(())
-        })?;
+        let logits = model.infer(store, &x)?;
+        loss_sum += cross_entropy_values(&logits, &y)? as f64 * chunk.len() as f64;
+        correct += logits
+            .argmax_rows()
+            .iter()
+            .zip(&y)
+            .filter(|(a, b)| a == b)
+            .count();
     }
     Ok((loss_sum / n as f64, correct as f64 / n as f64))
 }
@@ -464,16 +461,8 @@ impl Objective for Regression<'_> {
         mse(pred, inputs[1])
     }
     fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {
-        let tape = Tape::new();
-        let loss = tape.no_grad(|| -> Result<f64> {
-            let p = store.leaves(&tape);
-            let pred = self.model.forward(
-                &p,
-                tape.constant(self.val.0.clone()),
-                &mut ForwardCtx::eval(),
-            )?;
-            Ok(mse(pred, tape.constant(self.val.1.clone()))?.item()? as f64)
-        })?;
+        let pred = self.model.infer(store, &self.val.0)?;
+        let loss = mse_values(&pred, &self.val.1)? as f64;
         // every process evaluates all of the (small) validation set
         Ok(Evaluation {
             loss,
