@@ -515,29 +515,40 @@ impl Trainer {
         let inputs: Vec<&Tensor<f32>> = data.inputs.iter().collect();
         let indices: Vec<&[usize]> = data.indices.iter().map(Vec::as_slice).collect();
         let mut traces = self.traces.borrow_mut();
-        if let Some((_, trace)) = traces
-            .iter_mut()
-            .find(|(g, t)| *g == data.graph && t.accepts(&params, &inputs, &indices))
-        {
-            let loss = trace.forward(&params, &inputs, &indices)? as f64;
-            lap(&mut times.forward);
-            return Ok((loss, data.samples, trace.backward()?));
-        }
-        // record: the inputs are variables, so that every op depending on them is on
-        // the tape (their gradients are computed once, here, and dropped)
-        let p = store.leaves(tape);
-        let vars: Vec<_> = data.inputs.iter().map(|t| tape.var(t.clone())).collect();
-        let loss = objective.data_loss(&p, &vars, &data.indices)?;
-        let value = loss.item()? as f64;
-        lap(&mut times.forward);
-        if let Ok(trace) = Trace::record(tape, loss, p.vars(), &vars) {
-            if traces.len() == TRACES_KEPT {
-                traces.remove(0);
+        let found = traces
+            .iter()
+            .position(|(g, t)| *g == data.graph && t.accepts(&params, &inputs, &indices));
+        let trace = match found {
+            Some(k) => &mut traces[k].1,
+            None => {
+                // record: the inputs are variables, so that every op depending on them
+                // is on the tape
+                let p = store.leaves(tape);
+                let vars: Vec<_> = data.inputs.iter().map(|t| tape.var(t.clone())).collect();
+                let loss = objective.data_loss(&p, &vars, &data.indices)?;
+                match Trace::record(tape, loss, p.vars(), &vars) {
+                    Ok(trace) => {
+                        if traces.len() == TRACES_KEPT {
+                            traces.remove(0);
+                        }
+                        traces.push((data.graph.clone(), trace));
+                        tape.clear();
+                        &mut traces.last_mut().expect("just pushed").1
+                    }
+                    Err(_) => {
+                        let value = loss.item()? as f64;
+                        lap(&mut times.forward);
+                        let mut g = tape.backward(loss)?;
+                        return Ok((value, data.samples, p.grads(&mut g)));
+                    }
+                }
             }
-            traces.push((data.graph.clone(), trace));
-        }
-        let mut g = tape.backward(loss)?;
-        Ok((value, data.samples, p.grads(&mut g)))
+        };
+        // every step, the recording one included, takes its numbers from the trace, so
+        // that a resumed run (which records anew) repeats an uninterrupted one exactly
+        let loss = trace.forward(&params, &inputs, &indices)? as f64;
+        lap(&mut times.forward);
+        Ok((loss, data.samples, trace.backward()?))
     }
 
     /// One step on batch `batch` of the current epoch: forward, loss, backward, (the
