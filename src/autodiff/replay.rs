@@ -71,7 +71,10 @@ struct Dense<T: Element> {
     pre: Tensor<T>,
     value: Tensor<T>,
     g_pre: Tensor<T>,
-    g_w: Tensor<T>,
+    /// The weight's gradient buffer while the caller does not hold it (it is handed
+    /// over unshared, so that clipping and the optimizer can work on it in place, and
+    /// comes back through [`Trace::recycle`]).
+    g_w: Option<Tensor<T>>,
     g_x: Tensor<T>,
 }
 
@@ -281,6 +284,25 @@ impl<T: Element> Trace<T> {
             *v = None;
         }
         Ok(out)
+    }
+}
+
+impl<T: Element> Trace<T> {
+    /// Gives back gradients from [`Trace::backward`] once they are used, so that the
+    /// next sweep writes into their buffers instead of allocating new ones.
+    pub fn recycle(&mut self, grads: Vec<Option<Tensor<T>>>) {
+        for ((id, _), g) in self.params.iter().zip(grads) {
+            let Some(g) = g else { continue };
+            for step in &mut self.steps {
+                if let Step::Dense(d) = step
+                    && d.w == *id
+                    && d.g_w.is_none()
+                {
+                    d.g_w = Some(g);
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -558,7 +580,7 @@ fn dense_at<T: Element>(
         pre: Tensor::zeros(&[0]),
         value: Tensor::zeros(&[0]),
         g_pre: Tensor::zeros(&[0]),
-        g_w: Tensor::zeros(&[0]),
+        g_w: None,
         g_x: Tensor::zeros(&[0]),
     };
     Some((dense, parts))
@@ -692,9 +714,9 @@ impl<T: Element> Dense<T> {
         }
         if needs[self.w as usize] {
             let x = value(values, self.x);
-            let out = self.g_w.overwrite(&[k, n]);
+            let mut g_w = self.g_w.take().unwrap_or_else(|| Tensor::zeros(&[k, n]));
             matmul_into(
-                out,
+                g_w.overwrite(&[k, n]),
                 k,
                 n,
                 m,
@@ -702,7 +724,7 @@ impl<T: Element> Dense<T> {
                 (gp.data(), MatLayout::Normal),
                 false,
             );
-            accumulate(&mut grads[self.w as usize], self.g_w.clone())?;
+            accumulate(&mut grads[self.w as usize], g_w)?;
         }
         if needs[self.x as usize] {
             let w = value(values, self.w);

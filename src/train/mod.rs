@@ -447,6 +447,8 @@ pub struct Trainer {
     collective: Option<Box<dyn Collective>>,
     /// Recorded steps, newest last, each with the graph it was recorded for.
     traces: RefCell<Vec<(String, Trace<f32>)>>,
+    /// The trace that gave the current step's gradients (their buffers go back to it).
+    replayed: std::cell::Cell<Option<usize>>,
 }
 
 /// Traces kept at once: the full batch and the last smaller one of an epoch, with room
@@ -485,6 +487,7 @@ impl Trainer {
             config,
             collective: None,
             traces: RefCell::new(Vec::new()),
+            replayed: std::cell::Cell::new(None),
         })
     }
 
@@ -518,8 +521,8 @@ impl Trainer {
         let found = traces
             .iter()
             .position(|(g, t)| *g == data.graph && t.accepts(&params, &inputs, &indices));
-        let trace = match found {
-            Some(k) => &mut traces[k].1,
+        let k = match found {
+            Some(k) => k,
             None => {
                 // record: the inputs are variables, so that every op depending on them
                 // is on the tape
@@ -533,7 +536,7 @@ impl Trainer {
                         }
                         traces.push((data.graph.clone(), trace));
                         tape.clear();
-                        &mut traces.last_mut().expect("just pushed").1
+                        traces.len() - 1
                     }
                     Err(_) => {
                         let value = loss.item()? as f64;
@@ -546,6 +549,8 @@ impl Trainer {
         };
         // every step, the recording one included, takes its numbers from the trace, so
         // that a resumed run (which records anew) repeats an uninterrupted one exactly
+        let trace = &mut traces[k].1;
+        self.replayed.set(Some(k));
         let loss = trace.forward(&params, &inputs, &indices)? as f64;
         lap(&mut times.forward);
         Ok((loss, data.samples, trace.backward()?))
@@ -581,6 +586,7 @@ impl Trainer {
             clock = now;
         };
         tape.clear();
+        self.replayed.set(None);
         let data = if cfg.replay && !cfg.detect_anomaly {
             objective.batch_data(batch)?
         } else {
@@ -675,6 +681,9 @@ impl Trainer {
         }
         lap(&mut times.clipping);
         optimizer.step(store, &grads)?;
+        if let Some(k) = self.replayed.take() {
+            self.traces.borrow_mut()[k].1.recycle(grads);
+        }
         lap(&mut times.optimizer);
         out.times = times;
         Ok(out)
