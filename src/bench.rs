@@ -2,7 +2,7 @@
 //! workloads of the Python anchors (`shared/bench/anchors/README.md`) with the same
 //! splitmix64 data, so that the ratios against PyTorch, JAX and NumPy mean something.
 
-use crate::autodiff::{Tape, Var};
+use crate::autodiff::{Tape, Trace, Var};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::nn::{Activation, Linear, Mlp, ParamId, ParamStore};
@@ -258,6 +258,7 @@ pub const WORKLOADS: &[&str] = &[
     "matmul_1024",
     "mlp_gemm",
     "tape_chain",
+    "tape_chain_replay",
     "elementwise_1m",
     "w1_forward",
     "w1_forward_backward",
@@ -312,6 +313,7 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "matmul_1024" => vec![square_matmul(1024, cfg)?],
         "mlp_gemm" => mlp_gemm(cfg)?,
         "tape_chain" => vec![tape_chain(100_000, cfg)?],
+        "tape_chain_replay" => vec![tape_chain_replay(100_000, cfg)?],
         "elementwise_1m" => vec![elementwise_1m(cfg)?],
         "w1_forward" => vec![w1(cfg, false)?],
         "w1_forward_backward" => vec![w1(cfg, true)?],
@@ -569,6 +571,43 @@ fn tape_chain(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
         .with("bookkeeping_ns_per_op", bookkeeping)
         .verify("dy/dx", want, got, 1e-3 * want)?;
     row.ns_per_op = Some(per_op);
+    Ok(row)
+}
+
+/// The chain of [`tape_chain`] recorded once and replayed ([`Trace`]): `ns_per_op` is
+/// the whole cost per op, `bookkeeping_ns_per_op` the cost on an empty tensor (what a
+/// replayed op costs besides arithmetic).
+fn tape_chain_replay(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
+    let record = |x0: &Tensor<f32>| -> Result<Trace<f32>> {
+        let tape = Tape::<f32>::with_capacity(n + 2);
+        let x = tape.var(x0.clone());
+        let y = chain(x, n).sum_all();
+        Trace::record(&tape, y, &[x], &[])
+    };
+    let scalar = Tensor::<f32>::scalar(1.0);
+    let empty = Tensor::<f32>::zeros(&[0]);
+    let (mut full_trace, mut bare_trace) = (record(&scalar)?, record(&empty)?);
+    let run = |trace: &mut Trace<f32>, x: &Tensor<f32>| -> Result<f32> {
+        trace.forward(&[x], &[], &[])?;
+        let g = trace.backward()?;
+        Ok(g[0]
+            .as_ref()
+            .map_or(f32::NAN, |g| g.data().first().copied().unwrap_or(0.0)))
+    };
+    let want = 0.999f64.powi(n.div_ceil(2) as i32);
+    let got = run(&mut full_trace, &scalar)? as f64;
+    run(&mut bare_trace, &empty)?;
+    let full = measure(cfg.budget, 5, || {
+        std::hint::black_box(run(&mut full_trace, &scalar).ok());
+    });
+    let bare = measure(cfg.budget, 5, || {
+        std::hint::black_box(run(&mut bare_trace, &empty).ok());
+    });
+    let mut row = BenchRow::new("tape_chain_replay", full)
+        .with("ops", n)
+        .with("bookkeeping_ns_per_op", bare.median_s / n as f64 * 1e9)
+        .verify("dy/dx", want, got, 1e-3 * want)?;
+    row.ns_per_op = Some(full.median_s / n as f64 * 1e9);
     Ok(row)
 }
 

@@ -53,6 +53,10 @@ enum Step<T: Element> {
         shape: Shape,
         /// The index slot of a gather or row selection.
         index_slot: Option<usize>,
+        /// The output buffer of an elementwise op, reused from replay to replay.
+        buf: Tensor<T>,
+        /// The input gradient buffer of a unary op.
+        gbuf: Tensor<T>,
     },
 }
 
@@ -211,6 +215,8 @@ impl<T: Element> Trace<T> {
                     out,
                     shape,
                     index_slot,
+                    buf,
+                    ..
                 } => {
                     if let Some(k) = index_slot {
                         set_indices(op, indices[*k]);
@@ -218,7 +224,26 @@ impl<T: Element> Trace<T> {
                     let y = {
                         let ins: SmallVec<[&Tensor<T>; 2]> =
                             inputs.iter().map(|&i| value(values, i)).collect();
-                        op_forward(op, &ins, shape)?
+                        // elementwise ops write into their own buffer: the same kernels
+                        // as eager, without an allocation
+                        match op {
+                            Op::Unary(u) => {
+                                u.apply_into(ins[0].data(), buf.overwrite(shape));
+                                buf.clone()
+                            }
+                            Op::Binary(b)
+                                if ins[0].shape() == ins[1].shape()
+                                    && ins[0].shape() == shape.as_slice() =>
+                            {
+                                b.apply_same_shape_into(
+                                    ins[0].data(),
+                                    ins[1].data(),
+                                    buf.overwrite(shape),
+                                );
+                                buf.clone()
+                            }
+                            _ => op_forward(op, &ins, shape)?,
+                        }
                     };
                     values[*out as usize] = Some(y);
                 }
@@ -244,16 +269,38 @@ impl<T: Element> Trace<T> {
         let mut grads: Vec<Option<Tensor<T>>> = vec![None; n];
         grads[self.output as usize] = Some(Tensor::ones(value(&self.values, self.output).shape()));
         let (values, needs) = (&self.values, &self.needs);
+        let params: SmallVec<[u32; 16]> = self.params.iter().map(|(id, _)| *id).collect();
         for step in self.steps.iter_mut().rev() {
             match step {
                 Step::Dense(d) => d.backward(values, needs, &mut grads)?,
                 Step::CrossEntropy(ce) => ce.backward(&mut grads)?,
                 Step::Op {
-                    op, inputs, out, ..
+                    op,
+                    inputs,
+                    out,
+                    gbuf,
+                    ..
                 } => {
                     let Some(g) = grads[*out as usize].take() else {
                         continue;
                     };
+                    if let Op::Unary(u) = op {
+                        let j = inputs[0];
+                        if !needs[j as usize] {
+                            continue;
+                        }
+                        let (x, y) = (value(values, j), value(values, *out));
+                        // a parameter's gradient goes to the caller, who must own it
+                        let c = if params.contains(&j) {
+                            u.scale_by_derivative(x, y, &g)
+                        } else {
+                            let into = gbuf.overwrite(x.shape());
+                            u.scale_by_derivative_into(x.data(), y.data(), g.data(), into);
+                            gbuf.clone()
+                        };
+                        accumulate(&mut grads[j as usize], c)?;
+                        continue;
+                    }
                     let ins: SmallVec<[&Tensor<T>; 2]> =
                         inputs.iter().map(|&i| value(values, i)).collect();
                     let wants: SmallVec<[bool; 2]> =
@@ -509,6 +556,8 @@ fn compile<T: Element>(
             out: i as u32,
             shape: Shape::from_slice(node.value.shape()),
             index_slot: (index_slot[i] != usize::MAX).then_some(index_slot[i]),
+            buf: Tensor::zeros(&[0]),
+            gbuf: Tensor::zeros(&[0]),
         });
     }
     Ok(Trace {
@@ -967,7 +1016,7 @@ mod tests {
             rows: &[usize],
         ) -> Result<Var<'t, f64>> {
             let h = x.matmul(p[0])?.add(p[1])?.tanh();
-            let h = h.mul(p[1])?.softmax(1)?; // p[1] used twice
+            let h = h.mul(p[1].tanh())?.softmax(1)?; // p[1] used twice, once by a unary op
             let h = h.index_select(0, rows)?.permute(&[1, 0])?;
             let e = h.sub(t)?.powf(2.0);
             Ok(e.sum(&[0], false)?.mean_all())

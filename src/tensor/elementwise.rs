@@ -193,14 +193,17 @@ pub(crate) fn sigmoid<T: Element>(x: T) -> T {
 impl UnaryOp {
     /// Applies the op to every element.
     pub fn apply<T: Element>(self, x: &Tensor<T>) -> Tensor<T> {
-        Tensor::build(x.shape(), |out| {
-            chunked(out, [x.data()], |o, [xs]| {
-                if o.len() < SMALL {
-                    self.map_slice(xs, o)
-                } else {
-                    with_avx2!(self.map_slice(xs, o))
-                }
-            })
+        Tensor::build(x.shape(), |out| self.apply_into(x.data(), out))
+    }
+
+    /// [`UnaryOp::apply`] into a buffer of `x`'s length (replayed steps reuse theirs).
+    pub(crate) fn apply_into<T: Element>(self, x: &[T], out: &mut [T]) {
+        chunked(out, [x], |o, [xs]| {
+            if o.len() < SMALL {
+                self.map_slice(xs, o)
+            } else {
+                with_avx2!(self.map_slice(xs, o))
+            }
         })
     }
 
@@ -213,13 +216,24 @@ impl UnaryOp {
         seed: &Tensor<T>,
     ) -> Tensor<T> {
         Tensor::build(x.shape(), |out| {
-            chunked(out, [x.data(), y.data(), seed.data()], |o, [xs, ys, ss]| {
-                if o.len() < SMALL {
-                    self.scale_slice(xs, ys, ss, o)
-                } else {
-                    with_avx2!(self.scale_slice(xs, ys, ss, o))
-                }
-            })
+            self.scale_by_derivative_into(x.data(), y.data(), seed.data(), out)
+        })
+    }
+
+    /// [`UnaryOp::scale_by_derivative`] into a buffer of the inputs' length.
+    pub(crate) fn scale_by_derivative_into<T: Element>(
+        self,
+        x: &[T],
+        y: &[T],
+        seed: &[T],
+        out: &mut [T],
+    ) {
+        chunked(out, [x, y, seed], |o, [xs, ys, ss]| {
+            if o.len() < SMALL {
+                self.scale_slice(xs, ys, ss, o)
+            } else {
+                with_avx2!(self.scale_slice(xs, ys, ss, o))
+            }
         })
     }
 
@@ -344,9 +358,7 @@ impl BinaryOp {
     pub fn apply<T: Element>(self, a: &Tensor<T>, b: &Tensor<T>) -> Result<Tensor<T>> {
         if a.shape() == b.shape() {
             return Ok(Tensor::build(a.shape(), |out| {
-                chunked(out, [a.data(), b.data()], |o, [xa, xb]| {
-                    self.zip_slices(xa, xb, o)
-                })
+                self.apply_same_shape_into(a.data(), b.data(), out)
             }));
         }
         let shape = broadcast_shapes(self.name(), a.shape(), b.shape())?;
@@ -374,6 +386,12 @@ impl BinaryOp {
         Ok(Tensor::build(&shape, |out| {
             self.map_broadcast(a.data(), b.data(), out, &shape, &sa, &sb)
         }))
+    }
+
+    /// [`BinaryOp::apply`] of two operands of the same shape, into a buffer of their
+    /// length (replayed steps reuse theirs).
+    pub(crate) fn apply_same_shape_into<T: Element>(self, a: &[T], b: &[T], out: &mut [T]) {
+        chunked(out, [a, b], |o, [xa, xb]| self.zip_slices(xa, xb, o))
     }
 
     /// The two local derivatives times `seed` (shaped like the output), each still in the
