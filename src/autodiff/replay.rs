@@ -24,11 +24,13 @@ use std::sync::Arc;
 /// A recorded step, ready to replay on new inputs of the same shapes.
 pub struct Trace<T: Element> {
     steps: Vec<Step<T>>,
-    /// The values of one run, by node id (`None`: not needed or not yet computed).
+    /// Every node's value, by node id: planned once and overwritten by each replay
+    /// (`None`: not needed). Constants captured when recording stay as they are.
     values: Vec<Option<Tensor<T>>>,
-    /// Constants captured when recording (anything that is neither a parameter nor an
-    /// input), by node id.
-    constants: Vec<Option<Tensor<T>>>,
+    /// Every node's gradient buffer, by node id, kept from sweep to sweep.
+    grads: Vec<Option<Tensor<T>>>,
+    /// Whether the current sweep has written a node's gradient.
+    has_grad: Vec<bool>,
     /// Whether a gradient flows through each node.
     needs: Vec<bool>,
     /// Node id and shape of each parameter, in the order given to `record`.
@@ -53,10 +55,6 @@ enum Step<T: Element> {
         shape: Shape,
         /// The index slot of a gather or row selection.
         index_slot: Option<usize>,
-        /// The output buffer of an elementwise op, reused from replay to replay.
-        buf: Tensor<T>,
-        /// The input gradient buffer of a unary op.
-        gbuf: Tensor<T>,
     },
 }
 
@@ -72,14 +70,10 @@ struct Dense<T: Element> {
     m: usize,
     k: usize,
     n: usize,
+    /// `x·W + b` when an activation follows (otherwise that is the output).
     pre: Tensor<T>,
-    value: Tensor<T>,
+    /// The gradient with respect to `pre`.
     g_pre: Tensor<T>,
-    /// The weight's gradient buffer while the caller does not hold it (it is handed
-    /// over unshared, so that clipping and the optimizer can work on it in place, and
-    /// comes back through [`Trace::recycle`]).
-    g_w: Option<Tensor<T>>,
-    g_x: Tensor<T>,
 }
 
 /// `mean over rows of (logsumexp(z_i) − z_i[label_i])` for logits `z` `[m, c]`, with the
@@ -93,7 +87,6 @@ struct CrossEntropy<T: Element> {
     c: usize,
     /// `softmax(z)` of the last forward pass.
     probs: Tensor<T>,
-    g_z: Tensor<T>,
 }
 
 /// Reads the id of `v`, refusing a variable from another tape.
@@ -197,7 +190,6 @@ impl<T: Element> Trace<T> {
             ));
         }
         self.ready = false;
-        self.values.clone_from(&self.constants);
         for ((id, _), t) in self.params.iter().zip(params) {
             self.values[*id as usize] = Some((*t).clone());
         }
@@ -215,37 +207,30 @@ impl<T: Element> Trace<T> {
                     out,
                     shape,
                     index_slot,
-                    buf,
-                    ..
                 } => {
                     if let Some(k) = index_slot {
                         set_indices(op, indices[*k]);
                     }
-                    let y = {
-                        let ins: SmallVec<[&Tensor<T>; 2]> =
-                            inputs.iter().map(|&i| value(values, i)).collect();
-                        // elementwise ops write into their own buffer: the same kernels
-                        // as eager, without an allocation
-                        match op {
-                            Op::Unary(u) => {
-                                u.apply_into(ins[0].data(), buf.overwrite(shape));
-                                buf.clone()
-                            }
-                            Op::Binary(b)
-                                if ins[0].shape() == ins[1].shape()
-                                    && ins[0].shape() == shape.as_slice() =>
-                            {
-                                b.apply_same_shape_into(
-                                    ins[0].data(),
-                                    ins[1].data(),
-                                    buf.overwrite(shape),
-                                );
-                                buf.clone()
-                            }
-                            _ => op_forward(op, &ins, shape)?,
+                    // a node's inputs come before it, so they sit below its slot
+                    let (below, slot) = split(values, *out);
+                    let ins: SmallVec<[&Tensor<T>; 2]> =
+                        inputs.iter().map(|&i| value(below, i)).collect();
+                    // elementwise ops write into the node's own buffer: the eager
+                    // kernels, without an allocation
+                    match op {
+                        Op::Unary(u) => u.apply_into(ins[0].data(), buffer(slot, shape)),
+                        Op::Binary(b)
+                            if ins[0].shape() == ins[1].shape()
+                                && ins[0].shape() == shape.as_slice() =>
+                        {
+                            b.apply_same_shape_into(
+                                ins[0].data(),
+                                ins[1].data(),
+                                buffer(slot, shape),
+                            )
                         }
-                    };
-                    values[*out as usize] = Some(y);
+                        _ => *slot = Some(op_forward(op, &ins, shape)?),
+                    }
                 }
             }
         }
@@ -255,8 +240,8 @@ impl<T: Element> Trace<T> {
 
     /// The reverse sweep of the last [`Trace::forward`]: the gradient of the output with
     /// respect to each parameter, in the order given to [`Trace::record`] (`None` for a
-    /// frozen parameter or one the output does not depend on). Releases the values the
-    /// forward pass held.
+    /// frozen parameter or one the output does not depend on), owned by the caller
+    /// (give them back with [`Trace::recycle`]). Lets go of the parameters and inputs.
     pub fn backward(&mut self) -> Result<Vec<Option<Tensor<T>>>> {
         if !self.ready {
             return Err(Error::invalid(
@@ -265,51 +250,49 @@ impl<T: Element> Trace<T> {
             ));
         }
         self.ready = false;
-        let n = self.values.len();
-        let mut grads: Vec<Option<Tensor<T>>> = vec![None; n];
-        grads[self.output as usize] = Some(Tensor::ones(value(&self.values, self.output).shape()));
         let (values, needs) = (&self.values, &self.needs);
-        let params: SmallVec<[u32; 16]> = self.params.iter().map(|(id, _)| *id).collect();
+        let (grads, has) = (&mut self.grads, &mut self.has_grad);
+        has.fill(false);
+        let top = self.output as usize;
+        buffer(&mut grads[top], value(values, self.output).shape()).fill(T::one());
+        has[top] = true;
         for step in self.steps.iter_mut().rev() {
             match step {
-                Step::Dense(d) => d.backward(values, needs, &mut grads)?,
-                Step::CrossEntropy(ce) => ce.backward(&mut grads)?,
+                Step::Dense(d) => d.backward(values, needs, grads, has)?,
+                Step::CrossEntropy(ce) => ce.backward(grads, has)?,
                 Step::Op {
-                    op,
-                    inputs,
-                    out,
-                    gbuf,
-                    ..
+                    op, inputs, out, ..
                 } => {
-                    let Some(g) = grads[*out as usize].take() else {
+                    if !has[*out as usize] {
                         continue;
-                    };
+                    }
+                    let (below, slot) = split(grads, *out);
+                    let g = slot.as_ref().expect("written when has_grad is set");
+                    let y = value(values, *out);
                     if let Op::Unary(u) = op {
                         let j = inputs[0];
                         if !needs[j as usize] {
                             continue;
                         }
-                        let (x, y) = (value(values, j), value(values, *out));
-                        // a parameter's gradient goes to the caller, who must own it
-                        let c = if params.contains(&j) {
-                            u.scale_by_derivative(x, y, &g)
+                        let x = value(values, j);
+                        if has[j as usize] {
+                            let c = u.scale_by_derivative(x, y, g);
+                            add_grad(below, has, j, c)?;
                         } else {
-                            let into = gbuf.overwrite(x.shape());
+                            let into = buffer(&mut below[j as usize], x.shape());
                             u.scale_by_derivative_into(x.data(), y.data(), g.data(), into);
-                            gbuf.clone()
-                        };
-                        accumulate(&mut grads[j as usize], c)?;
+                            has[j as usize] = true;
+                        }
                         continue;
                     }
                     let ins: SmallVec<[&Tensor<T>; 2]> =
                         inputs.iter().map(|&i| value(values, i)).collect();
                     let wants: SmallVec<[bool; 2]> =
                         inputs.iter().map(|&i| needs[i as usize]).collect();
-                    let y = value(values, *out);
-                    let parts = op.vjp(&ins, y, &g, &wants)?;
+                    let parts = op.vjp(&ins, y, g, &wants)?;
                     for ((&j, part), &want) in inputs.iter().zip(parts).zip(&wants) {
                         if let (Some(c), true) = (part, want) {
-                            accumulate(&mut grads[j as usize], c)?;
+                            add_grad(below, has, j, c)?;
                         }
                     }
                 }
@@ -319,16 +302,15 @@ impl<T: Element> Trace<T> {
             .params
             .iter()
             .map(|(id, _)| {
-                if self.needs[*id as usize] {
-                    grads[*id as usize].take()
-                } else {
-                    None
-                }
+                let id = *id as usize;
+                (self.needs[id] && self.has_grad[id])
+                    .then(|| self.grads[id].take())
+                    .flatten()
             })
             .collect();
-        // release every value so that the parameters and the kept buffers are unshared
-        for v in &mut self.values {
-            *v = None;
+        // the caller's tensors are the caller's again (the optimizer updates them in place)
+        for (id, _) in self.params.iter().chain(&self.inputs) {
+            self.values[*id as usize] = None;
         }
         Ok(out)
     }
@@ -339,18 +321,40 @@ impl<T: Element> Trace<T> {
     /// next sweep writes into their buffers instead of allocating new ones.
     pub fn recycle(&mut self, grads: Vec<Option<Tensor<T>>>) {
         for ((id, _), g) in self.params.iter().zip(grads) {
-            let Some(g) = g else { continue };
-            for step in &mut self.steps {
-                if let Step::Dense(d) = step
-                    && d.w == *id
-                    && d.g_w.is_none()
-                {
-                    d.g_w = Some(g);
-                    break;
-                }
+            let slot = &mut self.grads[*id as usize];
+            if slot.is_none() {
+                *slot = g;
             }
         }
     }
+}
+
+/// The slots below node `id` (its inputs) and its own slot.
+fn split<T>(slots: &mut [Option<T>], id: u32) -> (&mut [Option<T>], &mut Option<T>) {
+    let (below, rest) = slots.split_at_mut(id as usize);
+    (below, &mut rest[0])
+}
+
+/// A slot's buffer as `shape`, for overwriting (kept when it fits and is unshared).
+fn buffer<'a, T: Element>(slot: &'a mut Option<Tensor<T>>, shape: &[usize]) -> &'a mut [T] {
+    slot.get_or_insert_with(|| Tensor::zeros(shape))
+        .overwrite(shape)
+}
+
+/// Adds a contribution to node `j`'s gradient (fan-out accumulates).
+fn add_grad<T: Element>(
+    grads: &mut [Option<Tensor<T>>],
+    has: &mut [bool],
+    j: u32,
+    c: Tensor<T>,
+) -> Result<()> {
+    let j = j as usize;
+    match (&mut grads[j], has[j]) {
+        (Some(g), true) => g.add_assign(&c)?,
+        (slot, _) => *slot = Some(c),
+    }
+    has[j] = true;
+    Ok(())
 }
 
 fn value<T: Element>(values: &[Option<Tensor<T>>], id: u32) -> &Tensor<T> {
@@ -359,27 +363,11 @@ fn value<T: Element>(values: &[Option<Tensor<T>>], id: u32) -> &Tensor<T> {
         .expect("a trace computes every value before its use")
 }
 
-fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, c: Tensor<T>) -> Result<()> {
-    match slot {
-        None => *slot = Some(c),
-        Some(g) => g.add_assign(&c)?,
-    }
-    Ok(())
-}
-
 /// Puts a replay's indices into a gather or row selection.
 fn set_indices<T: Element>(op: &mut Op<T>, new: &[usize]) {
     match op {
-        Op::Gather { index, .. } => {
-            if index.as_ref() != new {
-                *index = Arc::from(new);
-            }
-        }
-        Op::IndexSelect { indices, .. } => {
-            if indices.as_ref() != new {
-                *indices = Arc::from(new);
-            }
-        }
+        Op::Gather { index, .. } if index.as_ref() != new => *index = Arc::from(new),
+        Op::IndexSelect { indices, .. } if indices.as_ref() != new => *indices = Arc::from(new),
         _ => {}
     }
 }
@@ -556,14 +544,13 @@ fn compile<T: Element>(
             out: i as u32,
             shape: Shape::from_slice(node.value.shape()),
             index_slot: (index_slot[i] != usize::MAX).then_some(index_slot[i]),
-            buf: Tensor::zeros(&[0]),
-            gbuf: Tensor::zeros(&[0]),
         });
     }
     Ok(Trace {
         steps,
-        values: vec![None; n],
-        constants,
+        values: constants,
+        grads: vec![None; n],
+        has_grad: vec![false; n],
         needs,
         params: params
             .iter()
@@ -627,10 +614,7 @@ fn dense_at<T: Element>(
         k,
         n,
         pre: Tensor::zeros(&[0]),
-        value: Tensor::zeros(&[0]),
         g_pre: Tensor::zeros(&[0]),
-        g_w: None,
-        g_x: Tensor::zeros(&[0]),
     };
     Some((dense, parts))
 }
@@ -681,7 +665,6 @@ fn cross_entropy_at<T: Element>(
         m,
         c,
         probs: Tensor::zeros(&[0]),
-        g_z: Tensor::zeros(&[0]),
     };
     Some((ce, vec![i, g, r, d, mean]))
 }
@@ -689,34 +672,39 @@ fn cross_entropy_at<T: Element>(
 impl<T: Element> Dense<T> {
     fn forward(&mut self, values: &mut [Option<Tensor<T>>]) {
         let (m, k, n) = (self.m, self.k, self.n);
+        let (below, slot) = split(values, self.out);
         let (x, w, b) = (
-            value(values, self.x),
-            value(values, self.w),
-            value(values, self.b),
+            value(below, self.x),
+            value(below, self.w),
+            value(below, self.b),
         );
-        let pre = self.pre.overwrite(&[m, n]);
-        matmul_into(
-            pre,
-            m,
-            n,
-            k,
-            (x.data(), MatLayout::Normal),
-            (w.data(), MatLayout::Normal),
-            false,
-        );
+        let product = |pre: &mut [T]| {
+            matmul_into(
+                pre,
+                m,
+                n,
+                k,
+                (x.data(), MatLayout::Normal),
+                (w.data(), MatLayout::Normal),
+                false,
+            )
+        };
         let bias = b.data();
         match self.act {
+            // without an activation the output is the pre-activation itself
             None => {
-                rows_mut(pre, n, |row, _| {
+                let out = buffer(slot, &[m, n]);
+                product(out);
+                rows_mut(out, n, |row, _| {
                     for (o, &bv) in row.iter_mut().zip(bias) {
                         *o += bv;
                     }
-                });
-                values[self.out as usize] = Some(self.pre.clone());
+                })
             }
             Some(act) => {
-                let out = self.value.overwrite(&[m, n]);
-                rows2_mut(pre, out, n, |p, o| {
+                let pre = self.pre.overwrite(&[m, n]);
+                product(pre);
+                rows2_mut(pre, buffer(slot, &[m, n]), n, |p, o| {
                     for (v, &bv) in p.iter_mut().zip(bias) {
                         *v += bv;
                     }
@@ -725,8 +713,7 @@ impl<T: Element> Dense<T> {
                     } else {
                         with_avx2!(act.map_slice(p, o))
                     }
-                });
-                values[self.out as usize] = Some(self.value.clone());
+                })
             }
         }
     }
@@ -736,13 +723,16 @@ impl<T: Element> Dense<T> {
         values: &[Option<Tensor<T>>],
         needs: &[bool],
         grads: &mut [Option<Tensor<T>>],
+        has: &mut [bool],
     ) -> Result<()> {
-        let Some(g) = grads[self.out as usize].take() else {
+        if !has[self.out as usize] {
             return Ok(());
-        };
+        }
         let (m, k, n) = (self.m, self.k, self.n);
+        let (below, slot) = split(grads, self.out);
+        let g = slot.as_ref().expect("written when has_grad is set");
         if let Some(act) = self.act {
-            let (pre, y) = (self.pre.data(), self.value.data());
+            let (pre, y) = (self.pre.data(), value(values, self.out).data());
             let gp = self.g_pre.overwrite(&[m, n]);
             let seed = g.data();
             if gp.len() >= PARALLEL_MIN_LEN {
@@ -757,37 +747,55 @@ impl<T: Element> Dense<T> {
                 with_avx2!(act.scale_slice(pre, y, seed, gp))
             }
         }
-        let gp = if self.act.is_some() { &self.g_pre } else { &g };
+        let gp = if self.act.is_some() { &self.g_pre } else { g };
         if needs[self.b as usize] {
-            accumulate(&mut grads[self.b as usize], gp.sum_to_shape(&[n])?)?;
+            add_grad(below, has, self.b, gp.sum_to_shape(&[n])?)?;
         }
+        // the products write straight into the gradient slots, unless a slot already
+        // holds a contribution (a value used twice), which they are added to
+        let product = |below: &mut [Option<Tensor<T>>],
+                       has: &mut [bool],
+                       j: u32,
+                       shape: [usize; 2],
+                       lhs,
+                       rhs,
+                       inner|
+         -> Result<()> {
+            if has[j as usize] {
+                let c = Tensor::build(&shape, |out| {
+                    matmul_into(out, shape[0], shape[1], inner, lhs, rhs, false)
+                });
+                add_grad(below, has, j, c)
+            } else {
+                let out = buffer(&mut below[j as usize], &shape);
+                matmul_into(out, shape[0], shape[1], inner, lhs, rhs, false);
+                has[j as usize] = true;
+                Ok(())
+            }
+        };
         if needs[self.w as usize] {
             let x = value(values, self.x);
-            let mut g_w = self.g_w.take().unwrap_or_else(|| Tensor::zeros(&[k, n]));
-            matmul_into(
-                g_w.overwrite(&[k, n]),
-                k,
-                n,
-                m,
+            product(
+                below,
+                has,
+                self.w,
+                [k, n],
                 (x.data(), MatLayout::Transposed),
                 (gp.data(), MatLayout::Normal),
-                false,
-            );
-            accumulate(&mut grads[self.w as usize], g_w)?;
+                m,
+            )?;
         }
         if needs[self.x as usize] {
             let w = value(values, self.w);
-            let out = self.g_x.overwrite(&[m, k]);
-            matmul_into(
-                out,
-                m,
-                k,
-                n,
+            product(
+                below,
+                has,
+                self.x,
+                [m, k],
                 (gp.data(), MatLayout::Normal),
                 (w.data(), MatLayout::Transposed),
-                false,
-            );
-            accumulate(&mut grads[self.x as usize], self.g_x.clone())?;
+                n,
+            )?;
         }
         Ok(())
     }
@@ -857,29 +865,41 @@ impl<T: Element> CrossEntropy<T> {
             total += lse - row[label];
         }
         let mean = total * T::of(1.0 / m as f64);
-        values[self.out as usize] = Some(Tensor::scalar(mean));
+        buffer(split(values, self.out).1, &[])[0] = mean;
         Ok(())
     }
 
-    fn backward(&mut self, grads: &mut [Option<Tensor<T>>]) -> Result<()> {
-        let Some(g) = grads[self.out as usize].take() else {
+    fn backward(&mut self, grads: &mut [Option<Tensor<T>>], has: &mut [bool]) -> Result<()> {
+        if !has[self.out as usize] {
             return Ok(());
-        };
-        let (m, c) = (self.m, self.c);
-        let w = g.item()? * T::of(1.0 / m as f64);
-        let probs = self.probs.data();
-        let gz = self.g_z.overwrite(&[m, c]);
-        for ((o, p), &label) in gz
-            .chunks_exact_mut(c)
-            .zip(probs.chunks_exact(c))
-            .zip(&self.labels)
-        {
-            for (q, &pv) in o.iter_mut().zip(p) {
-                *q = w * pv;
-            }
-            o[label] -= w;
         }
-        accumulate(&mut grads[self.z as usize], self.g_z.clone())
+        let (m, c) = (self.m, self.c);
+        let (below, slot) = split(grads, self.out);
+        let g = slot
+            .as_ref()
+            .expect("written when has_grad is set")
+            .item()?;
+        let w = g * T::of(1.0 / m as f64);
+        let probs = self.probs.data();
+        let fill = |gz: &mut [T]| {
+            for ((o, p), &label) in gz
+                .chunks_exact_mut(c)
+                .zip(probs.chunks_exact(c))
+                .zip(&self.labels)
+            {
+                for (q, &pv) in o.iter_mut().zip(p) {
+                    *q = w * pv;
+                }
+                o[label] -= w;
+            }
+        };
+        if has[self.z as usize] {
+            add_grad(below, has, self.z, Tensor::build(&[m, c], fill))
+        } else {
+            fill(buffer(&mut below[self.z as usize], &[m, c]));
+            has[self.z as usize] = true;
+            Ok(())
+        }
     }
 }
 
