@@ -41,6 +41,9 @@ pub struct Trace<T: Element> {
     /// order).
     index_lens: Vec<usize>,
     output: u32,
+    /// For each step, the parameters (by position) whose gradient is complete once the
+    /// reverse sweep has passed it (their first consumer in recording order).
+    complete_after: Vec<SmallVec<[usize; 2]>>,
     /// Set by `forward`, consumed by `backward`.
     ready: bool,
 }
@@ -243,6 +246,18 @@ impl<T: Element> Trace<T> {
     /// frozen parameter or one the output does not depend on), owned by the caller
     /// (give them back with [`Trace::recycle`]). Lets go of the parameters and inputs.
     pub fn backward(&mut self) -> Result<Vec<Option<Tensor<T>>>> {
+        self.backward_with(&mut |_, _| Ok(()), &mut || Ok(()))
+    }
+
+    /// [`Trace::backward`], calling `complete(k, gradient)` as soon as parameter `k`'s
+    /// gradient is complete (no step later in the sweep adds to it), and `between()`
+    /// after every step: a data-parallel trainer starts summing a gradient across
+    /// processes while the sweep goes on, and lets those sums advance in between.
+    pub fn backward_with(
+        &mut self,
+        complete: &mut dyn FnMut(usize, &mut Tensor<T>) -> Result<()>,
+        between: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<Option<Tensor<T>>>> {
         if !self.ready {
             return Err(Error::invalid(
                 "Trace::backward",
@@ -256,47 +271,24 @@ impl<T: Element> Trace<T> {
         let top = self.output as usize;
         buffer(&mut grads[top], value(values, self.output).shape()).fill(T::one());
         has[top] = true;
-        for step in self.steps.iter_mut().rev() {
+        for (s, step) in self.steps.iter_mut().enumerate().rev() {
             match step {
                 Step::Dense(d) => d.backward(values, needs, grads, has)?,
                 Step::CrossEntropy(ce) => ce.backward(grads, has)?,
                 Step::Op {
                     op, inputs, out, ..
-                } => {
-                    if !has[*out as usize] {
-                        continue;
-                    }
-                    let (below, slot) = split(grads, *out);
-                    let g = slot.as_ref().expect("written when has_grad is set");
-                    let y = value(values, *out);
-                    if let Op::Unary(u) = op {
-                        let j = inputs[0];
-                        if !needs[j as usize] {
-                            continue;
-                        }
-                        let x = value(values, j);
-                        if has[j as usize] {
-                            let c = u.scale_by_derivative(x, y, g);
-                            add_grad(below, has, j, c)?;
-                        } else {
-                            let into = buffer(&mut below[j as usize], x.shape());
-                            u.scale_by_derivative_into(x.data(), y.data(), g.data(), into);
-                            has[j as usize] = true;
-                        }
-                        continue;
-                    }
-                    let ins: SmallVec<[&Tensor<T>; 2]> =
-                        inputs.iter().map(|&i| value(values, i)).collect();
-                    let wants: SmallVec<[bool; 2]> =
-                        inputs.iter().map(|&i| needs[i as usize]).collect();
-                    let parts = op.vjp(&ins, y, g, &wants)?;
-                    for ((&j, part), &want) in inputs.iter().zip(parts).zip(&wants) {
-                        if let (Some(c), true) = (part, want) {
-                            add_grad(below, has, j, c)?;
-                        }
-                    }
+                } => op_backward(op, inputs, *out, values, needs, grads, has)?,
+            }
+            for &k in &self.complete_after[s] {
+                let id = self.params[k].0 as usize;
+                if needs[id]
+                    && has[id]
+                    && let Some(g) = grads[id].as_mut()
+                {
+                    complete(k, g)?;
                 }
             }
+            between()?;
         }
         let out = self
             .params
@@ -327,6 +319,50 @@ impl<T: Element> Trace<T> {
             }
         }
     }
+}
+
+/// The reverse rule of a recorded op: a unary op writes into its input's gradient
+/// buffer, the others go through the op table.
+fn op_backward<T: Element>(
+    op: &Op<T>,
+    inputs: &[u32],
+    out: u32,
+    values: &[Option<Tensor<T>>],
+    needs: &[bool],
+    grads: &mut [Option<Tensor<T>>],
+    has: &mut [bool],
+) -> Result<()> {
+    if !has[out as usize] {
+        return Ok(());
+    }
+    let (below, slot) = split(grads, out);
+    let g = slot.as_ref().expect("written when has_grad is set");
+    let y = value(values, out);
+    if let Op::Unary(u) = op {
+        let j = inputs[0];
+        if !needs[j as usize] {
+            return Ok(());
+        }
+        let x = value(values, j);
+        if has[j as usize] {
+            let c = u.scale_by_derivative(x, y, g);
+            add_grad(below, has, j, c)?;
+        } else {
+            let into = buffer(&mut below[j as usize], x.shape());
+            u.scale_by_derivative_into(x.data(), y.data(), g.data(), into);
+            has[j as usize] = true;
+        }
+        return Ok(());
+    }
+    let ins: SmallVec<[&Tensor<T>; 2]> = inputs.iter().map(|&i| value(values, i)).collect();
+    let wants: SmallVec<[bool; 2]> = inputs.iter().map(|&i| needs[i as usize]).collect();
+    let parts = op.vjp(&ins, y, g, &wants)?;
+    for ((&j, part), &want) in inputs.iter().zip(parts).zip(&wants) {
+        if let (Some(c), true) = (part, want) {
+            add_grad(below, has, j, c)?;
+        }
+    }
+    Ok(())
 }
 
 /// The slots below node `id` (its inputs) and its own slot.
@@ -546,7 +582,26 @@ fn compile<T: Element>(
             index_slot: (index_slot[i] != usize::MAX).then_some(index_slot[i]),
         });
     }
+    // a parameter's gradient is complete once the sweep has passed its first consumer
+    let mut first_use = vec![usize::MAX; n];
+    for (s, step) in steps.iter().enumerate() {
+        let used: SmallVec<[u32; 4]> = match step {
+            Step::Dense(d) => [d.x, d.w, d.b].into_iter().collect(),
+            Step::CrossEntropy(ce) => [ce.z].into_iter().collect(),
+            Step::Op { inputs, .. } => inputs.iter().copied().collect(),
+        };
+        for j in used {
+            first_use[j as usize] = first_use[j as usize].min(s);
+        }
+    }
+    let mut complete_after = vec![SmallVec::new(); steps.len()];
+    for (k, &p) in params.iter().enumerate() {
+        if let Some(list) = complete_after.get_mut(first_use[p as usize]) {
+            list.push(k);
+        }
+    }
     Ok(Trace {
+        complete_after,
         steps,
         values: constants,
         grads: vec![None; n],
@@ -1099,6 +1154,39 @@ mod tests {
         assert_eq!(second[0].as_ref().unwrap().data().as_ptr(), before);
         let (_, eager_grads) = eager(&x, &y, &params, UnaryOp::Relu);
         assert!(worst(&eager_grads[0], second[0].as_ref().unwrap()) <= 1e-6);
+    }
+
+    #[test]
+    fn each_gradient_is_announced_once_as_soon_as_it_is_complete() {
+        let params = mlp_params::<f64>(&[6, 5, 4, 3], 1);
+        let x = Tensor::<f64>::randn(&[7, 6], 2);
+        let y = labels(7, 3, 3);
+        let mut trace = traced(&x, &y, &params, UnaryOp::Tanh);
+        let refs: Vec<&Tensor<f64>> = params.iter().collect();
+        trace.forward(&refs, &[&x], &[&y]).unwrap();
+        let mut seen: Vec<(usize, usize, Tensor<f64>)> = Vec::new();
+        let steps = std::cell::Cell::new(0);
+        let grads = trace
+            .backward_with(
+                &mut |k, g| {
+                    seen.push((k, steps.get(), g.clone()));
+                    Ok(())
+                },
+                &mut || {
+                    steps.set(steps.get() + 1);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        // the last layer's weight and bias first (after the loss and its own step), the
+        // first layer's last
+        let order: Vec<usize> = seen.iter().map(|(k, _, _)| *k).collect();
+        assert_eq!(order, [4, 5, 2, 3, 0, 1]);
+        let after: Vec<usize> = seen.iter().map(|(_, s, _)| *s).collect();
+        assert_eq!(after, [1, 1, 2, 2, 3, 3]);
+        for (k, _, g) in &seen {
+            assert_eq!(g.data(), grads[*k].as_ref().unwrap().data());
+        }
     }
 
     #[test]
