@@ -8,7 +8,9 @@ use crate::error::{Error, Result};
 use crate::nn::{Activation, Linear, Mlp, ParamId, ParamStore};
 use crate::optim::{LrSchedule, Optimizer, OptimizerKind};
 use crate::tensor::{Element, MatLayout, SplitMix64, Tensor};
-use crate::train::{Classification, Objective, Regression, TrainConfig, Trainer};
+use crate::train::{
+    Classification, Collective, Objective, PhaseTimes, Regression, TrainConfig, Trainer,
+};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -781,6 +783,10 @@ pub struct AnchorStep {
     trainer: Trainer,
     optimizer: Box<dyn Optimizer<f32>>,
     steps: usize,
+    /// (rank, ranks) of a data-parallel run.
+    shard: (usize, usize),
+    /// The phases of the last step.
+    times: PhaseTimes,
 }
 
 enum AnchorData {
@@ -807,7 +813,22 @@ impl AnchorStep {
                 .build::<f32>(lr, None)
                 .expect("valid settings"),
             steps: 0,
+            shard: (0, 1),
+            times: PhaseTimes::default(),
         }
+    }
+
+    /// The same steps data-parallel with the processes of `c`: each takes its share of
+    /// the batch and the gradients are summed, during the backward sweep when `overlap`.
+    pub fn distributed(mut self, c: Box<dyn Collective>, overlap: bool) -> Result<Self> {
+        self.shard = (c.rank(), c.ranks());
+        let trainer = Trainer::new(self.trainer.config.clone())?.with_collective(c);
+        self.trainer = if overlap {
+            trainer.with_overlapped_sums()
+        } else {
+            trainer
+        };
+        Ok(self)
     }
 
     /// W1: 784-256-256-10 ReLU, softmax cross-entropy, batch 128, SGD lr 0.01.
@@ -867,6 +888,9 @@ impl AnchorStep {
                 false,
             )?),
         };
+        if self.shard.1 > 1 {
+            objective.shard(self.shard.0, self.shard.1)?;
+        }
         let out = self.trainer.train_step(
             &mut self.tape,
             objective.as_mut(),
@@ -880,6 +904,7 @@ impl AnchorStep {
         if let Some((_, why)) = out.stop {
             return Err(Error::NonFinite(why));
         }
+        self.times = out.times;
         self.steps += 1;
         Ok(out.loss as f32)
     }
@@ -1358,7 +1383,7 @@ fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
 }
 
 /// Workloads run by name only, under `mpirun` in a build with the `mpi` feature.
-pub const MPI_WORKLOADS: &[&str] = &["allreduce"];
+pub const MPI_WORKLOADS: &[&str] = &["allreduce", "w1_step_dp"];
 
 /// Sums of 4 KiB to 64 MiB of f32 across the processes of `c` through
 /// [`Collective::sum_f32`] (the trainer's path): the median time of each size, the
@@ -1412,6 +1437,65 @@ pub fn allreduce(cfg: &BenchConfig, c: &dyn crate::train::Collective) -> Result<
             );
         row.gbps = Some(bytes / t.median_s / 1e9);
         rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// W1 training steps data-parallel over the processes that `collective()` joins (the
+/// global batch of 128 split between them), with the gradient sums after the backward
+/// sweep (`w1_step_dp/blocking`) and during it (`w1_step_dp/overlapped`). Each mode runs
+/// a fixed number of steps (the processes must make the same calls); the losses of steps
+/// 0 and 10 are checked against the single-process anchor. `all_reduce_s` is the median
+/// time a step waits for its sums after the sweep; `hidden` is the share of the blocking
+/// sums' time that the overlap removed from the step:
+/// (blocking step − overlapped step) / blocking all-reduce.
+pub fn w1_step_dp(
+    collective: &dyn Fn() -> Box<dyn crate::train::Collective>,
+) -> Result<Vec<BenchRow>> {
+    const STEPS: usize = 400;
+    let mut rows: Vec<BenchRow> = Vec::new();
+    let mut blocking = (f64::NAN, f64::NAN);
+    for overlap in [false, true] {
+        let mut step = AnchorStep::w1().distributed(collective(), overlap)?;
+        let mut losses = Vec::new();
+        for _ in 0..11 {
+            losses.push(step.step()?);
+        }
+        let (mut total, mut waits, mut sweeps) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..STEPS {
+            let t = Instant::now();
+            step.step()?;
+            total.push(t.elapsed().as_secs_f64());
+            waits.push(step.times.all_reduce);
+            sweeps.push(step.times.backward);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let min = total.iter().copied().fold(f64::INFINITY, f64::min);
+        let t = Timing {
+            median_s: median(&mut total),
+            min_s: min,
+            reps: STEPS,
+        };
+        let name = if overlap { "overlapped" } else { "blocking" };
+        let mut row = BenchRow::new(format!("w1_step_dp/{name}"), t)
+            .with("ranks", step.shard.1)
+            .with("all_reduce_s", median(&mut waits))
+            .with("backward_s", median(&mut sweeps))
+            .with("loss@0", losses[0] as f64)
+            .with("loss@10", losses[10] as f64);
+        if overlap {
+            let hidden = (blocking.0 - t.median_s) / blocking.1;
+            row = row.with("hidden", hidden);
+        } else {
+            blocking = (t.median_s, median(&mut waits));
+        }
+        rows.push(
+            row.verify_extra("loss@0", W1_LOSSES[0], LOSS_TOL)?
+                .verify_extra("loss@10", W1_LOSSES[1], LOSS_TOL)?,
+        );
     }
     Ok(rows)
 }

@@ -142,19 +142,29 @@ fn differences(a: &Path, b: &Path) -> (f64, f64) {
 
 #[test]
 fn two_ranks_train_the_model_one_process_trains() {
-    for (optimizer, lr, tol) in [("sgd", "0.05", 1e-6), ("adam", "0.001", 1e-4)] {
+    // the gradient sums after the backward sweep, and during it (--overlap)
+    for (optimizer, lr, tol, overlap) in [
+        ("sgd", "0.05", 1e-6, false),
+        ("adam", "0.001", 1e-4, false),
+        ("sgd", "0.05", 1e-6, true),
+    ] {
         let (one, two) = (
-            temp(&format!("one-{optimizer}")),
-            temp(&format!("two-{optimizer}")),
+            temp(&format!("one-{optimizer}-{overlap}")),
+            temp(&format!("two-{optimizer}-{overlap}")),
         );
         let extra = ["--optimizer", optimizer, "--lr", lr];
         let o = single(&args(&extra, &one));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let both = args(&extra, &two);
+        let mut both = args(&extra, &two);
+        if overlap {
+            both.push("--overlap".to_string());
+        }
         let o = mpirun(&[both.clone(), both]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let (params, losses) = differences(&one, &two);
-        eprintln!("{optimizer}: parameters {params:.2e}, losses {losses:.2e} (relative)");
+        eprintln!(
+            "{optimizer} (overlap {overlap}): parameters {params:.2e}, losses {losses:.2e} (relative)"
+        );
         assert!(
             params <= tol,
             "{optimizer}: parameters differ by {params:e}"

@@ -103,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mnist: args.mnist.clone(),
     };
     if mpi {
-        return allreduce(&cfg, args.json);
+        return allreduce(&names[0], &cfg, args.json);
     }
     if !args.json {
         println!(
@@ -157,18 +157,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mpirun -np N chainrule bench allreduce`: every rank takes part, rank 0 prints.
+/// `mpirun -np N chainrule bench allreduce` (or `w1_step_dp`): every rank takes part,
+/// rank 0 prints.
 #[cfg(feature = "mpi")]
-fn allreduce(cfg: &BenchConfig, json: bool) -> anyhow::Result<ExitCode> {
+fn allreduce(name: &str, cfg: &BenchConfig, json: bool) -> anyhow::Result<ExitCode> {
     use chainrule::train::Collective;
     let universe = mpi::initialize()
         .ok_or_else(|| anyhow::anyhow!("bench allreduce: MPI was already started"))?;
     let c = chainrule::train::mpi::MpiCollective::new(universe.world());
-    let rows = bench::allreduce(cfg, &c)?;
+    let rows = match name {
+        "w1_step_dp" => bench::w1_step_dp(&|| {
+            Box::new(chainrule::train::mpi::MpiCollective::new(universe.world()))
+        })?,
+        _ => bench::allreduce(cfg, &c)?,
+    };
     if c.rank() == 0 {
         for row in rows {
             if json {
                 println!("{}", serde_json::to_string(&row)?);
+            } else if name == "w1_step_dp" {
+                let extra: Vec<String> =
+                    row.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "{:<24} {:>12} {:>12} {:>7}  {}",
+                    row.name,
+                    fmt_time(row.median_s),
+                    fmt_time(row.min_s),
+                    row.reps,
+                    extra.join(" ")
+                );
             } else {
                 println!(
                     "{:<20} {:>12} {:>12} {:>7} {:>8.2} GB/s  bus {:>6.2} GB/s  ({} ranks)",
@@ -187,7 +204,7 @@ fn allreduce(cfg: &BenchConfig, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn allreduce(_cfg: &BenchConfig, _json: bool) -> anyhow::Result<ExitCode> {
+fn allreduce(_name: &str, _cfg: &BenchConfig, _json: bool) -> anyhow::Result<ExitCode> {
     anyhow::bail!(
         "bench allreduce: this chainrule was built without MPI; build it with `cargo build --release --features mpi` and run `mpirun -np 2 target/release/chainrule bench allreduce`"
     )

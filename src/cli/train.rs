@@ -138,6 +138,12 @@ pub struct Args {
     /// Stop with the first op whose backward pass produced NaN or infinity.
     #[arg(long)]
     detect_anomaly: bool,
+    /// With --distributed: sum each gradient across processes while the backward sweep
+    /// computes the next one (MPI's non-blocking all-reduce), instead of after the sweep.
+    /// Measured slower on one machine (docs/distributed.md); meant for clusters, where
+    /// the network moves the bytes.
+    #[arg(long, requires = "distributed")]
+    overlap: bool,
     /// Record every step on the tape; by default a step whose graph and shapes repeat the
     /// previous one's is replayed from its recording (same values, less bookkeeping).
     #[arg(long)]
@@ -888,7 +894,12 @@ fn run_with(args: Args, collective: Option<Box<dyn Collective>>) -> anyhow::Resu
         Some(c) => {
             check_same_run(c.as_ref(), &run_fingerprint(&cfg, &problem)?)?;
             objective.shard(c.rank(), c.ranks())?;
-            trainer.with_collective(c)
+            let trainer = trainer.with_collective(c);
+            if args.overlap {
+                trainer.with_overlapped_sums()
+            } else {
+                trainer
+            }
         }
     };
 

@@ -23,6 +23,33 @@ pub trait Collective {
     /// Replaces `bytes` on every process by rank 0's (any length).
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()>;
 
+    /// Whether [`Collective::start_sum_f32`] returns before the sum is done, so that a
+    /// trainer can sum each gradient while the backward sweep computes the next one.
+    fn overlaps(&self) -> bool {
+        false
+    }
+    /// Starts summing a copy of `values` over all processes and returns at once; the
+    /// sums started are completed, in order, by [`Collective::finish_sums`]. Only called
+    /// when [`Collective::overlaps`] says so.
+    fn start_sum_f32(&self, values: &[f32]) -> Result<()> {
+        let _ = values;
+        Err(crate::error::Error::invalid(
+            "start_sum_f32",
+            "this collective sums only blocking (sum_f32)",
+        ))
+    }
+    /// Lets started sums advance (an MPI library moves a non-blocking collective only
+    /// inside MPI calls).
+    fn progress(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Waits for every started sum and hands each result, in the order the sums were
+    /// started, to `write(i, sum)`.
+    fn finish_sums(&self, write: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        let _ = write;
+        Ok(())
+    }
+
     /// True on every process when `flag` is true on any of them.
     fn any(&self, flag: bool) -> Result<bool> {
         let mut v = [f64::from(u8::from(flag))];

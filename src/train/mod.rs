@@ -449,6 +449,9 @@ pub struct Trainer {
     traces: RefCell<Vec<(String, Trace<f32>)>>,
     /// The trace that gave the current step's gradients (their buffers go back to it).
     replayed: std::cell::Cell<Option<usize>>,
+    /// Sum gradients across processes during the backward sweep when the collective
+    /// can ([`Collective::overlaps`]); off by default (see `with_overlapped_sums`).
+    overlap: bool,
 }
 
 /// Traces kept at once: the full batch and the last smaller one of an epoch, with room
@@ -488,6 +491,7 @@ impl Trainer {
             collective: None,
             traces: RefCell::new(Vec::new()),
             replayed: std::cell::Cell::new(None),
+            overlap: false,
         })
     }
 
@@ -498,6 +502,17 @@ impl Trainer {
     /// that is not finite on one stops all: the loss is summed too).
     pub fn with_collective(mut self, collective: Box<dyn Collective>) -> Self {
         self.collective = Some(collective);
+        self
+    }
+
+    /// Starts each gradient's sum across processes as soon as the backward sweep has
+    /// completed it, and lets the sums advance between the sweep's remaining steps
+    /// (replayed steps only). On one machine this measured slower than summing after
+    /// the sweep (MPI's non-blocking all-reduce moves the same bytes on the same cores,
+    /// and more slowly: `bench w1_step_dp`), so it is off unless asked for; across
+    /// machines, the network moves the bytes while the cores compute.
+    pub fn with_overlapped_sums(mut self) -> Self {
+        self.overlap = true;
         self
     }
 
@@ -513,7 +528,7 @@ impl Trainer {
         data: &BatchData,
         lap: &mut impl FnMut(&mut f64),
         times: &mut PhaseTimes,
-    ) -> Result<(f64, usize, Vec<Option<Tensor<f32>>>)> {
+    ) -> Result<(f64, usize, Vec<Option<Tensor<f32>>>, bool)> {
         let params: Vec<&Tensor<f32>> = store.iter().map(|(_, _, v)| v).collect();
         let inputs: Vec<&Tensor<f32>> = data.inputs.iter().collect();
         let indices: Vec<&[usize]> = data.indices.iter().map(Vec::as_slice).collect();
@@ -542,7 +557,7 @@ impl Trainer {
                         let value = loss.item()? as f64;
                         lap(&mut times.forward);
                         let mut g = tape.backward(loss)?;
-                        return Ok((value, data.samples, p.grads(&mut g)));
+                        return Ok((value, data.samples, p.grads(&mut g), false));
                     }
                 }
             }
@@ -553,7 +568,38 @@ impl Trainer {
         self.replayed.set(Some(k));
         let loss = trace.forward(&params, &inputs, &indices)? as f64;
         lap(&mut times.forward);
-        Ok((loss, data.samples, trace.backward()?))
+        let Some(c) = self
+            .collective
+            .as_deref()
+            .filter(|c| self.overlap && c.overlaps())
+        else {
+            return Ok((loss, data.samples, trace.backward()?, false));
+        };
+        // data-parallel, overlapped: each gradient, weighted by this share's size, starts
+        // its sum across the processes as soon as the sweep has completed it, and the
+        // sums advance between the remaining steps of the sweep
+        let mut totals = [loss * data.samples as f64, data.samples as f64];
+        c.sum_f64(&mut totals)?;
+        let weight = (data.samples as f64 / totals[1]) as f32;
+        let mut started = Vec::new();
+        let mut grads = trace.backward_with(
+            &mut |k, g| {
+                for v in g.data_mut() {
+                    *v *= weight;
+                }
+                started.push(k);
+                c.start_sum_f32(g.data())
+            },
+            &mut || c.progress(),
+        )?;
+        lap(&mut times.backward);
+        c.finish_sums(&mut |i, sum| {
+            if let Some(g) = grads[started[i]].as_mut() {
+                g.data_mut().copy_from_slice(sum);
+            }
+        })?;
+        lap(&mut times.all_reduce);
+        Ok((totals[0] / totals[1], data.samples, grads, true))
     }
 
     /// One step on batch `batch` of the current epoch: forward, loss, backward, (the
@@ -592,7 +638,7 @@ impl Trainer {
         } else {
             None
         };
-        let (loss, samples, mut grads) = match data {
+        let (loss, samples, mut grads, summed) = match data {
             Some(data) => {
                 self.replayed_step(tape, objective, store, &data, &mut lap, &mut times)?
             }
@@ -604,7 +650,7 @@ impl Trainer {
                 let value = loss.item()? as f64;
                 lap(&mut times.forward);
                 let mut g = tape.backward(loss)?;
-                (value, samples, p.grads(&mut g))
+                (value, samples, p.grads(&mut g), false)
             }
         };
         tape.clear(); // drop the graph so the optimizer updates parameters in place
@@ -612,6 +658,7 @@ impl Trainer {
         // data-parallel: the mean over the global batch from each share's mean
         let (loss, samples) = match &self.collective {
             None => (loss, samples),
+            Some(_) if summed => (loss, samples),
             Some(c) => {
                 let mut totals = [loss * samples as f64, samples as f64];
                 c.sum_f64(&mut totals)?;

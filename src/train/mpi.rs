@@ -6,6 +6,9 @@
 use super::Collective;
 use crate::error::Result;
 use mpi::collective::SystemOperation;
+use mpi::datatype::Equivalence;
+use mpi::ffi;
+use mpi::raw::AsRaw;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use std::cell::RefCell;
@@ -18,6 +21,33 @@ pub struct MpiCollective {
     world: SimpleCommunicator,
     /// The send buffer of a sum (MPI's reduce reads one buffer and writes another).
     scratch_f32: RefCell<Vec<f32>>,
+    /// Sums started with `MPI_Iallreduce`, oldest first.
+    pending: RefCell<Vec<PendingSum>>,
+}
+
+/// A non-blocking sum in flight. Its two buffers belong to it alone: nothing reads or
+/// writes them, and they are not dropped, until MPI reports the request complete (their
+/// heap memory does not move when this struct moves).
+struct PendingSum {
+    send: Vec<f32>,
+    recv: Vec<f32>,
+    request: ffi::MPI_Request,
+    complete: bool,
+    /// The last part of a started sum (a buffer longer than [`PART`] goes in parts).
+    ends_sum: bool,
+}
+
+impl PendingSum {
+    /// Blocks until the sum is done.
+    fn wait(&mut self) {
+        if !self.complete {
+            // SAFETY: `request` came from MPI_Iallreduce and has not completed; waiting
+            // on it touches only MPI's state and the buffers it was given, which are
+            // alive (owned by `self`).
+            unsafe { ffi::MPI_Wait(&mut self.request, ffi::RSMPI_STATUS_IGNORE) };
+            self.complete = true;
+        }
+    }
 }
 
 impl MpiCollective {
@@ -26,6 +56,16 @@ impl MpiCollective {
         MpiCollective {
             world,
             scratch_f32: RefCell::new(Vec::new()),
+            pending: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl Drop for MpiCollective {
+    /// A sum still in flight keeps its buffers until MPI is done with them.
+    fn drop(&mut self) {
+        for p in self.pending.get_mut() {
+            p.wait();
         }
     }
 }
@@ -44,6 +84,84 @@ impl Collective for MpiCollective {
             send.extend_from_slice(part);
             self.world
                 .all_reduce_into(&send[..], part, SystemOperation::sum());
+        }
+        Ok(())
+    }
+    fn overlaps(&self) -> bool {
+        true
+    }
+    fn start_sum_f32(&self, values: &[f32]) -> Result<()> {
+        let mut pending = self.pending.borrow_mut();
+        if values.is_empty() {
+            // nothing to send, but a result to hand back in its turn
+            pending.push(PendingSum {
+                send: Vec::new(),
+                recv: Vec::new(),
+                // SAFETY: RSMPI_REQUEST_NULL is a constant initialised by the MPI library.
+                request: unsafe { ffi::RSMPI_REQUEST_NULL },
+                complete: true,
+                ends_sum: true,
+            });
+            return Ok(());
+        }
+        let parts = values.len().div_ceil(PART);
+        for (i, part) in values.chunks(PART).enumerate() {
+            let send = part.to_vec();
+            let mut recv = vec![0.0f32; part.len()];
+            let count = i32::try_from(part.len()).expect("parts hold at most 2^28 elements");
+            // SAFETY: RSMPI_REQUEST_NULL is a constant initialised by the MPI library.
+            let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+            // SAFETY: `send` and `recv` hold `count` floats each and move, untouched,
+            // into the PendingSum below, which keeps them until the request completes
+            // (`finish_sums` or `Drop` waits for it).
+            unsafe {
+                ffi::MPI_Iallreduce(
+                    send.as_ptr().cast(),
+                    recv.as_mut_ptr().cast(),
+                    count,
+                    f32::equivalent_datatype().as_raw(),
+                    SystemOperation::sum().as_raw(),
+                    self.world.as_raw(),
+                    &mut request,
+                )
+            };
+            pending.push(PendingSum {
+                send,
+                recv,
+                request,
+                complete: false,
+                ends_sum: i + 1 == parts,
+            });
+        }
+        Ok(())
+    }
+    fn progress(&self) -> Result<()> {
+        for p in self.pending.borrow_mut().iter_mut().filter(|p| !p.complete) {
+            let mut done = 0;
+            // SAFETY: as in `PendingSum::wait`; MPI_Test only polls the request.
+            unsafe { ffi::MPI_Test(&mut p.request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
+            p.complete = done != 0;
+        }
+        Ok(())
+    }
+    fn finish_sums(&self, write: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let mut index = 0;
+        let mut joined: Vec<f32> = Vec::new();
+        for mut p in pending {
+            p.wait();
+            drop(std::mem::take(&mut p.send));
+            if !p.ends_sum {
+                joined.extend_from_slice(&p.recv);
+            } else if joined.is_empty() {
+                write(index, &p.recv);
+                index += 1;
+            } else {
+                joined.extend_from_slice(&p.recv);
+                write(index, &joined);
+                joined.clear();
+                index += 1;
+            }
         }
         Ok(())
     }
