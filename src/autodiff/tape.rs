@@ -405,6 +405,79 @@ impl<T: Element> Tape<T> {
         self.sweep(output, seed, false)
     }
 
+    /// The gradients of a one-element `output` with respect to `wrt`, as variables on
+    /// this tape: the reverse sweep records its own ops (PyTorch's `create_graph=True`),
+    /// so the gradients can be differentiated again. On a [forward-mode
+    /// tape](Tape::forward_mode) each gradient's tangent is then a Hessian-vector
+    /// product (forward over reverse). A gradient that nothing reaches is a zero
+    /// constant.
+    pub fn backward_recorded(
+        &self,
+        output: Var<'_, T>,
+        wrt: &[Var<'_, T>],
+    ) -> Result<Vec<Var<'_, T>>> {
+        assert!(
+            std::ptr::eq(output.tape, self) && wrt.iter().all(|v| std::ptr::eq(v.tape, self)),
+            "variables from different tapes were combined"
+        );
+        let shape = output.shape();
+        if shape.iter().product::<usize>() != 1 {
+            return Err(Error::invalid(
+                "backward_recorded",
+                format!("the output must hold one element, got shape {shape:?}"),
+            ));
+        }
+        let out = output.id as usize;
+        let mut grads: Vec<Option<Var<'_, T>>> = vec![None; out + 1];
+        grads[out] = Some(self.constant(Tensor::ones(&shape)));
+        // only the nodes recorded before the sweep are visited: the ones it records
+        // come after them
+        for i in (0..=out).rev() {
+            let Some(g) = grads[i].take() else { continue };
+            let (op, inputs, needs) = {
+                let nodes = self.nodes.borrow();
+                let node = &nodes[i];
+                if matches!(node.op, Op::Leaf | Op::Constant) {
+                    grads[i] = Some(g);
+                    continue;
+                }
+                let needs: SmallVec<[bool; 2]> = node
+                    .inputs
+                    .iter()
+                    .map(|&j| nodes[j as usize].requires_grad)
+                    .collect();
+                (node.op.clone(), node.inputs.clone(), needs)
+            };
+            let ins: SmallVec<[Var<'_, T>; 2]> =
+                inputs.iter().map(|&j| Var { tape: self, id: j }).collect();
+            let parts = op.vjp_recorded(
+                &ins,
+                Var {
+                    tape: self,
+                    id: i as u32,
+                },
+                g,
+                &needs,
+            )?;
+            for ((&j, part), &need) in inputs.iter().zip(parts).zip(&needs) {
+                if let (Some(c), true) = (part, need) {
+                    let slot = &mut grads[j as usize];
+                    *slot = Some(match slot.take() {
+                        None => c,
+                        Some(prev) => prev.add(c)?,
+                    });
+                }
+            }
+        }
+        Ok(wrt
+            .iter()
+            .map(|v| match grads.get(v.id as usize).copied().flatten() {
+                Some(g) => g,
+                None => self.constant(Tensor::zeros(&v.shape())),
+            })
+            .collect())
+    }
+
     /// Like [`backward`](Self::backward) but keeps the gradient of every node, not only
     /// of the leaves (for inspection and export).
     pub fn backward_keep_all(&self, output: Var<'_, T>) -> Result<Gradients<T>> {

@@ -2,7 +2,7 @@
 //! `tensor::elementwise`; reverse mode multiplies by the output gradient and, for
 //! broadcasting binary ops, sums back to each input's shape.
 
-use super::{Grads, Op};
+use super::{Grads, Op, VarGrads};
 use crate::autodiff::Var;
 use crate::error::Result;
 use crate::tensor::{BinaryOp, Element, Tensor, UnaryOp};
@@ -38,6 +38,108 @@ pub(crate) fn vjp<T: Element>(
         }
         _ => unreachable!("not an elementwise op"),
     })
+}
+
+/// The reverse rule recorded as ops on the tape, so that it can itself be
+/// differentiated (second order). A derivative that is piecewise constant (relu, abs,
+/// clamp, maximum, minimum, where) enters as a constant mask: its own derivative is zero
+/// almost everywhere.
+pub(crate) fn vjp_recorded<'t, T: Element>(
+    op: &Op<T>,
+    ins: &[Var<'t, T>],
+    out: Var<'t, T>,
+    g: Var<'t, T>,
+    needs: &[bool],
+) -> Result<VarGrads<'t, T>> {
+    let tape = g.tape;
+    let mask = |t: Tensor<T>| tape.constant(t);
+    Ok(match op {
+        Op::Unary(u) => {
+            let x = ins[0];
+            let gx = match u {
+                UnaryOp::Neg => g.neg(),
+                UnaryOp::Exp => g.mul(out)?,
+                UnaryOp::Ln => g.div(x)?,
+                UnaryOp::Sqrt => g.div(out)?.mul_scalar(0.5),
+                UnaryOp::Abs => g.mul(mask(x.value().map(|v| {
+                    if v > T::zero() {
+                        T::one()
+                    } else if v < T::zero() {
+                        -T::one()
+                    } else {
+                        T::zero()
+                    }
+                })))?,
+                UnaryOp::Sin => g.mul(x.cos())?,
+                UnaryOp::Cos => g.mul(x.sin())?.neg(),
+                UnaryOp::Tanh => g.mul(out.mul(out)?.neg().add_scalar(1.0))?,
+                UnaryOp::Sigmoid => g.mul(out.mul(out.neg().add_scalar(1.0))?)?,
+                UnaryOp::Relu => g.mul(mask(
+                    x.value()
+                        .map(|v| if v > T::zero() { T::one() } else { T::zero() }),
+                ))?,
+                UnaryOp::PowF(p) => g.mul(x.powf(p - 1.0).mul_scalar(*p))?,
+                UnaryOp::AddScalar(_) => g,
+                UnaryOp::MulScalar(k) => g.mul_scalar(*k),
+                UnaryOp::Clamp(lo, hi) => {
+                    let (lo, hi) = (T::of(*lo), T::of(*hi));
+                    g.mul(mask(x.value().map(|v| {
+                        if v >= lo && v <= hi {
+                            T::one()
+                        } else {
+                            T::zero()
+                        }
+                    })))?
+                }
+            };
+            smallvec::smallvec![Some(gx)]
+        }
+        Op::Binary(b) => {
+            let (a, c) = (ins[0], ins[1]);
+            let (ga, gc) = match b {
+                BinaryOp::Add => (g, g),
+                BinaryOp::Sub => (g, g.neg()),
+                BinaryOp::Mul => (g.mul(c)?, g.mul(a)?),
+                BinaryOp::Div => (g.div(c)?, g.mul(out)?.div(c)?.neg()),
+                BinaryOp::Pow => (
+                    g.mul(c)?.mul(a.pow(c.add_scalar(-1.0))?)?,
+                    g.mul(out)?.mul(a.ln())?,
+                ),
+                BinaryOp::Maximum | BinaryOp::Minimum => {
+                    // the same split as the first-order rule, as constants
+                    let seed = Tensor::ones(out.value().shape());
+                    let (wa, wc) = b.scale_by_partials(&a.value(), &c.value(), &out.value(), &seed);
+                    (g.mul(mask(wa))?, g.mul(mask(wc))?)
+                }
+            };
+            smallvec::smallvec![
+                needs[0].then(|| sum_to_shape(ga, &a.shape())).transpose()?,
+                needs[1].then(|| sum_to_shape(gc, &c.shape())).transpose()?
+            ]
+        }
+        Op::Where(m) => {
+            let keep = m.map(|v| if v != T::zero() { T::one() } else { T::zero() });
+            let other = keep.map(|v| T::one() - v);
+            smallvec::smallvec![
+                Some(sum_to_shape(g.mul(mask(keep))?, &ins[0].shape())?),
+                Some(sum_to_shape(g.mul(mask(other))?, &ins[1].shape())?)
+            ]
+        }
+        _ => unreachable!("not an elementwise op"),
+    })
+}
+
+/// Sums a broadcast gradient back to `shape`, recorded (the adjoint of broadcasting).
+pub(crate) fn sum_to_shape<'t, T: Element>(g: Var<'t, T>, shape: &[usize]) -> Result<Var<'t, T>> {
+    let gs = g.shape();
+    if gs.as_slice() == shape {
+        return Ok(g);
+    }
+    let pad = gs.len().saturating_sub(shape.len());
+    let axes: Vec<usize> = (0..gs.len())
+        .filter(|&i| i < pad || (shape[i - pad] == 1 && gs[i] != 1))
+        .collect();
+    g.sum(&axes, true)?.reshape(shape)
 }
 
 /// Forward rule: the output tangent from the input tangents (`None` = zero).

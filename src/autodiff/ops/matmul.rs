@@ -1,7 +1,7 @@
 //! Matrix product on variables. Reverse rule: `dA = G·Bᵀ` and `dB = Aᵀ·G`, computed
 //! straight from the stored buffers with transposed operand layouts.
 
-use super::{Grads, Op};
+use super::{Grads, Op, VarGrads};
 use crate::autodiff::Var;
 use crate::error::Result;
 use crate::tensor::{Element, MatLayout, Tensor, matmul_into};
@@ -72,6 +72,34 @@ pub(crate) fn vjp<T: Element>(
             }
         })
     });
+    Ok(smallvec::smallvec![da, db])
+}
+
+/// The reverse rule recorded as ops (second order): `dA = G·Bᵀ`, `dB = Aᵀ·G` (summed
+/// over the batch when `B` is shared by a batch of `A`s).
+pub(crate) fn vjp_recorded<'t, T: Element>(
+    ins: &[Var<'t, T>],
+    g: Var<'t, T>,
+    needs: &[bool],
+) -> Result<VarGrads<'t, T>> {
+    let (a, b) = (ins[0], ins[1]);
+    let (an, bn) = (a.shape().len(), b.shape().len());
+    let da = needs[0]
+        .then(|| g.matmul(b.transpose(bn - 2, bn - 1)?))
+        .transpose()?;
+    let db = needs[1]
+        .then(|| -> Result<Var<'t, T>> {
+            if an > 2 && bn == 2 {
+                let (k, n) = (a.shape()[an - 1], g.shape()[an - 1]);
+                let rows = a.shape()[..an - 1].iter().product();
+                a.reshape(&[rows, k])?
+                    .transpose(0, 1)?
+                    .matmul(g.reshape(&[rows, n])?)
+            } else {
+                a.transpose(an - 2, an - 1)?.matmul(g)
+            }
+        })
+        .transpose()?;
     Ok(smallvec::smallvec![da, db])
 }
 

@@ -65,6 +65,9 @@ pub(crate) enum Op<T: Element> {
 
 pub(crate) type Grads<T> = smallvec::SmallVec<[Option<Tensor<T>>; 2]>;
 
+/// Input gradients recorded on the tape (second order).
+pub(crate) type VarGrads<'t, T> = smallvec::SmallVec<[Option<super::Var<'t, T>>; 2]>;
+
 impl<T: Element> Op<T> {
     pub(crate) fn name(&self) -> &str {
         match self {
@@ -138,6 +141,38 @@ impl<T: Element> Op<T> {
                 Ok(t)
             }
             _ => shape::jvp(self, ins, out, t),
+        }
+    }
+
+    /// The chain rule for one node recorded as ops on the tape (`g` is a variable), so
+    /// that the sweep it is part of can be differentiated again.
+    pub(crate) fn vjp_recorded<'t>(
+        &self,
+        ins: &[super::Var<'t, T>],
+        out: super::Var<'t, T>,
+        g: super::Var<'t, T>,
+        needs: &[bool],
+    ) -> Result<VarGrads<'t, T>> {
+        match self {
+            Op::Leaf | Op::Constant => Ok(VarGrads::new()),
+            Op::Unary(_) | Op::Binary(_) | Op::Where(_) => {
+                elementwise::vjp_recorded(self, ins, out, g, needs)
+            }
+            Op::Sum { .. }
+            | Op::Mean { .. }
+            | Op::Max { .. }
+            | Op::LogSumExp { .. }
+            | Op::Softmax(_)
+            | Op::LogSoftmax(_) => reduce::vjp_recorded(self, ins, out, g),
+            Op::MatMul => matmul::vjp_recorded(ins, g, needs),
+            Op::Custom(c) => Err(Error::invalid(
+                "second order",
+                format!(
+                    "custom op '{}' has no reverse rule written in ops, so its gradient cannot be differentiated",
+                    c.name()
+                ),
+            )),
+            _ => shape::vjp_recorded(self, ins, g),
         }
     }
 

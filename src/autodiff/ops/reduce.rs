@@ -2,7 +2,7 @@
 //! gradient broadcast back over the reduced axes (scaled for mean, routed to the
 //! maximum for max, weighted by the softmax for logsumexp).
 
-use super::{Grads, Op};
+use super::{Grads, Op, VarGrads};
 use crate::autodiff::Var;
 use crate::error::Result;
 use crate::tensor::{Element, Shape, Tensor, normalize_axes};
@@ -50,6 +50,48 @@ pub(crate) fn vjp<T: Element>(
         Op::LogSoftmax(axis) => {
             let gsum = g.sum(&[*axis], true)?;
             g.sub(&out.exp().mul(&gsum)?)?
+        }
+        _ => unreachable!("not a reduction"),
+    };
+    Ok(smallvec::smallvec![Some(gx)])
+}
+
+/// The reverse rule recorded as ops (second order); max routes the gradient through a
+/// constant mask (its second derivative is zero almost everywhere).
+pub(crate) fn vjp_recorded<'t, T: Element>(
+    op: &Op<T>,
+    ins: &[Var<'t, T>],
+    out: Var<'t, T>,
+    g: Var<'t, T>,
+) -> Result<VarGrads<'t, T>> {
+    let x = ins[0];
+    let xs = x.shape();
+    let gx = match op {
+        Op::Sum { axes } => g.reshape(&keepdim_shape(&xs, axes))?.broadcast_to(&xs)?,
+        Op::Mean { axes } => {
+            let count: usize = axes.iter().map(|&a| xs[a]).product();
+            g.reshape(&keepdim_shape(&xs, axes))?
+                .mul_scalar(1.0 / count as f64)
+                .broadcast_to(&xs)?
+        }
+        Op::Max { axes } => {
+            let kd = keepdim_shape(&xs, axes);
+            let (xv, yv) = (x.value(), out.value());
+            let mask = xv.eq_mask(&yv.reshape(&kd)?)?;
+            let weights = mask.div(&mask.sum(axes, true)?)?;
+            g.reshape(&kd)?.mul(x.tape.constant(weights))?
+        }
+        Op::LogSumExp { axes } => {
+            let kd = keepdim_shape(&xs, axes);
+            x.sub(out.reshape(&kd)?)?.exp().mul(g.reshape(&kd)?)?
+        }
+        Op::Softmax(axis) => {
+            let dot = g.mul(out)?.sum(&[*axis], true)?;
+            out.mul(g.sub(dot)?)?
+        }
+        Op::LogSoftmax(axis) => {
+            let gsum = g.sum(&[*axis], true)?;
+            g.sub(out.exp().mul(gsum)?)?
         }
         _ => unreachable!("not a reduction"),
     };

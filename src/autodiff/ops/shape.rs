@@ -2,7 +2,7 @@
 //! reshape back, permute by the inverse permutation, sum over broadcast axes, scatter
 //! into the slice or the selected rows.
 
-use super::{Grads, Op};
+use super::{Grads, Op, VarGrads};
 use crate::autodiff::Var;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Shape, Tensor, gather_adjoint, index_select_adjoint, narrow_adjoint};
@@ -37,6 +37,106 @@ pub(crate) fn vjp<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], g: &Tensor<T>) -> 
         }
         Op::Gather { axis, index } => {
             smallvec::smallvec![Some(gather_adjoint(g, x.shape(), *axis, index))]
+        }
+        _ => unreachable!("not a shape op"),
+    })
+}
+
+/// The reverse rule recorded as ops (second order). Scatters (the adjoints of gather and
+/// row selection) are products with a constant 0/1 selection, so that their own
+/// derivative, a gather again, comes from the recorded ops.
+pub(crate) fn vjp_recorded<'t, T: Element>(
+    op: &Op<T>,
+    ins: &[Var<'t, T>],
+    g: Var<'t, T>,
+) -> Result<VarGrads<'t, T>> {
+    let x = ins[0];
+    let xs = x.shape();
+    let tape = g.tape;
+    let split = |axis: usize| -> (usize, usize, usize) {
+        (
+            xs[..axis].iter().product(),
+            xs[axis],
+            xs[axis + 1..].iter().product(),
+        )
+    };
+    Ok(match op {
+        Op::Reshape => smallvec::smallvec![Some(g.reshape(&xs)?)],
+        Op::Permute(perm) => {
+            let mut inv: Shape = smallvec::smallvec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inv[p] = i;
+            }
+            smallvec::smallvec![Some(g.permute(&inv)?)]
+        }
+        Op::BroadcastTo => smallvec::smallvec![Some(super::elementwise::sum_to_shape(g, &xs)?)],
+        Op::Narrow { axis, start } => {
+            let len = g.shape()[*axis];
+            let mut parts = Vec::new();
+            for (at, n) in [(0, *start), (start + len, xs[*axis] - start - len)] {
+                if n > 0 {
+                    let mut zs = xs.clone();
+                    zs[*axis] = n;
+                    parts.push((at, tape.constant(Tensor::zeros(&zs))));
+                }
+            }
+            parts.push((*start, g));
+            parts.sort_by_key(|(at, _)| *at);
+            let parts: Vec<Var<'t, T>> = parts.into_iter().map(|(_, v)| v).collect();
+            smallvec::smallvec![Some(Var::concat(&parts, *axis)?)]
+        }
+        Op::Concat { axis } => {
+            let mut at = 0;
+            let mut out = VarGrads::new();
+            for part in ins {
+                let len = part.shape()[*axis];
+                out.push(Some(g.narrow(*axis, at, len)?));
+                at += len;
+            }
+            out
+        }
+        Op::IndexSelect { axis, indices } => {
+            let (outer, size, inner) = split(*axis);
+            let n = indices.len();
+            let mut select = Tensor::<T>::zeros(&[size, n]);
+            for (j, &i) in indices.iter().enumerate() {
+                select.data_mut()[i * n + j] += T::one();
+            }
+            let select = tape.constant(select);
+            let gx = if outer == 1 {
+                select.matmul(g.reshape(&[n, inner])?)?.reshape(&xs)?
+            } else {
+                let rows = g
+                    .reshape(&[outer, n, inner])?
+                    .permute(&[1, 0, 2])?
+                    .reshape(&[n, outer * inner])?;
+                select
+                    .matmul(rows)?
+                    .reshape(&[size, outer, inner])?
+                    .permute(&[1, 0, 2])?
+                    .reshape(&xs)?
+            };
+            smallvec::smallvec![Some(gx)]
+        }
+        Op::Gather { axis, index } => {
+            let (outer, size, inner) = split(*axis);
+            let k = g.shape()[*axis];
+            let mut select = Tensor::<T>::zeros(&[outer, k, size, inner]);
+            let d = select.data_mut();
+            for o in 0..outer {
+                for j in 0..k {
+                    for i in 0..inner {
+                        let pos = (o * k + j) * inner + i;
+                        d[((o * k + j) * size + index[pos]) * inner + i] = T::one();
+                    }
+                }
+            }
+            let gx = g
+                .reshape(&[outer, k, 1, inner])?
+                .mul(tape.constant(select))?
+                .sum(&[1], false)?
+                .reshape(&xs)?;
+            smallvec::smallvec![Some(gx)]
         }
         _ => unreachable!("not a shape op"),
     })
