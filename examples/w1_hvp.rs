@@ -1,7 +1,6 @@
 //! Hessian-vector product of the W1 network's loss (784-256-256-10, batch 128) by
-//! forward-over-reverse on the scalar engine, checked against central differences of
-//! the tensor engine's gradient. Needs about 4 GiB of memory; run in release:
-//! `cargo run --release --example w1_hvp`.
+//! forward-over-reverse on the tensor engine, checked against central differences of
+//! its gradient: `cargo run --release --example w1_hvp`.
 
 fn main() -> Result<(), chainrule::Error> {
     let batch = std::env::args()

@@ -268,6 +268,7 @@ pub const WORKLOADS: &[&str] = &[
     "w1_step_replay",
     "w2_step",
     "w2_step_replay",
+    "w10_hvp",
     "w7_memory",
     "memory_flat",
     "memory_flat_lm",
@@ -323,6 +324,7 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "w1_step_replay" => vec![w1_step(cfg, true)?],
         "w2_step" => vec![w2_step(cfg, false)?],
         "w2_step_replay" => vec![w2_step(cfg, true)?],
+        "w10_hvp" => vec![w10_hvp(cfg)?],
         "w7_memory" => vec![w7_memory(cfg)?],
         "memory_flat" => vec![memory_flat(cfg, "memory_flat", "--w1-steps-child")?],
         "memory_flat_lm" => vec![memory_flat(cfg, "memory_flat_lm", "--lm-steps-child")?],
@@ -960,6 +962,64 @@ fn w2_step(cfg: &BenchConfig, replay: bool) -> Result<BenchRow> {
     train_step_row(name, step, cfg, None, W2_LOSSES)
 }
 
+/// W10 (`shared/bench/anchors/w10_hvp.py`): the Hessian-vector product of the W1 loss
+/// at the anchors' parameters along the anchor's direction (parameter i: splitmix64
+/// uniform in [−1, 1] from stream 101 + i), by forward over reverse
+/// ([`crate::autodiff::hvp`]), against one gradient (tape forward + backward). `median_s`
+/// is the H·v, `grad_median_s` the gradient; `v_hv` = Σ v·Hv is checked against the
+/// anchor's 0.96944.
+fn w10_hvp(cfg: &BenchConfig) -> Result<BenchRow> {
+    let data = W1Data::<f32>::new();
+    let v: Vec<Tensor<f32>> = data
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Tensor::splitmix_uniform(p.shape(), 101 + i as u64, -1.0, 1.0))
+        .collect();
+    let hvp = || {
+        crate::autodiff::hvp(
+            |t, p| w1_loss(t, &data.x, &data.labels, p),
+            &data.params,
+            &v,
+        )
+    };
+    let hv = hvp()?.hv;
+    let v_hv: f64 = hv
+        .iter()
+        .zip(&v)
+        .map(|(h, v)| {
+            h.data()
+                .iter()
+                .zip(v.data())
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum::<f64>()
+        })
+        .sum();
+    let mut failure = None;
+    let half = cfg.budget / 2;
+    let t_hvp = measure(half, 5, || {
+        if let Err(e) = hvp() {
+            failure = Some(e);
+        }
+    });
+    let mut tape = Tape::<f32>::new();
+    let t_grad = measure(half, 5, || {
+        tape.clear();
+        let ps: Vec<Var<'_, f32>> = data.params.iter().map(|p| tape.var(p.clone())).collect();
+        let g = w1_loss(&tape, &data.x, &data.labels, &ps).and_then(|l| tape.backward(l));
+        if let Err(e) = g {
+            failure = Some(e);
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    BenchRow::new("w10_hvp", t_hvp)
+        .with("grad_median_s", t_grad.median_s)
+        .with("hvp_over_grad", t_hvp.median_s / t_grad.median_s)
+        .verify("v_hv", 0.96944, v_hv, 5e-4)
+}
+
 /// Peak resident memory of this process in bytes (`VmHWM`), where Linux reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -1180,55 +1240,6 @@ pub fn w5_g<'t, T: Element>(t: Var<'t, T>, m: usize) -> Result<Var<'t, T>> {
     kt.sin().mul(decay)
 }
 
-/// The W1 loss written once for any [`Real`](crate::scalar::Real) number type, over the
-/// flattened parameters `[W1, b1, W2, b2, W3, b3]` (W row-major `[in, out]`) and the first
-/// `batch` samples: the scalar engine runs it for Hessian-vector products.
-pub fn w1_loss_scalar<T: crate::scalar::Real>(
-    params: &[T],
-    x: &Tensor<f64>,
-    labels: &[usize],
-    batch: usize,
-) -> T {
-    let sizes = [784usize, 256, 256, 10];
-    let mut offsets = Vec::new();
-    let mut at = 0;
-    for w in sizes.windows(2) {
-        offsets.push((at, at + w[0] * w[1]));
-        at += w[0] * w[1] + w[1];
-    }
-    let mut total = T::cst(0.0);
-    for s in 0..batch {
-        let mut h: Vec<T> = x.data()[s * 784..(s + 1) * 784]
-            .iter()
-            .map(|&v| T::cst(v))
-            .collect();
-        for (layer, w) in sizes.windows(2).enumerate() {
-            let (wo, bo) = offsets[layer];
-            let mut next = Vec::with_capacity(w[1]);
-            for j in 0..w[1] {
-                let mut acc = params[bo + j];
-                for (i, &hi) in h.iter().enumerate() {
-                    acc = acc + hi * params[wo + i * w[1] + j];
-                }
-                next.push(if layer + 2 < sizes.len() {
-                    acc.relu()
-                } else {
-                    acc
-                });
-            }
-            h = next;
-        }
-        // softmax cross-entropy, shifted by the largest logit for stability
-        let m = h.iter().fold(f64::NEG_INFINITY, |m, z| m.max(z.value()));
-        let mut sum = T::cst(0.0);
-        for &z in &h {
-            sum = sum + (z - T::cst(m)).exp();
-        }
-        total = total + sum.ln() + T::cst(m) - h[labels[s]];
-    }
-    total / T::cst(batch as f64)
-}
-
 /// The W1 loss gradient on the tensor engine in f64, for the first `batch` samples.
 pub fn w1_grad_f64(
     params: &[f64],
@@ -1256,18 +1267,28 @@ pub fn w1_grad_f64(
 }
 
 /// Hessian-vector product of the W1 loss (first `batch` samples) at the anchors' initial
-/// parameters along a seeded random direction, by forward-over-reverse on the scalar
-/// engine, and the central difference of tensor-engine gradients along the same
-/// direction. Returns (hvp, difference, max |hvp − difference| / max |difference|).
+/// parameters along a seeded random direction, by forward-over-reverse on the tensor
+/// engine ([`crate::autodiff::hvp`]), and the central difference of tensor-engine
+/// gradients along the same direction. Returns (hvp, difference, max |hvp − difference| /
+/// max |difference|).
 pub fn w1_hvp_check(batch: usize) -> Result<(Vec<f64>, Vec<f64>, f64)> {
     let data = W1Data::<f64>::new();
     let theta: Vec<f64> = data.params.iter().flat_map(|p| p.to_vec()).collect();
     let v = Tensor::<f64>::randn(&[theta.len()], 7).to_vec();
-    let hv = crate::scalar::hvp(
-        |p| w1_loss_scalar(p, &data.x, &data.labels, batch),
-        &theta,
-        &v,
-    );
+    let mut at = 0;
+    let directions: Vec<Tensor<f64>> = data
+        .params
+        .iter()
+        .map(|p| {
+            let part = Tensor::from_vec(v[at..at + p.len()].to_vec(), p.shape());
+            at += p.len();
+            part
+        })
+        .collect::<Result<_>>()?;
+    let xb = data.x.narrow(0, 0, batch)?;
+    let labels = &data.labels[..batch];
+    let r = crate::autodiff::hvp(|t, p| w1_loss(t, &xb, labels, p), &data.params, &directions)?;
+    let hv: Vec<f64> = r.hv.iter().flat_map(|t| t.to_vec()).collect();
     // a small step: ReLU's derivative jumps where a pre-activation crosses zero, and a
     // step that crosses one makes the difference of gradients meaningless there
     let h = 1e-7;
@@ -1634,9 +1655,7 @@ mod tests {
 
     #[test]
     fn w1_hvp_matches_differences_of_the_gradient() {
-        // two samples keep the scalar graph small (about a million nodes); the example
-        // `w1_hvp` runs the full batch of 128
-        let (hv, _, err) = w1_hvp_check(2).unwrap();
+        let (hv, _, err) = w1_hvp_check(128).unwrap();
         assert_eq!(hv.len(), 269_322);
         assert!(err <= 1e-5, "relative error {err}");
     }

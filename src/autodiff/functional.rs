@@ -73,14 +73,22 @@ where
     Ok((y.value(), y.tangent()?))
 }
 
-/// `(f(x), ∇f(x), H v)` for a scalar-valued `f` of several tensors: the Hessian-vector
-/// product by forward over reverse (the reverse sweep recorded on a forward-mode tape
-/// whose inputs carry `v` as their tangents), at about twice the cost of the gradient.
-pub fn hvp<T: Element, F>(
-    f: F,
-    x: &[Tensor<T>],
-    v: &[Tensor<T>],
-) -> Result<(T, Vec<Tensor<T>>, Vec<Tensor<T>>)>
+/// What [`hvp`] returns: the value, the gradient and the Hessian-vector product, one
+/// tensor per input.
+#[derive(Clone, Debug)]
+pub struct HvpResult<T: Element> {
+    /// `f(x)`.
+    pub value: T,
+    /// `∇f(x)`.
+    pub grad: Vec<Tensor<T>>,
+    /// `H v`.
+    pub hv: Vec<Tensor<T>>,
+}
+
+/// `f(x)`, `∇f(x)` and `H v` for a scalar-valued `f` of several tensors: the
+/// Hessian-vector product by forward over reverse (the reverse sweep recorded on a
+/// forward-mode tape whose inputs carry `v` as their tangents).
+pub fn hvp<T: Element, F>(f: F, x: &[Tensor<T>], v: &[Tensor<T>]) -> Result<HvpResult<T>>
 where
     F: for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Result<Var<'t, T>>,
 {
@@ -103,7 +111,11 @@ where
         .iter()
         .map(|g| g.tangent())
         .collect::<Result<Vec<_>>>()?;
-    Ok((value, grads.iter().map(|g| g.value()).collect(), hv))
+    Ok(HvpResult {
+        value,
+        grad: grads.iter().map(|g| g.value()).collect(),
+        hv,
+    })
 }
 
 /// The Hessian of a scalar-valued `f` at `x`, `[n, n]` for `n = x.len()`: one
@@ -115,12 +127,12 @@ where
     let n = x.len();
     let mut h = vec![T::zero(); n * n];
     for j in 0..n {
-        let (_, _, hv) = hvp(
+        let r = hvp(
             |t, v| f(t, v[0]),
             std::slice::from_ref(x),
             &[one_hot(x.shape(), j)],
         )?;
-        for (i, &e) in hv[0].data().iter().enumerate() {
+        for (i, &e) in r.hv[0].data().iter().enumerate() {
             h[i * n + j] = e;
         }
     }
@@ -253,7 +265,7 @@ mod tests {
                     let a = y.softmax(2)?.mul(y)?.sum(&[0, 2], false)?;
                     let b = y.log_softmax(1)?.mean(&[1], true)?.tanh().sum_all();
                     let c = y.logsumexp(&[2], false)?.max(&[1], false)?.sum_all();
-                    Ok(a.sum_all().add(b)?.add(c)?)
+                    a.sum_all().add(b)?.add(c)
                 },
             ),
             (
@@ -270,9 +282,9 @@ mod tests {
                 let c = Var::concat(&[b, a.narrow(1, 0, 2)?.exp()], 1)?;
                 let d = c.index_select(0, &[1, 0, 1])?.gather(1, &[0, 5, 2])?;
                 let e = x[1].reshape(&[1, 6])?.broadcast_to(&[3, 6])?.sin();
-                Ok(d.mul(d)?
+                d.mul(d)?
                     .sum_all()
-                    .add(e.mul(c.index_select(0, &[0, 1, 0])?)?.sum_all())?)
+                    .add(e.mul(c.index_select(0, &[0, 1, 0])?)?.sum_all())
             }),
         ]
     }
@@ -290,7 +302,11 @@ mod tests {
                 .enumerate()
                 .map(|(i, s)| Tensor::randn(s, 100 + 10 * k as u64 + i as u64))
                 .collect();
-            let (value, grads, hv) = hvp(f, &x, &v).unwrap();
+            let HvpResult {
+                value,
+                grad: grads,
+                hv,
+            } = hvp(f, &x, &v).unwrap();
             // the gradients of the recorded sweep are the ordinary ones
             let tape = Tape::new();
             let vars: Vec<_> = x.iter().map(|t| tape.var(t.clone())).collect();

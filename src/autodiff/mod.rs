@@ -16,7 +16,8 @@ mod tape;
 
 pub use export::graph_dot;
 pub use functional::{
-    JacobianMode, func, grad, hessian, hvp, jacfwd, jacobian, jacrev, jvp, value_and_grad, vjp,
+    HvpResult, JacobianMode, func, grad, hessian, hvp, jacfwd, jacobian, jacrev, jvp,
+    value_and_grad, vjp,
 };
 pub use gradcheck::{
     FORWARD_REVERSE_TOLERANCE, GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck, nan_max,
