@@ -25,5 +25,8 @@ pub use gradcheck::{
 pub use ops::CustomOp;
 pub use ops::recurrent::{CellKind, gru_cell, lstm_cell, recurrent_sequence, rnn_cell};
 pub use replay::Trace;
-pub use suite::{CaseFn, OpCheck, PlantedFault, SuiteReport, builtin_suite, planted_add};
+pub use suite::{
+    CaseFn, OpCheck, PlantedFault, SecondOrderCheck, SecondOrderReport, SuiteReport, builtin_suite,
+    planted_add, second_order_suite,
+};
 pub use tape::{Gradients, NodeInfo, Tape, Var};

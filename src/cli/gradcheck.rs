@@ -1,6 +1,8 @@
 //! `chainrule gradcheck`: the built-in suite, one line per op.
 
-use chainrule::autodiff::{FORWARD_REVERSE_TOLERANCE, PlantedFault, builtin_suite};
+use chainrule::autodiff::{
+    FORWARD_REVERSE_TOLERANCE, PlantedFault, builtin_suite, second_order_suite,
+};
 use std::process::ExitCode;
 
 /// Options of `chainrule gradcheck`.
@@ -22,6 +24,10 @@ pub struct Args {
     /// skipped). Repeatable.
     #[arg(long)]
     plant: Vec<PlantedFault>,
+    /// 1: gradients (reverse and forward mode); 2: Hessian-vector products (forward mode
+    /// over the recorded reverse sweep) against central differences of gradients.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    order: u8,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -30,6 +36,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "--tolerance must be a non-negative number, got {}",
             args.tolerance
         );
+    }
+    if args.order == 2 {
+        if !args.plant.is_empty() {
+            anyhow::bail!(
+                "--plant plants first-order faults; it cannot be combined with --order 2"
+            );
+        }
+        return second_order(&args);
     }
     let suite = builtin_suite(args.seed, args.tolerance, &args.plant);
     if args.json {
@@ -94,6 +108,61 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         });
         eprintln!("error: gradcheck failed for {}: {why}", r.op);
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// `gradcheck --order 2`: one line per op, H·v against differences of gradients.
+fn second_order(args: &Args) -> anyhow::Result<ExitCode> {
+    let suite = second_order_suite(args.seed, args.tolerance);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&suite)?);
+    } else {
+        println!(
+            "Hessian-vector products (forward mode over the recorded reverse sweep) against central differences of gradients, in f64"
+        );
+        let w = suite
+            .ops
+            .iter()
+            .map(|r| r.op.len())
+            .max()
+            .unwrap_or(0)
+            .max(14);
+        println!("{:<w$} {:>5} {:>10}  worst case", "op", "cases", "H·v err");
+        for r in &suite.ops {
+            match &r.skipped {
+                Some(why) if r.cases == 0 => {
+                    println!("{:<w$} {:>5} {:>10}  skipped: {why}", r.op, 0, "-")
+                }
+                _ => println!(
+                    "{:<w$} {:>5} {:>10.2e}  shapes {:?}{}",
+                    r.op,
+                    r.cases,
+                    r.max_rel_err,
+                    r.worst_shapes,
+                    if r.passed { "" } else { "  FAILED" }
+                ),
+            }
+        }
+        let checked = suite.ops.iter().filter(|r| r.cases > 0).count();
+        println!(
+            "{checked} ops checked to second order, worst relative error {:.2e}; {} without a recorded reverse rule",
+            suite.worst_rel_err,
+            suite.ops.len() - checked
+        );
+    }
+    if suite.passed {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in suite.ops.iter().filter(|r| !r.passed) {
+        eprintln!(
+            "error: second-order gradcheck failed for {}: {}",
+            r.op,
+            r.skipped.clone().unwrap_or_else(|| format!(
+                "relative error {:.2e} exceeds {:.0e}",
+                r.max_rel_err, args.tolerance
+            ))
+        );
     }
     Ok(ExitCode::FAILURE)
 }
