@@ -12,7 +12,7 @@ fn chainrule(args: &[&str]) -> Output {
     let mut args = args.to_vec();
     let trains = !matches!(
         args.first(),
-        Some(&"eval") | Some(&"sample") | Some(&"clipping")
+        Some(&"eval") | Some(&"sample") | Some(&"clipping") | Some(&"curvature")
     );
     if trains && !args.contains(&"--max-time") {
         args.extend(["--max-time", "none"]);
@@ -56,6 +56,47 @@ fn one_sgd_epoch(out: &str) -> Output {
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+#[test]
+fn curvature_of_a_saved_run_gives_the_largest_eigenvalues_and_the_stable_step() {
+    let dir = temp("curvature");
+    let out = dir.join("run");
+    let o = one_sgd_epoch(out.to_str().unwrap());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = chainrule(&[
+        "curvature",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--top",
+        "2",
+        "--iterations",
+        "40",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&o);
+    let eig: Vec<f64> = r["eigenvalues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(eig.len(), 2);
+    assert!(eig.iter().all(|l| l.is_finite()), "{r}");
+    // a cross-entropy Hessian near a minimum: positive, largest first
+    assert!(eig[0] > 0.0 && eig[0].abs() >= eig[1].abs(), "{r}");
+    let stable = r["max_stable_lr"].as_f64().unwrap();
+    assert!((stable - 2.0 / eig[0]).abs() <= 1e-12 * stable, "{r}");
+    assert_eq!(r["lr"].as_f64(), Some(0.01));
+    assert_eq!(r["optimizer"], "sgd");
+    let o = chainrule(&[
+        "curvature",
+        "--checkpoint",
+        dir.join("none").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 }
 
 #[test]
@@ -631,6 +672,10 @@ fn a_tiny_character_model_learns_below_the_unigram_entropy() {
     let o = chainrule(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = json(&o);
+    // second order is not there for the recurrent cells: one clear line
+    let o = chainrule(&["curvature", "--checkpoint", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("character model"), "{}", stderr(&o));
     let file = data.strip_prefix("text:").unwrap();
     let corpus = chainrule::data::TextCorpus::load(Path::new(file)).unwrap();
     let unigram = chainrule::data::unigram_entropy(corpus.train());

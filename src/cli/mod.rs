@@ -3,6 +3,7 @@
 mod bench;
 mod clipping;
 mod compare;
+mod curvature;
 mod explain;
 mod gradcheck;
 mod train;
@@ -46,6 +47,9 @@ enum Command {
     Clipping(clipping::Args),
     /// Measure what a gradient costs by reverse mode, forward mode and finite differences.
     Compare(compare::Args),
+    /// The largest Hessian eigenvalues of a saved MLP's training loss, and the learning
+    /// rate above which gradient descent diverges along them.
+    Curvature(curvature::Args),
 }
 
 /// Runs the parsed command.
@@ -59,5 +63,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(a) => explain::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Clipping(a) => clipping::run(a),
+        Command::Curvature(a) => curvature::run(a),
     }
 }

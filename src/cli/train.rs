@@ -544,7 +544,7 @@ impl RunConfig {
 /// Training and evaluation splits, standardised with the training split's statistics
 /// (per feature for tabular data; one mean and deviation over all pixels for MNIST).
 pub struct Splits {
-    train: Dataset,
+    pub(super) train: Dataset,
     val: Dataset,
     standardizer: Standardizer,
     eval_name: &'static str,
@@ -1148,19 +1148,73 @@ pub struct EvalArgs {
     json: bool,
 }
 
-pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let dir = if args.checkpoint.is_dir() {
-        args.checkpoint.join(CHECKPOINT_FILE)
-    } else {
-        args.checkpoint.clone()
-    };
-    let ckpt = load_checkpoint(&dir)
-        .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
-    let mut cfg: RunConfig = serde_json::from_value(ckpt.meta.config.clone())
-        .context("the checkpoint's configuration is not readable")?;
-    if let Some(d) = args.data {
-        cfg.data = d;
+/// A saved run: its checkpoint file, the checkpoint, and its configuration with the data
+/// replaced by `data` when given.
+pub(super) struct SavedRun {
+    pub(super) file: PathBuf,
+    pub(super) ckpt: chainrule::train::Checkpoint,
+    pub(super) cfg: RunConfig,
+}
+
+impl SavedRun {
+    /// Reads `checkpoint` (a run folder or a checkpoint file).
+    pub(super) fn load(checkpoint: &Path, data: Option<String>) -> anyhow::Result<Self> {
+        let file = if checkpoint.is_dir() {
+            checkpoint.join(CHECKPOINT_FILE)
+        } else {
+            checkpoint.to_path_buf()
+        };
+        let ckpt = load_checkpoint(&file)
+            .with_context(|| format!("--checkpoint {}", checkpoint.display()))?;
+        let mut cfg: RunConfig = serde_json::from_value(ckpt.meta.config.clone())
+            .context("the checkpoint's configuration is not readable")?;
+        if let Some(d) = data {
+            cfg.data = d;
+        }
+        Ok(SavedRun { file, ckpt, cfg })
     }
+
+    /// The run's base learning rate.
+    pub(super) fn cfg_lr(&self) -> f64 {
+        self.cfg.lr
+    }
+
+    /// The run's optimizer, as named on the command line.
+    pub(super) fn cfg_optimizer(&self) -> String {
+        serde_json::to_value(self.cfg.optimizer)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{:?}", self.cfg.optimizer).to_lowercase())
+    }
+
+    /// Whether the run trained a character model.
+    pub(super) fn is_character_model(&self) -> anyhow::Result<bool> {
+        Ok(cell_kind(&self.cfg.model)?.is_some())
+    }
+
+    /// The MLP classifier of the run with its saved weights, and the run's data splits.
+    pub(super) fn mlp(&self) -> anyhow::Result<(Mlp, ParamStore<f32>, Splits)> {
+        let splits = load_splits(&self.cfg, self.ckpt.meta.standardizer.clone())?;
+        let Some(&classes) = self.ckpt.meta.sizes.last() else {
+            bail!(
+                "{}: the checkpoint's model has no layers",
+                self.file.display()
+            );
+        };
+        let sizes = layer_sizes(&self.cfg, splits.val.dim(), classes);
+        self.ckpt
+            .check_sizes(&sizes)
+            .with_context(|| format!("--checkpoint {}", self.file.display()))?;
+        let mut store = ParamStore::<f32>::new();
+        let model = build_model(&self.cfg, &sizes, &mut store)?;
+        self.ckpt.restore_params(&mut store)?;
+        Ok((model, store, splits))
+    }
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let run = SavedRun::load(&args.checkpoint, args.data)?;
+    let (dir, ckpt, cfg) = (&run.file, &run.ckpt, &run.cfg);
     if let Some(kind) = cell_kind(&cfg.model)? {
         let Some(vocab) = ckpt.meta.vocab.as_deref() else {
             bail!(
@@ -1168,11 +1222,11 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 dir.display()
             );
         };
-        let text = load_text(&cfg, Some(vocab))?;
-        ckpt.check_param_count(char_param_count(&cfg, kind, text.corpus.vocab().len()))
+        let text = load_text(cfg, Some(vocab))?;
+        ckpt.check_param_count(char_param_count(cfg, kind, text.corpus.vocab().len()))
             .with_context(|| format!("--checkpoint {}", dir.display()))?;
         let mut store = ParamStore::<f32>::new();
-        let model = char_model(&cfg, kind, text.corpus.vocab().len(), &mut store)?;
+        let model = char_model(cfg, kind, text.corpus.vocab().len(), &mut store)?;
         ckpt.restore_params(&mut store)?;
         let lm = LanguageModel::new(&model, text.train.clone(), text.val.clone());
         let loss = lm.loss_over(&store, &text.val)?;
@@ -1191,16 +1245,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let splits = load_splits(&cfg, ckpt.meta.standardizer.clone())?;
-    let Some(&classes) = ckpt.meta.sizes.last() else {
-        bail!("{}: the checkpoint's model has no layers", dir.display());
-    };
-    let sizes = layer_sizes(&cfg, splits.val.dim(), classes);
-    ckpt.check_sizes(&sizes)
-        .with_context(|| format!("--checkpoint {}", dir.display()))?;
-    let mut store = ParamStore::<f32>::new();
-    let model = build_model(&cfg, &sizes, &mut store)?;
-    ckpt.restore_params(&mut store)?;
+    let (model, store, splits) = run.mlp()?;
     let (loss, acc) = evaluate(&model, &store, &splits.val)?;
     if args.json {
         println!(

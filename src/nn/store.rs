@@ -156,6 +156,37 @@ impl<T: Element> ParamStore<T> {
         Params { tape, vars }
     }
 
+    /// Like [`ParamStore::leaves`] on a [forward-mode tape](Tape::forward_mode), each
+    /// trainable parameter carrying its tangent from `tangents` (in id order): a
+    /// Hessian-vector product of a loss of the parameters is the tangent of its
+    /// [recorded gradient](Tape::backward_recorded).
+    pub fn duals<'t>(&self, tape: &'t Tape<T>, tangents: &[Tensor<T>]) -> Result<Params<'t, T>> {
+        if tangents.len() != self.values.len() {
+            return Err(Error::invalid(
+                "ParamStore::duals",
+                format!(
+                    "{} tangents for {} parameters",
+                    tangents.len(),
+                    self.values.len()
+                ),
+            ));
+        }
+        let vars = self
+            .values
+            .iter()
+            .zip(&self.frozen)
+            .zip(tangents)
+            .map(|((v, &frozen), t)| {
+                if frozen {
+                    Ok(tape.constant(v.clone()))
+                } else {
+                    tape.dual(v.clone(), t.clone())
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Params { tape, vars })
+    }
+
     /// Writes every parameter to a safetensors file, atomically (temporary file, then
     /// rename), with `metadata` in the file's header.
     pub fn save_safetensors(&self, path: &Path, metadata: &HashMap<String, String>) -> Result<()> {

@@ -3,6 +3,7 @@
 //! parameters in place (the step's tape must be dropped first, so no copy is made).
 
 mod clip;
+pub mod curvature;
 mod schedule;
 
 pub use clip::{clip_grad_norm, clip_grad_value, global_norm, grad_norms};
