@@ -4,6 +4,7 @@
 
 mod clip;
 pub mod curvature;
+pub mod newton;
 mod schedule;
 
 pub use clip::{clip_grad_norm, clip_grad_value, global_norm, grad_norms};
