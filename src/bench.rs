@@ -1016,6 +1016,7 @@ fn w10_hvp(cfg: &BenchConfig) -> Result<BenchRow> {
     }
     BenchRow::new("w10_hvp", t_hvp)
         .with("grad_median_s", t_grad.median_s)
+        .with("v_hv", v_hv)
         .with("hvp_over_grad", t_hvp.median_s / t_grad.median_s)
         .verify("v_hv", 0.96944, v_hv, 5e-4)
 }

@@ -100,6 +100,12 @@ impl<T: Element> ParamStore<T> {
         &self.values[id.0]
     }
 
+    /// Every parameter's value, mutably, in id order (the optimizers update them all in
+    /// one pass).
+    pub(crate) fn values_mut(&mut self) -> std::slice::IterMut<'_, Tensor<T>> {
+        self.values.iter_mut()
+    }
+
     /// A parameter's value, mutably (the optimizer updates it in place).
     pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor<T> {
         &mut self.values[id.0]

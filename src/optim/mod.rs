@@ -191,11 +191,21 @@ impl<T: Element> Slots<T> {
     }
 }
 
-/// Iterates over (parameter data, gradient data) for parameters that have a gradient.
-fn for_each_param<T: Element>(
+/// A piece of one parameter, its gradient and its state slots, updated together.
+type Piece<'a, T, const S: usize> = (&'a mut [T], &'a [T], [&'a mut [T]; S]);
+
+/// Runs the update rule `f` over every parameter that has a gradient, with its `S` state
+/// slots (created on first use), in one pass: the parameters are cut into pieces that
+/// all run in one parallel loop on every rayon thread once there are enough elements to
+/// pay for it, each piece compiled for AVX2 where the CPU has it. Every rule here
+/// updates element `j` from element `j` alone and uses no FMA, so neither the cut nor
+/// the instruction set can change a result. Counts and shapes are checked before
+/// anything is updated.
+fn update_all<T: Element, const S: usize>(
     store: &mut ParamStore<T>,
     grads: &[Option<Tensor<T>>],
-    mut f: impl FnMut(usize, &mut [T], &[T]) -> Result<()>,
+    slots: &mut Slots<T>,
+    f: impl Fn(&mut [T], &[T], [&mut [T]; S]) + Sync + Send,
 ) -> Result<()> {
     if grads.len() > store.len() {
         return Err(Error::invalid(
@@ -203,56 +213,58 @@ fn for_each_param<T: Element>(
             format!("{} gradients for {} parameters", grads.len(), store.len()),
         ));
     }
+    let mut total = 0;
     for (i, g) in grads.iter().enumerate() {
         let Some(g) = g else { continue };
-        let p = store.get_mut(ParamId(i));
+        let p = store.get(ParamId(i));
         if p.shape() != g.shape() {
             return Err(Error::shape("optimizer step", p.shape(), g.shape()));
         }
-        f(i, p.data_mut(), g.data())?;
+        total += p.len();
+        if S > 0 {
+            slots.get(i, p.len());
+        }
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let parallel = total >= PARALLEL_MIN_LEN && threads > 1;
+    let piece = if parallel {
+        total.div_ceil(threads * 4).max(4096)
+    } else {
+        usize::MAX
+    };
+    let mut per_param = slots.per_param.iter_mut();
+    let mut parts: Vec<Piece<'_, T, S>> = Vec::new();
+    for (p, g) in store
+        .values_mut()
+        .zip(grads.iter().chain(std::iter::repeat(&None)))
+    {
+        let state = per_param.next();
+        let Some(g) = g else { continue };
+        let mut state = state.map(|v| v.iter_mut()).into_iter().flatten();
+        // the slots were made (or loaded and checked) with the parameter's length; a
+        // shorter one would only shorten the zipped loops, never index out of bounds
+        let mut slot_pieces: [std::slice::ChunksMut<'_, T>; S] = std::array::from_fn(|_| {
+            state
+                .next()
+                .expect("slots exist for every parameter with a gradient")
+                .data_mut()
+                .chunks_mut(piece)
+        });
+        for (p, g) in p.data_mut().chunks_mut(piece).zip(g.data().chunks(piece)) {
+            let s = std::array::from_fn(|k| slot_pieces[k].next().unwrap_or_default());
+            parts.push((p, g, s));
+        }
+    }
+    if parallel {
+        parts
+            .into_par_iter()
+            .for_each(|(p, g, s)| with_avx2!(f(p, g, s)));
+    } else {
+        with_avx2!(for (p, g, s) in parts {
+            f(p, g, s)
+        });
     }
     Ok(())
-}
-
-/// Runs an update rule `f` over a parameter, its gradient and its state slots (all of
-/// one length): in chunks on every rayon thread for large parameters, each chunk
-/// compiled for AVX2 where the CPU has it. Every rule here updates element `j` from
-/// element `j` alone and uses no FMA, so neither the split nor the instruction set can
-/// change a result.
-fn update_in_chunks<T: Element, const S: usize>(
-    p: &mut [T],
-    g: &[T],
-    slots: [&mut [T]; S],
-    f: impl Fn(&mut [T], &[T], [&mut [T]; S]) + Sync + Send,
-) {
-    let n = p.len();
-    // the slots were made (or loaded and checked) with the parameter's length; a
-    // shorter one would only shorten the zipped loops, never index out of bounds
-    debug_assert!(g.len() == n && slots.iter().all(|s| s.len() == n));
-    let threads = rayon::current_num_threads();
-    if n < PARALLEL_MIN_LEN || threads < 2 {
-        with_avx2!(f(p, g, slots));
-        return;
-    }
-    let chunk = n.div_ceil(threads * 2);
-    let mut slot_chunks = slots.map(|s| s.chunks_mut(chunk));
-    let parts: Vec<_> = p
-        .chunks_mut(chunk)
-        .zip(g.chunks(chunk))
-        .map_while(|(p, g)| {
-            let mut s = slot_chunks.each_mut().map(Iterator::next);
-            s.iter().all(Option::is_some).then(|| {
-                (
-                    p,
-                    g,
-                    std::array::from_fn(|i| s[i].take().expect("checked just above")),
-                )
-            })
-        })
-        .collect();
-    parts
-        .into_par_iter()
-        .for_each(|(p, g, s)| with_avx2!(f(p, g, s)));
 }
 
 /// The methods every optimizer here shares: its learning rate, and its state as the
@@ -320,28 +332,21 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
             self.nesterov,
         );
         let first = self.steps == 0;
-        let slots = &mut self.slots;
-        for_each_param(store, grads, |i, p, g| {
-            if mu == T::zero() {
-                update_in_chunks(p, g, [], |p, g, []| {
-                    for (p, &g) in p.iter_mut().zip(g) {
-                        *p -= lr * (g + wd * *p);
-                    }
-                });
-                return Ok(());
-            }
-            let [buf] = slots.get(i, p.len()) else {
-                unreachable!("one slot")
-            };
-            update_in_chunks(p, g, [buf.data_mut()], |p, g, [buf]| {
+        if mu == T::zero() {
+            update_all(store, grads, &mut self.slots, |p, g, []| {
+                for (p, &g) in p.iter_mut().zip(g) {
+                    *p -= lr * (g + wd * *p);
+                }
+            })?;
+        } else {
+            update_all(store, grads, &mut self.slots, |p, g, [buf]| {
                 for ((p, &g), b) in p.iter_mut().zip(g).zip(buf) {
                     let d = g + wd * *p;
                     *b = if first { d } else { mu * *b + d };
                     *p -= lr * if nesterov { d + mu * *b } else { *b };
                 }
-            });
-            Ok(())
-        })?;
+            })?;
+        }
         self.steps += 1;
         Ok(())
     }
@@ -371,19 +376,12 @@ impl<T: Element> AdaGrad<T> {
 impl<T: Element> Optimizer<T> for AdaGrad<T> {
     fn step(&mut self, store: &mut ParamStore<T>, grads: &[Option<Tensor<T>>]) -> Result<()> {
         let (lr, wd, eps) = (T::of(self.lr), T::of(self.weight_decay), T::of(1e-10));
-        let slots = &mut self.slots;
-        for_each_param(store, grads, |i, p, g| {
-            let [sum] = slots.get(i, p.len()) else {
-                unreachable!("one slot")
-            };
-            update_in_chunks(p, g, [sum.data_mut()], |p, g, [sum]| {
-                for ((p, &g), s) in p.iter_mut().zip(g).zip(sum) {
-                    let d = g + wd * *p;
-                    *s += d * d;
-                    *p -= lr * d / (s.sqrt() + eps);
-                }
-            });
-            Ok(())
+        update_all(store, grads, &mut self.slots, |p, g, [sum]| {
+            for ((p, &g), s) in p.iter_mut().zip(g).zip(sum) {
+                let d = g + wd * *p;
+                *s += d * d;
+                *p -= lr * d / (s.sqrt() + eps);
+            }
         })?;
         self.steps += 1;
         Ok(())
@@ -421,19 +419,12 @@ impl<T: Element> Optimizer<T> for RmsProp<T> {
             T::of(self.weight_decay),
             T::of(1e-8),
         );
-        let slots = &mut self.slots;
-        for_each_param(store, grads, |i, p, g| {
-            let [v] = slots.get(i, p.len()) else {
-                unreachable!("one slot")
-            };
-            update_in_chunks(p, g, [v.data_mut()], |p, g, [v]| {
-                for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
-                    let d = g + wd * *p;
-                    *v = a * *v + (T::one() - a) * d * d;
-                    *p -= lr * d / (v.sqrt() + eps);
-                }
-            });
-            Ok(())
+        update_all(store, grads, &mut self.slots, |p, g, [v]| {
+            for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
+                let d = g + wd * *p;
+                *v = a * *v + (T::one() - a) * d * d;
+                *p -= lr * d / (v.sqrt() + eps);
+            }
         })?;
         self.steps += 1;
         Ok(())
@@ -479,21 +470,14 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         } else {
             (T::of(self.weight_decay), T::one())
         };
-        let slots = &mut self.slots;
-        for_each_param(store, grads, |i, p, g| {
-            let [m, v] = slots.get(i, p.len()) else {
-                unreachable!("two slots")
-            };
-            update_in_chunks(p, g, [m.data_mut(), v.data_mut()], |p, g, [m, v]| {
-                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                    *p *= shrink;
-                    let d = g + l2 * *p;
-                    *m = b1 * *m + (T::one() - b1) * d;
-                    *v = b2 * *v + (T::one() - b2) * d * d;
-                    *p -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
-                }
-            });
-            Ok(())
+        update_all(store, grads, &mut self.slots, |p, g, [m, v]| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                *p *= shrink;
+                let d = g + l2 * *p;
+                *m = b1 * *m + (T::one() - b1) * d;
+                *v = b2 * *v + (T::one() - b2) * d * d;
+                *p -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+            }
         })?;
         self.steps += 1;
         Ok(())
@@ -504,6 +488,59 @@ impl<T: Element> Optimizer<T> for Adam<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pass_over_every_parameter_gives_the_same_bits_on_one_or_more_threads() {
+        // big and small parameters, one without a gradient: the parallel pass cuts them
+        // into pieces, the single-threaded one does not
+        let sizes = [70_000usize, 3, 100_000, 5];
+        let run = |threads: usize| -> Vec<Vec<f32>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut out = Vec::new();
+                for kind in [
+                    OptimizerKind::Adam,
+                    OptimizerKind::Momentum,
+                    OptimizerKind::Rmsprop,
+                ] {
+                    let mut store = ParamStore::<f32>::new();
+                    for (i, &n) in sizes.iter().enumerate() {
+                        store
+                            .add(format!("p{i}"), Tensor::<f64>::randn(&[n], i as u64).cast())
+                            .unwrap();
+                    }
+                    let mut opt = kind.build::<f32>(0.01, Some(1e-3)).unwrap();
+                    for step in 0..3u64 {
+                        let grads: Vec<Option<Tensor<f32>>> = sizes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &n)| {
+                                (i != 1).then(|| {
+                                    Tensor::<f64>::randn(&[n], 100 + 10 * step + i as u64).cast()
+                                })
+                            })
+                            .collect();
+                        opt.step(&mut store, &grads).unwrap();
+                    }
+                    out.extend(store.iter().map(|(_, _, t)| t.to_vec()));
+                }
+                out
+            })
+        };
+        assert_eq!(run(1), run(2));
+        assert_eq!(run(2), run(3));
+        // a wrong shape updates nothing
+        let mut store = ParamStore::<f32>::new();
+        store.add("a", Tensor::ones(&[4])).unwrap();
+        store.add("b", Tensor::ones(&[2])).unwrap();
+        let mut opt = OptimizerKind::Sgd.build::<f32>(0.1, None).unwrap();
+        let bad = [Some(Tensor::ones(&[4])), Some(Tensor::ones(&[3]))];
+        assert!(opt.step(&mut store, &bad).is_err());
+        assert_eq!(store.iter().next().unwrap().2.to_vec(), vec![1.0; 4]);
+    }
 
     /// Three steps on f(p) = ½ Σ aᵢ pᵢ², a = [1, 2, 0.5], p₀ = [1, −2, 3].
     fn run(mut opt: Box<dyn Optimizer<f64>>) -> Vec<Vec<f64>> {
