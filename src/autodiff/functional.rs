@@ -374,21 +374,7 @@ mod tests {
 
     #[test]
     fn a_custom_op_without_a_recorded_rule_is_named() {
-        use crate::autodiff::CustomOp;
-        struct Twice;
-        impl CustomOp<f64> for Twice {
-            fn name(&self) -> &str {
-                "twice"
-            }
-            fn vjp(
-                &self,
-                _: &[&Tensor<f64>],
-                _: &Tensor<f64>,
-                g: &Tensor<f64>,
-            ) -> Result<Vec<Tensor<f64>>> {
-                Ok(vec![g.mul_scalar(2.0)])
-            }
-        }
+        use crate::autodiff::ops::testing::Twice;
         let e = hvp(
             |_, x| {
                 let y = Var::custom(

@@ -7,7 +7,7 @@
 
 use super::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, dot_all};
 
 /// Settings of [`gradcheck`].
 #[derive(Clone, Debug)]
@@ -172,20 +172,6 @@ fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
     idx
 }
 
-/// ⟨a, b⟩ summed over a list of tensors.
-fn dot(a: &[Tensor<f64>], b: &[Tensor<f64>]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            x.data()
-                .iter()
-                .zip(y.data())
-                .map(|(p, q)| p * q)
-                .sum::<f64>()
-        })
-        .sum()
-}
-
 /// One standard normal direction per input, from `seed` onwards.
 fn random_directions(inputs: &[Tensor<f64>], seed: u64) -> Vec<Tensor<f64>> {
     inputs
@@ -329,7 +315,7 @@ where
         let dirs = random_directions(inputs, opts.seed.wrapping_add(1));
         let numeric = directional(&dirs)?;
         report.evaluations = 2;
-        report.record(0, None, dot(&reverse, &dirs), numeric, true);
+        report.record(0, None, dot_all(&reverse, &dirs), numeric, true);
     }
     // forward mode along a random direction, against the directional difference and,
     // through ⟨u, J v⟩ = ⟨Jᵀ u, v⟩, against reverse mode
@@ -360,8 +346,8 @@ where
         ));
         return Ok(report);
     }
-    let u_jv = dot(std::slice::from_ref(&jv), std::slice::from_ref(&u));
-    let jtu_v = dot(&reverse, &dirs);
+    let u_jv = dot_all(std::slice::from_ref(&jv), std::slice::from_ref(&u));
+    let jtu_v = dot_all(&reverse, &dirs);
     let numeric = directional(&dirs)?;
     let forward = rel_err(u_jv, numeric);
     report.forward_rel_err = Some(forward);

@@ -961,7 +961,6 @@ impl<T: Element> CrossEntropy<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autodiff::CustomOp;
 
     /// An MLP with a softmax cross-entropy loss, as `nn` records it.
     fn mlp_loss<'t, T: Element>(
@@ -1209,20 +1208,7 @@ mod tests {
 
     #[test]
     fn what_cannot_be_replayed_is_refused_with_a_reason() {
-        struct Twice;
-        impl CustomOp<f64> for Twice {
-            fn name(&self) -> &str {
-                "twice"
-            }
-            fn vjp(
-                &self,
-                _: &[&Tensor<f64>],
-                _: &Tensor<f64>,
-                g: &Tensor<f64>,
-            ) -> Result<Vec<Tensor<f64>>> {
-                Ok(vec![g.mul_scalar(2.0)])
-            }
-        }
+        use crate::autodiff::ops::testing::Twice;
         let tape = Tape::<f64>::new();
         let w = tape.var(Tensor::randn(&[3], 1));
         let x = tape.var(Tensor::randn(&[3], 2));

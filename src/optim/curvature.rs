@@ -5,7 +5,7 @@
 //! the largest stable learning rate.
 
 use crate::error::{Error, Result};
-use crate::tensor::{Element, SplitMix64, Tensor};
+use crate::tensor::{Element, SplitMix64, Tensor, dot_all};
 
 /// Eigenvalues found by [`top_eigenvalues`], largest magnitude first, each with a bound
 /// on how far it may be from an eigenvalue of the operator.
@@ -17,19 +17,6 @@ pub struct Eigenvalues {
     /// `y` (unit length), which bounds the distance to an eigenvalue of the operator as
     /// computed (rounding in the products themselves is not included).
     pub residuals: Vec<f64>,
-}
-
-fn dot<T: Element>(a: &[Tensor<T>], b: &[Tensor<T>]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            x.data()
-                .iter()
-                .zip(y.data())
-                .map(|(p, q)| p.as_f64() * q.as_f64())
-                .sum::<f64>()
-        })
-        .sum()
 }
 
 /// `a ← a + k·b`, in f64 then rounded to `T`.
@@ -127,12 +114,12 @@ pub fn top_eigenvalues<T: Element>(
             })
         })
         .collect();
-    let norm = dot(&q, &q).sqrt();
+    let norm = dot_all(&q, &q).sqrt();
     scale(&mut q, 1.0 / norm.max(f64::MIN_POSITIVE));
     let (mut basis, mut alpha, mut beta) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..products {
         let mut w = hv(&q)?;
-        let a = dot(&q, &w);
+        let a = dot_all(&q, &w);
         if !a.is_finite() {
             return Err(Error::NonFinite(format!("Lanczos: v·Hv became {a}")));
         }
@@ -140,12 +127,12 @@ pub fn top_eigenvalues<T: Element>(
         // full reorthogonalisation against every basis vector (twice is enough)
         for _ in 0..2 {
             for u in &basis {
-                let c = dot(&w, u);
+                let c = dot_all(&w, u);
                 axpy(&mut w, -c, u);
             }
         }
         alpha.push(a);
-        let b = dot(&w, &w).sqrt();
+        let b = dot_all(&w, &w).sqrt();
         if !b.is_finite() {
             return Err(Error::NonFinite(format!(
                 "Lanczos: a residual norm became {b}"

@@ -4,7 +4,7 @@
 //! handful of steps where first-order methods need hundreds.
 
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Tensor, dot_all};
 
 /// Settings of [`newton_cg`].
 #[derive(Clone, Debug)]
@@ -47,19 +47,6 @@ pub struct NewtonCgReport {
     pub gradient_norm: f64,
 }
 
-fn dot<T: Element>(a: &[Tensor<T>], b: &[Tensor<T>]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            x.data()
-                .iter()
-                .zip(y.data())
-                .map(|(p, q)| p.as_f64() * q.as_f64())
-                .sum::<f64>()
-        })
-        .sum()
-}
-
 /// `a + k·b` for lists of tensors of the same shapes.
 fn plus<T: Element>(a: &[Tensor<T>], k: f64, b: &[Tensor<T>]) -> Result<Vec<Tensor<T>>> {
     a.iter()
@@ -91,7 +78,7 @@ pub fn newton_cg<T: Element>(
     let (mut f, mut g) = value_grad(x)?;
     report.gradient_evaluations += 1;
     loop {
-        let gnorm = dot(&g, &g).sqrt();
+        let gnorm = dot_all(&g, &g).sqrt();
         report.losses.push(f);
         report.gradient_norm = gnorm;
         if !(f.is_finite() && gnorm.is_finite()) {
@@ -107,12 +94,12 @@ pub fn newton_cg<T: Element>(
         let mut d: Vec<Tensor<T>> = g.iter().map(Tensor::zeros_like).collect();
         let mut r: Vec<Tensor<T>> = g.iter().map(|t| t.neg()).collect();
         let mut p = r.clone();
-        let mut rr = dot(&r, &r);
+        let mut rr = dot_all(&r, &r);
         let forcing = opts.cg_tolerance.min(gnorm.sqrt());
         for j in 0..opts.cg_iterations {
             let hp = hv(x, &p)?;
             report.hessian_products += 1;
-            let php = dot(&p, &hp);
+            let php = dot_all(&p, &hp);
             if !php.is_finite() {
                 return Err(Error::NonFinite(format!("Newton-CG: p·Hp became {php}")));
             }
@@ -125,14 +112,14 @@ pub fn newton_cg<T: Element>(
             let alpha = rr / php;
             d = plus(&d, alpha, &p)?;
             r = plus(&r, -alpha, &hp)?;
-            let next = dot(&r, &r);
+            let next = dot_all(&r, &r);
             if next.sqrt() <= forcing * gnorm {
                 break;
             }
             p = plus(&r, next / rr, &p)?;
             rr = next;
         }
-        let slope = dot(&g, &d);
+        let slope = dot_all(&g, &d);
         let mut t = 1.0;
         let (fx, gx) = loop {
             let trial = plus(x, t, &d)?;

@@ -168,8 +168,9 @@ fn powi_or_powf<T: Element>(x: T, p: f64) -> T {
     }
 }
 
+/// −1, 0 or 1 by the sign of `x` (the derivative of |x|, 0 at 0).
 #[inline(always)]
-fn sign<T: Element>(x: T) -> T {
+pub(crate) fn sign<T: Element>(x: T) -> T {
     if x > T::zero() {
         T::one()
     } else if x < T::zero() {

@@ -6,7 +6,7 @@
 //! reductions, matmul through `faer`) live in the submodules.
 
 mod elementwise;
-pub(crate) use elementwise::{PARALLEL_MIN_LEN, with_avx2};
+pub(crate) use elementwise::{PARALLEL_MIN_LEN, sign, with_avx2};
 mod matmul;
 mod random;
 mod reduce;
@@ -137,6 +137,22 @@ pub(crate) fn c<T: Element>(v: f64) -> T {
 pub struct Tensor<T> {
     data: Arc<[T]>,
     shape: Shape,
+}
+
+/// `⟨a, b⟩` summed over two lists of tensors (element by element, accumulated in f64):
+/// the inner product of gradients, directions and Krylov vectors kept as one tensor per
+/// parameter.
+pub fn dot_all<T: Element>(a: &[Tensor<T>], b: &[Tensor<T>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            x.data()
+                .iter()
+                .zip(y.data())
+                .map(|(p, q)| p.as_f64() * q.as_f64())
+                .sum::<f64>()
+        })
+        .sum()
 }
 
 /// Allocates `n` zeros without a copy (all-zero bits are 0.0 for f32 and f64).

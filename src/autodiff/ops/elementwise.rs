@@ -61,15 +61,7 @@ pub(crate) fn vjp_recorded<'t, T: Element>(
                 UnaryOp::Exp => g.mul(out)?,
                 UnaryOp::Ln => g.div(x)?,
                 UnaryOp::Sqrt => g.div(out)?.mul_scalar(0.5),
-                UnaryOp::Abs => g.mul(mask(x.value().map(|v| {
-                    if v > T::zero() {
-                        T::one()
-                    } else if v < T::zero() {
-                        -T::one()
-                    } else {
-                        T::zero()
-                    }
-                })))?,
+                UnaryOp::Abs => g.mul(mask(x.value().map(crate::tensor::sign)))?,
                 UnaryOp::Sin => g.mul(x.cos())?,
                 UnaryOp::Cos => g.mul(x.sin())?.neg(),
                 UnaryOp::Tanh => g.mul(out.mul(out)?.neg().add_scalar(1.0))?,

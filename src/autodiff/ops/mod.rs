@@ -258,6 +258,23 @@ pub(crate) mod testing {
     use crate::error::Result;
     use crate::tensor::Tensor;
 
+    /// `2x` as a custom op with a reverse rule only (no forward or second-order rule).
+    pub struct Twice;
+
+    impl crate::autodiff::CustomOp<f64> for Twice {
+        fn name(&self) -> &str {
+            "twice"
+        }
+        fn vjp(
+            &self,
+            _: &[&Tensor<f64>],
+            _: &Tensor<f64>,
+            g: &Tensor<f64>,
+        ) -> Result<Vec<Tensor<f64>>> {
+            Ok(vec![g.mul_scalar(2.0)])
+        }
+    }
+
     /// Checks reverse mode against central differences and fails the test above 1e-6.
     pub fn check<F>(name: &str, inputs: &[Tensor<f64>], f: F)
     where

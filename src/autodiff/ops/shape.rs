@@ -7,17 +7,20 @@ use crate::autodiff::Var;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Shape, Tensor, gather_adjoint, index_select_adjoint, narrow_adjoint};
 
+/// The permutation that undoes `perm` (a permute's reverse rule).
+fn inverse(perm: &[usize]) -> Shape {
+    let mut inv: Shape = smallvec::smallvec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    inv
+}
+
 pub(crate) fn vjp<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], g: &Tensor<T>) -> Result<Grads<T>> {
     let x = ins[0];
     Ok(match op {
         Op::Reshape => smallvec::smallvec![Some(g.reshape(x.shape())?)],
-        Op::Permute(perm) => {
-            let mut inv: Shape = smallvec::smallvec![0; perm.len()];
-            for (i, &p) in perm.iter().enumerate() {
-                inv[p] = i;
-            }
-            smallvec::smallvec![Some(g.permute(&inv)?)]
-        }
+        Op::Permute(perm) => smallvec::smallvec![Some(g.permute(&inverse(perm))?)],
         Op::BroadcastTo => smallvec::smallvec![Some(g.sum_to_shape(x.shape())?)],
         Op::Narrow { axis, start } => {
             smallvec::smallvec![Some(narrow_adjoint(g, x.shape(), *axis, *start))]
@@ -62,13 +65,7 @@ pub(crate) fn vjp_recorded<'t, T: Element>(
     };
     Ok(match op {
         Op::Reshape => smallvec::smallvec![Some(g.reshape(&xs)?)],
-        Op::Permute(perm) => {
-            let mut inv: Shape = smallvec::smallvec![0; perm.len()];
-            for (i, &p) in perm.iter().enumerate() {
-                inv[p] = i;
-            }
-            smallvec::smallvec![Some(g.permute(&inv)?)]
-        }
+        Op::Permute(perm) => smallvec::smallvec![Some(g.permute(&inverse(perm))?)],
         Op::BroadcastTo => smallvec::smallvec![Some(super::elementwise::sum_to_shape(g, &xs)?)],
         Op::Narrow { axis, start } => {
             let len = g.shape()[*axis];
