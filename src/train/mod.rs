@@ -594,7 +594,10 @@ impl Trainer {
         )?;
         lap(&mut times.backward);
         c.finish_sums(&mut |i, sum| {
-            if let Some(g) = grads[started[i]].as_mut() {
+            // sums left over from a step that failed half-way belong to no gradient
+            if let Some(g) = started.get(i).and_then(|&k| grads[k].as_mut())
+                && g.len() == sum.len()
+            {
                 g.data_mut().copy_from_slice(sum);
             }
         })?;

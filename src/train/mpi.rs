@@ -41,9 +41,8 @@ impl PendingSum {
     /// Blocks until the sum is done.
     fn wait(&mut self) {
         if !self.complete {
-            // SAFETY: `request` came from MPI_Iallreduce and has not completed; waiting
-            // on it touches only MPI's state and the buffers it was given, which are
-            // alive (owned by `self`).
+            // SAFETY: an unfinished MPI_Iallreduce request; the buffers MPI writes are
+            // owned by `self` and alive. (Call before MPI_Finalize: the CLI drops it first.)
             unsafe { ffi::MPI_Wait(&mut self.request, ffi::RSMPI_STATUS_IGNORE) };
             self.complete = true;
         }
@@ -111,9 +110,9 @@ impl Collective for MpiCollective {
             let count = i32::try_from(part.len()).expect("parts hold at most 2^28 elements");
             // SAFETY: RSMPI_REQUEST_NULL is a constant initialised by the MPI library.
             let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
-            // SAFETY: `send` and `recv` hold `count` floats each and move, untouched,
-            // into the PendingSum below, which keeps them until the request completes
-            // (`finish_sums` or `Drop` waits for it).
+            // The buffers move untouched into the PendingSum below, which keeps them
+            // until the request completes (`finish_sums` or `Drop` waits for it).
+            // SAFETY: `send` and `recv` are owned copies of `count` floats each.
             unsafe {
                 ffi::MPI_Iallreduce(
                     send.as_ptr().cast(),
