@@ -52,13 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!(
             "reverse mode (rev) and forward mode (fwd) against central differences in f64, and against each other"
         );
-        let w = suite
-            .ops
-            .iter()
-            .map(|r| r.op.len())
-            .max()
-            .unwrap_or(0)
-            .max(14);
+        let w = op_column(suite.ops.iter().map(|r| r.op.as_str()));
         println!(
             "{:<w$} {:>5} {:>10} {:>10} {:>10} {:>10}  worst reverse-mode case",
             "op", "cases", "rev err", "rev abs", "fwd err", "fwd-rev"
@@ -121,13 +115,7 @@ fn second_order(args: &Args) -> anyhow::Result<ExitCode> {
         println!(
             "Hessian-vector products (forward mode over the recorded reverse sweep) against central differences of gradients, in f64"
         );
-        let w = suite
-            .ops
-            .iter()
-            .map(|r| r.op.len())
-            .max()
-            .unwrap_or(0)
-            .max(14);
+        let w = op_column(suite.ops.iter().map(|r| r.op.as_str()));
         println!("{:<w$} {:>5} {:>10}  worst case", "op", "cases", "H·v err");
         for r in &suite.ops {
             match &r.skipped {
@@ -165,4 +153,9 @@ fn second_order(args: &Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// The width of the op column: the longest op name, at least 14.
+fn op_column<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(0).max(14)
 }

@@ -158,6 +158,16 @@ pub struct BatchData {
     pub samples: usize,
 }
 
+/// What a replayed step of `model` under the loss `loss` is recorded for (its graph
+/// depends on nothing else), or `None` when its steps cannot be replayed (dropout draws a
+/// new mask each step). Computed once per objective, not per step.
+fn replay_graph(loss: &str, model: &Mlp) -> Option<String> {
+    model
+        .dropout
+        .is_none_or(|d| d.p == 0.0)
+        .then(|| format!("{loss} {:?} {:?}", model.sizes, model.activation))
+}
+
 /// Mean cross-entropy and accuracy of `model` on `ds`, without recording gradients.
 pub fn evaluate(model: &Mlp, store: &ParamStore<f32>, ds: &Dataset) -> Result<(f64, f64)> {
     evaluate_rows(model, store, ds, 0..ds.len())
@@ -196,6 +206,7 @@ pub struct Classification<'a> {
     train: &'a Dataset,
     val: &'a Dataset,
     batches: Minibatches,
+    replay_graph: Option<String>,
 }
 
 impl<'a> Classification<'a> {
@@ -212,6 +223,7 @@ impl<'a> Classification<'a> {
             train,
             val,
             batches: Minibatches::new("Classification", train.len(), batch_size, shuffle)?,
+            replay_graph: replay_graph("classification", model),
         })
     }
 }
@@ -311,16 +323,13 @@ impl Objective for Classification<'_> {
         Ok((loss, rows.len()))
     }
     fn batch_data(&mut self, batch: usize) -> Result<Option<BatchData>> {
-        if self.model.dropout.is_some_and(|d| d.p > 0.0) {
+        let Some(graph) = &self.replay_graph else {
             return Ok(None);
-        }
+        };
         let rows = self.batches.rows(batch);
         let (x, y) = gather_batch(self.train, rows);
         Ok(Some(BatchData {
-            graph: format!(
-                "classification {:?} {:?}",
-                self.model.sizes, self.model.activation
-            ),
+            graph: graph.clone(),
             inputs: vec![x],
             indices: vec![y],
             samples: rows.len(),
@@ -358,6 +367,7 @@ pub struct Regression<'a> {
     y: Tensor<f32>,
     val: (Tensor<f32>, Tensor<f32>),
     batches: Minibatches,
+    replay_graph: Option<String>,
 }
 
 impl<'a> Regression<'a> {
@@ -387,6 +397,7 @@ impl<'a> Regression<'a> {
             y,
             val,
             batches,
+            replay_graph: replay_graph("regression", model),
         })
     }
 }
@@ -437,15 +448,12 @@ impl Objective for Regression<'_> {
         Ok((loss, samples))
     }
     fn batch_data(&mut self, batch: usize) -> Result<Option<BatchData>> {
-        if self.model.dropout.is_some_and(|d| d.p > 0.0) {
+        let Some(graph) = &self.replay_graph else {
             return Ok(None);
-        }
+        };
         let (x, y) = self.rows_of(batch)?;
         Ok(Some(BatchData {
-            graph: format!(
-                "regression {:?} {:?}",
-                self.model.sizes, self.model.activation
-            ),
+            graph: graph.clone(),
             samples: x.shape()[0],
             inputs: vec![x, y],
             indices: Vec::new(),
