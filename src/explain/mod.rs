@@ -10,6 +10,7 @@ pub use parse::{Expr, parse};
 
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
+use crate::scalar::{Dual, Real};
 use crate::tensor::{BinaryOp, Tensor};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -87,13 +88,6 @@ pub struct Walk {
     pub node_grads: Vec<f64>,
 }
 
-/// A value with its derivative along one direction (forward mode on scalars).
-#[derive(Clone, Copy, Debug)]
-struct Dual {
-    v: f64,
-    d: f64,
-}
-
 /// Evaluates `e` bottom-up without recursion: `leaf` for numbers and variables, `node`
 /// for everything else with its children's results.
 fn fold<V>(
@@ -140,48 +134,29 @@ fn binary_of(c: char) -> BinaryOp {
     }
 }
 
-/// Forward mode: the value and the derivative along `seed` (one 1 per variable), with
-/// the derivative rules of the same op tables that reverse mode uses.
-fn eval_dual(e: &Expr, at: &BTreeMap<String, f64>, seed: &str) -> Result<Dual> {
+/// Forward mode: the value and the derivative along `seed` (one 1 per variable), on the
+/// library's dual numbers, whose every op takes its rule from the same table as reverse
+/// mode.
+fn eval_dual(e: &Expr, at: &BTreeMap<String, f64>, seed: &str) -> Result<Dual<f64>> {
     fold(
         e,
         &mut |x| match x {
-            Expr::Num(v) => Ok(Dual { v: *v, d: 0.0 }),
-            Expr::Var(n) => Ok(Dual {
-                v: at[n],
-                d: if n == seed { 1.0 } else { 0.0 },
-            }),
+            Expr::Num(v) => Ok(Dual::new(*v, 0.0)),
+            Expr::Var(n) => Ok(Dual::new(at[n], if n == seed { 1.0 } else { 0.0 })),
             _ => unreachable!(),
         },
         &mut |x, a| {
             Ok(match x {
-                Expr::Neg(_) => Dual {
-                    v: -a[0].v,
-                    d: -a[0].d,
-                },
-                Expr::Call(op, _) => Dual {
-                    v: op.apply_f64(a[0].v),
-                    d: op.derivative_f64(a[0].v) * a[0].d,
-                },
-                Expr::Bin(c, ..) => {
-                    let op = binary_of(*c);
-                    let (pa, pb) = op.partials_f64(a[0].v, a[1].v);
-                    Dual {
-                        v: op.apply_f64(a[0].v, a[1].v),
-                        d: pa * a[0].d + pb * a[1].d,
-                    }
-                }
+                Expr::Neg(_) => -a[0],
+                Expr::Call(op, _) => a[0].unary(*op),
+                Expr::Bin(c, ..) => a[0].binary(binary_of(*c), a[1]),
                 Expr::MaxMin(is_max, ..) => {
                     let op = if *is_max {
                         BinaryOp::Maximum
                     } else {
                         BinaryOp::Minimum
                     };
-                    let (pa, pb) = op.partials_f64(a[0].v, a[1].v);
-                    Dual {
-                        v: op.apply_f64(a[0].v, a[1].v),
-                        d: pa * a[0].d + pb * a[1].d,
-                    }
+                    a[0].binary(op, a[1])
                 }
                 _ => unreachable!(),
             })

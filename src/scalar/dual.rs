@@ -1,7 +1,9 @@
 //! Dual numbers `v + d·ε` with `ε² = 0`: carrying `d` through every operation computes
-//! a directional derivative alongside the value (forward mode).
+//! a directional derivative alongside the value (forward mode). Every operation is an op
+//! of the derivative table: the value from its formula, the tangent from its derivative.
 
 use super::Real;
+use crate::tensor::{BinaryOp, Number, UnaryOp};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
 /// A value and its derivative along one direction.
@@ -20,79 +22,51 @@ impl<F> Dual<F> {
     }
 }
 
-impl<F: Real> Add for Dual<F> {
-    type Output = Self;
-    fn add(self, o: Self) -> Self {
-        Dual::new(self.v + o.v, self.d + o.d)
+impl<F: Real> Number for Dual<F> {
+    #[inline]
+    fn number(v: f64) -> Self {
+        Dual::new(F::number(v), F::number(0.0))
+    }
+    /// `f(v) + d·f'(v)·ε`.
+    #[inline]
+    fn apply_unary(op: UnaryOp, x: Self) -> Self {
+        let y = F::apply_unary(op, x.v);
+        Dual::new(y, x.d * op.derivative(x.v, y))
+    }
+    /// `f(a, b) + (a.d·∂f/∂a + b.d·∂f/∂b)·ε`.
+    #[inline]
+    fn apply_binary(op: BinaryOp, a: Self, b: Self) -> Self {
+        let y = F::apply_binary(op, a.v, b.v);
+        let (pa, pb) = op.partials(a.v, b.v, y);
+        Dual::new(y, a.d * pa + b.d * pb)
     }
 }
-impl<F: Real> Sub for Dual<F> {
-    type Output = Self;
-    fn sub(self, o: Self) -> Self {
-        Dual::new(self.v - o.v, self.d - o.d)
-    }
+
+macro_rules! dual_arithmetic {
+    ($($trait:ident :: $method:ident => $op:ident),*) => {$(
+        impl<F: Real> $trait for Dual<F> {
+            type Output = Self;
+            #[inline]
+            fn $method(self, o: Self) -> Self {
+                Number::apply_binary(BinaryOp::$op, self, o)
+            }
+        }
+    )*};
 }
-impl<F: Real> Mul for Dual<F> {
-    type Output = Self;
-    fn mul(self, o: Self) -> Self {
-        Dual::new(self.v * o.v, self.d * o.v + self.v * o.d)
-    }
-}
-impl<F: Real> Div for Dual<F> {
-    type Output = Self;
-    fn div(self, o: Self) -> Self {
-        let q = self.v / o.v;
-        Dual::new(q, (self.d - q * o.d) / o.v)
-    }
-}
+dual_arithmetic!(Add::add => Add, Sub::sub => Sub, Mul::mul => Mul, Div::div => Div);
+
 impl<F: Real> Neg for Dual<F> {
     type Output = Self;
+    #[inline]
     fn neg(self) -> Self {
-        Dual::new(-self.v, -self.d)
+        Number::apply_unary(UnaryOp::Neg, self)
     }
 }
 
 impl<F: Real> super::sealed::Sealed for Dual<F> {}
 
 impl<F: Real> Real for Dual<F> {
-    fn cst(v: f64) -> Self {
-        Dual::new(F::cst(v), F::cst(0.0))
-    }
     fn value(self) -> f64 {
         self.v.value()
-    }
-    fn exp(self) -> Self {
-        let e = self.v.exp();
-        Dual::new(e, self.d * e)
-    }
-    fn ln(self) -> Self {
-        Dual::new(self.v.ln(), self.d / self.v)
-    }
-    fn sqrt(self) -> Self {
-        let r = self.v.sqrt();
-        Dual::new(r, self.d / (F::cst(2.0) * r))
-    }
-    fn sin(self) -> Self {
-        Dual::new(self.v.sin(), self.d * self.v.cos())
-    }
-    fn cos(self) -> Self {
-        Dual::new(self.v.cos(), -(self.d * self.v.sin()))
-    }
-    fn tanh(self) -> Self {
-        let t = self.v.tanh();
-        Dual::new(t, self.d * (F::cst(1.0) - t * t))
-    }
-    fn abs(self) -> Self {
-        let s = if self.v.value() > 0.0 {
-            1.0
-        } else if self.v.value() < 0.0 {
-            -1.0
-        } else {
-            0.0
-        };
-        Dual::new(self.v.abs(), self.d * F::cst(s))
-    }
-    fn powf(self, p: f64) -> Self {
-        Dual::new(self.v.powf(p), self.d * F::cst(p) * self.v.powf(p - 1.0))
     }
 }

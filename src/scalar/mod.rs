@@ -13,7 +13,7 @@ mod tape;
 pub use dual::Dual;
 pub use tape::{STape, SVar};
 
-use std::ops::{Add, Div, Mul, Neg, Sub};
+use crate::tensor::{BinaryOp, Number, UnaryOp};
 
 /// The private supertrait that seals [`Real`]: public inside a private module, so no
 /// code outside this crate can name it, hence none can implement `Real`.
@@ -26,6 +26,11 @@ mod sealed {
 /// A number that generic differentiable code can compute with: `f32`, `f64`,
 /// [`Dual`] and [`SVar`] implement it. Write functions generic over it
 /// (`fn f<T: Real>(x: &[T]) -> T`) and run them on any of those.
+///
+/// Every function here and every operator is an op of the library's one derivative
+/// table ([`UnaryOp`], [`BinaryOp`]): its value and its local derivative are the ones the
+/// tensor kernels use, so the scalar engines cannot disagree with the tensor engine on
+/// a rule.
 ///
 /// The trait is **sealed**: only this crate implements it (for `f32`, `f64`, `Dual<F>`
 /// and `SVar<F>` over any `F: Real`); users write generic code over it, not new number
@@ -50,94 +55,74 @@ mod sealed {
 /// impl Neg for Mine { type Output = Mine; fn neg(self) -> Mine { Mine(-self.0) } }
 ///
 /// impl Real for Mine {
-///     fn cst(v: f64) -> Self { Mine(v) }
 ///     fn value(self) -> f64 { self.0 }
-///     fn exp(self) -> Self { Mine(self.0.exp()) }
-///     fn ln(self) -> Self { Mine(self.0.ln()) }
-///     fn sqrt(self) -> Self { Mine(self.0.sqrt()) }
-///     fn sin(self) -> Self { Mine(self.0.sin()) }
-///     fn cos(self) -> Self { Mine(self.0.cos()) }
-///     fn tanh(self) -> Self { Mine(self.0.tanh()) }
-///     fn abs(self) -> Self { Mine(self.0.abs()) }
-///     fn powf(self, p: f64) -> Self { Mine(self.0.powf(p)) }
 /// }
 /// ```
-pub trait Real:
-    sealed::Sealed
-    + Copy
-    + std::fmt::Debug
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + Neg<Output = Self>
-{
-    /// A constant.
-    fn cst(v: f64) -> Self;
+///
+/// [`UnaryOp`]: crate::tensor::UnaryOp
+/// [`BinaryOp`]: crate::tensor::BinaryOp
+pub trait Real: sealed::Sealed + Number + std::fmt::Debug {
     /// The plain value (the primal part).
     fn value(self) -> f64;
+    /// A constant.
+    fn cst(v: f64) -> Self {
+        Self::number(v)
+    }
     /// `eˣ`
-    fn exp(self) -> Self;
+    fn exp(self) -> Self {
+        Self::apply_unary(UnaryOp::Exp, self)
+    }
     /// natural logarithm
-    fn ln(self) -> Self;
+    fn ln(self) -> Self {
+        Self::apply_unary(UnaryOp::Ln, self)
+    }
     /// square root
-    fn sqrt(self) -> Self;
+    fn sqrt(self) -> Self {
+        Self::apply_unary(UnaryOp::Sqrt, self)
+    }
     /// sine
-    fn sin(self) -> Self;
+    fn sin(self) -> Self {
+        Self::apply_unary(UnaryOp::Sin, self)
+    }
     /// cosine
-    fn cos(self) -> Self;
+    fn cos(self) -> Self {
+        Self::apply_unary(UnaryOp::Cos, self)
+    }
     /// hyperbolic tangent
-    fn tanh(self) -> Self;
+    fn tanh(self) -> Self {
+        Self::apply_unary(UnaryOp::Tanh, self)
+    }
     /// `|x|`
-    fn abs(self) -> Self;
+    fn abs(self) -> Self {
+        Self::apply_unary(UnaryOp::Abs, self)
+    }
     /// `xᵖ` for a constant `p`
-    fn powf(self, p: f64) -> Self;
+    fn powf(self, p: f64) -> Self {
+        Self::apply_unary(UnaryOp::PowF(p), self)
+    }
     /// `1 / (1 + e⁻ˣ)`
     fn sigmoid(self) -> Self {
-        Self::cst(1.0) / (Self::cst(1.0) + (-self).exp())
+        Self::apply_unary(UnaryOp::Sigmoid, self)
     }
     /// `max(x, 0)`
     fn relu(self) -> Self {
-        if self.value() > 0.0 {
-            self
-        } else {
-            self * Self::cst(0.0)
-        }
+        Self::apply_unary(UnaryOp::Relu, self)
+    }
+    /// Any elementwise op of the table (`clamp`, `sign`, ...).
+    fn unary(self, op: UnaryOp) -> Self {
+        Self::apply_unary(op, self)
+    }
+    /// Any binary op of the table (`maximum`, `pow`, ...).
+    fn binary(self, op: BinaryOp, other: Self) -> Self {
+        Self::apply_binary(op, self, other)
     }
 }
 
 macro_rules! real_float {
     ($t:ty) => {
         impl Real for $t {
-            fn cst(v: f64) -> Self {
-                v as $t
-            }
             fn value(self) -> f64 {
                 self as f64
-            }
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            fn ln(self) -> Self {
-                <$t>::ln(self)
-            }
-            fn sqrt(self) -> Self {
-                <$t>::sqrt(self)
-            }
-            fn sin(self) -> Self {
-                <$t>::sin(self)
-            }
-            fn cos(self) -> Self {
-                <$t>::cos(self)
-            }
-            fn tanh(self) -> Self {
-                <$t>::tanh(self)
-            }
-            fn abs(self) -> Self {
-                <$t>::abs(self)
-            }
-            fn powf(self, p: f64) -> Self {
-                <$t>::powf(self, p as $t)
             }
         }
     };
@@ -253,6 +238,147 @@ mod tests {
             + (b - a).relu()
             + a.powf(3.0)
             + b / (T::cst(1.0) + a * a)
+    }
+
+    /// Every op of the table at points away from its kinks and poles.
+    fn table_points() -> (Vec<UnaryOp>, Vec<BinaryOp>, Vec<f64>) {
+        let unary = vec![
+            UnaryOp::Neg,
+            UnaryOp::Exp,
+            UnaryOp::Ln,
+            UnaryOp::Sqrt,
+            UnaryOp::Abs,
+            UnaryOp::Sin,
+            UnaryOp::Cos,
+            UnaryOp::Tanh,
+            UnaryOp::Sigmoid,
+            UnaryOp::Relu,
+            UnaryOp::PowF(2.5),
+            UnaryOp::PowF(3.0),
+            UnaryOp::AddScalar(0.5),
+            UnaryOp::MulScalar(-1.5),
+            UnaryOp::Clamp(-0.6, 0.6),
+            UnaryOp::Sign,
+            UnaryOp::Step,
+        ];
+        let binary = vec![
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Maximum,
+            BinaryOp::Minimum,
+            BinaryOp::Pow,
+        ];
+        (unary, binary, vec![0.3, 0.77, 1.4, 2.9])
+    }
+
+    /// One rule, four engines: the tensor kernel's reverse rule, the dual numbers, the
+    /// scalar tape and the explainer's `derivative_f64` give the same bits, because all
+    /// of them evaluate the table's one derivative formula.
+    #[test]
+    fn every_engine_takes_the_same_derivative_from_the_table() {
+        use crate::tensor::Tensor;
+        let (unary, binary, points) = table_points();
+        for op in unary {
+            for x in points.iter().flat_map(|&p| [p, -p]) {
+                let xt = Tensor::from_vec(vec![x], &[1]).unwrap();
+                let kernel = op.scale_by_derivative(&xt, &op.apply(&xt), &Tensor::ones(&[1]));
+                let dual = Dual::new(x, 1.0).unary(op);
+                let tape = STape::<f64>::with_capacity(4);
+                let v = tape.var(x);
+                let y = v.unary(op);
+                let reverse = tape.backward(y, 1.0)[v.id()];
+                let want = op.derivative_f64(x);
+                let name = op.name();
+                assert_eq!(
+                    kernel.data()[0].to_bits(),
+                    want.to_bits(),
+                    "{name} kernel at {x}"
+                );
+                assert_eq!(dual.d.to_bits(), want.to_bits(), "{name} dual at {x}");
+                assert_eq!(reverse.to_bits(), want.to_bits(), "{name} tape at {x}");
+                assert_eq!(dual.v.to_bits(), op.apply_f64(x).to_bits(), "{name} value");
+                assert_eq!(y.value.to_bits(), op.apply_f64(x).to_bits(), "{name} value");
+            }
+        }
+        for op in binary {
+            for &a in &points {
+                for b in points.iter().flat_map(|&p| [p, -p]) {
+                    let (at, bt) = (
+                        Tensor::from_vec(vec![a], &[1]).unwrap(),
+                        Tensor::from_vec(vec![b], &[1]).unwrap(),
+                    );
+                    let yt = op.apply(&at, &bt).unwrap();
+                    let (ka, kb) = op.scale_by_partials(&at, &bt, &yt, &Tensor::ones(&[1]));
+                    let (wa, wb) = op.partials_f64(a, b);
+                    let da = Dual::new(a, 1.0).binary(op, Dual::new(b, 0.0)).d;
+                    let db = Dual::new(a, 0.0).binary(op, Dual::new(b, 1.0)).d;
+                    let tape = STape::<f64>::with_capacity(4);
+                    let (va, vb) = (tape.var(a), tape.var(b));
+                    let adj = tape.backward(va.binary(op, vb), 1.0);
+                    let name = op.name();
+                    for (got, want, engine) in [
+                        (ka.data()[0], wa, "kernel"),
+                        (kb.data()[0], wb, "kernel"),
+                        (da, wa, "dual"),
+                        (db, wb, "dual"),
+                        (adj[va.id()], wa, "tape"),
+                        (adj[vb.id()], wb, "tape"),
+                    ] {
+                        assert!(
+                            got.to_bits() == want.to_bits(),
+                            "{name} {engine} at ({a}, {b}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The table's derivative formulas are themselves made of table ops, so nesting dual
+    /// numbers differentiates them again: each op's second derivative against central
+    /// differences of its first.
+    #[test]
+    fn nested_duals_give_every_ops_second_derivative() {
+        let (unary, binary, points) = table_points();
+        let h = 1e-6;
+        let close = |got: f64, want: f64| (got - want).abs() <= 1e-6 * want.abs().max(1.0);
+        for op in unary {
+            for x in points.iter().flat_map(|&p| [p, -p]) {
+                if x < 0.0 && matches!(op, UnaryOp::Ln | UnaryOp::Sqrt | UnaryOp::PowF(_)) {
+                    continue;
+                }
+                let dd = Dual::new(Dual::new(x, 1.0), Dual::new(1.0, 0.0)).unary(op);
+                let fd = (op.derivative_f64(x + h) - op.derivative_f64(x - h)) / (2.0 * h);
+                assert!(
+                    close(dd.d.d, fd),
+                    "{} at {x}: {} vs {fd}",
+                    op.name(),
+                    dd.d.d
+                );
+            }
+        }
+        for op in binary {
+            for &a in &points {
+                for b in points.iter().flat_map(|&p| [p, -p]) {
+                    if a == b && matches!(op, BinaryOp::Maximum | BinaryOp::Minimum) {
+                        continue; // the kink
+                    }
+                    // ∂²y/∂a∂b by nesting along a then b, against differences in b of ∂y/∂a
+                    let y = Dual::new(Dual::new(a, 1.0), Dual::new(0.0, 0.0))
+                        .binary(op, Dual::new(Dual::new(b, 0.0), Dual::new(1.0, 0.0)));
+                    let fd =
+                        (op.partials_f64(a, b + h).0 - op.partials_f64(a, b - h).0) / (2.0 * h);
+                    assert!(
+                        close(y.d.d, fd),
+                        "{} at ({a}, {b}): {} vs {fd}",
+                        op.name(),
+                        y.d.d
+                    );
+                }
+            }
+        }
     }
 
     #[test]

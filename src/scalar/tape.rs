@@ -10,6 +10,7 @@
 //! not, re-entry could only write cells, never invalidate a borrow.
 
 use super::Real;
+use crate::tensor::{BinaryOp, Number, UnaryOp};
 use std::cell::{Cell, OnceCell};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
@@ -298,110 +299,59 @@ impl<'t, F: Real> SVar<'t, F> {
 
 impl<F: Real> super::sealed::Sealed for SVar<'_, F> {}
 
-impl<'t, F: Real> Add for SVar<'t, F> {
-    type Output = Self;
+impl<'t, F: Real> Number for SVar<'t, F> {
+    #[inline]
+    fn number(v: f64) -> Self {
+        SVar {
+            tape: None,
+            id: NONE,
+            value: F::number(v),
+        }
+    }
+    /// A node with the op's value and its local derivative, both from the table.
     #[inline(always)]
     #[track_caller]
-    fn add(self, o: Self) -> Self {
-        self.binary(o, self.value + o.value, F::cst(1.0), F::cst(1.0))
+    fn apply_unary(op: UnaryOp, x: Self) -> Self {
+        let y = F::apply_unary(op, x.value);
+        x.unary(y, op.derivative(x.value, y))
     }
-}
-impl<'t, F: Real> Sub for SVar<'t, F> {
-    type Output = Self;
+    /// A node with the op's value and its two local partials, both from the table.
     #[inline(always)]
     #[track_caller]
-    fn sub(self, o: Self) -> Self {
-        self.binary(o, self.value - o.value, F::cst(1.0), F::cst(-1.0))
+    fn apply_binary(op: BinaryOp, a: Self, b: Self) -> Self {
+        let y = F::apply_binary(op, a.value, b.value);
+        let (pa, pb) = op.partials(a.value, b.value, y);
+        a.binary(b, y, pa, pb)
     }
 }
-impl<'t, F: Real> Mul for SVar<'t, F> {
-    type Output = Self;
-    #[inline(always)]
-    #[track_caller]
-    fn mul(self, o: Self) -> Self {
-        self.binary(o, self.value * o.value, o.value, self.value)
-    }
+
+macro_rules! svar_arithmetic {
+    ($($trait:ident :: $method:ident => $op:ident),*) => {$(
+        impl<'t, F: Real> $trait for SVar<'t, F> {
+            type Output = Self;
+            #[inline(always)]
+            #[track_caller]
+            fn $method(self, o: Self) -> Self {
+                Number::apply_binary(BinaryOp::$op, self, o)
+            }
+        }
+    )*};
 }
-impl<'t, F: Real> Div for SVar<'t, F> {
-    type Output = Self;
-    #[inline(always)]
-    #[track_caller]
-    fn div(self, o: Self) -> Self {
-        let q = self.value / o.value;
-        self.binary(o, q, F::cst(1.0) / o.value, -(q / o.value))
-    }
-}
+svar_arithmetic!(Add::add => Add, Sub::sub => Sub, Mul::mul => Mul, Div::div => Div);
+
 impl<'t, F: Real> Neg for SVar<'t, F> {
     type Output = Self;
     #[inline]
     #[track_caller]
     fn neg(self) -> Self {
-        self.unary(-self.value, F::cst(-1.0))
+        Number::apply_unary(UnaryOp::Neg, self)
     }
 }
 
 impl<'t, F: Real> Real for SVar<'t, F> {
     #[inline]
-    fn cst(v: f64) -> Self {
-        SVar {
-            tape: None,
-            id: NONE,
-            value: F::cst(v),
-        }
-    }
-    #[inline]
     fn value(self) -> f64 {
         self.value.value()
-    }
-    #[inline]
-    #[track_caller]
-    fn exp(self) -> Self {
-        let e = self.value.exp();
-        self.unary(e, e)
-    }
-    #[inline]
-    #[track_caller]
-    fn ln(self) -> Self {
-        self.unary(self.value.ln(), F::cst(1.0) / self.value)
-    }
-    #[inline]
-    #[track_caller]
-    fn sqrt(self) -> Self {
-        let r = self.value.sqrt();
-        self.unary(r, F::cst(0.5) / r)
-    }
-    #[inline]
-    #[track_caller]
-    fn sin(self) -> Self {
-        self.unary(self.value.sin(), self.value.cos())
-    }
-    #[inline]
-    #[track_caller]
-    fn cos(self) -> Self {
-        self.unary(self.value.cos(), -self.value.sin())
-    }
-    #[inline]
-    #[track_caller]
-    fn tanh(self) -> Self {
-        let t = self.value.tanh();
-        self.unary(t, F::cst(1.0) - t * t)
-    }
-    #[inline]
-    #[track_caller]
-    fn abs(self) -> Self {
-        let s = if self.value.value() > 0.0 {
-            1.0
-        } else if self.value.value() < 0.0 {
-            -1.0
-        } else {
-            0.0
-        };
-        self.unary(self.value.abs(), F::cst(s))
-    }
-    #[inline]
-    #[track_caller]
-    fn powf(self, p: f64) -> Self {
-        self.unary(self.value.powf(p), F::cst(p) * self.value.powf(p - 1.0))
     }
 }
 

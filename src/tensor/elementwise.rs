@@ -1,12 +1,107 @@
-//! Elementwise ops. Each op's forward formula and its local derivative sit side by side
-//! in one table (`unary_table!`, `binary_table!`); the autodiff layer multiplies the
-//! local derivative by the incoming gradient (reverse mode) or tangent (forward mode),
-//! so adding an op here gives it both rules at once.
+//! Elementwise ops and the one table of their derivatives. Each op's forward formula
+//! and its local derivative sit side by side (`unary_table!`, `binary_table!`). The
+//! derivative is written once, in [`Number`] arithmetic, and every engine evaluates that
+//! same text: the tensor kernels on `f32`/`f64` (reverse and forward mode), the dual
+//! numbers and the scalar tape of [`crate::scalar`] (whose `exp`, `*`, ... are these ops),
+//! `explain`, and the recorded reverse rules of second order, which evaluate it on
+//! variables so that the derivative can be differentiated again. Adding an op here gives
+//! it every rule at once.
 
 use super::shape::{broadcast_shapes, broadcast_strides, for_each_offset};
 use super::{Element, Tensor, c};
 use crate::error::Result;
 use rayon::prelude::*;
+
+pub(crate) use number::Number;
+
+mod number {
+    use super::{BinaryOp, UnaryOp};
+    use std::ops::{Add, Div, Mul, Neg, Sub};
+
+    /// The numbers the derivative table is written in: every type an engine computes a
+    /// derivative in (`f32` and `f64` in the kernels, dual numbers, scalar tape
+    /// variables, recorded tensors). Not nameable outside the crate: the table, not a
+    /// user type, decides what each op does.
+    pub trait Number:
+        Copy
+        + Add<Output = Self>
+        + Sub<Output = Self>
+        + Mul<Output = Self>
+        + Div<Output = Self>
+        + Neg<Output = Self>
+    {
+        /// A constant.
+        fn number(v: f64) -> Self;
+        /// A unary op of the table: on floats its formula, on differentiable numbers the
+        /// op together with its derivative from the same table.
+        fn apply_unary(op: UnaryOp, x: Self) -> Self;
+        /// A binary op of the table (see [`Number::apply_unary`]).
+        fn apply_binary(op: BinaryOp, a: Self, b: Self) -> Self;
+    }
+}
+
+// The functions derivative formulas are written with: each one is an op of the table, so
+// a derivative evaluated on a differentiable number is itself differentiated by the table.
+
+#[inline(always)]
+fn number<S: Number>(v: f64) -> S {
+    S::number(v)
+}
+#[inline(always)]
+fn recip<S: Number>(x: S) -> S {
+    S::number(1.0) / x
+}
+#[inline(always)]
+fn sin<S: Number>(x: S) -> S {
+    S::apply_unary(UnaryOp::Sin, x)
+}
+#[inline(always)]
+fn cos<S: Number>(x: S) -> S {
+    S::apply_unary(UnaryOp::Cos, x)
+}
+#[inline(always)]
+fn ln<S: Number>(x: S) -> S {
+    S::apply_unary(UnaryOp::Ln, x)
+}
+#[inline(always)]
+fn powf<S: Number>(x: S, p: f64) -> S {
+    S::apply_unary(UnaryOp::PowF(p), x)
+}
+#[inline(always)]
+fn pow<S: Number>(a: S, b: S) -> S {
+    S::apply_binary(BinaryOp::Pow, a, b)
+}
+/// −1, 0 or 1 (a constant to every engine: its derivative is zero).
+#[inline(always)]
+fn sign<S: Number>(x: S) -> S {
+    S::apply_unary(UnaryOp::Sign, x)
+}
+/// 1 where `x > 0`, else 0 (a constant to every engine).
+#[inline(always)]
+fn step<S: Number>(x: S) -> S {
+    S::apply_unary(UnaryOp::Step, x)
+}
+
+macro_rules! float_number {
+    ($t:ty) => {
+        impl Number for $t {
+            #[inline(always)]
+            fn number(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn apply_unary(op: UnaryOp, x: Self) -> Self {
+                op.value(x)
+            }
+            #[inline(always)]
+            fn apply_binary(op: BinaryOp, a: Self, b: Self) -> Self {
+                op.value(a, b)
+            }
+        }
+    };
+}
+float_number!(f32);
+float_number!(f64);
 
 /// Below this many elements a kernel runs on the calling thread: spawning work on the
 /// rayon pool costs a few microseconds, more than a small loop.
@@ -93,6 +188,10 @@ pub enum UnaryOp {
     MulScalar(f64),
     /// `x` limited to `[lo, hi]`
     Clamp(f64, f64),
+    /// −1, 0 or 1 by the sign of `x` (derivative 0)
+    Sign,
+    /// the unit step: 1 where `x > 0`, else 0 (derivative 0)
+    Step,
 }
 
 macro_rules! unary_table {
@@ -108,6 +207,19 @@ macro_rules! unary_table {
             pub fn derivative_formula(self) -> &'static str {
                 match self { $($pat => $formula),* }
             }
+            /// `f(x)` on one float.
+            #[allow(unused_variables)]
+            #[inline(always)]
+            pub(crate) fn value<T: Element>(self, x: T) -> T {
+                match self { $($pat => { let $x = x; $f })* }
+            }
+            /// The local derivative `f'(x)`, where `y = f(x)`, in any [`Number`]: the
+            /// formula every engine evaluates.
+            #[allow(unused_variables)]
+            #[inline(always)]
+            pub(crate) fn derivative<S: Number>(self, x: S, y: S) -> S {
+                match self { $($pat => { let ($dx, $y) = (x, y); $d })* }
+            }
             /// `out[i] = f(x[i])`.
             #[allow(unused_variables)]
             #[inline(always)]
@@ -117,13 +229,14 @@ macro_rules! unary_table {
                 })* }
             }
             /// `out[i] = seed[i] · f'(x[i])`, where `y = f(x)`: the VJP with `seed` = the
-            /// output's gradient, and the JVP with `seed` = the input's tangent.
+            /// output's gradient, and the JVP with `seed` = the input's tangent. The op
+            /// is matched outside the loop so that each loop vectorises.
             #[allow(unused_variables)]
             #[inline(always)]
             pub(crate) fn scale_slice<T: Element>(self, xs: &[T], ys: &[T], seed: &[T], out: &mut [T]) {
                 match self { $($pat => {
-                    for (((o, &$dx), &$y), &s) in out.iter_mut().zip(xs).zip(ys).zip(seed) {
-                        *o = s * ($d);
+                    for (((o, &x), &y), &s) in out.iter_mut().zip(xs).zip(ys).zip(seed) {
+                        *o = s * self.derivative(x, y);
                     }
                 })* }
             }
@@ -131,24 +244,39 @@ macro_rules! unary_table {
     };
 }
 
-// The table: name, forward f(x), derivative f'(x) written in x and y = f(x), formula.
+// The table: name, forward f(x) on floats, derivative f'(x) in `Number` arithmetic
+// written in x and y = f(x), and the derivative's formula as text.
 unary_table! {
-    UnaryOp::Neg => "neg", |x| -x, |x, y| -T::one(), "-1";
+    UnaryOp::Neg => "neg", |x| -x, |x, y| number(-1.0), "-1";
     UnaryOp::Exp => "exp", |x| x.exp(), |x, y| y, "exp(x)";
-    UnaryOp::Ln => "ln", |x| x.ln(), |x, y| x.recip(), "1/x";
-    UnaryOp::Sqrt => "sqrt", |x| x.sqrt(), |x, y| c::<T>(0.5) / y, "1/(2·sqrt(x))";
+    UnaryOp::Ln => "ln", |x| x.ln(), |x, y| recip(x), "1/x";
+    UnaryOp::Sqrt => "sqrt", |x| x.sqrt(), |x, y| number::<S>(0.5) / y, "1/(2·sqrt(x))";
     UnaryOp::Abs => "abs", |x| x.abs(), |x, y| sign(x), "sign(x)";
-    UnaryOp::Sin => "sin", |x| x.sin(), |x, y| x.cos(), "cos(x)";
-    UnaryOp::Cos => "cos", |x| x.cos(), |x, y| -x.sin(), "-sin(x)";
-    UnaryOp::Tanh => "tanh", |x| x.tanh_(), |x, y| T::one() - y * y, "1 - tanh²(x)";
-    UnaryOp::Sigmoid => "sigmoid", |x| sigmoid(x), |x, y| y * (T::one() - y), "σ(x)·(1 - σ(x))";
-    UnaryOp::Relu => "relu", |x| if x > T::zero() { x } else { T::zero() },
-        |x, y| if x > T::zero() { T::one() } else { T::zero() }, "1 if x > 0 else 0";
-    UnaryOp::PowF(p) => "powf", |x| powi_or_powf(x, p), |x, y| c::<T>(p) * powi_or_powf(x, p - 1.0), "p·x^(p-1)";
-    UnaryOp::AddScalar(k) => "add_scalar", |x| x + c(k), |x, y| T::one(), "1";
-    UnaryOp::MulScalar(k) => "mul_scalar", |x| x * c(k), |x, y| c::<T>(k), "c";
+    UnaryOp::Sin => "sin", |x| x.sin(), |x, y| cos(x), "cos(x)";
+    UnaryOp::Cos => "cos", |x| x.cos(), |x, y| -sin(x), "-sin(x)";
+    UnaryOp::Tanh => "tanh", |x| x.tanh_(), |x, y| number::<S>(1.0) - y * y, "1 - tanh²(x)";
+    UnaryOp::Sigmoid => "sigmoid", |x| sigmoid(x), |x, y| y * (number::<S>(1.0) - y), "σ(x)·(1 - σ(x))";
+    UnaryOp::Relu => "relu", |x| if x > T::zero() { x } else { T::zero() }, |x, y| step(x),
+        "1 if x > 0 else 0";
+    UnaryOp::PowF(p) => "powf", |x| powi_or_powf(x, p), |x, y| number::<S>(p) * powf(x, p - 1.0),
+        "p·x^(p-1)";
+    UnaryOp::AddScalar(k) => "add_scalar", |x| x + c(k), |x, y| number(1.0), "1";
+    UnaryOp::MulScalar(k) => "mul_scalar", |x| x * c(k), |x, y| number(k), "c";
+    // 1 on [lo, hi]: neither x < lo nor x > hi
     UnaryOp::Clamp(lo, hi) => "clamp", |x| x.max(c(lo)).min(c(hi)),
-        |x, y| if x >= c(lo) && x <= c(hi) { T::one() } else { T::zero() }, "1 if lo ≤ x ≤ hi else 0";
+        |x, y| number::<S>(1.0) - step(number::<S>(lo) - x) - step(x - number::<S>(hi)),
+        "1 if lo ≤ x ≤ hi else 0";
+    UnaryOp::Sign => "sign", |x| sign_of(x), |x, y| number(0.0), "0";
+    UnaryOp::Step => "step", |x| if x > T::zero() { T::one() } else { T::zero() },
+        |x, y| number(0.0), "0";
+}
+
+impl UnaryOp {
+    /// True for the ops whose derivative is zero everywhere it exists (sign, step): an
+    /// engine may treat their values as constants.
+    pub(crate) fn is_piecewise_constant(self) -> bool {
+        matches!(self, UnaryOp::Sign | UnaryOp::Step)
+    }
 }
 
 /// `xᵖ`, by repeated multiplication for small integer `p` (squares are common and
@@ -168,9 +296,9 @@ fn powi_or_powf<T: Element>(x: T, p: f64) -> T {
     }
 }
 
-/// −1, 0 or 1 by the sign of `x` (the derivative of |x|, 0 at 0).
+/// −1, 0 or 1 by the sign of `x` (0 at 0 and for NaN).
 #[inline(always)]
-pub(crate) fn sign<T: Element>(x: T) -> T {
+fn sign_of<T: Element>(x: T) -> T {
     if x > T::zero() {
         T::one()
     } else if x < T::zero() {
@@ -240,17 +368,12 @@ impl UnaryOp {
 
     /// The op on one `f64` (for scalar engines and the explainer).
     pub fn apply_f64(self, x: f64) -> f64 {
-        let mut out = [0.0];
-        self.map_slice(&[x], &mut out);
-        out[0]
+        self.value(x)
     }
 
     /// The local derivative f'(x) on one `f64`.
     pub fn derivative_f64(self, x: f64) -> f64 {
-        let y = self.apply_f64(x);
-        let mut out = [0.0];
-        self.scale_slice(&[x], &[y], &[1.0], &mut out);
-        out[0]
+        self.derivative(x, self.value(x))
     }
 }
 
@@ -285,6 +408,18 @@ macro_rules! binary_table {
             pub fn derivative_formulas(self) -> (&'static str, &'static str) {
                 match self { $(Self::$op => ($fa, $fb)),* }
             }
+            /// `f(a, b)` on two floats.
+            #[inline(always)]
+            pub(crate) fn value<T: Element>(self, a: T, b: T) -> T {
+                match self { $(Self::$op => { let ($a, $b) = (a, b); $f })* }
+            }
+            /// The local derivatives (∂y/∂a, ∂y/∂b) at one point, where `y = f(a, b)`, in
+            /// any [`Number`]: the formulas every engine evaluates.
+            #[allow(unused_variables)]
+            #[inline(always)]
+            pub(crate) fn partials<S: Number>(self, a: S, b: S, y: S) -> (S, S) {
+                match self { $(Self::$op => { let ($pa, $pb, $y) = (a, b, y); $d })* }
+            }
             fn zip_slices<T: Element>(self, xa: &[T], xb: &[T], out: &mut [T]) {
                 match self { $(Self::$op => {
                     for ((o, &$a), &$b) in out.iter_mut().zip(xa).zip(xb) { *o = $f; }
@@ -298,12 +433,6 @@ macro_rules! binary_table {
                     });
                 })* }
             }
-            /// Local derivatives at one point.
-            #[allow(unused_variables)]
-            #[inline(always)]
-            fn partials<T: Element>(self, a: T, b: T, y: T) -> (T, T) {
-                match self { $(Self::$op => { let ($pa, $pb, $y) = (a, b, y); $d }),* }
-            }
             /// Forward-mode tangent over equal-length slices, the op and which input
             /// tangents exist chosen outside the loop so that it vectorises.
             #[allow(unused_variables)]
@@ -311,15 +440,15 @@ macro_rules! binary_table {
                 match self { $(Self::$op => {
                     let inputs = out.iter_mut().zip(xa).zip(xb).zip(ys).enumerate();
                     match (ta, tb) {
-                        (Some(ta), Some(tb)) => for (i, (((o, &$pa), &$pb), &$y)) in inputs {
-                            let (da, db) = $d;
+                        (Some(ta), Some(tb)) => for (i, (((o, &a), &b), &y)) in inputs {
+                            let (da, db) = self.partials(a, b, y);
                             *o = ta[i] * da + tb[i] * db;
                         },
-                        (Some(ta), None) => for (i, (((o, &$pa), &$pb), &$y)) in inputs {
-                            *o = ta[i] * ($d).0;
+                        (Some(ta), None) => for (i, (((o, &a), &b), &y)) in inputs {
+                            *o = ta[i] * self.partials(a, b, y).0;
                         },
-                        (None, Some(tb)) => for (i, (((o, &$pa), &$pb), &$y)) in inputs {
-                            *o = tb[i] * ($d).1;
+                        (None, Some(tb)) => for (i, (((o, &a), &b), &y)) in inputs {
+                            *o = tb[i] * self.partials(a, b, y).1;
                         },
                         (None, None) => out.fill(T::zero()),
                     }
@@ -329,29 +458,24 @@ macro_rules! binary_table {
     };
 }
 
+// The table: name, forward f(a, b) on floats, the partials (∂y/∂a, ∂y/∂b) in `Number`
+// arithmetic written in a, b and y = f(a, b), and their formulas as text.
 binary_table! {
-    Add => "add", |a, b| a + b, |a, b, y| (T::one(), T::one()), "1", "1";
-    Sub => "sub", |a, b| a - b, |a, b, y| (T::one(), -T::one()), "1", "-1";
+    Add => "add", |a, b| a + b, |a, b, y| (number(1.0), number(1.0)), "1", "1";
+    Sub => "sub", |a, b| a - b, |a, b, y| (number(1.0), number(-1.0)), "1", "-1";
     Mul => "mul", |a, b| a * b, |a, b, y| (b, a), "b", "a";
-    Div => "div", |a, b| a / b, |a, b, y| (b.recip(), -y / b), "1/b", "-a/b²";
+    Div => "div", |a, b| a / b, |a, b, y| (recip(b), -y / b), "1/b", "-a/b²";
+    // sign(a - b) is 0 at a tie, which splits the gradient evenly
     Maximum => "maximum", |a, b| if a >= b { a } else { b },
-        |a, b, y| tie_split(a > b, a == b), "1 if a > b (½ at a tie)", "1 if b > a (½ at a tie)";
+        |a, b, y| { let s = sign(a - b); (number::<S>(0.5) * (number::<S>(1.0) + s), number::<S>(0.5) * (number::<S>(1.0) - s)) },
+        "1 if a > b (½ at a tie)", "1 if b > a (½ at a tie)";
     Minimum => "minimum", |a, b| if a <= b { a } else { b },
-        |a, b, y| tie_split(a < b, a == b), "1 if a < b (½ at a tie)", "1 if b < a (½ at a tie)";
+        |a, b, y| { let s = sign(a - b); (number::<S>(0.5) * (number::<S>(1.0) - s), number::<S>(0.5) * (number::<S>(1.0) + s)) },
+        "1 if a < b (½ at a tie)", "1 if b < a (½ at a tie)";
+    // ln a where a > 0, else 0, without evaluating ln at a ≤ 0
     Pow => "pow", |a, b| a.powf(b),
-        |a, b, y| (b * a.powf(b - T::one()), if a > T::zero() { y * a.ln() } else { T::zero() }),
+        |a, b, y| { let p = step(a); (b * pow(a, b - number(1.0)), y * ln(a * p + (number::<S>(1.0) - p))) },
         "b·a^(b-1)", "aᵇ·ln(a)";
-}
-
-#[inline(always)]
-fn tie_split<T: Element>(first_wins: bool, tie: bool) -> (T, T) {
-    if tie {
-        (c(0.5), c(0.5))
-    } else if first_wins {
-        (T::one(), T::zero())
-    } else {
-        (T::zero(), T::one())
-    }
 }
 
 impl BinaryOp {
@@ -509,9 +633,7 @@ impl BinaryOp {
 
     /// The op on two `f64`s.
     pub fn apply_f64(self, a: f64, b: f64) -> f64 {
-        let mut o = [0.0];
-        self.zip_slices(&[a], &[b], &mut o);
-        o[0]
+        self.value(a, b)
     }
 
     /// The local derivatives (∂y/∂a, ∂y/∂b) at one point.

@@ -6,7 +6,7 @@
 //! reductions, matmul through `faer`) live in the submodules.
 
 mod elementwise;
-pub(crate) use elementwise::{PARALLEL_MIN_LEN, sign, with_avx2};
+pub(crate) use elementwise::{Number, PARALLEL_MIN_LEN, with_avx2};
 mod matmul;
 mod random;
 mod reduce;
@@ -42,6 +42,7 @@ pub trait Element:
     + std::iter::Sum
     + 'static
     + sealed::Sealed
+    + Number
 {
     /// `"f32"` or `"f64"`.
     const NAME: &'static str;

@@ -5,7 +5,7 @@
 use super::{Grads, Op, VarGrads};
 use crate::autodiff::Var;
 use crate::error::Result;
-use crate::tensor::{BinaryOp, Element, Tensor, UnaryOp};
+use crate::tensor::{BinaryOp, Element, Number, Tensor, UnaryOp};
 
 pub(crate) fn vjp<T: Element>(
     op: &Op<T>,
@@ -41,8 +41,9 @@ pub(crate) fn vjp<T: Element>(
 }
 
 /// The reverse rule recorded as ops on the tape, so that it can itself be
-/// differentiated (second order). A derivative that is piecewise constant (relu, abs,
-/// clamp, maximum, minimum, where) enters as a constant mask: its own derivative is zero
+/// differentiated (second order): the table's derivative formula evaluated on
+/// [`Recorded`] numbers. Sign and step are constants there, so the derivatives of relu,
+/// abs, clamp, maximum and minimum enter as constant masks: their own derivative is zero
 /// almost everywhere.
 pub(crate) fn vjp_recorded<'t, T: Element>(
     op: &Op<T>,
@@ -51,74 +52,119 @@ pub(crate) fn vjp_recorded<'t, T: Element>(
     g: Var<'t, T>,
     needs: &[bool],
 ) -> Result<VarGrads<'t, T>> {
-    let tape = g.tape;
-    let mask = |t: Tensor<T>| tape.constant(t);
+    let (y, tape) = (Recorded::Var(out), g.tape);
     Ok(match op {
         Op::Unary(u) => {
-            let x = ins[0];
-            let gx = match u {
-                UnaryOp::Neg => g.neg(),
-                UnaryOp::Exp => g.mul(out)?,
-                UnaryOp::Ln => g.div(x)?,
-                UnaryOp::Sqrt => g.div(out)?.mul_scalar(0.5),
-                UnaryOp::Abs => g.mul(mask(x.value().map(crate::tensor::sign)))?,
-                UnaryOp::Sin => g.mul(x.cos())?,
-                UnaryOp::Cos => g.mul(x.sin())?.neg(),
-                UnaryOp::Tanh => g.mul(out.mul(out)?.neg().add_scalar(1.0))?,
-                UnaryOp::Sigmoid => g.mul(out.mul(out.neg().add_scalar(1.0))?)?,
-                UnaryOp::Relu => g.mul(mask(
-                    x.value()
-                        .map(|v| if v > T::zero() { T::one() } else { T::zero() }),
-                ))?,
-                UnaryOp::PowF(p) => g.mul(x.powf(p - 1.0).mul_scalar(*p))?,
-                UnaryOp::AddScalar(_) => g,
-                UnaryOp::MulScalar(k) => g.mul_scalar(*k),
-                UnaryOp::Clamp(lo, hi) => {
-                    let (lo, hi) = (T::of(*lo), T::of(*hi));
-                    g.mul(mask(x.value().map(|v| {
-                        if v >= lo && v <= hi {
-                            T::one()
-                        } else {
-                            T::zero()
-                        }
-                    })))?
-                }
-            };
-            smallvec::smallvec![Some(gx)]
+            smallvec::smallvec![Some(scale(g, u.derivative(Recorded::Var(ins[0]), y))?)]
         }
         Op::Binary(b) => {
             let (a, c) = (ins[0], ins[1]);
-            let (ga, gc) = match b {
-                BinaryOp::Add => (g, g),
-                BinaryOp::Sub => (g, g.neg()),
-                BinaryOp::Mul => (g.mul(c)?, g.mul(a)?),
-                BinaryOp::Div => (g.div(c)?, g.mul(out)?.div(c)?.neg()),
-                BinaryOp::Pow => (
-                    g.mul(c)?.mul(a.pow(c.add_scalar(-1.0))?)?,
-                    g.mul(out)?.mul(a.ln())?,
-                ),
-                BinaryOp::Maximum | BinaryOp::Minimum => {
-                    // the same split as the first-order rule, as constants
-                    let seed = Tensor::ones(out.value().shape());
-                    let (wa, wc) = b.scale_by_partials(&a.value(), &c.value(), &out.value(), &seed);
-                    (g.mul(mask(wa))?, g.mul(mask(wc))?)
-                }
-            };
+            let (pa, pc) = b.partials(Recorded::Var(a), Recorded::Var(c), y);
             smallvec::smallvec![
-                needs[0].then(|| sum_to_shape(ga, &a.shape())).transpose()?,
-                needs[1].then(|| sum_to_shape(gc, &c.shape())).transpose()?
+                needs[0]
+                    .then(|| sum_to_shape(scale(g, pa)?, &a.shape()))
+                    .transpose()?,
+                needs[1]
+                    .then(|| sum_to_shape(scale(g, pc)?, &c.shape()))
+                    .transpose()?
             ]
         }
         Op::Where(m) => {
             let keep = m.map(|v| if v != T::zero() { T::one() } else { T::zero() });
             let other = keep.map(|v| T::one() - v);
             smallvec::smallvec![
-                Some(sum_to_shape(g.mul(mask(keep))?, &ins[0].shape())?),
-                Some(sum_to_shape(g.mul(mask(other))?, &ins[1].shape())?)
+                Some(sum_to_shape(g.mul(tape.constant(keep))?, &ins[0].shape())?),
+                Some(sum_to_shape(g.mul(tape.constant(other))?, &ins[1].shape())?)
             ]
         }
         _ => unreachable!("not an elementwise op"),
     })
+}
+
+/// `g` times a local derivative, skipping a product by the constant 1.
+fn scale<'t, T: Element>(g: Var<'t, T>, d: Recorded<'t, T>) -> Result<Var<'t, T>> {
+    match d {
+        Recorded::Constant(1.0) => Ok(g),
+        Recorded::Constant(k) => Ok(g.mul_scalar(k)),
+        Recorded::Var(v) => g.mul(v),
+    }
+}
+
+/// A number of the derivative table recorded on a tape: a plain constant (the `1` of
+/// `1 - y²`) or a variable. Evaluating a derivative formula on these records it as ops.
+#[derive(Clone, Copy)]
+pub(crate) enum Recorded<'t, T: Element> {
+    /// A constant, not on the tape.
+    Constant(f64),
+    /// A tensor on the tape.
+    Var(Var<'t, T>),
+}
+
+impl<'t, T: Element> Recorded<'t, T> {
+    fn scalar_on(tape: &'t crate::autodiff::Tape<T>, k: f64) -> Var<'t, T> {
+        tape.constant(Tensor::from_vec(vec![T::of(k)], &[]).expect("one element, shape []"))
+    }
+}
+
+impl<'t, T: Element> Number for Recorded<'t, T> {
+    fn number(v: f64) -> Self {
+        Recorded::Constant(v)
+    }
+
+    fn apply_unary(op: UnaryOp, x: Self) -> Self {
+        match x {
+            Recorded::Constant(k) => Recorded::Constant(op.apply_f64(k)),
+            Recorded::Var(v) if op.is_piecewise_constant() => {
+                Recorded::Var(v.tape.constant(op.apply(&v.value())))
+            }
+            Recorded::Var(v) => Recorded::Var(v.unary(op)),
+        }
+    }
+
+    fn apply_binary(op: BinaryOp, a: Self, b: Self) -> Self {
+        // the operands are an op's inputs and output (or constants), whose shapes
+        // broadcast together: the forward op already combined them
+        const SHAPES: &str = "the operands of a derivative formula broadcast together";
+        use Recorded::{Constant, Var};
+        Var(match (a, b) {
+            (Constant(p), Constant(q)) => return Constant(op.apply_f64(p, q)),
+            (Var(v), Constant(k)) => match op {
+                BinaryOp::Add => v.add_scalar(k),
+                BinaryOp::Sub => v.add_scalar(-k),
+                BinaryOp::Mul => v.mul_scalar(k),
+                BinaryOp::Div => v.mul_scalar(1.0 / k),
+                BinaryOp::Pow => v.powf(k),
+                _ => v.binary(op, Self::scalar_on(v.tape, k)).expect(SHAPES),
+            },
+            (Constant(k), Var(v)) => match op {
+                BinaryOp::Add => v.add_scalar(k),
+                BinaryOp::Sub => v.neg().add_scalar(k),
+                BinaryOp::Mul => v.mul_scalar(k),
+                BinaryOp::Div => v.powf(-1.0).mul_scalar(k),
+                _ => Self::scalar_on(v.tape, k).binary(op, v).expect(SHAPES),
+            },
+            (Var(v), Var(w)) => v.binary(op, w).expect(SHAPES),
+        })
+    }
+}
+
+macro_rules! recorded_arithmetic {
+    ($($trait:ident :: $method:ident => $op:ident),*) => {$(
+        impl<'t, T: Element> std::ops::$trait for Recorded<'t, T> {
+            type Output = Self;
+            fn $method(self, o: Self) -> Self {
+                Number::apply_binary(BinaryOp::$op, self, o)
+            }
+        }
+    )*};
+}
+recorded_arithmetic!(Add::add => Add, Sub::sub => Sub, Mul::mul => Mul, Div::div => Div);
+
+impl<'t, T: Element> std::ops::Neg for Recorded<'t, T> {
+    type Output = Self;
+    fn neg(self) -> Self {
+        Number::apply_unary(UnaryOp::Neg, self)
+    }
 }
 
 /// Sums a broadcast gradient back to `shape`, recorded (the adjoint of broadcasting).
