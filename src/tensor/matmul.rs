@@ -306,35 +306,62 @@ impl<T: Element> Tensor<T> {
     /// Matrix product. `[m,k]·[k,n]`, batched `[..,m,k]·[..,k,n]` with equal batch
     /// dimensions, or `[..,m,k]·[k,n]` (the right operand shared by every batch).
     pub fn matmul(&self, rhs: &Tensor<T>) -> Result<Tensor<T>> {
-        let (batch, m, k, n) = matmul_dims(self.shape(), rhs.shape())?;
-        let mut shape = super::Shape::from_slice(self.shape());
+        self.matmul_transposed(rhs, false, false)
+    }
+
+    /// `op(self)·op(rhs)`, where `op` swaps the last two axes of an operand whose flag is
+    /// set: the product reads the stored buffer in the transposed layout, no copy is
+    /// made. Shapes as for [`Tensor::matmul`] after the swaps.
+    pub fn matmul_transposed(
+        &self,
+        rhs: &Tensor<T>,
+        transpose_self: bool,
+        transpose_rhs: bool,
+    ) -> Result<Tensor<T>> {
+        let swapped = |t: &Tensor<T>, swap: bool| {
+            let mut s = super::Shape::from_slice(t.shape());
+            let nd = s.len();
+            if swap && nd >= 2 {
+                s.swap(nd - 2, nd - 1);
+            }
+            s
+        };
+        let (sa, sb) = (swapped(self, transpose_self), swapped(rhs, transpose_rhs));
+        let (batch, m, k, n) = matmul_dims(&sa, &sb)?;
+        let mut shape = sa;
         let nd = shape.len();
         shape[nd - 1] = n;
+        let layout = |t: bool| {
+            if t {
+                MatLayout::Transposed
+            } else {
+                MatLayout::Normal
+            }
+        };
+        let (la, lb) = (layout(transpose_self), layout(transpose_rhs));
         let shared_rhs = rhs.ndim() == 2;
         Ok(Tensor::build(&shape, |out| {
-            if shared_rhs {
+            if shared_rhs && !transpose_self {
                 // fold the batch into the rows: one larger product
                 matmul_into(
                     out,
                     batch * m,
                     n,
                     k,
-                    (self.data(), MatLayout::Normal),
-                    (rhs.data(), MatLayout::Normal),
+                    (self.data(), la),
+                    (rhs.data(), lb),
                     false,
                 );
             } else {
                 for bi in 0..batch {
+                    let r = if shared_rhs { 0 } else { bi * k * n };
                     matmul_into(
                         &mut out[bi * m * n..(bi + 1) * m * n],
                         m,
                         n,
                         k,
-                        (
-                            &self.data()[bi * m * k..(bi + 1) * m * k],
-                            MatLayout::Normal,
-                        ),
-                        (&rhs.data()[bi * k * n..(bi + 1) * k * n], MatLayout::Normal),
+                        (&self.data()[bi * m * k..(bi + 1) * m * k], la),
+                        (&rhs.data()[r..r + k * n], lb),
                         false,
                     );
                 }

@@ -1,102 +1,35 @@
 //! Matrix product on variables. Reverse rule: `dA = G·Bᵀ` and `dB = Aᵀ·G`, computed
 //! straight from the stored buffers with transposed operand layouts.
 
-use super::{Grads, Op, VarGrads};
+use super::{Op, RuleGrads, RuleValue};
 use crate::autodiff::Var;
 use crate::error::Result;
-use crate::tensor::{Element, MatLayout, Tensor, matmul_into};
+use crate::tensor::{Element, Tensor};
 
-pub(crate) fn vjp<T: Element>(
-    ins: &[&Tensor<T>],
-    g: &Tensor<T>,
+/// The reverse rule (VJP), written once over [`RuleValue`]: `dA = G·Bᵀ` and `dB = Aᵀ·G`,
+/// summed over the batch when `B` is shared by a batch of `A`s. On tensors the products
+/// read `A` and `B` in transposed layouts (no copies); recorded, they are ops again.
+pub(crate) fn vjp<T: Element, V: RuleValue<T>>(
+    ins: &[&V],
+    g: &V,
     needs: &[bool],
-) -> Result<Grads<T>> {
+) -> Result<RuleGrads<V>> {
     let (a, b) = (ins[0], ins[1]);
-    let nd = a.ndim();
-    let (m, k) = (a.shape()[nd - 2], a.shape()[nd - 1]);
-    let n = b.shape()[b.ndim() - 1];
-    let batch: usize = a.shape()[..nd - 2].iter().product();
-    let (ga, gd) = (a.data(), g.data());
-    let bd = b.data();
-    let da = needs[0].then(|| {
-        Tensor::build(a.shape(), |out| {
-            if b.ndim() == 2 {
-                matmul_into(
-                    out,
-                    batch * m,
-                    k,
-                    n,
-                    (gd, MatLayout::Normal),
-                    (bd, MatLayout::Transposed),
-                    false,
-                );
-            } else {
-                for i in 0..batch {
-                    matmul_into(
-                        &mut out[i * m * k..(i + 1) * m * k],
-                        m,
-                        k,
-                        n,
-                        (&gd[i * m * n..(i + 1) * m * n], MatLayout::Normal),
-                        (&bd[i * k * n..(i + 1) * k * n], MatLayout::Transposed),
-                        false,
-                    );
-                }
-            }
-        })
-    });
-    let db = needs[1].then(|| {
-        Tensor::build(b.shape(), |out| {
-            if b.ndim() == 2 {
-                matmul_into(
-                    out,
-                    k,
-                    n,
-                    batch * m,
-                    (ga, MatLayout::Transposed),
-                    (gd, MatLayout::Normal),
-                    false,
-                );
-            } else {
-                for i in 0..batch {
-                    matmul_into(
-                        &mut out[i * k * n..(i + 1) * k * n],
-                        k,
-                        n,
-                        m,
-                        (&ga[i * m * k..(i + 1) * m * k], MatLayout::Transposed),
-                        (&gd[i * m * n..(i + 1) * m * n], MatLayout::Normal),
-                        false,
-                    );
-                }
-            }
-        })
-    });
-    Ok(smallvec::smallvec![da, db])
-}
-
-/// The reverse rule recorded as ops (second order): `dA = G·Bᵀ`, `dB = Aᵀ·G` (summed
-/// over the batch when `B` is shared by a batch of `A`s).
-pub(crate) fn vjp_recorded<'t, T: Element>(
-    ins: &[Var<'t, T>],
-    g: Var<'t, T>,
-    needs: &[bool],
-) -> Result<VarGrads<'t, T>> {
-    let (a, b) = (ins[0], ins[1]);
-    let (an, bn) = (a.shape().len(), b.shape().len());
+    let (sa, sb) = (a.shape(), b.shape());
+    let (an, bn) = (sa.len(), sb.len());
     let da = needs[0]
-        .then(|| g.matmul(b.transpose(bn - 2, bn - 1)?))
+        .then(|| g.matmul_transposed(b, false, true))
         .transpose()?;
     let db = needs[1]
-        .then(|| -> Result<Var<'t, T>> {
+        .then(|| -> Result<V> {
             if an > 2 && bn == 2 {
-                let (k, n) = (a.shape()[an - 1], g.shape()[an - 1]);
-                let rows = a.shape()[..an - 1].iter().product();
+                // a shared B: its gradient sums over the batch, one product over all rows
+                let (k, n) = (sa[an - 1], sb[1]);
+                let rows = sa[..an - 1].iter().product();
                 a.reshape(&[rows, k])?
-                    .transpose(0, 1)?
-                    .matmul(g.reshape(&[rows, n])?)
+                    .matmul_transposed(&g.reshape(&[rows, n])?, true, false)
             } else {
-                a.transpose(an - 2, an - 1)?.matmul(g)
+                a.matmul_transposed(g, true, false)
             }
         })
         .transpose()?;

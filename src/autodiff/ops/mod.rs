@@ -9,7 +9,7 @@ pub(crate) mod reduce;
 pub(crate) mod shape;
 
 use crate::error::{Error, Result};
-use crate::tensor::{BinaryOp, Element, Tensor, UnaryOp};
+use crate::tensor::{BinaryOp, Element, Shape, Tensor, UnaryOp};
 use std::sync::Arc;
 
 /// An op defined outside the library: its forward runs eagerly (the caller supplies the
@@ -67,6 +67,162 @@ pub(crate) type Grads<T> = smallvec::SmallVec<[Option<Tensor<T>>; 2]>;
 
 /// Input gradients recorded on the tape (second order).
 pub(crate) type VarGrads<'t, T> = smallvec::SmallVec<[Option<super::Var<'t, T>>; 2]>;
+
+/// References to a node's input variables, for the rules written over [`RuleValue`].
+fn refs<'a, 't, T: Element>(ins: &'a [super::Var<'t, T>]) -> smallvec::SmallVec<[&'a super::Var<'t, T>; 4]> {
+    ins.iter().collect()
+}
+
+/// Input gradients, one per input (`None` where none is needed), in the values a rule
+/// is evaluated on.
+pub(crate) type RuleGrads<V> = smallvec::SmallVec<[Option<V>; 2]>;
+
+/// The values a reverse rule is written in, so that each rule of the reductions, shape
+/// ops and matmul is written once: on tensors it computes the gradient (first order), on
+/// variables it records the same computation as ops, so that the gradient can be
+/// differentiated again (second order). Weights and masks that are constants of a rule
+/// (the maxima of `max`) come from [`RuleValue::tensor`] and enter through
+/// [`RuleValue::constant`].
+pub(crate) trait RuleValue<T: Element>: Sized + Clone {
+    fn shape(&self) -> Shape;
+    /// The current value.
+    fn tensor(&self) -> Tensor<T>;
+    /// `t` as a constant of the rule (on the same tape).
+    fn constant(&self, t: Tensor<T>) -> Self;
+    fn reshape(&self, shape: &[usize]) -> Result<Self>;
+    fn permute(&self, perm: &[usize]) -> Result<Self>;
+    fn broadcast_to(&self, shape: &[usize]) -> Result<Self>;
+    /// Sums broadcast axes away (the adjoint of broadcasting).
+    fn sum_to_shape(&self, shape: &[usize]) -> Result<Self>;
+    fn sum_keepdim(&self, axes: &[usize]) -> Result<Self>;
+    fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self>;
+    fn mul(&self, other: &Self) -> Result<Self>;
+    fn sub(&self, other: &Self) -> Result<Self>;
+    fn exp(&self) -> Self;
+    fn mul_scalar(&self, k: f64) -> Self;
+    /// `op(self)·op(other)`, `op` swapping the last two axes where asked.
+    fn matmul_transposed(&self, other: &Self, transpose_self: bool, transpose_other: bool)
+    -> Result<Self>;
+    /// The adjoint of `narrow`: `self` placed at `start` along `axis` in zeros of `shape`.
+    fn narrow_adjoint(&self, shape: &[usize], axis: usize, start: usize) -> Result<Self>;
+    /// The adjoint of `index_select`: rows added into zeros of `shape`.
+    fn index_select_adjoint(&self, shape: &[usize], axis: usize, indices: &[usize])
+    -> Result<Self>;
+    /// The adjoint of `gather`: entries added into zeros of `shape`.
+    fn gather_adjoint(&self, shape: &[usize], axis: usize, index: &[usize]) -> Result<Self>;
+}
+
+impl<T: Element> RuleValue<T> for Tensor<T> {
+    fn shape(&self) -> Shape {
+        Shape::from_slice(Tensor::shape(self))
+    }
+    fn tensor(&self) -> Tensor<T> {
+        self.clone()
+    }
+    fn constant(&self, t: Tensor<T>) -> Self {
+        t
+    }
+    fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        Tensor::reshape(self, shape)
+    }
+    fn permute(&self, perm: &[usize]) -> Result<Self> {
+        Tensor::permute(self, perm)
+    }
+    fn broadcast_to(&self, shape: &[usize]) -> Result<Self> {
+        Tensor::broadcast_to(self, shape)
+    }
+    fn sum_to_shape(&self, shape: &[usize]) -> Result<Self> {
+        Tensor::sum_to_shape(self, shape)
+    }
+    fn sum_keepdim(&self, axes: &[usize]) -> Result<Self> {
+        self.sum(axes, true)
+    }
+    fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self> {
+        Tensor::narrow(self, axis, start, len)
+    }
+    fn mul(&self, other: &Self) -> Result<Self> {
+        Tensor::mul(self, other)
+    }
+    fn sub(&self, other: &Self) -> Result<Self> {
+        Tensor::sub(self, other)
+    }
+    fn exp(&self) -> Self {
+        Tensor::exp(self)
+    }
+    fn mul_scalar(&self, k: f64) -> Self {
+        Tensor::mul_scalar(self, k)
+    }
+    fn matmul_transposed(&self, other: &Self, ta: bool, tb: bool) -> Result<Self> {
+        Tensor::matmul_transposed(self, other, ta, tb)
+    }
+    fn narrow_adjoint(&self, shape: &[usize], axis: usize, start: usize) -> Result<Self> {
+        Ok(crate::tensor::narrow_adjoint(self, shape, axis, start))
+    }
+    fn index_select_adjoint(&self, shape: &[usize], axis: usize, indices: &[usize]) -> Result<Self> {
+        Ok(crate::tensor::index_select_adjoint(self, shape, axis, indices))
+    }
+    fn gather_adjoint(&self, shape: &[usize], axis: usize, index: &[usize]) -> Result<Self> {
+        Ok(crate::tensor::gather_adjoint(self, shape, axis, index))
+    }
+}
+
+impl<'t, T: Element> RuleValue<T> for super::Var<'t, T> {
+    fn shape(&self) -> Shape {
+        super::Var::shape(self)
+    }
+    fn tensor(&self) -> Tensor<T> {
+        self.value()
+    }
+    fn constant(&self, t: Tensor<T>) -> Self {
+        self.tape.constant(t)
+    }
+    fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        super::Var::reshape(*self, shape)
+    }
+    fn permute(&self, perm: &[usize]) -> Result<Self> {
+        super::Var::permute(*self, perm)
+    }
+    fn broadcast_to(&self, shape: &[usize]) -> Result<Self> {
+        super::Var::broadcast_to(*self, shape)
+    }
+    fn sum_to_shape(&self, shape: &[usize]) -> Result<Self> {
+        elementwise::sum_to_shape(*self, shape)
+    }
+    fn sum_keepdim(&self, axes: &[usize]) -> Result<Self> {
+        self.sum(axes, true)
+    }
+    fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self> {
+        super::Var::narrow(*self, axis, start, len)
+    }
+    fn mul(&self, other: &Self) -> Result<Self> {
+        super::Var::mul(*self, *other)
+    }
+    fn sub(&self, other: &Self) -> Result<Self> {
+        super::Var::sub(*self, *other)
+    }
+    fn exp(&self) -> Self {
+        super::Var::exp(*self)
+    }
+    fn mul_scalar(&self, k: f64) -> Self {
+        super::Var::mul_scalar(*self, k)
+    }
+    fn matmul_transposed(&self, other: &Self, ta: bool, tb: bool) -> Result<Self> {
+        let swap = |v: Self, t: bool| -> Result<Self> {
+            let nd = v.shape().len();
+            if t { v.transpose(nd - 2, nd - 1) } else { Ok(v) }
+        };
+        swap(*self, ta)?.matmul(swap(*other, tb)?)
+    }
+    fn narrow_adjoint(&self, shape: &[usize], axis: usize, start: usize) -> Result<Self> {
+        shape::narrow_adjoint_recorded(*self, shape, axis, start)
+    }
+    fn index_select_adjoint(&self, shape: &[usize], axis: usize, indices: &[usize]) -> Result<Self> {
+        shape::index_select_adjoint_recorded(*self, shape, axis, indices)
+    }
+    fn gather_adjoint(&self, shape: &[usize], axis: usize, index: &[usize]) -> Result<Self> {
+        shape::gather_adjoint_recorded(*self, shape, axis, index)
+    }
+}
 
 impl<T: Element> Op<T> {
     pub(crate) fn name(&self) -> &str {
@@ -163,8 +319,8 @@ impl<T: Element> Op<T> {
             | Op::Max { .. }
             | Op::LogSumExp { .. }
             | Op::Softmax(_)
-            | Op::LogSoftmax(_) => reduce::vjp_recorded(self, ins, out, g),
-            Op::MatMul => matmul::vjp_recorded(ins, g, needs),
+            | Op::LogSoftmax(_) => reduce::vjp(self, &refs(ins), &out, &g),
+            Op::MatMul => matmul::vjp(&refs(ins), &g, needs),
             Op::Custom(c) => Err(Error::invalid(
                 "second order",
                 format!(
@@ -172,7 +328,7 @@ impl<T: Element> Op<T> {
                     c.name()
                 ),
             )),
-            _ => shape::vjp_recorded(self, ins, g),
+            _ => shape::vjp(self, &refs(ins), &g),
         }
     }
 

@@ -2,7 +2,7 @@
 //! gradient broadcast back over the reduced axes (scaled for mean, routed to the
 //! maximum for max, weighted by the softmax for logsumexp).
 
-use super::{Grads, Op, VarGrads};
+use super::{Op, RuleGrads, RuleValue};
 use crate::autodiff::Var;
 use crate::error::Result;
 use crate::tensor::{Element, Shape, Tensor, normalize_axes};
@@ -16,89 +16,71 @@ fn keepdim_shape(input: &[usize], axes: &[usize]) -> Shape {
         .collect()
 }
 
-pub(crate) fn vjp<T: Element>(
-    op: &Op<T>,
-    ins: &[&Tensor<T>],
-    out: &Tensor<T>,
-    g: &Tensor<T>,
-) -> Result<Grads<T>> {
-    let x = ins[0];
-    let gx = match op {
-        Op::Sum { axes, .. } => g
-            .reshape(&keepdim_shape(x.shape(), axes))?
-            .broadcast_to(x.shape())?,
-        Op::Mean { axes, .. } => {
-            let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
-            g.reshape(&keepdim_shape(x.shape(), axes))?
-                .mul_scalar(1.0 / count as f64)
-                .broadcast_to(x.shape())?
-        }
-        Op::Max { axes, .. } => {
-            let kd = keepdim_shape(x.shape(), axes);
-            let mask = x.eq_mask(&out.reshape(&kd)?)?;
-            let ties = mask.sum(axes, true)?;
-            g.reshape(&kd)?.div(&ties)?.mul(&mask)?
-        }
-        Op::LogSumExp { axes, .. } => {
-            let kd = keepdim_shape(x.shape(), axes);
-            x.sub(&out.reshape(&kd)?)?.exp().mul(&g.reshape(&kd)?)?
-        }
-        Op::Softmax(axis) => {
-            let dot = g.mul(out)?.sum(&[*axis], true)?;
-            out.mul(&g.sub(&dot)?)?
-        }
-        Op::LogSoftmax(axis) => {
-            let gsum = g.sum(&[*axis], true)?;
-            g.sub(&out.exp().mul(&gsum)?)?
-        }
-        _ => unreachable!("not a reduction"),
-    };
-    Ok(smallvec::smallvec![Some(gx)])
+/// How a reduction's output depends on each input element: a plain sum (weight 1), a
+/// scaled one (mean), or a weight per element (max: the maxima, split evenly at ties, a
+/// constant; logsumexp: the softmax `exp(x − y)`). The reverse rule spreads the output
+/// gradient times the weight; the forward rule sums the tangent times the weight.
+enum Weights<V> {
+    Ones,
+    Scale(f64),
+    Each(V),
 }
 
-/// The reverse rule recorded as ops (second order); max routes the gradient through a
-/// constant mask (its second derivative is zero almost everywhere).
-pub(crate) fn vjp_recorded<'t, T: Element>(
+fn weights<T: Element, V: RuleValue<T>>(op: &Op<T>, x: &V, out: &V) -> Result<Weights<V>> {
+    let xs = x.shape();
+    Ok(match op {
+        Op::Sum { .. } => Weights::Ones,
+        Op::Mean { axes } => {
+            let count: usize = axes.iter().map(|&a| xs[a]).product();
+            Weights::Scale(1.0 / count as f64)
+        }
+        Op::Max { axes } => {
+            // piecewise constant: its own derivative is zero almost everywhere
+            let mask = x.tensor().eq_mask(&out.tensor().reshape(&keepdim_shape(&xs, axes))?)?;
+            Weights::Each(x.constant(mask.div(&mask.sum(axes, true)?)?))
+        }
+        Op::LogSumExp { axes } => {
+            Weights::Each(x.sub(&out.reshape(&keepdim_shape(&xs, axes))?)?.exp())
+        }
+        _ => unreachable!("not a reduction over axes"),
+    })
+}
+
+/// The softmax's Jacobian times `v`: `y ⊙ (v − Σ y ⊙ v)`. It is symmetric, so this one
+/// formula is both the reverse rule (`v` = the output gradient) and the forward rule
+/// (`v` = the input tangent).
+fn softmax_rule<T: Element, V: RuleValue<T>>(y: &V, v: &V, axis: usize) -> Result<V> {
+    y.mul(&v.sub(&v.mul(y)?.sum_keepdim(&[axis])?)?)
+}
+
+/// The reverse rule (VJP), written once over [`RuleValue`]: first order on tensors,
+/// recorded on variables for second order.
+pub(crate) fn vjp<T: Element, V: RuleValue<T>>(
     op: &Op<T>,
-    ins: &[Var<'t, T>],
-    out: Var<'t, T>,
-    g: Var<'t, T>,
-) -> Result<VarGrads<'t, T>> {
+    ins: &[&V],
+    out: &V,
+    g: &V,
+) -> Result<RuleGrads<V>> {
     let x = ins[0];
     let xs = x.shape();
     let gx = match op {
-        Op::Sum { axes } => g.reshape(&keepdim_shape(&xs, axes))?.broadcast_to(&xs)?,
-        Op::Mean { axes } => {
-            let count: usize = axes.iter().map(|&a| xs[a]).product();
-            g.reshape(&keepdim_shape(&xs, axes))?
-                .mul_scalar(1.0 / count as f64)
-                .broadcast_to(&xs)?
+        Op::Sum { axes } | Op::Mean { axes } | Op::Max { axes } | Op::LogSumExp { axes } => {
+            let g = g.reshape(&keepdim_shape(&xs, axes))?;
+            match weights(op, x, out)? {
+                Weights::Ones => g.broadcast_to(&xs)?,
+                Weights::Scale(k) => g.mul_scalar(k).broadcast_to(&xs)?,
+                Weights::Each(w) => g.mul(&w)?,
+            }
         }
-        Op::Max { axes } => {
-            let kd = keepdim_shape(&xs, axes);
-            let (xv, yv) = (x.value(), out.value());
-            let mask = xv.eq_mask(&yv.reshape(&kd)?)?;
-            let weights = mask.div(&mask.sum(axes, true)?)?;
-            g.reshape(&kd)?.mul(x.tape.constant(weights))?
-        }
-        Op::LogSumExp { axes } => {
-            let kd = keepdim_shape(&xs, axes);
-            x.sub(out.reshape(&kd)?)?.exp().mul(g.reshape(&kd)?)?
-        }
-        Op::Softmax(axis) => {
-            let dot = g.mul(out)?.sum(&[*axis], true)?;
-            out.mul(g.sub(dot)?)?
-        }
-        Op::LogSoftmax(axis) => {
-            let gsum = g.sum(&[*axis], true)?;
-            g.sub(out.exp().mul(gsum)?)?
-        }
+        Op::Softmax(axis) => softmax_rule(out, g, *axis)?,
+        // ∂yᵢ/∂xⱼ = δᵢⱼ − softmaxⱼ: the gradient minus the softmax times its sum
+        Op::LogSoftmax(axis) => g.sub(&out.exp().mul(&g.sum_keepdim(&[*axis])?)?)?,
         _ => unreachable!("not a reduction"),
     };
     Ok(smallvec::smallvec![Some(gx)])
 }
 
-/// Forward rule: the reduction of the tangent, weighted like the reverse rule.
+/// The forward rule (JVP): the tangent through the same weights and Jacobians.
 pub(crate) fn jvp<T: Element>(
     op: &Op<T>,
     ins: &[&Tensor<T>],
@@ -106,33 +88,18 @@ pub(crate) fn jvp<T: Element>(
     t: &Tensor<T>,
 ) -> Result<Tensor<T>> {
     let x = ins[0];
-    let reduce = |w: Tensor<T>, axes: &[usize]| -> Result<Tensor<T>> {
-        w.sum(axes, true)?.reshape(out.shape())
-    };
     Ok(match op {
-        Op::Sum { axes } => reduce(t.clone(), axes)?,
-        Op::Mean { axes } => {
-            let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
-            reduce(t.mul_scalar(1.0 / count as f64), axes)?
+        Op::Sum { axes } | Op::Mean { axes } | Op::Max { axes } | Op::LogSumExp { axes } => {
+            let weighted = match weights(op, x, out)? {
+                Weights::Ones => t.clone(),
+                Weights::Scale(k) => t.mul_scalar(k),
+                Weights::Each(w) => t.mul(&w)?,
+            };
+            weighted.sum(axes, true)?.reshape(out.shape())?
         }
-        Op::Max { axes } => {
-            let kd = keepdim_shape(x.shape(), axes);
-            let mask = x.eq_mask(&out.reshape(&kd)?)?;
-            let ties = mask.sum(axes, true)?;
-            reduce(t.mul(&mask)?.div(&ties)?, axes)?
-        }
-        Op::LogSumExp { axes } => {
-            let kd = keepdim_shape(x.shape(), axes);
-            reduce(x.sub(&out.reshape(&kd)?)?.exp().mul(t)?, axes)?
-        }
-        Op::Softmax(axis) => {
-            let dot = out.mul(t)?.sum(&[*axis], true)?;
-            out.mul(&t.sub(&dot)?)?
-        }
-        Op::LogSoftmax(axis) => {
-            let dot = out.exp().mul(t)?.sum(&[*axis], true)?;
-            t.sub(&dot)?
-        }
+        Op::Softmax(axis) => softmax_rule(out, t, *axis)?,
+        // the transpose of the reverse rule: the tangent minus its softmax-weighted sum
+        Op::LogSoftmax(axis) => t.sub(&out.exp().mul(t)?.sum(&[*axis], true)?)?,
         _ => unreachable!("not a reduction"),
     })
 }

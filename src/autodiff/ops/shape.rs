@@ -2,10 +2,10 @@
 //! reshape back, permute by the inverse permutation, sum over broadcast axes, scatter
 //! into the slice or the selected rows.
 
-use super::{Grads, Op, VarGrads};
+use super::{Op, RuleGrads, RuleValue};
 use crate::autodiff::Var;
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Shape, Tensor, gather_adjoint, index_select_adjoint, narrow_adjoint};
+use crate::tensor::{Element, Shape, Tensor};
 
 /// The permutation that undoes `perm` (a permute's reverse rule).
 fn inverse(perm: &[usize]) -> Shape {
@@ -16,18 +16,24 @@ fn inverse(perm: &[usize]) -> Shape {
     inv
 }
 
-pub(crate) fn vjp<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], g: &Tensor<T>) -> Result<Grads<T>> {
-    let x = ins[0];
+/// The reverse rule (VJP), written once over [`RuleValue`]: first order on tensors,
+/// recorded on variables for second order.
+pub(crate) fn vjp<T: Element, V: RuleValue<T>>(
+    op: &Op<T>,
+    ins: &[&V],
+    g: &V,
+) -> Result<RuleGrads<V>> {
+    let xs = ins[0].shape();
     Ok(match op {
-        Op::Reshape => smallvec::smallvec![Some(g.reshape(x.shape())?)],
+        Op::Reshape => smallvec::smallvec![Some(g.reshape(&xs)?)],
         Op::Permute(perm) => smallvec::smallvec![Some(g.permute(&inverse(perm))?)],
-        Op::BroadcastTo => smallvec::smallvec![Some(g.sum_to_shape(x.shape())?)],
+        Op::BroadcastTo => smallvec::smallvec![Some(g.sum_to_shape(&xs)?)],
         Op::Narrow { axis, start } => {
-            smallvec::smallvec![Some(narrow_adjoint(g, x.shape(), *axis, *start))]
+            smallvec::smallvec![Some(g.narrow_adjoint(&xs, *axis, *start)?)]
         }
         Op::Concat { axis } => {
             let mut at = 0;
-            let mut out = Grads::new();
+            let mut out = RuleGrads::new();
             for part in ins {
                 let len = part.shape()[*axis];
                 out.push(Some(g.narrow(*axis, at, len)?));
@@ -36,107 +42,102 @@ pub(crate) fn vjp<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], g: &Tensor<T>) -> 
             out
         }
         Op::IndexSelect { axis, indices } => {
-            smallvec::smallvec![Some(index_select_adjoint(g, x.shape(), *axis, indices))]
+            smallvec::smallvec![Some(g.index_select_adjoint(&xs, *axis, indices)?)]
         }
         Op::Gather { axis, index } => {
-            smallvec::smallvec![Some(gather_adjoint(g, x.shape(), *axis, index))]
+            smallvec::smallvec![Some(g.gather_adjoint(&xs, *axis, index)?)]
         }
         _ => unreachable!("not a shape op"),
     })
 }
 
-/// The reverse rule recorded as ops (second order). Scatters (the adjoints of gather and
-/// row selection) are products with a constant 0/1 selection, so that their own
-/// derivative, a gather again, comes from the recorded ops.
-pub(crate) fn vjp_recorded<'t, T: Element>(
-    op: &Op<T>,
-    ins: &[Var<'t, T>],
+// The scatters of the reverse rules, recorded (second order). They are linear in `g`
+// and written as ops whose own reverse rules are the forward op again: zeros joined
+// around the slice, and products with a constant 0/1 selection.
+
+/// `g` placed at `start` along `axis` in zeros of `shape`, as a concat.
+pub(crate) fn narrow_adjoint_recorded<'t, T: Element>(
     g: Var<'t, T>,
-) -> Result<VarGrads<'t, T>> {
-    let x = ins[0];
-    let xs = x.shape();
-    let tape = g.tape;
-    let split = |axis: usize| -> (usize, usize, usize) {
-        (
-            xs[..axis].iter().product(),
-            xs[axis],
-            xs[axis + 1..].iter().product(),
-        )
-    };
-    Ok(match op {
-        Op::Reshape => smallvec::smallvec![Some(g.reshape(&xs)?)],
-        Op::Permute(perm) => smallvec::smallvec![Some(g.permute(&inverse(perm))?)],
-        Op::BroadcastTo => smallvec::smallvec![Some(super::elementwise::sum_to_shape(g, &xs)?)],
-        Op::Narrow { axis, start } => {
-            let len = g.shape()[*axis];
-            let mut parts = Vec::new();
-            for (at, n) in [(0, *start), (start + len, xs[*axis] - start - len)] {
-                if n > 0 {
-                    let mut zs = xs.clone();
-                    zs[*axis] = n;
-                    parts.push((at, tape.constant(Tensor::zeros(&zs))));
-                }
-            }
-            parts.push((*start, g));
-            parts.sort_by_key(|(at, _)| *at);
-            let parts: Vec<Var<'t, T>> = parts.into_iter().map(|(_, v)| v).collect();
-            smallvec::smallvec![Some(Var::concat(&parts, *axis)?)]
+    shape: &[usize],
+    axis: usize,
+    start: usize,
+) -> Result<Var<'t, T>> {
+    let len = g.shape()[axis];
+    let mut parts = Vec::new();
+    for (at, n) in [(0, start), (start + len, shape[axis] - start - len)] {
+        if n > 0 {
+            let mut zs = Shape::from_slice(shape);
+            zs[axis] = n;
+            parts.push((at, g.tape.constant(Tensor::zeros(&zs))));
         }
-        Op::Concat { axis } => {
-            let mut at = 0;
-            let mut out = VarGrads::new();
-            for part in ins {
-                let len = part.shape()[*axis];
-                out.push(Some(g.narrow(*axis, at, len)?));
-                at += len;
+    }
+    parts.push((start, g));
+    parts.sort_by_key(|(at, _)| *at);
+    let parts: Vec<Var<'t, T>> = parts.into_iter().map(|(_, v)| v).collect();
+    Var::concat(&parts, axis)
+}
+
+/// The sizes before, at and after `axis`.
+fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+/// Rows of `g` added into zeros of `shape` at `indices`: a selection matrix times `g`.
+pub(crate) fn index_select_adjoint_recorded<'t, T: Element>(
+    g: Var<'t, T>,
+    shape: &[usize],
+    axis: usize,
+    indices: &[usize],
+) -> Result<Var<'t, T>> {
+    let (outer, size, inner) = split(shape, axis);
+    let n = indices.len();
+    let mut select = Tensor::<T>::zeros(&[size, n]);
+    for (j, &i) in indices.iter().enumerate() {
+        select.data_mut()[i * n + j] += T::one();
+    }
+    let select = g.tape.constant(select);
+    if outer == 1 {
+        return select.matmul(g.reshape(&[n, inner])?)?.reshape(shape);
+    }
+    let rows = g
+        .reshape(&[outer, n, inner])?
+        .permute(&[1, 0, 2])?
+        .reshape(&[n, outer * inner])?;
+    select
+        .matmul(rows)?
+        .reshape(&[size, outer, inner])?
+        .permute(&[1, 0, 2])?
+        .reshape(shape)
+}
+
+/// Entries of `g` added into zeros of `shape` at the gathered positions: `g` times a
+/// constant one-hot selection, summed over the gathered axis.
+pub(crate) fn gather_adjoint_recorded<'t, T: Element>(
+    g: Var<'t, T>,
+    shape: &[usize],
+    axis: usize,
+    index: &[usize],
+) -> Result<Var<'t, T>> {
+    let (outer, size, inner) = split(shape, axis);
+    let k = g.shape()[axis];
+    let mut select = Tensor::<T>::zeros(&[outer, k, size, inner]);
+    let d = select.data_mut();
+    for o in 0..outer {
+        for j in 0..k {
+            for i in 0..inner {
+                let pos = (o * k + j) * inner + i;
+                d[((o * k + j) * size + index[pos]) * inner + i] = T::one();
             }
-            out
         }
-        Op::IndexSelect { axis, indices } => {
-            let (outer, size, inner) = split(*axis);
-            let n = indices.len();
-            let mut select = Tensor::<T>::zeros(&[size, n]);
-            for (j, &i) in indices.iter().enumerate() {
-                select.data_mut()[i * n + j] += T::one();
-            }
-            let select = tape.constant(select);
-            let gx = if outer == 1 {
-                select.matmul(g.reshape(&[n, inner])?)?.reshape(&xs)?
-            } else {
-                let rows = g
-                    .reshape(&[outer, n, inner])?
-                    .permute(&[1, 0, 2])?
-                    .reshape(&[n, outer * inner])?;
-                select
-                    .matmul(rows)?
-                    .reshape(&[size, outer, inner])?
-                    .permute(&[1, 0, 2])?
-                    .reshape(&xs)?
-            };
-            smallvec::smallvec![Some(gx)]
-        }
-        Op::Gather { axis, index } => {
-            let (outer, size, inner) = split(*axis);
-            let k = g.shape()[*axis];
-            let mut select = Tensor::<T>::zeros(&[outer, k, size, inner]);
-            let d = select.data_mut();
-            for o in 0..outer {
-                for j in 0..k {
-                    for i in 0..inner {
-                        let pos = (o * k + j) * inner + i;
-                        d[((o * k + j) * size + index[pos]) * inner + i] = T::one();
-                    }
-                }
-            }
-            let gx = g
-                .reshape(&[outer, k, 1, inner])?
-                .mul(tape.constant(select))?
-                .sum(&[1], false)?
-                .reshape(&xs)?;
-            smallvec::smallvec![Some(gx)]
-        }
-        _ => unreachable!("not a shape op"),
-    })
+    }
+    g.reshape(&[outer, k, 1, inner])?
+        .mul(g.tape.constant(select))?
+        .sum(&[1], false)?
+        .reshape(shape)
 }
 
 /// Forward rule: the same shape op applied to the tangent (`None` = zero).
