@@ -5,7 +5,9 @@
 use super::gradcheck::nan_max;
 use super::{CustomOp, GradcheckMode, GradcheckOptions, GradcheckReport, Tape, Var, gradcheck};
 use crate::error::{Error, Result};
-use crate::tensor::{BinaryOp, Tensor, UnaryOp};
+use crate::scalar::Real;
+use crate::tensor::{BinaryOp, Tensor, UnaryOp, broadcast_shapes};
+use crate::tensor::{broadcast_strides, for_each_offset};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -216,6 +218,113 @@ struct Case {
     op: String,
     inputs: Vec<Tensor<f64>>,
     f: CaseFn,
+    /// The same function for the scalar engine, where it has the op.
+    scalar: Option<ScalarForm>,
+}
+
+/// A case's function written for the scalar engine ([`crate::scalar`]), element by
+/// element, so that second order can be checked against a second, independent engine.
+#[derive(Clone)]
+enum ScalarForm {
+    Unary(UnaryOp),
+    /// With NumPy broadcasting.
+    Binary(BinaryOp),
+    /// Over these axes (the mean divides by the count).
+    Sum(Vec<usize>, bool),
+    Softmax(usize, bool),
+    MatMul,
+}
+
+/// For each element of `shape`, the flat index of the element it reduces into when
+/// `axes` are summed away.
+fn reduced_index(shape: &[usize], axes: &[usize]) -> Vec<usize> {
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|flat| {
+            let (mut rest, mut out, mut scale) = (flat, 0, 1);
+            for d in (0..shape.len()).rev() {
+                let i = rest % shape[d];
+                rest /= shape[d];
+                if !axes.contains(&d) {
+                    out += i * scale;
+                    scale *= shape[d];
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+impl ScalarForm {
+    /// The case's outputs, flat, from its inputs (flat, one after another).
+    fn outputs<R: Real>(&self, shapes: &[Vec<usize>], x: &[R]) -> Vec<R> {
+        let size = |s: &[usize]| s.iter().product::<usize>();
+        match self {
+            ScalarForm::Unary(op) => x.iter().map(|&v| v.unary(*op)).collect(),
+            ScalarForm::Binary(op) => {
+                let (sa, sb) = (&shapes[0], &shapes[1]);
+                let (a, b) = x.split_at(size(sa));
+                let out = broadcast_shapes("scalar form", sa, sb).expect("the case broadcasts");
+                let (ta, tb) = (broadcast_strides(sa, &out), broadcast_strides(sb, &out));
+                let mut y = vec![R::cst(0.0); size(&out)];
+                for_each_offset(&out, [&ta, &tb], |i, [ia, ib]| {
+                    y[i] = a[ia].binary(*op, b[ib])
+                });
+                y
+            }
+            ScalarForm::Sum(axes, mean) => {
+                let into = reduced_index(&shapes[0], axes);
+                let count: usize = axes.iter().map(|&a| shapes[0][a]).product();
+                let mut y = vec![R::cst(0.0); x.len() / count.max(1)];
+                for (&v, &o) in x.iter().zip(&into) {
+                    y[o] = y[o] + v;
+                }
+                if *mean {
+                    y.iter_mut()
+                        .for_each(|v| *v = *v * R::cst(1.0 / count as f64));
+                }
+                y
+            }
+            ScalarForm::Softmax(axis, log) => {
+                let group = reduced_index(&shapes[0], &[*axis]);
+                let mut total = vec![R::cst(0.0); x.len()];
+                for (&v, &g) in x.iter().zip(&group) {
+                    total[g] = total[g] + v.exp();
+                }
+                x.iter()
+                    .zip(&group)
+                    .map(|(&v, &g)| {
+                        if *log {
+                            v - total[g].ln()
+                        } else {
+                            v.exp() / total[g]
+                        }
+                    })
+                    .collect()
+            }
+            ScalarForm::MatMul => {
+                let (sa, sb) = (&shapes[0], &shapes[1]);
+                let (a, b) = x.split_at(size(sa));
+                let (m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
+                let batch = size(sa) / (m * k);
+                let shared = sb.len() == 2;
+                let mut y = Vec::with_capacity(batch * m * n);
+                for bi in 0..batch {
+                    let (ao, bo) = (bi * m * k, if shared { 0 } else { bi * k * n });
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut acc = R::cst(0.0);
+                            for p in 0..k {
+                                acc = acc + a[ao + i * k + p] * b[bo + p * n + j];
+                            }
+                            y.push(acc);
+                        }
+                    }
+                }
+                y
+            }
+        }
+    }
 }
 
 fn cases(seed: u64) -> Vec<Case> {
@@ -265,6 +374,7 @@ fn cases(seed: u64) -> Vec<Case> {
                 op: op.name().into(),
                 inputs: vec![x],
                 f: Box::new(move |_, v| Ok(v[0].unary(op))),
+                scalar: Some(ScalarForm::Unary(op)),
             });
         }
     }
@@ -299,6 +409,7 @@ fn cases(seed: u64) -> Vec<Case> {
                 op: op.name().into(),
                 inputs,
                 f: Box::new(move |_, v| v[0].binary(op, v[1])),
+                scalar: Some(ScalarForm::Binary(op)),
             });
         }
     }
@@ -315,6 +426,7 @@ fn cases(seed: u64) -> Vec<Case> {
             op: "where".into(),
             inputs: vec![a, sample(&b, Domain::AwayFromZero, &mut rng)],
             f: Box::new(move |_, v| Var::where_(&mask, v[0], v[1])),
+            scalar: None,
         });
     }
     for i in 0..5 {
@@ -332,33 +444,39 @@ fn cases(seed: u64) -> Vec<Case> {
             op: "sum".into(),
             inputs: vec![x.clone()],
             f: Box::new(move |_, v| v[0].sum(&ax, keep)),
+            scalar: Some(ScalarForm::Sum(axes.clone(), false)),
         });
         let ax = axes.clone();
         out.push(Case {
             op: "mean".into(),
             inputs: vec![x.clone()],
             f: Box::new(move |_, v| v[0].mean(&ax, keep)),
+            scalar: Some(ScalarForm::Sum(axes.clone(), true)),
         });
         let ax = axes.clone();
         out.push(Case {
             op: "max".into(),
             inputs: vec![x.clone()],
             f: Box::new(move |_, v| v[0].max(&ax, keep)),
+            scalar: None,
         });
         out.push(Case {
             op: "logsumexp".into(),
             inputs: vec![x.clone()],
             f: Box::new(move |_, v| v[0].logsumexp(&axes, keep)),
+            scalar: None,
         });
         out.push(Case {
             op: "softmax".into(),
             inputs: vec![x.clone()],
             f: Box::new(move |_, v| v[0].softmax(axis)),
+            scalar: Some(ScalarForm::Softmax(axis, false)),
         });
         out.push(Case {
             op: "log_softmax".into(),
             inputs: vec![x],
             f: Box::new(move |_, v| v[0].log_softmax(axis)),
+            scalar: Some(ScalarForm::Softmax(axis, true)),
         });
     }
     for (sa, sb) in [
@@ -375,6 +493,7 @@ fn cases(seed: u64) -> Vec<Case> {
             op: "matmul".into(),
             inputs,
             f: Box::new(|_, v| v[0].matmul(v[1])),
+            scalar: Some(ScalarForm::MatMul),
         });
     }
     for s in [vec![2, 3, 4], vec![4, 6, 5]] {
@@ -384,21 +503,25 @@ fn cases(seed: u64) -> Vec<Case> {
             op: "reshape".into(),
             inputs: vec![x.clone()],
             f: Box::new(move |_, v| v[0].reshape(&[n / last, last])),
+            scalar: None,
         });
         out.push(Case {
             op: "permute".into(),
             inputs: vec![x.clone()],
             f: Box::new(|_, v| v[0].permute(&[2, 0, 1])),
+            scalar: None,
         });
         out.push(Case {
             op: "narrow".into(),
             inputs: vec![x.clone()],
             f: Box::new(|_, v| v[0].narrow(2, 1, 2)),
+            scalar: None,
         });
         out.push(Case {
             op: "index_select".into(),
             inputs: vec![x.clone()],
             f: Box::new(|_, v| v[0].index_select(1, &[2, 0, 2])),
+            scalar: None,
         });
         // an embedding lookup: rows of a table, some repeated (their gradients add up)
         let table = sample(&[7, 5], Domain::AwayFromZero, &mut rng);
@@ -407,6 +530,7 @@ fn cases(seed: u64) -> Vec<Case> {
             op: "embedding".into(),
             inputs: vec![table],
             f: Box::new(move |_, v| v[0].index_select(0, &ids)),
+            scalar: None,
         });
         let rows = s[0] * s[1];
         let index: Vec<usize> = (0..rows * 2).map(|_| rng.random_range(0..s[2])).collect();
@@ -414,12 +538,14 @@ fn cases(seed: u64) -> Vec<Case> {
             op: "gather".into(),
             inputs: vec![x.clone()],
             f: Box::new(move |_, v| v[0].gather(2, &index)),
+            scalar: None,
         });
         let other = sample(&[s[0], 1, s[2]], Domain::AwayFromZero, &mut rng);
         out.push(Case {
             op: "concat".into(),
             inputs: vec![x, other],
             f: Box::new(|_, v| Var::concat(&[v[0], v[1]], 1)),
+            scalar: None,
         });
         let b = sample(&[s[1], 1], Domain::AwayFromZero, &mut rng);
         let target = s.clone();
@@ -427,11 +553,17 @@ fn cases(seed: u64) -> Vec<Case> {
             op: "broadcast_to".into(),
             inputs: vec![b],
             f: Box::new(move |_, v| v[0].broadcast_to(&target)),
+            scalar: None,
         });
     }
     // the fused recurrent cell steps (custom ops with both rules)
     for (op, inputs, f) in super::ops::recurrent::suite_cases(&mut rng) {
-        out.push(Case { op, inputs, f });
+        out.push(Case {
+            op,
+            inputs,
+            f,
+            scalar: None,
+        });
     }
     out
 }
@@ -451,6 +583,7 @@ pub fn builtin_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> Suite
                 op: format!("planted:{}", fault.name()),
                 inputs,
                 f,
+                scalar: None,
             });
         }
     }
@@ -523,6 +656,9 @@ pub struct SecondOrderCheck {
     pub worst_shapes: Vec<Vec<usize>>,
     /// Why the op was not checked (it has no reverse rule written in ops).
     pub skipped: Option<String>,
+    /// Worst `max |H·v − scalar H·v| / max |scalar H·v|` against the scalar engine's
+    /// [`crate::scalar::hvp`] of the same function, for the ops that engine has.
+    pub scalar_rel_err: Option<f64>,
     /// Whether every case is within the tolerance (a skipped op passes).
     pub passed: bool,
 }
@@ -535,6 +671,10 @@ pub struct SecondOrderReport {
     pub ops: Vec<SecondOrderCheck>,
     /// Worst relative error over the ops checked.
     pub worst_rel_err: f64,
+    /// Worst relative difference from the scalar engine's H·v, over the ops it has.
+    pub worst_scalar_rel_err: f64,
+    /// How many ops were also checked against the scalar engine.
+    pub scalar_ops: usize,
     /// The tolerance.
     pub tolerance: f64,
     /// Whether every op checked passed.
@@ -543,8 +683,9 @@ pub struct SecondOrderReport {
 
 /// H·v of one case, `s(x) = Σ w ⊙ sin(f(x))` (the sine makes every op's first
 /// derivative enter the Hessian too), against the central difference of reverse-mode
-/// gradients along `v`: the relative error, or why it could not be computed.
-fn second_order_case(case: &Case, seed: u64) -> std::result::Result<f64, String> {
+/// gradients along `v`, and against the scalar engine's H·v of the same function where
+/// it has the op: the two relative errors, or why they could not be computed.
+fn second_order_case(case: &Case, seed: u64) -> std::result::Result<(f64, Option<f64>), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let out_shape = {
         let tape = Tape::new();
@@ -594,7 +735,32 @@ fn second_order_case(case: &Case, seed: u64) -> std::result::Result<f64, String>
         diff = nan_max(diff, hv.max_abs_diff(&fd).map_err(|e| e.to_string())?);
         scale = scale.max(fd.data().iter().fold(0f64, |a, v| nan_max(a, v.abs())));
     }
-    Ok(diff / scale.max(1e-8))
+    let against_scalar = case.scalar.as_ref().map(|form| {
+        let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
+        let flat = |ts: &[Tensor<f64>]| -> Vec<f64> {
+            ts.iter().flat_map(|t| t.data().iter().copied()).collect()
+        };
+        let weights = w.data().to_vec();
+        let scalar_hv = crate::scalar::hvp(
+            |x| {
+                let y = form.outputs(&shapes, x);
+                let mut s = Real::cst(0.0);
+                for (yi, &wi) in y.into_iter().zip(&weights) {
+                    s = s + yi.sin() * Real::cst(wi);
+                }
+                s
+            },
+            &flat(&case.inputs),
+            &flat(&v),
+        );
+        let (mut diff, mut scale) = (0f64, 0f64);
+        for (a, b) in flat(&r.hv).iter().zip(&scalar_hv) {
+            diff = nan_max(diff, (a - b).abs());
+            scale = nan_max(scale, b.abs());
+        }
+        diff / scale.max(1e-8)
+    });
+    Ok((diff / scale.max(1e-8), against_scalar))
 }
 
 /// `chainrule gradcheck --order 2`: each op's Hessian-vector products (forward over the
@@ -616,14 +782,19 @@ pub fn second_order_suite(seed: u64, tolerance: f64) -> SecondOrderReport {
                     max_rel_err: 0.0,
                     worst_shapes: shapes.clone(),
                     skipped: None,
+                    scalar_rel_err: None,
                     passed: true,
                 });
                 ops.last_mut().expect("just pushed")
             }
         };
         match result {
-            Ok(err) => {
+            Ok((err, scalar)) => {
                 entry.cases += 1;
+                if let Some(e) = scalar {
+                    entry.scalar_rel_err = Some(nan_max(entry.scalar_rel_err.unwrap_or(0.0), e));
+                    entry.passed &= e <= tolerance;
+                }
                 // NaN, once seen, stays the worst
                 if !entry.max_rel_err.is_nan() && (err.is_nan() || err > entry.max_rel_err) {
                     entry.max_rel_err = err;
@@ -645,9 +816,12 @@ pub fn second_order_suite(seed: u64, tolerance: f64) -> SecondOrderReport {
         .filter(|r| r.cases > 0)
         .map(|r| r.max_rel_err)
         .fold(0.0, nan_max);
+    let against_scalar: Vec<f64> = ops.iter().filter_map(|r| r.scalar_rel_err).collect();
     SecondOrderReport {
         passed: ops.iter().all(|r| r.passed),
         worst_rel_err: worst,
+        worst_scalar_rel_err: against_scalar.iter().copied().fold(0.0, nan_max),
+        scalar_ops: against_scalar.len(),
         tolerance,
         ops,
     }
@@ -674,6 +848,55 @@ mod tests {
         }
         assert!(suite.passed && suite.worst_rel_err <= 1e-6);
         assert!(suite.ops.iter().filter(|r| r.cases > 0).count() >= 30);
+        // the elementwise ops, sums, softmaxes and matmul also against the scalar engine
+        let against_scalar = |name: &str| {
+            let r = suite
+                .ops
+                .iter()
+                .find(|r| r.op == name)
+                .expect("in the suite");
+            r.scalar_rel_err
+        };
+        for name in [
+            "tanh",
+            "relu",
+            "pow",
+            "maximum",
+            "mean",
+            "log_softmax",
+            "matmul",
+        ] {
+            let e = against_scalar(name).unwrap_or_else(|| panic!("{name} has a scalar form"));
+            assert!(e <= 1e-6, "{name}: {e}");
+        }
+        assert_eq!(against_scalar("gather"), None);
+        assert!(suite.scalar_ops >= 25 && suite.worst_scalar_rel_err <= 1e-6);
+    }
+
+    /// The scalar form of each case computes the tensor op's values, so the cross-check
+    /// compares the same function: outputs against the tensor engine's, elementwise.
+    #[test]
+    fn scalar_forms_compute_the_cases_functions() {
+        let mut checked = 0;
+        for case in cases(7) {
+            let Some(form) = &case.scalar else { continue };
+            let tape = Tape::new();
+            let vars: Vec<_> = case.inputs.iter().map(|x| tape.var(x.clone())).collect();
+            let y = (case.f)(&tape, &vars).unwrap().value();
+            let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
+            let flat: Vec<f64> = case.inputs.iter().flat_map(|t| t.data().to_vec()).collect();
+            let ys = form.outputs(&shapes, &flat);
+            assert_eq!(ys.len(), y.len(), "{}", case.op);
+            for (a, b) in ys.iter().zip(y.data()) {
+                assert!(
+                    (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                    "{}: {a} vs {b}",
+                    case.op
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 80, "{checked}");
     }
 
     #[test]

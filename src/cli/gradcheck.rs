@@ -113,20 +113,28 @@ fn second_order(args: &Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&suite)?);
     } else {
         println!(
-            "Hessian-vector products (forward mode over the recorded reverse sweep) against central differences of gradients, in f64"
+            "Hessian-vector products (forward mode over the recorded reverse sweep) against central differences of gradients, and against the scalar engine's H·v of the same function where it has the op, in f64"
         );
         let w = op_column(suite.ops.iter().map(|r| r.op.as_str()));
-        println!("{:<w$} {:>5} {:>10}  worst case", "op", "cases", "H·v err");
+        println!(
+            "{:<w$} {:>5} {:>10} {:>10}  worst case",
+            "op", "cases", "H·v err", "vs scalar"
+        );
         for r in &suite.ops {
             match &r.skipped {
                 Some(why) if r.cases == 0 => {
-                    println!("{:<w$} {:>5} {:>10}  skipped: {why}", r.op, 0, "-")
+                    println!(
+                        "{:<w$} {:>5} {:>10} {:>10}  skipped: {why}",
+                        r.op, 0, "-", "-"
+                    )
                 }
                 _ => println!(
-                    "{:<w$} {:>5} {:>10.2e}  shapes {:?}{}",
+                    "{:<w$} {:>5} {:>10.2e} {:>10}  shapes {:?}{}",
                     r.op,
                     r.cases,
                     r.max_rel_err,
+                    r.scalar_rel_err
+                        .map_or("-".to_string(), |e| format!("{e:.2e}")),
                     r.worst_shapes,
                     if r.passed { "" } else { "  FAILED" }
                 ),
@@ -138,6 +146,10 @@ fn second_order(args: &Args) -> anyhow::Result<ExitCode> {
             suite.worst_rel_err,
             suite.ops.len() - checked
         );
+        println!(
+            "{} of them also against the scalar engine, worst relative difference {:.2e}",
+            suite.scalar_ops, suite.worst_scalar_rel_err
+        );
     }
     if suite.passed {
         return Ok(ExitCode::SUCCESS);
@@ -147,8 +159,11 @@ fn second_order(args: &Args) -> anyhow::Result<ExitCode> {
             "error: second-order gradcheck failed for {}: {}",
             r.op,
             r.skipped.clone().unwrap_or_else(|| format!(
-                "relative error {:.2e} exceeds {:.0e}",
-                r.max_rel_err, args.tolerance
+                "relative error {:.2e} (against the scalar engine {}) exceeds {:.0e}",
+                r.max_rel_err,
+                r.scalar_rel_err
+                    .map_or("-".to_string(), |e| format!("{e:.2e}")),
+                args.tolerance
             ))
         );
     }

@@ -13,7 +13,9 @@ mod reduce;
 mod shape;
 
 pub(crate) use reduce::normalize_axes;
-pub(crate) use shape::{gather_adjoint, index_select_adjoint, narrow_adjoint};
+pub(crate) use shape::{
+    broadcast_strides, for_each_offset, gather_adjoint, index_select_adjoint, narrow_adjoint,
+};
 
 pub use elementwise::{BinaryOp, UnaryOp};
 pub use matmul::{MatLayout, matmul_into, set_matmul_parallel_threshold};

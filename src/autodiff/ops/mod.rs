@@ -69,7 +69,9 @@ pub(crate) type Grads<T> = smallvec::SmallVec<[Option<Tensor<T>>; 2]>;
 pub(crate) type VarGrads<'t, T> = smallvec::SmallVec<[Option<super::Var<'t, T>>; 2]>;
 
 /// References to a node's input variables, for the rules written over [`RuleValue`].
-fn refs<'a, 't, T: Element>(ins: &'a [super::Var<'t, T>]) -> smallvec::SmallVec<[&'a super::Var<'t, T>; 4]> {
+fn refs<'a, 't, T: Element>(
+    ins: &'a [super::Var<'t, T>],
+) -> smallvec::SmallVec<[&'a super::Var<'t, T>; 4]> {
     ins.iter().collect()
 }
 
@@ -101,8 +103,12 @@ pub(crate) trait RuleValue<T: Element>: Sized + Clone {
     fn exp(&self) -> Self;
     fn mul_scalar(&self, k: f64) -> Self;
     /// `op(self)·op(other)`, `op` swapping the last two axes where asked.
-    fn matmul_transposed(&self, other: &Self, transpose_self: bool, transpose_other: bool)
-    -> Result<Self>;
+    fn matmul_transposed(
+        &self,
+        other: &Self,
+        transpose_self: bool,
+        transpose_other: bool,
+    ) -> Result<Self>;
     /// The adjoint of `narrow`: `self` placed at `start` along `axis` in zeros of `shape`.
     fn narrow_adjoint(&self, shape: &[usize], axis: usize, start: usize) -> Result<Self>;
     /// The adjoint of `index_select`: rows added into zeros of `shape`.
@@ -158,8 +164,15 @@ impl<T: Element> RuleValue<T> for Tensor<T> {
     fn narrow_adjoint(&self, shape: &[usize], axis: usize, start: usize) -> Result<Self> {
         Ok(crate::tensor::narrow_adjoint(self, shape, axis, start))
     }
-    fn index_select_adjoint(&self, shape: &[usize], axis: usize, indices: &[usize]) -> Result<Self> {
-        Ok(crate::tensor::index_select_adjoint(self, shape, axis, indices))
+    fn index_select_adjoint(
+        &self,
+        shape: &[usize],
+        axis: usize,
+        indices: &[usize],
+    ) -> Result<Self> {
+        Ok(crate::tensor::index_select_adjoint(
+            self, shape, axis, indices,
+        ))
     }
     fn gather_adjoint(&self, shape: &[usize], axis: usize, index: &[usize]) -> Result<Self> {
         Ok(crate::tensor::gather_adjoint(self, shape, axis, index))
@@ -209,14 +222,23 @@ impl<'t, T: Element> RuleValue<T> for super::Var<'t, T> {
     fn matmul_transposed(&self, other: &Self, ta: bool, tb: bool) -> Result<Self> {
         let swap = |v: Self, t: bool| -> Result<Self> {
             let nd = v.shape().len();
-            if t { v.transpose(nd - 2, nd - 1) } else { Ok(v) }
+            if t {
+                v.transpose(nd - 2, nd - 1)
+            } else {
+                Ok(v)
+            }
         };
         swap(*self, ta)?.matmul(swap(*other, tb)?)
     }
     fn narrow_adjoint(&self, shape: &[usize], axis: usize, start: usize) -> Result<Self> {
         shape::narrow_adjoint_recorded(*self, shape, axis, start)
     }
-    fn index_select_adjoint(&self, shape: &[usize], axis: usize, indices: &[usize]) -> Result<Self> {
+    fn index_select_adjoint(
+        &self,
+        shape: &[usize],
+        axis: usize,
+        indices: &[usize],
+    ) -> Result<Self> {
         shape::index_select_adjoint_recorded(*self, shape, axis, indices)
     }
     fn gather_adjoint(&self, shape: &[usize], axis: usize, index: &[usize]) -> Result<Self> {

@@ -36,7 +36,9 @@ fn weights<T: Element, V: RuleValue<T>>(op: &Op<T>, x: &V, out: &V) -> Result<We
         }
         Op::Max { axes } => {
             // piecewise constant: its own derivative is zero almost everywhere
-            let mask = x.tensor().eq_mask(&out.tensor().reshape(&keepdim_shape(&xs, axes))?)?;
+            let mask = x
+                .tensor()
+                .eq_mask(&out.tensor().reshape(&keepdim_shape(&xs, axes))?)?;
             Weights::Each(x.constant(mask.div(&mask.sum(axes, true)?)?))
         }
         Op::LogSumExp { axes } => {
