@@ -1,6 +1,8 @@
 //! The closed set of recorded ops. Each family file holds, side by side, the `Var`
 //! methods that run the forward kernel and record a node, the reverse rule (VJP) of
-//! every op in the family, and its tests.
+//! every op in the family, written once for first and second order (over the table's
+//! `Number` for elementwise ops, over `RuleValue` for the rest), its forward rule
+//! (JVP), and its tests.
 
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
