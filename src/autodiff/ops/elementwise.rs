@@ -100,12 +100,6 @@ pub(crate) enum Recorded<'t, T: Element> {
     Var(Var<'t, T>),
 }
 
-impl<'t, T: Element> Recorded<'t, T> {
-    fn scalar_on(tape: &'t crate::autodiff::Tape<T>, k: f64) -> Var<'t, T> {
-        tape.constant(Tensor::from_vec(vec![T::of(k)], &[]).expect("one element, shape []"))
-    }
-}
-
 impl<'t, T: Element> Number for Recorded<'t, T> {
     fn number(v: f64) -> Self {
         Recorded::Constant(v)
@@ -134,14 +128,14 @@ impl<'t, T: Element> Number for Recorded<'t, T> {
                 BinaryOp::Mul => v.mul_scalar(k),
                 BinaryOp::Div => v.mul_scalar(1.0 / k),
                 BinaryOp::Pow => v.powf(k),
-                _ => v.binary(op, Self::scalar_on(v.tape, k)).expect(SHAPES),
+                _ => v.binary(op, v.tape.scalar(k)).expect(SHAPES),
             },
             (Constant(k), Var(v)) => match op {
                 BinaryOp::Add => v.add_scalar(k),
                 BinaryOp::Sub => v.neg().add_scalar(k),
                 BinaryOp::Mul => v.mul_scalar(k),
                 BinaryOp::Div => v.powf(-1.0).mul_scalar(k),
-                _ => Self::scalar_on(v.tape, k).binary(op, v).expect(SHAPES),
+                _ => v.tape.scalar(k).binary(op, v).expect(SHAPES),
             },
             (Var(v), Var(w)) => v.binary(op, w).expect(SHAPES),
         })
