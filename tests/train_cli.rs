@@ -672,10 +672,34 @@ fn a_tiny_character_model_learns_below_the_unigram_entropy() {
     let o = chainrule(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = json(&o);
-    // second order is not there for the recurrent cells: one clear line
-    let o = chainrule(&["curvature", "--checkpoint", out.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("character model"), "{}", stderr(&o));
+    // the curvature of its training loss, through the recurrent cells' second order
+    let o = chainrule(&[
+        "curvature",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--top",
+        "2",
+        "--iterations",
+        "12",
+        "--samples",
+        "256",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&o);
+    let eig: Vec<f64> = r["eigenvalues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        eig.len() == 2 && eig.iter().all(|l| l.is_finite() && *l != 0.0),
+        "{r}"
+    );
+    assert!(eig[0].abs() >= eig[1].abs(), "{r}");
+    assert!(r["samples"].as_u64().unwrap() >= 256, "{r}");
+    assert_eq!(r["optimizer"], "adam");
     let file = data.strip_prefix("text:").unwrap();
     let corpus = chainrule::data::TextCorpus::load(Path::new(file)).unwrap();
     let unigram = chainrule::data::unigram_entropy(corpus.train());

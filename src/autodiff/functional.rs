@@ -390,7 +390,67 @@ mod tests {
         .err()
         .unwrap()
         .to_string();
-        assert!(e.contains("twice"), "{e}");
+        assert!(
+            e.contains("twice") && e.contains("CustomOp::composed"),
+            "{e}"
+        );
+    }
+
+    /// `x ⊙ y` as a custom op with a composition: second order goes through it, also
+    /// when one variable is passed as both inputs.
+    #[test]
+    fn a_custom_op_is_differentiated_again_through_its_composition() {
+        struct Product;
+        impl crate::autodiff::CustomOp<f64> for Product {
+            fn name(&self) -> &str {
+                "product"
+            }
+            fn vjp(
+                &self,
+                ins: &[&Tensor<f64>],
+                _: &Tensor<f64>,
+                g: &Tensor<f64>,
+            ) -> Result<Vec<Tensor<f64>>> {
+                Ok(vec![g.mul(ins[1])?, g.mul(ins[0])?])
+            }
+            fn composed<'t>(&self, ins: &[Var<'t, f64>]) -> Option<Result<Var<'t, f64>>> {
+                Some(ins[0].mul(ins[1]))
+            }
+        }
+        fn product<'t>(a: Var<'t, f64>, b: Var<'t, f64>) -> Result<Var<'t, f64>> {
+            let value = a.value().mul(&b.value())?;
+            Ok(Var::custom(&[a, b], std::sync::Arc::new(Product), value))
+        }
+        let (x, v) = (Tensor::<f64>::randn(&[2, 3], 1), Tensor::randn(&[2, 3], 2));
+        let (y, w) = (Tensor::randn(&[2, 3], 3), Tensor::randn(&[2, 3], 4));
+        // Σ sin(x ⊙ y) and Σ sin(x ⊙ x): the custom op against the built-in product
+        let pairs = [
+            (vec![x.clone(), y], vec![v.clone(), w], false),
+            (vec![x], vec![v], true),
+        ];
+        for (xs, vs, same) in pairs {
+            let run = |custom: bool| {
+                hvp(
+                    |_, p| {
+                        let b = if same { p[0] } else { p[1] };
+                        let z = if custom {
+                            product(p[0], b)?
+                        } else {
+                            p[0].mul(b)?
+                        };
+                        Ok(z.sin().sum_all())
+                    },
+                    &xs,
+                    &vs,
+                )
+                .unwrap()
+            };
+            let (a, b) = (run(true), run(false));
+            assert_eq!(a.value, b.value);
+            for (p, q) in a.hv.iter().zip(&b.hv) {
+                assert!(p.max_abs_diff(q).unwrap() <= 1e-14, "same input: {same}");
+            }
+        }
     }
 
     #[test]

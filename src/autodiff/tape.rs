@@ -427,18 +427,41 @@ impl<T: Element> Tape<T> {
                 format!("the output must hold one element, got shape {shape:?}"),
             ));
         }
-        let out = output.id as usize;
-        let mut grads: Vec<Option<Var<'_, T>>> = vec![None; out + 1];
-        grads[out] = Some(self.constant(Tensor::ones(&shape)));
-        // only the nodes recorded before the sweep are visited: the ones it records
-        // come after them
-        for i in (0..=out).rev() {
-            let Some(g) = grads[i].take() else { continue };
+        let seed = self.constant(Tensor::ones(&shape));
+        let (grads, _) = self.sweep_recorded(output.id, seed, 0)?;
+        Ok(wrt
+            .iter()
+            .map(|v| match grads.get(v.id as usize).copied().flatten() {
+                Some(g) => g,
+                None => self.constant(Tensor::zeros(&v.shape())),
+            })
+            .collect())
+    }
+
+    /// The recorded reverse sweep from node `out`, seeded with `seed`, over the nodes
+    /// `lowest..=out` only (the nodes it records come after them). Returns the gradients
+    /// of those nodes (index `i − lowest`; a leaf or constant keeps its gradient) and
+    /// the gradients that flowed into nodes below `lowest`, summed per node.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn sweep_recorded<'t>(
+        &'t self,
+        out: u32,
+        seed: Var<'t, T>,
+        lowest: u32,
+    ) -> Result<(Vec<Option<Var<'t, T>>>, Vec<(u32, Var<'t, T>)>)> {
+        let (out, lowest) = (out as usize, lowest as usize);
+        let mut grads: Vec<Option<Var<'t, T>>> = vec![None; out + 1 - lowest];
+        let mut below: Vec<(u32, Var<'t, T>)> = Vec::new();
+        grads[out - lowest] = Some(seed);
+        for i in (lowest..=out).rev() {
+            let Some(g) = grads[i - lowest].take() else {
+                continue;
+            };
             let (op, inputs, needs) = {
                 let nodes = self.nodes.borrow();
                 let node = &nodes[i];
                 if matches!(node.op, Op::Leaf | Op::Constant) {
-                    grads[i] = Some(g);
+                    grads[i - lowest] = Some(g);
                     continue;
                 }
                 let needs: SmallVec<[bool; 2]> = node
@@ -448,7 +471,7 @@ impl<T: Element> Tape<T> {
                     .collect();
                 (node.op.clone(), node.inputs.clone(), needs)
             };
-            let ins: SmallVec<[Var<'_, T>; 2]> =
+            let ins: SmallVec<[Var<'t, T>; 2]> =
                 inputs.iter().map(|&j| Var { tape: self, id: j }).collect();
             let parts = op.vjp_recorded(
                 &ins,
@@ -460,22 +483,23 @@ impl<T: Element> Tape<T> {
                 &needs,
             )?;
             for ((&j, part), &need) in inputs.iter().zip(parts).zip(&needs) {
-                if let (Some(c), true) = (part, need) {
-                    let slot = &mut grads[j as usize];
+                let (Some(c), true) = (part, need) else {
+                    continue;
+                };
+                if j as usize >= lowest {
+                    let slot = &mut grads[j as usize - lowest];
                     *slot = Some(match slot.take() {
                         None => c,
                         Some(prev) => prev.add(c)?,
                     });
+                } else if let Some((_, prev)) = below.iter_mut().find(|(id, _)| *id == j) {
+                    *prev = prev.add(c)?;
+                } else {
+                    below.push((j, c));
                 }
             }
         }
-        Ok(wrt
-            .iter()
-            .map(|v| match grads.get(v.id as usize).copied().flatten() {
-                Some(g) => g,
-                None => self.constant(Tensor::zeros(&v.shape())),
-            })
-            .collect())
+        Ok((grads, below))
     }
 
     /// Like [`backward`](Self::backward) but keeps the gradient of every node, not only

@@ -1,20 +1,22 @@
-//! `chainrule curvature`: the largest Hessian eigenvalues of a saved MLP's training loss,
-//! and the learning rate above which plain gradient descent diverges along them.
+//! `chainrule curvature`: the largest Hessian eigenvalues of a saved run's training loss
+//! (an MLP's or a character model's), and the learning rate above which plain gradient
+//! descent diverges along them.
 
 use super::train::SavedRun;
 use anyhow::bail;
 use chainrule::autodiff::Tape;
 use chainrule::data::gather_batch;
-use chainrule::nn::{ForwardCtx, cross_entropy};
-use chainrule::optim::curvature::top_eigenvalues;
+use chainrule::nn::{ForwardCtx, ParamStore, cross_entropy};
+use chainrule::optim::curvature::{Eigenvalues, top_eigenvalues};
 use chainrule::tensor::Tensor;
+use chainrule::train::{LanguageModel, Objective};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Options of `chainrule curvature`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A run folder (holding checkpoint.safetensors) or a checkpoint file of an MLP.
+    /// A run folder (holding checkpoint.safetensors) or a checkpoint file.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Dataset [default: the run's]; the loss is taken over its training split.
@@ -26,7 +28,8 @@ pub struct Args {
     /// Hessian-vector products in all (Lanczos iterations; at least --top).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     iterations: u64,
-    /// Training samples the loss averages over (the first ones of the training split).
+    /// Training samples the loss averages over (the first ones of the training split; for
+    /// a character model, characters: its first training windows, until this many).
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     samples: u64,
     /// Seed of the starting directions.
@@ -39,36 +42,65 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let saved = SavedRun::load(&args.checkpoint, args.data.clone())?;
-    if saved.is_character_model()? {
-        bail!(
-            "--checkpoint {}: a character model; its recurrent cells have no second-order rules yet, so curvature needs an MLP checkpoint",
-            args.checkpoint.display()
-        );
-    }
-    let (model, store, splits) = saved.mlp()?;
-    let n = splits
-        .train
-        .len()
-        .min(usize::try_from(args.samples).unwrap_or(usize::MAX));
-    let rows: Vec<usize> = (0..n).collect();
-    let (x, y) = gather_batch(&splits.train, &rows);
-    let shapes: Vec<Vec<usize>> = store.iter().map(|(_, _, v)| v.shape().to_vec()).collect();
-    // H·v of the mean cross-entropy: the recorded gradient's tangent on a forward-mode tape
-    let hv = |v: &[Tensor<f32>]| -> chainrule::Result<Vec<Tensor<f32>>> {
-        let tape = Tape::forward_mode();
-        let p = store.duals(&tape, v)?;
-        let logits = model.forward(&p, tape.constant(x.clone()), &mut ForwardCtx::eval())?;
-        let loss = cross_entropy(logits, &y)?;
-        let grads = tape.backward_recorded(loss, p.vars())?;
-        grads.iter().map(|g| g.tangent()).collect()
+    let limit = usize::try_from(args.samples).unwrap_or(usize::MAX);
+    // H·v of the mean loss: the recorded gradient's tangent on a forward-mode tape
+    let (eig, n, over) = match saved.char_model()? {
+        Some((model, store, text)) => {
+            // the first training windows of every stream, state carried from zeros, as
+            // the run's first batches; windows are added until `limit` characters
+            let (streams, mut windows, mut n) = (&text.train, 0, 0);
+            while windows < streams.windows() && n < limit {
+                n += streams.window(windows).2 * streams.batch();
+                windows += 1;
+            }
+            if n == 0 {
+                bail!(
+                    "--checkpoint {}: the run's training text has no window",
+                    args.checkpoint.display()
+                );
+            }
+            let mut lm = LanguageModel::new(&model, text.train.clone(), text.val.clone());
+            let hv = |v: &[Tensor<f32>]| -> chainrule::Result<Vec<Tensor<f32>>> {
+                let tape = Tape::forward_mode();
+                let p = store.duals(&tape, v)?;
+                lm.start_epoch(0, 0)?;
+                let mut total = tape.scalar(0.0);
+                for k in 0..windows {
+                    let (loss, chars) = lm.batch_loss(&p, k, &mut ForwardCtx::eval())?;
+                    total = total.add(loss.mul_scalar(chars as f64 / n as f64))?;
+                }
+                let grads = tape.backward_recorded(total, p.vars())?;
+                grads.iter().map(|g| g.tangent()).collect()
+            };
+            let eig = eigenvalues(&args, &store, hv)?;
+            let over = format!(
+                "mean cross-entropy per character over the first {windows} training window(s) of {} streams, from a zero state",
+                text.train.batch()
+            );
+            (eig, n, over)
+        }
+        None => {
+            let (model, store, splits) = saved.mlp()?;
+            let n = splits.train.len().min(limit);
+            let rows: Vec<usize> = (0..n).collect();
+            let (x, y) = gather_batch(&splits.train, &rows);
+            let hv = |v: &[Tensor<f32>]| -> chainrule::Result<Vec<Tensor<f32>>> {
+                let tape = Tape::forward_mode();
+                let p = store.duals(&tape, v)?;
+                let logits =
+                    model.forward(&p, tape.constant(x.clone()), &mut ForwardCtx::eval())?;
+                let loss = cross_entropy(logits, &y)?;
+                let grads = tape.backward_recorded(loss, p.vars())?;
+                grads.iter().map(|g| g.tangent()).collect()
+            };
+            let eig = eigenvalues(&args, &store, hv)?;
+            (
+                eig,
+                n,
+                format!("mean cross-entropy over the first {n} training samples"),
+            )
+        }
     };
-    let eig = top_eigenvalues(
-        hv,
-        &shapes,
-        args.top as usize,
-        args.iterations as usize,
-        args.seed,
-    )?;
     let top = eig.values[0];
     let (lr, optimizer) = (saved.cfg_lr(), saved.cfg_optimizer());
     let stable = if top > 0.0 { 2.0 / top } else { f64::INFINITY };
@@ -89,7 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "Hessian of the training loss (mean cross-entropy over the first {n} training samples) at step {} of {}",
+        "Hessian of the training loss ({over}) at step {} of {}",
         saved.ckpt.meta.position.step,
         saved.file.display()
     );
@@ -119,4 +151,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The top eigenvalues by Lanczos on `hv`, for the parameters of `store`.
+fn eigenvalues(
+    args: &Args,
+    store: &ParamStore<f32>,
+    hv: impl FnMut(&[Tensor<f32>]) -> chainrule::Result<Vec<Tensor<f32>>>,
+) -> chainrule::Result<Eigenvalues> {
+    let shapes: Vec<Vec<usize>> = store.iter().map(|(_, _, v)| v.shape().to_vec()).collect();
+    top_eigenvalues(
+        hv,
+        &shapes,
+        args.top as usize,
+        args.iterations as usize,
+        args.seed,
+    )
 }

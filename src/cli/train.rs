@@ -615,10 +615,10 @@ fn build_model(
 }
 
 /// A character model's data: the corpus and its streams.
-struct TextData {
-    corpus: TextCorpus,
-    train: Streams,
-    val: Streams,
+pub(super) struct TextData {
+    pub(super) corpus: TextCorpus,
+    pub(super) train: Streams,
+    pub(super) val: Streams,
 }
 
 fn load_text(cfg: &RunConfig, saved_vocab: Option<&str>) -> anyhow::Result<TextData> {
@@ -1187,9 +1187,29 @@ impl SavedRun {
             .unwrap_or_else(|| format!("{:?}", self.cfg.optimizer).to_lowercase())
     }
 
-    /// Whether the run trained a character model.
-    pub(super) fn is_character_model(&self) -> anyhow::Result<bool> {
-        Ok(cell_kind(&self.cfg.model)?.is_some())
+    /// The character model of the run with its saved weights, and the run's text;
+    /// `None` for a classifier's run.
+    pub(super) fn char_model(
+        &self,
+    ) -> anyhow::Result<Option<(CharModel, ParamStore<f32>, TextData)>> {
+        let Some(kind) = cell_kind(&self.cfg.model)? else {
+            return Ok(None);
+        };
+        let Some(vocab) = self.ckpt.meta.vocab.as_deref() else {
+            bail!(
+                "{}: a character model's checkpoint without its vocabulary",
+                self.file.display()
+            );
+        };
+        let text = load_text(&self.cfg, Some(vocab))?;
+        let size = char_param_count(&self.cfg, kind, text.corpus.vocab().len());
+        self.ckpt
+            .check_param_count(size)
+            .with_context(|| format!("--checkpoint {}", self.file.display()))?;
+        let mut store = ParamStore::<f32>::new();
+        let model = char_model(&self.cfg, kind, text.corpus.vocab().len(), &mut store)?;
+        self.ckpt.restore_params(&mut store)?;
+        Ok(Some((model, store, text)))
     }
 
     /// The MLP classifier of the run with its saved weights, and the run's data splits.
@@ -1215,19 +1235,7 @@ impl SavedRun {
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let run = SavedRun::load(&args.checkpoint, args.data)?;
     let (dir, ckpt, cfg) = (&run.file, &run.ckpt, &run.cfg);
-    if let Some(kind) = cell_kind(&cfg.model)? {
-        let Some(vocab) = ckpt.meta.vocab.as_deref() else {
-            bail!(
-                "{}: a character model's checkpoint without its vocabulary",
-                dir.display()
-            );
-        };
-        let text = load_text(cfg, Some(vocab))?;
-        ckpt.check_param_count(char_param_count(cfg, kind, text.corpus.vocab().len()))
-            .with_context(|| format!("--checkpoint {}", dir.display()))?;
-        let mut store = ParamStore::<f32>::new();
-        let model = char_model(cfg, kind, text.corpus.vocab().len(), &mut store)?;
-        ckpt.restore_params(&mut store)?;
+    if let Some((model, store, text)) = run.char_model()? {
         let lm = LanguageModel::new(&model, text.train.clone(), text.val.clone());
         let loss = lm.loss_over(&store, &text.val)?;
         let bpc = loss / std::f64::consts::LN_2;

@@ -19,16 +19,30 @@ use std::sync::Arc;
 pub trait CustomOp<T: Element>: Send + Sync {
     /// The name shown in printed graphs.
     fn name(&self) -> &str;
-    /// The output tangent given the input tangents (`None` = zero); optional.
+    /// The output tangent given the input tangents (`None` = zero); optional. The
+    /// default runs [`composed`](Self::composed) in forward mode where the op has a
+    /// composition, and is an error otherwise.
     fn jvp(
         &self,
-        _inputs: &[&Tensor<T>],
+        inputs: &[&Tensor<T>],
         _output: &Tensor<T>,
-        _tangents: &[Option<&Tensor<T>>],
+        tangents: &[Option<&Tensor<T>>],
     ) -> Result<Tensor<T>> {
-        Err(crate::error::Error::NoRule {
-            op: self.name().to_string(),
-        })
+        let tape = super::Tape::forward_mode();
+        let vars = inputs
+            .iter()
+            .zip(tangents)
+            .map(|(&x, t)| match t {
+                Some(t) => tape.dual(x.clone(), (*t).clone()),
+                None => Ok(tape.var(x.clone())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        match self.composed(&vars) {
+            Some(y) => y?.tangent(),
+            None => Err(Error::NoRule {
+                op: self.name().to_string(),
+            }),
+        }
     }
     /// Gradients for each input, given the input values, the output and its gradient.
     fn vjp(
@@ -37,6 +51,15 @@ pub trait CustomOp<T: Element>: Send + Sync {
         output: &Tensor<T>,
         grad: &Tensor<T>,
     ) -> Result<Vec<Tensor<T>>>;
+    /// The op written as a composition of built-in ops on `inputs`, computing the same
+    /// value as the forward kernel; optional. A sweep that records itself (second order:
+    /// [`Tape::backward_recorded`](super::Tape::backward_recorded), [`hvp`](super::hvp))
+    /// differentiates this composition where first order runs `vjp`, so an op with one
+    /// gets Hessian-vector products without a second copy of its derivative. `None`, the
+    /// default: the op's gradient cannot be differentiated.
+    fn composed<'t>(&self, _inputs: &[super::Var<'t, T>]) -> Option<Result<super::Var<'t, T>>> {
+        None
+    }
 }
 
 /// What a node did. Only what the derivative needs is stored beyond the node's inputs
@@ -345,13 +368,7 @@ impl<T: Element> Op<T> {
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::vjp(self, &refs(ins), &out, &g),
             Op::MatMul => matmul::vjp(&refs(ins), &g, needs),
-            Op::Custom(c) => Err(Error::invalid(
-                "second order",
-                format!(
-                    "custom op '{}' has no reverse rule written in ops, so its gradient cannot be differentiated",
-                    c.name()
-                ),
-            )),
+            Op::Custom(c) => custom_vjp_recorded(c.as_ref(), ins, out, g),
             _ => shape::vjp(self, &refs(ins), &g),
         }
     }
@@ -414,6 +431,63 @@ impl<T: Element> Op<T> {
             }
         }
     }
+}
+
+/// A custom op's reverse rule, recorded: the sweep over its composition in built-in ops
+/// (recorded on the tape after everything else), from the composition's output seeded
+/// with `g` down to the op's inputs.
+fn custom_vjp_recorded<'t, T: Element>(
+    op: &dyn CustomOp<T>,
+    ins: &[super::Var<'t, T>],
+    out: super::Var<'t, T>,
+    g: super::Var<'t, T>,
+) -> Result<VarGrads<'t, T>> {
+    let tape = out.tape;
+    let start = u32::try_from(tape.len()).expect("a tape holds at most 2^32 nodes");
+    let composed = op.composed(ins).ok_or_else(|| {
+        Error::invalid(
+            "second order",
+            format!(
+                "custom op '{}' has no composition in built-in ops (CustomOp::composed), so its gradient cannot be differentiated",
+                op.name()
+            ),
+        )
+    })??;
+    if composed.shape() != out.shape() {
+        return Err(Error::shape_detail(
+            "second order",
+            &out.shape(),
+            &composed.shape(),
+            format!(
+                "the composition of custom op '{}' has the second shape for an output of the first",
+                op.name()
+            ),
+        ));
+    }
+    let below = if composed.id < start {
+        vec![(composed.id, g)] // the composition returned one of its inputs
+    } else {
+        tape.sweep_recorded(composed.id, g, start)?.1
+    };
+    if let Some((id, _)) = below.iter().find(|(id, _)| ins.iter().all(|x| x.id != *id)) {
+        return Err(Error::invalid(
+            "second order",
+            format!(
+                "the composition of custom op '{}' uses variable {id}, which is not among its inputs",
+                op.name()
+            ),
+        ));
+    }
+    // an input passed twice gets its whole gradient once
+    Ok(ins
+        .iter()
+        .enumerate()
+        .map(|(k, x)| {
+            let first = ins[..k].iter().all(|p| p.id != x.id);
+            let grad = below.iter().find(|(id, _)| *id == x.id);
+            grad.filter(|_| first).map(|(_, g)| *g)
+        })
+        .collect())
 }
 
 impl<'t, T: Element> super::Var<'t, T> {

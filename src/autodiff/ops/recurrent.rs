@@ -2,7 +2,8 @@
 //! LSTM with PyTorch's gate orders. Each step op takes the step's slice of the input
 //! projection, the previous state, `W_hh` and `b_hh`, computes `h·W_hhᵀ + b_hh` itself,
 //! and carries its own reverse rule (VJP) and forward rule (JVP), written side by side
-//! below. The layers that run them over a window live in `nn::recurrent`.
+//! below, plus its composition in built-in ops, which second order differentiates. The
+//! layers that run them over a window live in `nn::recurrent`.
 
 use super::CustomOp;
 use crate::autodiff::Var;
@@ -135,6 +136,54 @@ fn check_step(
         }
     }
     Ok((bsz, hid))
+}
+
+// ---------------------------------------------------------------------------------------
+// Each step written once more in built-in ops: not used by the forward pass or the
+// reverse rules above and below, but by second order, which differentiates these
+// compositions (`CustomOp::composed`), so no derivative is written a second time. A test
+// checks they compute the kernels' values.
+// ---------------------------------------------------------------------------------------
+
+/// `h·Wᵀ + b` in built-in ops.
+fn hidden_proj_composed<'t, T: Element>(
+    h: Var<'t, T>,
+    w: Var<'t, T>,
+    b: Var<'t, T>,
+) -> Result<Var<'t, T>> {
+    h.matmul(w.transpose(0, 1)?)?.add(b)
+}
+
+/// Gate block `k` (of width `hid`) of a `[B, G·H]` variable.
+fn block<'t, T: Element>(v: Var<'t, T>, k: usize, hid: usize) -> Result<Var<'t, T>> {
+    v.narrow(1, k * hid, hid)
+}
+
+/// The RNN step `[xp, h, W, b] ↦ tanh(xp + h·Wᵀ + b)` in built-in ops.
+fn rnn_composed<'t, T: Element>(v: &[Var<'t, T>]) -> Result<Var<'t, T>> {
+    Ok(v[0].add(hidden_proj_composed(v[1], v[2], v[3])?)?.tanh())
+}
+
+/// The GRU step over `[xp, h, W, b]` in built-in ops.
+fn gru_composed<'t, T: Element>(v: &[Var<'t, T>]) -> Result<Var<'t, T>> {
+    let (xp, h, hid) = (v[0], v[1], v[1].shape()[1]);
+    let hp = hidden_proj_composed(h, v[2], v[3])?;
+    let gate = |k| -> Result<Var<'t, T>> { block(xp, k, hid)?.add(block(hp, k, hid)?) };
+    let (r, z) = (gate(0)?.sigmoid(), gate(1)?.sigmoid());
+    let n = block(xp, 2, hid)?.add(r.mul(block(hp, 2, hid)?)?)?.tanh();
+    // (1 − z) ⊙ n + z ⊙ h
+    n.add(z.mul(h.sub(n)?)?)
+}
+
+/// The LSTM step over `[xp, h, c, W, b]` in built-in ops, `[h', c']` side by side.
+fn lstm_composed<'t, T: Element>(v: &[Var<'t, T>]) -> Result<Var<'t, T>> {
+    let hid = v[1].shape()[1];
+    let a = v[0].add(hidden_proj_composed(v[1], v[3], v[4])?)?;
+    let (i, f) = (block(a, 0, hid)?.sigmoid(), block(a, 1, hid)?.sigmoid());
+    let (g, o) = (block(a, 2, hid)?.tanh(), block(a, 3, hid)?.sigmoid());
+    let c_new = f.mul(v[2])?.add(i.mul(g)?)?;
+    let h_new = o.mul(c_new.tanh())?;
+    Var::concat(&[h_new, c_new], 1)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -282,6 +331,10 @@ impl<T: Element> CustomOp<T> for RnnStep {
         "rnn_cell"
     }
 
+    fn composed<'t>(&self, ins: &[Var<'t, T>]) -> Option<Result<Var<'t, T>>> {
+        Some(rnn_composed(ins))
+    }
+
     /// `ḣ' = (1 − h'²) ⊙ (ẋp + ṫhp)`
     fn jvp(
         &self,
@@ -342,6 +395,10 @@ struct GruStep<T: Element> {
 impl<T: Element> CustomOp<T> for GruStep<T> {
     fn name(&self) -> &str {
         "gru_cell"
+    }
+
+    fn composed<'t>(&self, ins: &[Var<'t, T>]) -> Option<Result<Var<'t, T>>> {
+        Some(gru_composed(ins))
     }
 
     /// `ṙ = r(1−r)(ẋp_r + ṫhp_r)`, `ż = z(1−z)(ẋp_z + ṫhp_z)`,
@@ -457,6 +514,10 @@ struct LstmStep<T: Element> {
 impl<T: Element> CustomOp<T> for LstmStep<T> {
     fn name(&self) -> &str {
         "lstm_cell"
+    }
+
+    fn composed<'t>(&self, ins: &[Var<'t, T>]) -> Option<Result<Var<'t, T>>> {
+        Some(lstm_composed(ins))
     }
 
     /// `ȧ = ẋp + ṫhp`; `i̇ = i(1−i) ȧ_i`, `ḟ = f(1−f) ȧ_f`, `ġ = (1−g²) ȧ_g`,
@@ -881,6 +942,33 @@ impl<T: Element> SequenceOp<T> {
     }
 }
 
+impl<T: Element> SequenceOp<T> {
+    fn compose<'t>(&self, ins: &[Var<'t, T>]) -> Result<Var<'t, T>> {
+        let steps = ins[0].shape()[0] / self.bsz;
+        let hid = ins[1].shape()[1];
+        let (w, b) = (ins[ins.len() - 2], ins[ins.len() - 1]);
+        let (mut h, mut c) = (ins[1], ins[2]); // `c` is read by an LSTM only
+        let mut outs = Vec::with_capacity(steps + 1);
+        for s in 0..steps {
+            let xp = ins[0].narrow(0, s * self.bsz, self.bsz)?;
+            h = match self.kind {
+                CellKind::Rnn => rnn_composed(&[xp, h, w, b])?,
+                CellKind::Gru => gru_composed(&[xp, h, w, b])?,
+                CellKind::Lstm => {
+                    let y = lstm_composed(&[xp, h, c, w, b])?;
+                    c = y.narrow(1, hid, hid)?;
+                    y.narrow(1, 0, hid)?
+                }
+            };
+            outs.push(h);
+        }
+        if self.kind == CellKind::Lstm {
+            outs.push(c);
+        }
+        Var::concat(&outs, 0)
+    }
+}
+
 impl<T: Element> CustomOp<T> for SequenceOp<T> {
     fn name(&self) -> &str {
         match self.kind {
@@ -888,6 +976,11 @@ impl<T: Element> CustomOp<T> for SequenceOp<T> {
             CellKind::Gru => "gru_sequence",
             CellKind::Lstm => "lstm_sequence",
         }
+    }
+
+    /// The steps' compositions one after another, every `h` (and the last `c`) stacked.
+    fn composed<'t>(&self, ins: &[Var<'t, T>]) -> Option<Result<Var<'t, T>>> {
+        Some(self.compose(ins))
     }
 
     /// Step by step, the step ops' forward rules with the tangent of the previous state.
@@ -1329,6 +1422,28 @@ mod tests {
                 let err = x.max_abs_diff(y).unwrap() / scale;
                 assert!(err < 1e-12, "{kind:?} #{i}: {err}");
             }
+        }
+    }
+
+    /// The compositions that second order differentiates compute the kernels' values,
+    /// for every cell and window in the suite.
+    #[test]
+    fn each_composition_computes_its_kernels_value() {
+        use crate::autodiff::Tape;
+        use crate::autodiff::ops::Op;
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for (name, inputs, f) in suite_cases(&mut rng) {
+            let tape = Tape::<f64>::new();
+            let v: Vec<_> = inputs.iter().map(|t| tape.var(t.clone())).collect();
+            let y = f(&tape, &v).unwrap();
+            let op = tape.with_nodes(|nodes| match &nodes[y.id as usize].op {
+                Op::Custom(c) => c.clone(),
+                _ => panic!("{name} is not a custom op"),
+            });
+            let composed = op.composed(&v).expect("a composition").unwrap();
+            assert_eq!(composed.shape(), y.shape(), "{name}");
+            let err = y.value().max_abs_diff(&composed.value()).unwrap();
+            assert!(err <= 1e-14, "{name}: {err}");
         }
     }
 
