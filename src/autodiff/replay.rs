@@ -421,7 +421,7 @@ fn op_forward<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], shape: &[usize]) -> Re
         Op::LogSumExp { axes } => reduced(x.logsumexp(axes, false)?),
         Op::Softmax(axis) => x.softmax(*axis),
         Op::LogSoftmax(axis) => x.log_softmax(*axis),
-        Op::MatMul => x.matmul(ins[1]),
+        Op::MatMul { ta, tb } => x.matmul_transposed(ins[1], *ta, *tb),
         Op::Reshape => x.reshape(shape),
         Op::Permute(perm) => x.permute(perm),
         Op::BroadcastTo => x.broadcast_to(shape),
@@ -629,7 +629,13 @@ fn dense_at<T: Element>(
     only_consumer: &impl Fn(u32) -> Option<usize>,
 ) -> Option<(Dense<T>, Vec<usize>)> {
     let node = &nodes[i];
-    if !matches!(node.op, Op::MatMul) {
+    if !matches!(
+        node.op,
+        Op::MatMul {
+            ta: false,
+            tb: false
+        }
+    ) {
         return None;
     }
     let (x, w) = (node.inputs[0], node.inputs[1]);

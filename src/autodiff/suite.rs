@@ -496,6 +496,26 @@ fn cases(seed: u64) -> Vec<Case> {
             scalar: Some(ScalarForm::MatMul),
         });
     }
+    // products reading an operand in its transposed layout (what the recorded matmul
+    // rule records), from their own stream so the other cases keep their numbers
+    let mut layouts = ChaCha8Rng::seed_from_u64(seed ^ 0x6d61_746d_756c);
+    let flags = [(true, false), (false, true), (true, true)];
+    for ((ta, tb), (m, k, n)) in flags
+        .into_iter()
+        .flat_map(|f| [(f, (3, 4, 2)), (f, (16, 24, 12))])
+    {
+        let sa = if ta { [k, m] } else { [m, k] };
+        let sb = if tb { [n, k] } else { [k, n] };
+        out.push(Case {
+            op: "matmul_transposed".into(),
+            inputs: vec![
+                sample(&sa, Domain::AwayFromZero, &mut layouts),
+                sample(&sb, Domain::AwayFromZero, &mut layouts),
+            ],
+            f: Box::new(move |_, v| v[0].matmul_in_layouts(v[1], ta, tb)),
+            scalar: None,
+        });
+    }
     for s in [vec![2, 3, 4], vec![4, 6, 5]] {
         let x = sample(&s, Domain::AwayFromZero, &mut rng);
         let (n, last) = (s.iter().product::<usize>(), s[2]);

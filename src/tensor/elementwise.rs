@@ -580,20 +580,30 @@ impl BinaryOp {
         let sta = broadcast_strides(ta_t.shape(), shape);
         let stb = broadcast_strides(tb_t.shape(), shape);
         let (xa, xb, ys, da, db) = (a.data(), b.data(), y.data(), ta_t.data(), tb_t.data());
-        // fast path: every operand has the output's shape or a single element; single
-        // elements are read through a small buffer repeating them, chunk by chunk
-        let flat = |t: &Tensor<T>| t.shape() == shape || t.len() == 1;
-        if [a, b, ta_t, tb_t].into_iter().all(flat) {
+        // fast path: every operand has the output's shape or repeats it along leading
+        // axes (its shape is a suffix of the output's: a bias, a single element);
+        // repeating operands are read through a buffer holding them tiled, chunk by
+        // chunk, and every chunk starts at a multiple of each repeat's period
+        let n = y.len();
+        let period = |t: &Tensor<T>| {
+            let ones = t.shape().iter().take_while(|&&d| d == 1).count();
+            shape.ends_with(&t.shape()[ones..]).then_some(t.len())
+        };
+        let periods = [a, b, ta_t, tb_t].map(period);
+        if periods.iter().all(Option::is_some) {
             const CHUNK: usize = 1024;
-            let n = y.len();
-            let repeated = |t: &Tensor<T>| {
-                if t.len() == 1 && n > 1 {
-                    vec![t.data()[0]; CHUNK.min(n)]
+            let longest = periods.iter().flatten().filter(|&&p| p < n).max();
+            let chunk = longest
+                .map_or(CHUNK, |&p| p * (CHUNK / p).max(1))
+                .min(n.max(1));
+            let tiled = |t: &Tensor<T>| {
+                if t.len() < n {
+                    t.data().iter().copied().cycle().take(chunk).collect()
                 } else {
                     Vec::new()
                 }
             };
-            let (ra, rb, rta, rtb) = (repeated(a), repeated(b), repeated(ta_t), repeated(tb_t));
+            let (ra, rb, rta, rtb) = (tiled(a), tiled(b), tiled(ta_t), tiled(tb_t));
             fn window<'s, T>(full: &'s [T], rep: &'s [T], start: usize, len: usize) -> &'s [T] {
                 if rep.is_empty() {
                     &full[start..start + len]
@@ -602,8 +612,8 @@ impl BinaryOp {
                 }
             }
             return Tensor::build(shape, |out| {
-                for (ci, o) in out.chunks_mut(CHUNK).enumerate() {
-                    let (s0, len) = (ci * CHUNK, o.len());
+                for (ci, o) in out.chunks_mut(chunk).enumerate() {
+                    let (s0, len) = (ci * chunk, o.len());
                     let inputs = (
                         window(xa, &ra, s0, len),
                         window(xb, &rb, s0, len),
@@ -785,6 +795,46 @@ mod tests {
         // sigmoid must not overflow far from 0
         let s = t(&[-1000.0, 1000.0], &[2]).sigmoid();
         assert_eq!(s.data(), &[0.0, 1.0]);
+    }
+
+    /// Tangents of operands that repeat along leading axes (read tiled, chunk by chunk)
+    /// equal those of the same operands broadcast out in full, for periods below, at and
+    /// above the chunk length, and for operands broadcast in the middle (the general path).
+    #[test]
+    fn tangents_of_repeating_operands_equal_their_full_broadcasts() {
+        let cases: [(&[usize], &[usize]); 6] = [
+            (&[4, 3, 5], &[3, 5]),
+            (&[4, 3, 5], &[1, 5]),
+            (&[7, 300], &[300]),
+            (&[3, 2000], &[2000]),
+            (&[3, 2000], &[1]),
+            (&[4, 3, 5], &[4, 1, 5]),
+        ];
+        for (k, (full, part)) in cases.into_iter().enumerate() {
+            let seed = 10 * k as u64;
+            let (a, ta) = (
+                Tensor::<f64>::randn(full, seed),
+                Tensor::randn(full, seed + 1),
+            );
+            let (b, tb) = (Tensor::randn(part, seed + 2), Tensor::randn(part, seed + 3));
+            let (bf, tbf) = (
+                b.broadcast_to(full).unwrap(),
+                tb.broadcast_to(full).unwrap(),
+            );
+            for op in [BinaryOp::Mul, BinaryOp::Div, BinaryOp::Sub] {
+                let y = op.apply(&a, &b).unwrap();
+                for (p, q) in [(Some(&ta), Some(&tb)), (None, Some(&tb)), (Some(&ta), None)] {
+                    let qf = q.map(|_| &tbf);
+                    // the repeating operand on the left
+                    let left = op.tangent(&b, &a, &op.apply(&b, &a).unwrap(), q, p);
+                    let left_full = op.tangent(&bf, &a, &op.apply(&bf, &a).unwrap(), qf, p);
+                    assert_eq!(left.data(), left_full.data(), "{op:?} {full:?} {part:?}");
+                    let right = op.tangent(&a, &b, &y, p, q);
+                    let right_full = op.tangent(&a, &bf, &y, p, qf);
+                    assert_eq!(right.data(), right_full.data(), "{op:?} {full:?} {part:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -318,6 +318,37 @@ impl<T: Element> Tensor<T> {
         transpose_self: bool,
         transpose_rhs: bool,
     ) -> Result<Tensor<T>> {
+        let (shape, dims) = self.product_dims(rhs, transpose_self, transpose_rhs)?;
+        Ok(Tensor::build(&shape, |out| {
+            self.product_into(rhs, (transpose_self, transpose_rhs), dims, out, false)
+        }))
+    }
+
+    /// `acc += op(self)·op(rhs)` (as [`matmul_transposed`](Self::matmul_transposed)),
+    /// into `acc`'s buffer: a sum of products without a second buffer or an add pass.
+    pub(crate) fn add_matmul_transposed(
+        &self,
+        rhs: &Tensor<T>,
+        transpose_self: bool,
+        transpose_rhs: bool,
+        acc: &mut Tensor<T>,
+    ) -> Result<()> {
+        let (shape, dims) = self.product_dims(rhs, transpose_self, transpose_rhs)?;
+        if acc.shape() != shape.as_slice() {
+            return Err(Error::shape("matmul (accumulate)", acc.shape(), &shape));
+        }
+        let flags = (transpose_self, transpose_rhs);
+        self.product_into(rhs, flags, dims, acc.data_mut(), true);
+        Ok(())
+    }
+
+    /// The product's shape and `(batch, m, k, n)` after the swaps the flags ask for.
+    fn product_dims(
+        &self,
+        rhs: &Tensor<T>,
+        transpose_self: bool,
+        transpose_rhs: bool,
+    ) -> Result<(super::Shape, (usize, usize, usize, usize))> {
         let swapped = |t: &Tensor<T>, swap: bool| {
             let mut s = super::Shape::from_slice(t.shape());
             let nd = s.len();
@@ -327,10 +358,22 @@ impl<T: Element> Tensor<T> {
             s
         };
         let (sa, sb) = (swapped(self, transpose_self), swapped(rhs, transpose_rhs));
-        let (batch, m, k, n) = matmul_dims(&sa, &sb)?;
+        let dims = matmul_dims(&sa, &sb)?;
         let mut shape = sa;
         let nd = shape.len();
-        shape[nd - 1] = n;
+        shape[nd - 1] = dims.3;
+        Ok((shape, dims))
+    }
+
+    /// Writes (or with `accumulate`, adds) the product into `out`.
+    fn product_into(
+        &self,
+        rhs: &Tensor<T>,
+        (transpose_self, transpose_rhs): (bool, bool),
+        (batch, m, k, n): (usize, usize, usize, usize),
+        out: &mut [T],
+        accumulate: bool,
+    ) {
         let layout = |t: bool| {
             if t {
                 MatLayout::Transposed
@@ -340,33 +383,24 @@ impl<T: Element> Tensor<T> {
         };
         let (la, lb) = (layout(transpose_self), layout(transpose_rhs));
         let shared_rhs = rhs.ndim() == 2;
-        Ok(Tensor::build(&shape, |out| {
-            if shared_rhs && !transpose_self {
-                // fold the batch into the rows: one larger product
+        if shared_rhs && !transpose_self {
+            // fold the batch into the rows: one larger product
+            let (lhs, rhs) = ((self.data(), la), (rhs.data(), lb));
+            matmul_into(out, batch * m, n, k, lhs, rhs, accumulate);
+        } else {
+            for bi in 0..batch {
+                let r = if shared_rhs { 0 } else { bi * k * n };
                 matmul_into(
-                    out,
-                    batch * m,
+                    &mut out[bi * m * n..(bi + 1) * m * n],
+                    m,
                     n,
                     k,
-                    (self.data(), la),
-                    (rhs.data(), lb),
-                    false,
+                    (&self.data()[bi * m * k..(bi + 1) * m * k], la),
+                    (&rhs.data()[r..r + k * n], lb),
+                    accumulate,
                 );
-            } else {
-                for bi in 0..batch {
-                    let r = if shared_rhs { 0 } else { bi * k * n };
-                    matmul_into(
-                        &mut out[bi * m * n..(bi + 1) * m * n],
-                        m,
-                        n,
-                        k,
-                        (&self.data()[bi * m * k..(bi + 1) * m * k], la),
-                        (&rhs.data()[r..r + k * n], lb),
-                        false,
-                    );
-                }
             }
-        }))
+        }
     }
 }
 

@@ -1,58 +1,93 @@
 //! Matrix product on variables. Reverse rule: `dA = G·Bᵀ` and `dB = Aᵀ·G`, computed
-//! straight from the stored buffers with transposed operand layouts.
+//! straight from the stored buffers with transposed operand layouts; recorded for second
+//! order, those products are matmul nodes that keep reading their operands in place.
 
 use super::{Op, RuleGrads, RuleValue};
 use crate::autodiff::Var;
 use crate::error::Result;
 use crate::tensor::{Element, Tensor};
 
-/// The reverse rule (VJP), written once over [`RuleValue`]: `dA = G·Bᵀ` and `dB = Aᵀ·G`,
-/// summed over the batch when `B` is shared by a batch of `A`s. On tensors the products
-/// read `A` and `B` in transposed layouts (no copies); recorded, they are ops again.
+/// The reverse rule (VJP) of `C = op(A)·op(B)` (`op` a transpose where `ta`/`tb` is
+/// set, only ever on 2-D operands), written once over [`RuleValue`]: `d op(A) = G·op(B)ᵀ`
+/// and `d op(B) = op(A)ᵀ·G`, transposed back where the flag is set and summed over the
+/// batch when `B` is shared by a batch of `A`s. Every product reads its operands in
+/// transposed layouts (no copies), on tensors and, recorded, on 2-D variables.
 pub(crate) fn vjp<T: Element, V: RuleValue<T>>(
     ins: &[&V],
     g: &V,
     needs: &[bool],
+    ta: bool,
+    tb: bool,
 ) -> Result<RuleGrads<V>> {
     let (a, b) = (ins[0], ins[1]);
     let (sa, sb) = (a.shape(), b.shape());
     let (an, bn) = (sa.len(), sb.len());
     let da = needs[0]
-        .then(|| g.matmul_transposed(b, false, true))
+        .then(|| match ta {
+            true => b.matmul_transposed(g, tb, true), // (G·op(B)ᵀ)ᵀ = op(B)·Gᵀ
+            false => g.matmul_transposed(b, false, !tb),
+        })
         .transpose()?;
     let db = needs[1]
         .then(|| -> Result<V> {
-            if an > 2 && bn == 2 {
+            if tb {
+                g.matmul_transposed(a, true, ta) // (op(A)ᵀ·G)ᵀ = Gᵀ·op(A)
+            } else if an > 2 && bn == 2 {
                 // a shared B: its gradient sums over the batch, one product over all rows
                 let (k, n) = (sa[an - 1], sb[1]);
                 let rows = sa[..an - 1].iter().product();
                 a.reshape(&[rows, k])?
                     .matmul_transposed(&g.reshape(&[rows, n])?, true, false)
             } else {
-                a.matmul_transposed(g, true, false)
+                a.matmul_transposed(g, !ta, false)
             }
         })
         .transpose()?;
     Ok(smallvec::smallvec![da, db])
 }
 
-/// Forward rule: `dY = dA·B + A·dB`.
-pub(crate) fn jvp<T: Element>(ins: &[&Tensor<T>], t: &[Option<&Tensor<T>>]) -> Result<Tensor<T>> {
-    let left = t[0].map(|ta| ta.matmul(ins[1])).transpose()?;
-    let right = t[1].map(|tb| ins[0].matmul(tb)).transpose()?;
-    Ok(match (left, right) {
-        (Some(l), Some(r)) => l.add(&r)?,
-        (Some(l), None) => l,
-        (None, Some(r)) => r,
+/// Forward rule: `dC = op(dA)·op(B) + op(A)·op(dB)`, both products into one buffer.
+pub(crate) fn jvp<T: Element>(
+    ins: &[&Tensor<T>],
+    t: &[Option<&Tensor<T>>],
+    ta: bool,
+    tb: bool,
+) -> Result<Tensor<T>> {
+    let (a, b) = (ins[0], ins[1]);
+    match (t[0], t[1]) {
+        (Some(da), Some(db)) => {
+            let mut out = da.matmul_transposed(b, ta, tb)?;
+            a.add_matmul_transposed(db, ta, tb, &mut out)?;
+            Ok(out)
+        }
+        (Some(da), None) => da.matmul_transposed(b, ta, tb),
+        (None, Some(db)) => a.matmul_transposed(db, ta, tb),
         (None, None) => unreachable!("called only with a tangent"),
-    })
+    }
 }
 
 impl<'t, T: Element> Var<'t, T> {
     /// Matrix product (2-D, batched, or batched times a shared matrix).
     pub fn matmul(self, rhs: Var<'t, T>) -> Result<Var<'t, T>> {
         let y = self.value().matmul(&rhs.value())?;
-        Ok(self.tape.push(Op::MatMul, &[self, rhs], y))
+        let op = Op::MatMul {
+            ta: false,
+            tb: false,
+        };
+        Ok(self.tape.push(op, &[self, rhs], y))
+    }
+
+    /// `op(self)·op(rhs)` of two matrices, `op` a transpose where the flag is set, read
+    /// in place (the recorded matmul rule's products).
+    pub(crate) fn matmul_in_layouts(
+        self,
+        rhs: Var<'t, T>,
+        ta: bool,
+        tb: bool,
+    ) -> Result<Var<'t, T>> {
+        debug_assert!(self.shape().len() == 2 && rhs.shape().len() == 2);
+        let y = self.value().matmul_transposed(&rhs.value(), ta, tb)?;
+        Ok(self.tape.push(Op::MatMul { ta, tb }, &[self, rhs], y))
     }
 }
 

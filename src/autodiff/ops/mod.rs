@@ -71,20 +71,44 @@ pub(crate) enum Op<T: Element> {
     Unary(UnaryOp),
     Binary(BinaryOp),
     Where(Box<Tensor<T>>),
-    Sum { axes: Box<[usize]> },
-    Mean { axes: Box<[usize]> },
-    Max { axes: Box<[usize]> },
-    LogSumExp { axes: Box<[usize]> },
+    Sum {
+        axes: Box<[usize]>,
+    },
+    Mean {
+        axes: Box<[usize]>,
+    },
+    Max {
+        axes: Box<[usize]>,
+    },
+    LogSumExp {
+        axes: Box<[usize]>,
+    },
     Softmax(usize),
     LogSoftmax(usize),
-    MatMul,
+    /// `op(a)·op(b)`, `op` swapping the last two axes where the flag is set (flags are
+    /// set only on 2-D operands, by the recorded matmul rule, to read them in place).
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
     Reshape,
     Permute(Box<[usize]>),
     BroadcastTo,
-    Narrow { axis: usize, start: usize },
-    Concat { axis: usize },
-    IndexSelect { axis: usize, indices: Arc<[usize]> },
-    Gather { axis: usize, index: Arc<[usize]> },
+    Narrow {
+        axis: usize,
+        start: usize,
+    },
+    Concat {
+        axis: usize,
+    },
+    IndexSelect {
+        axis: usize,
+        indices: Arc<[usize]>,
+    },
+    Gather {
+        axis: usize,
+        index: Arc<[usize]>,
+    },
     Custom(Arc<dyn CustomOp<T>>),
 }
 
@@ -245,6 +269,9 @@ impl<'t, T: Element> RuleValue<T> for super::Var<'t, T> {
         super::Var::mul_scalar(*self, k)
     }
     fn matmul_transposed(&self, other: &Self, ta: bool, tb: bool) -> Result<Self> {
+        if self.shape().len() == 2 && other.shape().len() == 2 {
+            return self.matmul_in_layouts(*other, ta, tb);
+        }
         let swap = |v: Self, t: bool| -> Result<Self> {
             let nd = v.shape().len();
             if t {
@@ -285,7 +312,7 @@ impl<T: Element> Op<T> {
             Op::LogSumExp { .. } => "logsumexp",
             Op::Softmax(_) => "softmax",
             Op::LogSoftmax(_) => "log_softmax",
-            Op::MatMul => "matmul",
+            Op::MatMul { .. } => "matmul",
             Op::Reshape => "reshape",
             Op::Permute(_) => "permute",
             Op::BroadcastTo => "broadcast_to",
@@ -327,7 +354,7 @@ impl<T: Element> Op<T> {
             | Op::LogSumExp { .. }
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::jvp(self, ins, out, single()),
-            Op::MatMul => matmul::jvp(ins, t),
+            Op::MatMul { ta, tb } => matmul::jvp(ins, t, *ta, *tb),
             Op::Custom(c) => {
                 let t = c.jvp(ins, out, t)?;
                 if t.shape() != out.shape() {
@@ -367,7 +394,7 @@ impl<T: Element> Op<T> {
             | Op::LogSumExp { .. }
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::vjp(self, &refs(ins), &out, &g),
-            Op::MatMul => matmul::vjp(&refs(ins), &g, needs),
+            Op::MatMul { ta, tb } => matmul::vjp(&refs(ins), &g, needs, *ta, *tb),
             Op::Custom(c) => custom_vjp_recorded(c.as_ref(), ins, out, g),
             _ => shape::vjp(self, &refs(ins), &g),
         }
@@ -392,7 +419,7 @@ impl<T: Element> Op<T> {
             | Op::LogSumExp { .. }
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::vjp(self, ins, out, g),
-            Op::MatMul => matmul::vjp(ins, g, needs),
+            Op::MatMul { ta, tb } => matmul::vjp(ins, g, needs, *ta, *tb),
             Op::Reshape
             | Op::Permute(_)
             | Op::BroadcastTo
