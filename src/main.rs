@@ -25,7 +25,28 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// Restores the default action of SIGPIPE, which Rust's runtime ignores: output piped
+/// into a reader that stops early (`chainrule gradcheck | head`) then ends the process
+/// quietly, as it does every Unix tool, instead of `println!` panicking on the closed pipe.
+#[cfg(unix)]
+fn end_quietly_on_closed_pipe() {
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: installs the default disposition (no handler code runs in the process);
+    // called first thing in main, before any other thread starts.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn end_quietly_on_closed_pipe() {}
+
 fn main() -> std::process::ExitCode {
+    end_quietly_on_closed_pipe();
     keep_freed_memory();
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,

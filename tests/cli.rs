@@ -149,3 +149,23 @@ fn compare_quick_prints_rows_and_writes_csv_and_plot() {
     );
     std::fs::remove_dir_all(out).unwrap();
 }
+
+/// Output piped into a reader that has gone (`chainrule gradcheck | head`) ends the
+/// process quietly, killed by SIGPIPE like any Unix tool, not with a panic message.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_the_run_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chainrule"))
+        .args(["gradcheck"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes before the first line is written
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
+}
