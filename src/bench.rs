@@ -964,8 +964,9 @@ fn w2_step(cfg: &BenchConfig, replay: bool) -> Result<BenchRow> {
 
 /// W10 (`shared/bench/anchors/w10_hvp.py`): the Hessian-vector product of the W1 loss
 /// at the anchors' parameters along the anchor's direction (parameter i: splitmix64
-/// uniform in [−1, 1] from stream 101 + i), by forward over reverse
-/// ([`crate::autodiff::hvp`]), against one gradient (tape forward + backward). `median_s`
+/// uniform in [−1, 1] from stream 101 + i), by forward over reverse, H·v alone as the
+/// anchors time it ([`crate::autodiff::hvp_only`]), against one gradient (tape forward +
+/// backward). `median_s`
 /// is the H·v, `grad_median_s` the gradient; `v_hv` = Σ v·Hv is checked against the
 /// anchor's 0.96944.
 fn w10_hvp(cfg: &BenchConfig) -> Result<BenchRow> {
@@ -977,13 +978,13 @@ fn w10_hvp(cfg: &BenchConfig) -> Result<BenchRow> {
         .map(|(i, p)| Tensor::splitmix_uniform(p.shape(), 101 + i as u64, -1.0, 1.0))
         .collect();
     let hvp = || {
-        crate::autodiff::hvp(
+        crate::autodiff::hvp_only(
             |t, p| w1_loss(t, &data.x, &data.labels, p),
             &data.params,
             &v,
         )
     };
-    let hv = hvp()?.hv;
+    let hv = hvp()?;
     let v_hv: f64 = hv
         .iter()
         .zip(&v)

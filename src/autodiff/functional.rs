@@ -118,6 +118,30 @@ where
     })
 }
 
+/// `H v` alone for a scalar-valued `f` of several tensors: the products of
+/// [`hvp`] without `f(x)` and `∇f(x)`, and without the work only `∇f(x)` needs
+/// ([`Tape::backward_tangents`]). For loops that use H·v alone (Lanczos, conjugate
+/// gradients).
+pub fn hvp_only<T: Element, F>(f: F, x: &[Tensor<T>], v: &[Tensor<T>]) -> Result<Vec<Tensor<T>>>
+where
+    F: for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Result<Var<'t, T>>,
+{
+    if x.len() != v.len() {
+        return Err(Error::invalid(
+            "hvp_only",
+            format!("{} inputs but {} directions", x.len(), v.len()),
+        ));
+    }
+    let tape = Tape::forward_mode();
+    let xs = x
+        .iter()
+        .zip(v)
+        .map(|(x, v)| tape.dual(x.clone(), v.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let y = f(&tape, &xs)?;
+    tape.backward_tangents(y, &xs)
+}
+
 /// The Hessian of a scalar-valued `f` at `x`, `[n, n]` for `n = x.len()`: one
 /// Hessian-vector product per column.
 pub fn hessian<T: Element, F>(f: F, x: &Tensor<T>) -> Result<Tensor<T>>
@@ -127,12 +151,12 @@ where
     let n = x.len();
     let mut h = vec![T::zero(); n * n];
     for j in 0..n {
-        let r = hvp(
+        let hv = hvp_only(
             |t, v| f(t, v[0]),
             std::slice::from_ref(x),
             &[one_hot(x.shape(), j)],
         )?;
-        for (i, &e) in r.hv[0].data().iter().enumerate() {
+        for (i, &e) in hv[0].data().iter().enumerate() {
             h[i * n + j] = e;
         }
     }
@@ -276,6 +300,19 @@ mod tests {
                     crate::nn::cross_entropy(z.tanh(), &[0, 2, 1, 1, 0])
                 },
             ),
+            (
+                "an MLP, and products of a leaf with itself",
+                vec![vec![5, 4], vec![4], vec![4, 3], vec![4, 4]],
+                |t, x| {
+                    let input = t.constant(Tensor::randn(&[6, 5], 99));
+                    let h = input.matmul(x[0])?.add(x[1])?.tanh();
+                    let z = h.matmul(x[2])?;
+                    let loss = crate::nn::cross_entropy(z, &[0, 2, 1, 1, 0, 2])?;
+                    let square = x[3].matmul(x[3])?.sin().sum_all();
+                    let gram = x[0].matmul(x[0].transpose(0, 1)?)?.tanh().sum_all();
+                    loss.add(square)?.add(gram)
+                },
+            ),
             ("shape ops", vec![vec![4, 3], vec![6]], |_, x| {
                 let a = x[0].permute(&[1, 0])?.reshape(&[2, 6])?.mul(x[1])?;
                 let b = a.narrow(1, 1, 4)?.tanh();
@@ -287,6 +324,29 @@ mod tests {
                     .add(e.mul(c.index_select(0, &[0, 1, 0])?)?.sum_all())
             }),
         ]
+    }
+
+    /// `hvp_only` (products pass their leaves only tangents) gives the recorded sweep's
+    /// H·v, on every case.
+    #[test]
+    fn hvp_only_gives_the_recorded_sweeps_products() {
+        for (k, (name, shapes, f)) in second_order_cases().into_iter().enumerate() {
+            let draw = |base: u64| -> Vec<Tensor<f64>> {
+                let seeds = (0..shapes.len() as u64).map(|i| base + 10 * k as u64 + i);
+                shapes
+                    .iter()
+                    .zip(seeds)
+                    .map(|(s, i)| Tensor::randn(s, i))
+                    .collect()
+            };
+            let (x, v) = (draw(1), draw(100));
+            let full = hvp(f, &x, &v).unwrap().hv;
+            let only = hvp_only(f, &x, &v).unwrap();
+            for (a, b) in full.iter().zip(&only) {
+                let err = a.max_abs_diff(b).unwrap();
+                assert!(err <= 1e-12 * (1.0 + a.norm()), "{name}: {err}");
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod tape;
 
 pub use export::graph_dot;
 pub use functional::{
-    HvpResult, JacobianMode, func, grad, hessian, hvp, jacfwd, jacobian, jacrev, jvp,
+    HvpResult, JacobianMode, func, grad, hessian, hvp, hvp_only, jacfwd, jacobian, jacrev, jvp,
     value_and_grad, vjp,
 };
 pub use gradcheck::{

@@ -70,6 +70,19 @@ pub struct NodeInfo<T: Element> {
     pub label: Option<String>,
 }
 
+/// What a recorded reverse sweep ([`Tape::sweep_recorded`]) leaves behind.
+pub(crate) struct RecordedSweep<'t, T: Element> {
+    /// The gradient of each node `lowest..=out` (index `i − lowest`); a leaf or a
+    /// constant keeps its gradient.
+    pub(crate) grads: Vec<Option<Var<'t, T>>>,
+    /// The gradients that flowed into nodes below `lowest`, summed per node.
+    pub(crate) below: Vec<(u32, Var<'t, T>)>,
+    /// With `leaf_tangents_only`: the tangents of the parts products passed to leaves,
+    /// indexed like `grads` (empty when there were none), to be added to the tangents of
+    /// `grads`.
+    pub(crate) leaf_tangents: Vec<Option<Tensor<T>>>,
+}
+
 impl<T: Element> Default for Tape<T> {
     fn default() -> Self {
         Self::new()
@@ -416,6 +429,56 @@ impl<T: Element> Tape<T> {
         output: Var<'_, T>,
         wrt: &[Var<'_, T>],
     ) -> Result<Vec<Var<'_, T>>> {
+        self.check_recorded_sweep(output, wrt)?;
+        let seed = self.constant(Tensor::ones(&output.shape()));
+        let grads = self.sweep_recorded(output.id, seed, 0, false)?.grads;
+        Ok(wrt
+            .iter()
+            .map(|v| match grads.get(v.id as usize).copied().flatten() {
+                Some(g) => g,
+                None => self.constant(Tensor::zeros(&v.shape())),
+            })
+            .collect())
+    }
+
+    /// On a [forward-mode tape](Tape::forward_mode): the tangents of the gradients of a
+    /// one-element `output` with respect to `wrt`, which are Hessian-vector products
+    /// when the inputs carry `v` as their tangents, without the gradients themselves.
+    /// The same numbers as the tangents of [`backward_recorded`](Self::backward_recorded)'s
+    /// gradients, less the work only the gradients' values need: a product passes each
+    /// leaf just the tangent of its part (for the W1 MLP, the values of `∂L/∂W` are never
+    /// multiplied out). Lanczos and conjugate gradients, which use H·v alone, call this.
+    pub fn backward_tangents(
+        &self,
+        output: Var<'_, T>,
+        wrt: &[Var<'_, T>],
+    ) -> Result<Vec<Tensor<T>>> {
+        self.check_recorded_sweep(output, wrt)?;
+        if self.tangents.borrow().is_none() {
+            return Err(Error::invalid(
+                "backward_tangents",
+                "this tape is not in forward mode; create it with Tape::forward_mode()",
+            ));
+        }
+        let seed = self.constant(Tensor::ones(&output.shape()));
+        let sweep = self.sweep_recorded(output.id, seed, 0, true)?;
+        wrt.iter()
+            .map(|v| {
+                let id = v.id as usize;
+                let recorded = sweep.grads.get(id).copied().flatten();
+                let direct = sweep.leaf_tangents.get(id).cloned().flatten();
+                match (recorded, direct) {
+                    (Some(g), Some(t)) => g.tangent()?.add(&t),
+                    (Some(g), None) => g.tangent(),
+                    (None, Some(t)) => Ok(t),
+                    (None, None) => Ok(Tensor::zeros(&v.shape())),
+                }
+            })
+            .collect()
+    }
+
+    /// The checks shared by the recorded sweeps: one tape, a one-element output.
+    fn check_recorded_sweep(&self, output: Var<'_, T>, wrt: &[Var<'_, T>]) -> Result<()> {
         assert!(
             std::ptr::eq(output.tape, self) && wrt.iter().all(|v| std::ptr::eq(v.tape, self)),
             "variables from different tapes were combined"
@@ -427,37 +490,30 @@ impl<T: Element> Tape<T> {
                 format!("the output must hold one element, got shape {shape:?}"),
             ));
         }
-        let seed = self.constant(Tensor::ones(&shape));
-        let (grads, _) = self.sweep_recorded(output.id, seed, 0)?;
-        Ok(wrt
-            .iter()
-            .map(|v| match grads.get(v.id as usize).copied().flatten() {
-                Some(g) => g,
-                None => self.constant(Tensor::zeros(&v.shape())),
-            })
-            .collect())
+        Ok(())
     }
 
     /// The recorded reverse sweep from node `out`, seeded with `seed`, over the nodes
-    /// `lowest..=out` only (the nodes it records come after them). Returns the gradients
-    /// of those nodes (index `i − lowest`; a leaf or constant keeps its gradient) and
-    /// the gradients that flowed into nodes below `lowest`, summed per node.
-    #[allow(clippy::type_complexity)]
+    /// `lowest..=out` only (the nodes it records come after them). With
+    /// `leaf_tangents_only` (on a forward-mode tape), a product passes each leaf only the
+    /// tangent of its part (see [`Self::multilinear_leaf_tangents`]), not a recorded part.
     pub(crate) fn sweep_recorded<'t>(
         &'t self,
         out: u32,
         seed: Var<'t, T>,
         lowest: u32,
-    ) -> Result<(Vec<Option<Var<'t, T>>>, Vec<(u32, Var<'t, T>)>)> {
+        leaf_tangents_only: bool,
+    ) -> Result<RecordedSweep<'t, T>> {
         let (out, lowest) = (out as usize, lowest as usize);
         let mut grads: Vec<Option<Var<'t, T>>> = vec![None; out + 1 - lowest];
+        let mut leaf_tangents: Vec<Option<Tensor<T>>> = Vec::new();
         let mut below: Vec<(u32, Var<'t, T>)> = Vec::new();
         grads[out - lowest] = Some(seed);
         for i in (lowest..=out).rev() {
             let Some(g) = grads[i - lowest].take() else {
                 continue;
             };
-            let (op, inputs, needs) = {
+            let (op, inputs, mut needs, leaves) = {
                 let nodes = self.nodes.borrow();
                 let node = &nodes[i];
                 if matches!(node.op, Op::Leaf | Op::Constant) {
@@ -469,8 +525,37 @@ impl<T: Element> Tape<T> {
                     .iter()
                     .map(|&j| nodes[j as usize].requires_grad)
                     .collect();
-                (node.op.clone(), node.inputs.clone(), needs)
+                let leaves: SmallVec<[bool; 2]> = node
+                    .inputs
+                    .iter()
+                    .zip(&needs)
+                    .map(|(&j, &need)| {
+                        leaf_tangents_only
+                            && need
+                            && node.op.is_multilinear()
+                            && matches!(nodes[j as usize].op, Op::Leaf)
+                    })
+                    .collect();
+                (node.op.clone(), node.inputs.clone(), needs, leaves)
             };
+            if leaves.contains(&true) {
+                let parts =
+                    self.multilinear_leaf_tangents(&op, &inputs, i as u32, g.id, &leaves)?;
+                leaf_tangents.resize(out + 1 - lowest, None);
+                let leaf_parts = inputs.iter().zip(parts).zip(needs.iter_mut()).zip(&leaves);
+                for (((&j, part), need), &leaf) in leaf_parts {
+                    *need &= !leaf; // a leaf's part without a tangent is zero: nothing to add
+                    let Some(t) = part else { continue };
+                    let slot = &mut leaf_tangents[j as usize - lowest];
+                    *slot = Some(match slot.take() {
+                        None => t,
+                        Some(prev) => prev.add(&t)?,
+                    });
+                }
+                if !needs.contains(&true) {
+                    continue;
+                }
+            }
             let ins: SmallVec<[Var<'t, T>; 2]> =
                 inputs.iter().map(|&j| Var { tape: self, id: j }).collect();
             let parts = op.vjp_recorded(
@@ -499,7 +584,62 @@ impl<T: Element> Tape<T> {
                 }
             }
         }
-        Ok((grads, below))
+        Ok(RecordedSweep {
+            grads,
+            below,
+            leaf_tangents,
+        })
+    }
+
+    /// The tangents of the parts that node `i`, a product, passes to the inputs marked in
+    /// `leaves`, from the op's first-order rule alone. A product's part for input `j` is
+    /// linear in the gradient `g` and in each other input and does not depend on input
+    /// `j` itself, so its tangent is the part with `g` replaced by `ġ`, plus, for each
+    /// other input `k` with a tangent, the part with input `k` replaced by its tangent;
+    /// the part's own value, which only the gradient needs, is never formed.
+    fn multilinear_leaf_tangents(
+        &self,
+        op: &Op<T>,
+        inputs: &[u32],
+        i: u32,
+        g: u32,
+        leaves: &[bool],
+    ) -> Result<SmallVec<[Option<Tensor<T>>; 2]>> {
+        let values: SmallVec<[Tensor<T>; 2]> = inputs.iter().map(|&j| self.value_of(j)).collect();
+        let (out, g_value) = (self.value_of(i), self.value_of(g));
+        let tangent = |id: u32| -> Option<Tensor<T>> {
+            self.tangents.borrow().as_ref()?.get(id as usize)?.clone()
+        };
+        let mut total: SmallVec<[Option<Tensor<T>>; 2]> = inputs.iter().map(|_| None).collect();
+        let mut add = |parts: super::ops::Grads<T>, mask: &[bool]| -> Result<()> {
+            for ((slot, part), &wanted) in total.iter_mut().zip(parts).zip(mask) {
+                if let (Some(p), true) = (part, wanted) {
+                    *slot = Some(match slot.take() {
+                        None => p,
+                        Some(prev) => prev.add(&p)?,
+                    });
+                }
+            }
+            Ok(())
+        };
+        let refs: SmallVec<[&Tensor<T>; 2]> = values.iter().collect();
+        if let Some(g_tangent) = tangent(g) {
+            add(op.vjp(&refs, &out, &g_tangent, leaves)?, leaves)?;
+        }
+        for (k, &input) in inputs.iter().enumerate() {
+            let Some(t) = tangent(input) else { continue };
+            let mut mask: SmallVec<[bool; 2]> = leaves.into();
+            mask[k] = false;
+            if mask.contains(&true) {
+                let with_tangent: SmallVec<[&Tensor<T>; 2]> = refs
+                    .iter()
+                    .enumerate()
+                    .map(|(m, &x)| if m == k { &t } else { x })
+                    .collect();
+                add(op.vjp(&with_tangent, &out, &g_value, &mask)?, &mask)?;
+            }
+        }
+        Ok(total)
     }
 
     /// Like [`backward`](Self::backward) but keeps the gradient of every node, not only

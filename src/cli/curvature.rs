@@ -43,7 +43,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let saved = SavedRun::load(&args.checkpoint, args.data.clone())?;
     let limit = usize::try_from(args.samples).unwrap_or(usize::MAX);
-    // H·v of the mean loss: the recorded gradient's tangent on a forward-mode tape
+    // H·v of the mean loss: the recorded gradient's tangent on a forward-mode tape, alone
     let (eig, n, over) = match saved.char_model()? {
         Some((model, store, text)) => {
             // the first training windows of every stream, state carried from zeros, as
@@ -69,8 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     let (loss, chars) = lm.batch_loss(&p, k, &mut ForwardCtx::eval())?;
                     total = total.add(loss.mul_scalar(chars as f64 / n as f64))?;
                 }
-                let grads = tape.backward_recorded(total, p.vars())?;
-                grads.iter().map(|g| g.tangent()).collect()
+                tape.backward_tangents(total, p.vars())
             };
             let eig = eigenvalues(&args, &store, hv)?;
             let over = format!(
@@ -90,8 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let logits =
                     model.forward(&p, tape.constant(x.clone()), &mut ForwardCtx::eval())?;
                 let loss = cross_entropy(logits, &y)?;
-                let grads = tape.backward_recorded(loss, p.vars())?;
-                grads.iter().map(|g| g.tangent()).collect()
+                tape.backward_tangents(loss, p.vars())
             };
             let eig = eigenvalues(&args, &store, hv)?;
             (

@@ -299,6 +299,12 @@ impl<'t, T: Element> RuleValue<T> for super::Var<'t, T> {
 }
 
 impl<T: Element> Op<T> {
+    /// Whether the op is a product: its reverse rule's part for each input is linear
+    /// in the gradient and in every other input, and does not depend on that input.
+    pub(crate) fn is_multilinear(&self) -> bool {
+        matches!(self, Op::MatMul { .. })
+    }
+
     pub(crate) fn name(&self) -> &str {
         match self {
             Op::Leaf => "leaf",
@@ -494,7 +500,7 @@ fn custom_vjp_recorded<'t, T: Element>(
     let below = if composed.id < start {
         vec![(composed.id, g)] // the composition returned one of its inputs
     } else {
-        tape.sweep_recorded(composed.id, g, start)?.1
+        tape.sweep_recorded(composed.id, g, start, false)?.below
     };
     if let Some((id, _)) = below.iter().find(|(id, _)| ins.iter().all(|x| x.id != *id)) {
         return Err(Error::invalid(
