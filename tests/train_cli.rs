@@ -53,6 +53,12 @@ fn one_sgd_epoch(out: &str) -> Output {
     ])
 }
 
+/// The `eigenvalues` of `chainrule curvature --json`.
+fn eigenvalues(r: &serde_json::Value) -> Vec<f64> {
+    let list = r["eigenvalues"].as_array().expect("eigenvalues");
+    list.iter().map(|v| v.as_f64().unwrap()).collect()
+}
+
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
@@ -76,12 +82,7 @@ fn curvature_of_a_saved_run_gives_the_largest_eigenvalues_and_the_stable_step() 
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r = json(&o);
-    let eig: Vec<f64> = r["eigenvalues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let eig = eigenvalues(&r);
     assert_eq!(eig.len(), 2);
     assert!(eig.iter().all(|l| l.is_finite()), "{r}");
     // a cross-entropy Hessian near a minimum: positive, largest first
@@ -687,12 +688,7 @@ fn a_tiny_character_model_learns_below_the_unigram_entropy() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r = json(&o);
-    let eig: Vec<f64> = r["eigenvalues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let eig = eigenvalues(&r);
     assert!(
         eig.len() == 2 && eig.iter().all(|l| l.is_finite() && *l != 0.0),
         "{r}"

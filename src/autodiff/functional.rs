@@ -92,18 +92,8 @@ pub fn hvp<T: Element, F>(f: F, x: &[Tensor<T>], v: &[Tensor<T>]) -> Result<HvpR
 where
     F: for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Result<Var<'t, T>>,
 {
-    if x.len() != v.len() {
-        return Err(Error::invalid(
-            "hvp",
-            format!("{} inputs but {} directions", x.len(), v.len()),
-        ));
-    }
     let tape = Tape::forward_mode();
-    let xs = x
-        .iter()
-        .zip(v)
-        .map(|(x, v)| tape.dual(x.clone(), v.clone()))
-        .collect::<Result<Vec<_>>>()?;
+    let xs = duals("hvp", &tape, x, v)?;
     let y = f(&tape, &xs)?;
     let value = y.item()?;
     let grads = tape.backward_recorded(y, &xs)?;
@@ -129,22 +119,31 @@ pub fn hvp_only<T: Element, F>(f: F, x: &[Tensor<T>], v: &[Tensor<T>]) -> Result
 where
     F: for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Result<Var<'t, T>> + Sync,
 {
-    if x.len() != v.len() {
-        return Err(Error::invalid(
-            "hvp_only",
-            format!("{} inputs but {} directions", x.len(), v.len()),
-        ));
-    }
     on_pool(|| {
         let tape = Tape::forward_mode();
-        let xs = x
-            .iter()
-            .zip(v)
-            .map(|(x, v)| tape.dual(x.clone(), v.clone()))
-            .collect::<Result<Vec<_>>>()?;
+        let xs = duals("hvp_only", &tape, x, v)?;
         let y = f(&tape, &xs)?;
         tape.backward_tangents(y, &xs)
     })
+}
+
+/// The inputs `x` on a forward-mode `tape`, each carrying its direction from `v`.
+fn duals<'t, T: Element>(
+    op: &'static str,
+    tape: &'t Tape<T>,
+    x: &[Tensor<T>],
+    v: &[Tensor<T>],
+) -> Result<Vec<Var<'t, T>>> {
+    if x.len() != v.len() {
+        return Err(Error::invalid(
+            op,
+            format!("{} inputs but {} directions", x.len(), v.len()),
+        ));
+    }
+    x.iter()
+        .zip(v)
+        .map(|(x, v)| tape.dual(x.clone(), v.clone()))
+        .collect()
 }
 
 /// Runs `work` on a thread of rayon's pool (where the library's kernels fork cheaply)

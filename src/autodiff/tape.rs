@@ -429,7 +429,7 @@ impl<T: Element> Tape<T> {
         output: Var<'_, T>,
         wrt: &[Var<'_, T>],
     ) -> Result<Vec<Var<'_, T>>> {
-        self.check_recorded_sweep(output, wrt)?;
+        self.check_recorded_sweep("backward_recorded", output, wrt)?;
         let seed = self.constant(Tensor::ones(&output.shape()));
         let grads = self.sweep_recorded(output.id, seed, 0, false)?.grads;
         Ok(wrt
@@ -453,7 +453,7 @@ impl<T: Element> Tape<T> {
         output: Var<'_, T>,
         wrt: &[Var<'_, T>],
     ) -> Result<Vec<Tensor<T>>> {
-        self.check_recorded_sweep(output, wrt)?;
+        self.check_recorded_sweep("backward_tangents", output, wrt)?;
         if self.tangents.borrow().is_none() {
             return Err(Error::invalid(
                 "backward_tangents",
@@ -478,7 +478,12 @@ impl<T: Element> Tape<T> {
     }
 
     /// The checks shared by the recorded sweeps: one tape, a one-element output.
-    fn check_recorded_sweep(&self, output: Var<'_, T>, wrt: &[Var<'_, T>]) -> Result<()> {
+    fn check_recorded_sweep(
+        &self,
+        op: &'static str,
+        output: Var<'_, T>,
+        wrt: &[Var<'_, T>],
+    ) -> Result<()> {
         assert!(
             std::ptr::eq(output.tape, self) && wrt.iter().all(|v| std::ptr::eq(v.tape, self)),
             "variables from different tapes were combined"
@@ -486,7 +491,7 @@ impl<T: Element> Tape<T> {
         let shape = output.shape();
         if shape.iter().product::<usize>() != 1 {
             return Err(Error::invalid(
-                "backward_recorded",
+                op,
                 format!("the output must hold one element, got shape {shape:?}"),
             ));
         }
