@@ -53,10 +53,17 @@ fn one_sgd_epoch(out: &str) -> Output {
     ])
 }
 
-/// The `eigenvalues` of `chainrule curvature --json`.
-fn eigenvalues(r: &serde_json::Value) -> Vec<f64> {
+/// `chainrule curvature --json --checkpoint RUN ARGS`, which must succeed: its report and
+/// its eigenvalues.
+fn curvature(run: &Path, args: &[&str]) -> (serde_json::Value, Vec<f64>) {
+    let mut all = vec!["curvature", "--checkpoint", run.to_str().unwrap(), "--json"];
+    all.extend(args);
+    let o = chainrule(&all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&o);
     let list = r["eigenvalues"].as_array().expect("eigenvalues");
-    list.iter().map(|v| v.as_f64().unwrap()).collect()
+    let eig = list.iter().map(|v| v.as_f64().unwrap()).collect();
+    (r, eig)
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -70,19 +77,7 @@ fn curvature_of_a_saved_run_gives_the_largest_eigenvalues_and_the_stable_step() 
     let out = dir.join("run");
     let o = one_sgd_epoch(out.to_str().unwrap());
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = chainrule(&[
-        "curvature",
-        "--checkpoint",
-        out.to_str().unwrap(),
-        "--top",
-        "2",
-        "--iterations",
-        "40",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r = json(&o);
-    let eig = eigenvalues(&r);
+    let (r, eig) = curvature(&out, &["--top", "2", "--iterations", "40"]);
     assert_eq!(eig.len(), 2);
     assert!(eig.iter().all(|l| l.is_finite()), "{r}");
     // a cross-entropy Hessian near a minimum: positive, largest first
@@ -674,21 +669,8 @@ fn a_tiny_character_model_learns_below_the_unigram_entropy() {
     assert!(o.status.success(), "{}", stderr(&o));
     let report = json(&o);
     // the curvature of its training loss, through the recurrent cells' second order
-    let o = chainrule(&[
-        "curvature",
-        "--checkpoint",
-        out.to_str().unwrap(),
-        "--top",
-        "2",
-        "--iterations",
-        "12",
-        "--samples",
-        "256",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r = json(&o);
-    let eig = eigenvalues(&r);
+    let args = ["--top", "2", "--iterations", "12", "--samples", "256"];
+    let (r, eig) = curvature(&out, &args);
     assert!(
         eig.len() == 2 && eig.iter().all(|l| l.is_finite() && *l != 0.0),
         "{r}"
