@@ -30,6 +30,8 @@ fn keep_freed_memory() {}
 /// quietly, as it does every Unix tool, instead of `println!` panicking on the closed pipe.
 #[cfg(unix)]
 fn end_quietly_on_closed_pipe() {
+    // SAFETY: the declaration matches C's `sighandler_t signal(int, sighandler_t)` on
+    // every Unix target: an `int` and a handler of pointer width (SIG_DFL is 0).
     unsafe extern "C" {
         fn signal(signum: i32, handler: usize) -> usize;
     }
