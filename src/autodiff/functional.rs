@@ -378,6 +378,50 @@ mod tests {
         assert!(hv[0].max_abs_diff(&x[0].mul_scalar(2.0)).unwrap() < 1e-15);
     }
 
+    /// A forward rule that fails is an error of `hvp_only`, also when the parameters
+    /// reach the loss through a product only (whose leaves get their tangents straight
+    /// from its rule, not from the tape's tangents).
+    #[test]
+    fn a_failing_forward_rule_is_an_error_of_hvp_only() {
+        struct NoTangent;
+        impl crate::autodiff::CustomOp<f64> for NoTangent {
+            fn name(&self) -> &str {
+                "no_tangent"
+            }
+            fn jvp(
+                &self,
+                _: &[&Tensor<f64>],
+                _: &Tensor<f64>,
+                _: &[Option<&Tensor<f64>>],
+            ) -> Result<Tensor<f64>> {
+                Err(Error::invalid("no_tangent", "this rule fails"))
+            }
+            fn vjp(
+                &self,
+                _: &[&Tensor<f64>],
+                _: &Tensor<f64>,
+                g: &Tensor<f64>,
+            ) -> Result<Vec<Tensor<f64>>> {
+                Ok(vec![g.clone()])
+            }
+            fn composed<'t>(&self, ins: &[Var<'t, f64>]) -> Option<Result<Var<'t, f64>>> {
+                Some(Ok(ins[0].mul_scalar(1.0)))
+            }
+        }
+        let x = [Tensor::randn(&[2, 3], 1), Tensor::randn(&[3, 2], 2)];
+        let e = hvp_only(
+            |_, v| {
+                let p = v[0].matmul(v[1])?;
+                let y = Var::custom(&[p], std::sync::Arc::new(NoTangent), p.value());
+                Ok(y.sin().sum_all())
+            },
+            &x,
+            &x,
+        );
+        let e = e.expect_err("an error").to_string();
+        assert!(e.contains("this rule fails"), "{e}");
+    }
+
     /// `hvp_only` (products pass their leaves only tangents) gives the recorded sweep's
     /// H·v, on every case.
     #[test]

@@ -72,8 +72,8 @@ pub struct NodeInfo<T: Element> {
 
 /// What a recorded reverse sweep ([`Tape::sweep_recorded`]) leaves behind.
 pub(crate) struct RecordedSweep<'t, T: Element> {
-    /// The gradient of each node `lowest..=out` (index `i − lowest`); a leaf or a
-    /// constant keeps its gradient.
+    /// Indexed `i − lowest` over the nodes `lowest..=out`: the gradients the sweep left
+    /// at leaves and constants (it consumed every other node's).
     pub(crate) grads: Vec<Option<Var<'t, T>>>,
     /// The gradients that flowed into nodes below `lowest`, summed per node.
     pub(crate) below: Vec<(u32, Var<'t, T>)>,
@@ -183,15 +183,19 @@ impl<T: Element> Tape<T> {
         Ok(v)
     }
 
+    /// The first forward rule that failed on this tape, as an error (every tangent after
+    /// it is unreliable).
+    fn tangent_fault(&self) -> Result<()> {
+        match self.tangent_error.borrow().as_ref() {
+            Some(TangentFault::NoRule(op)) => Err(Error::NoRule { op: op.clone() }),
+            Some(TangentFault::Failed(msg)) => Err(Error::invalid("jvp", msg.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// The tangent of node `id` (zeros if no tangent reached it).
     pub(crate) fn tangent_of(&self, id: u32) -> Result<Tensor<T>> {
-        match self.tangent_error.borrow().as_ref() {
-            Some(TangentFault::NoRule(op)) => {
-                return Err(Error::NoRule { op: op.clone() });
-            }
-            Some(TangentFault::Failed(msg)) => return Err(Error::invalid("jvp", msg.clone())),
-            None => {}
-        }
+        self.tangent_fault()?;
         let tangents = self.tangents.borrow();
         let t = tangents.as_ref().ok_or_else(|| {
             Error::invalid(
@@ -462,6 +466,8 @@ impl<T: Element> Tape<T> {
         }
         let seed = self.constant(Tensor::ones(&output.shape()));
         let sweep = self.sweep_recorded(output.id, seed, 0, true)?;
+        // a forward rule that failed, before or during the sweep, left tangents missing
+        self.tangent_fault()?;
         wrt.iter()
             .map(|v| {
                 let id = v.id as usize;
@@ -537,6 +543,7 @@ impl<T: Element> Tape<T> {
                     .map(|(&j, &need)| {
                         leaf_tangents_only
                             && need
+                            && j as usize >= lowest
                             && node.op.is_multilinear()
                             && matches!(nodes[j as usize].op, Op::Leaf)
                     })

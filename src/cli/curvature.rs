@@ -73,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let eig = eigenvalues(&args, &store, hv)?;
             let over = format!(
-                "mean cross-entropy per character over the first {windows} training window(s) of {} streams, from a zero state",
+                "mean cross-entropy per character over the first {windows} training window(s) of {} streams, the first from a zero state, each next from the state the one before left, as in training",
                 text.train.batch()
             );
             (eig, n, over)

@@ -603,7 +603,11 @@ impl BinaryOp {
                     Vec::new()
                 }
             };
-            let (ra, rb, rta, rtb) = (tiled(a), tiled(b), tiled(ta_t), tiled(tb_t));
+            let (ra, rb) = (tiled(a), tiled(b));
+            let (rta, rtb) = (
+                ta.map_or_else(Vec::new, tiled),
+                tb.map_or_else(Vec::new, tiled),
+            );
             fn window<'s, T>(full: &'s [T], rep: &'s [T], start: usize, len: usize) -> &'s [T] {
                 if rep.is_empty() {
                     &full[start..start + len]

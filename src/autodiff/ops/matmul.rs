@@ -85,7 +85,16 @@ impl<'t, T: Element> Var<'t, T> {
         ta: bool,
         tb: bool,
     ) -> Result<Var<'t, T>> {
-        debug_assert!(self.shape().len() == 2 && rhs.shape().len() == 2);
+        let (sa, sb) = (self.shape(), rhs.shape());
+        if sa.len() != 2 || sb.len() != 2 {
+            // the rule of a flagged product is written for matrices only
+            return Err(crate::error::Error::shape_detail(
+                "matmul",
+                &sa,
+                &sb,
+                "products in transposed layouts take two matrices",
+            ));
+        }
         let y = self.value().matmul_transposed(&rhs.value(), ta, tb)?;
         Ok(self.tape.push(Op::MatMul { ta, tb }, &[self, rhs], y))
     }

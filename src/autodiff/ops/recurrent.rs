@@ -940,12 +940,10 @@ impl<T: Element> SequenceOp<T> {
     fn dims(&self, ins: &[&Tensor<T>]) -> (usize, usize) {
         (ins[0].shape()[0] / self.bsz, ins[1].shape()[1])
     }
-}
 
-impl<T: Element> SequenceOp<T> {
+    /// The window as its steps' compositions, every `h` (and the last `c`) stacked.
     fn compose<'t>(&self, ins: &[Var<'t, T>]) -> Result<Var<'t, T>> {
-        let steps = ins[0].shape()[0] / self.bsz;
-        let hid = ins[1].shape()[1];
+        let (steps, hid) = (ins[0].shape()[0] / self.bsz, ins[1].shape()[1]);
         let (w, b) = (ins[ins.len() - 2], ins[ins.len() - 1]);
         let (mut h, mut c) = (ins[1], ins[2]); // `c` is read by an LSTM only
         let mut outs = Vec::with_capacity(steps + 1);
