@@ -12,12 +12,17 @@ use std::time::Instant;
 
 fn main() -> Result<(), chainrule::Error> {
     let (train, _) = Dataset::digits()?.split(0.2, 0)?;
-    let train = Standardizer::fit(&train).apply(&train);
+    let train = Standardizer::fit(&train).apply(&train)?;
     let rows: Vec<usize> = (0..train.len()).collect();
     let (x, y) = gather_batch(&train, &rows);
     let x: Tensor<f64> = x.cast();
     let l2 = 1e-3;
-    let start = || vec![Tensor::<f64>::zeros(&[64, 10]), Tensor::zeros(&[10])];
+    let start = || {
+        vec![
+            Tensor::<f64>::zeros(&[64, 10]).unwrap(),
+            Tensor::zeros(&[10]).unwrap(),
+        ]
+    };
 
     let t = Instant::now();
     let mut p = start();

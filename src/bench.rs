@@ -351,8 +351,8 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
 /// `n×n · n×n` through [`Tensor::matmul`] (its threading threshold and kernel choice
 /// included), checked against f64 dot products.
 fn square_matmul(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
-    let a = Tensor::<f32>::splitmix_uniform(&[n, n], 61, -1.0, 1.0);
-    let b = Tensor::<f32>::splitmix_uniform(&[n, n], 62, -1.0, 1.0);
+    let a = Tensor::<f32>::splitmix_uniform(&[n, n], 61, -1.0, 1.0)?;
+    let b = Tensor::<f32>::splitmix_uniform(&[n, n], 62, -1.0, 1.0)?;
     let mut c = a.matmul(&b)?;
     let t = measure(cfg.budget, 5, || {
         c = a.matmul(&b).expect("the shapes of the call above");
@@ -367,7 +367,7 @@ fn square_matmul(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
         (b.data(), MatLayout::Normal),
     );
     let mut row = BenchRow::new(format!("matmul_{n}"), t)
-        .with("threads", Tensor::<f32>::matmul_threads(n, n, n))
+        .with("threads", crate::tensor::matmul_threads(n, n, n))
         .with("gflops_best", flops / t.min_s / 1e9);
     row.gflops = Some(flops / t.median_s / 1e9);
     row.verify_product(err)
@@ -385,9 +385,9 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     let budget = cfg.budget / 4;
     let mut tape = Tape::<f32>::new();
     for (m, k, n) in [(128, 784, 256), (128, 256, 256), (128, 256, 10)] {
-        let x = Tensor::<f32>::splitmix_uniform(&[m, k], 1, -1.0, 1.0);
-        let w = Tensor::<f32>::splitmix_uniform(&[k, n], 11, -1.0, 1.0);
-        let g = Tensor::<f32>::splitmix_uniform(&[m, n], 2, -1.0, 1.0);
+        let x = Tensor::<f32>::splitmix_uniform(&[m, k], 1, -1.0, 1.0)?;
+        let w = Tensor::<f32>::splitmix_uniform(&[k, n], 11, -1.0, 1.0)?;
+        let g = Tensor::<f32>::splitmix_uniform(&[m, n], 2, -1.0, 1.0)?;
         let flops = 2.0 * (m * n * k) as f64;
         let y_err = |y: &Tensor<f32>| {
             product_error(y.data(), m, n, k, (x.data(), Normal), (w.data(), Normal))
@@ -439,7 +439,7 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
                 "A·B",
                 "X·W (forward)",
                 t,
-                Tensor::<f32>::matmul_threads(m, n, k),
+                crate::tensor::matmul_threads(m, n, k),
                 1.0,
             )
             .verify_product(y_err(&y))?,
@@ -449,7 +449,7 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         tape.clear();
         let (xv, wv) = (tape.constant(x.clone()), tape.var(w.clone()));
         let yv = xv.matmul(wv)?;
-        let mut dw = Tensor::zeros(&[k, n]);
+        let mut dw = Tensor::zeroed(&[k, n]);
         let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
             Ok(grads) => dw = grads.wrt(wv),
             Err(e) => failure = Some(e),
@@ -462,7 +462,7 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
                 "Aᵀ·B",
                 "Xᵀ·G (dW)",
                 t,
-                Tensor::<f32>::matmul_threads(k, n, m),
+                crate::tensor::matmul_threads(k, n, m),
                 1.0,
             )
             .verify_product(dw_err(&dw))?,
@@ -472,7 +472,7 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         tape.clear();
         let (xv, wv) = (tape.var(x.clone()), tape.constant(w.clone()));
         let yv = xv.matmul(wv)?;
-        let mut dx = Tensor::zeros(&[m, k]);
+        let mut dx = Tensor::zeroed(&[m, k]);
         let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
             Ok(grads) => dx = grads.wrt(xv),
             Err(e) => failure = Some(e),
@@ -485,7 +485,7 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
                 "A·Bᵀ",
                 "G·Wᵀ (dX)",
                 t,
-                Tensor::<f32>::matmul_threads(m, k, n),
+                crate::tensor::matmul_threads(m, k, n),
                 1.0,
             )
             .verify_product(dx_err(&dx))?,
@@ -518,7 +518,7 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
                 "layer",
                 "X·W, then Xᵀ·G and G·Wᵀ in one backward",
                 t,
-                Tensor::<f32>::matmul_threads(m, n, k),
+                crate::tensor::matmul_threads(m, n, k),
                 3.0,
             )
             .verify_product((worst, entries))?,
@@ -557,7 +557,7 @@ fn tape_chain(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
             .map_or(f32::NAN, |g| g.data().first().copied().unwrap_or(0.0)))
     };
     let scalar = Tensor::<f32>::scalar(1.0);
-    let empty = Tensor::<f32>::zeros(&[0]);
+    let empty = Tensor::<f32>::zeroed(&[0]);
     // ∂y/∂x = 0.999^(n/2) through the chain
     let want = 0.999f64.powi(n.div_ceil(2) as i32);
     let got = run(&scalar)? as f64;
@@ -589,7 +589,7 @@ fn tape_chain_replay(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
         Trace::record(&tape, y, &[x], &[])
     };
     let scalar = Tensor::<f32>::scalar(1.0);
-    let empty = Tensor::<f32>::zeros(&[0]);
+    let empty = Tensor::<f32>::zeroed(&[0]);
     let (mut full_trace, mut bare_trace) = (record(&scalar)?, record(&empty)?);
     let run = |trace: &mut Trace<f32>, x: &Tensor<f32>| -> Result<f32> {
         trace.forward(&[x], &[], &[])?;
@@ -617,8 +617,8 @@ fn tape_chain_replay(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
 
 fn elementwise_1m(cfg: &BenchConfig) -> Result<BenchRow> {
     let n = 1 << 20;
-    let a = Tensor::<f32>::splitmix_uniform(&[n], 1, -1.0, 1.0);
-    let b = Tensor::<f32>::splitmix_uniform(&[n], 2, -1.0, 1.0);
+    let a = Tensor::<f32>::splitmix_uniform(&[n], 1, -1.0, 1.0)?;
+    let b = Tensor::<f32>::splitmix_uniform(&[n], 2, -1.0, 1.0)?;
     let t = measure(cfg.budget, 10, || {
         std::hint::black_box(a.add(&b).expect("same shape"));
     });
@@ -645,8 +645,14 @@ pub fn anchor_mlp_params<T: Element>(sizes: &[usize], first_stream: u64) -> Vec<
     for (i, w) in sizes.windows(2).enumerate() {
         let bound = 1.0 / (w[0] as f64).sqrt();
         let s = first_stream + 2 * i as u64;
-        params.push(Tensor::splitmix_uniform(&[w[0], w[1]], s, -bound, bound));
-        params.push(Tensor::splitmix_uniform(&[w[1]], s + 1, -bound, bound));
+        params.push(
+            Tensor::splitmix_uniform(&[w[0], w[1]], s, -bound, bound)
+                .expect("a workload's fixed shape"),
+        );
+        params.push(
+            Tensor::splitmix_uniform(&[w[1]], s + 1, -bound, bound)
+                .expect("a workload's fixed shape"),
+        );
     }
     params
 }
@@ -656,7 +662,8 @@ impl<T: Element> W1Data<T> {
     pub fn new() -> Self {
         let mut g = SplitMix64::new(2);
         W1Data {
-            x: Tensor::splitmix_uniform(&[128, 784], 1, -1.0, 1.0),
+            x: Tensor::splitmix_uniform(&[128, 784], 1, -1.0, 1.0)
+                .expect("a workload's fixed shape"),
             labels: (0..128).map(|_| g.int(10) as usize).collect(),
             params: anchor_mlp_params(&[784, 256, 256, 10], 11),
         }
@@ -851,7 +858,8 @@ impl AnchorStep {
 
     /// W2: 2-16-16-1 tanh, mean squared error against x₀·x₁, batch 32, SGD lr 0.01.
     pub fn w2() -> Self {
-        let x = Tensor::<f32>::splitmix_uniform(&[32, 2], 21, -1.0, 1.0);
+        let x = Tensor::<f32>::splitmix_uniform(&[32, 2], 21, -1.0, 1.0)
+            .expect("a workload's fixed shape");
         let y: Vec<f32> = x.data().chunks_exact(2).map(|r| r[0] * r[1]).collect();
         let mut store = ParamStore::new();
         for (i, p) in anchor_mlp_params::<f32>(&[2, 16, 16, 1], 31)
@@ -975,7 +983,10 @@ fn w10_hvp(cfg: &BenchConfig) -> Result<BenchRow> {
         .params
         .iter()
         .enumerate()
-        .map(|(i, p)| Tensor::splitmix_uniform(p.shape(), 101 + i as u64, -1.0, 1.0))
+        .map(|(i, p)| {
+            Tensor::splitmix_uniform(p.shape(), 101 + i as u64, -1.0, 1.0)
+                .expect("a workload's fixed shape")
+        })
         .collect();
     let hvp = || {
         crate::autodiff::hvp_only(
@@ -1229,12 +1240,12 @@ pub fn w4_f<'t, T: Element>(x: Var<'t, T>) -> Result<Var<'t, T>> {
 
 /// W4's input: `N` values uniform in [-1, 1) from splitmix64 stream 51.
 pub fn w4_input<T: Element>(n: usize) -> Tensor<T> {
-    Tensor::splitmix_uniform(&[n], 51, -1.0, 1.0)
+    Tensor::splitmix_uniform(&[n], 51, -1.0, 1.0).expect("a workload's fixed shape")
 }
 
 /// W5's `g(t)_k = sin(k t) exp(−t/k)`, k = 1..M, for a one-element `t`.
 pub fn w5_g<'t, T: Element>(t: Var<'t, T>, m: usize) -> Result<Var<'t, T>> {
-    let k = Tensor::<T>::arange(m).add_scalar(1.0);
+    let k = Tensor::<T>::arange(m)?.add_scalar(1.0);
     let inv_k = k.map(|v| T::one() / v);
     let tape = t.tape();
     let kt = tape.constant(k).mul(t)?;
@@ -1276,7 +1287,7 @@ pub fn w1_grad_f64(
 pub fn w1_hvp_check(batch: usize) -> Result<(Vec<f64>, Vec<f64>, f64)> {
     let data = W1Data::<f64>::new();
     let theta: Vec<f64> = data.params.iter().flat_map(|p| p.to_vec()).collect();
-    let v = Tensor::<f64>::randn(&[theta.len()], 7).to_vec();
+    let v = Tensor::<f64>::randn(&[theta.len()], 7)?.to_vec();
     let mut at = 0;
     let directions: Vec<Tensor<f64>> = data
         .params
@@ -1539,7 +1550,7 @@ fn mnist_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
         )
     })?;
     let s = Standardizer::fit_global(&train);
-    let (train, test) = (s.apply(&train), s.apply(&test));
+    let (train, test) = (s.apply(&train)?, s.apply(&test)?);
     let trainer = Trainer::new(TrainConfig {
         batch_size: 128,
         schedule: LrSchedule::constant(1e-3),
@@ -1700,8 +1711,8 @@ mod tests {
         use MatLayout::{Normal, Transposed};
         // small (every entry compared) and large (a sample of 256)
         for (m, n, k) in [(7, 5, 3), (128, 256, 40)] {
-            let a = Tensor::<f32>::splitmix_uniform(&[m, k], 1, -1.0, 1.0);
-            let b = Tensor::<f32>::splitmix_uniform(&[k, n], 2, -1.0, 1.0);
+            let a = Tensor::<f32>::splitmix_uniform(&[m, k], 1, -1.0, 1.0).unwrap();
+            let b = Tensor::<f32>::splitmix_uniform(&[k, n], 2, -1.0, 1.0).unwrap();
             let (at, bt) = (a.t().unwrap(), b.t().unwrap());
             for (lhs, rhs) in [
                 ((a.data(), Normal), (b.data(), Normal)),

@@ -18,8 +18,11 @@ impl fmt::Display for Dims {
     }
 }
 
-/// Everything that can go wrong in a fallible library call.
+/// Everything that can go wrong in a fallible library call. Each variant prints one
+/// line; new variants may be added (the enum is `#[non_exhaustive]`), so a `match`
+/// needs a catch-all arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Two shapes that an op cannot combine.
     #[error("{op}: incompatible shapes {lhs} and {rhs}{detail}")]
@@ -32,6 +35,15 @@ pub enum Error {
         rhs: Dims,
         /// Extra explanation, starting with "; " when present.
         detail: String,
+    },
+    /// A shape whose dimensions multiply past the most elements one buffer can address
+    /// ([`crate::tensor::MAX_ELEMENTS`]), refused before anything is allocated.
+    #[error("{op}: shape {shape} holds more elements than one buffer can address")]
+    TooLarge {
+        /// The op or constructor that refused the shape.
+        op: &'static str,
+        /// The shape asked for.
+        shape: Dims,
     },
     /// An argument outside what the op accepts (an axis out of range, an index too large...).
     #[error("{op}: {msg}")]

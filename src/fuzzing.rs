@@ -3,7 +3,9 @@
 //! the way the command-line program does. Any panic, overflow or unbounded allocation is
 //! a bug; an `Err` is the expected answer to bad input.
 
-use crate::data::{LabelColumn, parse_csv, parse_idx};
+use crate::data::{
+    LabelColumn, Standardizer, check_same_features, parse_csv, parse_idx, split_from_idx,
+};
 use crate::nn::{Activation, Init, Mlp, ParamStore};
 use crate::optim::OptimizerKind;
 use crate::tensor::Tensor;
@@ -28,20 +30,37 @@ pub fn csv(data: &[u8]) {
     }
 }
 
-/// The IDX loader: the first byte chooses raw bytes or the rest compressed with gzip
-/// first, so the header parser is reached behind gzip too.
+/// The MNIST loader: the first byte chooses raw bytes or gzip (bit 0), the next two
+/// where the rest is cut into an image file and a label file. Each is parsed as an IDX
+/// file; when both parse, they become a split as `load_mnist` makes one, which is then
+/// standardised with per-feature and global statistics, as training does.
 pub fn idx(data: &[u8]) {
-    let Some((&pick, rest)) = data.split_first() else {
+    let [pick, hi, lo, rest @ ..] = data else {
         return;
     };
-    let bytes = if pick & 1 == 0 {
-        rest.to_vec()
-    } else {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(rest).expect("writes to memory");
-        gz.finish().expect("writes to memory")
+    let compress = |bytes: &[u8]| {
+        if pick & 1 == 0 {
+            bytes.to_vec()
+        } else {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(bytes).expect("writes to memory");
+            gz.finish().expect("writes to memory")
+        }
     };
-    let _ = parse_idx(bytes, "fuzz-idx");
+    let cut = (usize::from(*hi) << 8 | usize::from(*lo)).min(rest.len());
+    let (images, labels) = rest.split_at(cut);
+    let images = parse_idx(compress(images), "fuzz-images");
+    let labels = parse_idx(compress(labels), "fuzz-labels");
+    let (Ok(images), Ok(labels)) = (images, labels) else {
+        return;
+    };
+    let Ok(split) = split_from_idx((images, "fuzz-images"), (labels, "fuzz-labels"), "fuzz") else {
+        return;
+    };
+    let _ = check_same_features(&split, &split, "fuzz-images");
+    for s in [Standardizer::fit(&split), Standardizer::fit_global(&split)] {
+        let _ = s.apply(&split);
+    }
 }
 
 /// Checkpoint loading, then what `eval` and `--resume` do with it: size the model from
@@ -75,7 +94,7 @@ pub fn checkpoint(data: &[u8]) {
         if opt.load_state(state, steps, &store).is_ok() {
             let grads: Vec<Option<Tensor<f32>>> = store
                 .iter()
-                .map(|(_, _, t)| Some(Tensor::ones(t.shape())))
+                .map(|(_, _, t)| Some(Tensor::filled(t.shape(), num_traits::one())))
                 .collect();
             let _ = opt.step(&mut store, &grads);
         }

@@ -62,6 +62,34 @@ fn gradcheck_exits_non_zero_on_every_planted_fault() {
 }
 
 #[test]
+fn gradcheck_order_2_catches_every_planted_second_order_fault() {
+    let faults = ["nan-hvp", "wrong-second-derivative", "missing-cross-term"];
+    let mut args = vec!["gradcheck", "--order", "2"];
+    for f in faults {
+        args.extend(["--plant", f]);
+    }
+    let out = chainrule(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for f in faults {
+        assert!(
+            err.contains(&format!("second-order gradcheck failed for planted:{f}")),
+            "{f}: {err}"
+        );
+    }
+    // only the planted ops fail
+    assert_eq!(err.lines().count(), faults.len(), "{err}");
+    // a fault of one order asked of the other is refused with one line
+    for (fault, order) in [("nan-hvp", "1"), ("wrong-sign", "2")] {
+        let out = chainrule(&["gradcheck", "--order", order, "--plant", fault]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("breaks a rule of order"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
 fn unknown_flags_and_workloads_fail_with_a_message() {
     let out = chainrule(&["bench", "no_such_workload"]);
     assert!(!out.status.success());

@@ -18,8 +18,8 @@ fn a_million_op_chain_backpropagates_without_recursion() {
 #[test]
 fn shape_errors_name_the_op_and_both_shapes() {
     let tape = Tape::<f64>::new();
-    let a = tape.var(Tensor::zeros(&[2, 3]));
-    let b = tape.var(Tensor::zeros(&[4, 5]));
+    let a = tape.var(Tensor::zeros(&[2, 3]).unwrap());
+    let b = tape.var(Tensor::zeros(&[4, 5]).unwrap());
     let msg = |e: chainrule::Error| e.to_string();
     let add = msg(a.add(b).unwrap_err());
     assert!(
@@ -46,7 +46,7 @@ fn shape_errors_name_the_op_and_both_shapes() {
 #[test]
 fn backward_needs_a_scalar_and_says_so() {
     let tape = Tape::<f32>::new();
-    let x = tape.var(Tensor::ones(&[3]));
+    let x = tape.var(Tensor::ones(&[3]).unwrap());
     let e = tape.backward(x.exp()).unwrap_err().to_string();
     assert!(e.contains("backward") && e.contains("[3]"), "{e}");
 }
@@ -74,9 +74,9 @@ fn same_seed_same_result() {
     // broadcast add of a [300] row to [300, 300].
     let run = || {
         let tape = Tape::<f32>::new();
-        let x = tape.var(Tensor::randn(&[300, 300], 42));
-        let r = tape.var(Tensor::randn(&[300], 44));
-        let w = tape.var(Tensor::randn(&[300, 200], 43));
+        let x = tape.var(Tensor::randn(&[300, 300], 42).unwrap());
+        let r = tape.var(Tensor::randn(&[300], 44).unwrap());
+        let w = tape.var(Tensor::randn(&[300, 200], 43).unwrap());
         let h = x.sin().add(r).unwrap();
         let y = h.matmul(w).unwrap().tanh().sum_all();
         let g = tape.backward(y).unwrap();
@@ -120,8 +120,8 @@ fn anomaly_mode_names_the_op_that_produced_nan() {
 #[test]
 fn exported_graph_groups_nodes_by_scope() {
     let tape = Tape::<f32>::new();
-    let x = tape.constant(Tensor::ones(&[2, 3]));
-    let w = tape.var(Tensor::ones(&[3, 4]));
+    let x = tape.constant(Tensor::ones(&[2, 3]).unwrap());
+    let w = tape.var(Tensor::ones(&[3, 4]).unwrap());
     tape.set_label(w, "layer0.weight");
     let h = tape.scoped("layer0", || x.matmul(w).unwrap().relu());
     let loss = tape.scoped("loss", || h.sum_all());

@@ -36,7 +36,10 @@ where
     let y = f(&tape, v)?;
     let value = y.item()?;
     let mut g = tape.backward(y)?;
-    Ok((value, g.take(v).unwrap_or_else(|| Tensor::zeros(x.shape()))))
+    Ok((
+        value,
+        g.take(v).unwrap_or_else(|| Tensor::zeroed(x.shape())),
+    ))
 }
 
 /// The gradient of a scalar-valued `f` at `x` (reverse mode).
@@ -58,7 +61,7 @@ where
     let mut g = tape.backward_with(y, u.clone())?;
     Ok((
         y.value(),
-        g.take(v).unwrap_or_else(|| Tensor::zeros(x.shape())),
+        g.take(v).unwrap_or_else(|| Tensor::zeroed(x.shape())),
     ))
 }
 
@@ -202,7 +205,7 @@ where
 }
 
 fn one_hot<T: Element>(shape: &[usize], i: usize) -> Tensor<T> {
-    let mut t = Tensor::zeros(shape);
+    let mut t = Tensor::zeroed(shape);
     t.data_mut()[i] = T::one();
     t
 }
@@ -225,7 +228,7 @@ where
         columns.push(col);
     }
     let m: usize = out_shape.iter().product();
-    let mut jac = Tensor::zeros(&jacobian_shape(&out_shape, x.shape()));
+    let mut jac = Tensor::zeroed(&jacobian_shape(&out_shape, x.shape()));
     let d = jac.data_mut();
     for (i, col) in columns.iter().enumerate() {
         for (j, &v) in col.data().iter().enumerate().take(m) {
@@ -247,7 +250,7 @@ where
     let out_shape = y.shape();
     let m = y.value().len();
     let n = x.len();
-    let mut jac = Tensor::zeros(&jacobian_shape(&out_shape, x.shape()));
+    let mut jac = Tensor::zeroed(&jacobian_shape(&out_shape, x.shape()));
     let d = jac.data_mut();
     for j in 0..m {
         let g = tape.backward_with(y, one_hot(&out_shape, j))?;
@@ -342,7 +345,7 @@ mod tests {
                 "an MLP, and products of a leaf with itself",
                 vec![vec![5, 4], vec![4], vec![4, 3], vec![4, 4]],
                 |t, x| {
-                    let input = t.constant(Tensor::randn(&[6, 5], 99));
+                    let input = t.constant(Tensor::randn(&[6, 5], 99).unwrap());
                     let h = input.matmul(x[0])?.add(x[1])?.tanh();
                     let z = h.matmul(x[2])?;
                     let loss = crate::nn::cross_entropy(z, &[0, 2, 1, 1, 0, 2])?;
@@ -368,7 +371,7 @@ mod tests {
     /// takes forked work stops with it instead of waiting forever).
     #[test]
     fn a_panic_in_hvp_only_reaches_the_caller() {
-        let x = [Tensor::<f64>::randn(&[3], 1)];
+        let x = [Tensor::<f64>::randn(&[3], 1).unwrap()];
         let caught = std::panic::catch_unwind(|| {
             hvp_only(|_, _| -> Result<Var<'_, f64>> { panic!("boom") }, &x, &x)
         });
@@ -408,7 +411,10 @@ mod tests {
                 Some(Ok(ins[0].mul_scalar(1.0)))
             }
         }
-        let x = [Tensor::randn(&[2, 3], 1), Tensor::randn(&[3, 2], 2)];
+        let x = [
+            Tensor::randn(&[2, 3], 1).unwrap(),
+            Tensor::randn(&[3, 2], 2).unwrap(),
+        ];
         let e = hvp_only(
             |_, v| {
                 let p = v[0].matmul(v[1])?;
@@ -432,7 +438,7 @@ mod tests {
                 shapes
                     .iter()
                     .zip(seeds)
-                    .map(|(s, i)| Tensor::randn(s, i))
+                    .map(|(s, i)| Tensor::randn(s, i).unwrap())
                     .collect()
             };
             let (x, v) = (draw(1), draw(100));
@@ -451,12 +457,12 @@ mod tests {
             let x: Vec<Tensor<f64>> = shapes
                 .iter()
                 .enumerate()
-                .map(|(i, s)| Tensor::randn(s, 10 * k as u64 + i as u64 + 1))
+                .map(|(i, s)| Tensor::randn(s, 10 * k as u64 + i as u64 + 1).unwrap())
                 .collect();
             let v: Vec<Tensor<f64>> = shapes
                 .iter()
                 .enumerate()
-                .map(|(i, s)| Tensor::randn(s, 100 + 10 * k as u64 + i as u64))
+                .map(|(i, s)| Tensor::randn(s, 100 + 10 * k as u64 + i as u64).unwrap())
                 .collect();
             let HvpResult {
                 value,
@@ -520,10 +526,10 @@ mod tests {
                 .mul_scalar(0.5)
                 .sum_all())
         });
-        let h = hessian(f, &Tensor::randn(&[3], 1)).unwrap();
+        let h = hessian(f, &Tensor::randn(&[3], 1).unwrap()).unwrap();
         assert!(h.max_abs_diff(&a).unwrap() <= 1e-12, "{:?}", h.data());
         let g = func(|_: &Tape<f64>, x| Ok(x.tanh().mul(x.exp())?.sum_all()));
-        let h = hessian(g, &Tensor::randn(&[4], 2)).unwrap();
+        let h = hessian(g, &Tensor::randn(&[4], 2).unwrap()).unwrap();
         let ht = h.t().unwrap();
         assert!(h.max_abs_diff(&ht).unwrap() <= 1e-12);
     }
@@ -540,8 +546,8 @@ mod tests {
                 );
                 Ok(y.mul(y)?.sum_all())
             },
-            &[Tensor::randn(&[3], 1)],
-            &[Tensor::randn(&[3], 2)],
+            &[Tensor::randn(&[3], 1).unwrap()],
+            &[Tensor::randn(&[3], 2).unwrap()],
         )
         .err()
         .unwrap()
@@ -577,8 +583,14 @@ mod tests {
             let value = a.value().mul(&b.value())?;
             Ok(Var::custom(&[a, b], std::sync::Arc::new(Product), value))
         }
-        let (x, v) = (Tensor::<f64>::randn(&[2, 3], 1), Tensor::randn(&[2, 3], 2));
-        let (y, w) = (Tensor::randn(&[2, 3], 3), Tensor::randn(&[2, 3], 4));
+        let (x, v) = (
+            Tensor::<f64>::randn(&[2, 3], 1).unwrap(),
+            Tensor::randn(&[2, 3], 2).unwrap(),
+        );
+        let (y, w) = (
+            Tensor::randn(&[2, 3], 3).unwrap(),
+            Tensor::randn(&[2, 3], 4).unwrap(),
+        );
         // Σ sin(x ⊙ y) and Σ sin(x ⊙ x): the custom op against the built-in product
         let pairs = [
             (vec![x.clone(), y], vec![v.clone(), w], false),
@@ -611,16 +623,16 @@ mod tests {
 
     #[test]
     fn jvp_and_vjp_satisfy_the_transpose_identity() {
-        let x = Tensor::<f64>::randn(&[5], 1);
-        let w = Tensor::<f64>::randn(&[5, 3], 2);
+        let x = Tensor::<f64>::randn(&[5], 1).unwrap();
+        let w = Tensor::<f64>::randn(&[5, 3], 2).unwrap();
         let f = func(|t: &Tape<f64>, v| {
             v.reshape(&[1, 5])?
                 .matmul(t.constant(w.clone()))?
                 .tanh()
                 .reshape(&[3])
         });
-        let v = Tensor::randn(&[5], 3);
-        let u = Tensor::randn(&[3], 4);
+        let v = Tensor::randn(&[5], 3).unwrap();
+        let u = Tensor::randn(&[3], 4).unwrap();
         let (_, jv) = jvp(f, &x, &v).unwrap();
         let (_, ujt) = vjp(f, &x, &u).unwrap();
         let lhs: f64 = jv.data().iter().zip(u.data()).map(|(a, b)| a * b).sum();
@@ -654,7 +666,7 @@ mod tests {
                 .sin()
                 .sum(&[0], false)
         });
-        let x = Tensor::<f64>::randn(&[2], 5);
+        let x = Tensor::<f64>::randn(&[2], 5).unwrap();
         let (j, mode) = jacobian(wide, &x).unwrap();
         assert_eq!((mode, j.shape()), (JacobianMode::Forward, &[5, 2][..]));
         assert!(j.max_abs_diff(&jacrev(wide, &x).unwrap()).unwrap() < 1e-14);
@@ -664,7 +676,7 @@ mod tests {
                 .sum(&[0], false)?
                 .broadcast_to(&[2])
         });
-        let y = Tensor::<f64>::randn(&[5], 6);
+        let y = Tensor::<f64>::randn(&[5], 6).unwrap();
         let (j2, mode2) = jacobian(narrow, &y).unwrap();
         assert_eq!((mode2, j2.shape()), (JacobianMode::Reverse, &[2, 5][..]));
         assert!(j2.max_abs_diff(&jacfwd(narrow, &y).unwrap()).unwrap() < 1e-14);

@@ -141,15 +141,7 @@ impl GradcheckReport {
     }
 }
 
-/// The larger of `a` and `b`, NaN if either is NaN (`f64::max` drops a NaN, which would
-/// let a check that produced NaN pass).
-pub fn nan_max(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.max(b)
-    }
-}
+pub use crate::tensor::nan_max;
 
 /// The denominator floor of the relative error: below this magnitude the error is
 /// effectively absolute (scaled by 1000), so exact zeros do not divide by zero.
@@ -173,7 +165,7 @@ fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
 }
 
 /// One standard normal direction per input, from `seed` onwards.
-fn random_directions(inputs: &[Tensor<f64>], seed: u64) -> Vec<Tensor<f64>> {
+fn random_directions(inputs: &[Tensor<f64>], seed: u64) -> Result<Vec<Tensor<f64>>> {
     inputs
         .iter()
         .enumerate()
@@ -224,7 +216,7 @@ where
         report.fail(format!("f(x) is {v} at output index {at:?}"));
         return Ok(report);
     }
-    let u = Tensor::<f64>::randn(&y.shape(), opts.seed ^ 0x5EED);
+    let u = Tensor::<f64>::randn(&y.shape(), opts.seed ^ 0x5EED)?;
     let reverse: Vec<Tensor<f64>> = match tape.backward_with(y, u.clone()) {
         Ok(grads) => vars.iter().map(|&v| grads.wrt(v)).collect(),
         Err(e) => {
@@ -312,14 +304,14 @@ where
             }
         }
     } else {
-        let dirs = random_directions(inputs, opts.seed.wrapping_add(1));
+        let dirs = random_directions(inputs, opts.seed.wrapping_add(1))?;
         let numeric = directional(&dirs)?;
         report.evaluations = 2;
         report.record(0, None, dot_all(&reverse, &dirs), numeric, true);
     }
     // forward mode along a random direction, against the directional difference and,
     // through ⟨u, J v⟩ = ⟨Jᵀ u, v⟩, against reverse mode
-    let dirs = random_directions(inputs, opts.seed.wrapping_add(1000));
+    let dirs = random_directions(inputs, opts.seed.wrapping_add(1000))?;
     let ftape = Tape::forward_mode();
     let fvars = inputs
         .iter()
@@ -457,8 +449,8 @@ mod tests {
 
     #[test]
     fn forward_mode_agrees_with_reverse_and_differences() {
-        let x = Tensor::<f64>::randn(&[3, 4], 5);
-        let w = Tensor::<f64>::randn(&[4, 2], 6);
+        let x = Tensor::<f64>::randn(&[3, 4], 5).unwrap();
+        let w = Tensor::<f64>::randn(&[4, 2], 6).unwrap();
         let r = gradcheck(
             |_, v| v[0].matmul(v[1])?.tanh().log_softmax(1),
             &[x, w],
@@ -471,7 +463,7 @@ mod tests {
 
     #[test]
     fn direction_mode_for_large_inputs() {
-        let x = Tensor::<f64>::randn(&[40, 30], 2);
+        let x = Tensor::<f64>::randn(&[40, 30], 2).unwrap();
         let r = gradcheck(
             |_, v| Ok(v[0].tanh().sum_all()),
             &[x],

@@ -373,7 +373,7 @@ fn split<T>(slots: &mut [Option<T>], id: u32) -> (&mut [Option<T>], &mut Option<
 
 /// A slot's buffer as `shape`, for overwriting (kept when it fits and is unshared).
 fn buffer<'a, T: Element>(slot: &'a mut Option<Tensor<T>>, shape: &[usize]) -> &'a mut [T] {
-    slot.get_or_insert_with(|| Tensor::zeros(shape))
+    slot.get_or_insert_with(|| Tensor::zeroed(shape))
         .overwrite(shape)
 }
 
@@ -674,8 +674,8 @@ fn dense_at<T: Element>(
         m,
         k,
         n,
-        pre: Tensor::zeros(&[0]),
-        g_pre: Tensor::zeros(&[0]),
+        pre: Tensor::zeroed(&[0]),
+        g_pre: Tensor::zeroed(&[0]),
     };
     Some((dense, parts))
 }
@@ -725,7 +725,7 @@ fn cross_entropy_at<T: Element>(
         labels: Vec::new(),
         m,
         c,
-        probs: Tensor::zeros(&[0]),
+        probs: Tensor::zeroed(&[0]),
     };
     Some((ce, vec![i, g, r, d, mean]))
 }
@@ -990,8 +990,16 @@ mod tests {
     fn mlp_params<T: Element>(sizes: &[usize], seed: u64) -> Vec<Tensor<T>> {
         let mut out = Vec::new();
         for (i, w) in sizes.windows(2).enumerate() {
-            out.push(Tensor::<f64>::randn(&[w[0], w[1]], seed + 2 * i as u64).cast());
-            out.push(Tensor::<f64>::randn(&[w[1]], seed + 2 * i as u64 + 1).cast());
+            out.push(
+                Tensor::<f64>::randn(&[w[0], w[1]], seed + 2 * i as u64)
+                    .unwrap()
+                    .cast(),
+            );
+            out.push(
+                Tensor::<f64>::randn(&[w[1]], seed + 2 * i as u64 + 1)
+                    .unwrap()
+                    .cast(),
+            );
         }
         out
     }
@@ -1055,7 +1063,9 @@ mod tests {
             (UnaryOp::Sigmoid, [3, 4, 2, 2], 1),
         ] {
             let params = mlp_params::<f32>(&sizes, 1);
-            let x = Tensor::<f64>::randn(&[batch, sizes[0]], 2).cast::<f32>();
+            let x = Tensor::<f64>::randn(&[batch, sizes[0]], 2)
+                .unwrap()
+                .cast::<f32>();
             let y = labels(batch, sizes[3], 3);
             let mut trace = traced(&x, &y, &params, act);
             assert_eq!(
@@ -1069,7 +1079,9 @@ mod tests {
             );
             for round in 0..3u64 {
                 let params = mlp_params::<f32>(&sizes, 10 + round);
-                let x = Tensor::<f64>::randn(&[batch, sizes[0]], 20 + round).cast::<f32>();
+                let x = Tensor::<f64>::randn(&[batch, sizes[0]], 20 + round)
+                    .unwrap()
+                    .cast::<f32>();
                 let y = labels(batch, sizes[3], 30 + round);
                 let (loss, grads) = eager(&x, &y, &params, act);
                 let refs: Vec<&Tensor<f32>> = params.iter().collect();
@@ -1101,7 +1113,10 @@ mod tests {
             let e = h.sub(t)?.powf(2.0);
             Ok(e.sum(&[0], false)?.mean_all())
         }
-        let params = [Tensor::<f64>::randn(&[4, 3], 1), Tensor::randn(&[3], 2)];
+        let params = [
+            Tensor::<f64>::randn(&[4, 3], 1).unwrap(),
+            Tensor::randn(&[3], 2).unwrap(),
+        ];
         let run_eager = |x: &Tensor<f64>, t: &Tensor<f64>, ps: &[Tensor<f64>], rows: &[usize]| {
             let tape = Tape::new();
             let p: Vec<_> = ps.iter().map(|v| tape.var(v.clone())).collect();
@@ -1114,18 +1129,18 @@ mod tests {
         };
         let tape = Tape::new();
         let p: Vec<_> = params.iter().map(|v| tape.var(v.clone())).collect();
-        let x = tape.var(Tensor::randn(&[5, 4], 3));
-        let t = tape.var(Tensor::randn(&[3, 2], 4));
+        let x = tape.var(Tensor::randn(&[5, 4], 3).unwrap());
+        let t = tape.var(Tensor::randn(&[3, 2], 4).unwrap());
         let l = f(x, t, &p, &[4, 0]).unwrap();
         let mut trace = Trace::record(&tape, l, &p, &[x, t]).unwrap();
         assert_eq!(trace.describe()[0], "dense(tanh)");
         for round in 0..3 {
             let ps = [
-                Tensor::randn(&[4, 3], 10 + round),
-                Tensor::randn(&[3], 20 + round),
+                Tensor::randn(&[4, 3], 10 + round).unwrap(),
+                Tensor::randn(&[3], 20 + round).unwrap(),
             ];
-            let xs = Tensor::randn(&[5, 4], 30 + round);
-            let ts = Tensor::randn(&[3, 2], 40 + round);
+            let xs = Tensor::randn(&[5, 4], 30 + round).unwrap();
+            let ts = Tensor::randn(&[3, 2], 40 + round).unwrap();
             let rows = [round as usize, 3];
             let (le, ge) = run_eager(&xs, &ts, &ps, &rows);
             let lr = trace
@@ -1142,7 +1157,7 @@ mod tests {
     #[test]
     fn recycled_gradients_are_written_in_place_by_the_next_sweep() {
         let params = mlp_params::<f32>(&[6, 5, 4, 3], 1);
-        let x = Tensor::<f64>::randn(&[7, 6], 2).cast::<f32>();
+        let x = Tensor::<f64>::randn(&[7, 6], 2).unwrap().cast::<f32>();
         let y = labels(7, 3, 3);
         let mut trace = traced(&x, &y, &params, UnaryOp::Relu);
         let refs: Vec<&Tensor<f32>> = params.iter().collect();
@@ -1164,7 +1179,7 @@ mod tests {
     #[test]
     fn each_gradient_is_announced_once_as_soon_as_it_is_complete() {
         let params = mlp_params::<f64>(&[6, 5, 4, 3], 1);
-        let x = Tensor::<f64>::randn(&[7, 6], 2);
+        let x = Tensor::<f64>::randn(&[7, 6], 2).unwrap();
         let y = labels(7, 3, 3);
         let mut trace = traced(&x, &y, &params, UnaryOp::Tanh);
         let refs: Vec<&Tensor<f64>> = params.iter().collect();
@@ -1197,12 +1212,12 @@ mod tests {
     #[test]
     fn a_frozen_parameter_is_fed_but_gets_no_gradient() {
         let tape = Tape::<f64>::new();
-        let w = tape.var(Tensor::randn(&[3, 2], 1));
-        let b = tape.constant(Tensor::randn(&[2], 2)); // frozen
-        let x = tape.var(Tensor::randn(&[4, 3], 3));
+        let w = tape.var(Tensor::randn(&[3, 2], 1).unwrap());
+        let b = tape.constant(Tensor::randn(&[2], 2).unwrap()); // frozen
+        let x = tape.var(Tensor::randn(&[4, 3], 3).unwrap());
         let l = x.matmul(w).unwrap().add(b).unwrap().relu().sum_all();
         let mut trace = Trace::record(&tape, l, &[w, b], &[x]).unwrap();
-        let (wv, bv, xv) = (w.value(), Tensor::randn(&[2], 5), x.value());
+        let (wv, bv, xv) = (w.value(), Tensor::randn(&[2], 5).unwrap(), x.value());
         let lr = trace.forward(&[&wv, &bv], &[&xv], &[]).unwrap();
         let g = trace.backward().unwrap();
         assert!(g[0].is_some() && g[1].is_none());
@@ -1216,8 +1231,8 @@ mod tests {
     fn what_cannot_be_replayed_is_refused_with_a_reason() {
         use crate::autodiff::ops::testing::Twice;
         let tape = Tape::<f64>::new();
-        let w = tape.var(Tensor::randn(&[3], 1));
-        let x = tape.var(Tensor::randn(&[3], 2));
+        let w = tape.var(Tensor::randn(&[3], 1).unwrap());
+        let x = tape.var(Tensor::randn(&[3], 2).unwrap());
         let c = Var::custom(&[w], Arc::new(Twice), w.value().mul_scalar(2.0));
         let l = c.mul(x).unwrap().sum_all();
         let e = Trace::record(&tape, l, &[w], &[x])
@@ -1229,7 +1244,7 @@ mod tests {
             "{e}"
         );
         // an input that is a constant: what depends on it only was not recorded
-        let k = tape.constant(Tensor::randn(&[3], 3));
+        let k = tape.constant(Tensor::randn(&[3], 3).unwrap());
         let l = w.mul(k).unwrap().sum_all();
         let e = Trace::record(&tape, l, &[w], &[k])
             .err()
@@ -1245,7 +1260,7 @@ mod tests {
         assert!(e.contains("neither a parameter nor an input"), "{e}");
         // other shapes are not accepted, and backward needs a forward first
         let mut trace = Trace::record(&tape, l, &[w], &[x]).unwrap();
-        let (wv, big) = (w.value(), Tensor::randn(&[4], 4));
+        let (wv, big) = (w.value(), Tensor::randn(&[4], 4).unwrap());
         assert!(!trace.accepts(&[&wv], &[&big], &[]));
         assert!(trace.forward(&[&wv], &[&big], &[]).is_err());
         assert!(trace.backward().is_err());
@@ -1258,7 +1273,7 @@ mod tests {
     #[test]
     fn bad_labels_and_non_finite_logits_are_reported_not_hidden() {
         let params = mlp_params::<f64>(&[3, 4, 4, 3], 1);
-        let x = Tensor::<f64>::randn(&[2, 3], 2);
+        let x = Tensor::<f64>::randn(&[2, 3], 2).unwrap();
         let mut trace = traced(&x, &[0, 2], &params, UnaryOp::Relu);
         let refs: Vec<&Tensor<f64>> = params.iter().collect();
         let e = trace

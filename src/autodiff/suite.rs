@@ -75,11 +75,20 @@ pub enum PlantedFault {
     /// Not a fault: the op defines no forward rule, so forward mode is skipped and the
     /// report says so.
     NoForwardRule,
+    /// Second order (`a ⊙ b`, whose first-order rules are right): the composition's
+    /// gradient is NaN at the point (`ab + √((a − a₀)²)`), so its H·v is NaN.
+    NanHvp,
+    /// Second order: the composition `ab + (a − a₀)²` has the right value and gradient
+    /// at the point but a second derivative in `a` of 2 instead of 0.
+    WrongSecondDerivative,
+    /// Second order: the composition `a·b₀ + a₀·b − a₀·b₀` has the right value and
+    /// gradient at the point but lacks the cross term ∂²/∂a∂b = 1.
+    MissingCrossTerm,
 }
 
 impl PlantedFault {
     /// Every planted fault, in the order of `--plant`'s help.
-    pub const ALL: [PlantedFault; 7] = [
+    pub const ALL: [PlantedFault; 10] = [
         PlantedFault::NanGradient,
         PlantedFault::WrongSign,
         PlantedFault::WrongBroadcastReduction,
@@ -87,7 +96,21 @@ impl PlantedFault {
         PlantedFault::NanTangent,
         PlantedFault::ForwardRuleErrors,
         PlantedFault::NoForwardRule,
+        PlantedFault::NanHvp,
+        PlantedFault::WrongSecondDerivative,
+        PlantedFault::MissingCrossTerm,
     ];
+
+    /// The order of derivative the fault breaks: 1 for the rules of the gradient and
+    /// the tangent, 2 for the composition that second order differentiates.
+    pub fn order(self) -> u8 {
+        match self {
+            PlantedFault::NanHvp
+            | PlantedFault::WrongSecondDerivative
+            | PlantedFault::MissingCrossTerm => 2,
+            _ => 1,
+        }
+    }
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -99,6 +122,9 @@ impl PlantedFault {
             PlantedFault::NanTangent => "nan-tangent",
             PlantedFault::ForwardRuleErrors => "forward-rule-errors",
             PlantedFault::NoForwardRule => "no-forward-rule",
+            PlantedFault::NanHvp => "nan-hvp",
+            PlantedFault::WrongSecondDerivative => "wrong-second-derivative",
+            PlantedFault::MissingCrossTerm => "missing-cross-term",
         }
     }
 }
@@ -128,7 +154,7 @@ impl CustomOp<f64> for PlantedAdd {
         out: &Tensor<f64>,
         t: &[Option<&Tensor<f64>>],
     ) -> Result<Tensor<f64>> {
-        let mut sum = Tensor::zeros(out.shape());
+        let mut sum = Tensor::zeroed(out.shape());
         for tangent in t.iter().flatten() {
             sum = sum.add(tangent)?;
         }
@@ -164,9 +190,86 @@ impl CustomOp<f64> for PlantedAdd {
 /// `tanh(a + b)`, with `fault` in its rules (`None`: correct rules).
 pub fn planted_add(fault: Option<PlantedFault>, rows: usize) -> (Vec<Tensor<f64>>, CaseFn) {
     let op = std::sync::Arc::new(PlantedAdd(fault));
-    let inputs = vec![Tensor::randn(&[rows, 4], 1), Tensor::randn(&[4], 2)];
+    let inputs = vec![
+        Tensor::randn(&[rows, 4], 1).expect("a planted case's own shape"),
+        Tensor::randn(&[4], 2).expect("a planted case's own shape"),
+    ];
     let f: CaseFn = Box::new(move |_, v| {
         let value = v[0].value().add(&v[1].value())?;
+        Ok(Var::custom(&[v[0], v[1]], op.clone(), value).tanh())
+    });
+    (inputs, f)
+}
+
+/// `a ⊙ b` (`b` broadcast over the rows of `a`) with correct first-order rules and a
+/// composition (what second order differentiates) broken by a second-order fault.
+struct PlantedMul(Option<PlantedFault>);
+
+impl CustomOp<f64> for PlantedMul {
+    fn name(&self) -> &str {
+        "planted_mul"
+    }
+    fn jvp(
+        &self,
+        ins: &[&Tensor<f64>],
+        out: &Tensor<f64>,
+        t: &[Option<&Tensor<f64>>],
+    ) -> Result<Tensor<f64>> {
+        let mut sum = Tensor::zeroed(out.shape());
+        if let Some(ta) = t[0] {
+            sum = sum.add(&ta.mul(ins[1])?)?;
+        }
+        if let Some(tb) = t[1] {
+            sum = sum.add(&ins[0].mul(tb)?)?;
+        }
+        Ok(sum)
+    }
+    fn vjp(
+        &self,
+        ins: &[&Tensor<f64>],
+        _out: &Tensor<f64>,
+        g: &Tensor<f64>,
+    ) -> Result<Vec<Tensor<f64>>> {
+        Ok(vec![g.mul(ins[1])?, g.mul(ins[0])?.sum(&[0], false)?])
+    }
+    fn composed<'t>(&self, v: &[Var<'t, f64>]) -> Option<Result<Var<'t, f64>>> {
+        let (a, b) = (v[0], v[1]);
+        let tape = a.tape;
+        // the inputs' values as constants: terms that vanish at the point, with their
+        // first derivatives, but not with their second
+        let (a0, b0) = (tape.constant(a.value()), tape.constant(b.value()));
+        let composed = || -> Result<Var<'t, f64>> {
+            let ab = a.mul(b)?;
+            match self.0 {
+                Some(PlantedFault::NanHvp) => {
+                    let d = a.sub(a0)?;
+                    ab.add(d.mul(d)?.sqrt())
+                }
+                Some(PlantedFault::WrongSecondDerivative) => {
+                    let d = a.sub(a0)?;
+                    ab.add(d.mul(d)?)
+                }
+                Some(PlantedFault::MissingCrossTerm) => {
+                    a.mul(b0)?.add(a0.mul(b)?)?.sub(a0.mul(b0)?)
+                }
+                _ => Ok(ab),
+            }
+        };
+        Some(composed())
+    }
+}
+
+/// The second-order planted op's inputs (`a` of shape `[rows, 4]`, `b` of shape `[4]`)
+/// and function `tanh(a ⊙ b)`, with `fault` in its composition (`None`: correct).
+pub fn planted_mul(fault: Option<PlantedFault>, rows: usize) -> (Vec<Tensor<f64>>, CaseFn) {
+    let op = std::sync::Arc::new(PlantedMul(fault));
+    let mut rng = ChaCha8Rng::seed_from_u64(rows as u64);
+    let inputs = vec![
+        sample(&[rows, 4], Domain::AwayFromZero, &mut rng),
+        sample(&[4], Domain::AwayFromZero, &mut rng),
+    ];
+    let f: CaseFn = Box::new(move |_, v| {
+        let value = v[0].value().mul(&v[1].value())?;
         Ok(Var::custom(&[v[0], v[1]], op.clone(), value).tanh())
     });
     (inputs, f)
@@ -421,7 +524,7 @@ fn cases(seed: u64) -> Vec<Case> {
         };
         let b = broadcastable(&s, &mut rng);
         let a = sample(&s, Domain::AwayFromZero, &mut rng);
-        let mask = a.gt(&Tensor::zeros(&[])).expect("scalar broadcasts");
+        let mask = a.gt(&Tensor::zeroed(&[])).expect("scalar broadcasts");
         out.push(Case {
             op: "where".into(),
             inputs: vec![a, sample(&b, Domain::AwayFromZero, &mut rng)],
@@ -598,7 +701,12 @@ pub fn builtin_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> Suite
     let mut all = cases(seed);
     for &fault in plant {
         for rows in [3, 200] {
-            let (inputs, f) = planted_add(Some(fault), rows);
+            // a second-order fault leaves first order right: its op passes here
+            let (inputs, f) = if fault.order() == 2 {
+                planted_mul(Some(fault), rows)
+            } else {
+                planted_add(Some(fault), rows)
+            };
             all.push(Case {
                 op: format!("planted:{}", fault.name()),
                 inputs,
@@ -788,9 +896,26 @@ fn second_order_case(case: &Case, seed: u64) -> std::result::Result<(f64, Option
 /// same random cases as the first-order suite. The recurrent cells are differentiated
 /// through their compositions in built-in ops; a custom op without one would be reported
 /// as skipped. NaN or infinity fails.
-pub fn second_order_suite(seed: u64, tolerance: f64) -> SecondOrderReport {
+pub fn second_order_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> SecondOrderReport {
     let mut ops: Vec<SecondOrderCheck> = Vec::new();
-    for (k, case) in cases(seed).into_iter().enumerate() {
+    let mut all = cases(seed);
+    for &fault in plant {
+        for rows in [3, 40] {
+            // a first-order fault's op has no composition: reported as skipped here
+            let (inputs, f) = if fault.order() == 2 {
+                planted_mul(Some(fault), rows)
+            } else {
+                planted_add(Some(fault), rows)
+            };
+            all.push(Case {
+                op: format!("planted:{}", fault.name()),
+                inputs,
+                f,
+                scalar: None,
+            });
+        }
+    }
+    for (k, case) in all.into_iter().enumerate() {
         let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
         let result = second_order_case(&case, seed.wrapping_add(1000 + k as u64));
         let entry = match ops.iter_mut().position(|r| r.op == case.op) {
@@ -854,7 +979,7 @@ mod tests {
 
     #[test]
     fn every_op_with_a_recorded_rule_passes_the_second_order_suite() {
-        let suite = second_order_suite(0, 1e-6);
+        let suite = second_order_suite(0, 1e-6, &[]);
         for r in &suite.ops {
             eprintln!(
                 "{:<24} {:>3} {:.2e} {:?}",
@@ -946,5 +1071,47 @@ mod tests {
             .map(|r| r.op.as_str())
             .collect();
         assert_eq!(bad, ["planted:nan-gradient"]);
+    }
+
+    #[test]
+    fn every_planted_second_order_fault_is_caught_and_the_correct_op_passes() {
+        let faults: Vec<PlantedFault> = PlantedFault::ALL
+            .into_iter()
+            .filter(|f| f.order() == 2)
+            .collect();
+        assert_eq!(faults.len(), 3);
+        let suite = second_order_suite(0, 1e-6, &faults);
+        for r in &suite.ops {
+            let planted = r.op.starts_with("planted:");
+            assert_eq!(r.passed, !planted, "{}: {r:?}", r.op);
+        }
+        let nan = suite
+            .ops
+            .iter()
+            .find(|r| r.op == "planted:nan-hvp")
+            .expect("planted");
+        assert!(nan.max_rel_err.is_nan(), "{nan:?}");
+        assert!(!suite.passed && suite.worst_rel_err.is_nan());
+        // the same op with its correct composition passes, to second and first order
+        for rows in [3, 40] {
+            let (inputs, f) = planted_mul(None, rows);
+            let case = Case {
+                op: "planted_mul".into(),
+                inputs: inputs.clone(),
+                f,
+                scalar: None,
+            };
+            let (err, _) = second_order_case(&case, 7).unwrap();
+            assert!(err <= 1e-6, "{err}");
+            let report = gradcheck(&case.f, &inputs, &GradcheckOptions::default()).unwrap();
+            assert!(report.passed(1e-6), "{report:?}");
+        }
+        // and the second-order faults leave first order right
+        let first = builtin_suite(0, 1e-6, &faults);
+        assert!(
+            first.passed,
+            "{:?}",
+            first.ops.iter().filter(|r| !r.passed).collect::<Vec<_>>()
+        );
     }
 }

@@ -205,7 +205,7 @@ impl<T: Element> Tape<T> {
         })?;
         Ok(match &t[id as usize] {
             Some(t) => t.clone(),
-            None => Tensor::zeros(self.nodes.borrow()[id as usize].value.shape()),
+            None => Tensor::zeroed(self.nodes.borrow()[id as usize].value.shape()),
         })
     }
 
@@ -298,7 +298,7 @@ impl<T: Element> Tape<T> {
             ));
         }
         let needs = vec![true; ins.len()];
-        let seed = Tensor::ones(node.value.shape());
+        let seed = Tensor::filled(node.value.shape(), num_traits::one());
         let parts = node.op.vjp(&ins, &node.value, &seed, &needs)?;
         Ok(node
             .inputs
@@ -413,7 +413,7 @@ impl<T: Element> Tape<T> {
                 ),
             ));
         }
-        self.backward_with(output, Tensor::ones(value.shape()))
+        self.backward_with(output, Tensor::filled(value.shape(), num_traits::one()))
     }
 
     /// Reverse sweep seeded with `seed` (shaped like `output`): returns `seedᵀ·J` for every
@@ -434,13 +434,13 @@ impl<T: Element> Tape<T> {
         wrt: &[Var<'_, T>],
     ) -> Result<Vec<Var<'_, T>>> {
         self.check_recorded_sweep("backward_recorded", output, wrt)?;
-        let seed = self.constant(Tensor::ones(&output.shape()));
+        let seed = self.constant(Tensor::filled(&output.shape(), num_traits::one()));
         let grads = self.sweep_recorded(output.id, seed, 0, false)?.grads;
         Ok(wrt
             .iter()
             .map(|v| match grads.get(v.id as usize).copied().flatten() {
                 Some(g) => g,
-                None => self.constant(Tensor::zeros(&v.shape())),
+                None => self.constant(Tensor::zeroed(&v.shape())),
             })
             .collect())
     }
@@ -464,7 +464,7 @@ impl<T: Element> Tape<T> {
                 "this tape is not in forward mode; create it with Tape::forward_mode()",
             ));
         }
-        let seed = self.constant(Tensor::ones(&output.shape()));
+        let seed = self.constant(Tensor::filled(&output.shape(), num_traits::one()));
         let sweep = self.sweep_recorded(output.id, seed, 0, true)?;
         // a forward rule that failed, before or during the sweep, left tangents missing
         self.tangent_fault()?;
@@ -477,7 +477,7 @@ impl<T: Element> Tape<T> {
                     (Some(g), Some(t)) => g.tangent()?.add(&t),
                     (Some(g), None) => g.tangent(),
                     (None, Some(t)) => Ok(t),
-                    (None, None) => Ok(Tensor::zeros(&v.shape())),
+                    (None, None) => Ok(Tensor::zeroed(&v.shape())),
                 }
             })
             .collect()
@@ -658,7 +658,7 @@ impl<T: Element> Tape<T> {
     /// of the leaves (for inspection and export).
     pub fn backward_keep_all(&self, output: Var<'_, T>) -> Result<Gradients<T>> {
         let shape = output.shape();
-        self.sweep(output, Tensor::ones(&shape), true)
+        self.sweep(output, Tensor::filled(&shape, num_traits::one()), true)
     }
 
     fn sweep(&self, output: Var<'_, T>, seed: Tensor<T>, keep_all: bool) -> Result<Gradients<T>> {
@@ -794,7 +794,7 @@ impl<T: Element> Gradients<T> {
     pub fn wrt(&self, v: Var<'_, T>) -> Tensor<T> {
         self.get(v)
             .cloned()
-            .unwrap_or_else(|| Tensor::zeros(&v.shape()))
+            .unwrap_or_else(|| Tensor::zeroed(&v.shape()))
     }
 
     /// The gradient of the node with this id, when it was kept.
@@ -809,7 +809,10 @@ impl<T: Element> Gradients<T> {
     /// Removes and returns the gradient with respect to `v` (no copy).
     pub fn take(&mut self, v: Var<'_, T>) -> Option<Tensor<T>> {
         let i = self.grads.binary_search_by_key(&v.id, |(k, _)| *k).ok()?;
-        Some(std::mem::replace(&mut self.grads[i].1, Tensor::zeros(&[0])))
+        Some(std::mem::replace(
+            &mut self.grads[i].1,
+            Tensor::zeroed(&[0]),
+        ))
     }
 
     /// Every (node id, gradient) pair, in id order.

@@ -156,7 +156,7 @@ fn depth_profile(gain: f64) -> anyhow::Result<Vec<f64>> {
     const LAYERS: usize = 30;
     const WIDTH: usize = 128;
     let digits = Dataset::digits()?;
-    let digits = Standardizer::fit(&digits).apply(&digits);
+    let digits = Standardizer::fit(&digits).apply(&digits)?;
     let rows: Vec<usize> = (0..256).collect();
     let (x, y) = chainrule::data::gather_batch(&digits, &rows);
     let mut sizes = vec![digits.dim()];
@@ -167,10 +167,10 @@ fn depth_profile(gain: f64) -> anyhow::Result<Vec<f64>> {
     let mut layers = Vec::new();
     for (l, w) in sizes.windows(2).enumerate() {
         let std = gain / (w[0] as f64).sqrt();
-        let weight = Tensor::randn_with(&[w[0], w[1]], &mut rng).mul_scalar(std);
+        let weight = Tensor::randn_with(&[w[0], w[1]], &mut rng)?.mul_scalar(std);
         layers.push(Linear {
             weight: store.add(format!("layer{l}.weight"), weight)?,
-            bias: store.add(format!("layer{l}.bias"), Tensor::zeros(&[w[1]]))?,
+            bias: store.add(format!("layer{l}.bias"), Tensor::zeros(&[w[1]])?)?,
         });
     }
     let mlp = Mlp {

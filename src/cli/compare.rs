@@ -101,7 +101,7 @@ fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
         push("reverse", Some(tr.median_s), None);
         // forward mode: N passes, one basis tangent each
         let (t, note) = time_or_skip(plan, 3.0 * n as f64 * base, "gradient (N passes)", || {
-            let mut e = Tensor::<F32>::zeros(&[n]);
+            let mut e = Tensor::<F32>::zeros(&[n]).expect("n elements of an existing tensor");
             for i in 0..n {
                 e.data_mut()[i] = 1.0;
                 let tape = Tape::forward_mode();

@@ -18,10 +18,11 @@ pub struct Args {
     /// 1 above it, and on any NaN or infinity.
     #[arg(long, default_value_t = 1e-6)]
     tolerance: f64,
-    /// Add an op with a deliberately broken rule, to see the check reject it:
+    /// Add an op with a deliberately broken rule, to see the check reject it. First order:
     /// nan-gradient, wrong-sign, wrong-broadcast-reduction, unreduced-broadcast,
     /// nan-tangent, forward-rule-errors or no-forward-rule (not a fault: reported as
-    /// skipped). Repeatable.
+    /// skipped); second order (with --order 2): nan-hvp, wrong-second-derivative or
+    /// missing-cross-term. Repeatable.
     #[arg(long)]
     plant: Vec<PlantedFault>,
     /// 1: gradients (reverse and forward mode); 2: Hessian-vector products (forward mode
@@ -37,12 +38,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.tolerance
         );
     }
+    if let Some(f) = args.plant.iter().find(|f| f.order() != args.order) {
+        anyhow::bail!(
+            "--plant {} breaks a rule of order {}: run it with --order {}",
+            f.name(),
+            f.order(),
+            f.order()
+        );
+    }
     if args.order == 2 {
-        if !args.plant.is_empty() {
-            anyhow::bail!(
-                "--plant plants first-order faults; it cannot be combined with --order 2"
-            );
-        }
         return second_order(&args);
     }
     let suite = builtin_suite(args.seed, args.tolerance, &args.plant);
@@ -108,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// `gradcheck --order 2`: one line per op, H·v against differences of gradients.
 fn second_order(args: &Args) -> anyhow::Result<ExitCode> {
-    let suite = second_order_suite(args.seed, args.tolerance);
+    let suite = second_order_suite(args.seed, args.tolerance, &args.plant);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&suite)?);
     } else {

@@ -585,8 +585,8 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
     });
     s.check(train.dim())?;
     Ok(Splits {
-        train: s.apply(&train),
-        val: s.apply(&val),
+        train: s.apply(&train)?,
+        val: s.apply(&val)?,
         standardizer: s,
         eval_name,
     })

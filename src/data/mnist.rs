@@ -64,6 +64,11 @@ pub fn parse_idx(raw: Vec<u8>, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
             u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
         })
         .collect();
+    if let Some(axis) = dims.iter().position(|&d| d == 0) {
+        return Err(fmt(format!(
+            "dimension {axis} of {dims:?} is zero: the file holds no examples"
+        )));
+    }
     let data = bytes.len() - header;
     let n = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     if n != Some(data) {
@@ -95,35 +100,77 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
 
 fn load_split(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
     let image_path = find(dir, images)?;
-    let (dims, pixels) = read_idx(&image_path)?;
+    let image_name = image_path.display().to_string();
+    let image_file = parse_idx(read_file(&image_path)?, &image_name)?;
     let label_path = find(dir, labels)?;
-    let (ldims, lab) = read_idx(&label_path)?;
-    if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
+    let label_name = label_path.display().to_string();
+    let label_file = parse_idx(read_file(&label_path)?, &label_name)?;
+    split_from_idx(
+        (image_file, &image_name),
+        (label_file, &label_name),
+        &format!("mnist:{}", dir.display()),
+    )
+}
+
+/// An IDX file's dimensions and bytes, as [`parse_idx`] returns them.
+pub(crate) type IdxFile = (Vec<usize>, Vec<u8>);
+
+/// One split from its parsed image and label files (each with its name for messages):
+/// images `[n, rows, cols]` scaled to [0, 1], labels `[n]` in 0..10.
+pub(crate) fn split_from_idx(
+    ((dims, pixels), image_name): (IdxFile, &str),
+    ((ldims, lab), label_name): (IdxFile, &str),
+    name: &str,
+) -> Result<Dataset> {
+    if dims.len() != 3 {
         return Err(Error::Format {
-            path: label_path.display().to_string(),
+            path: image_name.to_string(),
+            msg: format!("images must have 3 dimensions [count, rows, columns], not {dims:?}"),
+        });
+    }
+    if ldims.len() != 1 || dims[0] != ldims[0] {
+        return Err(Error::Format {
+            path: label_name.to_string(),
             msg: format!("images {dims:?} and labels {ldims:?} do not match"),
         });
     }
-    // the product is at most the file's length unless there are no images
-    let d = dims[1].checked_mul(dims[2]).ok_or_else(|| Error::Format {
-        path: image_path.display().to_string(),
-        msg: format!("image dimensions {dims:?} are too large"),
-    })?;
+    // parse_idx checked the product of all three dimensions against the file's length
+    let d = dims[1] * dims[2];
     let features = Tensor::from_vec(
         pixels.iter().map(|&p| p as f32 / 255.0).collect(),
         &[dims[0], d],
     )?;
     let labels: Vec<usize> = lab.iter().map(|&l| l as usize).collect();
-    Dataset::new(features, labels, 10, format!("mnist:{}", dir.display()))
+    Dataset::new(features, labels, 10, name)
 }
 
 /// MNIST's training set (60,000) and test set (10,000) from a directory holding the four
-/// canonical files, pixels scaled to [0, 1].
+/// canonical files, pixels scaled to [0, 1]. The two sets' images must have one size.
 pub fn load_mnist(dir: &Path) -> Result<(Dataset, Dataset)> {
-    Ok((
-        load_split(dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")?,
-        load_split(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?,
-    ))
+    let train = load_split(dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
+    let test = load_split(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
+    check_same_features(
+        &train,
+        &test,
+        &dir.join("t10k-images-idx3-ubyte").display().to_string(),
+    )?;
+    Ok((train, test))
+}
+
+/// The test images must have as many pixels as the training images (the model's input
+/// and the standardiser's statistics are sized from the training set).
+pub(crate) fn check_same_features(train: &Dataset, test: &Dataset, test_name: &str) -> Result<()> {
+    if train.features.shape()[1] != test.features.shape()[1] {
+        return Err(Error::Format {
+            path: test_name.to_string(),
+            msg: format!(
+                "images of {} pixels, the training images have {}",
+                test.features.shape()[1],
+                train.features.shape()[1]
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -215,6 +262,19 @@ mod tests {
             e.contains("label 10 is not below the class count 10"),
             "{e}"
         );
+        // test images of another size than the training images (the model's input and
+        // the standardiser are sized from the training set)
+        write(&dir, "t10k-labels-idx1-ubyte", &idx(&[2], &[1, 2]));
+        write(&dir, "t10k-images-idx3-ubyte", &idx(&[2, 3, 2], &[9; 12]));
+        let e = load_mnist(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("t10k-images-idx3-ubyte: images of 6 pixels, the training images have 4"),
+            "{e}"
+        );
+        // a zero dimension holds no examples
+        write(&dir, "t10k-images-idx3-ubyte", &idx(&[2, 0, 2], &[]));
+        let e = load_mnist(&dir).unwrap_err().to_string();
+        assert!(e.contains("dimension 1 of [2, 0, 2] is zero"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -8,6 +8,7 @@ mod text;
 
 pub use csv_file::{LabelColumn, load_csv, parse_csv};
 pub use mnist::{MAX_IDX_BYTES, load_mnist, parse_idx, read_idx};
+pub(crate) use mnist::{check_same_features, split_from_idx};
 pub use text::{Streams, TextCorpus, unigram_entropy};
 
 use crate::error::{Error, Result};
@@ -55,6 +56,12 @@ impl Dataset {
             return Err(Error::Format {
                 path: name,
                 msg: "the dataset is empty".into(),
+            });
+        }
+        if features.shape()[1] == 0 {
+            return Err(Error::Format {
+                path: name,
+                msg: "the samples have no features".into(),
             });
         }
         if let Some(&bad) = labels.iter().find(|&&l| l >= num_classes) {
@@ -213,8 +220,19 @@ impl Standardizer {
         Ok(())
     }
 
-    /// `(x − mean) / std`, feature by feature (see [`check`](Self::check)).
-    pub fn apply(&self, ds: &Dataset) -> Dataset {
+    /// `(x − mean) / std`, feature by feature; an error when the statistics do not fit
+    /// the data's features (see [`check`](Self::check)).
+    pub fn apply(&self, ds: &Dataset) -> Result<Dataset> {
+        if self.mean.len() != ds.dim() || self.std.len() != ds.dim() {
+            return Err(Error::Format {
+                path: ds.name.clone(),
+                msg: format!(
+                    "{} features, the standardiser was fitted on {}",
+                    ds.dim(),
+                    self.mean.len()
+                ),
+            });
+        }
         let d = ds.dim();
         let mut f = ds.features.clone();
         for row in f.data_mut().chunks_exact_mut(d) {
@@ -222,10 +240,10 @@ impl Standardizer {
                 *v = (*v - self.mean[j]) / self.std[j];
             }
         }
-        Dataset {
+        Ok(Dataset {
             features: f,
             ..ds.clone()
-        }
+        })
     }
 }
 
@@ -324,12 +342,15 @@ mod tests {
         assert_eq!(s.mean, vec![2.0, 10.0]);
         assert_eq!(s.std, vec![1.0, 1.0]); // a constant feature is left unscaled
         assert_eq!(
-            s.apply(&train).features.data(),
+            s.apply(&train).unwrap().features.data(),
             &[-1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 1.0, 0.0]
         );
         // the validation split is transformed with the training statistics, not its own
         // (its own would give [-1, 1, 1, -1])
-        assert_eq!(s.apply(&val).features.data(), &[3.0, 2.0, 5.0, -2.0]);
+        assert_eq!(
+            s.apply(&val).unwrap().features.data(),
+            &[3.0, 2.0, 5.0, -2.0]
+        );
         let g = Standardizer::fit_global(&train);
         assert_eq!(g.mean, vec![6.0, 6.0]);
         assert!((g.std[0] - 16.5f32.sqrt()).abs() < 1e-6, "{:?}", g.std);

@@ -185,6 +185,14 @@ impl CharModel {
                 Ok(v.data()[v.len() - self.vocab..].to_vec())
             })?;
             tape.clear();
+            if let Some(i) = scores.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite(format!(
+                    "sample: the model's score of id {i} after {} generated ids is {} \
+                     (the checkpoint's weights are not usable)",
+                    out.len(),
+                    scores[i]
+                )));
+            }
             let next = pick(&scores, temperature, top_k, &mut rng);
             out.push(next);
             input = vec![next];
@@ -194,7 +202,8 @@ impl CharModel {
 }
 
 /// Draws an index from `softmax(scores / temperature)` over the `top_k` best scores
-/// (ties broken by lower index); temperature 0 is the arg max.
+/// (ties broken by lower index); temperature 0 is the arg max. The scores are finite
+/// (`sample` refuses others before it gets here).
 fn pick(scores: &[f32], temperature: f64, top_k: Option<usize>, rng: &mut ChaCha8Rng) -> usize {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));

@@ -24,27 +24,32 @@ pub enum Init {
 }
 
 impl Init {
-    fn weight<T: Element>(self, fan_in: usize, fan_out: usize, rng: &mut ChaCha8Rng) -> Tensor<T> {
+    fn weight<T: Element>(
+        self,
+        fan_in: usize,
+        fan_out: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor<T>> {
         let (fi, fo) = (fan_in as f64, fan_out as f64);
         let shape = [fan_in, fan_out];
-        match self {
+        Ok(match self {
             Init::XavierUniform => {
                 let a = (6.0 / (fi + fo)).sqrt();
-                Tensor::rand_uniform_with(&shape, -a, a, rng)
+                Tensor::rand_uniform_with(&shape, -a, a, rng)?
             }
             Init::XavierNormal => {
-                Tensor::randn_with(&shape, rng).mul_scalar((2.0 / (fi + fo)).sqrt())
+                Tensor::randn_with(&shape, rng)?.mul_scalar((2.0 / (fi + fo)).sqrt())
             }
             Init::HeUniform => {
                 let a = (6.0 / fi).sqrt();
-                Tensor::rand_uniform_with(&shape, -a, a, rng)
+                Tensor::rand_uniform_with(&shape, -a, a, rng)?
             }
-            Init::HeNormal => Tensor::randn_with(&shape, rng).mul_scalar((2.0 / fi).sqrt()),
+            Init::HeNormal => Tensor::randn_with(&shape, rng)?.mul_scalar((2.0 / fi).sqrt()),
             Init::TorchDefault => {
                 let a = 1.0 / fi.sqrt();
-                Tensor::rand_uniform_with(&shape, -a, a, rng)
+                Tensor::rand_uniform_with(&shape, -a, a, rng)?
             }
-        }
+        })
     }
 }
 
@@ -92,12 +97,12 @@ impl Linear {
         init: Init,
         rng: &mut ChaCha8Rng,
     ) -> Result<Self> {
-        let w = init.weight(fan_in, fan_out, rng);
+        let w = init.weight(fan_in, fan_out, rng)?;
         let b = if init == Init::TorchDefault {
             let a = 1.0 / (fan_in as f64).sqrt();
-            Tensor::rand_uniform_with(&[fan_out], -a, a, rng)
+            Tensor::rand_uniform_with(&[fan_out], -a, a, rng)?
         } else {
-            Tensor::zeros(&[fan_out])
+            Tensor::zeroed(&[fan_out])
         };
         Ok(Linear {
             weight: store.add(format!("{name}.weight"), w)?,
@@ -205,7 +210,7 @@ impl Embedding {
         Ok(Embedding {
             table: store.add(
                 format!("{name}.weight"),
-                Tensor::randn_with(&[num, dim], rng),
+                Tensor::randn_with(&[num, dim], rng)?,
             )?,
         })
     }
@@ -320,7 +325,7 @@ mod tests {
         for act in [Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
             let mut s = ParamStore::<f32>::new();
             let m = Mlp::new(&mut s, &[5, 7, 6, 3], act, Init::TorchDefault, 2).unwrap();
-            let x = Tensor::<f64>::randn(&[9, 5], 3).cast::<f32>();
+            let x = Tensor::<f64>::randn(&[9, 5], 3).unwrap().cast::<f32>();
             let labels = [0, 1, 2, 2, 1, 0, 0, 1, 2];
             let tape = Tape::new();
             let p = s.leaves(&tape);
@@ -335,7 +340,7 @@ mod tests {
                 .unwrap();
             let values = crate::nn::cross_entropy_values(&plain, &labels).unwrap();
             assert_eq!(taped.to_bits(), values.to_bits());
-            let target = Tensor::<f64>::randn(&[9, 3], 4).cast::<f32>();
+            let target = Tensor::<f64>::randn(&[9, 3], 4).unwrap().cast::<f32>();
             let taped = crate::nn::mse(logits, tape.constant(target.clone())).unwrap();
             let values = crate::nn::mse_values(&plain, &target).unwrap();
             assert_eq!(taped.item().unwrap().to_bits(), values.to_bits());
@@ -361,7 +366,11 @@ mod tests {
             let bound = (6.0 / fan_in).sqrt();
             let w = s.get(layer.weight);
             assert_eq!(w.shape()[0], fan_in as usize);
-            let max = w.data().iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
+            let max = w
+                .data()
+                .iter()
+                .map(|v| v.abs() as f64)
+                .fold(0.0, crate::tensor::nan_max);
             assert!(max <= bound * (1.0 + 1e-6), "max |w| {max} > {bound}");
             // the full range is used (all of 24+ draws below bound/2 has odds < 2⁻²⁴)
             assert!(max > bound / 2.0, "max |w| {max} vs bound {bound}");
@@ -372,7 +381,7 @@ mod tests {
         let y = m
             .forward(
                 &p,
-                tape.constant(Tensor::ones(&[5, 4])),
+                tape.constant(Tensor::ones(&[5, 4]).unwrap()),
                 &mut ForwardCtx::eval(),
             )
             .unwrap();
@@ -383,7 +392,7 @@ mod tests {
     #[test]
     fn dropout_scales_kept_units_and_is_identity_in_eval() {
         let tape = Tape::<f64>::new();
-        let x = tape.var(Tensor::ones(&[1000]));
+        let x = tape.var(Tensor::ones(&[1000]).unwrap());
         let d = Dropout { p: 0.25 };
         let y = d.forward(x, &mut ForwardCtx::train(3)).unwrap().value();
         let kept = y.data().iter().filter(|&&v| v != 0.0).count();

@@ -98,7 +98,7 @@ mod tests {
         assert!((l.item().unwrap() - (2f64.ln() + 1000.0) / 2.0).abs() < 1e-9);
         let r = gradcheck(
             |_, v| cross_entropy(v[0], &[2, 0, 1]),
-            &[Tensor::randn(&[3, 4], 1)],
+            &[Tensor::randn(&[3, 4], 1).unwrap()],
             &GradcheckOptions::default(),
         )
         .unwrap();
@@ -113,10 +113,10 @@ mod tests {
         let y = tape.constant(Tensor::from_vec(vec![1.0, 0.0], &[2]).unwrap());
         let l = bce_with_logits(z, y).unwrap().item().unwrap();
         assert!((l - (2f64.ln() + 50.0) / 2.0).abs() < 1e-9, "{l}");
-        let targets = Tensor::rand_uniform(&[5], 0.0, 1.0, 4);
+        let targets = Tensor::rand_uniform(&[5], 0.0, 1.0, 4).unwrap();
         let r = gradcheck(
             |t, v| bce_with_logits(v[0], t.constant(targets.clone())),
-            &[Tensor::randn(&[5], 3)],
+            &[Tensor::randn(&[5], 3).unwrap()],
             &GradcheckOptions::default(),
         )
         .unwrap();
@@ -133,7 +133,10 @@ mod tests {
         assert!((m - 10.25 / 3.0).abs() < 1e-12, "{m}");
         let r = gradcheck(
             |_, v| mse(v[0], v[1]),
-            &[Tensor::randn(&[4, 2], 5), Tensor::randn(&[4, 2], 6)],
+            &[
+                Tensor::randn(&[4, 2], 5).unwrap(),
+                Tensor::randn(&[4, 2], 6).unwrap(),
+            ],
             &GradcheckOptions::default(),
         )
         .unwrap();

@@ -386,29 +386,29 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("p.safetensors");
         let mut s = ParamStore::<f32>::new();
-        let w = s.add("w", Tensor::randn(&[3, 2], 1)).unwrap();
+        let w = s.add("w", Tensor::randn(&[3, 2], 1).unwrap()).unwrap();
         let b = s
             .add("b", Tensor::from_vec(vec![1.5, -2.25], &[2]).unwrap())
             .unwrap();
-        assert!(s.add("w", Tensor::zeros(&[1])).is_err());
+        assert!(s.add("w", Tensor::zeros(&[1]).unwrap()).is_err());
         let meta = HashMap::from([("step".to_string(), "7".to_string())]);
         s.save_safetensors(&path, &meta).unwrap();
         let mut t = ParamStore::<f32>::new();
-        t.add("w", Tensor::zeros(&[3, 2])).unwrap();
-        let tb = t.add("b", Tensor::zeros(&[2])).unwrap();
+        t.add("w", Tensor::zeros(&[3, 2]).unwrap()).unwrap();
+        let tb = t.add("b", Tensor::zeros(&[2]).unwrap()).unwrap();
         assert_eq!(t.load_safetensors(&path).unwrap()["step"], "7");
         assert_eq!(t.get(w), s.get(w));
         assert_eq!(t.get(tb).data(), &[1.5, -2.25]);
         assert_eq!(t.get(tb), s.get(b));
         // matched by name, not by position
         let mut r = ParamStore::<f32>::new();
-        let rb = r.add("b", Tensor::zeros(&[2])).unwrap();
-        let rw = r.add("w", Tensor::zeros(&[3, 2])).unwrap();
+        let rb = r.add("b", Tensor::zeros(&[2]).unwrap()).unwrap();
+        let rw = r.add("w", Tensor::zeros(&[3, 2]).unwrap()).unwrap();
         r.load_safetensors(&path).unwrap();
         assert_eq!(r.get(rb).data(), &[1.5, -2.25]);
         assert_eq!(r.get(rw), s.get(w));
         let mut wrong = ParamStore::<f32>::new();
-        wrong.add("w", Tensor::zeros(&[2, 3])).unwrap();
+        wrong.add("w", Tensor::zeros(&[2, 3]).unwrap()).unwrap();
         let e = wrong.load_safetensors(&path).unwrap_err().to_string();
         assert!(e.contains("'w'") && e.contains("[3, 2]"), "{e}");
         std::fs::write(&path, b"garbage").unwrap();
@@ -424,8 +424,8 @@ mod tests {
     #[test]
     fn frozen_parameters_get_no_gradient() {
         let mut s = ParamStore::<f64>::new();
-        let a = s.add("a", Tensor::ones(&[2])).unwrap();
-        let b = s.add("b", Tensor::ones(&[2])).unwrap();
+        let a = s.add("a", Tensor::ones(&[2]).unwrap()).unwrap();
+        let b = s.add("b", Tensor::ones(&[2]).unwrap()).unwrap();
         s.freeze(b);
         let tape = Tape::new();
         let p = s.leaves(&tape);

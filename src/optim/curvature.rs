@@ -203,7 +203,7 @@ mod tests {
         assert!(top_eigenvalues(hv, &[vec![5]], 0, 10, 1).is_err());
         assert!(top_eigenvalues(hv, &[vec![5]], 3, 2, 1).is_err());
         let nan = |_: &[Tensor<f64>]| -> Result<Vec<Tensor<f64>>> {
-            Ok(vec![Tensor::full(&[5], f64::NAN)])
+            Ok(vec![Tensor::full(&[5], f64::NAN).unwrap()])
         };
         assert!(top_eigenvalues(nan, &[vec![5]], 1, 5, 1).is_err());
     }

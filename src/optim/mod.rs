@@ -141,7 +141,7 @@ impl<T: Element> Slots<T> {
             self.per_param.resize_with(id + 1, Vec::new);
         }
         if self.per_param[id].is_empty() {
-            self.per_param[id] = self.names.iter().map(|_| Tensor::zeros(&[len])).collect();
+            self.per_param[id] = self.names.iter().map(|_| Tensor::zeroed(&[len])).collect();
         }
         &mut self.per_param[id]
     }
@@ -182,7 +182,7 @@ impl<T: Element> Slots<T> {
                 per_param.resize_with(id + 1, Vec::new);
             }
             if per_param[id].is_empty() {
-                per_param[id] = self.names.iter().map(|_| Tensor::zeros(&[len])).collect();
+                per_param[id] = self.names.iter().map(|_| Tensor::zeroed(&[len])).collect();
             }
             per_param[id][slot] = t;
         }
@@ -509,7 +509,10 @@ mod tests {
                     let mut store = ParamStore::<f32>::new();
                     for (i, &n) in sizes.iter().enumerate() {
                         store
-                            .add(format!("p{i}"), Tensor::<f64>::randn(&[n], i as u64).cast())
+                            .add(
+                                format!("p{i}"),
+                                Tensor::<f64>::randn(&[n], i as u64).unwrap().cast(),
+                            )
                             .unwrap();
                     }
                     let mut opt = kind.build::<f32>(0.01, Some(1e-3)).unwrap();
@@ -519,7 +522,9 @@ mod tests {
                             .enumerate()
                             .map(|(i, &n)| {
                                 (i != 1).then(|| {
-                                    Tensor::<f64>::randn(&[n], 100 + 10 * step + i as u64).cast()
+                                    Tensor::<f64>::randn(&[n], 100 + 10 * step + i as u64)
+                                        .unwrap()
+                                        .cast()
                                 })
                             })
                             .collect();
@@ -534,10 +539,13 @@ mod tests {
         assert_eq!(run(2), run(3));
         // a wrong shape updates nothing
         let mut store = ParamStore::<f32>::new();
-        store.add("a", Tensor::ones(&[4])).unwrap();
-        store.add("b", Tensor::ones(&[2])).unwrap();
+        store.add("a", Tensor::ones(&[4]).unwrap()).unwrap();
+        store.add("b", Tensor::ones(&[2]).unwrap()).unwrap();
         let mut opt = OptimizerKind::Sgd.build::<f32>(0.1, None).unwrap();
-        let bad = [Some(Tensor::ones(&[4])), Some(Tensor::ones(&[3]))];
+        let bad = [
+            Some(Tensor::ones(&[4]).unwrap()),
+            Some(Tensor::ones(&[3]).unwrap()),
+        ];
         assert!(opt.step(&mut store, &bad).is_err());
         assert_eq!(store.iter().next().unwrap().2.to_vec(), vec![1.0; 4]);
     }
@@ -687,7 +695,7 @@ mod tests {
         let mut e = e;
         assert!(e.load_state(wrong, steps, &store2).is_err());
         let mut short = state.clone();
-        short[0].1 = Tensor::zeros(&[2]);
+        short[0].1 = Tensor::zeros(&[2]).unwrap();
         assert!(e.load_state(short, steps, &store2).is_err());
         assert!(e.load_state(state, u64::MAX, &store2).is_err());
         let (g, g2) = (

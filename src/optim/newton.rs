@@ -199,12 +199,15 @@ mod tests {
     #[test]
     fn newton_cg_solves_logistic_regression_on_the_digits_in_a_few_steps() {
         let (train, _) = Dataset::digits().unwrap().split(0.2, 0).unwrap();
-        let train = Standardizer::fit(&train).apply(&train);
+        let train = Standardizer::fit(&train).apply(&train).unwrap();
         let rows: Vec<usize> = (0..train.len()).collect();
         let (x, y) = gather_batch(&train, &rows);
         let x: Tensor<f64> = x.cast();
         let l2 = 1e-3;
-        let mut p = vec![Tensor::zeros(&[64, 10]), Tensor::zeros(&[10])];
+        let mut p = vec![
+            Tensor::zeros(&[64, 10]).unwrap(),
+            Tensor::zeros(&[10]).unwrap(),
+        ];
         let report = newton_cg(
             |p| logistic::value_grad(p, &x, &y, l2),
             |p, v| logistic::hessian_vector(p, v, &x, &y, l2),
@@ -218,8 +221,8 @@ mod tests {
         assert!(report.losses.windows(2).all(|w| w[1] <= w[0]), "{report:?}");
         // Adam from the same start, 300 full-batch steps, ends above Newton's minimum
         let mut store = ParamStore::<f64>::new();
-        store.add("w", Tensor::zeros(&[64, 10])).unwrap();
-        store.add("b", Tensor::zeros(&[10])).unwrap();
+        store.add("w", Tensor::zeros(&[64, 10]).unwrap()).unwrap();
+        store.add("b", Tensor::zeros(&[10]).unwrap()).unwrap();
         let mut adam = OptimizerKind::Adam.build::<f64>(0.05, None).unwrap();
         let mut last = f64::NAN;
         for _ in 0..300 {
@@ -238,9 +241,9 @@ mod tests {
 
     #[test]
     fn a_non_finite_loss_is_an_error() {
-        let mut x = vec![Tensor::<f64>::ones(&[2])];
+        let mut x = vec![Tensor::<f64>::ones(&[2]).unwrap()];
         let e = newton_cg(
-            |_| Ok((f64::NAN, vec![Tensor::ones(&[2])])),
+            |_| Ok((f64::NAN, vec![Tensor::ones(&[2]).unwrap()])),
             |_, v| Ok(v.to_vec()),
             &mut x,
             &NewtonCgOptions::default(),

@@ -283,7 +283,8 @@ mod tests {
         for op in unary {
             for x in points.iter().flat_map(|&p| [p, -p]) {
                 let xt = Tensor::from_vec(vec![x], &[1]).unwrap();
-                let kernel = op.scale_by_derivative(&xt, &op.apply(&xt), &Tensor::ones(&[1]));
+                let kernel =
+                    op.scale_by_derivative(&xt, &op.apply(&xt), &Tensor::ones(&[1]).unwrap());
                 let dual = Dual::new(x, 1.0).unary(op);
                 let tape = STape::<f64>::with_capacity(4);
                 let v = tape.var(x);
@@ -310,7 +311,8 @@ mod tests {
                         Tensor::from_vec(vec![b], &[1]).unwrap(),
                     );
                     let yt = op.apply(&at, &bt).unwrap();
-                    let (ka, kb) = op.scale_by_partials(&at, &bt, &yt, &Tensor::ones(&[1]));
+                    let (ka, kb) =
+                        op.scale_by_partials(&at, &bt, &yt, &Tensor::ones(&[1]).unwrap());
                     let (wa, wb) = op.partials_f64(a, b);
                     let da = Dual::new(a, 1.0).binary(op, Dual::new(b, 0.0)).d;
                     let db = Dual::new(a, 0.0).binary(op, Dual::new(b, 1.0)).d;

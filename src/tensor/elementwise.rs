@@ -256,18 +256,21 @@ unary_table! {
     UnaryOp::Cos => "cos", |x| x.cos(), |x, y| -sin(x), "-sin(x)";
     UnaryOp::Tanh => "tanh", |x| x.tanh_(), |x, y| number::<S>(1.0) - y * y, "1 - tanh²(x)";
     UnaryOp::Sigmoid => "sigmoid", |x| sigmoid(x), |x, y| y * (number::<S>(1.0) - y), "σ(x)·(1 - σ(x))";
-    UnaryOp::Relu => "relu", |x| if x > T::zero() { x } else { T::zero() }, |x, y| step(x),
+    // NaN in, NaN out (PyTorch's policy): a NaN input is returned, not replaced by 0
+    UnaryOp::Relu => "relu", |x| if x > T::zero() || x.is_nan() { x } else { T::zero() }, |x, y| step(x),
         "1 if x > 0 else 0";
     UnaryOp::PowF(p) => "powf", |x| powi_or_powf(x, p), |x, y| number::<S>(p) * powf(x, p - 1.0),
         "p·x^(p-1)";
     UnaryOp::AddScalar(k) => "add_scalar", |x| x + c(k), |x, y| number(1.0), "1";
     UnaryOp::MulScalar(k) => "mul_scalar", |x| x * c(k), |x, y| number(k), "c";
     // 1 on [lo, hi]: neither x < lo nor x > hi
-    UnaryOp::Clamp(lo, hi) => "clamp", |x| x.max(c(lo)).min(c(hi)),
+    // min(max(x, lo), hi) as PyTorch computes it (hi wins when lo > hi), without `max`
+    // and `min`, which drop a NaN
+    UnaryOp::Clamp(lo, hi) => "clamp", |x| { let y = if x < c(lo) { c(lo) } else { x }; if y > c(hi) { c(hi) } else { y } },
         |x, y| number::<S>(1.0) - step(number::<S>(lo) - x) - step(x - number::<S>(hi)),
         "1 if lo ≤ x ≤ hi else 0";
     UnaryOp::Sign => "sign", |x| sign_of(x), |x, y| number(0.0), "0";
-    UnaryOp::Step => "step", |x| if x > T::zero() { T::one() } else { T::zero() },
+    UnaryOp::Step => "step", |x| if x > T::zero() { T::one() } else if x.is_nan() { x } else { T::zero() },
         |x, y| number(0.0), "0";
 }
 
@@ -303,19 +306,27 @@ fn sign_of<T: Element>(x: T) -> T {
         T::one()
     } else if x < T::zero() {
         -T::one()
-    } else {
+    } else if x == T::zero() {
         T::zero()
+    } else {
+        x // NaN
     }
 }
 
 /// The logistic function, computed without overflow for large |x|.
 #[inline(always)]
 pub(crate) fn sigmoid<T: Element>(x: T) -> T {
-    if x >= T::zero() {
-        T::one() / (T::one() + (-x).exp())
+    x.sigmoid_()
+}
+
+/// σ(x) through one `exp` of a non-positive number: no overflow for large |x|.
+#[inline(always)]
+pub(super) fn sigmoid_exp(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
     } else {
         let e = x.exp();
-        e / (T::one() + e)
+        e / (1.0 + e)
     }
 }
 
@@ -466,16 +477,23 @@ binary_table! {
     Mul => "mul", |a, b| a * b, |a, b, y| (b, a), "b", "a";
     Div => "div", |a, b| a / b, |a, b, y| (recip(b), -y / b), "1/b", "-a/b²";
     // sign(a - b) is 0 at a tie, which splits the gradient evenly
-    Maximum => "maximum", |a, b| if a >= b { a } else { b },
+    // a NaN in either argument is the result (a comparison alone keeps it from one side)
+    Maximum => "maximum", |a, b| if a >= b || a.is_nan() { a } else { b },
         |a, b, y| { let s = sign(a - b); (number::<S>(0.5) * (number::<S>(1.0) + s), number::<S>(0.5) * (number::<S>(1.0) - s)) },
         "1 if a > b (½ at a tie)", "1 if b > a (½ at a tie)";
-    Minimum => "minimum", |a, b| if a <= b { a } else { b },
+    Minimum => "minimum", |a, b| if a <= b || a.is_nan() { a } else { b },
         |a, b, y| { let s = sign(a - b); (number::<S>(0.5) * (number::<S>(1.0) - s), number::<S>(0.5) * (number::<S>(1.0) + s)) },
         "1 if a < b (½ at a tie)", "1 if b < a (½ at a tie)";
-    // ln a where a > 0, else 0, without evaluating ln at a ≤ 0
+    // PyTorch's exponent partial: aᵇ·ln(a), but 0 where a = 0 and b ≥ 0 (the mask z
+    // moves ln's argument to 1 there, so 0·ln(0) is never formed); NaN where a < 0
+    // (ln of a negative number), −∞ where a = 0 and b < 0
     Pow => "pow", |a, b| a.powf(b),
-        |a, b, y| { let p = step(a); (b * pow(a, b - number(1.0)), y * ln(a * p + (number::<S>(1.0) - p))) },
-        "b·a^(b-1)", "aᵇ·ln(a)";
+        |a, b, y| {
+            let one = number::<S>(1.0);
+            let z = (one - step(a) - step(-a)) * (one - step(-b));
+            (b * pow(a, b - one), y * ln(a + z))
+        },
+        "b·a^(b-1)", "aᵇ·ln(a) (PyTorch's: 0 where a = 0 and b ≥ 0, NaN where a < 0)";
 }
 
 impl BinaryOp {
@@ -536,7 +554,7 @@ impl BinaryOp {
         }
         let shape = y.shape();
         if a.shape() == shape && b.shape() == shape {
-            let mut gb = Tensor::zeros(shape);
+            let mut gb = Tensor::zeroed(shape);
             let gbd = gb.data_mut();
             let ga = Tensor::build(shape, |gad| {
                 for i in 0..gad.len() {
@@ -550,7 +568,7 @@ impl BinaryOp {
         let sa = broadcast_strides(a.shape(), shape);
         let sb = broadcast_strides(b.shape(), shape);
         let (xa, xb, ys, gs) = (a.data(), b.data(), y.data(), seed.data());
-        let mut gb = Tensor::zeros(shape);
+        let mut gb = Tensor::zeroed(shape);
         let gbd = gb.data_mut();
         let ga = Tensor::build(shape, |gad| {
             for_each_offset(shape, [&sa, &sb], |i, [ia, ib]| {
@@ -573,7 +591,7 @@ impl BinaryOp {
         tb: Option<&Tensor<T>>,
     ) -> Tensor<T> {
         let shape = y.shape();
-        let zero = Tensor::zeros(&[]);
+        let zero = Tensor::zeroed(&[]);
         let (ta_t, tb_t) = (ta.unwrap_or(&zero), tb.unwrap_or(&zero));
         let sa = broadcast_strides(a.shape(), shape);
         let sb = broadcast_strides(b.shape(), shape);
@@ -817,10 +835,13 @@ mod tests {
         for (k, (full, part)) in cases.into_iter().enumerate() {
             let seed = 10 * k as u64;
             let (a, ta) = (
-                Tensor::<f64>::randn(full, seed),
-                Tensor::randn(full, seed + 1),
+                Tensor::<f64>::randn(full, seed).unwrap(),
+                Tensor::randn(full, seed + 1).unwrap(),
             );
-            let (b, tb) = (Tensor::randn(part, seed + 2), Tensor::randn(part, seed + 3));
+            let (b, tb) = (
+                Tensor::randn(part, seed + 2).unwrap(),
+                Tensor::randn(part, seed + 3).unwrap(),
+            );
             let (bf, tbf) = (
                 b.broadcast_to(full).unwrap(),
                 tb.broadcast_to(full).unwrap(),

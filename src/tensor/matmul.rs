@@ -5,7 +5,6 @@
 use super::{Element, Tensor};
 use crate::error::{Error, Result};
 use faer::{Accum, MatMut, MatRef, Par};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How a row-major buffer is read as a matrix operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,20 +18,15 @@ pub enum MatLayout {
 /// Products with fewer multiply-adds than this run on one thread: handing a small
 /// product to the thread pool costs more than it saves. Measured with
 /// `chainrule bench mlp_gemm` (see README).
-static PARALLEL_MIN_MNK: AtomicUsize = AtomicUsize::new(8 * 1024 * 1024);
-
-/// Sets the size (m·n·k) from which matmul uses all rayon threads.
-pub fn set_matmul_parallel_threshold(mnk: usize) {
-    PARALLEL_MIN_MNK.store(mnk, Ordering::Relaxed);
-}
+const PARALLEL_MIN_MNK: usize = 8 * 1024 * 1024;
 
 /// The threads [`matmul_into`] (and so `Tensor::matmul` and the reverse rule of `matmul`)
 /// uses for an `m×k · k×n` product: one for small products and below the parallel
 /// threshold, every rayon thread of the calling context above it. The kernel calls this
 /// very function, so benchmarks that report it cannot drift from what ran.
-pub fn matmul_threads(m: usize, n: usize, k: usize) -> usize {
+pub(crate) fn matmul_threads(m: usize, n: usize, k: usize) -> usize {
     let mnk = m.saturating_mul(n).saturating_mul(k);
-    if mnk > SMALL_MNK && mnk >= PARALLEL_MIN_MNK.load(Ordering::Relaxed) {
+    if mnk > SMALL_MNK && mnk >= PARALLEL_MIN_MNK {
         rayon::current_num_threads()
     } else {
         1
@@ -50,19 +44,35 @@ pub(super) fn faer_gemm<T: Element + faer::traits::ComplexField>(
     accumulate: bool,
     threads: usize,
 ) {
-    assert!(dst.len() >= m * n && lhs.0.len() >= m * k && rhs.0.len() >= k * n);
+    // Checked products (a wrapped one could pass a plain `>=`), and dimensions that fit
+    // in `isize` (the strides below are `isize`). Checked in release builds too.
+    let fits = |buf: usize, rows: usize, cols: usize| {
+        rows <= isize::MAX as usize
+            && cols <= isize::MAX as usize
+            && rows.checked_mul(cols).is_some_and(|n| n <= buf)
+    };
+    assert!(
+        fits(dst.len(), m, n) && fits(lhs.0.len(), m, k) && fits(rhs.0.len(), k, n),
+        "matmul: buffers of {}, {} and {} elements cannot hold a {m}x{k} by {k}x{n} product",
+        dst.len(),
+        lhs.0.len(),
+        rhs.0.len()
+    );
     let view = |buf: &[T], rows: usize, cols: usize, layout: MatLayout| -> MatRef<'_, T> {
         let (rs, cs) = match layout {
             MatLayout::Normal => (cols as isize, 1),
             MatLayout::Transposed => (1, rows as isize),
         };
-        // SAFETY: the buffer holds rows·cols elements (asserted above) and the strides
-        // address exactly those, row-major or transposed.
+        // SAFETY: `buf` holds at least rows·cols elements, a product checked without
+        // overflow by the assert above (whatever the caller passed), and the strides
+        // address element (i, j) at i·cols + j (row-major) or j·rows + i (transposed),
+        // both below rows·cols; rows and cols fit in isize, so the strides do not wrap.
         unsafe { MatRef::from_raw_parts(buf.as_ptr(), rows, cols, rs, cs) }
     };
     let a = view(lhs.0, m, k, lhs.1);
     let b = view(rhs.0, k, n, rhs.1);
-    // SAFETY: dst holds m·n elements, row-major, and is borrowed mutably.
+    // SAFETY: dst holds at least m·n elements (checked product, asserted above), is
+    // addressed row-major below m·n, and is borrowed mutably for the view's lifetime.
     let c = unsafe { MatMut::from_raw_parts_mut(dst.as_mut_ptr(), m, n, n as isize, 1) };
     let accum = if accumulate {
         Accum::Add
@@ -122,8 +132,10 @@ fn split_rows<T: Element + faer::traits::ComplexField>(
 const SMALL_MNK: usize = 16 * 1024;
 
 /// `dst (m×n) = lhs (m×k) · rhs (k×n)`, or `dst += ...` with `accumulate`; the thread
-/// count follows the size of the product.
-pub fn matmul_into<T: Element>(
+/// count follows the size of the product. A raw kernel of the crate: the sizes come from
+/// valid shapes ([`super::checked_len`]); buffers too small for them panic (a bug of the
+/// caller), they are never read past their ends.
+pub(crate) fn matmul_into<T: Element>(
     dst: &mut [T],
     m: usize,
     n: usize,
@@ -132,7 +144,7 @@ pub fn matmul_into<T: Element>(
     rhs: (&[T], MatLayout),
     accumulate: bool,
 ) {
-    if m * n * k <= SMALL_MNK {
+    if m.saturating_mul(n).saturating_mul(k) <= SMALL_MNK {
         small_gemm(dst, m, n, k, lhs, rhs, accumulate);
     } else {
         T::gemm(dst, m, n, k, lhs, rhs, accumulate, matmul_threads(m, n, k));
@@ -297,12 +309,6 @@ pub(crate) fn matmul_dims(a: &[usize], b: &[usize]) -> Result<(usize, usize, usi
 }
 
 impl<T: Element> Tensor<T> {
-    /// The threads [`Tensor::matmul`] uses for an `m×k · k×n` product. The reverse rule of
-    /// `A·B` (`A: m×k`) runs `dB = Aᵀ·G` as `(k, n, m)` and `dA = G·Bᵀ` as `(m, k, n)`.
-    pub fn matmul_threads(m: usize, n: usize, k: usize) -> usize {
-        matmul_threads(m, n, k)
-    }
-
     /// Matrix product. `[m,k]·[k,n]`, batched `[..,m,k]·[..,k,n]` with equal batch
     /// dimensions, or `[..,m,k]·[k,n]` (the right operand shared by every batch).
     pub fn matmul(&self, rhs: &Tensor<T>) -> Result<Tensor<T>> {
@@ -362,6 +368,7 @@ impl<T: Element> Tensor<T> {
         let mut shape = sa;
         let nd = shape.len();
         shape[nd - 1] = dims.3;
+        super::checked_len("matmul", &shape)?;
         Ok((shape, dims))
     }
 
@@ -407,6 +414,7 @@ impl<T: Element> Tensor<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::sealed::Sealed as _;
 
     fn naive(a: &Tensor<f64>, b: &Tensor<f64>) -> Vec<f64> {
         let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
@@ -423,8 +431,8 @@ mod tests {
 
     #[test]
     fn matches_naive_product_in_every_layout() {
-        let a = Tensor::<f64>::randn(&[7, 5], 1);
-        let b = Tensor::<f64>::randn(&[5, 3], 2);
+        let a = Tensor::<f64>::randn(&[7, 5], 1).unwrap();
+        let b = Tensor::<f64>::randn(&[5, 3], 2).unwrap();
         let want = naive(&a, &b);
         let got = a.matmul(&b).unwrap();
         for (x, y) in got.data().iter().zip(&want) {
@@ -472,8 +480,8 @@ mod tests {
             (2, 32, 3),
             (3, 70, 2),
         ] {
-            let a = Tensor::<f64>::randn(&[m, k], 7);
-            let b = Tensor::<f64>::randn(&[k, n], 8);
+            let a = Tensor::<f64>::randn(&[m, k], 7).unwrap();
+            let b = Tensor::<f64>::randn(&[k, n], 8).unwrap();
             let (at, bt) = (a.t().unwrap(), b.t().unwrap());
             for (lhs, rhs) in [
                 ((a.data(), MatLayout::Normal), (b.data(), MatLayout::Normal)),
@@ -509,8 +517,8 @@ mod tests {
         // without accumulation, and the faer split beyond SPLIT_MAX_MNK's reach is the
         // same call with more rows
         let (m, n, k) = (301, 250, 200);
-        let a = Tensor::<f32>::randn(&[m, k], 3);
-        let b = Tensor::<f32>::randn(&[k, n], 4);
+        let a = Tensor::<f32>::randn(&[m, k], 3).unwrap();
+        let b = Tensor::<f32>::randn(&[k, n], 4).unwrap();
         let at = Tensor::from_vec(
             (0..m * k).map(|i| a.data()[(i % m) * k + i / m]).collect(),
             &[k, m],
@@ -554,8 +562,8 @@ mod tests {
 
     #[test]
     fn batched_and_shared_rhs() {
-        let a = Tensor::<f64>::randn(&[2, 4, 3], 5);
-        let b = Tensor::<f64>::randn(&[2, 3, 2], 6);
+        let a = Tensor::<f64>::randn(&[2, 4, 3], 5).unwrap();
+        let b = Tensor::<f64>::randn(&[2, 3, 2], 6).unwrap();
         let y = a.matmul(&b).unwrap();
         assert_eq!(y.shape(), &[2, 4, 2]);
         assert_eq!(y.len(), 16);
@@ -592,7 +600,8 @@ mod tests {
     #[test]
     fn shape_errors_name_both_shapes() {
         let e = Tensor::<f32>::zeros(&[2, 3])
-            .matmul(&Tensor::zeros(&[4, 5]))
+            .unwrap()
+            .matmul(&Tensor::zeros(&[4, 5]).unwrap())
             .unwrap_err()
             .to_string();
         assert!(
@@ -601,7 +610,8 @@ mod tests {
         );
         assert!(
             Tensor::<f32>::zeros(&[3])
-                .matmul(&Tensor::zeros(&[3, 1]))
+                .unwrap()
+                .matmul(&Tensor::zeros(&[3, 1]).unwrap())
                 .is_err()
         );
     }

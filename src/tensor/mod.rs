@@ -6,7 +6,7 @@
 //! reductions, matmul through `faer`) live in the submodules.
 
 mod elementwise;
-pub(crate) use elementwise::{Number, PARALLEL_MIN_LEN, with_avx2};
+pub(crate) use elementwise::{Number, PARALLEL_MIN_LEN, sigmoid, with_avx2};
 mod matmul;
 mod random;
 mod reduce;
@@ -18,18 +18,41 @@ pub(crate) use shape::{
 };
 
 pub use elementwise::{BinaryOp, UnaryOp};
-pub use matmul::{MatLayout, matmul_into, set_matmul_parallel_threshold};
+pub(crate) use matmul::{MatLayout, matmul_into, matmul_threads};
 pub use random::{SplitMix64, splitmix64};
-pub use shape::{Shape, broadcast_shapes};
+pub use shape::{MAX_ELEMENTS, Shape, broadcast_shapes, checked_len};
 
 use crate::error::{Error, Result};
 use std::fmt;
 use std::sync::Arc;
 
+/// What only the crate may implement or call: the trait is in a private module, so
+/// users can neither implement `Element` nor name the raw product kernel.
 mod sealed {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
+    use super::MatLayout;
+
+    pub trait Sealed: Sized {
+        /// The logistic function σ(x) of every engine and kernel (the table's `sigmoid`
+        /// and the recurrent cells' gates), so that one function is trained and
+        /// differentiated: for f32 `(1 + tanh(x/2))/2` over the vectorisable `tanh_`
+        /// (an `exp` per element was a quarter of an LSTM's forward pass), for f64 the
+        /// overflow-free exponential form (f64's `tanh` is no faster than `exp`, and the
+        /// exponential keeps the relative precision of σ(x) for x ≪ 0).
+        fn sigmoid_(self) -> Self;
+        /// `faer`'s product on raw buffers (see `matmul::faer_gemm`, which checks the
+        /// sizes against the buffers before it builds its views).
+        #[allow(clippy::too_many_arguments)]
+        fn gemm(
+            dst: &mut [Self],
+            m: usize,
+            n: usize,
+            k: usize,
+            lhs: (&[Self], MatLayout),
+            rhs: (&[Self], MatLayout),
+            accumulate: bool,
+            threads: usize,
+        );
+    }
 }
 
 /// The element types a tensor can hold: `f32` and `f64`.
@@ -56,22 +79,10 @@ pub trait Element:
     /// approximation for f32 (within 4 ulp over the whole range; libm's `tanhf` was a
     /// third of a small MLP's training step).
     fn tanh_(self) -> Self;
-    #[doc(hidden)]
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        dst: &mut [Self],
-        m: usize,
-        n: usize,
-        k: usize,
-        lhs: (&[Self], MatLayout),
-        rhs: (&[Self], MatLayout),
-        accumulate: bool,
-        threads: usize,
-    );
 }
 
 macro_rules! impl_element {
-    ($t:ty, $name:literal, $tanh:expr) => {
+    ($t:ty, $name:literal, $tanh:expr, $sigmoid:expr) => {
         impl Element for $t {
             const NAME: &'static str = $name;
             #[inline(always)]
@@ -85,6 +96,12 @@ macro_rules! impl_element {
             #[inline(always)]
             fn tanh_(self) -> Self {
                 $tanh(self)
+            }
+        }
+        impl sealed::Sealed for $t {
+            #[inline(always)]
+            fn sigmoid_(self) -> Self {
+                $sigmoid(self)
             }
             #[allow(clippy::too_many_arguments)]
             fn gemm(
@@ -102,8 +119,8 @@ macro_rules! impl_element {
         }
     };
 }
-impl_element!(f32, "f32", tanh_f32);
-impl_element!(f64, "f64", f64::tanh);
+impl_element!(f32, "f32", tanh_f32, |x: f32| 0.5 + 0.5 * tanh_f32(0.5 * x));
+impl_element!(f64, "f64", f64::tanh, elementwise::sigmoid_exp);
 
 /// tanh(x) ≈ x·P(x²)/Q(x²), the minimax rational approximation on [-7.9, 7.9] used by
 /// Eigen's `ptanh_float`; beyond that range tanh is ±1 in f32. Plain `a * b + c`, not
@@ -158,6 +175,16 @@ pub fn dot_all<T: Element>(a: &[Tensor<T>], b: &[Tensor<T>]) -> f64 {
         .sum()
 }
 
+/// The larger of two numbers, NaN when either is NaN (`f64::max` returns the other one,
+/// which would let a NaN pass a check unseen). Folds of errors use it.
+pub fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 /// Allocates `n` zeros without a copy (all-zero bits are 0.0 for f32 and f64).
 pub(crate) fn zeroed_buffer<T: Element>(n: usize) -> Arc<[T]> {
     let buf = Arc::<[T]>::new_zeroed_slice(n);
@@ -168,7 +195,7 @@ pub(crate) fn zeroed_buffer<T: Element>(n: usize) -> Arc<[T]> {
 impl<T: Element> Tensor<T> {
     /// Builds a tensor from row-major data and a shape.
     pub fn from_vec(data: Vec<T>, shape: &[usize]) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = checked_len("from_vec", shape)?;
         if n != data.len() {
             return Err(Error::shape_detail(
                 "from_vec",
@@ -184,7 +211,10 @@ impl<T: Element> Tensor<T> {
     }
 
     /// Builds a tensor whose buffer is filled by `fill` (used by kernels to avoid a copy).
+    /// `shape` must be valid ([`checked_len`]): one of an existing tensor, or one checked
+    /// by the public constructor or op that asked for it.
     pub(crate) fn build(shape: &[usize], fill: impl FnOnce(&mut [T])) -> Self {
+        debug_assert!(checked_len("build", shape).is_ok());
         let n = shape.iter().product();
         let mut data = zeroed_buffer::<T>(n);
         fill(Arc::get_mut(&mut data).expect("fresh buffer is unique"));
@@ -202,36 +232,51 @@ impl<T: Element> Tensor<T> {
         }
     }
 
-    /// All zeros.
-    pub fn zeros(shape: &[usize]) -> Self {
+    /// All zeros; an error when the shape holds more than [`MAX_ELEMENTS`].
+    pub fn zeros(shape: &[usize]) -> Result<Self> {
+        checked_len("zeros", shape)?;
+        Ok(Self::zeroed(shape))
+    }
+
+    /// All zeros of a valid shape (one of an existing tensor, or checked by the caller).
+    pub(crate) fn zeroed(shape: &[usize]) -> Self {
+        debug_assert!(checked_len("zeroed", shape).is_ok());
         Tensor {
             data: zeroed_buffer(shape.iter().product()),
             shape: Shape::from_slice(shape),
         }
     }
 
-    /// All ones.
-    pub fn ones(shape: &[usize]) -> Self {
+    /// All ones; an error when the shape holds more than [`MAX_ELEMENTS`].
+    pub fn ones(shape: &[usize]) -> Result<Self> {
         Self::full(shape, T::one())
     }
 
-    /// Every element equal to `v`.
-    pub fn full(shape: &[usize], v: T) -> Self {
+    /// Every element equal to `v`; an error when the shape holds more than
+    /// [`MAX_ELEMENTS`].
+    pub fn full(shape: &[usize], v: T) -> Result<Self> {
+        checked_len("full", shape)?;
+        Ok(Self::build(shape, |d| d.fill(v)))
+    }
+
+    /// Every element equal to `v`, for a valid shape (as [`Tensor::zeroed`]).
+    pub(crate) fn filled(shape: &[usize], v: T) -> Self {
         Self::build(shape, |d| d.fill(v))
     }
 
     /// A tensor of zeros with the same shape as `self`.
     pub fn zeros_like(&self) -> Self {
-        Self::zeros(&self.shape)
+        Self::zeroed(&self.shape)
     }
 
-    /// `0, 1, ..., n-1` as a 1-D tensor.
-    pub fn arange(n: usize) -> Self {
-        Self::build(&[n], |d| {
+    /// `0, 1, ..., n-1` as a 1-D tensor; an error when `n` exceeds [`MAX_ELEMENTS`].
+    pub fn arange(n: usize) -> Result<Self> {
+        checked_len("arange", &[n])?;
+        Ok(Self::build(&[n], |d| {
             for (i, v) in d.iter_mut().enumerate() {
                 *v = c(i as f64);
             }
-        })
+        }))
     }
 
     /// The shape.
@@ -270,7 +315,7 @@ impl<T: Element> Tensor<T> {
     /// through it.
     pub(crate) fn overwrite(&mut self, shape: &[usize]) -> &mut [T] {
         if self.shape.as_slice() != shape || Arc::get_mut(&mut self.data).is_none() {
-            *self = Tensor::zeros(shape);
+            *self = Tensor::zeroed(shape);
         }
         Arc::get_mut(&mut self.data).expect("unique after the check above")
     }
@@ -308,6 +353,7 @@ impl<T: Element> Tensor<T> {
                 ),
             ));
         }
+        // in range on every axis of a valid shape: the offset is below len()
         let mut off = 0;
         for (i, d) in index.iter().zip(self.shape()) {
             off = off * d + i;
@@ -334,7 +380,9 @@ impl<T: Element> Tensor<T> {
         self.data.iter().all(|v| v.is_finite())
     }
 
-    /// Largest absolute difference to another tensor of the same shape.
+    /// Largest absolute difference to another tensor of the same shape: NaN when either
+    /// holds a NaN at some position, or an infinity where the other does not hold the
+    /// same one (a check that reads it fails instead of passing).
     pub fn max_abs_diff(&self, other: &Self) -> Result<f64> {
         if self.shape() != other.shape() {
             return Err(Error::shape("max_abs_diff", self.shape(), other.shape()));
@@ -344,7 +392,7 @@ impl<T: Element> Tensor<T> {
             .iter()
             .zip(other.data.iter())
             .map(|(a, b)| (a.as_f64() - b.as_f64()).abs())
-            .fold(0.0, f64::max))
+            .fold(0.0, nan_max))
     }
 
     /// Euclidean norm of all elements, accumulated in f64.
@@ -360,7 +408,7 @@ impl<T: Element> Tensor<T> {
     }
 
     pub(crate) fn with_shape(data: Arc<[T]>, shape: &[usize]) -> Self {
-        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        debug_assert_eq!(checked_len("with_shape", shape).ok(), Some(data.len()));
         Tensor {
             data,
             shape: Shape::from_slice(shape),

@@ -1,51 +1,67 @@
 //! Seeded random tensors (ChaCha8: the same seed gives the same numbers on every
 //! platform) and the splitmix64 streams that the benchmark anchors use for their data.
 
-use super::{Element, Tensor};
+use super::{Element, Tensor, checked_len};
+use crate::error::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
 impl<T: Element> Tensor<T> {
     /// Standard normal samples from a seeded generator.
-    pub fn randn(shape: &[usize], seed: u64) -> Self {
+    pub fn randn(shape: &[usize], seed: u64) -> Result<Self> {
         Self::randn_with(shape, &mut ChaCha8Rng::seed_from_u64(seed))
     }
 
     /// Standard normal samples drawn from `rng`.
-    pub fn randn_with(shape: &[usize], rng: &mut impl Rng) -> Self {
-        Tensor::build(shape, |d| {
+    pub fn randn_with(shape: &[usize], rng: &mut impl Rng) -> Result<Self> {
+        checked_len("randn", shape)?;
+        Ok(Tensor::build(shape, |d| {
             for v in d {
                 let s: f64 = StandardNormal.sample(rng);
                 *v = T::of(s);
             }
-        })
+        }))
     }
 
     /// Uniform samples in `[lo, hi)` from a seeded generator.
-    pub fn rand_uniform(shape: &[usize], lo: f64, hi: f64, seed: u64) -> Self {
+    pub fn rand_uniform(shape: &[usize], lo: f64, hi: f64, seed: u64) -> Result<Self> {
         Self::rand_uniform_with(shape, lo, hi, &mut ChaCha8Rng::seed_from_u64(seed))
     }
 
-    /// Uniform samples in `[lo, hi)` drawn from `rng`.
-    pub fn rand_uniform_with(shape: &[usize], lo: f64, hi: f64, rng: &mut impl Rng) -> Self {
+    /// Uniform samples in `[lo, hi)` drawn from `rng`; an error when the bounds are not
+    /// finite or the shape holds more than [`crate::tensor::MAX_ELEMENTS`].
+    pub fn rand_uniform_with(
+        shape: &[usize],
+        lo: f64,
+        hi: f64,
+        rng: &mut impl Rng,
+    ) -> Result<Self> {
+        checked_len("rand_uniform", shape)?;
         let dist = Uniform::new(lo, hi)
-            .unwrap_or_else(|_| Uniform::new_inclusive(lo, lo).expect("lo is finite"));
-        Tensor::build(shape, |d| {
+            .or_else(|_| Uniform::new_inclusive(lo, lo))
+            .map_err(|_| {
+                crate::error::Error::invalid(
+                    "rand_uniform",
+                    format!("bounds [{lo}, {hi}) must be finite"),
+                )
+            })?;
+        Ok(Tensor::build(shape, |d| {
             for v in d {
                 *v = T::of(dist.sample(rng));
             }
-        })
+        }))
     }
 
     /// Uniform `[lo, hi)` values from splitmix64 stream `stream` (the anchors' data).
-    pub fn splitmix_uniform(shape: &[usize], stream: u64, lo: f64, hi: f64) -> Self {
+    pub fn splitmix_uniform(shape: &[usize], stream: u64, lo: f64, hi: f64) -> Result<Self> {
+        checked_len("splitmix_uniform", shape)?;
         let mut g = SplitMix64::new(stream);
-        Tensor::build(shape, |d| {
+        Ok(Tensor::build(shape, |d| {
             for v in d {
                 *v = T::of(g.uniform_f32(lo, hi) as f64);
             }
-        })
+        }))
     }
 }
 
@@ -97,9 +113,15 @@ mod tests {
 
     #[test]
     fn same_seed_same_tensor() {
-        assert_eq!(Tensor::<f32>::randn(&[5], 7), Tensor::<f32>::randn(&[5], 7));
-        assert_ne!(Tensor::<f32>::randn(&[5], 7), Tensor::<f32>::randn(&[5], 8));
-        let u = Tensor::<f64>::rand_uniform(&[1000], -2.0, 3.0, 1);
+        assert_eq!(
+            Tensor::<f32>::randn(&[5], 7).unwrap(),
+            Tensor::<f32>::randn(&[5], 7).unwrap()
+        );
+        assert_ne!(
+            Tensor::<f32>::randn(&[5], 7).unwrap(),
+            Tensor::<f32>::randn(&[5], 8).unwrap()
+        );
+        let u = Tensor::<f64>::rand_uniform(&[1000], -2.0, 3.0, 1).unwrap();
         assert!(u.data().iter().all(|&v| (-2.0..3.0).contains(&v)));
     }
 }

@@ -129,7 +129,8 @@ impl<T: Element> Tensor<T> {
         self.sub(&lse)
     }
 
-    /// Index of the largest element along the last axis, for each row.
+    /// Index of the largest element along the last axis, for each row (the first NaN
+    /// where a row has one).
     pub fn argmax_rows(&self) -> Vec<usize> {
         let n = *self.shape().last().unwrap_or(&1);
         if n == 0 {
@@ -139,8 +140,9 @@ impl<T: Element> Tensor<T> {
             .chunks_exact(n)
             .map(|row| {
                 let mut best = 0;
+                // a NaN counts as the largest value (PyTorch's argmax): the first NaN
                 for (i, &v) in row.iter().enumerate() {
-                    if v > row[best] {
+                    if v > row[best] || (v.is_nan() && !row[best].is_nan()) {
                         best = i;
                     }
                 }
@@ -187,7 +189,7 @@ mod tests {
 
     #[test]
     fn sums_and_means() {
-        let x = Tensor::<f64>::arange(6).reshape(&[2, 3]).unwrap();
+        let x = Tensor::<f64>::arange(6).unwrap().reshape(&[2, 3]).unwrap();
         assert_eq!(x.sum(&[0], false).unwrap().data(), &[3., 5., 7.]);
         assert_eq!(x.sum(&[1], true).unwrap().shape(), &[2, 1]);
         assert_eq!(x.sum(&[1], false).unwrap().data(), &[3., 12.]);
@@ -228,6 +230,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.data(), &[1.0, 0.0]);
         let inf = Tensor::<f64>::full(&[3], f64::NEG_INFINITY)
+            .unwrap()
             .logsumexp(&[0], false)
             .unwrap();
         assert_eq!(inf.item().unwrap(), f64::NEG_INFINITY);
@@ -235,7 +238,7 @@ mod tests {
 
     #[test]
     fn softmax_rows_sum_to_one() {
-        let x = Tensor::<f64>::arange(12).reshape(&[3, 4]).unwrap();
+        let x = Tensor::<f64>::arange(12).unwrap().reshape(&[3, 4]).unwrap();
         let s = x.softmax(1).unwrap().sum(&[1], false).unwrap();
         for v in s.data() {
             assert!((v - 1.0).abs() < 1e-12);
@@ -248,7 +251,7 @@ mod tests {
 
     #[test]
     fn sum_to_shape_undoes_broadcast() {
-        let g = Tensor::<f64>::ones(&[4, 2, 3]);
+        let g = Tensor::<f64>::ones(&[4, 2, 3]).unwrap();
         assert_eq!(g.sum_to_shape(&[3]).unwrap().data(), &[8., 8., 8.]);
         assert_eq!(g.sum_to_shape(&[2, 1]).unwrap().data(), &[12., 12.]);
         assert_eq!(g.sum_to_shape(&[]).unwrap().item().unwrap(), 24.0);

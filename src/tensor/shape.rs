@@ -3,13 +3,43 @@
 //! `reshape`, which shares the buffer.
 
 use super::{Element, Tensor};
-use crate::error::{Error, Result};
+use crate::error::{Dims, Error, Result};
 use smallvec::SmallVec;
 
 /// A shape: up to four dimensions are stored inline, without a heap allocation.
 pub type Shape = SmallVec<[usize; 4]>;
 
-/// The NumPy broadcast of two shapes, or an error naming `op` and both shapes.
+/// The most elements a tensor may hold: `isize::MAX` bytes of `f64`, the most one
+/// allocation can address. Kept for every element type so that a shape valid for one
+/// is valid for the other (a cast never fails).
+pub const MAX_ELEMENTS: usize = isize::MAX as usize / std::mem::size_of::<f64>();
+
+/// The number of elements of `shape`, or an error naming `op` and the shape when its
+/// dimensions multiply past [`MAX_ELEMENTS`]. Zero dimensions are skipped in the check,
+/// so in a valid shape every product of some of its dimensions fits in `usize` too
+/// (`[0, 2^40, 2^40]` is refused although it holds no elements): kernels then index
+/// with plain arithmetic. Checked in release builds as in debug ones.
+pub fn checked_len(op: &'static str, shape: &[usize]) -> Result<usize> {
+    let mut nonzero: usize = 1;
+    let mut empty = false;
+    for &d in shape {
+        if d == 0 {
+            empty = true;
+            continue;
+        }
+        nonzero = nonzero
+            .checked_mul(d)
+            .filter(|&n| n <= MAX_ELEMENTS)
+            .ok_or_else(|| Error::TooLarge {
+                op,
+                shape: Dims(shape.to_vec()),
+            })?;
+    }
+    Ok(if empty { 0 } else { nonzero })
+}
+
+/// The NumPy broadcast of two shapes, or an error naming `op` and both shapes (or the
+/// size, when the broadcast shape holds more than [`MAX_ELEMENTS`]).
 pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Shape> {
     let n = a.len().max(b.len());
     let mut out = Shape::with_capacity(n);
@@ -38,6 +68,7 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Sh
             }
         });
     }
+    checked_len(op, &out)?;
     Ok(out)
 }
 
@@ -136,7 +167,7 @@ pub(crate) fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usiz
 impl<T: Element> Tensor<T> {
     /// Same data, new shape with the same number of elements (no copy).
     pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = checked_len("reshape", shape)?;
         if n != self.len() {
             return Err(Error::shape_detail(
                 "reshape",
@@ -212,12 +243,12 @@ impl<T: Element> Tensor<T> {
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self> {
         check_axis("narrow", axis, self.ndim())?;
         let (outer, size, inner) = split_at_axis(self.shape(), axis);
-        if start + len > size {
+        if start.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::invalid(
                 "narrow",
                 format!(
                     "range {start}..{} out of bounds for axis {axis} of size {size} (shape {:?})",
-                    start + len,
+                    start as u128 + len as u128,
                     self.shape()
                 ),
             ));
@@ -258,9 +289,12 @@ impl<T: Element> Tensor<T> {
             }
         }
         let (outer, _, inner) = split_at_axis(first.shape(), axis);
-        let total: usize = parts.iter().map(|p| p.shape()[axis]).sum();
+        let total = parts
+            .iter()
+            .try_fold(0usize, |n, p| n.checked_add(p.shape()[axis]));
         let mut shape = Shape::from_slice(first.shape());
-        shape[axis] = total;
+        shape[axis] = total.unwrap_or(usize::MAX);
+        checked_len("concat", &shape)?;
         Ok(Tensor::build(&shape, |d| {
             let mut at = 0;
             for o in 0..outer {
@@ -285,6 +319,7 @@ impl<T: Element> Tensor<T> {
         }
         let mut shape = Shape::from_slice(self.shape());
         shape[axis] = indices.len();
+        checked_len("index_select", &shape)?;
         let src = self.data();
         Ok(Tensor::build(&shape, |d| {
             let mut at = 0;
@@ -324,6 +359,7 @@ impl<T: Element> Tensor<T> {
         }
         let mut shape = Shape::from_slice(self.shape());
         shape[axis] = k;
+        checked_len("gather", &shape)?;
         let src = self.data();
         Ok(Tensor::build(&shape, |d| {
             for o in 0..outer {
@@ -447,7 +483,10 @@ mod tests {
         let y = x.t().unwrap();
         assert_eq!(y.shape(), &[3, 2]);
         assert_eq!(y.data(), &[1., 4., 2., 5., 3., 6.]);
-        let z = Tensor::<f64>::arange(24).reshape(&[2, 3, 4]).unwrap();
+        let z = Tensor::<f64>::arange(24)
+            .unwrap()
+            .reshape(&[2, 3, 4])
+            .unwrap();
         let p = z.permute(&[2, 0, 1]).unwrap();
         assert_eq!(p.shape(), &[4, 2, 3]);
         assert_eq!(p.get(&[3, 1, 2]).unwrap(), z.get(&[1, 2, 3]).unwrap());
@@ -457,6 +496,7 @@ mod tests {
     #[test]
     fn reshape_error_names_both_shapes() {
         let e = Tensor::<f32>::zeros(&[2, 3])
+            .unwrap()
             .reshape(&[4, 2])
             .unwrap_err()
             .to_string();
@@ -468,11 +508,11 @@ mod tests {
 
     #[test]
     fn narrow_concat_roundtrip() {
-        let x = Tensor::<f64>::arange(12).reshape(&[3, 4]).unwrap();
+        let x = Tensor::<f64>::arange(12).unwrap().reshape(&[3, 4]).unwrap();
         let a = x.narrow(1, 0, 1).unwrap();
         let b = x.narrow(1, 1, 3).unwrap();
         assert_eq!(Tensor::concat(&[a, b], 1).unwrap(), x);
-        let e = Tensor::concat(&[x.clone(), Tensor::zeros(&[3, 5])], 0)
+        let e = Tensor::concat(&[x.clone(), Tensor::zeros(&[3, 5]).unwrap()], 0)
             .unwrap_err()
             .to_string();
         assert!(
@@ -484,7 +524,7 @@ mod tests {
 
     #[test]
     fn index_select_and_gather() {
-        let x = Tensor::<f64>::arange(6).reshape(&[2, 3]).unwrap();
+        let x = Tensor::<f64>::arange(6).unwrap().reshape(&[2, 3]).unwrap();
         assert_eq!(
             x.index_select(1, &[2, 0]).unwrap().data(),
             &[2., 0., 5., 3.]

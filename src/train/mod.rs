@@ -1235,7 +1235,7 @@ mod tests {
 
     #[test]
     fn a_target_on_a_loss_is_reached_from_above() {
-        let x = Tensor::<f32>::splitmix_uniform(&[64, 2], 5, -1.0, 1.0);
+        let x = Tensor::<f32>::splitmix_uniform(&[64, 2], 5, -1.0, 1.0).unwrap();
         let y: Vec<f32> = x.data().chunks_exact(2).map(|r| r[0] * r[1]).collect();
         let y = Tensor::from_vec(y, &[64, 1]).unwrap();
         let mut store = ParamStore::new();
@@ -1320,8 +1320,8 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("chainrule-ckpt-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let x = Tensor::<f32>::splitmix_uniform(&[64, 2], 5, -1.0, 1.0);
-        let y = Tensor::<f32>::splitmix_uniform(&[64, 1], 6, -1.0, 1.0);
+        let x = Tensor::<f32>::splitmix_uniform(&[64, 2], 5, -1.0, 1.0).unwrap();
+        let y = Tensor::<f32>::splitmix_uniform(&[64, 1], 6, -1.0, 1.0).unwrap();
         for (every, want) in [(None, vec![4, 20]), (Some(2), vec![4, 12, 20])] {
             let mut store = ParamStore::new();
             let model = Mlp::new(

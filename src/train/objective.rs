@@ -663,7 +663,7 @@ impl Objective for LanguageModel<'_> {
         );
         let lstm = self.model.rnn.kind == CellKind::Lstm;
         let mut s = CarriedState {
-            h: Tensor::zeros(&[0]),
+            h: Tensor::zeroed(&[0]),
             c: None,
         };
         let mut have_h = false;

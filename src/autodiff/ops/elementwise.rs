@@ -31,7 +31,7 @@ pub(crate) fn vjp<T: Element>(
             smallvec::smallvec![ga, gb]
         }
         Op::Where(mask) => {
-            let zero = Tensor::zeros(&[]);
+            let zero = Tensor::zeroed(&[]);
             let ga = Tensor::where_(mask, g, &zero)?.sum_to_shape(ins[0].shape())?;
             let gb = Tensor::where_(mask, &zero, g)?.sum_to_shape(ins[1].shape())?;
             smallvec::smallvec![Some(ga), Some(gb)]
@@ -181,7 +181,7 @@ pub(crate) fn jvp<T: Element>(
     out: &Tensor<T>,
     t: &[Option<&Tensor<T>>],
 ) -> Result<Tensor<T>> {
-    let zero = || Tensor::zeros(&[]);
+    let zero = || Tensor::zeroed(&[]);
     Ok(match op {
         Op::Unary(u) => u.scale_by_derivative(
             ins[0],
@@ -420,9 +420,9 @@ mod tests {
 
     #[test]
     fn where_routes_gradients_by_mask() {
-        let a = Tensor::<f64>::randn(&[3, 4], 1);
-        let b = Tensor::<f64>::randn(&[4], 2);
-        let mask = a.gt(&Tensor::zeros(&[])).unwrap();
+        let a = Tensor::<f64>::randn(&[3, 4], 1).unwrap();
+        let b = Tensor::<f64>::randn(&[4], 2).unwrap();
+        let mask = a.gt(&Tensor::zeros(&[]).unwrap()).unwrap();
         check("where", &[a, b], |_, v| {
             crate::autodiff::Var::where_(&mask, v[0], v[1])
         });
@@ -442,8 +442,8 @@ mod tests {
     #[should_panic(expected = "add: incompatible shapes [2] and [3]")]
     fn operator_panics_name_op_and_shapes() {
         let tape = Tape::new();
-        let a = tape.var(Tensor::<f32>::zeros(&[2]));
-        let b = tape.var(Tensor::<f32>::zeros(&[3]));
+        let a = tape.var(Tensor::<f32>::zeros(&[2]).unwrap());
+        let b = tape.var(Tensor::<f32>::zeros(&[3]).unwrap());
         let _ = a + b;
     }
 

@@ -113,8 +113,8 @@ mod tests {
             (vec![2, 3, 4], vec![4, 2]),
             (vec![1, 1], vec![1, 1]),
         ] {
-            let a = Tensor::<f64>::randn(&sa, 1);
-            let b = Tensor::<f64>::randn(&sb, 2);
+            let a = Tensor::<f64>::randn(&sa, 1).unwrap();
+            let b = Tensor::<f64>::randn(&sb, 2).unwrap();
             check("matmul", &[a, b], |_, v| v[0].matmul(v[1]));
         }
     }

@@ -16,13 +16,10 @@ use std::sync::Arc;
 // Shared pieces of the step rules: the hidden projection hp = h·Wᵀ + b and its two rules.
 // ---------------------------------------------------------------------------------------
 
-/// `σ(x) = (1 + tanh(x/2)) / 2`: branch-free over the vectorisable `tanh_`, so the gate
-/// loops below vectorise (an `exp` per element was a quarter of an LSTM's forward pass).
-#[inline(always)]
-fn sigmoid<T: Element>(x: T) -> T {
-    let half = T::of(0.5);
-    half + half * (half * x).tanh_()
-}
+// σ is the table's (`crate::tensor::sigmoid`): the compositions that second order
+// differentiates use the table's op, so the gates must compute the same function. For
+// f32 it is branch-free over the vectorisable `tanh_`, so the gate loops vectorise.
+use crate::tensor::sigmoid;
 
 /// `hp = h·Wᵀ + b`: `h: [B, H]`, `W: [GH, H]`, `b: [GH]`, result `[B, GH]` row-major.
 fn hidden_proj<T: Element>(h: &Tensor<T>, w: &Tensor<T>, b: &Tensor<T>) -> Vec<T> {

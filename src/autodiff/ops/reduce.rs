@@ -212,7 +212,7 @@ mod tests {
             (&[5], &[0], true),
         ];
         for (i, &(shape, axes, keepdim)) in fixed.iter().enumerate() {
-            let x = Tensor::<f64>::randn(shape, 100 + i as u64);
+            let x = Tensor::<f64>::randn(shape, 100 + i as u64).unwrap();
             let expect: Vec<usize> = if keepdim {
                 (0..shape.len())
                     .map(|d| if axes.contains(&d) { 1 } else { shape[d] })
@@ -243,7 +243,7 @@ mod tests {
                 v[0].logsumexp(axes, keepdim)
             });
         }
-        let x = Tensor::<f64>::randn(&[3, 4, 2], 200);
+        let x = Tensor::<f64>::randn(&[3, 4, 2], 200).unwrap();
         for axis in 0..3 {
             check("softmax fixed", std::slice::from_ref(&x), |_, v| {
                 v[0].softmax(axis)
@@ -255,7 +255,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for trial in 0..8 {
             let (shape, axes, keepdim) = random_case(&mut rng);
-            let x = Tensor::<f64>::randn(&shape, trial);
+            let x = Tensor::<f64>::randn(&shape, trial).unwrap();
             check("sum", std::slice::from_ref(&x), |_, v| {
                 v[0].sum(&axes, keepdim)
             });
@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn mean_all_gradient_is_uniform() {
         let tape = Tape::new();
-        let x = tape.var(Tensor::<f64>::ones(&[2, 5]));
+        let x = tape.var(Tensor::<f64>::ones(&[2, 5]).unwrap());
         let g = tape.backward(x.mean_all()).unwrap();
         assert!(g[x].data().iter().all(|&v| (v - 0.1).abs() < 1e-15));
     }

@@ -68,7 +68,7 @@ pub(crate) fn narrow_adjoint_recorded<'t, T: Element>(
         if n > 0 {
             let mut zs = Shape::from_slice(shape);
             zs[axis] = n;
-            parts.push((at, g.tape.constant(Tensor::zeros(&zs))));
+            parts.push((at, g.tape.constant(Tensor::zeroed(&zs))));
         }
     }
     parts.push((start, g));
@@ -95,7 +95,7 @@ pub(crate) fn index_select_adjoint_recorded<'t, T: Element>(
 ) -> Result<Var<'t, T>> {
     let (outer, size, inner) = split(shape, axis);
     let n = indices.len();
-    let mut select = Tensor::<T>::zeros(&[size, n]);
+    let mut select = Tensor::<T>::zeroed(&[size, n]);
     for (j, &i) in indices.iter().enumerate() {
         select.data_mut()[i * n + j] += T::one();
     }
@@ -124,7 +124,7 @@ pub(crate) fn gather_adjoint_recorded<'t, T: Element>(
 ) -> Result<Var<'t, T>> {
     let (outer, size, inner) = split(shape, axis);
     let k = g.shape()[axis];
-    let mut select = Tensor::<T>::zeros(&[outer, k, size, inner]);
+    let mut select = Tensor::<T>::zeroed(&[outer, k, size, inner]);
     let d = select.data_mut();
     for o in 0..outer {
         for j in 0..k {
@@ -157,7 +157,7 @@ pub(crate) fn jvp<T: Element>(
             let parts: Vec<Tensor<T>> = ins
                 .iter()
                 .zip(t)
-                .map(|(x, t)| t.cloned().unwrap_or_else(|| Tensor::zeros(x.shape())))
+                .map(|(x, t)| t.cloned().unwrap_or_else(|| Tensor::zeroed(x.shape())))
                 .collect();
             Tensor::concat(&parts, *axis)?
         }
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn shape_ops_match_finite_differences() {
-        let x = Tensor::<f64>::randn(&[2, 3, 4], 1);
+        let x = Tensor::<f64>::randn(&[2, 3, 4], 1).unwrap();
         check("reshape", std::slice::from_ref(&x), |_, v| {
             v[0].reshape(&[6, 4])
         });
@@ -270,9 +270,9 @@ mod tests {
         check("gather", std::slice::from_ref(&x), |_, v| {
             v[0].gather(2, &[0, 3, 1, 1, 2, 0])
         });
-        let b = Tensor::<f64>::randn(&[3, 1], 2);
+        let b = Tensor::<f64>::randn(&[3, 1], 2).unwrap();
         check("broadcast_to", &[b], |_, v| v[0].broadcast_to(&[2, 3, 4]));
-        let y = Tensor::<f64>::randn(&[2, 1, 4], 3);
+        let y = Tensor::<f64>::randn(&[2, 1, 4], 3).unwrap();
         check("concat", &[x, y], |_, v| Var::concat(&[v[0], v[1]], 1));
     }
 }
