@@ -267,3 +267,63 @@ fn a_rank_that_fails_ends_the_job_with_its_reason() {
     assert!(!o.status.success());
     assert!(err.contains("differs from rank 0's at 'lr'"), "{err}");
 }
+
+/// Under `mpirun` (see the test below): each rank starts three sums, then a callback of
+/// `finish_sums` panics on the first result, so the unwind drops the two sums still in
+/// flight. Each must wait for its request before its buffers are freed; the rank then
+/// sums again on the same communicator and checks the result.
+#[test]
+#[ignore = "a rank of the job started by a_panic_in_a_sum_callback_unwinds_cleanly"]
+fn panicking_sum_callback_rank() {
+    if std::env::var_os("CHAINRULE_MPI_RANK_TEST").is_none() {
+        return;
+    }
+    use chainrule::train::Collective;
+    use chainrule::train::mpi::MpiCollective;
+    let universe = mpi::initialize().expect("MPI initialises once");
+    let collective = MpiCollective::new(universe.world());
+    let rank = collective.rank() as f32;
+    let big = vec![rank + 1.0; 1 << 20];
+    for _ in 0..3 {
+        collective.start_sum_f32(&big).unwrap();
+    }
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        collective.finish_sums(&mut |i, _| panic!("planted panic in the callback of sum {i}"))
+    }));
+    assert!(unwound.is_err(), "the callback panicked");
+    let mut again = vec![rank + 1.0; 4];
+    collective.sum_f32(&mut again).unwrap();
+    assert_eq!(again, vec![3.0; 4]);
+    println!("rank {rank}: unwound past two sums in flight, then summed again");
+}
+
+#[test]
+fn a_panic_in_a_sum_callback_unwinds_cleanly() {
+    let out = Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("CHAINRULE_MPI_RANK_TEST", "1")
+        .args(["-np", "2", "--bind-to", "none"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "panicking_sum_callback_rank",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("mpirun runs (apt-get install openmpi-bin)");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for rank in 0..2 {
+        assert!(
+            stdout.contains(&format!("rank {rank}: unwound past two sums in flight")),
+            "{stdout}\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("planted panic in the callback of sum 0"), "{stderr}");
+}

@@ -390,7 +390,8 @@ mod tests {
     fn every_planted_fault_is_rejected() {
         // small inputs go element by element, large ones along a random direction
         for rows in [3, 200] {
-            for fault in PlantedFault::ALL {
+            // the second-order faults are caught by the second-order suite (suite.rs)
+            for fault in PlantedFault::ALL.into_iter().filter(|f| f.order() == 1) {
                 if fault == PlantedFault::NoForwardRule {
                     continue;
                 }

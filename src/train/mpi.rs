@@ -60,12 +60,13 @@ impl MpiCollective {
     }
 }
 
-impl Drop for MpiCollective {
-    /// A sum still in flight keeps its buffers until MPI is done with them.
+impl Drop for PendingSum {
+    /// A sum still in flight keeps its buffers until MPI is done with them, however it
+    /// is dropped: with the collective, or while a panic in `finish_sums`'s callback
+    /// unwinds past the sums after it (freeing them unwaited would leave MPI writing
+    /// into freed memory).
     fn drop(&mut self) {
-        for p in self.pending.get_mut() {
-            p.wait();
-        }
+        self.wait();
     }
 }
 
