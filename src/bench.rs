@@ -451,7 +451,7 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         let yv = xv.matmul(wv)?;
         let mut dw = Tensor::zeroed(&[k, n]);
         let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
-            Ok(grads) => dw = grads.wrt(wv),
+            Ok(grads) => dw = grads.wrt(wv).expect("one tape"),
             Err(e) => failure = Some(e),
         });
         if let Some(e) = failure.take() {
@@ -474,7 +474,7 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         let yv = xv.matmul(wv)?;
         let mut dx = Tensor::zeroed(&[m, k]);
         let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
-            Ok(grads) => dx = grads.wrt(xv),
+            Ok(grads) => dx = grads.wrt(xv).expect("one tape"),
             Err(e) => failure = Some(e),
         });
         if let Some(e) = failure.take() {
@@ -500,7 +500,12 @@ fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
                 tape.backward_with(yv, g.clone())
             });
             match grads {
-                Ok(grads) => (dw, dx) = (grads.wrt(wv), grads.wrt(xv)),
+                Ok(grads) => {
+                    (dw, dx) = (
+                        grads.wrt(wv).expect("one tape"),
+                        grads.wrt(xv).expect("one tape"),
+                    )
+                }
                 Err(e) => failure = Some(e),
             }
         });
@@ -553,7 +558,7 @@ fn tape_chain(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
         let x = tape.var(x0.clone());
         let y = chain(x, n).sum_all();
         let g = tape.backward(y)?;
-        Ok(g.get(x)
+        Ok(g.get(x)?
             .map_or(f32::NAN, |g| g.data().first().copied().unwrap_or(0.0)))
     };
     let scalar = Tensor::<f32>::scalar(1.0);
@@ -707,7 +712,7 @@ fn w1(cfg: &BenchConfig, backward: bool) -> Result<BenchRow> {
             Ok(loss) => {
                 loss0 = loss.item().unwrap_or(f32::NAN);
                 if backward {
-                    std::hint::black_box(tape.backward(loss).map(|g| g.get(ps[0]).is_some()).ok());
+                    std::hint::black_box(tape.backward(loss).map(|g| g.get(ps[0]).is_ok()).ok());
                 }
             }
             Err(e) => failure = Some(e),
@@ -1276,7 +1281,11 @@ pub fn w1_grad_f64(
     let xb = x.narrow(0, 0, batch)?;
     let loss = w1_loss(&tape, &xb, &labels[..batch], &vars)?;
     let g = tape.backward(loss)?;
-    Ok(vars.iter().flat_map(|&v| g.wrt(v).to_vec()).collect())
+    let mut flat = Vec::new();
+    for &v in &vars {
+        flat.extend_from_slice(g.wrt(v)?.data());
+    }
+    Ok(flat)
 }
 
 /// Hessian-vector product of the W1 loss (first `batch` samples) at the anchors' initial

@@ -73,6 +73,13 @@ pub enum Error {
     /// Training produced a non-finite value.
     #[error("{0}")]
     NonFinite(String),
+    /// A variable of one tape given to an op or to the gradients of another tape (or of
+    /// the same tape before it was cleared): its id would name some other node.
+    #[error("{op}: the variable belongs to another tape (or to this one before it was cleared)")]
+    OtherTape {
+        /// The op or method that refused it.
+        op: &'static str,
+    },
     /// An op has no forward-mode rule (a custom op that defines none).
     #[error("op '{op}' has no forward-mode rule")]
     NoRule {

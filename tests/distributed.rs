@@ -325,5 +325,8 @@ fn a_panic_in_a_sum_callback_unwinds_cleanly() {
             "{stdout}\n{stderr}"
         );
     }
-    assert!(stderr.contains("planted panic in the callback of sum 0"), "{stderr}");
+    assert!(
+        stderr.contains("planted panic in the callback of sum 0"),
+        "{stderr}"
+    );
 }

@@ -137,3 +137,32 @@ fn exported_graph_groups_nodes_by_scope() {
     );
     assert_eq!(dot.matches("->").count(), 4);
 }
+
+#[test]
+fn variables_of_another_tape_are_errors_not_other_nodes() {
+    use chainrule::{Error, Var};
+    let (a, b) = (Tape::<f64>::new(), Tape::<f64>::new());
+    let x = a.var(Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap());
+    let y = b.var(Tensor::from_vec(vec![3.0, 4.0], &[2]).unwrap());
+    // combining them in an op
+    let other = |r: chainrule::Result<Var<'_, f64>>| matches!(r, Err(Error::OtherTape { .. }));
+    assert!(other(x.add(y)));
+    assert!(other(x.matmul(y)));
+    assert!(other(Var::concat(&[x, y], 0)));
+    // reading one tape's variable from another's gradients: y's id is 0, as is x's
+    let g = b.backward(y.mul(y).unwrap().sum_all()).unwrap();
+    assert!(matches!(g.get(x), Err(Error::OtherTape { .. })));
+    assert!(g.wrt(x).is_err());
+    assert_eq!(g.wrt(y).unwrap().data(), &[6.0, 8.0]);
+    let e = g.get(x).unwrap_err().to_string();
+    assert!(e.contains("belongs to another tape"), "{e}");
+    // gradients from before a clear do not answer for the variables recorded after it
+    let mut c = Tape::<f64>::new();
+    let g = {
+        let z = c.var(Tensor::from_vec(vec![5.0], &[1]).unwrap());
+        c.backward(z.sum_all()).unwrap()
+    };
+    c.clear();
+    let z2 = c.var(Tensor::from_vec(vec![7.0], &[1]).unwrap());
+    assert!(matches!(g.get(z2), Err(Error::OtherTape { .. })));
+}

@@ -218,7 +218,7 @@ where
     }
     let u = Tensor::<f64>::randn(&y.shape(), opts.seed ^ 0x5EED)?;
     let reverse: Vec<Tensor<f64>> = match tape.backward_with(y, u.clone()) {
-        Ok(grads) => vars.iter().map(|&v| grads.wrt(v)).collect(),
+        Ok(grads) => vars.iter().map(|&v| grads.wrt(v)).collect::<Result<_>>()?,
         Err(e) => {
             report.fail(format!("reverse mode: {e}"));
             return Ok(report);

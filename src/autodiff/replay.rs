@@ -1020,7 +1020,10 @@ mod tests {
         let p: Vec<Var<'_, T>> = params.iter().map(|t| tape.var(t.clone())).collect();
         let loss = mlp_loss(tape.constant(x.clone()), y, &p, act).unwrap();
         let g = tape.backward(loss).unwrap();
-        (loss.item().unwrap(), p.iter().map(|&v| g.wrt(v)).collect())
+        (
+            loss.item().unwrap(),
+            p.iter().map(|&v| g.wrt(v).unwrap()).collect(),
+        )
     }
 
     /// Records the MLP step once and returns its trace.
@@ -1124,7 +1127,7 @@ mod tests {
             let g = tape.backward(l).unwrap();
             (
                 l.item().unwrap(),
-                p.iter().map(|&v| g.wrt(v)).collect::<Vec<_>>(),
+                p.iter().map(|&v| g.wrt(v).unwrap()).collect::<Vec<_>>(),
             )
         };
         let tape = Tape::new();
@@ -1233,7 +1236,7 @@ mod tests {
         let tape = Tape::<f64>::new();
         let w = tape.var(Tensor::randn(&[3], 1).unwrap());
         let x = tape.var(Tensor::randn(&[3], 2).unwrap());
-        let c = Var::custom(&[w], Arc::new(Twice), w.value().mul_scalar(2.0));
+        let c = Var::custom(&[w], Arc::new(Twice), w.value().mul_scalar(2.0)).unwrap();
         let l = c.mul(x).unwrap().sum_all();
         let e = Trace::record(&tape, l, &[w], &[x])
             .err()

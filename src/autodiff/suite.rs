@@ -196,7 +196,7 @@ pub fn planted_add(fault: Option<PlantedFault>, rows: usize) -> (Vec<Tensor<f64>
     ];
     let f: CaseFn = Box::new(move |_, v| {
         let value = v[0].value().add(&v[1].value())?;
-        Ok(Var::custom(&[v[0], v[1]], op.clone(), value).tanh())
+        Ok(Var::custom(&[v[0], v[1]], op.clone(), value)?.tanh())
     });
     (inputs, f)
 }
@@ -270,7 +270,7 @@ pub fn planted_mul(fault: Option<PlantedFault>, rows: usize) -> (Vec<Tensor<f64>
     ];
     let f: CaseFn = Box::new(move |_, v| {
         let value = v[0].value().mul(&v[1].value())?;
-        Ok(Var::custom(&[v[0], v[1]], op.clone(), value).tanh())
+        Ok(Var::custom(&[v[0], v[1]], op.clone(), value)?.tanh())
     });
     (inputs, f)
 }
@@ -851,7 +851,7 @@ fn second_order_case(case: &Case, seed: u64) -> std::result::Result<(f64, Option
         let axes: Vec<usize> = (0..y.shape().len()).collect();
         let s = y.sin().mul(tape.constant(w.clone()))?.sum(&axes, false)?;
         let g = tape.backward(s)?;
-        Ok(vars.iter().map(|&x| g.wrt(x)).collect())
+        vars.iter().map(|&x| g.wrt(x)).collect()
     };
     let (gp, gm) = (
         gradient_at(1.0).map_err(|e| e.to_string())?,

@@ -35,6 +35,16 @@ pub struct Tape<T: Element> {
     tangents: RefCell<Option<Vec<Option<Tensor<T>>>>>,
     /// The first error of a forward-mode rule (reported by [`Var::tangent`]).
     tangent_error: RefCell<Option<TangentFault>>,
+    /// Unique to this tape and renewed by [`Tape::clear`]: node ids are only meaningful
+    /// with it, so a `Var` of another tape (or of this one before a clear) is refused.
+    generation: Cell<u64>,
+}
+
+/// A fresh tape generation: process-wide unique, so no two tapes (or one tape before and
+/// after a clear) share one.
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Why forward mode could not give a tangent: kept apart so that a missing rule (a custom
@@ -107,6 +117,7 @@ impl<T: Element> Tape<T> {
             detect_anomaly: Cell::new(false),
             tangents: RefCell::new(None),
             tangent_error: RefCell::new(None),
+            generation: Cell::new(next_generation()),
         }
     }
 
@@ -147,6 +158,7 @@ impl<T: Element> Tape<T> {
     /// Forgets every node, keeping the arena's memory for the next step. Taking `&mut`
     /// guarantees that no handle into the old graph survives.
     pub fn clear(&mut self) {
+        self.generation.set(next_generation());
         self.nodes.get_mut().clear();
         self.labels.get_mut().clear();
         if let Some(t) = self.tangents.get_mut() {
@@ -392,13 +404,23 @@ impl<T: Element> Tape<T> {
 
     /// Records the result of an op on `inputs`.
     pub(crate) fn push(&self, op: Op<T>, inputs: &[Var<'_, T>], value: Tensor<T>) -> Var<'_, T> {
-        for v in inputs {
-            assert!(
-                std::ptr::eq(v.tape, self),
-                "variables from different tapes were combined"
-            );
-        }
+        // the public ops with several inputs refuse variables of other tapes first
+        // (`Tape::check_inputs`): this only guards the crate's own calls
+        assert!(
+            inputs.iter().all(|v| std::ptr::eq(v.tape, self)),
+            "variables from different tapes were combined"
+        );
         self.push_raw(op, inputs.iter().map(|v| v.id).collect(), value, false)
+    }
+
+    /// An error naming `op` when one of `inputs` belongs to another tape.
+    pub(crate) fn check_inputs(op: &'static str, inputs: &[Var<'_, T>]) -> Result<()> {
+        match inputs.split_first() {
+            Some((first, rest)) if rest.iter().any(|v| !std::ptr::eq(v.tape, first.tape)) => {
+                Err(Error::OtherTape { op })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Gradients of a one-element `output` with respect to every leaf that requires one.
@@ -731,7 +753,10 @@ impl<T: Element> Tape<T> {
             return Err(anomaly_report(&nodes, k));
         }
         kept.reverse();
-        Ok(Gradients { grads: kept })
+        Ok(Gradients {
+            grads: kept,
+            generation: self.generation.get(),
+        })
     }
 }
 
@@ -782,19 +807,36 @@ fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, c: Tensor<T>) -> Result<
 pub struct Gradients<T: Element> {
     /// (node id, gradient), sorted by id.
     grads: Vec<(u32, Tensor<T>)>,
+    /// The generation of the tape swept: a `Var` of any other is refused.
+    generation: u64,
 }
 
 impl<T: Element> Gradients<T> {
-    /// The gradient with respect to `v`, or `None` if no gradient reached it.
-    pub fn get(&self, v: Var<'_, T>) -> Option<&Tensor<T>> {
-        self.by_id(v.id as usize)
+    /// The gradient with respect to `v`, or `None` if no gradient reached it; an error
+    /// when `v` is a variable of another tape (or of this tape before it was cleared),
+    /// whose id would name some other node.
+    pub fn get(&self, v: Var<'_, T>) -> Result<Option<&Tensor<T>>> {
+        self.check(v)?;
+        Ok(self.by_id(v.id as usize))
     }
 
-    /// The gradient with respect to `v`, zeros if no gradient reached it.
-    pub fn wrt(&self, v: Var<'_, T>) -> Tensor<T> {
-        self.get(v)
+    /// The gradient with respect to `v`, zeros if no gradient reached it (an error for a
+    /// variable of another tape, as [`get`](Self::get)).
+    pub fn wrt(&self, v: Var<'_, T>) -> Result<Tensor<T>> {
+        Ok(self
+            .get(v)?
             .cloned()
-            .unwrap_or_else(|| Tensor::zeroed(&v.shape()))
+            .unwrap_or_else(|| Tensor::zeroed(&v.shape())))
+    }
+
+    fn check(&self, v: Var<'_, T>) -> Result<()> {
+        if v.tape.generation.get() == self.generation {
+            Ok(())
+        } else {
+            Err(Error::OtherTape {
+                op: "Gradients::get",
+            })
+        }
     }
 
     /// The gradient of the node with this id, when it was kept.
@@ -806,13 +848,17 @@ impl<T: Element> Gradients<T> {
         Some(&self.grads[i].1)
     }
 
-    /// Removes and returns the gradient with respect to `v` (no copy).
-    pub fn take(&mut self, v: Var<'_, T>) -> Option<Tensor<T>> {
-        let i = self.grads.binary_search_by_key(&v.id, |(k, _)| *k).ok()?;
-        Some(std::mem::replace(
+    /// Removes and returns the gradient with respect to `v` (no copy); an error for a
+    /// variable of another tape, as [`get`](Self::get).
+    pub fn take(&mut self, v: Var<'_, T>) -> Result<Option<Tensor<T>>> {
+        self.check(v)?;
+        let Ok(i) = self.grads.binary_search_by_key(&v.id, |(k, _)| *k) else {
+            return Ok(None);
+        };
+        Ok(Some(std::mem::replace(
             &mut self.grads[i].1,
             Tensor::zeroed(&[0]),
-        ))
+        )))
     }
 
     /// Every (node id, gradient) pair, in id order.
@@ -833,6 +879,7 @@ impl<T: Element> std::ops::Index<Var<'_, T>> for Gradients<T> {
     type Output = Tensor<T>;
     fn index(&self, v: Var<'_, T>) -> &Tensor<T> {
         self.get(v)
+            .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("no gradient reached variable #{}", v.id))
     }
 }

@@ -184,7 +184,7 @@ fn depth_profile(gain: f64) -> anyhow::Result<Vec<f64>> {
     let logits = mlp.forward(&p, tape.constant(x), &mut ForwardCtx::eval())?;
     let loss = cross_entropy(logits, &y)?;
     let mut g = tape.backward(loss)?;
-    let norms = grad_norms(&p.grads(&mut g));
+    let norms = grad_norms(&p.grads(&mut g)?);
     Ok(norms.iter().step_by(2).copied().collect()) // the weights, not the biases
 }
 

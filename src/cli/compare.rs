@@ -96,7 +96,7 @@ fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
             let tape = Tape::new();
             let v = tape.var(x.clone());
             let y = w4_f(v).expect("W4 records");
-            std::hint::black_box(tape.backward(y).expect("scalar").get(v).is_some());
+            std::hint::black_box(tape.backward(y).expect("scalar").get(v).is_ok());
         });
         push("reverse", Some(tr.median_s), None);
         // forward mode: N passes, one basis tangent each

@@ -288,7 +288,7 @@ pub fn explain(expression: &str, at: &BTreeMap<String, f64>) -> Result<Walk> {
     let mut gradient = BTreeMap::new();
     let mut check = Vec::new();
     for (name, var) in &vars {
-        let reverse = grads.get(*var).map(|g| g.data()[0]).unwrap_or(0.0);
+        let reverse = grads.get(*var)?.map(|g| g.data()[0]).unwrap_or(0.0);
         let forward_mode = eval_dual(&e, at, name)?.d;
         let h = 1e-6 * at[name].abs().max(1.0);
         let mut plus = at.clone();

@@ -49,8 +49,9 @@ impl<'t, T: Element> Params<'t, T> {
         }
     }
 
-    /// The gradient of each parameter (in id order), `None` for frozen ones.
-    pub fn grads(&self, grads: &mut Gradients<T>) -> Vec<Option<Tensor<T>>> {
+    /// The gradient of each parameter (in id order), `None` for frozen ones; an error
+    /// when `grads` are of another tape.
+    pub fn grads(&self, grads: &mut Gradients<T>) -> Result<Vec<Option<Tensor<T>>>> {
         self.vars.iter().map(|&v| grads.take(v)).collect()
     }
 }
@@ -431,7 +432,7 @@ mod tests {
         let p = s.leaves(&tape);
         let loss = (p[a] * p[b]).sum_all();
         let mut g = tape.backward(loss).unwrap();
-        let grads = p.grads(&mut g);
+        let grads = p.grads(&mut g).unwrap();
         assert!(grads[a.0].is_some() && grads[b.0].is_none());
     }
 }

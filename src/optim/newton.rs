@@ -174,7 +174,10 @@ pub mod logistic {
         let vars: Vec<_> = p.iter().map(|t| tape.var(t.clone())).collect();
         let l = loss(&tape, &vars, x, y, l2)?;
         let g = tape.backward(l)?;
-        Ok((l.item()?, vars.iter().map(|&v| g.wrt(v)).collect()))
+        Ok((
+            l.item()?,
+            vars.iter().map(|&v| g.wrt(v)).collect::<Result<_>>()?,
+        ))
     }
 
     /// The Hessian-vector product at `p` along `v`.

@@ -557,7 +557,7 @@ impl Trainer {
                         let value = loss.item()? as f64;
                         lap(&mut times.forward);
                         let mut g = tape.backward(loss)?;
-                        return Ok((value, data.samples, p.grads(&mut g), false));
+                        return Ok((value, data.samples, p.grads(&mut g)?, false));
                     }
                 }
             }
@@ -653,7 +653,7 @@ impl Trainer {
                 let value = loss.item()? as f64;
                 lap(&mut times.forward);
                 let mut g = tape.backward(loss)?;
-                (value, samples, p.grads(&mut g), false)
+                (value, samples, p.grads(&mut g)?, false)
             }
         };
         tape.clear(); // drop the graph so the optimizer updates parameters in place

@@ -3,7 +3,7 @@
 //! broadcasting binary ops, sums back to each input's shape.
 
 use super::{Grads, Op, VarGrads};
-use crate::autodiff::Var;
+use crate::autodiff::{Tape, Var};
 use crate::error::Result;
 use crate::tensor::{BinaryOp, Element, Number, Tensor, UnaryOp};
 
@@ -209,12 +209,14 @@ impl<'t, T: Element> Var<'t, T> {
 
     /// Records a broadcasting binary op; the error names the op and both shapes.
     pub fn binary(self, op: BinaryOp, other: Var<'t, T>) -> Result<Var<'t, T>> {
+        Tape::check_inputs(op.name(), &[self, other])?;
         let y = op.apply(&self.value(), &other.value())?;
         Ok(self.tape.push(Op::Binary(op), &[self, other], y))
     }
 
     /// `mask ? self : other` elementwise; `mask` is a constant of 0s and 1s.
     pub fn where_(mask: &Tensor<T>, a: Var<'t, T>, b: Var<'t, T>) -> Result<Var<'t, T>> {
+        Tape::check_inputs("where", &[a, b])?;
         let y = Tensor::where_(mask, &a.value(), &b.value())?;
         Ok(a.tape.push(Op::Where(Box::new(mask.clone())), &[a, b], y))
     }

@@ -3,7 +3,7 @@
 //! order, those products are matmul nodes that keep reading their operands in place.
 
 use super::{Op, RuleGrads, RuleValue};
-use crate::autodiff::Var;
+use crate::autodiff::{Tape, Var};
 use crate::error::Result;
 use crate::tensor::{Element, Tensor};
 
@@ -69,6 +69,7 @@ pub(crate) fn jvp<T: Element>(
 impl<'t, T: Element> Var<'t, T> {
     /// Matrix product (2-D, batched, or batched times a shared matrix).
     pub fn matmul(self, rhs: Var<'t, T>) -> Result<Var<'t, T>> {
+        Tape::check_inputs("matmul", &[self, rhs])?;
         let y = self.value().matmul(&rhs.value())?;
         let op = Op::MatMul {
             ta: false,

@@ -524,17 +524,19 @@ fn custom_vjp_recorded<'t, T: Element>(
 }
 
 impl<'t, T: Element> super::Var<'t, T> {
-    /// Records a custom op whose forward value the caller computed.
+    /// Records a custom op whose forward value the caller computed; an error when it
+    /// has no inputs or they belong to different tapes.
     pub fn custom(
         inputs: &[super::Var<'t, T>],
         op: Arc<dyn CustomOp<T>>,
         value: Tensor<T>,
-    ) -> super::Var<'t, T> {
+    ) -> Result<super::Var<'t, T>> {
         let tape = inputs
             .first()
-            .expect("a custom op needs at least one input")
+            .ok_or_else(|| Error::invalid("custom", "a custom op needs at least one input"))?
             .tape;
-        tape.push(Op::Custom(op), inputs, value)
+        super::Tape::check_inputs("custom", inputs)?;
+        Ok(tape.push(Op::Custom(op), inputs, value))
     }
 }
 

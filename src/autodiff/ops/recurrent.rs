@@ -374,7 +374,7 @@ pub fn rnn_cell<'t, T: Element>(
     )?;
     let hp = hidden_proj(&hv, &wv, &bv);
     let y = Tensor::build(&[bsz, hid], |o| rnn_forward_row(xv.data(), &hp, o));
-    Ok(Var::custom(&[xp, h, w_hh, b_hh], Arc::new(RnnStep), y))
+    Var::custom(&[xp, h, w_hh, b_hh], Arc::new(RnnStep), y)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -489,11 +489,7 @@ pub fn gru_cell<'t, T: Element>(
         }
     });
     let saved = Tensor::from_vec(saved, &[bsz, 4 * hid])?;
-    Ok(Var::custom(
-        &[xp, h, w_hh, b_hh],
-        Arc::new(GruStep { saved }),
-        y,
-    ))
+    Var::custom(&[xp, h, w_hh, b_hh], Arc::new(GruStep { saved }), y)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -617,11 +613,7 @@ pub fn lstm_cell<'t, T: Element>(
         }
     });
     let gates = Tensor::from_vec(a, &[bsz, 4 * hid])?;
-    Ok(Var::custom(
-        &[xp, h, c, w_hh, b_hh],
-        Arc::new(LstmStep { gates }),
-        y,
-    ))
+    Var::custom(&[xp, h, c, w_hh, b_hh], Arc::new(LstmStep { gates }), y)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1257,7 +1249,7 @@ pub fn recurrent_sequence<'t, T: Element>(
     let mut inputs = vec![xp, h0];
     inputs.extend(c0);
     inputs.extend([w_hh, b_hh]);
-    Ok(Var::custom(
+    Var::custom(
         &inputs,
         Arc::new(SequenceOp {
             kind,
@@ -1266,7 +1258,7 @@ pub fn recurrent_sequence<'t, T: Element>(
             cells,
         }),
         y,
-    ))
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1408,7 +1400,7 @@ mod tests {
                 let loss = out.mul(tape.constant(weights)).unwrap().sum_all();
                 let mut g = tape.backward(loss).unwrap();
                 let mut res = vec![out.value()];
-                res.extend(v.iter().map(|&x| g.take(x).unwrap()));
+                res.extend(v.iter().map(|&x| g.take(x).unwrap().unwrap()));
                 res
             };
             let (a, b) = (run(true), run(false));

@@ -3,7 +3,7 @@
 //! into the slice or the selected rows.
 
 use super::{Op, RuleGrads, RuleValue};
-use crate::autodiff::Var;
+use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Shape, Tensor};
 
@@ -211,6 +211,7 @@ impl<'t, T: Element> Var<'t, T> {
         let first = parts
             .first()
             .ok_or_else(|| Error::invalid("concat", "needs at least one variable"))?;
+        Tape::check_inputs("concat", parts)?;
         let values: Vec<Tensor<T>> = parts.iter().map(|p| p.value()).collect();
         let y = Tensor::concat(&values, axis)?;
         Ok(first.tape.push(Op::Concat { axis }, parts, y))
