@@ -286,25 +286,20 @@ pub struct BenchConfig {
     /// The `chainrule` executable, for workloads that need a fresh process (`w7_memory`,
     /// `memory_flat`).
     pub exe: Option<std::path::PathBuf>,
-    /// The tragedies text of W9 (`w9_forward`, `w9_step`).
-    pub text: std::path::PathBuf,
-    /// The MNIST folder of W8 (`mnist_epoch`).
-    pub mnist: std::path::PathBuf,
+    /// The text of W9 (`w9_forward`, `w9_step`); `None`: the embedded tragedies, the
+    /// anchor's text.
+    pub text: Option<std::path::PathBuf>,
+    /// The MNIST folder of W8 (`mnist_epoch`), which the repository does not hold.
+    pub mnist: Option<std::path::PathBuf>,
 }
-
-/// Where W8's MNIST files are, seen from the repository root.
-pub const W8_MNIST: &str = "../shared/data/mnist";
-
-/// Where W9's text is, seen from the repository root.
-pub const W9_TEXT: &str = "../shared/data/text/shakespeare-tragedies.txt";
 
 impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
             budget: Duration::from_secs(2),
             exe: None,
-            text: W9_TEXT.into(),
-            mnist: W8_MNIST.into(),
+            text: None,
+            mnist: None,
         }
     }
 }
@@ -1348,12 +1343,10 @@ fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
     use crate::data::{Streams, TextCorpus};
     use crate::nn::CharModel;
     use crate::train::LanguageModel;
-    let corpus = TextCorpus::load(&cfg.text).map_err(|e| {
-        Error::invalid(
-            "bench",
-            format!("{e} (W9 reads the tragedies text: give its path with --text FILE)"),
-        )
-    })?;
+    let corpus = match &cfg.text {
+        Some(file) => TextCorpus::load(file)?,
+        None => TextCorpus::tragedies()?,
+    };
     let vocab = corpus.vocab().len();
     let train_streams = Streams::new(corpus.train(), 32, 64)?;
     let val = Streams::new(corpus.val(), 32, 64)?;
@@ -1552,12 +1545,13 @@ fn mnist_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
     use crate::data::{Standardizer, load_mnist};
     use crate::nn::Init;
     use crate::train::Position;
-    let (train, test) = load_mnist(&cfg.mnist).map_err(|e| {
-        Error::invalid(
-            "bench",
-            format!("{e} (mnist_epoch reads MNIST: give its folder with --mnist DIR)"),
-        )
-    })?;
+    let Some(dir) = &cfg.mnist else {
+        return Err(Error::invalid(
+            "mnist_epoch",
+            "needs MNIST, which the repository does not hold: give its folder with --mnist DIR",
+        ));
+    };
+    let (train, test) = load_mnist(dir)?;
     let s = Standardizer::fit_global(&train);
     let (train, test) = (s.apply(&train)?, s.apply(&test)?);
     let trainer = Trainer::new(TrainConfig {

@@ -18,12 +18,14 @@ pub struct Args {
     /// List the workloads and exit.
     #[arg(long)]
     list: bool,
-    /// The tragedies text for W9 (`w9_forward`, `w9_step`).
-    #[arg(long, default_value = chainrule::bench::W9_TEXT)]
-    text: std::path::PathBuf,
-    /// The MNIST folder for W8 (`mnist_epoch`).
-    #[arg(long, default_value = chainrule::bench::W8_MNIST)]
-    mnist: std::path::PathBuf,
+    /// The text for W9 (`w9_forward`, `w9_step`) [default: the embedded tragedies, the
+    /// anchor's text].
+    #[arg(long)]
+    text: Option<std::path::PathBuf>,
+    /// The MNIST folder (the four IDX files) for W8 (`mnist_epoch`); the repository does
+    /// not hold MNIST.
+    #[arg(long)]
+    mnist: Option<std::path::PathBuf>,
     /// Internal: the fresh process of `w7_memory`.
     #[arg(long, hide = true)]
     w7_child: bool,

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, bail};
 use chainrule::autodiff::{CellKind, Tape};
-use chainrule::data::{Dataset, Standardizer, Streams, TextCorpus};
+use chainrule::data::{Dataset, EMBEDDED_TEXTS, Standardizer, Streams, TextCorpus};
 use chainrule::nn::{Activation, CharModel, ForwardCtx, Linear, Mlp, ParamStore, cross_entropy};
 use chainrule::optim::{LrSchedule, OptimizerKind, grad_norms};
 use chainrule::tensor::Tensor;
@@ -29,7 +29,8 @@ pub struct Args {
     /// Folder for clipping.svg and clipping.json [default: runs/clipping-<unix time>].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Text to train on: `macbeth` (embedded) or `text:FILE` [default: macbeth].
+    /// Text to train on: `macbeth` or `tragedies` (embedded) or `text:FILE` [default:
+    /// macbeth].
     #[arg(long, default_value = "macbeth")]
     data: String,
 }
@@ -326,10 +327,10 @@ fn plot_pair(path: &Path, u: &Run, c: &Run) -> anyhow::Result<()> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let corpus = match args.data.as_str() {
-        "macbeth" => TextCorpus::macbeth()?,
+        d if EMBEDDED_TEXTS.contains(&d) => TextCorpus::embedded(d)?,
         d => match d.strip_prefix("text:") {
             Some(file) => TextCorpus::load(Path::new(file))?,
-            None => bail!("--data: expected macbeth or text:FILE, got '{d}'"),
+            None => bail!("--data: expected macbeth, tragedies or text:FILE, got '{d}'"),
         },
     };
     let recipe = if args.quick { &QUICK } else { &FULL };

@@ -3,7 +3,8 @@
 use anyhow::{Context, bail};
 use chainrule::autodiff::CellKind;
 use chainrule::data::{
-    Dataset, LabelColumn, Standardizer, Streams, TextCorpus, load_csv, load_mnist, unigram_entropy,
+    Dataset, EMBEDDED_TEXTS, LabelColumn, Standardizer, Streams, TextCorpus, load_csv, load_mnist,
+    unigram_entropy,
 };
 use chainrule::nn::{Activation, CharModel, Init, Mlp, ParamStore};
 use chainrule::optim::{LrSchedule, OptimizerKind, Schedule};
@@ -21,8 +22,8 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct Args {
     /// Dataset: `digits` (embedded), `mnist:DIR` (the four IDX files), `csv:FILE`, or
-    /// text for a character-level language model: `text:FILE` (UTF-8) or `macbeth`
-    /// (embedded).
+    /// text for a character-level language model: `text:FILE` (UTF-8), or `tragedies`
+    /// (seven of Shakespeare's tragedies) or `macbeth` (embedded).
     #[arg(long)]
     data: Option<String>,
     /// Model: `mlp` (for digits, MNIST and CSV), or `lstm`, `gru`, `rnn` (for text)
@@ -219,10 +220,10 @@ pub struct RunConfig {
     seed: u64,
 }
 
-/// Whether `--data` names text for a character model (`text:FILE`, or the embedded
-/// `macbeth`).
+/// Whether `--data` names text for a character model (`text:FILE`, or an embedded text:
+/// `macbeth`, `tragedies`).
 fn is_text(data: &str) -> bool {
-    data.starts_with("text:") || data == "macbeth"
+    data.starts_with("text:") || EMBEDDED_TEXTS.contains(&data)
 }
 
 fn mlp() -> String {
@@ -572,7 +573,7 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
         (t, v, "validation")
     } else {
         bail!(
-            "--data: unknown dataset '{}'; use digits, mnist:DIR, csv:FILE, text:FILE or macbeth",
+            "--data: unknown dataset '{}'; use digits, mnist:DIR, csv:FILE, text:FILE, macbeth or tragedies",
             cfg.data
         );
     };
@@ -623,8 +624,8 @@ pub(super) struct TextData {
 
 fn load_text(cfg: &RunConfig, saved_vocab: Option<&str>) -> anyhow::Result<TextData> {
     let file = cfg.data.strip_prefix("text:").unwrap_or(&cfg.data);
-    let corpus = if cfg.data == "macbeth" {
-        TextCorpus::macbeth()?
+    let corpus = if EMBEDDED_TEXTS.contains(&cfg.data.as_str()) {
+        TextCorpus::embedded(&cfg.data)?
     } else {
         TextCorpus::load(Path::new(file))?
     };

@@ -9,7 +9,7 @@ mod text;
 pub use csv_file::{LabelColumn, load_csv, parse_csv};
 pub use mnist::{MAX_IDX_BYTES, load_mnist, parse_idx, read_idx};
 pub(crate) use mnist::{check_same_features, split_from_idx};
-pub use text::{Streams, TextCorpus, unigram_entropy};
+pub use text::{EMBEDDED_TEXTS, Streams, TextCorpus, unigram_entropy};
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;

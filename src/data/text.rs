@@ -18,16 +18,45 @@ pub struct TextCorpus {
 /// Shakespeare's Macbeth, gzip-compressed (data/text/ATTRIBUTION.md).
 static MACBETH_GZ: &[u8] = include_bytes!("../../data/text/macbeth.txt.gz");
 
+/// Seven of Shakespeare's tragedies, gzip-compressed (data/text/ATTRIBUTION.md).
+static TRAGEDIES_GZ: &[u8] = include_bytes!("../../data/text/tragedies.txt.gz");
+
+/// The texts embedded in the binary, by the name `--data` gives them.
+pub const EMBEDDED_TEXTS: [&str; 2] = ["macbeth", "tragedies"];
+
 impl TextCorpus {
     /// Shakespeare's *Macbeth* (103,428 characters, 67 distinct), embedded in the binary.
     pub fn macbeth() -> Result<TextCorpus> {
+        Self::embedded("macbeth")
+    }
+
+    /// Seven tragedies of Shakespeare (Hamlet, Macbeth, King Lear, Othello, Romeo and
+    /// Juliet, Julius Caesar, Coriolanus: 1,006,767 characters, 73 distinct), embedded in
+    /// the binary.
+    pub fn tragedies() -> Result<TextCorpus> {
+        Self::embedded("tragedies")
+    }
+
+    /// One of [`EMBEDDED_TEXTS`] by name.
+    pub fn embedded(name: &str) -> Result<TextCorpus> {
+        let gz = match name {
+            "macbeth" => MACBETH_GZ,
+            "tragedies" => TRAGEDIES_GZ,
+            _ => {
+                return Err(Error::invalid(
+                    "TextCorpus::embedded",
+                    format!("no embedded text '{name}'; there are {EMBEDDED_TEXTS:?}"),
+                ));
+            }
+        };
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(MACBETH_GZ), &mut bytes)
-            .map_err(|e| Error::Format {
-                path: "embedded macbeth".into(),
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut bytes).map_err(
+            |e| Error::Format {
+                path: format!("embedded {name}"),
                 msg: e.to_string(),
-            })?;
-        TextCorpus::from_bytes(&bytes, "macbeth")
+            },
+        )?;
+        TextCorpus::from_bytes(&bytes, name)
     }
 
     /// Reads and parses a UTF-8 text file (see [`from_bytes`](Self::from_bytes)).
