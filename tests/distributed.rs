@@ -268,10 +268,12 @@ fn a_rank_that_fails_ends_the_job_with_its_reason() {
     assert!(err.contains("differs from rank 0's at 'lr'"), "{err}");
 }
 
-/// Under `mpirun` (see the test below): each rank starts three sums, then a callback of
-/// `finish_sums` panics on the first result, so the unwind drops the two sums still in
-/// flight. Each must wait for its request before its buffers are freed; the rank then
-/// sums again on the same communicator and checks the result.
+/// Under `mpirun` (see the test below): each rank starts three sums (rank 1 starts the
+/// last two half a second late), then a callback of `finish_sums` panics on the first
+/// result, so the unwind drops the two sums still in flight. Each must wait for its
+/// request before its buffers (4 MiB each, returned to the kernel when freed) go: freed
+/// unwaited, MPI writes into unmapped memory when rank 1 catches up. The rank then sums
+/// again on the same communicator and checks the result.
 #[test]
 #[ignore = "a rank of the job started by a_panic_in_a_sum_callback_unwinds_cleanly"]
 fn panicking_sum_callback_rank() {
@@ -284,13 +286,34 @@ fn panicking_sum_callback_rank() {
     let collective = MpiCollective::new(universe.world());
     let rank = collective.rank() as f32;
     let big = vec![rank + 1.0; 1 << 20];
-    for _ in 0..3 {
+    collective.sum_f32(&mut [0.0]).unwrap(); // both ranks start together
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        if i == 1 && rank == 1.0 {
+            // rank 0's first sum completes (rank 1 keeps it progressing: Open MPI moves
+            // a non-blocking collective only inside MPI calls), but its next two cannot
+            // before rank 1 starts them: the unwind on rank 0 meets them in flight
+            let late = std::time::Instant::now();
+            while late.elapsed() < std::time::Duration::from_millis(500) {
+                collective.progress().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         collective.start_sum_f32(&big).unwrap();
     }
     let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         collective.finish_sums(&mut |i, _| panic!("planted panic in the callback of sum {i}"))
     }));
     assert!(unwound.is_err(), "the callback panicked");
+    if rank == 0.0 {
+        // the unwind waited for the two sums rank 1 started late, as their requests
+        // cannot complete before: dropped unwaited, it would be over at once
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(300),
+            "the unwind took {waited:?}: it did not wait for the sums in flight"
+        );
+    }
     let mut again = vec![rank + 1.0; 4];
     collective.sum_f32(&mut again).unwrap();
     assert_eq!(again, vec![3.0; 4]);
