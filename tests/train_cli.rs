@@ -544,6 +544,77 @@ fn bad_input_gets_one_clear_line_and_a_failure_status() {
 }
 
 #[test]
+fn resume_refuses_data_edited_since_the_run() {
+    let dir = temp("edited");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("data.csv");
+    let text = dir.join("text.txt");
+    let lines: String = (0..40)
+        .map(|i| format!("{},{},{}\n", i % 7, (i * 3) % 5, i % 2))
+        .collect();
+    std::fs::write(&file, format!("a,b,y\n{lines}")).unwrap();
+    std::fs::write(
+        &text,
+        "to be or not to be, that is the question. ".repeat(40),
+    )
+    .unwrap();
+    let runs = [
+        (
+            format!("csv:{}", file.display()),
+            vec!["--hidden", "3"],
+            &file,
+        ),
+        (
+            format!("text:{}", text.display()),
+            vec![
+                "--hidden",
+                "4",
+                "--embed",
+                "3",
+                "--layers",
+                "1",
+                "--batch-size",
+                "2",
+            ],
+            &text,
+        ),
+    ];
+    for (i, (data, extra, path)) in runs.iter().enumerate() {
+        let out = dir.join(format!("run{i}"));
+        let mut args = vec!["--data", data.as_str(), "--max-steps", "2", "--json"];
+        args.extend(extra.iter());
+        args.extend(["--out", out.to_str().unwrap()]);
+        let o = chainrule(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // the same data resumes
+        let more = [
+            "--resume",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "4",
+            "--json",
+        ];
+        let o = chainrule(&more);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // two characters swapped: the same size and the same vocabulary
+        let edited = std::fs::read_to_string(path)
+            .unwrap()
+            .replacen("\n0,0,0\n", "\n1,0,0\n", 1)
+            .replacen("question", "qeustion", 1);
+        assert_ne!(edited, std::fs::read_to_string(path).unwrap());
+        std::fs::write(path, edited).unwrap();
+        let o = chainrule(&["--resume", out.to_str().unwrap(), "--max-steps", "6"]);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{data}: resumed on edited data");
+        assert!(
+            e.contains(&format!("{data}: the data differs from the run's")),
+            "{data}: {e}"
+        );
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
 fn nan_during_training_fails_cleanly_and_keeps_the_last_checkpoint() {
     let dir = temp("nan");
     let d = dir.to_str().unwrap();

@@ -10,8 +10,8 @@ use chainrule::nn::{Activation, CharModel, Init, Mlp, ParamStore};
 use chainrule::optim::{LrSchedule, OptimizerKind, Schedule};
 use chainrule::train::{
     CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, Classification, Collective,
-    LanguageModel, MetricsLog, Objective, Position, Progress, StopReason, TrainConfig, Trainer,
-    evaluate, load_checkpoint, plot_history, read_evaluations,
+    DataIdentity, LanguageModel, MetricsLog, Objective, Position, Progress, StopReason,
+    TrainConfig, Trainer, evaluate, load_checkpoint, plot_history, read_evaluations,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -549,6 +549,21 @@ pub struct Splits {
     val: Dataset,
     standardizer: Standardizer,
     eval_name: &'static str,
+    /// The data as loaded, before standardisation.
+    identity: DataIdentity,
+}
+
+/// The identity of a classification set: its features and labels, training and
+/// validation, as loaded.
+fn dataset_identity(source: &str, train: &Dataset, val: &Dataset) -> DataIdentity {
+    let words = |d: &Dataset| {
+        let features = d.features.data().iter().map(|v| v.to_bits());
+        features
+            .chain(d.labels.iter().map(|&l| l as u32))
+            .collect::<Vec<u32>>()
+    };
+    let (a, b) = (words(train), words(val));
+    DataIdentity::of(source, train.len() + val.len(), a.into_iter().chain(b))
 }
 
 fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::Result<Splits> {
@@ -585,7 +600,9 @@ fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::R
         }
     });
     s.check(train.dim())?;
+    let identity = dataset_identity(&cfg.data, &train, &val);
     Ok(Splits {
+        identity,
         train: s.apply(&train)?,
         val: s.apply(&val)?,
         standardizer: s,
@@ -620,6 +637,15 @@ pub(super) struct TextData {
     pub(super) corpus: TextCorpus,
     pub(super) train: Streams,
     pub(super) val: Streams,
+}
+
+impl TextData {
+    /// The text's identity: its characters' ids, training and validation.
+    fn identity(&self, source: &str) -> DataIdentity {
+        let (train, val) = (self.corpus.train(), self.corpus.val());
+        let ids = train.iter().chain(val).copied();
+        DataIdentity::of(source, train.len() + val.len(), ids)
+    }
 }
 
 fn load_text(cfg: &RunConfig, saved_vocab: Option<&str>) -> anyhow::Result<TextData> {
@@ -659,6 +685,17 @@ fn load_text(cfg: &RunConfig, saved_vocab: Option<&str>) -> anyhow::Result<TextD
 enum Problem {
     Classifier { splits: Splits, model: Mlp },
     Text { text: TextData, model: CharModel },
+}
+
+impl Problem {
+    /// What identifies the run's data (recorded in the checkpoint, compared on
+    /// `--resume` and across the ranks of a data-parallel run).
+    fn identity(&self, source: &str) -> DataIdentity {
+        match self {
+            Problem::Classifier { splits, .. } => splits.identity.clone(),
+            Problem::Text { text, .. } => text.identity(source),
+        }
+    }
 }
 
 fn char_model(
@@ -718,23 +755,7 @@ fn run_distributed(_args: Args) -> anyhow::Result<ExitCode> {
 /// What must be equal on every process of a data-parallel run: the configuration and a
 /// hash of the training and validation data, as JSON.
 fn run_fingerprint(cfg: &RunConfig, problem: &Problem) -> anyhow::Result<serde_json::Value> {
-    let fnv = |words: &mut dyn Iterator<Item = u32>| {
-        format!("{:016x}", chainrule::train::fingerprint(words))
-    };
-    let data = match problem {
-        Problem::Classifier { splits, .. } => {
-            let set = |d: &Dataset| {
-                let words = d.features.data().iter().map(|v| v.to_bits());
-                let labels = d.labels.iter().map(|&l| l as u32);
-                serde_json::json!({"samples": d.len(), "hash": fnv(&mut words.chain(labels))})
-            };
-            serde_json::json!({"train": set(&splits.train), "validation": set(&splits.val)})
-        }
-        Problem::Text { text, .. } => {
-            let set = |t: &[u32]| serde_json::json!({"characters": t.len(), "hash": fnv(&mut t.iter().copied())});
-            serde_json::json!({"train": set(text.corpus.train()), "validation": set(text.corpus.val())})
-        }
-    };
+    let data = serde_json::to_value(problem.identity(&cfg.data))?;
     Ok(serde_json::json!({"configuration": serde_json::to_value(cfg)?, "data": data}))
 }
 
@@ -825,6 +846,10 @@ fn run_with(args: Args, collective: Option<Box<dyn Collective>>) -> anyhow::Resu
             Problem::Text { text, model }
         }
     };
+    if let Some(saved) = resumed.as_ref().and_then(|c| c.meta.data.as_ref()) {
+        saved.check_same(&problem.identity(&cfg.data))?;
+    }
+
     let mut optimizer = cfg.optimizer.build::<f32>(cfg.lr, cfg.weight_decay)?;
     let mut objective: Box<dyn Objective + '_> = match &problem {
         Problem::Classifier { splits, model } => Box::new(Classification::new(
@@ -994,6 +1019,7 @@ fn run_with(args: Args, collective: Option<Box<dyn Collective>>) -> anyhow::Resu
         vocab,
         position: position.clone(),
         config: serde_json::to_value(&cfg)?,
+        data: Some(problem.identity(&cfg.data)),
     };
     let (per_step, unit) = match &problem {
         Problem::Classifier { .. } => (cfg.batch_size, "samples"),

@@ -36,6 +36,48 @@ pub struct CheckpointMeta {
     pub position: Position,
     /// The run's configuration (the command-line options), echoed for `--resume`.
     pub config: serde_json::Value,
+    /// The data the run trained on, so that `--resume` can refuse other data (absent in
+    /// checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataIdentity>,
+}
+
+/// What identifies a run's data: where it came from (a file, a folder or the name of an
+/// embedded set), how many values it holds and a hash of them as loaded (before any
+/// standardisation), so that an edited file is noticed even at the same size.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataIdentity {
+    /// The `--data` value: `digits`, `mnist:DIR`, `csv:FILE`, `text:FILE`, `tragedies`...
+    pub source: String,
+    /// Samples (features and labels) or characters, training and validation together.
+    pub size: usize,
+    /// FNV-1a of the training and validation values ([`crate::train::fingerprint`]), hex.
+    pub hash: String,
+}
+
+impl DataIdentity {
+    /// The identity of `size` values whose bit patterns `words` yields, from `source`.
+    pub fn of(source: &str, size: usize, words: impl Iterator<Item = u32>) -> Self {
+        DataIdentity {
+            source: source.to_string(),
+            size,
+            hash: format!("{:016x}", super::fingerprint(words)),
+        }
+    }
+
+    /// An error naming the source when `now` is not the data these were made from.
+    pub fn check_same(&self, now: &DataIdentity) -> Result<()> {
+        if self == now {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "resume",
+            format!(
+                "{}: the data differs from the run's ({} values, hash {}; the checkpoint's: {} values, hash {} from {}); resume with the data it trained on, or start a new run",
+                now.source, now.size, now.hash, self.size, self.hash, self.source
+            ),
+        ))
+    }
 }
 
 /// A checkpoint read back from disk.

@@ -11,7 +11,7 @@ mod objective;
 mod plot;
 
 pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot, read_evaluations};
-pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, load_checkpoint};
+pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, DataIdentity, load_checkpoint};
 pub use collective::{Collective, fingerprint, share};
 pub use objective::{
     BatchData, Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression,
@@ -1351,6 +1351,7 @@ mod tests {
                 vocab: None,
                 position: Position::default(),
                 config: serde_json::Value::Null,
+                data: None,
             };
             let mut watch = Watch {
                 inner: CheckpointWriter::new(path.clone(), meta).every(every),
