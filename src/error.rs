@@ -62,11 +62,14 @@ pub enum Error {
         /// report of the whole chain names it once).
         cause: std::io::Error,
     },
-    /// A file's contents are malformed.
+    /// A file's contents are malformed (or do not fit what reads them).
     #[error("{path}: {msg}")]
-    Format {
+    Parse {
         /// The file (or a description of the input).
         path: String,
+        /// The line (a CSV file's row, counted from 1) where it is known; the message
+        /// names it too.
+        line: Option<usize>,
         /// What is wrong, with the row or byte offset where known.
         msg: String,
     },

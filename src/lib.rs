@@ -7,15 +7,23 @@
 //! gradient checking) and [`scalar`] (the same for generic scalar code), [`nn`]
 //! (parameters, layers, losses), [`data`] (datasets), [`optim`] (optimizers, schedules,
 //! clipping), [`train`] (the descent loop and what it writes); beside them [`explain`]
-//! (the chain rule, edge by edge) and [`bench`] (the benchmark workloads).
+//! (the chain rule, edge by edge).
+//!
+//! What this documentation shows is the API. The crate also holds, public but hidden
+//! from it and outside any compatibility promise, what its own binary, fuzz targets and
+//! tests reach from outside the library: the benchmark workloads (`bench`), the fuzz
+//! entry points (`fuzzing`) and the gradient-check suite's planted faults and case
+//! types.
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod autodiff;
+#[doc(hidden)] // the benchmark workloads of `chainrule bench`: not part of the API
 pub mod bench;
 pub mod data;
 pub mod error;
 pub mod explain;
+#[doc(hidden)] // the entry points of the fuzz targets (fuzz/) and their tests: not API
 pub mod fuzzing;
 pub mod nn;
 pub mod optim;

@@ -166,3 +166,32 @@ fn variables_of_another_tape_are_errors_not_other_nodes() {
     let z2 = c.var(Tensor::from_vec(vec![7.0], &[1]).unwrap());
     assert!(matches!(g.get(z2), Err(Error::OtherTape { .. })));
 }
+
+#[test]
+fn errors_are_structured_and_print_one_line() {
+    use chainrule::Error;
+    use chainrule::data::{LabelColumn, parse_csv};
+    let e = parse_csv(b"a,y\n1,0\nx,1\n", "bad.csv", &LabelColumn::Last).unwrap_err();
+    match &e {
+        Error::Parse { path, line, msg } => {
+            assert_eq!((path.as_str(), *line), ("bad.csv", Some(3)));
+            assert!(msg.contains("'x' is not a number"), "{msg}");
+        }
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+    assert_eq!(e.to_string(), "bad.csv: row 3, column 0 ('a'): 'x' is not a number");
+    let a = Tensor::<f64>::zeros(&[2, 3]).unwrap();
+    let b = Tensor::<f64>::zeros(&[4]).unwrap();
+    match a.add(&b).unwrap_err() {
+        Error::Shape { op, lhs, rhs, .. } => {
+            assert_eq!((op, lhs.0, rhs.0), ("add", vec![2, 3], vec![4]));
+        }
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    match chainrule::data::load_mnist(std::path::Path::new("/no/such/folder")).unwrap_err() {
+        e @ Error::Parse { .. } | e @ Error::Io { .. } => {
+            assert!(e.to_string().starts_with("/no/such/folder"), "{e}")
+        }
+        other => panic!("expected a file error, got {other:?}"),
+    }
+}

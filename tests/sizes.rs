@@ -28,7 +28,7 @@ fn overflowing() -> Vec<Vec<usize>> {
 
 fn is_size_error<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) {
     match r {
-        Err(Error::TooLarge { .. }) | Err(Error::Format { .. }) | Err(Error::Invalid { .. }) => {}
+        Err(Error::TooLarge { .. }) | Err(Error::Parse { .. }) | Err(Error::Invalid { .. }) => {}
         Err(Error::Shape { .. }) => {}
         other => panic!("{what}: expected a size error, got {other:?}"),
     }
@@ -187,7 +187,7 @@ fn loaders_refuse_headers_that_overflow_or_hold_nothing() {
         vec![3, 0, 28],
     ] {
         let r = parse_idx(idx(&dims, &[]), "test.idx");
-        assert!(matches!(r, Err(Error::Format { .. })), "{dims:?}: {r:?}");
+        assert!(matches!(r, Err(Error::Parse { .. })), "{dims:?}: {r:?}");
     }
     assert!(parse_idx(idx(&[2, 2], &[1, 2, 3, 4]), "ok.idx").is_ok());
 }

@@ -49,13 +49,20 @@ pub(super) fn parse_records<R: std::io::Read>(
     name: &str,
     label: &LabelColumn,
 ) -> Result<Dataset> {
-    let fmt = |msg: String| Error::Format {
+    let fmt = |msg: String| Error::Parse {
+        line: None,
         path: name.to_string(),
         msg,
     };
+    // an error of one row: the row is named in the message and kept as the line
+    let at = |line: usize, msg: String| Error::Parse {
+        line: Some(line),
+        path: name.to_string(),
+        msg: format!("row {line}{msg}"),
+    };
     let mut rows: Vec<csv::StringRecord> = Vec::new();
     for (i, rec) in reader.records().enumerate() {
-        let rec = rec.map_err(|e| fmt(format!("row {}: {}", i + 1, csv_message(&e))))?;
+        let rec = rec.map_err(|e| at(i + 1, format!(": {}", csv_message(&e))))?;
         if rec.iter().all(|f| f.is_empty()) {
             continue;
         }
@@ -114,28 +121,32 @@ pub(super) fn parse_records<R: std::io::Read>(
         for (j, field) in rec.iter().enumerate() {
             let v: f64 = field.parse().map_err(|_| {
                 if j == label_col {
-                    fmt(format!(
-                        "row {line}: label column {j}{} holds '{field}', which is not a number",
-                        col_name(j)
-                    ))
+                    at(
+                        line,
+                        format!(
+                            ": label column {j}{} holds '{field}', which is not a number",
+                            col_name(j)
+                        ),
+                    )
                 } else {
-                    fmt(format!(
-                        "row {line}, column {j}{}: '{field}' is not a number",
-                        col_name(j)
-                    ))
+                    at(
+                        line,
+                        format!(", column {j}{}: '{field}' is not a number", col_name(j)),
+                    )
                 }
             })?;
             if !v.is_finite() || (j != label_col && !(v as f32).is_finite()) {
-                return Err(fmt(format!(
-                    "row {line}, column {j}{}: '{field}' is not finite",
-                    col_name(j)
-                )));
+                return Err(at(
+                    line,
+                    format!(", column {j}{}: '{field}' is not finite", col_name(j)),
+                ));
             }
             if j == label_col {
                 if v < 0.0 || v.fract() != 0.0 {
-                    return Err(fmt(format!(
-                        "row {line}: label '{field}' is not a class index (a non-negative integer)"
-                    )));
+                    return Err(at(
+                        line,
+                        format!(": label '{field}' is not a class index (a non-negative integer)"),
+                    ));
                 }
                 raw_labels.push(v as usize);
             } else {

@@ -21,7 +21,8 @@ pub const MAX_IDX_BYTES: u64 = 1 << 30;
 /// Sizes from the header are multiplied with checked arithmetic: malformed input is an
 /// error, never a panic.
 pub fn parse_idx(raw: Vec<u8>, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
-    let fmt = |msg: String| Error::Format {
+    let fmt = |msg: String| Error::Parse {
+        line: None,
         path: name.to_string(),
         msg,
     };
@@ -92,7 +93,8 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    Err(Error::Format {
+    Err(Error::Parse {
+        line: None,
         path: dir.display().to_string(),
         msg: format!("no {stem} or {stem}.gz in this directory"),
     })
@@ -123,13 +125,15 @@ pub(crate) fn split_from_idx(
     name: &str,
 ) -> Result<Dataset> {
     if dims.len() != 3 {
-        return Err(Error::Format {
+        return Err(Error::Parse {
+            line: None,
             path: image_name.to_string(),
             msg: format!("images must have 3 dimensions [count, rows, columns], not {dims:?}"),
         });
     }
     if ldims.len() != 1 || dims[0] != ldims[0] {
-        return Err(Error::Format {
+        return Err(Error::Parse {
+            line: None,
             path: label_name.to_string(),
             msg: format!("images {dims:?} and labels {ldims:?} do not match"),
         });
@@ -161,7 +165,8 @@ pub fn load_mnist(dir: &Path) -> Result<(Dataset, Dataset)> {
 /// and the standardiser's statistics are sized from the training set).
 pub(crate) fn check_same_features(train: &Dataset, test: &Dataset, test_name: &str) -> Result<()> {
     if train.features.shape()[1] != test.features.shape()[1] {
-        return Err(Error::Format {
+        return Err(Error::Parse {
+            line: None,
             path: test_name.to_string(),
             msg: format!(
                 "images of {} pixels, the training images have {}",

@@ -43,7 +43,8 @@ impl Dataset {
     ) -> Result<Self> {
         let name = name.into();
         if features.ndim() != 2 || features.shape()[0] != labels.len() {
-            return Err(Error::Format {
+            return Err(Error::Parse {
+                line: None,
                 path: name,
                 msg: format!(
                     "features of shape {:?} do not match {} labels",
@@ -53,19 +54,22 @@ impl Dataset {
             });
         }
         if features.shape()[0] == 0 {
-            return Err(Error::Format {
+            return Err(Error::Parse {
+                line: None,
                 path: name,
                 msg: "the dataset is empty".into(),
             });
         }
         if features.shape()[1] == 0 {
-            return Err(Error::Format {
+            return Err(Error::Parse {
+                line: None,
                 path: name,
                 msg: "the samples have no features".into(),
             });
         }
         if let Some(&bad) = labels.iter().find(|&&l| l >= num_classes) {
-            return Err(Error::Format {
+            return Err(Error::Parse {
+                line: None,
                 path: name,
                 msg: format!("label {bad} is not below the class count {num_classes}"),
             });
@@ -83,7 +87,8 @@ impl Dataset {
         let mut text = String::new();
         flate2::read::GzDecoder::new(DIGITS_GZ)
             .read_to_string(&mut text)
-            .map_err(|e| Error::Format {
+            .map_err(|e| Error::Parse {
+                line: None,
                 path: "embedded digits".into(),
                 msg: e.to_string(),
             })?;
@@ -135,7 +140,8 @@ impl Dataset {
         let n_val = ((self.len() as f64 * val_fraction).round() as usize)
             .clamp(1, self.len().saturating_sub(1).max(1));
         if self.len() < 2 {
-            return Err(Error::Format {
+            return Err(Error::Parse {
+                line: None,
                 path: self.name.clone(),
                 msg: "a split needs at least 2 samples".into(),
             });
@@ -198,7 +204,8 @@ impl Standardizer {
     /// checkpoint file): one mean and one positive, finite deviation per feature.
     pub fn check(&self, dim: usize) -> Result<()> {
         let bad = |msg: String| {
-            Err(Error::Format {
+            Err(Error::Parse {
+                line: None,
                 path: "checkpoint".into(),
                 msg,
             })
@@ -224,7 +231,8 @@ impl Standardizer {
     /// the data's features (see [`check`](Self::check)).
     pub fn apply(&self, ds: &Dataset) -> Result<Dataset> {
         if self.mean.len() != ds.dim() || self.std.len() != ds.dim() {
-            return Err(Error::Format {
+            return Err(Error::Parse {
+                line: None,
                 path: ds.name.clone(),
                 msg: format!(
                     "{} features, the standardiser was fitted on {}",

@@ -51,7 +51,8 @@ impl TextCorpus {
         };
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut bytes).map_err(
-            |e| Error::Format {
+            |e| Error::Parse {
+                line: None,
                 path: format!("embedded {name}"),
                 msg: e.to_string(),
             },
@@ -70,7 +71,8 @@ impl TextCorpus {
     /// messages. Invalid UTF-8, an empty text, a single distinct character or a
     /// validation part shorter than 2 characters is an error.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<TextCorpus> {
-        let fmt = |msg: String| Error::Format {
+        let fmt = |msg: String| Error::Parse {
+            line: None,
             path: name.to_string(),
             msg,
         };

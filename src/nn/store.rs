@@ -214,12 +214,14 @@ impl<T: Element> ParamStore<T> {
         let mut by_name: HashMap<String, Tensor<T>> = tensors.into_iter().collect();
         let mut fresh = Vec::with_capacity(self.values.len());
         for (name, value) in self.names.iter().zip(&self.values) {
-            let t = by_name.remove(name).ok_or_else(|| Error::Format {
+            let t = by_name.remove(name).ok_or_else(|| Error::Parse {
+                line: None,
                 path: path.display().to_string(),
                 msg: format!("parameter '{name}' is missing"),
             })?;
             if t.shape() != value.shape() {
-                return Err(Error::Format {
+                return Err(Error::Parse {
+                    line: None,
                     path: path.display().to_string(),
                     msg: format!(
                         "parameter '{name}' has shape {:?}, the model expects {:?}",
@@ -256,7 +258,8 @@ pub fn save_tensors<'a, T: Element>(
     for (n, shape, bytes) in &owned {
         let view =
             safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).map_err(|e| {
-                Error::Format {
+                Error::Parse {
+                    line: None,
                     path: path.display().to_string(),
                     msg: e.to_string(),
                 }
@@ -264,7 +267,8 @@ pub fn save_tensors<'a, T: Element>(
         views.push((n.as_str(), view));
     }
     let bytes =
-        safetensors::serialize(views, Some(metadata.clone())).map_err(|e| Error::Format {
+        safetensors::serialize(views, Some(metadata.clone())).map_err(|e| Error::Parse {
+            line: None,
             path: path.display().to_string(),
             msg: e.to_string(),
         })?;
@@ -291,7 +295,8 @@ pub fn load_tensors<T: Element>(path: &Path) -> Result<NamedTensors<T>> {
 /// Parses the bytes of a safetensors file; `name` is used in messages. Never panics on
 /// malformed input.
 pub fn tensors_from_bytes<T: Element>(bytes: &[u8], name: &str) -> Result<NamedTensors<T>> {
-    let fmt = |msg: String| Error::Format {
+    let fmt = |msg: String| Error::Parse {
+        line: None,
         path: name.to_string(),
         msg,
     };

@@ -147,7 +147,8 @@ impl Checkpoint {
     /// Parses the bytes of a checkpoint file; `name` is used in messages. Malformed or
     /// foreign files are an error, never a panic.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Checkpoint> {
-        let fmt = |msg: String| Error::Format {
+        let fmt = |msg: String| Error::Parse {
+            line: None,
             path: name.to_string(),
             msg,
         };
@@ -260,12 +261,14 @@ impl Checkpoint {
             .map(|(id, name, t)| (id, name.to_string(), t.shape().to_vec()))
             .collect();
         for (id, name, shape) in ids {
-            let t = by_name.get(name.as_str()).ok_or_else(|| Error::Format {
+            let t = by_name.get(name.as_str()).ok_or_else(|| Error::Parse {
+                line: None,
                 path: "checkpoint".into(),
                 msg: format!("parameter '{name}' is missing"),
             })?;
             if t.shape() != shape.as_slice() {
-                return Err(Error::Format {
+                return Err(Error::Parse {
+                    line: None,
                     path: "checkpoint".into(),
                     msg: format!(
                         "parameter '{name}' has shape {:?}, the model expects {shape:?}",

@@ -13,7 +13,8 @@ pub fn plot_history(
     step_norms: &[(usize, f64, bool)],
     path: &Path,
 ) -> Result<()> {
-    let err = |e: String| Error::Format {
+    let err = |e: String| Error::Parse {
+        line: None,
         path: path.display().to_string(),
         msg: format!("plot: {e}"),
     };

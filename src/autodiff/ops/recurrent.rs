@@ -620,7 +620,7 @@ pub fn lstm_cell<'t, T: Element>(
 // The cells
 // ---------------------------------------------------------------------------------------
 
-/// Which recurrent cell a [`Recurrent`] stack runs.
+/// Which recurrent cell a [`Recurrent`](crate::nn::Recurrent) stack runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CellKind {
