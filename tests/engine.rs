@@ -179,7 +179,10 @@ fn errors_are_structured_and_print_one_line() {
         }
         other => panic!("expected a parse error, got {other:?}"),
     }
-    assert_eq!(e.to_string(), "bad.csv: row 3, column 0 ('a'): 'x' is not a number");
+    assert_eq!(
+        e.to_string(),
+        "bad.csv: row 3, column 0 ('a'): 'x' is not a number"
+    );
     let a = Tensor::<f64>::zeros(&[2, 3]).unwrap();
     let b = Tensor::<f64>::zeros(&[4]).unwrap();
     match a.add(&b).unwrap_err() {
