@@ -3,6 +3,8 @@
 
 use super::*;
 
+/// `n×n · n×n` through [`Tensor::matmul`] (its threading threshold and kernel choice
+/// included), checked against f64 dot products.
 pub(super) fn square_matmul(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
     let a = Tensor::<f32>::splitmix_uniform(&[n, n], 61, -1.0, 1.0)?;
     let b = Tensor::<f32>::splitmix_uniform(&[n, n], 62, -1.0, 1.0)?;

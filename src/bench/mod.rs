@@ -359,9 +359,6 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     })
 }
 
-/// `n×n · n×n` through [`Tensor::matmul`] (its threading threshold and kernel choice
-/// included), checked against f64 dot products.
-
 #[cfg(test)]
 mod tests {
     use super::*;

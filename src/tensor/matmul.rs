@@ -26,7 +26,8 @@ const PARALLEL_MIN_MNK: usize = 8 * 1024 * 1024;
 /// very function, so benchmarks that report it cannot drift from what ran.
 pub(crate) fn matmul_threads(m: usize, n: usize, k: usize) -> usize {
     let mnk = m.saturating_mul(n).saturating_mul(k);
-    if mnk > SMALL_MNK && mnk >= PARALLEL_MIN_MNK {
+    // PARALLEL_MIN_MNK is above SMALL_MNK: the small-product path is always serial
+    if mnk >= PARALLEL_MIN_MNK {
         rayon::current_num_threads()
     } else {
         1
