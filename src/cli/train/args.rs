@@ -1,0 +1,529 @@
+//! The options of `chainrule train` and the settings they resolve to (`RunConfig`),
+//! with the checks a resumed run makes against its saved settings.
+
+use super::*;
+
+/// Options of `chainrule train`. Unset options take the defaults shown, or, with
+/// `--resume`, the values the run was started with.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct Args {
+    /// Dataset: `digits` (embedded), `mnist:DIR` (the four IDX files), `csv:FILE`, or
+    /// text for a character-level language model: `text:FILE` (UTF-8), or `tragedies`
+    /// (seven of Shakespeare's tragedies) or `macbeth` (embedded).
+    #[arg(long)]
+    pub(crate) data: Option<String>,
+    /// Model: `mlp` (for digits, MNIST and CSV), or `lstm`, `gru`, `rnn` (for text)
+    /// [default: mlp, or lstm for text].
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// Embedding size of a character model [default: 64].
+    #[arg(long)]
+    pub(crate) embed: Option<usize>,
+    /// Recurrent layers of a character model [default: 2].
+    #[arg(long)]
+    pub(crate) layers: Option<usize>,
+    /// Characters per window of truncated backpropagation through time [default: 64].
+    #[arg(long)]
+    pub(crate) seq_len: Option<usize>,
+    /// CSV label column, by name or 0-based index [default: last].
+    #[arg(long)]
+    pub(crate) label: Option<String>,
+    /// Hidden layer sizes of an MLP [default: 128,64], or the hidden size of a recurrent
+    /// model [default: 256].
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) hidden: Option<Vec<usize>>,
+    /// Weight initialisation of an MLP: he (He/Kaiming uniform), xavier (Glorot uniform)
+    /// or torch (PyTorch's `nn.Linear` default, U(±1/√fan_in) for weights and biases)
+    /// [default: torch].
+    #[arg(long)]
+    pub(crate) init: Option<String>,
+    /// Hidden activation: relu, tanh or sigmoid [default: relu].
+    #[arg(long)]
+    pub(crate) activation: Option<String>,
+    /// Dropout probability after each hidden layer [default: 0].
+    #[arg(long)]
+    pub(crate) dropout: Option<f64>,
+    /// sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw [default: adam].
+    #[arg(long)]
+    pub(crate) optimizer: Option<String>,
+    /// Learning rate [default: 0.001; 0.003 for text].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) lr: Option<f64>,
+    /// Weight decay [default: the optimizer's PyTorch default].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) weight_decay: Option<f64>,
+    /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA [default: constant;
+    /// cosine for text].
+    #[arg(long)]
+    pub(crate) schedule: Option<String>,
+    /// Linear warm-up steps [default: 0].
+    #[arg(long)]
+    pub(crate) warmup: Option<usize>,
+    /// Samples per step, or streams of a character model [default: 32].
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
+    /// Clip the global gradient norm to this value [default: 1.0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) clip_norm: Option<f64>,
+    /// Turn gradient-norm clipping off.
+    #[arg(long)]
+    pub(crate) no_clip: bool,
+    /// Clip each gradient element to ±this value [default: off].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) clip_value: Option<f64>,
+    /// Stop when validation accuracy reaches this (a character model: when the validation
+    /// loss falls to this, in nats per character), or `none` [default: 0.97; none for text].
+    #[arg(long)]
+    pub(crate) target: Option<Limit<f64>>,
+    /// Stop after this many evaluations without improvement, or `none` [default: 20].
+    #[arg(long)]
+    pub(crate) patience: Option<Limit<usize>>,
+    /// Stop after this many epochs, or `none` [default: 1000].
+    #[arg(long)]
+    pub(crate) max_epochs: Option<Limit<usize>>,
+    /// Stop after this many steps, or `none` [default: none; 5000 for text].
+    #[arg(long)]
+    pub(crate) max_steps: Option<Limit<usize>>,
+    /// Stop after this many seconds of training, or `none` [default: 60; 600 for text].
+    #[arg(long)]
+    pub(crate) max_time: Option<Limit<f64>>,
+    /// Evaluate every k steps instead of every epoch [default: every epoch; 500 for text].
+    #[arg(long)]
+    pub(crate) eval_every: Option<usize>,
+    /// Fraction of the data held out for validation (digits, CSV) [default: 0.2].
+    #[arg(long)]
+    pub(crate) val_fraction: Option<f64>,
+    /// Put the best validation weights back at the end.
+    #[arg(long)]
+    pub(crate) restore_best: bool,
+    /// Seed of the split, initialisation, batch order and dropout [default: 0].
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Output folder for the metrics log, plot, report and checkpoint [default: runs/run-<unix time>].
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Besides the evaluations that improve the best metric and the end of the run, also
+    /// write the checkpoint at every K-th evaluation [default: never].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) checkpoint_every: Option<u64>,
+    /// Continue the run saved in this folder (its checkpoint.safetensors).
+    #[arg(long)]
+    pub(crate) resume: Option<PathBuf>,
+    /// Train data-parallel across the processes of an MPI job: `mpirun -np N chainrule
+    /// train --distributed ...` (a build with `--features mpi`). `--batch-size` stays the
+    /// global batch, so the same options train the same model on 1 or N processes; rank 0
+    /// writes the output folder.
+    #[arg(long)]
+    pub(crate) distributed: bool,
+    /// Print the final report as one JSON object (and no progress).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write one training step's graph (op, shape, gradient norm per node, grouped by
+    /// layer) to this Graphviz DOT file.
+    #[arg(long)]
+    pub(crate) graph: Option<PathBuf>,
+    /// Stop with the first op whose backward pass produced NaN or infinity.
+    #[arg(long)]
+    pub(crate) detect_anomaly: bool,
+    /// With --distributed: sum each gradient across processes while the backward sweep
+    /// computes the next one (MPI's non-blocking all-reduce), instead of after the sweep.
+    /// Measured slower on one machine (docs/distributed.md); meant for clusters, where
+    /// the network moves the bytes.
+    #[arg(long, requires = "distributed")]
+    pub(crate) overlap: bool,
+    /// Record every step on the tape; by default a step whose graph and shapes repeat the
+    /// previous one's is replayed from its recording (same values, less bookkeeping).
+    #[arg(long)]
+    pub(crate) eager: bool,
+    /// Print where the training time went, phase by phase (forward, backward, clipping,
+    /// optimizer, evaluation, logging and checkpoints); the JSON report always has it
+    /// under `profile`.
+    #[arg(long)]
+    pub(crate) profile: bool,
+}
+
+/// A stop limit on the command line: a value, or `none` to switch the limit off.
+#[derive(Clone, Copy, Debug)]
+pub struct Limit<T>(Option<T>);
+
+impl<T: std::str::FromStr> std::str::FromStr for Limit<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(Limit(None));
+        }
+        s.parse()
+            .map(|v| Limit(Some(v)))
+            .map_err(|e| format!("{e} (give a number, or 'none' to switch this limit off)"))
+    }
+}
+
+/// The option's value when given (`Some(None)` for `none`), else the saved or default one.
+pub(crate) fn limit<T: Copy>(given: Option<Limit<T>>, base: Option<T>) -> Option<T> {
+    match given {
+        Some(Limit(v)) => v,
+        None => base,
+    }
+}
+
+/// The resolved settings of a run, stored in its checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub(crate) data: String,
+    #[serde(default = "mlp")]
+    pub(crate) model: String,
+    #[serde(default)]
+    pub(crate) embed: usize,
+    #[serde(default)]
+    pub(crate) layers: usize,
+    #[serde(default)]
+    pub(crate) seq_len: usize,
+    pub(crate) label: Option<String>,
+    pub(crate) hidden: Vec<usize>,
+    pub(crate) activation: Activation,
+    #[serde(default)]
+    pub(crate) init: Option<String>,
+    pub(crate) dropout: f64,
+    pub(crate) optimizer: OptimizerKind,
+    pub(crate) lr: f64,
+    pub(crate) weight_decay: Option<f64>,
+    pub(crate) schedule: String,
+    pub(crate) warmup: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) clip_norm: Option<f64>,
+    pub(crate) clip_value: Option<f64>,
+    pub(crate) target: Option<f64>,
+    pub(crate) patience: Option<usize>,
+    pub(crate) max_epochs: Option<usize>,
+    pub(crate) max_steps: Option<usize>,
+    pub(crate) max_time: Option<f64>,
+    pub(crate) eval_every: Option<usize>,
+    pub(crate) val_fraction: f64,
+    pub(crate) restore_best: bool,
+    pub(crate) seed: u64,
+}
+
+/// Whether `--data` names text for a character model (`text:FILE`, or an embedded text:
+/// `macbeth`, `tragedies`).
+pub(crate) fn is_text(data: &str) -> bool {
+    data.starts_with("text:") || EMBEDDED_TEXTS.contains(&data)
+}
+
+pub(crate) fn mlp() -> String {
+    "mlp".into()
+}
+
+/// The recurrent cell of a `--model` name (`None` for `mlp`).
+pub(crate) fn cell_kind(model: &str) -> anyhow::Result<Option<CellKind>> {
+    Ok(match model {
+        "mlp" => None,
+        "lstm" => Some(CellKind::Lstm),
+        "gru" => Some(CellKind::Gru),
+        "rnn" => Some(CellKind::Rnn),
+        _ => bail!("--model: unknown model '{model}'; choose mlp, lstm, gru or rnn"),
+    })
+}
+
+pub(crate) fn parse_init(s: &str) -> anyhow::Result<Init> {
+    Ok(match s {
+        "he" => Init::HeUniform,
+        "xavier" => Init::XavierUniform,
+        "torch" => Init::TorchDefault,
+        _ => bail!("--init: unknown initialisation '{s}'; choose he, xavier or torch"),
+    })
+}
+
+pub(crate) fn parse_activation(s: &str) -> anyhow::Result<Activation> {
+    Ok(match s {
+        "relu" => Activation::Relu,
+        "tanh" => Activation::Tanh,
+        "sigmoid" => Activation::Sigmoid,
+        _ => bail!("--activation: unknown activation '{s}'; choose relu, tanh or sigmoid"),
+    })
+}
+
+pub(crate) fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>> {
+    match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => {
+            bail!("{name} must be a positive number, got {x}")
+        }
+        _ => Ok(v),
+    }
+}
+
+impl RunConfig {
+    /// Defaults, overridden by the options given (on top of `base` when resuming).
+    pub(crate) fn resolve(a: &Args, base: Option<RunConfig>) -> anyhow::Result<RunConfig> {
+        let text = a
+            .data
+            .as_deref()
+            .or(base.as_ref().map(|b| b.data.as_str()))
+            .is_some_and(is_text);
+        let b = base.unwrap_or(if text {
+            // a character-level language model: the best recipe found for 600 s on the
+            // tragedies (README, "Character-level language model")
+            RunConfig {
+                data: String::new(),
+                model: "lstm".into(),
+                embed: 64,
+                layers: 2,
+                seq_len: 64,
+                label: None,
+                hidden: vec![256],
+                activation: Activation::Tanh,
+                init: None,
+                dropout: 0.0,
+                optimizer: OptimizerKind::Adam,
+                lr: 3e-3,
+                weight_decay: None,
+                schedule: "cosine".into(),
+                warmup: 0,
+                batch_size: 32,
+                clip_norm: Some(1.0),
+                clip_value: None,
+                target: None,
+                patience: Some(20),
+                max_epochs: Some(1000),
+                max_steps: Some(5000),
+                max_time: Some(600.0),
+                eval_every: Some(500),
+                val_fraction: 0.1,
+                restore_best: false,
+                seed: 0,
+            }
+        } else {
+            RunConfig {
+                data: "digits".into(),
+                model: mlp(),
+                embed: 0,
+                layers: 0,
+                seq_len: 0,
+                label: None,
+                hidden: vec![128, 64],
+                activation: Activation::Relu,
+                init: None,
+                dropout: 0.0,
+                optimizer: OptimizerKind::Adam,
+                lr: 1e-3,
+                weight_decay: None,
+                schedule: "constant".into(),
+                warmup: 0,
+                batch_size: 32,
+                clip_norm: Some(1.0),
+                clip_value: None,
+                target: Some(0.97),
+                patience: Some(20),
+                max_epochs: Some(1000),
+                max_steps: None,
+                max_time: Some(60.0),
+                eval_every: None,
+                val_fraction: 0.2,
+                restore_best: false,
+                seed: 0,
+            }
+        });
+        let lr = a.lr.unwrap_or(b.lr);
+        if !(lr.is_finite() && lr >= 0.0) {
+            bail!("--lr must be a non-negative number, got {lr}");
+        }
+        let optimizer = match &a.optimizer {
+            Some(s) => s
+                .parse::<OptimizerKind>()
+                .map_err(|e| anyhow::anyhow!("--optimizer: {e}"))?,
+            None => b.optimizer,
+        };
+        let dropout = a.dropout.unwrap_or(b.dropout);
+        if !(0.0..1.0).contains(&dropout) {
+            bail!("--dropout must be in [0, 1), got {dropout}");
+        }
+        let val_fraction = a.val_fraction.unwrap_or(b.val_fraction);
+        if !(val_fraction > 0.0 && val_fraction < 1.0) {
+            bail!("--val-fraction must be between 0 and 1, got {val_fraction}");
+        }
+        let hidden = a.hidden.clone().unwrap_or(b.hidden);
+        if hidden.contains(&0) {
+            bail!("--hidden: layer sizes must be positive, got {hidden:?}");
+        }
+        let batch_size = a.batch_size.unwrap_or(b.batch_size);
+        if batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let data = a.data.clone().unwrap_or(b.data);
+        let model = a.model.clone().unwrap_or(b.model);
+        let recurrent = cell_kind(&model)?.is_some();
+        if recurrent != text {
+            bail!(
+                "--model {model} does not train on --data {data}: text data takes lstm, gru or rnn, the others take mlp"
+            );
+        }
+        let (embed, layers, seq_len) = (
+            a.embed.unwrap_or(b.embed),
+            a.layers.unwrap_or(b.layers),
+            a.seq_len.unwrap_or(b.seq_len),
+        );
+        if text {
+            for (flag, v) in [
+                ("--embed", embed),
+                ("--layers", layers),
+                ("--seq-len", seq_len),
+            ] {
+                if v == 0 {
+                    bail!("{flag} must be at least 1");
+                }
+            }
+            if hidden.len() != 1 {
+                bail!(
+                    "--hidden: a recurrent model takes one hidden size (stack layers with --layers), got {hidden:?}"
+                );
+            }
+            if a.val_fraction.is_some() {
+                bail!("--val-fraction: text data always validates on its last 10%");
+            }
+            if a.init.is_some() {
+                bail!("--init: a character model always starts from PyTorch's initialisation");
+            }
+        }
+        let cfg = RunConfig {
+            data,
+            model,
+            embed,
+            layers,
+            seq_len,
+            label: a.label.clone().or(b.label),
+            hidden,
+            activation: match &a.activation {
+                Some(s) => parse_activation(s)?,
+                None => b.activation,
+            },
+            init: match &a.init {
+                Some(s) => {
+                    parse_init(s)?;
+                    Some(s.clone())
+                }
+                None => b.init,
+            },
+            dropout,
+            optimizer,
+            lr,
+            weight_decay: a.weight_decay.or(b.weight_decay),
+            schedule: a.schedule.clone().unwrap_or(b.schedule),
+            warmup: a.warmup.unwrap_or(b.warmup),
+            batch_size,
+            clip_norm: if a.no_clip {
+                None
+            } else {
+                positive("--clip-norm", a.clip_norm.or(b.clip_norm))?
+            },
+            clip_value: positive("--clip-value", a.clip_value.or(b.clip_value))?,
+            target: limit(a.target, b.target),
+            patience: limit(a.patience, b.patience),
+            max_epochs: limit(a.max_epochs, b.max_epochs),
+            max_steps: limit(a.max_steps, b.max_steps),
+            max_time: positive("--max-time", limit(a.max_time, b.max_time))?,
+            eval_every: a.eval_every.or(b.eval_every),
+            val_fraction,
+            restore_best: a.restore_best || b.restore_best,
+            seed: a.seed.unwrap_or(b.seed),
+        };
+        cfg.lr_schedule(0)?;
+        if let Some(t) = cfg.target
+            && !t.is_finite()
+        {
+            bail!("--target must be a finite number, got {t}");
+        }
+        if cfg.schedule == "cosine" && cfg.max_epochs.is_none() && cfg.max_steps.is_none() {
+            bail!(
+                "--schedule cosine needs --max-epochs or --max-steps: the cosine ends where the run ends"
+            );
+        }
+        if cfg.patience.is_none()
+            && cfg.max_epochs.is_none()
+            && cfg.max_steps.is_none()
+            && cfg.max_time.is_none()
+        {
+            bail!(
+                "--patience, --max-epochs, --max-steps and --max-time are all off: keep at least one so that the run ends"
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// With `--resume`: refuses any option that would change the data split, the model or
+    /// the batch layout of the saved run, naming the option and the saved value.
+    pub(crate) fn refuse_changes(a: &Args, saved: &RunConfig) -> anyhow::Result<()> {
+        fn same<T: PartialEq + std::fmt::Debug>(
+            flag: &str,
+            given: Option<T>,
+            saved: T,
+        ) -> anyhow::Result<()> {
+            match given {
+                Some(g) if g != saved => bail!(
+                    "--resume: {flag} {g:?} differs from the saved run's {saved:?}; a resumed run keeps its data split, model and batch layout (drop {flag}, or start a new run)"
+                ),
+                _ => Ok(()),
+            }
+        }
+        same("--data", a.data.as_ref(), &saved.data)?;
+        same("--model", a.model.as_ref(), &saved.model)?;
+        same("--embed", a.embed, saved.embed)?;
+        same("--layers", a.layers, saved.layers)?;
+        same("--seq-len", a.seq_len, saved.seq_len)?;
+        // no label option means the last column
+        let label = |l: Option<&String>| l.map_or("last".to_string(), String::clone);
+        same(
+            "--label",
+            a.label.as_ref().map(|l| label(Some(l))),
+            label(saved.label.as_ref()),
+        )?;
+        same("--val-fraction", a.val_fraction, saved.val_fraction)?;
+        same("--seed", a.seed, saved.seed)?;
+        same("--hidden", a.hidden.as_ref(), &saved.hidden)?;
+        let activation = a.activation.as_deref().map(parse_activation).transpose()?;
+        same("--activation", activation, saved.activation)?;
+        let saved_init = saved.init.clone().unwrap_or_else(|| "torch".into());
+        same("--init", a.init.as_ref(), &saved_init)?;
+        same("--dropout", a.dropout, saved.dropout)?;
+        let optimizer = match &a.optimizer {
+            Some(s) => Some(
+                s.parse::<OptimizerKind>()
+                    .map_err(|e| anyhow::anyhow!("--optimizer: {e}"))?,
+            ),
+            None => None,
+        };
+        same("--optimizer", optimizer, saved.optimizer)?;
+        same("--batch-size", a.batch_size, saved.batch_size)
+    }
+
+    pub(crate) fn lr_schedule(&self, total_steps: usize) -> anyhow::Result<LrSchedule> {
+        let schedule = match self.schedule.as_str() {
+            "constant" => Schedule::Constant,
+            "cosine" => Schedule::Cosine {
+                total: total_steps.max(1),
+                min_lr: 0.0,
+            },
+            s if s.starts_with("step:") => {
+                let parts: Vec<&str> = s.split(':').collect();
+                match (
+                    parts.get(1).and_then(|v| v.parse().ok()),
+                    parts.get(2).and_then(|v| v.parse().ok()),
+                ) {
+                    (Some(every), Some(gamma)) if parts.len() == 3 => {
+                        Schedule::Step { every, gamma }
+                    }
+                    _ => bail!("--schedule: expected step:EVERY:GAMMA, got '{s}'"),
+                }
+            }
+            s => bail!(
+                "--schedule: unknown schedule '{s}'; choose constant, cosine or step:EVERY:GAMMA"
+            ),
+        };
+        Ok(LrSchedule {
+            base_lr: self.lr,
+            schedule,
+            warmup: self.warmup,
+        })
+    }
+}
