@@ -27,7 +27,10 @@ pub(crate) fn dataset_identity(source: &str, train: &Dataset, val: &Dataset) -> 
     DataIdentity::of(source, train.len() + val.len(), a.into_iter().chain(b))
 }
 
-pub(crate) fn load_splits(cfg: &RunConfig, standardizer: Option<Standardizer>) -> anyhow::Result<Splits> {
+pub(crate) fn load_splits(
+    cfg: &RunConfig,
+    standardizer: Option<Standardizer>,
+) -> anyhow::Result<Splits> {
     let (train, val, eval_name) = if cfg.data == "digits" {
         let (t, v) = Dataset::digits()?.split(cfg.val_fraction, cfg.seed)?;
         (t, v, "validation")
@@ -149,6 +152,40 @@ pub(crate) enum Problem {
 }
 
 impl Problem {
+    /// The objective the loop drives for this model and data.
+    pub(crate) fn objective(&self, cfg: &RunConfig) -> anyhow::Result<Box<dyn Objective + '_>> {
+        Ok(match self {
+            Problem::Classifier { splits, model } => Box::new(Classification::new(
+                model,
+                &splits.train,
+                &splits.val,
+                cfg.batch_size,
+                true,
+            )?),
+            Problem::Text { text, model } => Box::new(LanguageModel::new(
+                model,
+                text.train.clone(),
+                text.val.clone(),
+            )),
+        })
+    }
+
+    /// What one step trains on, and its unit: samples of a batch, or characters.
+    pub(crate) fn step_unit(&self, cfg: &RunConfig) -> (usize, &'static str) {
+        match self {
+            Problem::Classifier { .. } => (cfg.batch_size, "samples"),
+            Problem::Text { .. } => (cfg.batch_size.saturating_mul(cfg.seq_len), "chars"),
+        }
+    }
+
+    /// The split the run evaluates on: `validation`, or `test` for MNIST.
+    pub(crate) fn eval_name(&self) -> &'static str {
+        match self {
+            Problem::Classifier { splits, .. } => splits.eval_name,
+            Problem::Text { .. } => "validation",
+        }
+    }
+
     /// What identifies the run's data (recorded in the checkpoint, compared on
     /// `--resume` and across the ranks of a data-parallel run).
     pub(crate) fn identity(&self, source: &str) -> DataIdentity {
