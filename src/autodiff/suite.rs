@@ -317,18 +317,18 @@ pub(crate) fn broadcastable(shape: &[usize], rng: &mut ChaCha8Rng) -> Vec<usize>
         .collect()
 }
 
-struct Case {
-    op: String,
-    inputs: Vec<Tensor<f64>>,
-    f: CaseFn,
+pub(crate) struct Case {
+    pub(crate) op: String,
+    pub(crate) inputs: Vec<Tensor<f64>>,
+    pub(crate) f: CaseFn,
     /// The same function for the scalar engine, where it has the op.
-    scalar: Option<ScalarForm>,
+    pub(crate) scalar: Option<ScalarForm>,
 }
 
 /// A case's function written for the scalar engine ([`crate::scalar`]), element by
 /// element, so that second order can be checked against a second, independent engine.
 #[derive(Clone)]
-enum ScalarForm {
+pub(crate) enum ScalarForm {
     Unary(UnaryOp),
     /// With NumPy broadcasting.
     Binary(BinaryOp),
@@ -430,255 +430,17 @@ impl ScalarForm {
     }
 }
 
+/// Inputs of the suite's large cases (one along a random direction per op).
+pub(crate) const LARGE: [usize; 2] = [24, 30];
+
 fn cases(seed: u64) -> Vec<Case> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
-    let large = [24, 30];
-    let unary = [
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Ln,
-        UnaryOp::Sqrt,
-        UnaryOp::Abs,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
-        UnaryOp::Tanh,
-        UnaryOp::Sigmoid,
-        UnaryOp::Relu,
-        UnaryOp::PowF(2.5),
-        UnaryOp::AddScalar(0.5),
-        UnaryOp::MulScalar(-1.5),
-        UnaryOp::Clamp(-0.6, 0.6),
-    ];
-    for op in unary {
-        let domain = if matches!(op, UnaryOp::Ln | UnaryOp::Sqrt | UnaryOp::PowF(_)) {
-            Domain::Positive
-        } else {
-            Domain::AwayFromZero
-        };
-        for i in 0..4 {
-            let shape = if i == 3 {
-                large.to_vec()
-            } else {
-                random_shape(&mut rng, 0)
-            };
-            let mut x = sample(&shape, domain, &mut rng);
-            if let UnaryOp::Clamp(_, hi) = op {
-                // the domain holds clamp's kinks at ±0.6: keep differences from crossing
-                x = x.map(|v| {
-                    if (v.abs() - hi).abs() < 0.01 {
-                        v + 0.02 * v.signum()
-                    } else {
-                        v
-                    }
-                });
-            }
-            out.push(Case {
-                op: op.name().into(),
-                inputs: vec![x],
-                f: Box::new(move |_, v| Ok(v[0].unary(op))),
-                scalar: Some(ScalarForm::Unary(op)),
-            });
-        }
-    }
-    let binary = [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Maximum,
-        BinaryOp::Minimum,
-        BinaryOp::Pow,
-    ];
-    for op in binary {
-        let da = if op == BinaryOp::Pow {
-            Domain::Positive
-        } else {
-            Domain::AwayFromZero
-        };
-        for i in 0..5 {
-            let (sa, sb) = if i == 4 {
-                (large.to_vec(), vec![large[1]])
-            } else {
-                let s = random_shape(&mut rng, 0);
-                let b = broadcastable(&s, &mut rng);
-                if i % 2 == 0 { (s, b) } else { (b, s) }
-            };
-            let inputs = vec![
-                sample(&sa, da, &mut rng),
-                sample(&sb, Domain::AwayFromZero, &mut rng),
-            ];
-            out.push(Case {
-                op: op.name().into(),
-                inputs,
-                f: Box::new(move |_, v| v[0].binary(op, v[1])),
-                scalar: Some(ScalarForm::Binary(op)),
-            });
-        }
-    }
-    for i in 0..3 {
-        let s = if i == 2 {
-            large.to_vec()
-        } else {
-            random_shape(&mut rng, 1)
-        };
-        let b = broadcastable(&s, &mut rng);
-        let a = sample(&s, Domain::AwayFromZero, &mut rng);
-        let mask = a.gt(&Tensor::zeroed(&[])).expect("scalar broadcasts");
-        out.push(Case {
-            op: "where".into(),
-            inputs: vec![a, sample(&b, Domain::AwayFromZero, &mut rng)],
-            f: Box::new(move |_, v| Var::where_(&mask, v[0], v[1])),
-            scalar: None,
-        });
-    }
-    for i in 0..5 {
-        let s = if i == 4 {
-            large.to_vec()
-        } else {
-            random_shape(&mut rng, 1)
-        };
-        let axes: Vec<usize> = (0..s.len()).filter(|_| rng.random_bool(0.5)).collect();
-        let keep = rng.random_bool(0.5);
-        let axis = rng.random_range(0..s.len());
-        let x = sample(&s, Domain::AwayFromZero, &mut rng);
-        let ax = axes.clone();
-        out.push(Case {
-            op: "sum".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(move |_, v| v[0].sum(&ax, keep)),
-            scalar: Some(ScalarForm::Sum(axes.clone(), false)),
-        });
-        let ax = axes.clone();
-        out.push(Case {
-            op: "mean".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(move |_, v| v[0].mean(&ax, keep)),
-            scalar: Some(ScalarForm::Sum(axes.clone(), true)),
-        });
-        let ax = axes.clone();
-        out.push(Case {
-            op: "max".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(move |_, v| v[0].max(&ax, keep)),
-            scalar: None,
-        });
-        out.push(Case {
-            op: "logsumexp".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(move |_, v| v[0].logsumexp(&axes, keep)),
-            scalar: None,
-        });
-        out.push(Case {
-            op: "softmax".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(move |_, v| v[0].softmax(axis)),
-            scalar: Some(ScalarForm::Softmax(axis, false)),
-        });
-        out.push(Case {
-            op: "log_softmax".into(),
-            inputs: vec![x],
-            f: Box::new(move |_, v| v[0].log_softmax(axis)),
-            scalar: Some(ScalarForm::Softmax(axis, true)),
-        });
-    }
-    for (sa, sb) in [
-        (vec![3, 4], vec![4, 2]),
-        (vec![2, 3, 4], vec![2, 4, 5]),
-        (vec![2, 3, 4], vec![4, 3]),
-        (vec![16, 24], vec![24, 12]),
-    ] {
-        let inputs = vec![
-            sample(&sa, Domain::AwayFromZero, &mut rng),
-            sample(&sb, Domain::AwayFromZero, &mut rng),
-        ];
-        out.push(Case {
-            op: "matmul".into(),
-            inputs,
-            f: Box::new(|_, v| v[0].matmul(v[1])),
-            scalar: Some(ScalarForm::MatMul),
-        });
-    }
-    // products reading an operand in its transposed layout (what the recorded matmul
-    // rule records), from their own stream so the other cases keep their numbers
-    let mut layouts = ChaCha8Rng::seed_from_u64(seed ^ 0x6d61_746d_756c);
-    let flags = [(true, false), (false, true), (true, true)];
-    for ((ta, tb), (m, k, n)) in flags
-        .into_iter()
-        .flat_map(|f| [(f, (3, 4, 2)), (f, (16, 24, 12))])
-    {
-        let sa = if ta { [k, m] } else { [m, k] };
-        let sb = if tb { [n, k] } else { [k, n] };
-        out.push(Case {
-            op: "matmul_transposed".into(),
-            inputs: vec![
-                sample(&sa, Domain::AwayFromZero, &mut layouts),
-                sample(&sb, Domain::AwayFromZero, &mut layouts),
-            ],
-            f: Box::new(move |_, v| v[0].matmul_in_layouts(v[1], ta, tb)),
-            scalar: None,
-        });
-    }
-    for s in [vec![2, 3, 4], vec![4, 6, 5]] {
-        let x = sample(&s, Domain::AwayFromZero, &mut rng);
-        let (n, last) = (s.iter().product::<usize>(), s[2]);
-        out.push(Case {
-            op: "reshape".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(move |_, v| v[0].reshape(&[n / last, last])),
-            scalar: None,
-        });
-        out.push(Case {
-            op: "permute".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(|_, v| v[0].permute(&[2, 0, 1])),
-            scalar: None,
-        });
-        out.push(Case {
-            op: "narrow".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(|_, v| v[0].narrow(2, 1, 2)),
-            scalar: None,
-        });
-        out.push(Case {
-            op: "index_select".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(|_, v| v[0].index_select(1, &[2, 0, 2])),
-            scalar: None,
-        });
-        // an embedding lookup: rows of a table, some repeated (their gradients add up)
-        let table = sample(&[7, 5], Domain::AwayFromZero, &mut rng);
-        let ids: Vec<usize> = (0..12).map(|_| rng.random_range(0..7)).collect();
-        out.push(Case {
-            op: "embedding".into(),
-            inputs: vec![table],
-            f: Box::new(move |_, v| v[0].index_select(0, &ids)),
-            scalar: None,
-        });
-        let rows = s[0] * s[1];
-        let index: Vec<usize> = (0..rows * 2).map(|_| rng.random_range(0..s[2])).collect();
-        out.push(Case {
-            op: "gather".into(),
-            inputs: vec![x.clone()],
-            f: Box::new(move |_, v| v[0].gather(2, &index)),
-            scalar: None,
-        });
-        let other = sample(&[s[0], 1, s[2]], Domain::AwayFromZero, &mut rng);
-        out.push(Case {
-            op: "concat".into(),
-            inputs: vec![x, other],
-            f: Box::new(|_, v| Var::concat(&[v[0], v[1]], 1)),
-            scalar: None,
-        });
-        let b = sample(&[s[1], 1], Domain::AwayFromZero, &mut rng);
-        let target = s.clone();
-        out.push(Case {
-            op: "broadcast_to".into(),
-            inputs: vec![b],
-            f: Box::new(move |_, v| v[0].broadcast_to(&target)),
-            scalar: None,
-        });
-    }
+    // each op family lists its cases beside its rules, in this order (one random stream)
+    super::ops::elementwise::suite_cases(&mut rng, &mut out);
+    super::ops::reduce::suite_cases(&mut rng, &mut out);
+    super::ops::matmul::suite_cases(&mut rng, seed, &mut out);
+    super::ops::shape::suite_cases(&mut rng, &mut out);
     // the fused recurrent cell steps (custom ops with both rules)
     for (op, inputs, f) in super::ops::recurrent::suite_cases(&mut rng) {
         out.push(Case {

@@ -3,9 +3,13 @@
 //! broadcasting binary ops, sums back to each input's shape.
 
 use super::{Grads, Op, VarGrads};
+use crate::autodiff::suite::{
+    Case, Domain, LARGE, ScalarForm, broadcastable, random_shape, sample,
+};
 use crate::autodiff::{Tape, Var};
 use crate::error::Result;
 use crate::tensor::{BinaryOp, Element, Number, Tensor, UnaryOp};
+use rand_chacha::ChaCha8Rng;
 
 pub(crate) fn vjp<T: Element>(
     op: &Op<T>,
@@ -316,6 +320,106 @@ macro_rules! var_scalar_ops {
 }
 var_scalar_ops!(Add::add => |v, k| v.add_scalar(k); Sub::sub => |v, k| v.add_scalar(-k);
     Mul::mul => |v, k| v.mul_scalar(k); Div::div => |v, k| v.mul_scalar(1.0 / k));
+
+/// The cases of `chainrule gradcheck` for the elementwise ops (unary, binary with
+/// broadcasting, `where`).
+pub(crate) fn suite_cases(rng: &mut ChaCha8Rng, out: &mut Vec<Case>) {
+    let unary = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Ln,
+        UnaryOp::Sqrt,
+        UnaryOp::Abs,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::PowF(2.5),
+        UnaryOp::AddScalar(0.5),
+        UnaryOp::MulScalar(-1.5),
+        UnaryOp::Clamp(-0.6, 0.6),
+    ];
+    for op in unary {
+        let domain = if matches!(op, UnaryOp::Ln | UnaryOp::Sqrt | UnaryOp::PowF(_)) {
+            Domain::Positive
+        } else {
+            Domain::AwayFromZero
+        };
+        for i in 0..4 {
+            let shape = if i == 3 {
+                LARGE.to_vec()
+            } else {
+                random_shape(rng, 0)
+            };
+            let mut x = sample(&shape, domain, rng);
+            if let UnaryOp::Clamp(_, hi) = op {
+                // the domain holds clamp's kinks at ±0.6: keep differences from crossing
+                x = x.map(|v| {
+                    if (v.abs() - hi).abs() < 0.01 {
+                        v + 0.02 * v.signum()
+                    } else {
+                        v
+                    }
+                });
+            }
+            out.push(Case {
+                op: op.name().into(),
+                inputs: vec![x],
+                f: Box::new(move |_, v| Ok(v[0].unary(op))),
+                scalar: Some(ScalarForm::Unary(op)),
+            });
+        }
+    }
+    let binary = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+        BinaryOp::Pow,
+    ];
+    for op in binary {
+        let da = if op == BinaryOp::Pow {
+            Domain::Positive
+        } else {
+            Domain::AwayFromZero
+        };
+        for i in 0..5 {
+            let (sa, sb) = if i == 4 {
+                (LARGE.to_vec(), vec![LARGE[1]])
+            } else {
+                let s = random_shape(rng, 0);
+                let b = broadcastable(&s, rng);
+                if i % 2 == 0 { (s, b) } else { (b, s) }
+            };
+            let inputs = vec![sample(&sa, da, rng), sample(&sb, Domain::AwayFromZero, rng)];
+            out.push(Case {
+                op: op.name().into(),
+                inputs,
+                f: Box::new(move |_, v| v[0].binary(op, v[1])),
+                scalar: Some(ScalarForm::Binary(op)),
+            });
+        }
+    }
+    for i in 0..3 {
+        let s = if i == 2 {
+            LARGE.to_vec()
+        } else {
+            random_shape(rng, 1)
+        };
+        let b = broadcastable(&s, rng);
+        let a = sample(&s, Domain::AwayFromZero, rng);
+        let mask = a.gt(&Tensor::zeroed(&[])).expect("scalar broadcasts");
+        out.push(Case {
+            op: "where".into(),
+            inputs: vec![a, sample(&b, Domain::AwayFromZero, rng)],
+            f: Box::new(move |_, v| Var::where_(&mask, v[0], v[1])),
+            scalar: None,
+        });
+    }
+}
 
 #[cfg(test)]
 mod tests {

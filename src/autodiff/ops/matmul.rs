@@ -3,9 +3,12 @@
 //! order, those products are matmul nodes that keep reading their operands in place.
 
 use super::{Op, RuleGrads, RuleValue};
+use crate::autodiff::suite::{Case, Domain, ScalarForm, sample};
 use crate::autodiff::{Tape, Var};
 use crate::error::Result;
 use crate::tensor::{Element, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 /// The reverse rule (VJP) of `C = op(A)·op(B)` (`op` a transpose where `ta`/`tb` is
 /// set, only ever on 2-D operands), written once over [`RuleValue`]: `d op(A) = G·op(B)ᵀ`
@@ -98,6 +101,48 @@ impl<'t, T: Element> Var<'t, T> {
         }
         let y = self.value().matmul_transposed(&rhs.value(), ta, tb)?;
         Ok(self.tape.push(Op::MatMul { ta, tb }, &[self, rhs], y))
+    }
+}
+
+/// The cases of `chainrule gradcheck` for the product, in every layout (the layouts from
+/// their own stream, so that the other cases keep their numbers).
+pub(crate) fn suite_cases(rng: &mut ChaCha8Rng, seed: u64, out: &mut Vec<Case>) {
+    for (sa, sb) in [
+        (vec![3, 4], vec![4, 2]),
+        (vec![2, 3, 4], vec![2, 4, 5]),
+        (vec![2, 3, 4], vec![4, 3]),
+        (vec![16, 24], vec![24, 12]),
+    ] {
+        let inputs = vec![
+            sample(&sa, Domain::AwayFromZero, rng),
+            sample(&sb, Domain::AwayFromZero, rng),
+        ];
+        out.push(Case {
+            op: "matmul".into(),
+            inputs,
+            f: Box::new(|_, v| v[0].matmul(v[1])),
+            scalar: Some(ScalarForm::MatMul),
+        });
+    }
+    // products reading an operand in its transposed layout (what the recorded matmul
+    // rule records), from their own stream so the other cases keep their numbers
+    let mut layouts = ChaCha8Rng::seed_from_u64(seed ^ 0x6d61_746d_756c);
+    let flags = [(true, false), (false, true), (true, true)];
+    for ((ta, tb), (m, k, n)) in flags
+        .into_iter()
+        .flat_map(|f| [(f, (3, 4, 2)), (f, (16, 24, 12))])
+    {
+        let sa = if ta { [k, m] } else { [m, k] };
+        let sb = if tb { [n, k] } else { [k, n] };
+        out.push(Case {
+            op: "matmul_transposed".into(),
+            inputs: vec![
+                sample(&sa, Domain::AwayFromZero, &mut layouts),
+                sample(&sb, Domain::AwayFromZero, &mut layouts),
+            ],
+            f: Box::new(move |_, v| v[0].matmul_in_layouts(v[1], ta, tb)),
+            scalar: None,
+        });
     }
 }
 

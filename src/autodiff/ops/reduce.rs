@@ -4,8 +4,11 @@
 
 use super::{Op, RuleGrads, RuleValue};
 use crate::autodiff::Var;
+use crate::autodiff::suite::{Case, Domain, LARGE, ScalarForm, random_shape, sample};
 use crate::error::Result;
 use crate::tensor::{Element, Shape, Tensor, normalize_axes};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 /// The input's shape with the reduced axes set to 1.
 fn keepdim_shape(input: &[usize], axes: &[usize]) -> Shape {
@@ -183,6 +186,60 @@ impl<'t, T: Element> Var<'t, T> {
         normalize_axes("log_softmax", &[axis], self.shape().len())?;
         let y = self.value().log_softmax(axis)?;
         Ok(self.tape.push(Op::LogSoftmax(axis), &[self], y))
+    }
+}
+
+/// The cases of `chainrule gradcheck` for the reductions and softmaxes.
+pub(crate) fn suite_cases(rng: &mut ChaCha8Rng, out: &mut Vec<Case>) {
+    for i in 0..5 {
+        let s = if i == 4 {
+            LARGE.to_vec()
+        } else {
+            random_shape(rng, 1)
+        };
+        let axes: Vec<usize> = (0..s.len()).filter(|_| rng.random_bool(0.5)).collect();
+        let keep = rng.random_bool(0.5);
+        let axis = rng.random_range(0..s.len());
+        let x = sample(&s, Domain::AwayFromZero, rng);
+        let ax = axes.clone();
+        out.push(Case {
+            op: "sum".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(move |_, v| v[0].sum(&ax, keep)),
+            scalar: Some(ScalarForm::Sum(axes.clone(), false)),
+        });
+        let ax = axes.clone();
+        out.push(Case {
+            op: "mean".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(move |_, v| v[0].mean(&ax, keep)),
+            scalar: Some(ScalarForm::Sum(axes.clone(), true)),
+        });
+        let ax = axes.clone();
+        out.push(Case {
+            op: "max".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(move |_, v| v[0].max(&ax, keep)),
+            scalar: None,
+        });
+        out.push(Case {
+            op: "logsumexp".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(move |_, v| v[0].logsumexp(&axes, keep)),
+            scalar: None,
+        });
+        out.push(Case {
+            op: "softmax".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(move |_, v| v[0].softmax(axis)),
+            scalar: Some(ScalarForm::Softmax(axis, false)),
+        });
+        out.push(Case {
+            op: "log_softmax".into(),
+            inputs: vec![x],
+            f: Box::new(move |_, v| v[0].log_softmax(axis)),
+            scalar: Some(ScalarForm::Softmax(axis, true)),
+        });
     }
 }
 

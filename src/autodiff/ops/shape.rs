@@ -3,9 +3,12 @@
 //! into the slice or the selected rows.
 
 use super::{Op, RuleGrads, RuleValue};
+use crate::autodiff::suite::{Case, Domain, sample};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Shape, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 /// The permutation that undoes `perm` (a permute's reverse rule).
 fn inverse(perm: &[usize]) -> Shape {
@@ -241,6 +244,70 @@ impl<'t, T: Element> Var<'t, T> {
             &[self],
             y,
         ))
+    }
+}
+
+/// The cases of `chainrule gradcheck` for the shape ops (and an embedding lookup).
+pub(crate) fn suite_cases(rng: &mut ChaCha8Rng, out: &mut Vec<Case>) {
+    for s in [vec![2, 3, 4], vec![4, 6, 5]] {
+        let x = sample(&s, Domain::AwayFromZero, rng);
+        let (n, last) = (s.iter().product::<usize>(), s[2]);
+        out.push(Case {
+            op: "reshape".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(move |_, v| v[0].reshape(&[n / last, last])),
+            scalar: None,
+        });
+        out.push(Case {
+            op: "permute".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(|_, v| v[0].permute(&[2, 0, 1])),
+            scalar: None,
+        });
+        out.push(Case {
+            op: "narrow".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(|_, v| v[0].narrow(2, 1, 2)),
+            scalar: None,
+        });
+        out.push(Case {
+            op: "index_select".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(|_, v| v[0].index_select(1, &[2, 0, 2])),
+            scalar: None,
+        });
+        // an embedding lookup: rows of a table, some repeated (their gradients add up)
+        let table = sample(&[7, 5], Domain::AwayFromZero, rng);
+        let ids: Vec<usize> = (0..12).map(|_| rng.random_range(0..7)).collect();
+        out.push(Case {
+            op: "embedding".into(),
+            inputs: vec![table],
+            f: Box::new(move |_, v| v[0].index_select(0, &ids)),
+            scalar: None,
+        });
+        let rows = s[0] * s[1];
+        let index: Vec<usize> = (0..rows * 2).map(|_| rng.random_range(0..s[2])).collect();
+        out.push(Case {
+            op: "gather".into(),
+            inputs: vec![x.clone()],
+            f: Box::new(move |_, v| v[0].gather(2, &index)),
+            scalar: None,
+        });
+        let other = sample(&[s[0], 1, s[2]], Domain::AwayFromZero, rng);
+        out.push(Case {
+            op: "concat".into(),
+            inputs: vec![x, other],
+            f: Box::new(|_, v| Var::concat(&[v[0], v[1]], 1)),
+            scalar: None,
+        });
+        let b = sample(&[s[1], 1], Domain::AwayFromZero, rng);
+        let target = s.clone();
+        out.push(Case {
+            op: "broadcast_to".into(),
+            inputs: vec![b],
+            f: Box::new(move |_, v| v[0].broadcast_to(&target)),
+            scalar: None,
+        });
     }
 }
 
