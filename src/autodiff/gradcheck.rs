@@ -207,21 +207,50 @@ where
         ));
         return Ok(report);
     }
+    let Some((reverse, u)) = reverse_mode(&f, inputs, opts, &mut report)? else {
+        return Ok(report);
+    };
+    let diffs = Differences::new(&f, inputs, &u, opts.eps);
+    if report.mode == GradcheckMode::PerElement {
+        diffs.per_element(&reverse, opts.eps, &mut report)?;
+    } else {
+        let dirs = random_directions(inputs, opts.seed.wrapping_add(1))?;
+        let numeric = diffs.directional(&dirs)?;
+        report.evaluations = 2;
+        report.record(0, None, dot_all(&reverse, &dirs), numeric, true);
+    }
+    forward_mode(&f, &diffs, &reverse, opts, &mut report)?;
+    Ok(report)
+}
 
-    // reverse mode
+/// Reverse mode's `Jᵀu` per input, and the output weighting `u`.
+type Reverse = (Vec<Tensor<f64>>, Tensor<f64>);
+
+/// `Jᵀu` for each input, `u` a random output weighting (returned too); `None` when the
+/// check already failed (a non-finite output or gradient, a sweep that errs), which
+/// `report` then says, naming the op that made a non-finite gradient.
+fn reverse_mode<F>(
+    f: &F,
+    inputs: &[Tensor<f64>],
+    opts: &GradcheckOptions,
+    report: &mut GradcheckReport,
+) -> Result<Option<Reverse>>
+where
+    F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>,
+{
     let tape = Tape::new();
     let vars: Vec<Var<'_, f64>> = inputs.iter().map(|x| tape.var(x.clone())).collect();
     let y = f(&tape, &vars)?;
     if let Some((_, at, v)) = first_non_finite(std::slice::from_ref(&y.value())) {
         report.fail(format!("f(x) is {v} at output index {at:?}"));
-        return Ok(report);
+        return Ok(None);
     }
     let u = Tensor::<f64>::randn(&y.shape(), opts.seed ^ 0x5EED)?;
     let reverse: Vec<Tensor<f64>> = match tape.backward_with(y, u.clone()) {
         Ok(grads) => vars.iter().map(|&v| grads.wrt(v)).collect::<Result<_>>()?,
         Err(e) => {
             report.fail(format!("reverse mode: {e}"));
-            return Ok(report);
+            return Ok(None);
         }
     };
     if let Some((i, at, v)) = first_non_finite(&reverse) {
@@ -235,65 +264,95 @@ where
             "reverse mode: the gradient of input {i} at {at:?} is {v}{culprit}"
         ));
         (report.worst_input, report.worst_index, report.worst_reverse) = (i, Some(at), v);
-        return Ok(report);
+        return Ok(None);
+    }
+    Ok(Some((reverse, u)))
+}
+
+/// Central differences of `⟨u, f(x)⟩`, `f` evaluated without recording gradients.
+struct Differences<'a, F> {
+    f: &'a F,
+    inputs: &'a [Tensor<f64>],
+    u: &'a Tensor<f64>,
+    /// The step along a direction, scaled by the largest input magnitude.
+    h: f64,
+}
+
+impl<'a, F> Differences<'a, F>
+where
+    F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>,
+{
+    fn new(f: &'a F, inputs: &'a [Tensor<f64>], u: &'a Tensor<f64>, eps: f64) -> Self {
+        let scale = inputs
+            .iter()
+            .flat_map(|x| x.data())
+            .fold(1.0f64, |m, v| m.max(v.abs()));
+        Differences {
+            f,
+            inputs,
+            u,
+            h: eps * scale,
+        }
     }
 
-    // f(x) evaluated without recording gradients
-    let eval = |xs: &[Tensor<f64>]| -> Result<Tensor<f64>> {
+    /// `f(xs)`, of the output's shape.
+    fn eval(&self, xs: &[Tensor<f64>]) -> Result<Tensor<f64>> {
         let tape = Tape::new();
         tape.no_grad(|| {
             let vs: Vec<Var<'_, f64>> = xs.iter().map(|x| tape.constant(x.clone())).collect();
-            let y = f(&tape, &vs)?.value();
-            if y.shape() != u.shape() {
-                return Err(Error::shape("gradcheck", u.shape(), y.shape()));
+            let y = (self.f)(&tape, &vs)?.value();
+            if y.shape() != self.u.shape() {
+                return Err(Error::shape("gradcheck", self.u.shape(), y.shape()));
             }
             Ok(y)
         })
-    };
-    // ⟨u, f(x⁺) − f(x⁻)⟩ / 2h: subtracting before projecting keeps the outputs that the
-    // perturbation does not touch exactly zero, so their rounding error does not count
-    let central = |plus: &Tensor<f64>, minus: &Tensor<f64>, h: f64| -> f64 {
+    }
+
+    /// ⟨u, f(x⁺) − f(x⁻)⟩ / 2h: subtracting before projecting keeps the outputs that the
+    /// perturbation does not touch exactly zero, so their rounding error does not count.
+    fn central(&self, plus: &Tensor<f64>, minus: &Tensor<f64>, h: f64) -> f64 {
         plus.data()
             .iter()
             .zip(minus.data())
-            .zip(u.data())
+            .zip(self.u.data())
             .map(|((p, m), w)| (p - m) * w)
             .sum::<f64>()
             / (2.0 * h)
-    };
+    }
 
-    // the central difference along directions `dirs` (one per input), step scaled by
-    // the largest input magnitude
-    let scale = inputs
-        .iter()
-        .flat_map(|x| x.data())
-        .fold(1.0f64, |m, v| m.max(v.abs()));
-    let h = opts.eps * scale;
-    let directional = |dirs: &[Tensor<f64>]| -> Result<f64> {
+    /// The central difference along `dirs` (one direction per input).
+    fn directional(&self, dirs: &[Tensor<f64>]) -> Result<f64> {
         let shifted = |sign: f64| -> Result<Vec<Tensor<f64>>> {
-            inputs
+            self.inputs
                 .iter()
                 .zip(dirs)
-                .map(|(x, d)| x.add(&d.mul_scalar(sign * h)))
+                .map(|(x, d)| x.add(&d.mul_scalar(sign * self.h)))
                 .collect()
         };
-        Ok(central(&eval(&shifted(1.0)?)?, &eval(&shifted(-1.0)?)?, h))
-    };
+        let (plus, minus) = (self.eval(&shifted(1.0)?)?, self.eval(&shifted(-1.0)?)?);
+        Ok(self.central(&plus, &minus, self.h))
+    }
 
-    if report.mode == GradcheckMode::PerElement {
-        let mut xs = inputs.to_vec();
-        for (i, x) in inputs.iter().enumerate() {
+    /// Every input element's central difference against its reverse-mode gradient.
+    fn per_element(
+        &self,
+        reverse: &[Tensor<f64>],
+        eps: f64,
+        report: &mut GradcheckReport,
+    ) -> Result<()> {
+        let mut xs = self.inputs.to_vec();
+        for (i, x) in self.inputs.iter().enumerate() {
             for k in 0..x.len() {
                 let x0 = x.data()[k];
-                let h = opts.eps * x0.abs().max(1.0);
+                let h = eps * x0.abs().max(1.0);
                 xs[i].data_mut()[k] = x0 + h;
-                let plus = eval(&xs)?;
+                let plus = self.eval(&xs)?;
                 xs[i].data_mut()[k] = x0 - h;
-                let minus = eval(&xs)?;
+                let minus = self.eval(&xs)?;
                 xs[i].data_mut()[k] = x0;
                 let first = report.evaluations == 0;
                 report.evaluations += 2;
-                let numeric = central(&plus, &minus, h);
+                let numeric = self.central(&plus, &minus, h);
                 report.record(
                     i,
                     Some(unravel(k, x.shape())),
@@ -303,14 +362,23 @@ where
                 );
             }
         }
-    } else {
-        let dirs = random_directions(inputs, opts.seed.wrapping_add(1))?;
-        let numeric = directional(&dirs)?;
-        report.evaluations = 2;
-        report.record(0, None, dot_all(&reverse, &dirs), numeric, true);
+        Ok(())
     }
-    // forward mode along a random direction, against the directional difference and,
-    // through ⟨u, J v⟩ = ⟨Jᵀ u, v⟩, against reverse mode
+}
+
+/// Forward mode along a random direction, against the directional difference and,
+/// through ⟨u, J v⟩ = ⟨Jᵀ u, v⟩, against reverse mode.
+fn forward_mode<F>(
+    f: &F,
+    diffs: &Differences<'_, F>,
+    reverse: &[Tensor<f64>],
+    opts: &GradcheckOptions,
+    report: &mut GradcheckReport,
+) -> Result<()>
+where
+    F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>,
+{
+    let (inputs, u) = (diffs.inputs, diffs.u);
     let dirs = random_directions(inputs, opts.seed.wrapping_add(1000))?;
     let ftape = Tape::forward_mode();
     let fvars = inputs
@@ -323,12 +391,12 @@ where
         // an op without a forward rule (a custom op that defines none): said, not hidden
         Err(e @ Error::NoRule { .. }) => {
             report.forward_skipped = Some(e.to_string());
-            return Ok(report);
+            return Ok(());
         }
         Err(e) => {
             report.forward_rel_err = Some(f64::NAN);
             report.failure.get_or_insert(format!("forward mode: {e}"));
-            return Ok(report);
+            return Ok(());
         }
     };
     if let Some((_, at, v)) = first_non_finite(std::slice::from_ref(&jv)) {
@@ -336,11 +404,11 @@ where
         report.failure.get_or_insert(format!(
             "forward mode: the tangent of the output at {at:?} is {v}"
         ));
-        return Ok(report);
+        return Ok(());
     }
-    let u_jv = dot_all(std::slice::from_ref(&jv), std::slice::from_ref(&u));
-    let jtu_v = dot_all(&reverse, &dirs);
-    let numeric = directional(&dirs)?;
+    let u_jv = dot_all(std::slice::from_ref(&jv), std::slice::from_ref(u));
+    let jtu_v = dot_all(reverse, &dirs);
+    let numeric = diffs.directional(&dirs)?;
     let forward = rel_err(u_jv, numeric);
     report.forward_rel_err = Some(forward);
     if forward.is_nan() {
@@ -357,13 +425,13 @@ where
             .sum()
     };
     let floor =
-        terms(std::slice::from_ref(&jv), std::slice::from_ref(&u)).max(terms(&reverse, &dirs));
+        terms(std::slice::from_ref(&jv), std::slice::from_ref(u)).max(terms(reverse, &dirs));
     report.forward_reverse_rel_err = Some(if u_jv == jtu_v {
         0.0
     } else {
         (u_jv - jtu_v).abs() / u_jv.abs().max(jtu_v.abs()).max(floor)
     });
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]

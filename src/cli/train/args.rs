@@ -254,75 +254,109 @@ pub(crate) fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>
     }
 }
 
+/// The options a character model refuses or needs: `--embed`, `--layers` and
+/// `--seq-len` of at least 1 (`sizes`, in that order), one hidden size, and no
+/// `--val-fraction` or `--init`.
+fn check_text_options(a: &Args, sizes: [usize; 3], hidden: &[usize]) -> anyhow::Result<()> {
+    for (flag, v) in ["--embed", "--layers", "--seq-len"].into_iter().zip(sizes) {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    if hidden.len() != 1 {
+        bail!(
+            "--hidden: a recurrent model takes one hidden size (stack layers with --layers), got {hidden:?}"
+        );
+    }
+    if a.val_fraction.is_some() {
+        bail!("--val-fraction: text data always validates on its last 10%");
+    }
+    if a.init.is_some() {
+        bail!("--init: a character model always starts from PyTorch's initialisation");
+    }
+    Ok(())
+}
+
 impl RunConfig {
     /// Defaults, overridden by the options given (on top of `base` when resuming).
+    /// The defaults of a character-level language model: the best recipe found for
+    /// 600 s on the tragedies (README, "Character-level language model").
+    pub(crate) fn text_defaults() -> RunConfig {
+        RunConfig {
+            data: String::new(),
+            model: "lstm".into(),
+            embed: 64,
+            layers: 2,
+            seq_len: 64,
+            label: None,
+            hidden: vec![256],
+            activation: Activation::Tanh,
+            init: None,
+            dropout: 0.0,
+            optimizer: OptimizerKind::Adam,
+            lr: 3e-3,
+            weight_decay: None,
+            schedule: "cosine".into(),
+            warmup: 0,
+            batch_size: 32,
+            clip_norm: Some(1.0),
+            clip_value: None,
+            target: None,
+            patience: Some(20),
+            max_epochs: Some(1000),
+            max_steps: Some(5000),
+            max_time: Some(600.0),
+            eval_every: Some(500),
+            val_fraction: 0.1,
+            restore_best: false,
+            seed: 0,
+        }
+    }
+
+    /// The defaults of an MLP classifier: the main job, on the embedded digits.
+    pub(crate) fn mlp_defaults() -> RunConfig {
+        RunConfig {
+            data: "digits".into(),
+            model: mlp(),
+            embed: 0,
+            layers: 0,
+            seq_len: 0,
+            label: None,
+            hidden: vec![128, 64],
+            activation: Activation::Relu,
+            init: None,
+            dropout: 0.0,
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-3,
+            weight_decay: None,
+            schedule: "constant".into(),
+            warmup: 0,
+            batch_size: 32,
+            clip_norm: Some(1.0),
+            clip_value: None,
+            target: Some(0.97),
+            patience: Some(20),
+            max_epochs: Some(1000),
+            max_steps: None,
+            max_time: Some(60.0),
+            eval_every: None,
+            val_fraction: 0.2,
+            restore_best: false,
+            seed: 0,
+        }
+    }
+
     pub(crate) fn resolve(a: &Args, base: Option<RunConfig>) -> anyhow::Result<RunConfig> {
         let text = a
             .data
             .as_deref()
             .or(base.as_ref().map(|b| b.data.as_str()))
             .is_some_and(is_text);
-        let b = base.unwrap_or(if text {
-            // a character-level language model: the best recipe found for 600 s on the
-            // tragedies (README, "Character-level language model")
-            RunConfig {
-                data: String::new(),
-                model: "lstm".into(),
-                embed: 64,
-                layers: 2,
-                seq_len: 64,
-                label: None,
-                hidden: vec![256],
-                activation: Activation::Tanh,
-                init: None,
-                dropout: 0.0,
-                optimizer: OptimizerKind::Adam,
-                lr: 3e-3,
-                weight_decay: None,
-                schedule: "cosine".into(),
-                warmup: 0,
-                batch_size: 32,
-                clip_norm: Some(1.0),
-                clip_value: None,
-                target: None,
-                patience: Some(20),
-                max_epochs: Some(1000),
-                max_steps: Some(5000),
-                max_time: Some(600.0),
-                eval_every: Some(500),
-                val_fraction: 0.1,
-                restore_best: false,
-                seed: 0,
-            }
-        } else {
-            RunConfig {
-                data: "digits".into(),
-                model: mlp(),
-                embed: 0,
-                layers: 0,
-                seq_len: 0,
-                label: None,
-                hidden: vec![128, 64],
-                activation: Activation::Relu,
-                init: None,
-                dropout: 0.0,
-                optimizer: OptimizerKind::Adam,
-                lr: 1e-3,
-                weight_decay: None,
-                schedule: "constant".into(),
-                warmup: 0,
-                batch_size: 32,
-                clip_norm: Some(1.0),
-                clip_value: None,
-                target: Some(0.97),
-                patience: Some(20),
-                max_epochs: Some(1000),
-                max_steps: None,
-                max_time: Some(60.0),
-                eval_every: None,
-                val_fraction: 0.2,
-                restore_best: false,
-                seed: 0,
+        let b = base.unwrap_or_else(|| {
+            if text {
+                RunConfig::text_defaults()
+            } else {
+                RunConfig::mlp_defaults()
             }
         });
         let lr = a.lr.unwrap_or(b.lr);
@@ -365,26 +399,7 @@ impl RunConfig {
             a.seq_len.unwrap_or(b.seq_len),
         );
         if text {
-            for (flag, v) in [
-                ("--embed", embed),
-                ("--layers", layers),
-                ("--seq-len", seq_len),
-            ] {
-                if v == 0 {
-                    bail!("{flag} must be at least 1");
-                }
-            }
-            if hidden.len() != 1 {
-                bail!(
-                    "--hidden: a recurrent model takes one hidden size (stack layers with --layers), got {hidden:?}"
-                );
-            }
-            if a.val_fraction.is_some() {
-                bail!("--val-fraction: text data always validates on its last 10%");
-            }
-            if a.init.is_some() {
-                bail!("--init: a character model always starts from PyTorch's initialisation");
-            }
+            check_text_options(a, [embed, layers, seq_len], &hidden)?;
         }
         let cfg = RunConfig {
             data,
@@ -428,27 +443,34 @@ impl RunConfig {
             restore_best: a.restore_best || b.restore_best,
             seed: a.seed.unwrap_or(b.seed),
         };
-        cfg.lr_schedule(0)?;
-        if let Some(t) = cfg.target
+        cfg.check_schedule_and_limits()?;
+        Ok(cfg)
+    }
+
+    /// The schedule must be buildable, the target finite, a cosine must know where the
+    /// run ends, and some limit must end the run.
+    fn check_schedule_and_limits(&self) -> anyhow::Result<()> {
+        self.lr_schedule(0)?;
+        if let Some(t) = self.target
             && !t.is_finite()
         {
             bail!("--target must be a finite number, got {t}");
         }
-        if cfg.schedule == "cosine" && cfg.max_epochs.is_none() && cfg.max_steps.is_none() {
+        if self.schedule == "cosine" && self.max_epochs.is_none() && self.max_steps.is_none() {
             bail!(
                 "--schedule cosine needs --max-epochs or --max-steps: the cosine ends where the run ends"
             );
         }
-        if cfg.patience.is_none()
-            && cfg.max_epochs.is_none()
-            && cfg.max_steps.is_none()
-            && cfg.max_time.is_none()
+        if self.patience.is_none()
+            && self.max_epochs.is_none()
+            && self.max_steps.is_none()
+            && self.max_time.is_none()
         {
             bail!(
                 "--patience, --max-epochs, --max-steps and --max-time are all off: keep at least one so that the run ends"
             );
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// With `--resume`: refuses any option that would change the data split, the model or
