@@ -34,6 +34,34 @@ pub(super) fn square_matmul(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
 /// needs a gradient; `layer` records the product with both as variables and runs the
 /// forward and a backward that gives both gradients (GFLOP/s over the three products).
 /// Every output is checked against f64 dot products.
+/// The time of the backward sweep of `X·W` for one operand's gradient (`W`'s with
+/// `wrt_w`, else `X`'s), seeded with `G`, and that gradient.
+fn one_gradient(
+    tape: &mut Tape<f32>,
+    (x, w, g): (&Tensor<f32>, &Tensor<f32>, &Tensor<f32>),
+    wrt_w: bool,
+    budget: Duration,
+) -> Result<(Timing, Tensor<f32>)> {
+    tape.clear();
+    let (xv, wv) = if wrt_w {
+        (tape.constant(x.clone()), tape.var(w.clone()))
+    } else {
+        (tape.var(x.clone()), tape.constant(w.clone()))
+    };
+    let yv = xv.matmul(wv)?;
+    let wrt = if wrt_w { wv } else { xv };
+    let mut grad = Tensor::zeroed(&wrt.shape());
+    let mut failure = None;
+    let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
+        Ok(grads) => grad = grads.wrt(wrt).expect("one tape"),
+        Err(e) => failure = Some(e),
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((t, grad)),
+    }
+}
+
 pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     use MatLayout::{Normal, Transposed};
     let mut rows = Vec::new();
@@ -101,17 +129,7 @@ pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         );
 
         // weight gradient Xᵀ·G: only W needs a gradient
-        tape.clear();
-        let (xv, wv) = (tape.constant(x.clone()), tape.var(w.clone()));
-        let yv = xv.matmul(wv)?;
-        let mut dw = Tensor::zeroed(&[k, n]);
-        let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
-            Ok(grads) => dw = grads.wrt(wv).expect("one tape"),
-            Err(e) => failure = Some(e),
-        });
-        if let Some(e) = failure.take() {
-            return Err(e);
-        }
+        let (t, mut dw) = one_gradient(&mut tape, (&x, &w, &g), true, budget)?;
         rows.push(
             row(
                 "Aᵀ·B",
@@ -124,17 +142,7 @@ pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         );
 
         // input gradient G·Wᵀ: only X needs a gradient
-        tape.clear();
-        let (xv, wv) = (tape.var(x.clone()), tape.constant(w.clone()));
-        let yv = xv.matmul(wv)?;
-        let mut dx = Tensor::zeroed(&[m, k]);
-        let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
-            Ok(grads) => dx = grads.wrt(xv).expect("one tape"),
-            Err(e) => failure = Some(e),
-        });
-        if let Some(e) = failure.take() {
-            return Err(e);
-        }
+        let (t, mut dx) = one_gradient(&mut tape, (&x, &w, &g), false, budget)?;
         rows.push(
             row(
                 "A·Bᵀ",
@@ -168,10 +176,7 @@ pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
             return Err(e);
         }
         let errs = [y_err(&y), dw_err(&dw), dx_err(&dx)];
-        let worst = errs
-            .iter()
-            .map(|e| e.0)
-            .fold(0f64, |a, b| if b.is_nan() { b } else { a.max(b) });
+        let worst = errs.iter().map(|e| e.0).fold(0f64, crate::tensor::nan_max);
         let entries = errs.iter().map(|e| e.1).sum();
         rows.push(
             row(

@@ -21,6 +21,11 @@ use rayon::prelude::*;
 use smallvec::SmallVec;
 use std::sync::Arc;
 
+mod fused;
+mod plan;
+
+use plan::*;
+
 /// A recorded step, ready to replay on new inputs of the same shapes.
 pub struct Trace<T: Element> {
     steps: Vec<Step<T>>,
@@ -48,7 +53,7 @@ pub struct Trace<T: Element> {
     ready: bool,
 }
 
-enum Step<T: Element> {
+pub(super) enum Step<T: Element> {
     Dense(Box<Dense<T>>),
     CrossEntropy(Box<CrossEntropy<T>>),
     Op {
@@ -64,7 +69,7 @@ enum Step<T: Element> {
 /// `act(x·W + b)` for `x` `[m, k]`, `W` `[k, n]`, `b` `[n]`: the product written into
 /// the pre-activation buffer, then one pass that adds the bias and applies the
 /// activation row by row (the eager ops' arithmetic in their order, so the same bits).
-struct Dense<T: Element> {
+pub(super) struct Dense<T: Element> {
     x: u32,
     w: u32,
     b: u32,
@@ -81,7 +86,7 @@ struct Dense<T: Element> {
 
 /// `mean over rows of (logsumexp(z_i) − z_i[label_i])` for logits `z` `[m, c]`, with the
 /// gradient `(softmax(z) − onehot(label)) · g / m` in one pass.
-struct CrossEntropy<T: Element> {
+pub(super) struct CrossEntropy<T: Element> {
     z: u32,
     out: u32,
     index_slot: usize,
@@ -93,7 +98,7 @@ struct CrossEntropy<T: Element> {
 }
 
 /// Reads the id of `v`, refusing a variable from another tape.
-fn id_on<T: Element>(tape: &Tape<T>, v: &Var<'_, T>, what: &str) -> Result<u32> {
+pub(super) fn id_on<T: Element>(tape: &Tape<T>, v: &Var<'_, T>, what: &str) -> Result<u32> {
     if !std::ptr::eq(v.tape, tape) {
         return Err(Error::invalid(
             "Trace::record",
@@ -323,7 +328,7 @@ impl<T: Element> Trace<T> {
 
 /// The reverse rule of a recorded op: a unary op writes into its input's gradient
 /// buffer, the others go through the op table.
-fn op_backward<T: Element>(
+pub(super) fn op_backward<T: Element>(
     op: &Op<T>,
     inputs: &[u32],
     out: u32,
@@ -366,19 +371,22 @@ fn op_backward<T: Element>(
 }
 
 /// The slots below node `id` (its inputs) and its own slot.
-fn split<T>(slots: &mut [Option<T>], id: u32) -> (&mut [Option<T>], &mut Option<T>) {
+pub(super) fn split<T>(slots: &mut [Option<T>], id: u32) -> (&mut [Option<T>], &mut Option<T>) {
     let (below, rest) = slots.split_at_mut(id as usize);
     (below, &mut rest[0])
 }
 
 /// A slot's buffer as `shape`, for overwriting (kept when it fits and is unshared).
-fn buffer<'a, T: Element>(slot: &'a mut Option<Tensor<T>>, shape: &[usize]) -> &'a mut [T] {
+pub(super) fn buffer<'a, T: Element>(
+    slot: &'a mut Option<Tensor<T>>,
+    shape: &[usize],
+) -> &'a mut [T] {
     slot.get_or_insert_with(|| Tensor::zeroed(shape))
         .overwrite(shape)
 }
 
 /// Adds a contribution to node `j`'s gradient (fan-out accumulates).
-fn add_grad<T: Element>(
+pub(super) fn add_grad<T: Element>(
     grads: &mut [Option<Tensor<T>>],
     has: &mut [bool],
     j: u32,
@@ -393,14 +401,14 @@ fn add_grad<T: Element>(
     Ok(())
 }
 
-fn value<T: Element>(values: &[Option<Tensor<T>>], id: u32) -> &Tensor<T> {
+pub(super) fn value<T: Element>(values: &[Option<Tensor<T>>], id: u32) -> &Tensor<T> {
     values[id as usize]
         .as_ref()
         .expect("a trace computes every value before its use")
 }
 
 /// Puts a replay's indices into a gather or row selection.
-fn set_indices<T: Element>(op: &mut Op<T>, new: &[usize]) {
+pub(super) fn set_indices<T: Element>(op: &mut Op<T>, new: &[usize]) {
     match op {
         Op::Gather { index, .. } if index.as_ref() != new => *index = Arc::from(new),
         Op::IndexSelect { indices, .. } if indices.as_ref() != new => *indices = Arc::from(new),
@@ -409,7 +417,11 @@ fn set_indices<T: Element>(op: &mut Op<T>, new: &[usize]) {
 }
 
 /// The forward kernel of a recorded op, producing the recorded shape.
-fn op_forward<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], shape: &[usize]) -> Result<Tensor<T>> {
+pub(super) fn op_forward<T: Element>(
+    op: &Op<T>,
+    ins: &[&Tensor<T>],
+    shape: &[usize],
+) -> Result<Tensor<T>> {
     let x = ins[0];
     let reduced = |t: Tensor<T>| t.reshape(shape);
     match op {
@@ -434,532 +446,6 @@ fn op_forward<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], shape: &[usize]) -> Re
         Op::Gather { axis, index } => x.gather(*axis, index),
         Op::Leaf | Op::Constant | Op::Where(_) | Op::Custom(_) => {
             unreachable!("refused when recording")
-        }
-    }
-}
-
-/// Builds the program from the recorded nodes `0..=out`.
-fn compile<T: Element>(
-    nodes: &[Node<T>],
-    out: u32,
-    params: &[u32],
-    inputs: &[u32],
-) -> Result<Trace<T>> {
-    let n = nodes.len();
-    if nodes[out as usize].value.len() != 1 {
-        return Err(Error::invalid(
-            "Trace::record",
-            format!(
-                "the output must hold one element, got shape {:?}",
-                nodes[out as usize].value.shape()
-            ),
-        ));
-    }
-    #[derive(Clone, Copy, PartialEq)]
-    enum Role {
-        Computed,
-        Param,
-        Input,
-    }
-    let mut role = vec![Role::Computed; n];
-    for &p in params {
-        role[p as usize] = Role::Param;
-    }
-    for (k, &i) in inputs.iter().enumerate() {
-        if role[i as usize] != Role::Computed {
-            return Err(Error::invalid(
-                "Trace::record",
-                format!("input {k} is also a parameter or another input"),
-            ));
-        }
-        if !matches!(nodes[i as usize].op, Op::Leaf) {
-            return Err(Error::invalid(
-                "Trace::record",
-                format!(
-                    "input {k} is not a variable made with Tape::var, so the ops that depend on it were not recorded"
-                ),
-            ));
-        }
-        role[i as usize] = Role::Input;
-    }
-    // only what the output depends on is replayed
-    let mut reached = vec![false; n];
-    reached[out as usize] = true;
-    for i in (0..n).rev() {
-        if reached[i] {
-            for &j in &nodes[i].inputs {
-                reached[j as usize] = true;
-            }
-        }
-    }
-    let mut uses = vec![0u32; n];
-    let mut consumer = vec![u32::MAX; n];
-    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| reached[*i]) {
-        for &j in &node.inputs {
-            uses[j as usize] += 1;
-            consumer[j as usize] = i as u32;
-        }
-    }
-    let only_consumer = |j: u32| -> Option<usize> {
-        (uses[j as usize] == 1 && j != out).then(|| consumer[j as usize] as usize)
-    };
-    // index slots follow the recording order of gathers and row selections
-    let mut index_slot = vec![usize::MAX; n];
-    let mut index_lens = Vec::new();
-    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| reached[*i]) {
-        match &node.op {
-            Op::Gather { index, .. } => {
-                index_slot[i] = index_lens.len();
-                index_lens.push(index.len());
-            }
-            Op::IndexSelect { indices, .. } => {
-                index_slot[i] = index_lens.len();
-                index_lens.push(indices.len());
-            }
-            _ => {}
-        }
-    }
-    let mut needs = vec![false; n];
-    let mut constants: Vec<Option<Tensor<T>>> = vec![None; n];
-    let mut absorbed = vec![false; n];
-    let mut steps = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        if absorbed[i] || !reached[i] {
-            continue;
-        }
-        match role[i] {
-            Role::Param => {
-                needs[i] = node.requires_grad && matches!(node.op, Op::Leaf);
-                continue;
-            }
-            Role::Input => continue,
-            Role::Computed => {}
-        }
-        match &node.op {
-            Op::Leaf => {
-                return Err(Error::invalid(
-                    "Trace::record",
-                    format!("leaf node {i} is neither a parameter nor an input"),
-                ));
-            }
-            Op::Constant => {
-                constants[i] = Some(node.value.clone());
-                continue;
-            }
-            Op::Where(_) | Op::Custom(_) => {
-                return Err(Error::invalid(
-                    "Trace::record",
-                    format!(
-                        "node {i} ({}) cannot be replayed; run this step on the tape",
-                        node.op.name()
-                    ),
-                ));
-            }
-            _ => {}
-        }
-        if let Some((d, parts)) = dense_at(nodes, i, &only_consumer) {
-            needs[d.out as usize] = [d.x, d.w, d.b].iter().any(|&j| needs[j as usize]);
-            for k in parts {
-                absorbed[k] = true;
-            }
-            steps.push(Step::Dense(Box::new(d)));
-            continue;
-        }
-        if let Some((ce, parts)) = cross_entropy_at(nodes, i, &only_consumer, &index_slot) {
-            needs[ce.out as usize] = needs[ce.z as usize];
-            for k in parts {
-                absorbed[k] = true;
-            }
-            steps.push(Step::CrossEntropy(Box::new(ce)));
-            continue;
-        }
-        needs[i] = node.inputs.iter().any(|&j| needs[j as usize]);
-        steps.push(Step::Op {
-            op: node.op.clone(),
-            inputs: node.inputs.iter().copied().collect(),
-            out: i as u32,
-            shape: Shape::from_slice(node.value.shape()),
-            index_slot: (index_slot[i] != usize::MAX).then_some(index_slot[i]),
-        });
-    }
-    // a parameter's gradient is complete once the sweep has passed its first consumer
-    let mut first_use = vec![usize::MAX; n];
-    for (s, step) in steps.iter().enumerate() {
-        let used: SmallVec<[u32; 4]> = match step {
-            Step::Dense(d) => [d.x, d.w, d.b].into_iter().collect(),
-            Step::CrossEntropy(ce) => [ce.z].into_iter().collect(),
-            Step::Op { inputs, .. } => inputs.iter().copied().collect(),
-        };
-        for j in used {
-            first_use[j as usize] = first_use[j as usize].min(s);
-        }
-    }
-    let mut complete_after = vec![SmallVec::new(); steps.len()];
-    for (k, &p) in params.iter().enumerate() {
-        if let Some(list) = complete_after.get_mut(first_use[p as usize]) {
-            list.push(k);
-        }
-    }
-    Ok(Trace {
-        complete_after,
-        steps,
-        values: constants,
-        grads: vec![None; n],
-        has_grad: vec![false; n],
-        needs,
-        params: params
-            .iter()
-            .map(|&p| (p, Shape::from_slice(nodes[p as usize].value.shape())))
-            .collect(),
-        inputs: inputs
-            .iter()
-            .map(|&p| (p, Shape::from_slice(nodes[p as usize].value.shape())))
-            .collect(),
-        index_lens,
-        output: out,
-        ready: false,
-    })
-}
-
-/// `matmul(x, W)` (2-D) at `i`, used once, by `add(·, b)` with `b` `[n]`, optionally
-/// followed by its only consumer relu, tanh or sigmoid.
-fn dense_at<T: Element>(
-    nodes: &[Node<T>],
-    i: usize,
-    only_consumer: &impl Fn(u32) -> Option<usize>,
-) -> Option<(Dense<T>, Vec<usize>)> {
-    let node = &nodes[i];
-    if !matches!(
-        node.op,
-        Op::MatMul {
-            ta: false,
-            tb: false
-        }
-    ) {
-        return None;
-    }
-    let (x, w) = (node.inputs[0], node.inputs[1]);
-    let (xs, ws) = (
-        nodes[x as usize].value.shape(),
-        nodes[w as usize].value.shape(),
-    );
-    if xs.len() != 2 || ws.len() != 2 {
-        return None;
-    }
-    let (m, k, n) = (xs[0], xs[1], ws[1]);
-    let a = only_consumer(i as u32)?;
-    let add = &nodes[a];
-    if !matches!(add.op, Op::Binary(BinaryOp::Add)) || add.inputs[0] != i as u32 {
-        return None;
-    }
-    let b = add.inputs[1];
-    if nodes[b as usize].value.shape() != [n] || b as usize == i {
-        return None;
-    }
-    let act = only_consumer(a as u32).and_then(|u| match nodes[u].op {
-        Op::Unary(op @ (UnaryOp::Relu | UnaryOp::Tanh | UnaryOp::Sigmoid)) => Some((u, op)),
-        _ => None,
-    });
-    let (out, act) = match act {
-        Some((u, op)) => (u as u32, Some(op)),
-        None => (a as u32, None),
-    };
-    let parts = vec![i, a, out as usize];
-    let dense = Dense {
-        x,
-        w,
-        b,
-        act,
-        out,
-        m,
-        k,
-        n,
-        pre: Tensor::zeroed(&[0]),
-        g_pre: Tensor::zeroed(&[0]),
-    };
-    Some((dense, parts))
-}
-
-/// `mean(logsumexp(z, [1]) − reshape(gather(z, 1, labels)))` starting at the logsumexp
-/// node `i` (the recording order of `nn::cross_entropy`).
-fn cross_entropy_at<T: Element>(
-    nodes: &[Node<T>],
-    i: usize,
-    only_consumer: &impl Fn(u32) -> Option<usize>,
-    index_slot: &[usize],
-) -> Option<(CrossEntropy<T>, Vec<usize>)> {
-    let Op::LogSumExp { axes } = &nodes[i].op else {
-        return None;
-    };
-    let z = nodes[i].inputs[0];
-    let zs = nodes[z as usize].value.shape();
-    if axes.as_ref() != [1] || zs.len() != 2 {
-        return None;
-    }
-    let (m, c) = (zs[0], zs[1]);
-    let d = only_consumer(i as u32)?;
-    if !matches!(nodes[d].op, Op::Binary(BinaryOp::Sub)) || nodes[d].inputs[0] != i as u32 {
-        return None;
-    }
-    let r = nodes[d].inputs[1] as usize;
-    if !matches!(nodes[r].op, Op::Reshape) || only_consumer(r as u32) != Some(d) {
-        return None;
-    }
-    let g = nodes[r].inputs[0] as usize;
-    match &nodes[g].op {
-        Op::Gather { axis: 1, .. } if nodes[g].inputs[0] == z => {}
-        _ => return None,
-    }
-    if only_consumer(g as u32) != Some(r) || nodes[g].value.shape() != [m, 1] {
-        return None;
-    }
-    let mean = only_consumer(d as u32)?;
-    match &nodes[mean].op {
-        Op::Mean { axes } if axes.as_ref() == [0] && nodes[d].value.shape() == [m] => {}
-        _ => return None,
-    }
-    let ce = CrossEntropy {
-        z,
-        out: mean as u32,
-        index_slot: index_slot[g],
-        labels: Vec::new(),
-        m,
-        c,
-        probs: Tensor::zeroed(&[0]),
-    };
-    Some((ce, vec![i, g, r, d, mean]))
-}
-
-impl<T: Element> Dense<T> {
-    fn forward(&mut self, values: &mut [Option<Tensor<T>>]) {
-        let (m, k, n) = (self.m, self.k, self.n);
-        let (below, slot) = split(values, self.out);
-        let (x, w, b) = (
-            value(below, self.x),
-            value(below, self.w),
-            value(below, self.b),
-        );
-        let product = |pre: &mut [T]| {
-            matmul_into(
-                pre,
-                m,
-                n,
-                k,
-                (x.data(), MatLayout::Normal),
-                (w.data(), MatLayout::Normal),
-                false,
-            )
-        };
-        let bias = b.data();
-        match self.act {
-            // without an activation the output is the pre-activation itself
-            None => {
-                let out = buffer(slot, &[m, n]);
-                product(out);
-                rows_mut(out, n, |row, _| {
-                    for (o, &bv) in row.iter_mut().zip(bias) {
-                        *o += bv;
-                    }
-                })
-            }
-            Some(act) => {
-                let pre = self.pre.overwrite(&[m, n]);
-                product(pre);
-                rows2_mut(pre, buffer(slot, &[m, n]), n, |p, o| {
-                    for (v, &bv) in p.iter_mut().zip(bias) {
-                        *v += bv;
-                    }
-                    if n < 64 {
-                        act.map_slice(p, o)
-                    } else {
-                        with_avx2!(act.map_slice(p, o))
-                    }
-                })
-            }
-        }
-    }
-
-    fn backward(
-        &mut self,
-        values: &[Option<Tensor<T>>],
-        needs: &[bool],
-        grads: &mut [Option<Tensor<T>>],
-        has: &mut [bool],
-    ) -> Result<()> {
-        if !has[self.out as usize] {
-            return Ok(());
-        }
-        let (m, k, n) = (self.m, self.k, self.n);
-        let (below, slot) = split(grads, self.out);
-        let g = slot.as_ref().expect("written when has_grad is set");
-        if let Some(act) = self.act {
-            let (pre, y) = (self.pre.data(), value(values, self.out).data());
-            let gp = self.g_pre.overwrite(&[m, n]);
-            let seed = g.data();
-            if gp.len() >= PARALLEL_MIN_LEN {
-                gp.par_chunks_mut(n * 64).enumerate().for_each(|(c, o)| {
-                    let s = c * n * 64;
-                    let e = s + o.len();
-                    with_avx2!(act.scale_slice(&pre[s..e], &y[s..e], &seed[s..e], o))
-                });
-            } else if gp.len() < 64 {
-                act.scale_slice(pre, y, seed, gp)
-            } else {
-                with_avx2!(act.scale_slice(pre, y, seed, gp))
-            }
-        }
-        let gp = if self.act.is_some() { &self.g_pre } else { g };
-        if needs[self.b as usize] {
-            add_grad(below, has, self.b, gp.sum_to_shape(&[n])?)?;
-        }
-        // the products write straight into the gradient slots, unless a slot already
-        // holds a contribution (a value used twice), which they are added to
-        let product = |below: &mut [Option<Tensor<T>>],
-                       has: &mut [bool],
-                       j: u32,
-                       shape: [usize; 2],
-                       lhs,
-                       rhs,
-                       inner|
-         -> Result<()> {
-            if has[j as usize] {
-                let c = Tensor::build(&shape, |out| {
-                    matmul_into(out, shape[0], shape[1], inner, lhs, rhs, false)
-                });
-                add_grad(below, has, j, c)
-            } else {
-                let out = buffer(&mut below[j as usize], &shape);
-                matmul_into(out, shape[0], shape[1], inner, lhs, rhs, false);
-                has[j as usize] = true;
-                Ok(())
-            }
-        };
-        if needs[self.w as usize] {
-            let x = value(values, self.x);
-            product(
-                below,
-                has,
-                self.w,
-                [k, n],
-                (x.data(), MatLayout::Transposed),
-                (gp.data(), MatLayout::Normal),
-                m,
-            )?;
-        }
-        if needs[self.x as usize] {
-            let w = value(values, self.w);
-            product(
-                below,
-                has,
-                self.x,
-                [m, k],
-                (gp.data(), MatLayout::Normal),
-                (w.data(), MatLayout::Transposed),
-                n,
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Runs `f` on each row of `n` elements of `data`, on both cores when it is large.
-fn rows_mut<T: Element>(data: &mut [T], n: usize, f: impl Fn(&mut [T], usize) + Sync + Send) {
-    if data.len() >= PARALLEL_MIN_LEN {
-        data.par_chunks_mut(n)
-            .enumerate()
-            .for_each(|(i, r)| f(r, i));
-    } else {
-        for (i, r) in data.chunks_mut(n).enumerate() {
-            f(r, i)
-        }
-    }
-}
-
-/// Runs `f` on matching rows of `n` elements of `a` and `b`.
-fn rows2_mut<T: Element>(
-    a: &mut [T],
-    b: &mut [T],
-    n: usize,
-    f: impl Fn(&mut [T], &mut [T]) + Sync + Send,
-) {
-    if a.len() >= PARALLEL_MIN_LEN {
-        a.par_chunks_mut(n)
-            .zip(b.par_chunks_mut(n))
-            .for_each(|(x, y)| f(x, y));
-    } else {
-        for (x, y) in a.chunks_mut(n).zip(b.chunks_mut(n)) {
-            f(x, y)
-        }
-    }
-}
-
-impl<T: Element> CrossEntropy<T> {
-    fn forward(&mut self, values: &mut [Option<Tensor<T>>], labels: &[usize]) -> Result<()> {
-        let (m, c) = (self.m, self.c);
-        if let Some(&bad) = labels.iter().find(|&&l| l >= c) {
-            return Err(Error::invalid(
-                "cross_entropy",
-                format!("label {bad} out of range for {c} classes"),
-            ));
-        }
-        self.labels.clear();
-        self.labels.extend_from_slice(labels);
-        let z = value(values, self.z).data();
-        let probs = self.probs.overwrite(&[m, c]);
-        let mut total = T::zero();
-        for ((row, p), &label) in z.chunks_exact(c).zip(probs.chunks_exact_mut(c)).zip(labels) {
-            // as `Tensor::logsumexp`: shift by a finite maximum, NaN propagates
-            let top = row.iter().copied().fold(T::neg_infinity(), |d, v| {
-                if v > d || v.is_nan() { v } else { d }
-            });
-            let shift = if top.is_finite() { top } else { T::zero() };
-            let mut s = T::zero();
-            for (q, &v) in p.iter_mut().zip(row) {
-                *q = (v - shift).exp();
-                s += *q;
-            }
-            let lse = s.ln() + shift;
-            let inv = s.recip();
-            for q in p.iter_mut() {
-                *q *= inv;
-            }
-            total += lse - row[label];
-        }
-        let mean = total * T::of(1.0 / m as f64);
-        buffer(split(values, self.out).1, &[])[0] = mean;
-        Ok(())
-    }
-
-    fn backward(&mut self, grads: &mut [Option<Tensor<T>>], has: &mut [bool]) -> Result<()> {
-        if !has[self.out as usize] {
-            return Ok(());
-        }
-        let (m, c) = (self.m, self.c);
-        let (below, slot) = split(grads, self.out);
-        let g = slot
-            .as_ref()
-            .expect("written when has_grad is set")
-            .item()?;
-        let w = g * T::of(1.0 / m as f64);
-        let probs = self.probs.data();
-        let fill = |gz: &mut [T]| {
-            for ((o, p), &label) in gz
-                .chunks_exact_mut(c)
-                .zip(probs.chunks_exact(c))
-                .zip(&self.labels)
-            {
-                for (q, &pv) in o.iter_mut().zip(p) {
-                    *q = w * pv;
-                }
-                o[label] -= w;
-            }
-        };
-        if has[self.z as usize] {
-            add_grad(below, has, self.z, Tensor::build(&[m, c], fill))
-        } else {
-            fill(buffer(&mut below[self.z as usize], &[m, c]));
-            has[self.z as usize] = true;
-            Ok(())
         }
     }
 }
