@@ -453,23 +453,17 @@ fn cases(seed: u64) -> Vec<Case> {
     out
 }
 
-/// Runs the suite with every op in a fixed order, plus the ops broken by `plant` (each on
-/// a small and a large case), against central differences within `tolerance`.
-pub fn builtin_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> SuiteReport {
-    let opts = GradcheckOptions {
-        seed,
-        ..Default::default()
-    };
-    let mut all = cases(seed);
+/// `cases` followed by the op each planted fault breaks (`planted_add` for first-order
+/// faults, `planted_mul` for second-order ones), on inputs of each number of `rows`.
+fn with_planted(mut cases: Vec<Case>, plant: &[PlantedFault], rows: [usize; 2]) -> Vec<Case> {
     for &fault in plant {
-        for rows in [3, 200] {
-            // a second-order fault leaves first order right: its op passes here
+        for rows in rows {
             let (inputs, f) = if fault.order() == 2 {
                 planted_mul(Some(fault), rows)
             } else {
                 planted_add(Some(fault), rows)
             };
-            all.push(Case {
+            cases.push(Case {
                 op: format!("planted:{}", fault.name()),
                 inputs,
                 f,
@@ -477,6 +471,18 @@ pub fn builtin_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> Suite
             });
         }
     }
+    cases
+}
+
+/// Runs the suite with every op in a fixed order, plus the ops broken by `plant` (each on
+/// a small and a large case), against central differences within `tolerance`.
+pub fn builtin_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> SuiteReport {
+    let opts = GradcheckOptions {
+        seed,
+        ..Default::default()
+    };
+    // a second-order fault leaves first order right: its op passes here
+    let all = with_planted(cases(seed), plant, [3, 200]);
     let mut results: Vec<OpCheck> = Vec::new();
     for case in all {
         let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
@@ -660,23 +666,8 @@ fn second_order_case(case: &Case, seed: u64) -> std::result::Result<(f64, Option
 /// as skipped. NaN or infinity fails.
 pub fn second_order_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> SecondOrderReport {
     let mut ops: Vec<SecondOrderCheck> = Vec::new();
-    let mut all = cases(seed);
-    for &fault in plant {
-        for rows in [3, 40] {
-            // a first-order fault's op has no composition: reported as skipped here
-            let (inputs, f) = if fault.order() == 2 {
-                planted_mul(Some(fault), rows)
-            } else {
-                planted_add(Some(fault), rows)
-            };
-            all.push(Case {
-                op: format!("planted:{}", fault.name()),
-                inputs,
-                f,
-                scalar: None,
-            });
-        }
-    }
+    // a first-order fault's op has no composition: reported as skipped here
+    let all = with_planted(cases(seed), plant, [3, 40]);
     for (k, case) in all.into_iter().enumerate() {
         let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
         let result = second_order_case(&case, seed.wrapping_add(1000 + k as u64));

@@ -57,7 +57,7 @@ pub fn lm_steps_child(steps: usize) -> Result<serde_json::Value> {
     use crate::autodiff::CellKind;
     use crate::data::{Streams, TextCorpus};
     use crate::nn::CharModel;
-    use crate::train::{LanguageModel, Position};
+    use crate::train::LanguageModel;
     let before = peak_rss_bytes();
     let corpus = TextCorpus::macbeth()?;
     let mut store = ParamStore::new();
@@ -86,13 +86,7 @@ pub fn lm_steps_child(steps: usize) -> Result<serde_json::Value> {
     })?;
     let mut optimizer = OptimizerKind::Adam.build::<f32>(2e-3, None)?;
     let built = peak_rss_bytes();
-    let report = trainer.fit(
-        &mut objective,
-        &mut store,
-        optimizer.as_mut(),
-        Position::default(),
-        &mut [],
-    )?;
+    let report = trainer.fit_from_start(&mut objective, &mut store, optimizer.as_mut())?;
     let loss = report.step_losses.last().copied().unwrap_or(f64::NAN);
     Ok(steps_report(steps, before, built, loss))
 }

@@ -10,7 +10,6 @@ use super::*;
 pub(super) fn mnist_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
     use crate::data::{Standardizer, load_mnist};
     use crate::nn::Init;
-    use crate::train::Position;
     let Some(dir) = &cfg.mnist else {
         return Err(Error::invalid(
             "mnist_epoch",
@@ -38,13 +37,7 @@ pub(super) fn mnist_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
         )?;
         let mut objective = Classification::new(&model, &train, &test, 128, true)?;
         let mut optimizer = OptimizerKind::Adam.build::<f32>(1e-3, None)?;
-        let r = trainer.fit(
-            &mut objective,
-            &mut store,
-            optimizer.as_mut(),
-            Position::default(),
-            &mut [],
-        )?;
+        let r = trainer.fit_from_start(&mut objective, &mut store, optimizer.as_mut())?;
         Ok((r.final_val_metric, r.steps))
     };
     let (accuracy, steps) = epoch()?;

@@ -9,7 +9,7 @@ use chainrule::data::{Dataset, EMBEDDED_TEXTS, Standardizer, Streams, TextCorpus
 use chainrule::nn::{Activation, CharModel, ForwardCtx, Linear, Mlp, ParamStore, cross_entropy};
 use chainrule::optim::{LrSchedule, OptimizerKind, grad_norms};
 use chainrule::tensor::Tensor;
-use chainrule::train::{LanguageModel, Position, StopReason, TrainConfig, Trainer};
+use chainrule::train::{LanguageModel, StopReason, TrainConfig, Trainer};
 use plotters::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -125,13 +125,7 @@ fn train_once(corpus: &TextCorpus, r: &Recipe, lr: f64, clip: Option<f64>) -> an
         ..Default::default()
     })?;
     let mut optimizer = OptimizerKind::Sgd.build::<f32>(lr, None)?;
-    let report = trainer.fit(
-        &mut objective,
-        &mut store,
-        optimizer.as_mut(),
-        Position::default(),
-        &mut [],
-    )?;
+    let report = trainer.fit_from_start(&mut objective, &mut store, optimizer.as_mut())?;
     let failed = matches!(
         report.stopped_by,
         StopReason::Diverged | StopReason::NonFinite

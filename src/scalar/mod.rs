@@ -242,25 +242,11 @@ mod tests {
 
     /// Every op of the table at points away from its kinks and poles.
     fn table_points() -> (Vec<UnaryOp>, Vec<BinaryOp>, Vec<f64>) {
-        let unary = vec![
-            UnaryOp::Neg,
-            UnaryOp::Exp,
-            UnaryOp::Ln,
-            UnaryOp::Sqrt,
-            UnaryOp::Abs,
-            UnaryOp::Sin,
-            UnaryOp::Cos,
-            UnaryOp::Tanh,
-            UnaryOp::Sigmoid,
-            UnaryOp::Relu,
-            UnaryOp::PowF(2.5),
-            UnaryOp::PowF(3.0),
-            UnaryOp::AddScalar(0.5),
-            UnaryOp::MulScalar(-1.5),
-            UnaryOp::Clamp(-0.6, 0.6),
-            UnaryOp::Sign,
-            UnaryOp::Step,
-        ];
+        let unary: Vec<UnaryOp> = UnaryOp::FUNCTIONS
+            .into_iter()
+            .chain(UnaryOp::WITH_CONSTANTS)
+            .chain([UnaryOp::PowF(3.0), UnaryOp::Sign, UnaryOp::Step])
+            .collect();
         let binary = vec![
             BinaryOp::Add,
             BinaryOp::Sub,

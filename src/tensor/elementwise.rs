@@ -275,6 +275,31 @@ unary_table! {
 }
 
 impl UnaryOp {
+    /// The table's elementary functions without a parameter, in table order: what the
+    /// suites and the engines' cross-checks run over (each adds the parametrised ops it
+    /// checks, with its own constants).
+    pub(crate) const FUNCTIONS: [UnaryOp; 10] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Ln,
+        UnaryOp::Sqrt,
+        UnaryOp::Abs,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+    ];
+
+    /// The table's ops with a constant, at the constants the gradient-check suite and
+    /// the engines' cross-checks use (clamp's bounds away from the suite's inputs).
+    pub(crate) const WITH_CONSTANTS: [UnaryOp; 4] = [
+        UnaryOp::PowF(2.5),
+        UnaryOp::AddScalar(0.5),
+        UnaryOp::MulScalar(-1.5),
+        UnaryOp::Clamp(-0.6, 0.6),
+    ];
+
     /// True for the ops whose derivative is zero everywhere it exists (sign, step): an
     /// engine may treat their values as constants.
     pub(crate) fn is_piecewise_constant(self) -> bool {

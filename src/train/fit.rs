@@ -50,6 +50,17 @@ impl Trainer {
         fit.finish(stopped_by, stop_detail)
     }
 
+    /// [`fit`](Self::fit) from the start of a run, without callbacks: what a benchmark
+    /// or an experiment that only reads the report runs.
+    pub fn fit_from_start(
+        &self,
+        objective: &mut dyn Objective,
+        store: &mut ParamStore<f32>,
+        optimizer: &mut dyn Optimizer<f32>,
+    ) -> Result<TrainReport> {
+        self.fit(objective, store, optimizer, Position::default(), &mut [])
+    }
+
     /// `flag` here, or on any process of a data-parallel run: so that a decision taken
     /// from a local clock is the same on every process.
     fn agree(&self, flag: bool) -> Result<bool> {

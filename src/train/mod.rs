@@ -771,12 +771,10 @@ mod tests {
         })
         .unwrap();
         let report = trainer
-            .fit(
+            .fit_from_start(
                 &mut Classification::new(&model, &train, &val, 100, true).unwrap(),
                 &mut store,
                 opt.as_mut(),
-                Position::default(),
-                &mut [],
             )
             .unwrap();
         let traces = trainer.traces.borrow().len();
@@ -871,13 +869,7 @@ mod tests {
         })
         .unwrap();
         let r = trainer
-            .fit(
-                &mut objective,
-                &mut store,
-                opt.as_mut(),
-                Position::default(),
-                &mut [],
-            )
+            .fit_from_start(&mut objective, &mut store, opt.as_mut())
             .unwrap();
         assert_eq!(r.stopped_by, StopReason::Target, "{}", r.stop_detail);
         assert!(r.best_val_metric <= first * 0.5);

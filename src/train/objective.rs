@@ -293,6 +293,24 @@ impl Minibatches {
     }
 }
 
+/// The [`Objective`] methods of a model trained on samples in minibatches
+/// (`self.batches`, shuffled per epoch and shared out among processes): the same for
+/// [`Classification`] and [`Regression`].
+macro_rules! minibatch_methods {
+    () => {
+        fn batches_per_epoch(&self) -> usize {
+            self.batches.count()
+        }
+        fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()> {
+            self.batches.start_epoch(epoch, seed);
+            Ok(())
+        }
+        fn shard(&mut self, rank: usize, ranks: usize) -> Result<()> {
+            self.batches.shard(rank, ranks)
+        }
+    };
+}
+
 impl Objective for Classification<'_> {
     fn metric(&self) -> MetricSpec {
         MetricSpec {
@@ -300,16 +318,7 @@ impl Objective for Classification<'_> {
             goal: Goal::Maximize,
         }
     }
-    fn batches_per_epoch(&self) -> usize {
-        self.batches.count()
-    }
-    fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()> {
-        self.batches.start_epoch(epoch, seed);
-        Ok(())
-    }
-    fn shard(&mut self, rank: usize, ranks: usize) -> Result<()> {
-        self.batches.shard(rank, ranks)
-    }
+    minibatch_methods!();
     fn batch_loss<'t>(
         &mut self,
         p: &Params<'t, f32>,
@@ -424,16 +433,7 @@ impl Objective for Regression<'_> {
             goal: Goal::Minimize,
         }
     }
-    fn batches_per_epoch(&self) -> usize {
-        self.batches.count()
-    }
-    fn start_epoch(&mut self, epoch: usize, seed: u64) -> Result<()> {
-        self.batches.start_epoch(epoch, seed);
-        Ok(())
-    }
-    fn shard(&mut self, rank: usize, ranks: usize) -> Result<()> {
-        self.batches.shard(rank, ranks)
-    }
+    minibatch_methods!();
     fn batch_loss<'t>(
         &mut self,
         p: &Params<'t, f32>,

@@ -324,22 +324,9 @@ var_scalar_ops!(Add::add => |v, k| v.add_scalar(k); Sub::sub => |v, k| v.add_sca
 /// The cases of `chainrule gradcheck` for the elementwise ops (unary, binary with
 /// broadcasting, `where`).
 pub(crate) fn suite_cases(rng: &mut ChaCha8Rng, out: &mut Vec<Case>) {
-    let unary = [
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Ln,
-        UnaryOp::Sqrt,
-        UnaryOp::Abs,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
-        UnaryOp::Tanh,
-        UnaryOp::Sigmoid,
-        UnaryOp::Relu,
-        UnaryOp::PowF(2.5),
-        UnaryOp::AddScalar(0.5),
-        UnaryOp::MulScalar(-1.5),
-        UnaryOp::Clamp(-0.6, 0.6),
-    ];
+    let unary = UnaryOp::FUNCTIONS
+        .into_iter()
+        .chain(UnaryOp::WITH_CONSTANTS);
     for op in unary {
         let domain = if matches!(op, UnaryOp::Ln | UnaryOp::Sqrt | UnaryOp::PowF(_)) {
             Domain::Positive
@@ -432,23 +419,13 @@ mod tests {
 
     #[test]
     fn unary_ops_match_finite_differences() {
-        let ops = [
-            UnaryOp::Neg,
-            UnaryOp::Exp,
-            UnaryOp::Ln,
-            UnaryOp::Sqrt,
-            UnaryOp::Abs,
-            UnaryOp::Sin,
-            UnaryOp::Cos,
-            UnaryOp::Tanh,
-            UnaryOp::Sigmoid,
-            UnaryOp::Relu,
+        let ops = UnaryOp::FUNCTIONS.into_iter().chain([
             UnaryOp::PowF(2.5),
             UnaryOp::PowF(-1.5),
             UnaryOp::AddScalar(3.0),
             UnaryOp::MulScalar(-2.0),
             UnaryOp::Clamp(-0.5, 0.5),
-        ];
+        ]);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for op in ops {
             for _ in 0..4 {
