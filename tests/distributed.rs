@@ -271,9 +271,10 @@ fn a_rank_that_fails_ends_the_job_with_its_reason() {
 /// Under `mpirun` (see the test below): each rank starts three sums (rank 1 starts the
 /// last two half a second late), then a callback of `finish_sums` panics on the first
 /// result, so the unwind drops the two sums still in flight. Each must wait for its
-/// request before its buffers (4 MiB each, returned to the kernel when freed) go: freed
-/// unwaited, MPI writes into unmapped memory when rank 1 catches up. The rank then sums
-/// again on the same communicator and checks the result.
+/// request before its buffers (4 MiB each, allocated with mmap and returned to the kernel
+/// when freed) go: freed unwaited, MPI writes into unmapped memory when rank 1 catches up
+/// and rank 0 dies of a segmentation fault (seen with the wait taken out). The rank then
+/// sums again on the same communicator and checks the result.
 #[test]
 #[ignore = "a rank of the job started by a_panic_in_a_sum_callback_unwinds_cleanly"]
 fn panicking_sum_callback_rank() {
@@ -287,7 +288,6 @@ fn panicking_sum_callback_rank() {
     let rank = collective.rank() as f32;
     let big = vec![rank + 1.0; 1 << 20];
     collective.sum_f32(&mut [0.0]).unwrap(); // both ranks start together
-    let started = std::time::Instant::now();
     for i in 0..3 {
         if i == 1 && rank == 1.0 {
             // rank 0's first sum completes (rank 1 keeps it progressing: Open MPI moves
@@ -305,15 +305,6 @@ fn panicking_sum_callback_rank() {
         collective.finish_sums(&mut |i, _| panic!("planted panic in the callback of sum {i}"))
     }));
     assert!(unwound.is_err(), "the callback panicked");
-    if rank == 0.0 {
-        // the unwind waited for the two sums rank 1 started late, as their requests
-        // cannot complete before: dropped unwaited, it would be over at once
-        let waited = started.elapsed();
-        assert!(
-            waited >= std::time::Duration::from_millis(300),
-            "the unwind took {waited:?}: it did not wait for the sums in flight"
-        );
-    }
     let mut again = vec![rank + 1.0; 4];
     collective.sum_f32(&mut again).unwrap();
     assert_eq!(again, vec![3.0; 4]);
