@@ -247,15 +247,7 @@ mod tests {
             .chain(UnaryOp::WITH_CONSTANTS)
             .chain([UnaryOp::PowF(3.0), UnaryOp::Sign, UnaryOp::Step])
             .collect();
-        let binary = vec![
-            BinaryOp::Add,
-            BinaryOp::Sub,
-            BinaryOp::Mul,
-            BinaryOp::Div,
-            BinaryOp::Maximum,
-            BinaryOp::Minimum,
-            BinaryOp::Pow,
-        ];
+        let binary = BinaryOp::ALL.to_vec();
         (unary, binary, vec![0.3, 0.77, 1.4, 2.9])
     }
 

@@ -522,6 +522,17 @@ binary_table! {
 }
 
 impl BinaryOp {
+    /// Every binary op of the table, in table order.
+    pub const ALL: [BinaryOp; 7] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+        BinaryOp::Pow,
+    ];
+
     /// Applies the op with broadcasting; the error names the op and both shapes.
     pub fn apply<T: Element>(self, a: &Tensor<T>, b: &Tensor<T>) -> Result<Tensor<T>> {
         if a.shape() == b.shape() {

@@ -358,15 +358,7 @@ pub(crate) fn suite_cases(rng: &mut ChaCha8Rng, out: &mut Vec<Case>) {
             });
         }
     }
-    let binary = [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Maximum,
-        BinaryOp::Minimum,
-        BinaryOp::Pow,
-    ];
+    let binary = BinaryOp::ALL;
     for op in binary {
         let da = if op == BinaryOp::Pow {
             Domain::Positive
@@ -447,15 +439,7 @@ mod tests {
 
     #[test]
     fn binary_ops_with_broadcasting_match_finite_differences() {
-        let ops = [
-            BinaryOp::Add,
-            BinaryOp::Sub,
-            BinaryOp::Mul,
-            BinaryOp::Div,
-            BinaryOp::Maximum,
-            BinaryOp::Minimum,
-            BinaryOp::Pow,
-        ];
+        let ops = BinaryOp::ALL;
         let mut fixed_rng = ChaCha8Rng::seed_from_u64(20);
         // fixed cases that always broadcast, both ways round: [3,1]·[4] → [3,4] (each
         // side expands) and [2,3,4]·[3,1] → [2,3,4] (rank and size-1 expansion)
