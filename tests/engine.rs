@@ -156,6 +156,20 @@ fn variables_of_another_tape_are_errors_not_other_nodes() {
     assert_eq!(g.wrt(y).unwrap().data(), &[6.0, 8.0]);
     let e = g.get(x).unwrap_err().to_string();
     assert!(e.contains("belongs to another tape"), "{e}");
+    // sweeping one tape from another's output, or towards another's variables
+    assert!(matches!(
+        a.backward(y.sum_all()),
+        Err(Error::OtherTape { .. })
+    ));
+    let out = x.sum_all();
+    assert!(matches!(
+        b.backward_recorded(out, &[x]),
+        Err(Error::OtherTape { .. })
+    ));
+    assert!(matches!(
+        a.backward_recorded(out, &[y]),
+        Err(Error::OtherTape { .. })
+    ));
     // gradients from before a clear do not answer for the variables recorded after it
     let mut c = Tape::<f64>::new();
     let g = {
@@ -196,5 +210,26 @@ fn errors_are_structured_and_print_one_line() {
             assert!(e.to_string().starts_with("/no/such/folder"), "{e}")
         }
         other => panic!("expected a file error, got {other:?}"),
+    }
+}
+
+#[test]
+fn reductions_of_empty_tensors_do_not_panic() {
+    for shape in [vec![3, 0], vec![0, 3], vec![2, 0, 4], vec![0]] {
+        let x = Tensor::<f64>::zeros(&shape).unwrap();
+        for axis in 0..shape.len() {
+            let s = x.sum(&[axis], false).unwrap();
+            assert!(
+                s.data().iter().all(|&v| v == 0.0),
+                "{shape:?} sum over {axis}"
+            );
+            let _ = x.mean(&[axis], true).unwrap();
+            let _ = x.max(&[axis], false).unwrap();
+            let _ = x.softmax(axis).unwrap();
+        }
+        let tape = Tape::<f64>::new();
+        let v = tape.var(x.clone());
+        let g = tape.backward(v.sum_all()).unwrap();
+        assert_eq!(g.wrt(v).unwrap().shape(), x.shape());
     }
 }

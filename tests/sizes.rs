@@ -128,6 +128,25 @@ fn ops_refuse_results_that_overflow() {
     );
     too_large(pa.add(pb), "Var::add");
     too_large(pa.reshape(&[1 << 32, 1 << 32]), "Var::reshape");
+
+    // a recorded sweep's index_select adjoint: a [2⁵⁹, 16] selection from an empty table
+    let tape = Tape::<f64>::new();
+    let table = tape.var(Tensor::zeros(&[1 << 59, 0]).unwrap());
+    let rows = table.index_select(0, &[0; 16]).unwrap().sum_all();
+    too_large(
+        tape.backward_recorded(rows, &[table]),
+        "recorded index_select",
+    );
+    // a Jacobian of shape f(x).shape ++ x.shape: [16, 2⁵⁹, 0] (jacfwd, one column per
+    // input element, has none to take the output's shape from here)
+    let x = Tensor::<f64>::zeros(&[1 << 59, 0]).unwrap();
+    fn sixteen<'t>(
+        t: &'t Tape<f64>,
+        v: chainrule::Var<'t, f64>,
+    ) -> chainrule::Result<chainrule::Var<'t, f64>> {
+        t.constant(Tensor::ones(&[16])?).add(v.sum_all())
+    }
+    too_large(chainrule::autodiff::jacrev(sixteen, &x), "jacrev");
 }
 
 #[test]

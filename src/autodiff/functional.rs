@@ -228,7 +228,7 @@ where
         columns.push(col);
     }
     let m: usize = out_shape.iter().product();
-    let mut jac = Tensor::zeroed(&jacobian_shape(&out_shape, x.shape()));
+    let mut jac = Tensor::zeros(&jacobian_shape(&out_shape, x.shape()))?;
     let d = jac.data_mut();
     for (i, col) in columns.iter().enumerate() {
         for (j, &v) in col.data().iter().enumerate().take(m) {
@@ -250,7 +250,7 @@ where
     let out_shape = y.shape();
     let m = y.value().len();
     let n = x.len();
-    let mut jac = Tensor::zeroed(&jacobian_shape(&out_shape, x.shape()));
+    let mut jac = Tensor::zeros(&jacobian_shape(&out_shape, x.shape()))?;
     let d = jac.data_mut();
     for j in 0..m {
         let g = tape.backward_with(y, one_hot(&out_shape, j))?;

@@ -512,10 +512,9 @@ impl<T: Element> Tape<T> {
         output: Var<'_, T>,
         wrt: &[Var<'_, T>],
     ) -> Result<()> {
-        assert!(
-            std::ptr::eq(output.tape, self) && wrt.iter().all(|v| std::ptr::eq(v.tape, self)),
-            "variables from different tapes were combined"
-        );
+        if !(std::ptr::eq(output.tape, self) && wrt.iter().all(|v| std::ptr::eq(v.tape, self))) {
+            return Err(Error::OtherTape { op });
+        }
         let shape = output.shape();
         if shape.iter().product::<usize>() != 1 {
             return Err(Error::invalid(
@@ -684,10 +683,9 @@ impl<T: Element> Tape<T> {
     }
 
     fn sweep(&self, output: Var<'_, T>, seed: Tensor<T>, keep_all: bool) -> Result<Gradients<T>> {
-        assert!(
-            std::ptr::eq(output.tape, self),
-            "output belongs to another tape"
-        );
+        if !std::ptr::eq(output.tape, self) {
+            return Err(Error::OtherTape { op: "backward" });
+        }
         let nodes = self.nodes.borrow();
         let out = output.id as usize;
         if seed.shape() != nodes[out].value.shape() {

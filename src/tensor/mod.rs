@@ -6,7 +6,7 @@
 //! reductions, matmul through `faer`) live in the submodules.
 
 mod elementwise;
-pub(crate) use elementwise::{Number, PARALLEL_MIN_LEN, sigmoid, with_avx2};
+pub(crate) use elementwise::{Number, PARALLEL_MIN_LEN, with_avx2};
 mod matmul;
 mod random;
 mod reduce;
@@ -34,13 +34,6 @@ mod sealed {
     use super::MatLayout;
 
     pub trait Sealed: Sized {
-        /// The logistic function σ(x) of every engine and kernel (the table's `sigmoid`
-        /// and the recurrent cells' gates), so that one function is trained and
-        /// differentiated: for f32 `(1 + tanh(x/2))/2` over the vectorisable `tanh_`
-        /// (an `exp` per element was a quarter of an LSTM's forward pass), for f64 the
-        /// overflow-free exponential form (f64's `tanh` is no faster than `exp`, and the
-        /// exponential keeps the relative precision of σ(x) for x ≪ 0).
-        fn sigmoid_(self) -> Self;
         /// `faer`'s product on raw buffers (see `matmul::faer_gemm`, which checks the
         /// sizes against the buffers before it builds its views).
         #[allow(clippy::too_many_arguments)]
@@ -84,7 +77,7 @@ pub trait Element:
 }
 
 macro_rules! impl_element {
-    ($t:ty, $name:literal, $tanh:expr, $sigmoid:expr) => {
+    ($t:ty, $name:literal, $tanh:expr) => {
         impl Element for $t {
             const NAME: &'static str = $name;
             #[inline(always)]
@@ -101,10 +94,6 @@ macro_rules! impl_element {
             }
         }
         impl sealed::Sealed for $t {
-            #[inline(always)]
-            fn sigmoid_(self) -> Self {
-                $sigmoid(self)
-            }
             #[allow(clippy::too_many_arguments)]
             fn gemm(
                 dst: &mut [Self],
@@ -121,8 +110,8 @@ macro_rules! impl_element {
         }
     };
 }
-impl_element!(f32, "f32", tanh_f32, |x: f32| 0.5 + 0.5 * tanh_f32(0.5 * x));
-impl_element!(f64, "f64", f64::tanh, elementwise::sigmoid_exp);
+impl_element!(f32, "f32", tanh_f32);
+impl_element!(f64, "f64", f64::tanh);
 
 /// tanh(x) ≈ x·P(x²)/Q(x²), the minimax rational approximation on [-7.9, 7.9] used by
 /// Eigen's `ptanh_float`; beyond that range tanh is ±1 in f32. Plain `a * b + c`, not

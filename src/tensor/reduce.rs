@@ -32,6 +32,9 @@ fn reduce_one_axis<T: Element>(x: &Tensor<T>, axis: usize, fold: Fold) -> Tensor
     shape[axis] = 1;
     let src = x.data();
     Tensor::build(&shape, |out| {
+        if inner == 0 {
+            return; // an empty output (a zero dimension after the axis): nothing to fold
+        }
         for o in 0..outer {
             let dst = &mut out[o * inner..(o + 1) * inner];
             let block = &src[o * r * inner..(o + 1) * r * inner];

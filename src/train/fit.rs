@@ -384,13 +384,16 @@ impl<'a, 'c> Fit<'a, 'c> {
     /// Hands the position to the callbacks after an evaluation (`on_eval`) or at the
     /// stop (`on_stop`), with the state the objective carries when mid-epoch.
     fn tell_callbacks(&mut self, record: &EvalRecord, stop: bool) -> Result<()> {
-        let t = Instant::now();
+        // the stop's timing includes the carried state, an evaluation's does not (as
+        // the loop timed them before it became these methods)
+        let before = Instant::now();
         // at an epoch's end the next batch starts from a fresh state
         self.pos.carried = if self.pos.batch == 0 {
             Vec::new()
         } else {
             carried_state(&*self.objective, self.collective())?
         };
+        let t = if stop { before } else { Instant::now() };
         let snapshot = Snapshot {
             record,
             position: &self.pos,

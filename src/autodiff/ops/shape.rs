@@ -98,6 +98,7 @@ pub(crate) fn index_select_adjoint_recorded<'t, T: Element>(
 ) -> Result<Var<'t, T>> {
     let (outer, size, inner) = split(shape, axis);
     let n = indices.len();
+    crate::tensor::checked_len("index_select", &[size, n])?;
     let mut select = Tensor::<T>::zeroed(&[size, n]);
     for (j, &i) in indices.iter().enumerate() {
         select.data_mut()[i * n + j] += T::one();

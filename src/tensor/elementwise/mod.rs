@@ -267,7 +267,7 @@ unary_table! {
     // min(max(x, lo), hi) as PyTorch computes it (hi wins when lo > hi), without `max`
     // and `min`, which drop a NaN
     UnaryOp::Clamp(lo, hi) => "clamp", |x| { let y = if x < c(lo) { c(lo) } else { x }; if y > c(hi) { c(hi) } else { y } },
-        |x, y| number::<S>(1.0) - step(number::<S>(lo) - x) - step(x - number::<S>(hi)),
+        |x, y| (number::<S>(1.0) - step(number::<S>(lo) - x)) * (number::<S>(1.0) - step(x - number::<S>(hi))),
         "1 if lo ≤ x ≤ hi else 0";
     UnaryOp::Sign => "sign", |x| sign_of(x), |x, y| number(0.0), "0";
     UnaryOp::Step => "step", |x| if x > T::zero() { T::one() } else if x.is_nan() { x } else { T::zero() },
@@ -341,17 +341,11 @@ fn sign_of<T: Element>(x: T) -> T {
 /// The logistic function, computed without overflow for large |x|.
 #[inline(always)]
 pub(crate) fn sigmoid<T: Element>(x: T) -> T {
-    x.sigmoid_()
-}
-
-/// σ(x) through one `exp` of a non-positive number: no overflow for large |x|.
-#[inline(always)]
-pub(super) fn sigmoid_exp(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
     } else {
         let e = x.exp();
-        e / (1.0 + e)
+        e / (T::one() + e)
     }
 }
 

@@ -24,10 +24,21 @@ use window::*;
 // Shared pieces of the step rules: the hidden projection hp = h·Wᵀ + b and its two rules.
 // ---------------------------------------------------------------------------------------
 
-// σ is the table's (`crate::tensor::sigmoid`): the compositions that second order
-// differentiates use the table's op, so the gates must compute the same function. For
-// f32 it is branch-free over the vectorisable `tanh_`, so the gate loops vectorise.
-use crate::tensor::sigmoid;
+/// The gates' `σ(x) = (1 + tanh(x/2)) / 2`: branch-free over the vectorisable `tanh_`, so
+/// the gate loops below vectorise (an `exp` per element was a quarter of an LSTM's
+/// forward pass). The compositions that second order differentiates compute this very
+/// function with the same roundings ([`gate_sigmoid`]), not the table's `sigmoid`, so
+/// H·v differentiates the function that is trained.
+#[inline(always)]
+pub(super) fn sigmoid<T: Element>(x: T) -> T {
+    let half = T::of(0.5);
+    half + half * (half * x).tanh_()
+}
+
+/// [`sigmoid`] in built-in ops, bit for bit: `0.5·x`, `tanh`, `0.5·t`, `+ 0.5`.
+pub(super) fn gate_sigmoid<T: Element>(v: Var<'_, T>) -> Var<'_, T> {
+    v.mul_scalar(0.5).tanh().mul_scalar(0.5).add_scalar(0.5)
+}
 
 /// `hp = h·Wᵀ + b`: `h: [B, H]`, `W: [GH, H]`, `b: [GH]`, result `[B, GH]` row-major.
 pub(super) fn hidden_proj<T: Element>(h: &Tensor<T>, w: &Tensor<T>, b: &Tensor<T>) -> Vec<T> {
@@ -121,7 +132,7 @@ pub(super) fn check_step(
     b: &[usize],
 ) -> Result<(usize, usize)> {
     let bad = |msg: String| Err(Error::invalid(op, msg));
-    if w.len() != 2 || w[0] != gates * w[1] || w[1] == 0 {
+    if w.len() != 2 || w[1].checked_mul(gates) != Some(w[0]) || w[1] == 0 {
         return bad(format!("W_hh has shape {w:?}, expected [{gates}·H, H]"));
     }
     let hid = w[1];
@@ -174,7 +185,7 @@ pub(super) fn gru_composed<'t, T: Element>(v: &[Var<'t, T>]) -> Result<Var<'t, T
     let (xp, h, hid) = (v[0], v[1], v[1].shape()[1]);
     let hp = hidden_proj_composed(h, v[2], v[3])?;
     let gate = |k| -> Result<Var<'t, T>> { block(xp, k, hid)?.add(block(hp, k, hid)?) };
-    let (r, z) = (gate(0)?.sigmoid(), gate(1)?.sigmoid());
+    let (r, z) = (gate_sigmoid(gate(0)?), gate_sigmoid(gate(1)?));
     let n = block(xp, 2, hid)?.add(r.mul(block(hp, 2, hid)?)?)?.tanh();
     // (1 − z) ⊙ n + z ⊙ h
     n.add(z.mul(h.sub(n)?)?)
@@ -184,8 +195,11 @@ pub(super) fn gru_composed<'t, T: Element>(v: &[Var<'t, T>]) -> Result<Var<'t, T
 pub(super) fn lstm_composed<'t, T: Element>(v: &[Var<'t, T>]) -> Result<Var<'t, T>> {
     let hid = v[1].shape()[1];
     let a = v[0].add(hidden_proj_composed(v[1], v[3], v[4])?)?;
-    let (i, f) = (block(a, 0, hid)?.sigmoid(), block(a, 1, hid)?.sigmoid());
-    let (g, o) = (block(a, 2, hid)?.tanh(), block(a, 3, hid)?.sigmoid());
+    let (i, f) = (
+        gate_sigmoid(block(a, 0, hid)?),
+        gate_sigmoid(block(a, 1, hid)?),
+    );
+    let (g, o) = (block(a, 2, hid)?.tanh(), gate_sigmoid(block(a, 3, hid)?));
     let c_new = f.mul(v[2])?.add(i.mul(g)?)?;
     let h_new = o.mul(c_new.tanh())?;
     Var::concat(&[h_new, c_new], 1)
@@ -527,6 +541,31 @@ mod tests {
             let err = y.value().max_abs_diff(&composed.value()).unwrap();
             assert!(err <= 1e-14, "{name}: {err}");
         }
+    }
+
+    /// One σ: the gates' kernel and the compositions second order differentiates compute
+    /// the same function, bit for bit, in both element types (the table's `sigmoid`,
+    /// an exponential, differs from it in the last bits).
+    #[test]
+    fn the_gates_and_their_compositions_compute_one_sigmoid() {
+        use crate::autodiff::Tape;
+        fn check<T: Element>() {
+            let xs: Vec<T> = (-400..=400).map(|i| T::of(i as f64 * 0.0731)).collect();
+            let n = xs.len();
+            let tape = Tape::<T>::new();
+            let v = tape.var(Tensor::from_vec(xs.clone(), &[n]).unwrap());
+            let composed = gate_sigmoid(v).value();
+            for (x, c) in xs.iter().zip(composed.data()) {
+                assert_eq!(
+                    sigmoid(*x).to_f64().unwrap().to_bits(),
+                    c.to_f64().unwrap().to_bits(),
+                    "{} at {x}",
+                    T::NAME
+                );
+            }
+        }
+        check::<f32>();
+        check::<f64>();
     }
 
     #[test]
