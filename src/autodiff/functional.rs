@@ -395,7 +395,7 @@ mod tests {
                 &self,
                 _: &[&Tensor<f64>],
                 _: &Tensor<f64>,
-                _: &[Option<&Tensor<f64>>],
+                _: &crate::autodiff::Tangents<f64>,
             ) -> Result<Tensor<f64>> {
                 Err(Error::invalid("no_tangent", "this rule fails"))
             }

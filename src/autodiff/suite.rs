@@ -4,6 +4,7 @@
 
 use super::gradcheck::nan_max;
 use super::{CustomOp, GradcheckMode, GradcheckOptions, GradcheckReport, Tape, Var, gradcheck};
+use crate::autodiff::Tangents;
 use crate::error::{Error, Result};
 use crate::scalar::Real;
 use crate::tensor::{BinaryOp, Tensor, UnaryOp, broadcast_shapes};
@@ -152,7 +153,7 @@ impl CustomOp<f64> for PlantedAdd {
         &self,
         ins: &[&Tensor<f64>],
         out: &Tensor<f64>,
-        t: &[Option<&Tensor<f64>>],
+        t: &Tangents<f64>,
     ) -> Result<Tensor<f64>> {
         let mut sum = Tensor::zeroed(out.shape());
         for tangent in t.iter().flatten() {
@@ -213,7 +214,7 @@ impl CustomOp<f64> for PlantedMul {
         &self,
         ins: &[&Tensor<f64>],
         out: &Tensor<f64>,
-        t: &[Option<&Tensor<f64>>],
+        t: &Tangents<f64>,
     ) -> Result<Tensor<f64>> {
         let mut sum = Tensor::zeroed(out.shape());
         if let Some(ta) = t[0] {

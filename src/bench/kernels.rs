@@ -95,13 +95,16 @@ pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
                 (w.data(), Transposed),
             )
         };
-        let row = |case: &str, product: &str, t: Timing, threads: usize, products: f64| {
-            let mut r = BenchRow::new(format!("mlp_gemm/{m}x{k}x{n}/{case}"), t)
-                .with("product", product)
-                .with("threads", threads);
-            r.gflops = Some(products * flops / t.median_s / 1e9);
-            r
-        };
+        // a row for a product of shape (rows, cols, inner), `products` of them per rep
+        let row =
+            |case: &str, product: &str, t: Timing, shape: (usize, usize, usize), products: f64| {
+                let threads = crate::tensor::matmul_threads(shape.0, shape.1, shape.2);
+                let mut r = BenchRow::new(format!("mlp_gemm/{m}x{k}x{n}/{case}"), t)
+                    .with("product", product)
+                    .with("threads", threads);
+                r.gflops = Some(products * flops / t.median_s / 1e9);
+                r
+            };
         let mut failure = None;
 
         // forward X·W, recorded on the tape
@@ -117,42 +120,18 @@ pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         if let Some(e) = failure.take() {
             return Err(e);
         }
-        rows.push(
-            row(
-                "A·B",
-                "X·W (forward)",
-                t,
-                crate::tensor::matmul_threads(m, n, k),
-                1.0,
-            )
-            .verify_product(y_err(&y))?,
-        );
+        let r = row("A·B", "X·W (forward)", t, (m, n, k), 1.0);
+        rows.push(r.verify_product(y_err(&y))?);
 
         // weight gradient Xᵀ·G: only W needs a gradient
         let (t, mut dw) = one_gradient(&mut tape, (&x, &w, &g), true, budget)?;
-        rows.push(
-            row(
-                "Aᵀ·B",
-                "Xᵀ·G (dW)",
-                t,
-                crate::tensor::matmul_threads(k, n, m),
-                1.0,
-            )
-            .verify_product(dw_err(&dw))?,
-        );
+        let r = row("Aᵀ·B", "Xᵀ·G (dW)", t, (k, n, m), 1.0);
+        rows.push(r.verify_product(dw_err(&dw))?);
 
         // input gradient G·Wᵀ: only X needs a gradient
         let (t, mut dx) = one_gradient(&mut tape, (&x, &w, &g), false, budget)?;
-        rows.push(
-            row(
-                "A·Bᵀ",
-                "G·Wᵀ (dX)",
-                t,
-                crate::tensor::matmul_threads(m, k, n),
-                1.0,
-            )
-            .verify_product(dx_err(&dx))?,
-        );
+        let r = row("A·Bᵀ", "G·Wᵀ (dX)", t, (m, k, n), 1.0);
+        rows.push(r.verify_product(dx_err(&dx))?);
 
         // the whole layer: record X·W with both operands variables, backward to both
         let t = measure(budget, 20, || {
@@ -178,16 +157,14 @@ pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         let errs = [y_err(&y), dw_err(&dw), dx_err(&dx)];
         let worst = errs.iter().map(|e| e.0).fold(0f64, crate::tensor::nan_max);
         let entries = errs.iter().map(|e| e.1).sum();
-        rows.push(
-            row(
-                "layer",
-                "X·W, then Xᵀ·G and G·Wᵀ in one backward",
-                t,
-                crate::tensor::matmul_threads(m, n, k),
-                3.0,
-            )
-            .verify_product((worst, entries))?,
+        let r = row(
+            "layer",
+            "X·W, then Xᵀ·G and G·Wᵀ in one backward",
+            t,
+            (m, n, k),
+            3.0,
         );
+        rows.push(r.verify_product((worst, entries))?);
     }
     Ok(rows)
 }

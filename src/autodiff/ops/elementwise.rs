@@ -3,6 +3,7 @@
 //! broadcasting binary ops, sums back to each input's shape.
 
 use super::{Grads, Op, VarGrads};
+use crate::autodiff::Tangents;
 use crate::autodiff::suite::{
     Case, Domain, LARGE, ScalarForm, broadcastable, random_shape, sample,
 };
@@ -183,7 +184,7 @@ pub(crate) fn jvp<T: Element>(
     op: &Op<T>,
     ins: &[&Tensor<T>],
     out: &Tensor<T>,
-    t: &[Option<&Tensor<T>>],
+    t: &Tangents<T>,
 ) -> Result<Tensor<T>> {
     let zero = || Tensor::zeroed(&[]);
     Ok(match op {

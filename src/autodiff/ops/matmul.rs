@@ -3,6 +3,7 @@
 //! order, those products are matmul nodes that keep reading their operands in place.
 
 use super::{Op, RuleGrads, RuleValue};
+use crate::autodiff::Tangents;
 use crate::autodiff::suite::{Case, Domain, ScalarForm, sample};
 use crate::autodiff::{Tape, Var};
 use crate::error::Result;
@@ -52,7 +53,7 @@ pub(crate) fn vjp<T: Element, V: RuleValue<T>>(
 /// Forward rule: `dC = op(dA)·op(B) + op(A)·op(dB)`, both products into one buffer.
 pub(crate) fn jvp<T: Element>(
     ins: &[&Tensor<T>],
-    t: &[Option<&Tensor<T>>],
+    t: &Tangents<T>,
     ta: bool,
     tb: bool,
 ) -> Result<Tensor<T>> {

@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 use crate::tensor::{BinaryOp, Element, Shape, Tensor, UnaryOp};
 use std::sync::Arc;
 
+/// The tangents of an op's inputs in forward mode, one per input; `None` is a zero
+/// tangent (an input that does not depend on the seeded ones).
+pub type Tangents<'a, T> = [Option<&'a Tensor<T>>];
+
 /// An op defined outside the library: its forward runs eagerly (the caller supplies the
 /// value), and `vjp` maps the output gradient to one gradient per input.
 pub trait CustomOp<T: Element>: Send + Sync {
@@ -26,7 +30,7 @@ pub trait CustomOp<T: Element>: Send + Sync {
         &self,
         inputs: &[&Tensor<T>],
         _output: &Tensor<T>,
-        tangents: &[Option<&Tensor<T>>],
+        tangents: &Tangents<T>,
     ) -> Result<Tensor<T>> {
         let tape = super::Tape::forward_mode();
         let vars = inputs
@@ -348,7 +352,7 @@ impl<T: Element> Op<T> {
         &self,
         ins: &[&Tensor<T>],
         out: &Tensor<T>,
-        t: &[Option<&Tensor<T>>],
+        t: &Tangents<T>,
     ) -> Result<Tensor<T>> {
         let single = || t[0].expect("tangent present");
         match self {

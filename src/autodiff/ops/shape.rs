@@ -3,6 +3,7 @@
 //! into the slice or the selected rows.
 
 use super::{Op, RuleGrads, RuleValue};
+use crate::autodiff::Tangents;
 use crate::autodiff::suite::{Case, Domain, sample};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
@@ -149,7 +150,7 @@ pub(crate) fn jvp<T: Element>(
     op: &Op<T>,
     ins: &[&Tensor<T>],
     out: &Tensor<T>,
-    t: &[Option<&Tensor<T>>],
+    t: &Tangents<T>,
 ) -> Result<Tensor<T>> {
     let first = || t[0].expect("a one-input shape op's tangent comes from its input");
     Ok(match op {

@@ -12,23 +12,13 @@ pub(super) enum Role {
     Input,
 }
 
-/// Each node's role; an error for an output of more than one element, or an input that
-/// is a parameter, another input, or not a variable.
+/// Each node's role; an error for an input that is a parameter, another input, or not a
+/// variable.
 pub(super) fn roles<T: Element>(
     nodes: &[Node<T>],
-    out: u32,
     params: &[u32],
     inputs: &[u32],
 ) -> Result<Vec<Role>> {
-    if nodes[out as usize].value.len() != 1 {
-        return Err(Error::invalid(
-            "Trace::record",
-            format!(
-                "the output must hold one element, got shape {:?}",
-                nodes[out as usize].value.shape()
-            ),
-        ));
-    }
     let mut role = vec![Role::Computed; nodes.len()];
     for &p in params {
         role[p as usize] = Role::Param;
@@ -142,7 +132,16 @@ pub(super) fn compile<T: Element>(
     inputs: &[u32],
 ) -> Result<Trace<T>> {
     let n = nodes.len();
-    let role = roles(nodes, out, params, inputs)?;
+    if nodes[out as usize].value.len() != 1 {
+        return Err(Error::invalid(
+            "Trace::record",
+            format!(
+                "the output must hold one element, got shape {:?}",
+                nodes[out as usize].value.shape()
+            ),
+        ));
+    }
+    let role = roles(nodes, params, inputs)?;
     let reached = reachable(nodes, out);
     let (uses, consumer) = consumers(nodes, &reached);
     let only_consumer = |j: u32| -> Option<usize> {

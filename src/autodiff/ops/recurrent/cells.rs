@@ -2,6 +2,7 @@
 //! `gru_cell`, `lstm_cell`), with its reverse and forward rules and its composition.
 
 use super::*;
+use crate::autodiff::Tangents;
 
 // ---------------------------------------------------------------------------------------
 // RNN (tanh): h' = tanh(xp + h·Wᵀ + b).     inputs [xp, h, W_hh, b_hh]
@@ -20,12 +21,7 @@ impl<T: Element> CustomOp<T> for RnnStep {
     }
 
     /// `ḣ' = (1 − h'²) ⊙ (ẋp + ṫhp)`
-    fn jvp(
-        &self,
-        ins: &[&Tensor<T>],
-        out: &Tensor<T>,
-        t: &[Option<&Tensor<T>>],
-    ) -> Result<Tensor<T>> {
+    fn jvp(&self, ins: &[&Tensor<T>], out: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
         let mut da = hidden_proj_jvp(ins[1], ins[2], t[1], t[2], t[3]);
         if let Some(dx) = t[0] {
             da.iter_mut().zip(dx.data()).for_each(|(a, &d)| *a += d);
@@ -87,12 +83,7 @@ impl<T: Element> CustomOp<T> for GruStep<T> {
 
     /// `ṙ = r(1−r)(ẋp_r + ṫhp_r)`, `ż = z(1−z)(ẋp_z + ṫhp_z)`,
     /// `ṅ = (1−n²)(ẋp_n + ṙ ⊙ hp_n + r ⊙ ṫhp_n)`, `ḣ' = (1−z) ṅ + ż (h − n) + z ḣ`
-    fn jvp(
-        &self,
-        ins: &[&Tensor<T>],
-        out: &Tensor<T>,
-        t: &[Option<&Tensor<T>>],
-    ) -> Result<Tensor<T>> {
+    fn jvp(&self, ins: &[&Tensor<T>], out: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
         let (h, hid) = (ins[1], out.shape()[1]);
         let dhp = hidden_proj_jvp(h, ins[2], t[1], t[2], t[3]);
         let s = self.saved.data();
@@ -202,12 +193,7 @@ impl<T: Element> CustomOp<T> for LstmStep<T> {
 
     /// `ȧ = ẋp + ṫhp`; `i̇ = i(1−i) ȧ_i`, `ḟ = f(1−f) ȧ_f`, `ġ = (1−g²) ȧ_g`,
     /// `ȯ = o(1−o) ȧ_o`; `ċ' = ḟ c + f ċ + i̇ g + i ġ`, `ḣ' = ȯ tanh c' + o (1 − tanh² c') ċ'`
-    fn jvp(
-        &self,
-        ins: &[&Tensor<T>],
-        out: &Tensor<T>,
-        t: &[Option<&Tensor<T>>],
-    ) -> Result<Tensor<T>> {
+    fn jvp(&self, ins: &[&Tensor<T>], out: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
         let (c, hid) = (ins[2], out.shape()[1] / 2);
         let mut da = hidden_proj_jvp(ins[1], ins[3], t[1], t[3], t[4]);
         if let Some(dx) = t[0] {

@@ -2,6 +2,7 @@
 //! the steps run over blocks of batch rows, forward and backward.
 
 use super::*;
+use crate::autodiff::Tangents;
 
 // ---------------------------------------------------------------------------------------
 // One step of `recurrent_sequence` on a block of batch rows. The rows of a batch are
@@ -337,12 +338,7 @@ impl<T: Element> CustomOp<T> for SequenceOp<T> {
     }
 
     /// Step by step, the step ops' forward rules with the tangent of the previous state.
-    fn jvp(
-        &self,
-        ins: &[&Tensor<T>],
-        out: &Tensor<T>,
-        t: &[Option<&Tensor<T>>],
-    ) -> Result<Tensor<T>> {
+    fn jvp(&self, ins: &[&Tensor<T>], out: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
         let (steps, hid) = self.dims(ins);
         let (bsz, lstm) = (self.bsz, self.kind == CellKind::Lstm);
         let gh = self.kind.gates() * hid;
