@@ -33,6 +33,9 @@ const FUNCTIONS: &[(&str, UnaryOp)] = &[
     ("tanh", UnaryOp::Tanh),
     ("sigmoid", UnaryOp::Sigmoid),
     ("relu", UnaryOp::Relu),
+    ("erf", UnaryOp::Erf),
+    ("gelu", UnaryOp::Gelu),
+    ("gelu_tanh", UnaryOp::GeluTanh),
 ];
 
 /// Deepest nesting of parentheses and unary minus accepted (the parser recurses).

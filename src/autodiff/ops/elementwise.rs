@@ -264,7 +264,8 @@ macro_rules! var_unary {
     };
 }
 var_unary!(neg => Neg, exp => Exp, ln => Ln, sqrt => Sqrt, abs => Abs, sin => Sin, cos => Cos,
-    tanh => Tanh, sigmoid => Sigmoid, relu => Relu);
+    tanh => Tanh, sigmoid => Sigmoid, relu => Relu, erf => Erf, gelu => Gelu,
+    gelu_tanh => GeluTanh);
 
 macro_rules! var_binary {
     ($($name:ident => $op:ident, $trait:ident :: $method:ident);*) => {

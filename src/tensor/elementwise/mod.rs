@@ -71,6 +71,29 @@ fn powf<S: Number>(x: S, p: f64) -> S {
 fn pow<S: Number>(a: S, b: S) -> S {
     S::apply_binary(BinaryOp::Pow, a, b)
 }
+#[inline(always)]
+fn erf<S: Number>(x: S) -> S {
+    S::apply_unary(UnaryOp::Erf, x)
+}
+#[inline(always)]
+fn exp<S: Number>(x: S) -> S {
+    S::apply_unary(UnaryOp::Exp, x)
+}
+#[inline(always)]
+fn tanh<S: Number>(x: S) -> S {
+    S::apply_unary(UnaryOp::Tanh, x)
+}
+/// 2/√π, erf's derivative at 0.
+const FRAC_2_SQRT_PI: f64 = std::f64::consts::FRAC_2_SQRT_PI;
+/// 1/√2.
+const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+/// 1/√(2π), the standard normal density at 0.
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+/// √(2/π) of GELU's tanh form.
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+/// The cubic coefficient of GELU's tanh form (PyTorch's 0.044715).
+const GELU_CUBIC: f64 = 0.044715;
+
 /// −1, 0 or 1 (a constant to every engine: its derivative is zero).
 #[inline(always)]
 fn sign<S: Number>(x: S) -> S {
@@ -188,6 +211,13 @@ pub enum UnaryOp {
     MulScalar(f64),
     /// `x` limited to `[lo, hi]`
     Clamp(f64, f64),
+    /// the error function `erf(x) = 2/√π ∫₀ˣ e^(−t²) dt`
+    Erf,
+    /// GELU as PyTorch's `gelu(x)`: `x·Φ(x) = x·(1 + erf(x/√2))/2`
+    Gelu,
+    /// GELU as PyTorch's `gelu(x, approximate="tanh")`:
+    /// `x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))/2`
+    GeluTanh,
     /// −1, 0 or 1 by the sign of `x` (derivative 0)
     Sign,
     /// the unit step: 1 where `x > 0`, else 0 (derivative 0)
@@ -269,6 +299,22 @@ unary_table! {
     UnaryOp::Clamp(lo, hi) => "clamp", |x| { let y = if x < c(lo) { c(lo) } else { x }; if y > c(hi) { c(hi) } else { y } },
         |x, y| (number::<S>(1.0) - step(number::<S>(lo) - x)) * (number::<S>(1.0) - step(x - number::<S>(hi))),
         "1 if lo ≤ x ≤ hi else 0";
+    UnaryOp::Erf => "erf", |x| erf_of(x), |x, y| number::<S>(FRAC_2_SQRT_PI) * exp(-(x * x)),
+        "2/√π·exp(−x²)";
+    // Φ(x) + x·φ(x), with φ the standard normal density
+    UnaryOp::Gelu => "gelu", |x| x * c(0.5) * (T::one() + erf_of(x * c(FRAC_1_SQRT_2))),
+        |x, y| number::<S>(0.5) * (number::<S>(1.0) + erf(x * number::<S>(FRAC_1_SQRT_2)))
+            + x * number::<S>(FRAC_1_SQRT_2PI) * exp(number::<S>(-0.5) * x * x),
+        "Φ(x) + x·φ(x)";
+    // with u = √(2/π)·(x + 0.044715·x³): (1 + tanh u)/2 + x·(1 − tanh² u)·u′/2
+    UnaryOp::GeluTanh => "gelu_tanh",
+        |x| x * c(0.5) * (T::one() + (c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_CUBIC) * x * x * x)).tanh_()),
+        |x, y| {
+            let t = tanh(number::<S>(SQRT_2_OVER_PI) * (x + number::<S>(GELU_CUBIC) * x * x * x));
+            let du = number::<S>(SQRT_2_OVER_PI) * (number::<S>(1.0) + number::<S>(3.0 * GELU_CUBIC) * x * x);
+            number::<S>(0.5) * (number::<S>(1.0) + t) + number::<S>(0.5) * x * (number::<S>(1.0) - t * t) * du
+        },
+        "(1 + tanh u)/2 + x·(1 − tanh² u)·u′/2, u = √(2/π)(x + 0.044715x³)";
     UnaryOp::Sign => "sign", |x| sign_of(x), |x, y| number(0.0), "0";
     UnaryOp::Step => "step", |x| if x > T::zero() { T::one() } else if x.is_nan() { x } else { T::zero() },
         |x, y| number(0.0), "0";
@@ -278,7 +324,7 @@ impl UnaryOp {
     /// The table's elementary functions without a parameter, in table order: what the
     /// suites and the engines' cross-checks run over (each adds the parametrised ops it
     /// checks, with its own constants).
-    pub(crate) const FUNCTIONS: [UnaryOp; 10] = [
+    pub(crate) const FUNCTIONS: [UnaryOp; 13] = [
         UnaryOp::Neg,
         UnaryOp::Exp,
         UnaryOp::Ln,
@@ -289,6 +335,9 @@ impl UnaryOp {
         UnaryOp::Tanh,
         UnaryOp::Sigmoid,
         UnaryOp::Relu,
+        UnaryOp::Erf,
+        UnaryOp::Gelu,
+        UnaryOp::GeluTanh,
     ];
 
     /// The table's ops with a constant, at the constants the gradient-check suite and
@@ -324,7 +373,13 @@ fn powi_or_powf<T: Element>(x: T, p: f64) -> T {
     }
 }
 
-/// −1, 0 or 1 by the sign of `x` (0 at 0 and for NaN).
+/// erf through libm in f64 (f32 rounds the f64 result): Rust's `erf` is not stable yet.
+#[inline(always)]
+fn erf_of<T: Element>(x: T) -> T {
+    T::of(libm::erf(x.as_f64()))
+}
+
+/// −1, 0 or 1 by the sign of `x` (0 at 0, NaN at NaN).
 #[inline(always)]
 fn sign_of<T: Element>(x: T) -> T {
     if x > T::zero() {
@@ -765,7 +820,8 @@ macro_rules! tensor_methods {
 tensor_methods! {
     unary: neg => UnaryOp::Neg, exp => UnaryOp::Exp, ln => UnaryOp::Ln, sqrt => UnaryOp::Sqrt,
         abs => UnaryOp::Abs, sin => UnaryOp::Sin, cos => UnaryOp::Cos, tanh => UnaryOp::Tanh,
-        sigmoid => UnaryOp::Sigmoid, relu => UnaryOp::Relu;
+        sigmoid => UnaryOp::Sigmoid, relu => UnaryOp::Relu, erf => UnaryOp::Erf,
+        gelu => UnaryOp::Gelu, gelu_tanh => UnaryOp::GeluTanh;
     binary: add => Add, sub => Sub, mul => Mul, div => Div, maximum => Maximum, minimum => Minimum, pow => Pow;
     cmp: eq_mask => Eq, ne_mask => Ne, lt => Lt, le => Le, gt => Gt, ge => Ge
 }

@@ -201,3 +201,66 @@ fn parallel_path_matches_serial() {
         }
     }
 }
+
+/// erf and both GELU forms against Python's `math.erf`/`math.tanh` (C's libm) in f64:
+/// `x·(1 + erf(x/√2))/2` is PyTorch's `gelu`, the tanh form its `approximate="tanh"`.
+#[test]
+fn erf_and_gelu_match_an_independent_reference() {
+    let points = [
+        (
+            -3.0,
+            -0.9999779095030014,
+            -0.00404969409489031,
+            -0.0036373920817729943,
+        ),
+        (
+            -1.0,
+            -0.8427007929497149,
+            -0.15865525393145707,
+            -0.15880800939172324,
+        ),
+        (
+            -0.5,
+            -0.5204998778130465,
+            -0.15426876936299344,
+            -0.15428599017485606,
+        ),
+        (0.0, 0.0, 0.0, 0.0),
+        (
+            0.3,
+            0.3286267594591274,
+            0.18537342665668577,
+            0.18537092354275922,
+        ),
+        (
+            1.0,
+            0.8427007929497149,
+            0.8413447460685429,
+            0.8411919906082768,
+        ),
+        (
+            2.5,
+            0.999593047982555,
+            2.4844758366855597,
+            2.484915733910001,
+        ),
+    ];
+    for (x, erf, gelu, gelu_tanh) in points {
+        for (op, want) in [
+            (UnaryOp::Erf, erf),
+            (UnaryOp::Gelu, gelu),
+            (UnaryOp::GeluTanh, gelu_tanh),
+        ] {
+            let got: f64 = op.value(x);
+            assert!(
+                (got - want).abs() <= 1e-15 * want.abs().max(1.0),
+                "{} at {x}: {got} vs {want}",
+                op.name()
+            );
+        }
+    }
+    // NaN in, NaN out
+    for op in [UnaryOp::Erf, UnaryOp::Gelu, UnaryOp::GeluTanh] {
+        assert!(op.value(f64::NAN).is_nan(), "{}", op.name());
+    }
+}
