@@ -23,7 +23,7 @@ pub use gradcheck::{
     FORWARD_REVERSE_TOLERANCE, GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck, nan_max,
 };
 pub use ops::recurrent::{CellKind, gru_cell, lstm_cell, recurrent_sequence, rnn_cell};
-pub use ops::{CustomOp, Tangents};
+pub use ops::{AttentionMask, CustomOp, Tangents};
 pub use replay::Trace;
 pub use suite::{
     OpCheck, SecondOrderCheck, SecondOrderReport, SuiteReport, builtin_suite, second_order_suite,

@@ -451,6 +451,7 @@ fn cases(seed: u64) -> Vec<Case> {
             scalar: None,
         });
     }
+    super::ops::transformer::suite_cases(&mut rng, &mut out);
     out
 }
 

@@ -9,6 +9,9 @@ pub(crate) mod matmul;
 pub(crate) mod recurrent;
 pub(crate) mod reduce;
 pub(crate) mod shape;
+pub(crate) mod transformer;
+
+pub use transformer::AttentionMask;
 
 use crate::error::{Error, Result};
 use crate::tensor::{BinaryOp, Element, Shape, Tensor, UnaryOp};
@@ -112,6 +115,20 @@ pub(crate) enum Op<T: Element> {
     Gather {
         axis: usize,
         index: Arc<[usize]>,
+    },
+    /// Layer normalisation over the last axis; inputs `x`, then the weight and the bias
+    /// where `affine` says so. Keeps each row's mean and 1/σ, `[rows, 2]`.
+    LayerNorm {
+        eps: f64,
+        affine: (bool, bool),
+        stats: Arc<Tensor<T>>,
+    },
+    /// Scaled dot-product attention of `q, k, v`; keeps the probabilities.
+    Attention {
+        scale: f64,
+        /// Added to the scaled scores: `[T, S]` for every head, or one block per head.
+        mask: Option<Arc<Tensor<T>>>,
+        probs: Arc<Tensor<T>>,
     },
     Custom(Arc<dyn CustomOp<T>>),
 }
@@ -330,6 +347,8 @@ impl<T: Element> Op<T> {
             Op::Concat { .. } => "concat",
             Op::IndexSelect { .. } => "index_select",
             Op::Gather { .. } => "gather",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Attention { .. } => "attention",
             Op::Custom(c) => c.name(),
         }
     }
@@ -365,6 +384,7 @@ impl<T: Element> Op<T> {
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::jvp(self, ins, out, single()),
             Op::MatMul { ta, tb } => matmul::jvp(ins, t, *ta, *tb),
+            Op::LayerNorm { .. } | Op::Attention { .. } => transformer::jvp(self, ins, out, t),
             Op::Custom(c) => {
                 let t = c.jvp(ins, out, t)?;
                 if t.shape() != out.shape() {
@@ -405,6 +425,9 @@ impl<T: Element> Op<T> {
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::vjp(self, &refs(ins), &out, &g),
             Op::MatMul { ta, tb } => matmul::vjp(&refs(ins), &g, needs, *ta, *tb),
+            Op::LayerNorm { .. } | Op::Attention { .. } => {
+                transformer::vjp_recorded(self, ins, out, g)
+            }
             Op::Custom(c) => custom_vjp_recorded(c.as_ref(), ins, out, g),
             _ => shape::vjp(self, &refs(ins), &g),
         }
@@ -430,6 +453,7 @@ impl<T: Element> Op<T> {
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::vjp(self, ins, out, g),
             Op::MatMul { ta, tb } => matmul::vjp(ins, g, needs, *ta, *tb),
+            Op::LayerNorm { .. } | Op::Attention { .. } => transformer::vjp(self, ins, g, needs),
             Op::Reshape
             | Op::Permute(_)
             | Op::BroadcastTo
@@ -470,34 +494,46 @@ impl<T: Element> Op<T> {
     }
 }
 
-/// A custom op's reverse rule, recorded: the sweep over its composition in built-in ops
-/// (recorded on the tape after everything else), from the composition's output seeded
-/// with `g` down to the op's inputs.
+/// A custom op's reverse rule, recorded: the sweep over its composition in built-in ops.
 fn custom_vjp_recorded<'t, T: Element>(
     op: &dyn CustomOp<T>,
     ins: &[super::Var<'t, T>],
     out: super::Var<'t, T>,
     g: super::Var<'t, T>,
 ) -> Result<VarGrads<'t, T>> {
+    composition_vjp_recorded(op.name(), ins, out, g, |ins| {
+        op.composed(ins).ok_or_else(|| {
+            Error::invalid(
+                "second order",
+                format!(
+                    "custom op '{}' has no composition in built-in ops (CustomOp::composed), so its gradient cannot be differentiated",
+                    op.name()
+                ),
+            )
+        })?
+    })
+}
+
+/// A fused op's reverse rule, recorded: the sweep over its composition in built-in ops
+/// (recorded on the tape after everything else), from the composition's output seeded
+/// with `g` down to the op's inputs.
+pub(crate) fn composition_vjp_recorded<'t, T: Element>(
+    name: &str,
+    ins: &[super::Var<'t, T>],
+    out: super::Var<'t, T>,
+    g: super::Var<'t, T>,
+    compose: impl FnOnce(&[super::Var<'t, T>]) -> Result<super::Var<'t, T>>,
+) -> Result<VarGrads<'t, T>> {
     let tape = out.tape;
     let start = u32::try_from(tape.len()).expect("a tape holds at most 2^32 nodes");
-    let composed = op.composed(ins).ok_or_else(|| {
-        Error::invalid(
-            "second order",
-            format!(
-                "custom op '{}' has no composition in built-in ops (CustomOp::composed), so its gradient cannot be differentiated",
-                op.name()
-            ),
-        )
-    })??;
+    let composed = compose(ins)?;
     if composed.shape() != out.shape() {
         return Err(Error::shape_detail(
             "second order",
             &out.shape(),
             &composed.shape(),
             format!(
-                "the composition of custom op '{}' has the second shape for an output of the first",
-                op.name()
+                "the composition of op '{name}' has the second shape for an output of the first"
             ),
         ));
     }
@@ -510,8 +546,7 @@ fn custom_vjp_recorded<'t, T: Element>(
         return Err(Error::invalid(
             "second order",
             format!(
-                "the composition of custom op '{}' uses variable {id}, which is not among its inputs",
-                op.name()
+                "the composition of op '{name}' uses variable {id}, which is not among its inputs"
             ),
         ));
     }

@@ -237,6 +237,9 @@ impl<T: Element> Trace<T> {
                                 buffer(slot, shape),
                             )
                         }
+                        Op::LayerNorm { .. } | Op::Attention { .. } => {
+                            *slot = Some(super::ops::transformer::replay_forward(op, &ins)?)
+                        }
                         _ => *slot = Some(op_forward(op, &ins, shape)?),
                     }
                 }
@@ -446,6 +449,9 @@ pub(super) fn op_forward<T: Element>(
         Op::Gather { axis, index } => x.gather(*axis, index),
         Op::Leaf | Op::Constant | Op::Where(_) | Op::Custom(_) => {
             unreachable!("refused when recording")
+        }
+        Op::LayerNorm { .. } | Op::Attention { .. } => {
+            unreachable!("replayed by transformer::replay_forward")
         }
     }
 }
