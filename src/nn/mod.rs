@@ -7,6 +7,7 @@ mod layers;
 mod loss;
 pub(crate) mod recurrent;
 pub(crate) mod store;
+mod transformer;
 
 pub use language::{CarriedState, CharModel, WindowOutput};
 pub use layers::{Activation, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
@@ -16,3 +17,4 @@ pub use store::{
     ParamId, ParamStore, Params, load_tensors, remove_stale_temporaries, save_tensors,
     tensors_from_bytes, write_atomically,
 };
+pub use transformer::{Block, Gpt, GptConfig, LayerNorm, SelfAttention, TorchLinear};

@@ -32,6 +32,12 @@ impl<'t, T: Element> std::ops::Index<ParamId> for Params<'t, T> {
 }
 
 impl<'t, T: Element> Params<'t, T> {
+    /// Variables already on `tape` as the parameters, in id order (the gradient check
+    /// of a whole model feeds its own).
+    pub(crate) fn from_vars(tape: &'t Tape<T>, vars: Vec<Var<'t, T>>) -> Self {
+        Params { tape, vars }
+    }
+
     /// The tape the parameters are on.
     pub fn tape(&self) -> &'t Tape<T> {
         self.tape
