@@ -204,7 +204,12 @@ impl CharModel {
 /// Draws an index from `softmax(scores / temperature)` over the `top_k` best scores
 /// (ties broken by lower index); temperature 0 is the arg max. The scores are finite
 /// (`sample` refuses others before it gets here).
-fn pick(scores: &[f32], temperature: f64, top_k: Option<usize>, rng: &mut ChaCha8Rng) -> usize {
+pub(crate) fn pick(
+    scores: &[f32],
+    temperature: f64,
+    top_k: Option<usize>,
+    rng: &mut ChaCha8Rng,
+) -> usize {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     if temperature == 0.0 {

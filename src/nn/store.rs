@@ -16,6 +16,8 @@ pub struct ParamStore<T: Element> {
     names: Vec<String>,
     values: Vec<Tensor<T>>,
     frozen: Vec<bool>,
+    /// Parameters that weight decay leaves alone (the optimizers' parameter groups).
+    no_decay: Vec<bool>,
 }
 
 /// One step's view of the store: a variable per parameter on that step's tape.
@@ -34,6 +36,7 @@ impl<'t, T: Element> std::ops::Index<ParamId> for Params<'t, T> {
 impl<'t, T: Element> Params<'t, T> {
     /// Variables already on `tape` as the parameters, in id order (the gradient check
     /// of a whole model feeds its own).
+    #[cfg(test)]
     pub(crate) fn from_vars(tape: &'t Tape<T>, vars: Vec<Var<'t, T>>) -> Self {
         Params { tape, vars }
     }
@@ -69,6 +72,7 @@ impl<T: Element> ParamStore<T> {
             names: Vec::new(),
             values: Vec::new(),
             frozen: Vec::new(),
+            no_decay: Vec::new(),
         }
     }
 
@@ -84,6 +88,7 @@ impl<T: Element> ParamStore<T> {
         self.names.push(name);
         self.values.push(value);
         self.frozen.push(false);
+        self.no_decay.push(false);
         Ok(ParamId(self.values.len() - 1))
     }
 
@@ -141,6 +146,17 @@ impl<T: Element> ParamStore<T> {
     /// Whether a parameter is frozen.
     pub fn is_frozen(&self, id: ParamId) -> bool {
         self.frozen[id.0]
+    }
+
+    /// Sets whether the optimizer's weight decay applies to a parameter (it does unless
+    /// set otherwise): PyTorch's parameter groups with and without decay.
+    pub fn set_decay(&mut self, id: ParamId, decays: bool) {
+        self.no_decay[id.0] = !decays;
+    }
+
+    /// Whether weight decay applies to a parameter.
+    pub fn decays(&self, id: ParamId) -> bool {
+        !self.no_decay[id.0]
     }
 
     /// Every (id, name, value).

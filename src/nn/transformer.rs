@@ -346,10 +346,13 @@ impl Gpt {
         })
     }
 
-    /// Whether AdamW decays a parameter: the 2-D weights (Linear layers, embeddings) do,
-    /// LayerNorm weights and biases do not (nanoGPT's groups).
-    pub fn decays<T: Element>(store: &ParamStore<T>, id: ParamId) -> bool {
-        store.get(id).ndim() >= 2
+    /// Puts the parameters of `store` into nanoGPT's weight-decay groups: the 2-D
+    /// weights (Linear layers, embeddings) decay, LayerNorm weights and biases do not.
+    pub fn set_decay_groups<T: Element>(store: &mut ParamStore<T>) {
+        for i in 0..store.len() {
+            let id = ParamId(i);
+            store.set_decay(id, store.get(id).ndim() >= 2);
+        }
     }
 
     /// The next-character scores `[B·T, vocab]` for `ids`, `bsz` sequences of `t`
@@ -397,6 +400,61 @@ impl Gpt {
             None => x.matmul_in_layouts(p[self.wte], false, true),
             Some(h) => h.forward(p, x),
         }
+    }
+}
+
+impl Gpt {
+    /// Generates `length` ids after `prompt` (at least one id), each drawn from the
+    /// softmax of the last position's scores divided by `temperature` among the `top_k`
+    /// most likely (`None`: all; temperature 0 is greedy). The model reads at most its
+    /// context: longer inputs are cropped to their last `context` ids. Deterministic for
+    /// a given `seed`.
+    pub fn sample(
+        &self,
+        store: &ParamStore<f32>,
+        prompt: &[usize],
+        length: usize,
+        temperature: f64,
+        top_k: Option<usize>,
+        seed: u64,
+    ) -> Result<Vec<usize>> {
+        if prompt.is_empty() {
+            return Err(Error::invalid("sample", "the prompt is empty"));
+        }
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(Error::invalid(
+                "sample",
+                format!("the temperature must be a finite number ≥ 0, got {temperature}"),
+            ));
+        }
+        if top_k == Some(0) {
+            return Err(Error::invalid("sample", "top-k must be at least 1"));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut tape = crate::autodiff::Tape::<f32>::new();
+        let mut ids: Vec<usize> = prompt.to_vec();
+        let vocab = self.config.vocab;
+        for _ in 0..length {
+            let window = &ids[ids.len().saturating_sub(self.config.context)..];
+            let scores = tape.no_grad(|| -> Result<Vec<f32>> {
+                let p = store.leaves(&tape);
+                let v = self
+                    .forward(&p, window, 1, &mut ForwardCtx::eval())?
+                    .value();
+                Ok(v.data()[v.len() - vocab..].to_vec())
+            })?;
+            tape.clear();
+            if let Some(i) = scores.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite(format!(
+                    "sample: the model's score of id {i} after {} generated ids is {} \
+                     (the checkpoint's weights are not usable)",
+                    ids.len() - prompt.len(),
+                    scores[i]
+                )));
+            }
+            ids.push(super::language::pick(&scores, temperature, top_k, &mut rng));
+        }
+        Ok(ids.split_off(prompt.len()))
     }
 }
 
@@ -454,6 +512,25 @@ mod tests {
         let p = Params::from_vars(tape, v.to_vec());
         let logits = model.forward(&p, &[1, 4, 6, 0, 2, 3, 3, 5], 2, &mut ForwardCtx::eval())?;
         crate::nn::cross_entropy(logits, &[2, 1, 0, 6, 5, 4, 3, 2])
+    }
+
+    #[test]
+    fn sampling_is_seeded_crops_the_context_and_stays_in_the_vocabulary() {
+        let mut store = ParamStore::<f32>::new();
+        let model = Gpt::new(&mut store, tiny(true, false), 3).unwrap();
+        // a prompt longer than the context of 5 is cropped, not refused
+        let a = model
+            .sample(&store, &[1, 2, 3, 4, 5, 6, 0], 20, 0.8, Some(4), 7)
+            .unwrap();
+        let b = model
+            .sample(&store, &[1, 2, 3, 4, 5, 6, 0], 20, 0.8, Some(4), 7)
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 20);
+        assert!(a.iter().all(|&i| i < 7));
+        assert!(model.sample(&store, &[], 5, 1.0, None, 0).is_err());
+        assert!(model.sample(&store, &[1], 5, -1.0, None, 0).is_err());
+        assert!(model.sample(&store, &[9], 5, 1.0, None, 0).is_err());
     }
 
     #[test]

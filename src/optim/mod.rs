@@ -191,11 +191,13 @@ impl<T: Element> Slots<T> {
     }
 }
 
-/// A piece of one parameter, its gradient and its state slots, updated together.
-type Piece<'a, T, const S: usize> = (&'a mut [T], &'a [T], [&'a mut [T]; S]);
+/// A piece of one parameter, its gradient, its state slots and whether weight decay
+/// applies to it, updated together.
+type Piece<'a, T, const S: usize> = (&'a mut [T], &'a [T], [&'a mut [T]; S], bool);
 
 /// Runs the update rule `f` over every parameter that has a gradient, with its `S` state
-/// slots (created on first use), in one pass: the parameters are cut into pieces that
+/// slots (created on first use) and whether its weight decays
+/// ([`ParamStore::set_decay`]: the parameter groups), in one pass: the parameters are cut into pieces that
 /// all run in one parallel loop on every rayon thread once there are enough elements to
 /// pay for it, each piece compiled for AVX2 where the CPU has it. Every rule here
 /// updates element `j` from element `j` alone and uses no FMA, so neither the cut nor
@@ -205,7 +207,7 @@ fn update_all<T: Element, const S: usize>(
     store: &mut ParamStore<T>,
     grads: &[Option<Tensor<T>>],
     slots: &mut Slots<T>,
-    f: impl Fn(&mut [T], &[T], [&mut [T]; S]) + Sync + Send,
+    f: impl Fn(&mut [T], &[T], [&mut [T]; S], bool) + Sync + Send,
 ) -> Result<()> {
     if grads.len() > store.len() {
         return Err(Error::invalid(
@@ -234,9 +236,11 @@ fn update_all<T: Element, const S: usize>(
     };
     let mut per_param = slots.per_param.iter_mut();
     let mut parts: Vec<Piece<'_, T, S>> = Vec::new();
-    for (p, g) in store
+    let decays: Vec<bool> = (0..store.len()).map(|i| store.decays(ParamId(i))).collect();
+    for ((p, g), &decays) in store
         .values_mut()
         .zip(grads.iter().chain(std::iter::repeat(&None)))
+        .zip(&decays)
     {
         let state = per_param.next();
         let Some(g) = g else { continue };
@@ -252,16 +256,16 @@ fn update_all<T: Element, const S: usize>(
         });
         for (p, g) in p.data_mut().chunks_mut(piece).zip(g.data().chunks(piece)) {
             let s = std::array::from_fn(|k| slot_pieces[k].next().unwrap_or_default());
-            parts.push((p, g, s));
+            parts.push((p, g, s, decays));
         }
     }
     if parallel {
         parts
             .into_par_iter()
-            .for_each(|(p, g, s)| with_avx2!(f(p, g, s)));
+            .for_each(|(p, g, s, d)| with_avx2!(f(p, g, s, d)));
     } else {
-        with_avx2!(for (p, g, s) in parts {
-            f(p, g, s)
+        with_avx2!(for (p, g, s, d) in parts {
+            f(p, g, s, d)
         });
     }
     Ok(())
@@ -333,13 +337,15 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
         );
         let first = self.steps == 0;
         if mu == T::zero() {
-            update_all(store, grads, &mut self.slots, |p, g, []| {
+            update_all(store, grads, &mut self.slots, |p, g, [], decays| {
+                let wd = if decays { wd } else { T::zero() };
                 for (p, &g) in p.iter_mut().zip(g) {
                     *p -= lr * (g + wd * *p);
                 }
             })?;
         } else {
-            update_all(store, grads, &mut self.slots, |p, g, [buf]| {
+            update_all(store, grads, &mut self.slots, |p, g, [buf], decays| {
+                let wd = if decays { wd } else { T::zero() };
                 for ((p, &g), b) in p.iter_mut().zip(g).zip(buf) {
                     let d = g + wd * *p;
                     *b = if first { d } else { mu * *b + d };
@@ -376,7 +382,8 @@ impl<T: Element> AdaGrad<T> {
 impl<T: Element> Optimizer<T> for AdaGrad<T> {
     fn step(&mut self, store: &mut ParamStore<T>, grads: &[Option<Tensor<T>>]) -> Result<()> {
         let (lr, wd, eps) = (T::of(self.lr), T::of(self.weight_decay), T::of(1e-10));
-        update_all(store, grads, &mut self.slots, |p, g, [sum]| {
+        update_all(store, grads, &mut self.slots, |p, g, [sum], decays| {
+            let wd = if decays { wd } else { T::zero() };
             for ((p, &g), s) in p.iter_mut().zip(g).zip(sum) {
                 let d = g + wd * *p;
                 *s += d * d;
@@ -419,7 +426,8 @@ impl<T: Element> Optimizer<T> for RmsProp<T> {
             T::of(self.weight_decay),
             T::of(1e-8),
         );
-        update_all(store, grads, &mut self.slots, |p, g, [v]| {
+        update_all(store, grads, &mut self.slots, |p, g, [v], decays| {
+            let wd = if decays { wd } else { T::zero() };
             for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
                 let d = g + wd * *p;
                 *v = a * *v + (T::one() - a) * d * d;
@@ -446,12 +454,22 @@ pub struct Adam<T: Element> {
 impl<T: Element> Adam<T> {
     /// Adam (`decoupled = false`) or AdamW (`decoupled = true`), β = (0.9, 0.999), eps 1e-8.
     pub fn new(lr: f64, weight_decay: f64, decoupled: bool) -> Self {
+        Self::with_betas(lr, weight_decay, decoupled, (0.9, 0.999))
+    }
+
+    /// Adam or AdamW with the moment decays `(β₁, β₂)` (nanoGPT trains with (0.9, 0.99)).
+    pub fn with_betas(
+        lr: f64,
+        weight_decay: f64,
+        decoupled: bool,
+        (beta1, beta2): (f64, f64),
+    ) -> Self {
         Adam {
             lr,
             weight_decay,
             decoupled,
-            beta1: 0.9,
-            beta2: 0.999,
+            beta1,
+            beta2,
             steps: 0,
             slots: Slots::new(&["exp_avg", "exp_avg_sq"]),
         }
@@ -470,7 +488,12 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         } else {
             (T::of(self.weight_decay), T::one())
         };
-        update_all(store, grads, &mut self.slots, |p, g, [m, v]| {
+        update_all(store, grads, &mut self.slots, |p, g, [m, v], decays| {
+            let (l2, shrink) = if decays {
+                (l2, shrink)
+            } else {
+                (T::zero(), T::one())
+            };
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
                 *p *= shrink;
                 let d = g + l2 * *p;
@@ -488,6 +511,42 @@ impl<T: Element> Optimizer<T> for Adam<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adamw_decays_only_its_decay_group_as_pytorch_does() {
+        // torch.optim.AdamW([{a, weight_decay 0.1}, {b, weight_decay 0}], lr 0.05,
+        // betas (0.9, 0.99)) on 0.5·Σ A·a² + 0.5·Σ B·b², three steps (torch 2.15, f64)
+        let mut store = ParamStore::<f64>::new();
+        let a = store
+            .add("a", Tensor::from_vec(vec![1.0, -2.0, 3.0], &[3]).unwrap())
+            .unwrap();
+        let b = store
+            .add("b", Tensor::from_vec(vec![0.5, -1.0], &[2]).unwrap())
+            .unwrap();
+        store.set_decay(b, false);
+        let mut opt = Adam::with_betas(0.05, 0.1, true, (0.9, 0.99));
+        for _ in 0..3 {
+            let grad = |id: ParamId, k: &[f64]| {
+                let p = store.get(id);
+                Tensor::from_vec(
+                    p.data().iter().zip(k).map(|(p, k)| p * k).collect(),
+                    p.shape(),
+                )
+            };
+            let grads = [
+                Some(grad(a, &[1.0, 2.0, 0.5]).unwrap()),
+                Some(grad(b, &[3.0, 1.0]).unwrap()),
+            ];
+            opt.step(&mut store, &grads).unwrap();
+        }
+        let want_a = [0.8361502330965854, -1.821053938377474, 2.806080445041209];
+        let want_b = [0.3507485846659294, -0.8502901546247856];
+        for (got, want) in [(store.get(a), &want_a[..]), (store.get(b), &want_b[..])] {
+            for (g, w) in got.data().iter().zip(want) {
+                assert!((g - w).abs() <= 1e-14 * w.abs(), "{g} vs {w}");
+            }
+        }
+    }
 
     #[test]
     fn one_pass_over_every_parameter_gives_the_same_bits_on_one_or_more_threads() {

@@ -6,6 +6,7 @@ mod callbacks;
 mod checkpoint;
 mod collective;
 mod fit;
+mod gpt;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod objective;
@@ -14,6 +15,7 @@ mod plot;
 pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot, read_evaluations};
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, DataIdentity, load_checkpoint};
 pub use collective::{Collective, fingerprint, share};
+pub use gpt::GptLanguageModel;
 pub use objective::{
     BatchData, Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression,
     evaluate,
