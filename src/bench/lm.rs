@@ -87,3 +87,99 @@ pub(super) fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
     }
     Ok(row)
 }
+
+/// W11 (`shared/bench/anchors/w11_char_gpt.py`): nanoGPT's character GPT (4 blocks of
+/// width 128, 4 heads, context 64, tied head, 0.80 M parameters) on 12 random windows of
+/// the tragedies per step, through the trainer's step (`Trainer::train_step` on a
+/// `GptLanguageModel`: forward, loss, backward, clipping at 1.0, AdamW with nanoGPT's
+/// groups and betas, the recipe's warm-up). Checks: the first loss equals the value this
+/// implementation computed once (seed 0) within 1e-3, close to ln(vocabulary), and 20
+/// steps lower it.
+pub(super) fn w11(cfg: &BenchConfig) -> Result<BenchRow> {
+    use crate::data::TextCorpus;
+    use crate::nn::{Gpt, GptConfig};
+    use crate::optim::{Adam, Schedule, Warmup};
+    use crate::train::GptLanguageModel;
+    /// The first loss of seed 0 on the tragedies, computed once.
+    const W11_LOSS0: f64 = 4.334_735;
+    let corpus = match &cfg.text {
+        Some(file) => TextCorpus::load(file)?,
+        None => TextCorpus::tragedies()?,
+    };
+    let vocab = corpus.vocab().len();
+    let config = GptConfig {
+        vocab,
+        context: 64,
+        layers: 4,
+        heads: 4,
+        embed: 128,
+        bias: false,
+        tied: true,
+        dropout: 0.0,
+    };
+    let mut store = ParamStore::new();
+    let model = Gpt::new(&mut store, config, 0)?;
+    Gpt::set_decay_groups(&mut store);
+    let mut objective = GptLanguageModel::new(&model, corpus.train(), corpus.val(), 12, 64)?;
+    objective.start_epoch(0, 0)?;
+    let trainer = Trainer::new(TrainConfig {
+        batch_size: 12,
+        schedule: LrSchedule {
+            base_lr: 1e-3,
+            schedule: Schedule::Cosine {
+                total: 1900,
+                min_lr: 1e-4,
+            },
+            warmup: 100,
+            warmup_shape: Warmup::NanoGpt,
+        },
+        clip_norm: Some(1.0),
+        divergence_factor: None,
+        ..Default::default()
+    })?;
+    let mut optimizer = Adam::<f32>::with_betas(1e-3, 0.1, true, (0.9, 0.99));
+    let mut tape = Tape::new();
+    let (mut step, mut losses) = (0usize, Vec::new());
+    let mut failure = None;
+    let mut run = |step: &mut usize, losses: &mut Vec<f64>| -> Result<()> {
+        let batches = objective.batches_per_epoch();
+        let out = trainer.train_step(
+            &mut tape,
+            &mut objective,
+            &mut store,
+            &mut optimizer,
+            *step % batches,
+            *step,
+            None,
+            false,
+        )?;
+        losses.push(out.loss);
+        *step += 1;
+        Ok(())
+    };
+    for _ in 0..20 {
+        run(&mut step, &mut losses)?;
+    }
+    let t = measure(cfg.budget, 5, || {
+        if failure.is_none()
+            && let Err(e) = run(&mut step, &mut losses)
+        {
+            failure = Some(e);
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let uniform = (vocab as f64).ln();
+    let mut row = BenchRow::new("w11_step", t)
+        .with("loss@0", losses[0])
+        .with("ln_vocab", uniform)
+        .with("chars_per_s", 12.0 * 64.0 / t.median_s)
+        .verify("loss@0 vs ln(vocab)", uniform, losses[0], 0.1)?;
+    if cfg.text.is_none() {
+        row = row.verify("loss@0", W11_LOSS0, losses[0], 1e-3)?;
+    }
+    let last = losses[19];
+    row.with("loss@19", last)
+        .verify_at_most("loss@19", losses[0] - 0.3, last)
+}

@@ -291,6 +291,7 @@ pub const WORKLOADS: &[&str] = &[
     "w3_scalar",
     "w9_forward",
     "w9_step",
+    "w11_step",
     "mnist_epoch",
 ];
 
@@ -302,7 +303,7 @@ pub struct BenchConfig {
     /// The `chainrule` executable, for workloads that need a fresh process (`w7_memory`,
     /// `memory_flat`).
     pub exe: Option<std::path::PathBuf>,
-    /// The text of W9 (`w9_forward`, `w9_step`); `None`: the embedded tragedies, the
+    /// The text of W9 and W11 (`w9_forward`, `w9_step`, `w11_step`); `None`: the embedded tragedies, the
     /// anchor's text.
     pub text: Option<std::path::PathBuf>,
     /// The MNIST folder of W8 (`mnist_epoch`), which the repository does not hold.
@@ -341,6 +342,7 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "memory_flat_lm" => vec![memory_flat(cfg, "memory_flat_lm", "--lm-steps-child")?],
         "w9_forward" => vec![w9(cfg, false)?],
         "w9_step" => vec![w9(cfg, true)?],
+        "w11_step" => vec![w11(cfg)?],
         "mnist_epoch" => vec![mnist_epoch(cfg)?],
         "w3_scalar" => vec![
             w3_scalar(100_000, cfg)

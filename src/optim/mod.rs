@@ -8,7 +8,7 @@ pub mod newton;
 mod schedule;
 
 pub use clip::{clip_grad_norm, clip_grad_value, global_norm, grad_norms};
-pub use schedule::{LrSchedule, Schedule};
+pub use schedule::{LrSchedule, Schedule, Warmup};
 
 use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};

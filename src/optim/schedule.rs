@@ -22,6 +22,17 @@ pub enum Schedule {
     },
 }
 
+/// How the warm-up ramps over its `w` steps (step `s` counts from 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Warmup {
+    /// `base·(s+1)/w`: the base rate at the warm-up's last step.
+    #[default]
+    Linear,
+    /// `base·(s+1)/(w+1)`: nanoGPT's ramp (the W11 recipe's).
+    NanoGpt,
+}
+
 /// A base rate with warm-up and decay.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LrSchedule {
@@ -29,8 +40,11 @@ pub struct LrSchedule {
     pub base_lr: f64,
     /// The decay after warm-up.
     pub schedule: Schedule,
-    /// Steps of linear warm-up from `base_lr / warmup` to `base_lr`.
+    /// Steps of linear warm-up towards `base_lr`.
     pub warmup: usize,
+    /// The warm-up's ramp.
+    #[serde(default)]
+    pub warmup_shape: Warmup,
 }
 
 impl LrSchedule {
@@ -40,13 +54,18 @@ impl LrSchedule {
             base_lr: lr,
             schedule: Schedule::Constant,
             warmup: 0,
+            warmup_shape: Warmup::Linear,
         }
     }
 
     /// The rate for step `step` (0-based).
     pub fn lr_at(&self, step: usize) -> f64 {
         if step < self.warmup {
-            return self.base_lr * (step + 1) as f64 / self.warmup as f64;
+            let span = match self.warmup_shape {
+                Warmup::Linear => self.warmup,
+                Warmup::NanoGpt => self.warmup + 1,
+            };
+            return self.base_lr * (step + 1) as f64 / span as f64;
         }
         let s = step - self.warmup;
         match self.schedule {
@@ -74,6 +93,7 @@ mod tests {
                 gamma: 0.5,
             },
             warmup: 0,
+            warmup_shape: Warmup::Linear,
         };
         assert_eq!((s.lr_at(9), s.lr_at(10), s.lr_at(25)), (1.0, 0.5, 0.25));
         let c = LrSchedule {
@@ -83,6 +103,7 @@ mod tests {
                 min_lr: 0.0,
             },
             warmup: 4,
+            warmup_shape: Warmup::Linear,
         };
         assert_eq!((c.lr_at(0), c.lr_at(3)), (0.25, 1.0));
         assert!((c.lr_at(54) - 0.5).abs() < 1e-12);
@@ -95,6 +116,7 @@ mod tests {
                 min_lr: 0.1,
             },
             warmup: 4,
+            warmup_shape: Warmup::Linear,
         };
         assert_eq!((m.lr_at(0), m.lr_at(3)), (0.25, 1.0));
         assert!((m.lr_at(4) - 1.0).abs() < 1e-12, "{}", m.lr_at(4));
@@ -110,5 +132,31 @@ mod tests {
         let rates: Vec<f64> = (4..=104).map(|i| m.lr_at(i)).collect();
         assert!(rates.windows(2).all(|w| w[1] <= w[0]), "{rates:?}");
         assert!(rates.iter().all(|&r| r >= 0.1 - 1e-12));
+    }
+
+    #[test]
+    fn the_w11_recipe_schedule_is_nanogpts() {
+        // bench/anchors/w11_char_gpt.py: lr_at(step) for LR 1e-3, MIN_LR 1e-4, WARMUP
+        // 100, DECAY 2000, transcribed
+        let lr_at = |step: usize| -> f64 {
+            if step < 100 {
+                return 1e-3 * (step + 1) as f64 / 101.0;
+            }
+            let r = (step - 100) as f64 / 1900.0;
+            1e-4 + 0.5 * (1.0 + (std::f64::consts::PI * r).cos()) * (1e-3 - 1e-4)
+        };
+        let s = LrSchedule {
+            base_lr: 1e-3,
+            schedule: Schedule::Cosine {
+                total: 1900,
+                min_lr: 1e-4,
+            },
+            warmup: 100,
+            warmup_shape: Warmup::NanoGpt,
+        };
+        for step in [0, 1, 50, 99, 100, 101, 777, 1500, 1999] {
+            let (a, b) = (s.lr_at(step), lr_at(step));
+            assert!((a - b).abs() <= 1e-15 * b, "step {step}: {a} vs {b}");
+        }
     }
 }

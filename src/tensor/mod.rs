@@ -74,10 +74,17 @@ pub trait Element:
     /// approximation for f32 (within 4 ulp over the whole range; libm's `tanhf` was a
     /// third of a small MLP's training step).
     fn tanh_(self) -> Self;
+    /// `eˣ`: the standard library's for f64, a vectorisable polynomial for f32 (within
+    /// 2 ulp; 0 below the smallest normal result, e⁻⁸⁷·³⁴, and ∞ above e⁸⁸·³⁷).
+    fn exp_(self) -> Self;
+    /// The error function: libm's for f64, a vectorisable rational approximation for f32
+    /// (within 1e-6 relative of libm's; a scalar libm call per element was a sixth of a
+    /// GPT's forward pass).
+    fn erf_(self) -> Self;
 }
 
 macro_rules! impl_element {
-    ($t:ty, $name:literal, $tanh:expr) => {
+    ($t:ty, $name:literal, $tanh:expr, $exp:expr, $erf:expr) => {
         impl Element for $t {
             const NAME: &'static str = $name;
             #[inline(always)]
@@ -91,6 +98,14 @@ macro_rules! impl_element {
             #[inline(always)]
             fn tanh_(self) -> Self {
                 $tanh(self)
+            }
+            #[inline(always)]
+            fn exp_(self) -> Self {
+                $exp(self)
+            }
+            #[inline(always)]
+            fn erf_(self) -> Self {
+                $erf(self)
             }
         }
         impl sealed::Sealed for $t {
@@ -110,8 +125,55 @@ macro_rules! impl_element {
         }
     };
 }
-impl_element!(f32, "f32", tanh_f32);
-impl_element!(f64, "f64", f64::tanh);
+impl_element!(f32, "f32", tanh_f32, exp_f32, erf_f32);
+impl_element!(f64, "f64", f64::tanh, f64::exp, libm::erf);
+
+/// eˣ as Cephes' `expf`: `x = n·ln 2 + r` with |r| ≤ ln 2 / 2 (ln 2 split in two for an
+/// exact product), a degree-6 polynomial for eʳ, and 2ⁿ built in the exponent bits.
+/// Branch-free selects, so that a loop of it vectorises.
+#[inline(always)]
+#[allow(clippy::excessive_precision)] // the coefficients as published
+fn exp_f32(x: f32) -> f32 {
+    const HI: f32 = 88.37; // 2ⁿ stays finite (n ≤ 127); e^88.72 would be f32::MAX
+    const LO: f32 = -87.336_55; // e^LO is the smallest normal f32
+    let xc = x.clamp(LO, HI);
+    let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    // n is in [-126, 127] here (NaN becomes 0, and y is then NaN)
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let y = y * scale;
+    let y = if x < LO { 0.0 } else { y };
+    if x > HI { f32::INFINITY } else { y }
+}
+
+/// erf(x) ≈ x·P(x²)/Q(x²) on [-4, 4], the rational approximation of Eigen's
+/// `generic_fast_erf_float`; beyond ±4 erf is ±1 in f32.
+#[inline(always)]
+#[allow(clippy::excessive_precision)] // the coefficients as published
+fn erf_f32(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 + -2.101_024e-6;
+    p = p * x2 + -5.692_506_4e-5;
+    p = p * x2 + -7.349_906_3e-4;
+    p = p * x2 + -2.954_600_1e-3;
+    p = p * x2 + -1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 + -2.133_740_6e-4;
+    q = q * x2 + -1.682_827e-3;
+    q = q * x2 + -7.373_329_2e-3;
+    q = q * x2 + -1.426_473_9e-2;
+    x * p / q
+}
 
 /// tanh(x) ≈ x·P(x²)/Q(x²), the minimax rational approximation on [-7.9, 7.9] used by
 /// Eigen's `ptanh_float`; beyond that range tanh is ±1 in f32. Plain `a * b + c`, not
@@ -432,6 +494,35 @@ impl<T: Element> PartialEq for Tensor<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::Element;
+
+    #[test]
+    fn the_f32_exp_and_erf_stay_within_their_stated_errors() {
+        let (mut worst_exp, mut worst_erf) = (0f64, 0f64);
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 4.5e-4; // [-90, 90] for exp, [-6, 6] for erf below
+            let want = f64::from(x).exp();
+            let got = f64::from(x.exp_());
+            if want > f64::from(f32::MIN_POSITIVE) && x <= 88.37 {
+                let ulp = f64::from(f32::EPSILON) * want;
+                worst_exp = worst_exp.max((got - want).abs() / ulp);
+            }
+            let x = i as f32 * 3e-5;
+            let want = libm::erf(f64::from(x));
+            let got = f64::from(x.erf_());
+            if want != 0.0 {
+                worst_erf = worst_erf.max((got - want).abs() / want.abs());
+            }
+        }
+        assert!(worst_exp <= 2.0, "exp: {worst_exp} ulp");
+        assert!(worst_erf <= 1e-6, "erf: {worst_erf}");
+        assert_eq!((-1e4f32).exp_(), 0.0);
+        assert_eq!(f32::NEG_INFINITY.exp_(), 0.0);
+        assert_eq!(1e4f32.exp_(), f32::INFINITY);
+        assert!(f32::NAN.exp_().is_nan() && f32::NAN.erf_().is_nan());
+        assert!((10f32.erf_() - 1.0).abs() <= 1e-6 && (-10f32).erf_() == -(10f32.erf_()));
+    }
+
     #[test]
     fn fast_f32_tanh_is_accurate() {
         let mut worst = 0f64;

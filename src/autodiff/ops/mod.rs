@@ -128,6 +128,8 @@ pub(crate) enum Op<T: Element> {
         scale: f64,
         /// Added to the scaled scores: `[T, S]` for every head, or one block per head.
         mask: Option<Arc<Tensor<T>>>,
+        /// Query `i` sees keys `0..=i` (the kernels skip the others).
+        causal: bool,
         probs: Arc<Tensor<T>>,
     },
     Custom(Arc<dyn CustomOp<T>>),

@@ -9,7 +9,9 @@ use super::{Grads, Op, Tangents, VarGrads};
 use crate::autodiff::suite::{Case, Domain, sample};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, MatLayout, PARALLEL_MIN_LEN, Tensor, checked_len, matmul_into};
+use crate::tensor::{
+    Element, MatLayout, PARALLEL_MIN_LEN, Tensor, checked_len, matmul_into, with_avx2,
+};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -290,8 +292,17 @@ fn attn_dims(q: &[usize], k: &[usize], v: &[usize]) -> Result<AttnDims> {
     })
 }
 
-/// The mask as scores added to the logits: `[t, s]` shared by every head, or one
-/// `[t, s]` per head; `None` when nothing is masked.
+/// The causal mask as scores added to the logits (0, or −∞ above the diagonal).
+fn causal_scores<T: Element>(t: usize, s: usize) -> Tensor<T> {
+    Tensor::build(&[t, s], |m| {
+        for (i, row) in m.chunks_exact_mut(s.max(1)).enumerate() {
+            row[visible(i, s, true)..].fill(T::neg_infinity());
+        }
+    })
+}
+
+/// A mask other than the causal one as scores added to the logits: `[t, s]` shared by
+/// every head, or one `[t, s]` per head; `None` when there are none.
 fn additive_mask<T: Element>(
     mask: &AttentionMask<T>,
     q: &[usize],
@@ -315,11 +326,7 @@ fn additive_mask<T: Element>(
                     format!("a causal mask needs no more queries than keys (got {t} and {s})"),
                 ));
             }
-            Some(Tensor::build(&[t, s], |m| {
-                for (i, row) in m.chunks_exact_mut(s.max(1)).enumerate() {
-                    row[i + 1..].fill(T::neg_infinity());
-                }
-            }))
+            None // the kernels skip the hidden keys instead
         }
         AttentionMask::Additive(m) => Some(shaped(m.clone())?),
         AttentionMask::Allow { allow, shape } => {
@@ -380,22 +387,67 @@ impl<T> Parts<T> {
     }
 }
 
-/// Scales the scores, adds the mask and replaces each row by its softmax, in place.
-fn softmax_rows<T: Element>(p: &mut [T], s: usize, scale: T, mask: Option<&[T]>) {
-    for (i, row) in p.chunks_exact_mut(s).enumerate() {
-        let mut m = T::neg_infinity();
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = *v * scale + mask.map_or(T::zero(), |mk| mk[i * s + j]);
-            m = if *v > m || v.is_nan() { *v } else { m };
+/// The largest value of a row, in eight lanes so that the loop vectorises (a NaN is
+/// skipped here; it reaches the softmax through its sum).
+#[inline(always)]
+fn row_max<T: Element>(row: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let chunks = row.chunks_exact(8);
+    let mut m = chunks
+        .remainder()
+        .iter()
+        .fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
         }
-        let mut sum = T::zero();
-        for v in row.iter_mut() {
-            *v = (*v - m).exp();
-            sum += *v;
-        }
-        let inv = T::one() / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
     }
+    for a in acc {
+        m = if a > m { a } else { m };
+    }
+    m
+}
+
+/// The sum of a row, in eight lanes so that the loop vectorises.
+#[inline(always)]
+fn row_sum<T: Element>(row: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = row.chunks_exact(8);
+    let rest = chunks.remainder().iter().fold(T::zero(), |s, &v| s + v);
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().fold(rest, |s, &a| s + a)
+}
+
+/// The keys query `i` of `s` sees: all of them, or `0..=i` under the causal mask.
+#[inline(always)]
+fn visible(i: usize, s: usize, causal: bool) -> usize {
+    if causal { (i + 1).min(s) } else { s }
+}
+
+/// Scales the scores, adds the mask and replaces each row by its softmax, in place: a
+/// NaN score makes its row NaN (through the sum), a row of −∞ is NaN as in PyTorch.
+/// Under the causal mask a row's hidden keys get probability 0 without an exponential.
+fn softmax_rows<T: Element>(p: &mut [T], s: usize, scale: T, mask: Option<&[T]>, causal: bool) {
+    with_avx2!(for (i, row) in p.chunks_exact_mut(s).enumerate() {
+        let (row, hidden) = row.split_at_mut(visible(i, s, causal));
+        hidden.fill(T::zero());
+        match mask {
+            Some(mk) => {
+                for (v, &m) in row.iter_mut().zip(&mk[i * s..]) {
+                    *v = *v * scale + m;
+                }
+            }
+            None => row.iter_mut().for_each(|v| *v *= scale),
+        }
+        let top = row_max(row);
+        row.iter_mut().for_each(|v| *v = (*v - top).exp_());
+        let inv = T::one() / row_sum(row);
+        row.iter_mut().for_each(|v| *v *= inv);
+    })
 }
 
 /// `(O, P)`: `P = softmax(Q·Kᵀ·scale + mask)` per head, `O = P·V`.
@@ -403,7 +455,7 @@ fn attention_forward<T: Element>(
     q: &Tensor<T>,
     k: &Tensor<T>,
     v: &Tensor<T>,
-    mask: Option<&Tensor<T>>,
+    (mask, causal): (Option<&Tensor<T>>, bool),
     scale: f64,
     dims: AttnDims,
 ) -> Result<(Tensor<T>, Tensor<T>)> {
@@ -426,7 +478,7 @@ fn attention_forward<T: Element>(
         let qh = (&q.data()[h * t * d..(h + 1) * t * d], MatLayout::Normal);
         let kh = (&k.data()[h * s * d..(h + 1) * s * d], MatLayout::Transposed);
         matmul_into(p, t, s, d, qh, kh, false);
-        softmax_rows(p, s, scale, mask.map(|m| head_mask(m, h, t * s)));
+        softmax_rows(p, s, scale, mask.map(|m| head_mask(m, h, t * s)), causal);
         let vh = (&v.data()[h * s * dv..(h + 1) * s * dv], MatLayout::Normal);
         matmul_into(o, t, dv, s, (p, MatLayout::Normal), vh, false);
     });
@@ -442,14 +494,30 @@ fn head_mask<T: Element>(m: &Tensor<T>, h: usize, ts: usize) -> &[T] {
     }
 }
 
-/// `dS = P ⊙ (dP − rowsum(dP ⊙ P))·scale`, in place of `dP`.
-fn softmax_adjoint_rows<T: Element>(dp: &mut [T], p: &[T], s: usize, scale: T) {
-    for (dr, pr) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
-        let dot = dr.iter().zip(pr).map(|(&a, &b)| a * b).sum::<T>();
-        for (a, &b) in dr.iter_mut().zip(pr) {
-            *a = b * (*a - dot) * scale;
+/// `dS = P ⊙ (dP − rowsum(dP ⊙ P))·scale`, in place of `dP`; a key hidden by the causal
+/// mask has probability 0, so its entry is 0.
+fn softmax_adjoint_rows<T: Element>(dp: &mut [T], p: &[T], s: usize, scale: T, causal: bool) {
+    with_avx2!(
+        for (i, (dr, pr)) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)).enumerate() {
+            let (dr, hidden) = dr.split_at_mut(visible(i, s, causal));
+            hidden.fill(T::zero());
+            let mut acc = [T::zero(); 8];
+            let (chunks, rest) = (dr.chunks_exact(8), dr.len() / 8 * 8);
+            for (c, q) in chunks.zip(pr.chunks_exact(8)) {
+                for ((a, &x), &y) in acc.iter_mut().zip(c).zip(q) {
+                    *a += x * y;
+                }
+            }
+            let tail = dr[rest..]
+                .iter()
+                .zip(&pr[rest..])
+                .fold(T::zero(), |s, (&a, &b)| s + a * b);
+            let dot = acc.iter().fold(tail, |s, &a| s + a);
+            for (a, &b) in dr.iter_mut().zip(pr) {
+                *a = b * (*a - dot) * scale;
+            }
         }
-    }
+    )
 }
 
 /// The reverse rule, per head: `dV = Pᵀ·dO`, `dP = dO·Vᵀ`,
@@ -457,7 +525,7 @@ fn softmax_adjoint_rows<T: Element>(dp: &mut [T], p: &[T], s: usize, scale: T) {
 fn attention_vjp<T: Element>(
     ins: &[&Tensor<T>],
     probs: &Tensor<T>,
-    scale: f64,
+    (scale, causal): (f64, bool),
     g: &Tensor<T>,
     needs: &[bool],
 ) -> Result<Grads<T>> {
@@ -489,7 +557,7 @@ fn attention_vjp<T: Element>(
             matmul_into(gv, s, dv, t, (p, tr), (go, n), false);
             let mut ds = vec![T::zero(); t * s];
             matmul_into(&mut ds, t, s, dv, (go, n), (vh, tr), false);
-            softmax_adjoint_rows(&mut ds, p, s, scale);
+            softmax_adjoint_rows(&mut ds, p, s, scale, causal);
             let qh = &q.data()[h * t * d..(h + 1) * t * d];
             let kh = &k.data()[h * s * d..(h + 1) * s * d];
             matmul_into(gq, t, d, s, (&ds, n), (kh, n), false);
@@ -509,7 +577,7 @@ fn attention_jvp<T: Element>(
     ins: &[&Tensor<T>],
     out: &Tensor<T>,
     probs: &Tensor<T>,
-    scale: f64,
+    (scale, causal): (f64, bool),
     tan: &Tangents<T>,
 ) -> Result<Tensor<T>> {
     let (q, k, v) = (ins[0], ins[1], ins[2]);
@@ -556,7 +624,7 @@ fn attention_jvp<T: Element>(
         }
         if any {
             // Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)) with Ṡ = ds·scale: the reverse rule's row pass
-            softmax_adjoint_rows(&mut ds, p, s, T::of(scale));
+            softmax_adjoint_rows(&mut ds, p, s, T::of(scale), causal);
             matmul_into(o, t, dv, s, (&ds, n), (&v.data()[vs.clone()], n), true);
         }
         if let Some(tv) = tan[2] {
@@ -569,7 +637,7 @@ fn attention_jvp<T: Element>(
 /// Attention in built-in ops: the function second order differentiates.
 fn attention_composed<'t, T: Element>(
     ins: &[Var<'t, T>],
-    mask: Option<&Tensor<T>>,
+    (mask, causal): (Option<&Tensor<T>>, bool),
     scale: f64,
 ) -> Result<Var<'t, T>> {
     let (q, k, v) = (ins[0], ins[1], ins[2]);
@@ -577,6 +645,10 @@ fn attention_composed<'t, T: Element>(
     let mut scores = q.matmul(k.transpose(nd - 2, nd - 1)?)?.mul_scalar(scale);
     if let Some(m) = mask {
         scores = scores.add(q.tape.constant(m.clone()))?;
+    }
+    if causal {
+        let (t, s) = (q.shape()[nd - 2], k.shape()[nd - 2]);
+        scores = scores.add(q.tape.constant(causal_scores(t, s)))?;
     }
     scores.softmax(nd - 1)?.matmul(v)
 }
@@ -596,12 +668,14 @@ impl<'t, T: Element> Var<'t, T> {
         Tape::check_inputs("attention", &[self, k, v])?;
         let (qv, kv, vv) = (self.value(), k.value(), v.value());
         let dims = attn_dims(qv.shape(), kv.shape(), vv.shape())?;
+        let causal = matches!(mask, AttentionMask::Causal);
         let mask = additive_mask(mask, qv.shape(), dims)?;
         let scale = 1.0 / (dims.d.max(1) as f64).sqrt();
-        let (y, probs) = attention_forward(&qv, &kv, &vv, mask.as_ref(), scale, dims)?;
+        let (y, probs) = attention_forward(&qv, &kv, &vv, (mask.as_ref(), causal), scale, dims)?;
         let op = Op::Attention {
             scale,
             mask: mask.map(Arc::new),
+            causal,
             probs: Arc::new(probs),
         };
         Ok(self.tape.push(op, &[self, k, v], y))
@@ -621,7 +695,12 @@ pub(crate) fn vjp<T: Element>(
 ) -> Result<Grads<T>> {
     match op {
         Op::LayerNorm { affine, stats, .. } => Ok(layer_norm_vjp(ins, *affine, stats, g, needs)),
-        Op::Attention { scale, probs, .. } => attention_vjp(ins, probs, *scale, g, needs),
+        Op::Attention {
+            scale,
+            probs,
+            causal,
+            ..
+        } => attention_vjp(ins, probs, (*scale, *causal), g, needs),
         _ => unreachable!("not a transformer op"),
     }
 }
@@ -635,7 +714,12 @@ pub(crate) fn jvp<T: Element>(
 ) -> Result<Tensor<T>> {
     match op {
         Op::LayerNorm { affine, stats, .. } => Ok(layer_norm_jvp(ins, *affine, stats, t)),
-        Op::Attention { scale, probs, .. } => attention_jvp(ins, out, probs, *scale, t),
+        Op::Attention {
+            scale,
+            probs,
+            causal,
+            ..
+        } => attention_jvp(ins, out, probs, (*scale, *causal), t),
         _ => unreachable!("not a transformer op"),
     }
 }
@@ -644,7 +728,12 @@ pub(crate) fn jvp<T: Element>(
 pub(crate) fn composed<'t, T: Element>(op: &Op<T>, ins: &[Var<'t, T>]) -> Result<Var<'t, T>> {
     match op {
         Op::LayerNorm { eps, affine, .. } => layer_norm_composed(ins, *affine, *eps),
-        Op::Attention { scale, mask, .. } => attention_composed(ins, mask.as_deref(), *scale),
+        Op::Attention {
+            scale,
+            mask,
+            causal,
+            ..
+        } => attention_composed(ins, (mask.as_deref(), *causal), *scale),
         _ => unreachable!("not a transformer op"),
     }
 }
@@ -659,9 +748,15 @@ pub(crate) fn replay_forward<T: Element>(op: &mut Op<T>, ins: &[&Tensor<T>]) -> 
             *stats = Arc::new(st);
             Ok(y)
         }
-        Op::Attention { scale, mask, probs } => {
+        Op::Attention {
+            scale,
+            mask,
+            causal,
+            probs,
+        } => {
             let dims = attn_dims(ins[0].shape(), ins[1].shape(), ins[2].shape())?;
-            let (y, p) = attention_forward(ins[0], ins[1], ins[2], mask.as_deref(), *scale, dims)?;
+            let masks = (mask.as_deref(), *causal);
+            let (y, p) = attention_forward(ins[0], ins[1], ins[2], masks, *scale, dims)?;
             *probs = Arc::new(p);
             Ok(y)
         }
@@ -803,12 +898,17 @@ mod tests {
         let k = tape.var(sample(&[2, 2, 4, 3], Domain::AwayFromZero, &mut rng));
         let v = tape.var(sample(&[2, 2, 4, 2], Domain::AwayFromZero, &mut rng));
         let fused = q.attention(k, v, &AttentionMask::Causal).unwrap();
-        let Op::Attention { mask, scale, .. } =
-            tape.with_nodes(|n| n[fused.id as usize].op.clone())
+        let Op::Attention {
+            mask,
+            scale,
+            causal,
+            ..
+        } = tape.with_nodes(|n| n[fused.id as usize].op.clone())
         else {
             panic!("not an attention node")
         };
-        let comp = attention_composed(&[q, k, v], mask.as_deref(), scale).unwrap();
+        assert!(causal && mask.is_none());
+        let comp = attention_composed(&[q, k, v], (mask.as_deref(), causal), scale).unwrap();
         assert!(fused.value().max_abs_diff(&comp.value()).unwrap() < 1e-14);
         // the first query sees only the first key: its output is that key's value
         let (o, vv) = (fused.value(), v.value());

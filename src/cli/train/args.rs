@@ -12,17 +12,24 @@ pub struct Args {
     /// (seven of Shakespeare's tragedies) or `macbeth` (embedded).
     #[arg(long)]
     pub(crate) data: Option<String>,
-    /// Model: `mlp` (for digits, MNIST and CSV), or `lstm`, `gru`, `rnn` (for text)
-    /// [default: mlp, or lstm for text].
+    /// Model: `mlp` (for digits, MNIST and CSV), or `lstm`, `gru`, `rnn`, `gpt` (for
+    /// text) [default: mlp, or lstm for text]. `gpt` defaults to the W11 recipe
+    /// (nanoGPT's character GPT: 4 layers, 4 heads, width 128, context 64, batch 12,
+    /// AdamW, warm-up 100 and cosine to 1e-4 over --max-steps 2000).
     #[arg(long)]
     pub(crate) model: Option<String>,
-    /// Embedding size of a character model [default: 64].
+    /// Embedding size of a character model [default: 64; 128 for gpt].
     #[arg(long)]
     pub(crate) embed: Option<usize>,
-    /// Recurrent layers of a character model [default: 2].
+    /// Recurrent layers or transformer blocks of a character model [default: 2; 4 for
+    /// gpt].
     #[arg(long)]
     pub(crate) layers: Option<usize>,
-    /// Characters per window of truncated backpropagation through time [default: 64].
+    /// Attention heads of a GPT; they divide --embed [default: 4].
+    #[arg(long)]
+    pub(crate) heads: Option<usize>,
+    /// Characters per window of truncated backpropagation through time, or a GPT's
+    /// context [default: 64].
     #[arg(long)]
     pub(crate) seq_len: Option<usize>,
     /// CSV label column, by name or 0-based index [default: last].
@@ -40,26 +47,32 @@ pub struct Args {
     /// Hidden activation: relu, tanh or sigmoid [default: relu].
     #[arg(long)]
     pub(crate) activation: Option<String>,
-    /// Dropout probability after each hidden layer [default: 0].
+    /// Dropout probability after each hidden layer of an MLP, or after a GPT's
+    /// embeddings and each residual branch [default: 0].
     #[arg(long)]
     pub(crate) dropout: Option<f64>,
     /// sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw [default: adam].
     #[arg(long)]
     pub(crate) optimizer: Option<String>,
-    /// Learning rate [default: 0.001; 0.003 for text].
+    /// Learning rate [default: 0.001; 0.003 for text; 0.001 for gpt].
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) lr: Option<f64>,
     /// Weight decay [default: the optimizer's PyTorch default].
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) weight_decay: Option<f64>,
     /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA [default: constant;
-    /// cosine for text].
+    /// cosine for text]. A cosine spans the run after the warm-up: --max-steps, else
+    /// --max-epochs, else (with --max-time alone) the time budget.
     #[arg(long)]
     pub(crate) schedule: Option<String>,
-    /// Linear warm-up steps [default: 0].
+    /// Linear warm-up steps [default: 0; 100 for gpt].
     #[arg(long)]
     pub(crate) warmup: Option<usize>,
-    /// Samples per step, or streams of a character model [default: 32].
+    /// The rate a cosine schedule ends at [default: 0; 1e-4 for gpt].
+    #[arg(long)]
+    pub(crate) min_lr: Option<f64>,
+    /// Samples per step, or streams (windows for gpt) of a character model [default: 32;
+    /// 12 for gpt].
     #[arg(long)]
     pub(crate) batch_size: Option<usize>,
     /// Clip the global gradient norm to this value [default: 1.0].
@@ -180,6 +193,8 @@ pub struct RunConfig {
     #[serde(default)]
     pub(crate) layers: usize,
     #[serde(default)]
+    pub(crate) heads: usize,
+    #[serde(default)]
     pub(crate) seq_len: usize,
     pub(crate) label: Option<String>,
     pub(crate) hidden: Vec<usize>,
@@ -192,6 +207,11 @@ pub struct RunConfig {
     pub(crate) weight_decay: Option<f64>,
     pub(crate) schedule: String,
     pub(crate) warmup: usize,
+    #[serde(default)]
+    pub(crate) min_lr: f64,
+    /// Adam's β₂ when not PyTorch's 0.999 (nanoGPT's 0.99 for gpt).
+    #[serde(default)]
+    pub(crate) beta2: Option<f64>,
     pub(crate) batch_size: usize,
     pub(crate) clip_norm: Option<f64>,
     pub(crate) clip_value: Option<f64>,
@@ -216,14 +236,23 @@ pub(crate) fn mlp() -> String {
     "mlp".into()
 }
 
-/// The recurrent cell of a `--model` name (`None` for `mlp`).
+/// The `--model` name of the transformer.
+pub(crate) const GPT: &str = "gpt";
+
+/// Whether a `--model` name is a character model (recurrent or GPT).
+pub(crate) fn is_text_model(model: &str) -> anyhow::Result<bool> {
+    Ok(model == GPT || cell_kind(model)?.is_some())
+}
+
+/// The recurrent cell of a `--model` name (`None` for `mlp` and `gpt`).
 pub(crate) fn cell_kind(model: &str) -> anyhow::Result<Option<CellKind>> {
     Ok(match model {
         "mlp" => None,
         "lstm" => Some(CellKind::Lstm),
         "gru" => Some(CellKind::Gru),
         "rnn" => Some(CellKind::Rnn),
-        _ => bail!("--model: unknown model '{model}'; choose mlp, lstm, gru or rnn"),
+        GPT => None,
+        _ => bail!("--model: unknown model '{model}'; choose mlp, lstm, gru, rnn or gpt"),
     })
 }
 
@@ -255,15 +284,30 @@ pub(crate) fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>
 }
 
 /// The options a character model refuses or needs: `--embed`, `--layers` and
-/// `--seq-len` of at least 1 (`sizes`, in that order), one hidden size, and no
-/// `--val-fraction` or `--init`.
-fn check_text_options(a: &Args, sizes: [usize; 3], hidden: &[usize]) -> anyhow::Result<()> {
+/// `--seq-len` of at least 1 (`sizes`, in that order), one hidden size for a recurrent
+/// one, heads that divide the width for a GPT, and no `--val-fraction` or `--init`.
+fn check_text_options(
+    a: &Args,
+    model: &str,
+    sizes: [usize; 3],
+    heads: usize,
+    hidden: &[usize],
+) -> anyhow::Result<()> {
     for (flag, v) in ["--embed", "--layers", "--seq-len"].into_iter().zip(sizes) {
         if v == 0 {
             bail!("{flag} must be at least 1");
         }
     }
-    if hidden.len() != 1 {
+    if model == GPT {
+        if heads == 0 || !sizes[0].is_multiple_of(heads) {
+            bail!("--heads: {heads} heads do not divide --embed {}", sizes[0]);
+        }
+        if a.hidden.is_some() {
+            bail!("--hidden: a GPT's widths are --embed (its MLP is 4× that)");
+        }
+    } else if a.heads.is_some() {
+        bail!("--heads: only --model gpt has attention heads");
+    } else if hidden.len() != 1 {
         bail!(
             "--hidden: a recurrent model takes one hidden size (stack layers with --layers), got {hidden:?}"
         );
@@ -287,6 +331,7 @@ impl RunConfig {
             model: "lstm".into(),
             embed: 64,
             layers: 2,
+            heads: 0,
             seq_len: 64,
             label: None,
             hidden: vec![256],
@@ -298,6 +343,8 @@ impl RunConfig {
             weight_decay: None,
             schedule: "cosine".into(),
             warmup: 0,
+            min_lr: 0.0,
+            beta2: None,
             batch_size: 32,
             clip_norm: Some(1.0),
             clip_value: None,
@@ -313,6 +360,28 @@ impl RunConfig {
         }
     }
 
+    /// The defaults of `--model gpt`: the W11 recipe (bench/anchors/w11_char_gpt.py,
+    /// nanoGPT's CPU character GPT), so that `--max-steps 2000` is that recipe.
+    pub(crate) fn gpt_defaults() -> RunConfig {
+        RunConfig {
+            model: GPT.into(),
+            embed: 128,
+            layers: 4,
+            heads: 4,
+            hidden: Vec::new(),
+            activation: Activation::Identity,
+            optimizer: OptimizerKind::Adamw,
+            lr: 1e-3,
+            weight_decay: Some(0.1),
+            warmup: 100,
+            min_lr: 1e-4,
+            beta2: Some(0.99),
+            batch_size: 12,
+            max_steps: Some(2000),
+            ..RunConfig::text_defaults()
+        }
+    }
+
     /// The defaults of an MLP classifier: the main job, on the embedded digits.
     pub(crate) fn mlp_defaults() -> RunConfig {
         RunConfig {
@@ -320,6 +389,7 @@ impl RunConfig {
             model: mlp(),
             embed: 0,
             layers: 0,
+            heads: 0,
             seq_len: 0,
             label: None,
             hidden: vec![128, 64],
@@ -331,6 +401,8 @@ impl RunConfig {
             weight_decay: None,
             schedule: "constant".into(),
             warmup: 0,
+            min_lr: 0.0,
+            beta2: None,
             batch_size: 32,
             clip_norm: Some(1.0),
             clip_value: None,
@@ -353,7 +425,9 @@ impl RunConfig {
             .or(base.as_ref().map(|b| b.data.as_str()))
             .is_some_and(is_text);
         let b = base.unwrap_or_else(|| {
-            if text {
+            if text && a.model.as_deref() == Some(GPT) {
+                RunConfig::gpt_defaults()
+            } else if text {
                 RunConfig::text_defaults()
             } else {
                 RunConfig::mlp_defaults()
@@ -387,10 +461,9 @@ impl RunConfig {
         }
         let data = a.data.clone().unwrap_or(b.data);
         let model = a.model.clone().unwrap_or(b.model);
-        let recurrent = cell_kind(&model)?.is_some();
-        if recurrent != text {
+        if is_text_model(&model)? != text {
             bail!(
-                "--model {model} does not train on --data {data}: text data takes lstm, gru or rnn, the others take mlp"
+                "--model {model} does not train on --data {data}: text data takes lstm, gru, rnn or gpt, the others take mlp"
             );
         }
         let (embed, layers, seq_len) = (
@@ -398,14 +471,20 @@ impl RunConfig {
             a.layers.unwrap_or(b.layers),
             a.seq_len.unwrap_or(b.seq_len),
         );
+        let heads = a.heads.unwrap_or(b.heads);
         if text {
-            check_text_options(a, [embed, layers, seq_len], &hidden)?;
+            check_text_options(a, &model, [embed, layers, seq_len], heads, &hidden)?;
+        }
+        let min_lr = a.min_lr.unwrap_or(b.min_lr);
+        if !(min_lr.is_finite() && min_lr >= 0.0) {
+            bail!("--min-lr must be a non-negative number, got {min_lr}");
         }
         let cfg = RunConfig {
             data,
             model,
             embed,
             layers,
+            heads,
             seq_len,
             label: a.label.clone().or(b.label),
             hidden,
@@ -426,6 +505,8 @@ impl RunConfig {
             weight_decay: a.weight_decay.or(b.weight_decay),
             schedule: a.schedule.clone().unwrap_or(b.schedule),
             warmup: a.warmup.unwrap_or(b.warmup),
+            min_lr,
+            beta2: b.beta2,
             batch_size,
             clip_norm: if a.no_clip {
                 None
@@ -492,6 +573,7 @@ impl RunConfig {
         same("--model", a.model.as_ref(), &saved.model)?;
         same("--embed", a.embed, saved.embed)?;
         same("--layers", a.layers, saved.layers)?;
+        same("--heads", a.heads, saved.heads)?;
         same("--seq-len", a.seq_len, saved.seq_len)?;
         // no label option means the last column
         let label = |l: Option<&String>| l.map_or("last".to_string(), String::clone);
@@ -519,12 +601,14 @@ impl RunConfig {
         same("--batch-size", a.batch_size, saved.batch_size)
     }
 
+    /// The schedule of a run of `total_steps` steps: a cosine spans the steps after the
+    /// warm-up (the GPT's warm-up is nanoGPT's ramp).
     pub(crate) fn lr_schedule(&self, total_steps: usize) -> anyhow::Result<LrSchedule> {
         let schedule = match self.schedule.as_str() {
             "constant" => Schedule::Constant,
             "cosine" => Schedule::Cosine {
-                total: total_steps.max(1),
-                min_lr: 0.0,
+                total: total_steps.saturating_sub(self.warmup).max(1),
+                min_lr: self.min_lr,
             },
             s if s.starts_with("step:") => {
                 let parts: Vec<&str> = s.split(':').collect();
@@ -546,6 +630,26 @@ impl RunConfig {
             base_lr: self.lr,
             schedule,
             warmup: self.warmup,
+            warmup_shape: if self.model == GPT {
+                Warmup::NanoGpt
+            } else {
+                Warmup::Linear
+            },
+        })
+    }
+
+    /// The run's optimizer (Adam and AdamW with the run's β₂ where it has one).
+    pub(crate) fn build_optimizer(&self) -> anyhow::Result<Box<dyn Optimizer<f32>>> {
+        let opt = self.optimizer.build::<f32>(self.lr, self.weight_decay)?;
+        Ok(match (self.optimizer, self.beta2) {
+            (OptimizerKind::Adam | OptimizerKind::Adamw, Some(b2)) => {
+                let decoupled = self.optimizer == OptimizerKind::Adamw;
+                let wd = self
+                    .weight_decay
+                    .unwrap_or(if decoupled { 0.01 } else { 0.0 });
+                Box::new(Adam::<f32>::with_betas(self.lr, wd, decoupled, (0.9, b2)))
+            }
+            _ => opt,
         })
     }
 }

@@ -149,6 +149,7 @@ pub(crate) fn load_text(cfg: &RunConfig, saved_vocab: Option<&str>) -> anyhow::R
 pub(crate) enum Problem {
     Classifier { splits: Splits, model: Mlp },
     Text { text: TextData, model: CharModel },
+    Gpt { text: TextData, model: Gpt },
 }
 
 impl Problem {
@@ -167,14 +168,31 @@ impl Problem {
                 text.train.clone(),
                 text.val.clone(),
             )),
+            Problem::Gpt { text, model } => Box::new(GptLanguageModel::new(
+                model,
+                text.corpus.train(),
+                text.corpus.val(),
+                cfg.batch_size,
+                cfg.seq_len,
+            )?),
         })
+    }
+
+    /// The text of a character model's run.
+    pub(crate) fn text(&self) -> Option<&TextData> {
+        match self {
+            Problem::Classifier { .. } => None,
+            Problem::Text { text, .. } | Problem::Gpt { text, .. } => Some(text),
+        }
     }
 
     /// What one step trains on, and its unit: samples of a batch, or characters.
     pub(crate) fn step_unit(&self, cfg: &RunConfig) -> (usize, &'static str) {
         match self {
             Problem::Classifier { .. } => (cfg.batch_size, "samples"),
-            Problem::Text { .. } => (cfg.batch_size.saturating_mul(cfg.seq_len), "chars"),
+            Problem::Text { .. } | Problem::Gpt { .. } => {
+                (cfg.batch_size.saturating_mul(cfg.seq_len), "chars")
+            }
         }
     }
 
@@ -182,7 +200,7 @@ impl Problem {
     pub(crate) fn eval_name(&self) -> &'static str {
         match self {
             Problem::Classifier { splits, .. } => splits.eval_name,
-            Problem::Text { .. } => "validation",
+            Problem::Text { .. } | Problem::Gpt { .. } => "validation",
         }
     }
 
@@ -191,7 +209,7 @@ impl Problem {
     pub(crate) fn identity(&self, source: &str) -> DataIdentity {
         match self {
             Problem::Classifier { splits, .. } => splits.identity.clone(),
-            Problem::Text { text, .. } => text.identity(source),
+            Problem::Text { text, .. } | Problem::Gpt { text, .. } => text.identity(source),
         }
     }
 }
@@ -215,4 +233,30 @@ pub(crate) fn char_model(
 pub(crate) fn char_param_count(cfg: &RunConfig, kind: CellKind, vocab: usize) -> Option<usize> {
     let hidden = *cfg.hidden.first()?;
     CharModel::param_count(kind, vocab, cfg.embed, hidden, cfg.layers)
+}
+
+/// The shape of the GPT `cfg` describes over a vocabulary of `vocab` characters (tied
+/// head, no biases: the W11 recipe's).
+pub(crate) fn gpt_config(cfg: &RunConfig, vocab: usize) -> GptConfig {
+    GptConfig {
+        vocab,
+        context: cfg.seq_len,
+        layers: cfg.layers,
+        heads: cfg.heads,
+        embed: cfg.embed,
+        bias: false,
+        tied: true,
+        dropout: cfg.dropout,
+    }
+}
+
+/// The GPT of a run, its parameters in nanoGPT's weight-decay groups.
+pub(crate) fn gpt_model(
+    cfg: &RunConfig,
+    vocab: usize,
+    store: &mut ParamStore<f32>,
+) -> anyhow::Result<Gpt> {
+    let model = Gpt::new(store, gpt_config(cfg, vocab), cfg.seed)?;
+    Gpt::set_decay_groups(store);
+    Ok(model)
 }

@@ -6,12 +6,12 @@ use chainrule::data::{
     Dataset, EMBEDDED_TEXTS, LabelColumn, Standardizer, Streams, TextCorpus, load_csv, load_mnist,
     unigram_entropy,
 };
-use chainrule::nn::{Activation, CharModel, Init, Mlp, ParamStore};
-use chainrule::optim::{LrSchedule, OptimizerKind, Schedule};
+use chainrule::nn::{Activation, CharModel, Gpt, GptConfig, Init, Mlp, ParamStore};
+use chainrule::optim::{Adam, LrSchedule, Optimizer, OptimizerKind, Schedule, Warmup};
 use chainrule::train::{
     CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, Classification, Collective,
-    DataIdentity, LanguageModel, MetricsLog, Objective, Position, Progress, StopReason,
-    TrainConfig, Trainer, evaluate, load_checkpoint, plot_history, read_evaluations,
+    DataIdentity, GptLanguageModel, LanguageModel, MetricsLog, Objective, Position, Progress,
+    StopReason, TrainConfig, Trainer, evaluate, load_checkpoint, plot_history, read_evaluations,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -18,7 +18,7 @@ pub(crate) fn run_with(
     // checkpoint's tensors and the trainer's settings
     let mut store = ParamStore::<f32>::new();
     let problem = build_problem(&cfg, &args, resumed.as_ref(), &mut store)?;
-    let mut optimizer = cfg.optimizer.build::<f32>(cfg.lr, cfg.weight_decay)?;
+    let mut optimizer = cfg.build_optimizer()?;
     let mut objective = problem.objective(&cfg)?;
     let position = match &resumed {
         Some(c) => restore(
@@ -103,6 +103,16 @@ fn build_problem(
     store: &mut ParamStore<f32>,
 ) -> anyhow::Result<Problem> {
     let problem = match cell_kind(&cfg.model)? {
+        None if cfg.model == GPT => {
+            let text = load_text(cfg, resumed.and_then(|c| c.meta.vocab.as_deref()))?;
+            let vocab = text.corpus.vocab().len();
+            if let Some(c) = resumed {
+                c.check_param_count(gpt_config(cfg, vocab).param_count())
+                    .with_context(|| resume_context(args))?;
+            }
+            let model = gpt_model(cfg, vocab, store)?;
+            Problem::Gpt { text, model }
+        }
         None => {
             let splits = load_splits(cfg, resumed.and_then(|c| c.meta.standardizer.clone()))?;
             let sizes = layer_sizes(
@@ -291,6 +301,23 @@ fn announcement(cfg: &RunConfig, problem: &Problem, store: &ParamStore<f32>, out
             cfg.seq_len,
             out.display()
         ),
+        Problem::Gpt { text, model } => format!(
+            "training a character GPT ({} blocks, {} heads, width {}, context {}, {} parameters) on {} ({} train / {} validation characters, vocabulary {}) with {:?}, lr {}, {} windows × {} characters, clipping {clipping}; output in {}",
+            model.config.layers,
+            model.config.heads,
+            model.config.embed,
+            model.config.context,
+            store.num_elements(),
+            text.corpus.name(),
+            text.corpus.train().len(),
+            text.corpus.val().len(),
+            model.config.vocab,
+            cfg.optimizer,
+            cfg.lr,
+            cfg.batch_size,
+            cfg.seq_len,
+            out.display()
+        ),
     }
 }
 
@@ -305,7 +332,7 @@ fn checkpoint_meta(
         Problem::Classifier { splits, model } => {
             (model.sizes.clone(), None, Some(splits.standardizer.clone()))
         }
-        Problem::Text { text, .. } => (
+        Problem::Text { text, .. } | Problem::Gpt { text, .. } => (
             Vec::new(),
             Some(text.corpus.vocab().iter().collect::<String>()),
             None,
@@ -390,7 +417,7 @@ fn write_report(
     json["eval_split"] = serde_json::json!(eval_name);
     json["data"] = serde_json::json!(cfg.data);
     json["model"] = serde_json::json!(cfg.model);
-    let text = matches!(problem, Problem::Text { .. });
+    let text = problem.text().is_some();
     if text {
         let best_loss = report.best_val_metric;
         json["best_val_loss"] = serde_json::json!(best_loss);

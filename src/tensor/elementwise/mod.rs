@@ -373,10 +373,10 @@ fn powi_or_powf<T: Element>(x: T, p: f64) -> T {
     }
 }
 
-/// erf through libm in f64 (f32 rounds the f64 result): Rust's `erf` is not stable yet.
+/// erf: libm's in f64, a vectorisable approximation in f32 ([`Element::erf_`]).
 #[inline(always)]
 fn erf_of<T: Element>(x: T) -> T {
-    T::of(libm::erf(x.as_f64()))
+    x.erf_()
 }
 
 /// −1, 0 or 1 by the sign of `x` (0 at 0, NaN at NaN).
