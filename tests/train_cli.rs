@@ -2,37 +2,9 @@
 
 mod common;
 
-use common::{eval_rows, metric_rows};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// Runs the binary; a training run gets `--max-time none` unless it sets a time limit,
-/// so that no test depends on how fast a loaded machine is.
-fn chainrule(args: &[&str]) -> Output {
-    let mut args = args.to_vec();
-    let trains = !matches!(
-        args.first(),
-        Some(&"eval") | Some(&"sample") | Some(&"clipping") | Some(&"curvature")
-    );
-    if trains && !args.contains(&"--max-time") {
-        args.extend(["--max-time", "none"]);
-    }
-    Command::new(env!("CARGO_BIN_EXE_chainrule"))
-        .args(&args)
-        .output()
-        .expect("binary runs")
-}
-
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("chainrule-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{chainrule, eval_rows, json, metric_rows, short_text, stderr, temp};
+use std::path::Path;
+use std::process::Output;
 
 /// One epoch of plain SGD into `out`: a run with a checkpoint that a huge learning rate
 /// can then blow up.
@@ -64,11 +36,6 @@ fn curvature(run: &Path, args: &[&str]) -> (serde_json::Value, Vec<f64>) {
     let list = r["eigenvalues"].as_array().expect("eigenvalues");
     let eig = list.iter().map(|v| v.as_f64().unwrap()).collect();
     (r, eig)
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 #[test]
@@ -685,21 +652,6 @@ fn graph_export_and_anomaly_mode_from_the_command_line() {
         e.contains("anomaly: the backward rule of node") && e.contains("inputs: node"),
         "{e}"
     );
-}
-
-/// A short text (the first 30,000 characters of the embedded Macbeth) in a file.
-fn short_text(dir: &Path) -> String {
-    let corpus = chainrule::data::TextCorpus::macbeth().unwrap();
-    let ids: Vec<u32> = corpus
-        .train()
-        .iter()
-        .chain(corpus.val())
-        .copied()
-        .take(30_000)
-        .collect();
-    let path = dir.join("short.txt");
-    std::fs::write(&path, corpus.decode(&ids)).unwrap();
-    format!("text:{}", path.display())
 }
 
 /// A tiny character LSTM, a few hundred steps: its flags after `--data`.

@@ -9,7 +9,7 @@ use chainrule::data::gather_batch;
 use chainrule::nn::{ForwardCtx, ParamStore, cross_entropy};
 use chainrule::optim::curvature::{Eigenvalues, top_eigenvalues};
 use chainrule::tensor::Tensor;
-use chainrule::train::{LanguageModel, Objective};
+use chainrule::train::{GptLanguageModel, LanguageModel, Objective};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,6 +44,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let saved = SavedRun::load(&args.checkpoint, args.data.clone())?;
     let limit = usize::try_from(args.samples).unwrap_or(usize::MAX);
     // H·v of the mean loss: the recorded gradient's tangent on a forward-mode tape, alone
+    if let Some((model, store, text)) = saved.gpt()? {
+        // the run's first training batches (seeded windows), until `limit` characters
+        let cfg = &saved.cfg;
+        let (train, val) = (text.corpus.train(), text.corpus.val());
+        let mut lm = GptLanguageModel::new(&model, train, val, cfg.batch_size, cfg.seq_len)?;
+        let per_batch = cfg.batch_size * cfg.seq_len;
+        let batches = limit.div_ceil(per_batch).min(lm.batches_per_epoch());
+        let hv = |v: &[Tensor<f32>]| -> chainrule::Result<Vec<Tensor<f32>>> {
+            let tape = Tape::forward_mode();
+            let p = store.duals(&tape, v)?;
+            lm.start_epoch(0, cfg.seed)?;
+            let mut total = tape.scalar(0.0);
+            for k in 0..batches {
+                let (loss, _) = lm.batch_loss(&p, k, &mut ForwardCtx::eval())?;
+                total = total.add(loss.mul_scalar(1.0 / batches as f64))?;
+            }
+            tape.backward_tangents(total, p.vars())
+        };
+        let eig = eigenvalues(&args, &store, hv)?;
+        let over = format!(
+            "mean cross-entropy per character over the run's first {batches} batch(es) of {} random windows of {} characters",
+            cfg.batch_size, cfg.seq_len
+        );
+        return report(&args, &saved, eig, batches * per_batch, &over);
+    }
     let (eig, n, over) = match saved.char_model()? {
         Some((model, store, text)) => {
             // the first training windows of every stream, state carried from zeros, as
@@ -99,6 +124,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         }
     };
+    report(&args, &saved, eig, n, &over)
+}
+
+/// Prints the eigenvalues found over `n` samples of the loss `over` describes, and the
+/// learning rate above which plain gradient descent diverges along the top one.
+fn report(
+    args: &Args,
+    saved: &SavedRun,
+    eig: Eigenvalues,
+    n: usize,
+    over: &str,
+) -> anyhow::Result<ExitCode> {
     let top = eig.values[0];
     let (lr, optimizer) = (saved.cfg_lr(), saved.cfg_optimizer());
     let stable = if top > 0.0 { 2.0 / top } else { f64::INFINITY };

@@ -69,7 +69,7 @@ pub struct Args {
     #[arg(long)]
     pub(crate) warmup: Option<usize>,
     /// The rate a cosine schedule ends at [default: 0; 1e-4 for gpt].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub(crate) min_lr: Option<f64>,
     /// Samples per step, or streams (windows for gpt) of a character model [default: 32;
     /// 12 for gpt].

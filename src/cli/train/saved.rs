@@ -81,6 +81,29 @@ impl SavedRun {
         Ok(Some((model, store, text)))
     }
 
+    /// The GPT of the run with its saved weights, and the run's text; `None` for the
+    /// run of another model.
+    pub(crate) fn gpt(&self) -> anyhow::Result<Option<(Gpt, ParamStore<f32>, TextData)>> {
+        if self.cfg.model != GPT {
+            return Ok(None);
+        }
+        let Some(vocab) = self.ckpt.meta.vocab.as_deref() else {
+            bail!(
+                "{}: a character model's checkpoint without its vocabulary",
+                self.file.display()
+            );
+        };
+        let text = load_text(&self.cfg, Some(vocab))?;
+        let vocab = text.corpus.vocab().len();
+        self.ckpt
+            .check_param_count(gpt_config(&self.cfg, vocab).param_count())
+            .with_context(|| format!("--checkpoint {}", self.file.display()))?;
+        let mut store = ParamStore::<f32>::new();
+        let model = gpt_model(&self.cfg, vocab, &mut store)?;
+        self.ckpt.restore_params(&mut store)?;
+        Ok(Some((model, store, text)))
+    }
+
     /// The MLP classifier of the run with its saved weights, and the run's data splits.
     pub(crate) fn mlp(&self) -> anyhow::Result<(Mlp, ParamStore<f32>, Splits)> {
         let splits = load_splits(&self.cfg, self.ckpt.meta.standardizer.clone())?;
@@ -104,9 +127,17 @@ impl SavedRun {
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let run = SavedRun::load(&args.checkpoint, args.data)?;
     let (dir, ckpt, cfg) = (&run.file, &run.ckpt, &run.cfg);
-    if let Some((model, store, text)) = run.char_model()? {
+    let text_loss = if let Some((model, store, text)) = run.gpt()? {
+        let (train, val) = (text.corpus.train(), text.corpus.val());
+        let lm = GptLanguageModel::new(&model, train, val, cfg.batch_size, cfg.seq_len)?;
+        Some((lm.loss_over(&store, val)?.0, text))
+    } else if let Some((model, store, text)) = run.char_model()? {
         let lm = LanguageModel::new(&model, text.train.clone(), text.val.clone());
-        let loss = lm.loss_over(&store, &text.val)?;
+        Some((lm.loss_over(&store, &text.val)?, text))
+    } else {
+        None
+    };
+    if let Some((loss, text)) = text_loss {
         let bpc = loss / std::f64::consts::LN_2;
         if args.json {
             println!(
@@ -187,7 +218,7 @@ pub fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
     let ckpt = load_checkpoint(&file).with_context(context)?;
     let cfg: RunConfig = serde_json::from_value(ckpt.meta.config.clone())
         .context("the checkpoint's configuration is not readable")?;
-    let (Some(kind), Some(vocab)) = (cell_kind(&cfg.model)?, ckpt.meta.vocab.as_deref()) else {
+    let (true, Some(vocab)) = (is_text_model(&cfg.model)?, ckpt.meta.vocab.as_deref()) else {
         bail!(
             "{}: it holds an MLP classifier, not a character model; sample needs a run of `chainrule train --data text:FILE`",
             file.display()
@@ -209,19 +240,25 @@ pub fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
     if prompt.is_empty() {
         bail!("--prompt is empty; give at least one character");
     }
-    ckpt.check_param_count(char_param_count(&cfg, kind, chars.len()))
-        .with_context(context)?;
     let mut store = ParamStore::<f32>::new();
-    let model = char_model(&cfg, kind, chars.len(), &mut store)?;
-    ckpt.restore_params(&mut store).with_context(context)?;
-    let ids = model.sample(
-        &store,
-        &prompt,
-        args.length,
-        args.temperature,
-        args.top_k,
-        args.seed,
-    )?;
+    let (top_k, seed) = (args.top_k, args.seed);
+    let ids = match cell_kind(&cfg.model)? {
+        Some(kind) => {
+            ckpt.check_param_count(char_param_count(&cfg, kind, chars.len()))
+                .with_context(context)?;
+            let model = char_model(&cfg, kind, chars.len(), &mut store)?;
+            ckpt.restore_params(&mut store).with_context(context)?;
+            model.sample(&store, &prompt, args.length, args.temperature, top_k, seed)?
+        }
+        // the GPT reads at most its context: the prompt's last characters
+        None => {
+            ckpt.check_param_count(gpt_config(&cfg, chars.len()).param_count())
+                .with_context(context)?;
+            let model = gpt_model(&cfg, chars.len(), &mut store)?;
+            ckpt.restore_params(&mut store).with_context(context)?;
+            model.sample(&store, &prompt, args.length, args.temperature, top_k, seed)?
+        }
+    };
     let text: String = ids.iter().map(|&i| chars[i]).collect();
     println!("{}{text}", args.prompt);
     Ok(ExitCode::SUCCESS)
