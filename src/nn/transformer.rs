@@ -120,17 +120,10 @@ impl SelfAttention {
         (bsz, t): (usize, usize),
     ) -> Result<Var<'t, T>> {
         let d = x.shape()[1];
-        let (h, hd) = (self.heads, d / self.heads);
-        let qkv = self.qkv.forward(p, x)?;
-        // [B·T, D] → [B, T, H, hd] → [B, H, T, hd]: the heads become a batch dimension
-        let head = |k: usize| -> Result<Var<'t, T>> {
-            qkv.narrow(1, k * d, d)?
-                .reshape(&[bsz, t, h, hd])?
-                .permute(&[0, 2, 1, 3])
-        };
-        let y = head(0)?.attention(head(1)?, head(2)?, &AttentionMask::Causal)?;
-        let y = y.permute(&[0, 2, 1, 3])?.reshape(&[bsz * t, d])?;
-        self.proj.forward(p, y)
+        // one node reads the heads' q, k and v where the fused projection put them
+        let qkv = self.qkv.forward(p, x)?.reshape(&[bsz, t, 3 * d])?;
+        let y = qkv.self_attention(self.heads, &AttentionMask::Causal)?;
+        self.proj.forward(p, y.reshape(&[bsz * t, d])?)
     }
 }
 

@@ -130,6 +130,9 @@ pub(crate) enum Op<T: Element> {
         mask: Option<Arc<Tensor<T>>>,
         /// Query `i` sees keys `0..=i` (the kernels skip the others).
         causal: bool,
+        /// `Some(heads)`: one input, the fused projection `[B, T, 3·D]` of this many
+        /// heads, and the output `[B, T, D]` ([`super::Var::self_attention`]).
+        heads: Option<usize>,
         probs: Arc<Tensor<T>>,
     },
     Custom(Arc<dyn CustomOp<T>>),
@@ -350,7 +353,8 @@ impl<T: Element> Op<T> {
             Op::IndexSelect { .. } => "index_select",
             Op::Gather { .. } => "gather",
             Op::LayerNorm { .. } => "layer_norm",
-            Op::Attention { .. } => "attention",
+            Op::Attention { heads: None, .. } => "attention",
+            Op::Attention { .. } => "self_attention",
             Op::Custom(c) => c.name(),
         }
     }
@@ -386,7 +390,7 @@ impl<T: Element> Op<T> {
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::jvp(self, ins, out, single()),
             Op::MatMul { ta, tb } => matmul::jvp(ins, t, *ta, *tb),
-            Op::LayerNorm { .. } | Op::Attention { .. } => transformer::jvp(self, ins, out, t),
+            Op::LayerNorm { .. } | Op::Attention { .. } => transformer::jvp(self, ins, t),
             Op::Custom(c) => {
                 let t = c.jvp(ins, out, t)?;
                 if t.shape() != out.shape() {
