@@ -112,9 +112,15 @@ macro_rules! float_number {
             fn number(v: f64) -> Self {
                 v as $t
             }
+            /// A derivative formula's `exp` (erf's and GELU's) is the vectorisable
+            /// [`Element::exp_`]: libm's scalar `expf` was a sixth of a GPT's backward
+            /// sweep (f64 is unchanged; the `exp` op's own values are libm's).
             #[inline(always)]
             fn apply_unary(op: UnaryOp, x: Self) -> Self {
-                op.value(x)
+                match op {
+                    UnaryOp::Exp => x.exp_(),
+                    _ => op.value(x),
+                }
             }
             #[inline(always)]
             fn apply_binary(op: BinaryOp, a: Self, b: Self) -> Self {
