@@ -92,7 +92,36 @@ pub(super) fn faer_gemm<T: Element + faer::traits::ComplexField>(
     } else {
         Par::Seq
     };
+    faer_product(c, accum, a, b, par);
+}
+
+/// faer's product, then [`clear_upper_state`] on this thread.
+fn faer_product<T: Element + faer::traits::ComplexField>(
+    c: MatMut<'_, T>,
+    accum: Accum,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    par: Par,
+) {
     faer::linalg::matmul::matmul(c, accum, a, b, T::one(), par);
+    clear_upper_state();
+}
+
+/// Zeroes the upper halves of the vector registers (`vzeroupper`) where the CPU has AVX.
+/// faer's AVX-512 kernels return with them dirty, and until they are cleared every SSE
+/// instruction this thread runs pays for it: a loop calling libm's `expf` over a GPT's
+/// 768×73 logits took 6.9 ms after a product and 0.27 ms after this (the CPU switches
+/// register states at each call between the SSE loop and the VEX-encoded `expf`).
+#[inline]
+pub(crate) fn clear_upper_state() {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX (checked just above), so the instruction exists; it
+        // zeroes only bits 128 and up of the vector registers, where code compiled
+        // without AVX (this function's caller) keeps no value, and AVX code saves
+        // nothing there across a call into this non-inlined-AVX function.
+        unsafe { std::arch::x86_64::_mm256_zeroupper() }
+    }
 }
 
 /// Up to this many multiply-adds a parallel product gives each thread a block of output
@@ -115,7 +144,7 @@ fn split_rows<T: Element + faer::traits::ComplexField>(
     threads: usize,
 ) {
     if threads <= 1 {
-        faer::linalg::matmul::matmul(c, accum, a, b, T::one(), Par::Seq);
+        faer_product(c, accum, a, b, Par::Seq);
         return;
     }
     let left = threads / 2;

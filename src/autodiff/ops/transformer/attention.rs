@@ -5,6 +5,7 @@
 //! are skipped.
 
 use super::super::{Grads, Op, Tangents};
+use super::{row_max, row_sum};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{
@@ -159,41 +160,6 @@ impl<T> Parts<T> {
         // SAFETY: by the caller's contract the range is inside the buffer and unshared
         unsafe { std::slice::from_raw_parts_mut(self.0.add(h * len), len) }
     }
-}
-
-/// The largest value of a row, in eight lanes so that the loop vectorises (a NaN is
-/// skipped here; it reaches the softmax through its sum).
-#[inline(always)]
-fn row_max<T: Element>(row: &[T]) -> T {
-    let mut acc = [T::neg_infinity(); 8];
-    let chunks = row.chunks_exact(8);
-    let mut m = chunks
-        .remainder()
-        .iter()
-        .fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = if v > *a { v } else { *a };
-        }
-    }
-    for a in acc {
-        m = if a > m { a } else { m };
-    }
-    m
-}
-
-/// The sum of a row, in eight lanes so that the loop vectorises.
-#[inline(always)]
-fn row_sum<T: Element>(row: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let chunks = row.chunks_exact(8);
-    let rest = chunks.remainder().iter().fold(T::zero(), |s, &v| s + v);
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
-        }
-    }
-    acc.iter().fold(rest, |s, &a| s + a)
 }
 
 /// The keys query `i` of `s` sees: all of them, or `0..=i` under the causal mask.

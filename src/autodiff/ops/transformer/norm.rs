@@ -2,9 +2,10 @@
 //! backward per row, keeping only each row's mean and 1/σ for the reverse rule.
 
 use super::super::{Grads, Op, Tangents};
+use super::{row_dot, row_sum};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, PARALLEL_MIN_LEN, Tensor};
+use crate::tensor::{Element, PARALLEL_MIN_LEN, Tensor, with_avx2};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -28,6 +29,10 @@ fn norm_dims(x: &[usize], w: Option<&[usize]>, b: Option<&[usize]>) -> Result<(u
     Ok((x.iter().product::<usize>() / n.max(1), n))
 }
 
+/// Rows per task of the parallel row loops: fixed, so that the partial sums of the weight
+/// and bias gradients, and so the results, do not depend on the number of threads.
+const BLOCK_ROWS: usize = 32;
+
 /// `y = (x − μ)·rstd·w + b` per row of the last axis, with `rstd = 1/√(σ² + eps)` (σ²
 /// the biased variance, as PyTorch's). Returns `y` and the saved `[rows, 2]` (μ, rstd).
 fn layer_norm_forward<T: Element>(
@@ -43,38 +48,51 @@ fn layer_norm_forward<T: Element>(
         return Ok((y, stats));
     }
     let (inv_n, eps) = (T::of(1.0 / n as f64), T::of(eps));
-    let row = |(xr, (yr, st)): (&[T], (&mut [T], &mut [T]))| {
-        let mean = xr.iter().copied().sum::<T>() * inv_n;
-        let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() * inv_n;
-        let rstd = T::one() / (var + eps).sqrt();
-        st[0] = mean;
-        st[1] = rstd;
-        for (j, (o, &v)) in yr.iter_mut().zip(xr).enumerate() {
-            let mut h = (v - mean) * rstd;
-            if let Some(w) = w {
-                h *= w.data()[j];
+    let (ones, zeros) = (vec![T::one(); n], vec![T::zero(); n]);
+    let w = w.map_or(&ones[..], |w| w.data());
+    let b = b.map_or(&zeros[..], |b| b.data());
+    let block = |(xs, (ys, st)): (&[T], (&mut [T], &mut [T]))| {
+        with_avx2!(for ((xr, yr), st) in xs
+            .chunks_exact(n)
+            .zip(ys.chunks_exact_mut(n))
+            .zip(st.chunks_exact_mut(2))
+        {
+            let mean = row_sum(xr) * inv_n;
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = v - mean;
             }
-            if let Some(b) = b {
-                h += b.data()[j];
+            let rstd = T::one() / (row_dot(yr, yr) * inv_n + eps).sqrt();
+            (st[0], st[1]) = (mean, rstd);
+            for ((o, &w), &b) in yr.iter_mut().zip(w).zip(b) {
+                *o = *o * rstd * w + b;
             }
-            *o = h;
-        }
+        })
     };
-    let parts = x.data().chunks_exact(n).zip(
+    let span = BLOCK_ROWS * n;
+    let parts = (x.data().par_chunks(span)).zip(
         y.data_mut()
-            .chunks_exact_mut(n)
-            .zip(stats.data_mut().chunks_exact_mut(2)),
+            .par_chunks_mut(span)
+            .zip(stats.data_mut().par_chunks_mut(2 * BLOCK_ROWS)),
     );
     if x.len() >= PARALLEL_MIN_LEN {
-        parts.par_bridge().for_each(row);
+        parts.for_each(block);
     } else {
-        parts.for_each(row);
+        let parts = (x.data().chunks(span)).zip(
+            y.data_mut()
+                .chunks_mut(span)
+                .zip(stats.data_mut().chunks_mut(2 * BLOCK_ROWS)),
+        );
+        parts.for_each(block);
     }
     Ok((y, stats))
 }
 
+/// A block of rows of the reverse rule: `(x, g)` and `(stats, dx)`.
+type BlockRows<'a, T> = ((&'a [T], &'a [T]), (&'a [T], &'a mut [T]));
+
 /// The reverse rule: with `x̂ = (x − μ)·rstd` and `ĝ = g·w`,
-/// `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`, `dw = Σ_rows g·x̂`, `db = Σ_rows g`.
+/// `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`, `dw = Σ_rows g·x̂`, `db = Σ_rows g` (summed
+/// per block of rows, then over the blocks in order).
 fn layer_norm_vjp<T: Element>(
     ins: &[&Tensor<T>],
     (has_w, has_b): (bool, bool),
@@ -83,36 +101,67 @@ fn layer_norm_vjp<T: Element>(
     needs: &[bool],
 ) -> Grads<T> {
     let x = ins[0];
-    let w = has_w.then(|| ins[1]);
     let n = *x.shape().last().expect("checked when recorded");
     let mut dx = Tensor::zeroed(x.shape());
-    let mut dw = vec![T::zero(); n];
-    let mut db = vec![T::zero(); n];
+    let (mut dw, mut db) = (vec![T::zero(); n], vec![T::zero(); n]);
     if n > 0 {
         let inv_n = T::of(1.0 / n as f64);
-        let rows = x.data().chunks_exact(n).zip(g.data().chunks_exact(n));
-        for ((xr, gr), (st, dxr)) in rows.zip(
-            stats
-                .data()
-                .chunks_exact(2)
-                .zip(dx.data_mut().chunks_exact_mut(n)),
-        ) {
-            let (mean, rstd) = (st[0], st[1]);
-            let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
-            for j in 0..n {
-                let xh = (xr[j] - mean) * rstd;
-                let gh = w.map_or(gr[j], |w| gr[j] * w.data()[j]);
-                sum_g += gh;
-                sum_gx += gh * xh;
-                dw[j] += gr[j] * xh;
-                db[j] += gr[j];
-            }
-            let (mg, mgx) = (sum_g * inv_n, sum_gx * inv_n);
-            for j in 0..n {
-                let xh = (xr[j] - mean) * rstd;
-                let gh = w.map_or(gr[j], |w| gr[j] * w.data()[j]);
-                dxr[j] = rstd * (gh - mg - xh * mgx);
-            }
+        let ones = vec![T::one(); n];
+        let w = if has_w { ins[1].data() } else { &ones[..] };
+        let block = |((xs, gs), (st, dxs)): BlockRows<'_, T>| -> (Vec<T>, Vec<T>) {
+            let (mut dw, mut db) = (vec![T::zero(); n], vec![T::zero(); n]);
+            let mut gh = vec![T::zero(); n];
+            with_avx2!(for (((xr, gr), st), dxr) in xs
+                .chunks_exact(n)
+                .zip(gs.chunks_exact(n))
+                .zip(st.chunks_exact(2))
+                .zip(dxs.chunks_exact_mut(n))
+            {
+                let (mean, rstd) = (st[0], st[1]);
+                // dxr holds x̂ for now, gh the gradient times the weight
+                for (((h, &v), (dw, db)), (&g, (&w, gh))) in dxr
+                    .iter_mut()
+                    .zip(xr)
+                    .zip(dw.iter_mut().zip(db.iter_mut()))
+                    .zip(gr.iter().zip(w.iter().zip(gh.iter_mut())))
+                {
+                    *h = (v - mean) * rstd;
+                    *dw += g * *h;
+                    *db += g;
+                    *gh = g * w;
+                }
+                let (mg, mgx) = (row_sum(&gh) * inv_n, row_dot(&gh, dxr) * inv_n);
+                for (h, &gh) in dxr.iter_mut().zip(&gh) {
+                    *h = rstd * (gh - mg - *h * mgx);
+                }
+            });
+            (dw, db)
+        };
+        let span = BLOCK_ROWS * n;
+        let partials: Vec<(Vec<T>, Vec<T>)> = if x.len() >= PARALLEL_MIN_LEN {
+            (x.data().par_chunks(span).zip(g.data().par_chunks(span)))
+                .zip(
+                    stats
+                        .data()
+                        .par_chunks(2 * BLOCK_ROWS)
+                        .zip(dx.data_mut().par_chunks_mut(span)),
+                )
+                .map(block)
+                .collect()
+        } else {
+            (x.data().chunks(span).zip(g.data().chunks(span)))
+                .zip(
+                    stats
+                        .data()
+                        .chunks(2 * BLOCK_ROWS)
+                        .zip(dx.data_mut().chunks_mut(span)),
+                )
+                .map(block)
+                .collect()
+        };
+        for (pw, pb) in partials {
+            dw.iter_mut().zip(pw).for_each(|(a, v)| *a += v);
+            db.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
         }
     }
     let mut out = Grads::new();
