@@ -146,8 +146,10 @@ fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    // n is in [-126, 127] here (NaN becomes 0, and y is then NaN)
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ for the integer n in [-126, 127]: n + 127 + 2²³ holds n + 127 in its low
+    // mantissa bits, shifted into the exponent field (a float-to-int cast would not
+    // vectorise); a NaN gives 0 here and y is NaN anyway
+    let scale = f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
     let y = y * scale;
     let y = if x < LO { 0.0 } else { y };
     if x > HI { f32::INFINITY } else { y }
