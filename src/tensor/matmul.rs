@@ -360,6 +360,21 @@ impl<T: Element> Tensor<T> {
         }))
     }
 
+    /// [`matmul_transposed`](Self::matmul_transposed) written over `out`, a buffer of
+    /// the product's shape (a replayed step reuses its buffers instead of allocating).
+    pub(crate) fn matmul_transposed_into(
+        &self,
+        rhs: &Tensor<T>,
+        transpose_self: bool,
+        transpose_rhs: bool,
+        out: &mut Tensor<T>,
+    ) -> Result<()> {
+        let (shape, dims) = self.product_dims(rhs, transpose_self, transpose_rhs)?;
+        let flags = (transpose_self, transpose_rhs);
+        self.product_into(rhs, flags, dims, out.overwrite(&shape), false);
+        Ok(())
+    }
+
     /// `acc += op(self)·op(rhs)` (as [`matmul_transposed`](Self::matmul_transposed)),
     /// into `acc`'s buffer: a sum of products without a second buffer or an add pass.
     pub(crate) fn add_matmul_transposed(

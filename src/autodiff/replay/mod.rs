@@ -240,6 +240,11 @@ impl<T: Element> Trace<T> {
                         Op::LayerNorm { .. } | Op::Attention { .. } => {
                             *slot = Some(super::ops::transformer::replay_forward(op, &ins)?)
                         }
+                        // a product overwrites the node's buffer from the last replay
+                        Op::MatMul { ta, tb } => {
+                            let out = slot.get_or_insert_with(|| Tensor::zeroed(shape));
+                            ins[0].matmul_transposed_into(ins[1], *ta, *tb, out)?
+                        }
                         _ => *slot = Some(op_forward(op, &ins, shape)?),
                     }
                 }
@@ -363,11 +368,59 @@ pub(super) fn op_backward<T: Element>(
         return Ok(());
     }
     let ins: SmallVec<[&Tensor<T>; 2]> = inputs.iter().map(|&i| value(values, i)).collect();
+    if let Op::MatMul { ta, tb } = *op
+        && ins[0].ndim() == 2
+        && ins[1].ndim() == 2
+    {
+        return matmul_backward(ins[0], ins[1], g, (ta, tb), inputs, needs, below, has);
+    }
     let wants: SmallVec<[bool; 2]> = inputs.iter().map(|&i| needs[i as usize]).collect();
     let parts = op.vjp(&ins, y, g, &wants)?;
     for ((&j, part), &want) in inputs.iter().zip(parts).zip(&wants) {
         if let (Some(c), true) = (part, want) {
             add_grad(below, has, j, c)?;
+        }
+    }
+    Ok(())
+}
+
+/// The reverse rule of a product of matrices `C = op(A)·op(B)`, as
+/// [`super::ops::matmul::vjp`] computes it (the same products, so the same values): an
+/// operand's first gradient is written over its buffer from the last sweep, a further
+/// one (fan-out) is added.
+#[allow(clippy::too_many_arguments)]
+fn matmul_backward<T: Element>(
+    a: &Tensor<T>,
+    b: &Tensor<T>,
+    g: &Tensor<T>,
+    (ta, tb): (bool, bool),
+    inputs: &[u32],
+    needs: &[bool],
+    grads: &mut [Option<Tensor<T>>],
+    has: &mut [bool],
+) -> Result<()> {
+    // d op(A) = G·op(B)ᵀ and d op(B) = op(A)ᵀ·G, transposed back where a flag is set
+    let products = [
+        match ta {
+            true => (b, g, tb, true),
+            false => (g, b, false, !tb),
+        },
+        match tb {
+            true => (g, a, true, ta),
+            false => (a, g, !ta, false),
+        },
+    ];
+    for (&j, (x, y, fx, fy)) in inputs.iter().zip(products) {
+        if !needs[j as usize] {
+            continue;
+        }
+        if has[j as usize] {
+            add_grad(grads, has, j, x.matmul_transposed(y, fx, fy)?)?;
+        } else {
+            let shape = if j == inputs[0] { a.shape() } else { b.shape() };
+            let out = grads[j as usize].get_or_insert_with(|| Tensor::zeroed(shape));
+            x.matmul_transposed_into(y, fx, fy, out)?;
+            has[j as usize] = true;
         }
     }
     Ok(())
