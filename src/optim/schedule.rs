@@ -58,6 +58,15 @@ impl LrSchedule {
         }
     }
 
+    /// The steps from the first to the end of the decay (warm-up and cosine); `None`
+    /// for a schedule without an end.
+    pub fn span(&self) -> Option<usize> {
+        match self.schedule {
+            Schedule::Cosine { total, .. } => Some(self.warmup + total),
+            _ => None,
+        }
+    }
+
     /// The rate for step `step` (0-based).
     pub fn lr_at(&self, step: usize) -> f64 {
         if step < self.warmup {

@@ -217,6 +217,12 @@ impl<'a, 'c> Fit<'a, 'c> {
             Some(k) => (self.pos.step + 1).is_multiple_of(k.max(1)),
             None => self.pos.batch + 1 == self.batches_per_epoch,
         };
+        if let (true, Some(max), Some(span)) =
+            (cfg.schedule_by_time, cfg.max_seconds, cfg.schedule.span())
+        {
+            let at = schedule_position(self.pos.step, self.elapsed() / max, span);
+            self.trainer.schedule_position.set(Some(at));
+        }
         let out = self.trainer.train_step(
             &mut self.tape,
             &mut *self.objective,
@@ -495,5 +501,26 @@ impl<'a, 'c> Fit<'a, 'c> {
                 e
             }
         })
+    }
+}
+/// Where a schedule of `span` steps stands at step `step` when a fraction `clock` of the
+/// time budget is spent: the further along of the two.
+fn schedule_position(step: usize, clock: f64, span: usize) -> usize {
+    let by_clock = (clock.clamp(0.0, 1.0) * span as f64) as usize;
+    by_clock.max(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_follows_the_clock_when_it_is_ahead_of_the_steps() {
+        // a run at a fifth of its steps but half of its time is half-way through
+        assert_eq!(schedule_position(200, 0.5, 1000), 500);
+        // steps ahead of the clock keep their place; the clock never runs past the end
+        assert_eq!(schedule_position(700, 0.5, 1000), 700);
+        assert_eq!(schedule_position(10, 3.0, 1000), 1000);
+        assert_eq!(schedule_position(10, f64::NAN, 1000), 10);
     }
 }

@@ -71,6 +71,12 @@ pub struct TrainConfig {
     /// shape (a last, smaller batch) and runs with `detect_anomaly` use the tape.
     #[serde(default = "replay_by_default")]
     pub replay: bool,
+    /// With a time limit, the schedule follows whichever of the steps and the clock is
+    /// further along (`max(step, elapsed / max_seconds · span)`), so that a run the
+    /// clock stops still ends its schedule instead of being cut off mid-way; a run that
+    /// finishes its steps first is unaffected.
+    #[serde(default)]
+    pub schedule_by_time: bool,
 }
 
 fn replay_by_default() -> bool {
@@ -95,6 +101,7 @@ impl Default for TrainConfig {
             restore_best: false,
             detect_anomaly: false,
             replay: true,
+            schedule_by_time: false,
         }
     }
 }
@@ -452,6 +459,9 @@ pub struct Trainer {
     traces: RefCell<Vec<(String, Trace<f32>)>>,
     /// The trace that gave the current step's gradients (their buffers go back to it).
     replayed: std::cell::Cell<Option<usize>>,
+    /// Where the schedule stands for the next step when the clock is ahead of the steps
+    /// ([`TrainConfig::schedule_by_time`]); set by the loop.
+    schedule_position: std::cell::Cell<Option<usize>>,
     /// Sum gradients across processes during the backward sweep when the collective
     /// can ([`Collective::overlaps`]); off by default (see `with_overlapped_sums`).
     overlap: bool,
@@ -494,6 +504,7 @@ impl Trainer {
             collective: None,
             traces: RefCell::new(Vec::new()),
             replayed: std::cell::Cell::new(None),
+            schedule_position: std::cell::Cell::new(None),
             overlap: false,
         })
     }
@@ -628,7 +639,9 @@ impl Trainer {
         norms_by_param: bool,
     ) -> Result<StepOutcome> {
         let cfg = &self.config;
-        let lr = cfg.schedule.lr_at(step);
+        let lr = cfg
+            .schedule
+            .lr_at(self.schedule_position.take().unwrap_or(step));
         optimizer.set_learning_rate(lr);
         let mut times = PhaseTimes::default();
         let mut clock = Instant::now();

@@ -206,6 +206,8 @@ fn build_trainer(
         restore_best: cfg.restore_best,
         detect_anomaly: args.detect_anomaly,
         replay: !args.eager,
+        // a cosine that the clock would cut short follows the clock instead
+        schedule_by_time: cfg.max_time.is_some(),
     })?;
     Ok(match collective {
         None => trainer,
