@@ -160,6 +160,16 @@ impl<T> Parts<T> {
         // SAFETY: by the caller's contract the range is inside the buffer and unshared
         unsafe { std::slice::from_raw_parts_mut(self.0.add(h * len), len) }
     }
+    /// The `len` elements from `at`.
+    ///
+    /// # Safety
+    /// The buffer holds at least `at + len` elements, and no other live slice covers
+    /// this range.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn at(&self, at: usize, len: usize) -> &mut [T] {
+        // SAFETY: by the caller's contract the range is inside the buffer and unshared
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
 }
 
 /// The keys query `i` of `s` sees: all of them, or `0..=i` under the causal mask.
@@ -215,14 +225,45 @@ fn attention_forward<T: Element>(
         // SAFETY: `out` holds batch·t·dv and `probs` batch·t·s elements, head h < batch
         // takes its own range of each once
         let (o, p) = unsafe { (po.head(h, t * dv), pp.head(h, t * s)) };
-        let qh = (&q.data()[h * t * d..(h + 1) * t * d], MatLayout::Normal);
-        let kh = (&k.data()[h * s * d..(h + 1) * s * d], MatLayout::Transposed);
-        matmul_into(p, t, s, d, qh, kh, false);
-        softmax_rows(p, s, scale, mask.map(|m| head_mask(m, h, t * s)), causal);
-        let vh = (&v.data()[h * s * dv..(h + 1) * s * dv], MatLayout::Normal);
-        matmul_into(o, t, dv, s, (p, MatLayout::Normal), vh, false);
+        let qkv = [
+            &q.data()[h * t * d..(h + 1) * t * d],
+            &k.data()[h * s * d..(h + 1) * s * d],
+            &v.data()[h * s * dv..(h + 1) * s * dv],
+        ];
+        let mask = mask.map(|m| head_mask(m, h, t * s));
+        head_forward(qkv, (p, o), dims, (scale, mask, causal));
     });
     Ok((out, probs))
+}
+
+/// One head's forward: `P = softmax(Q·Kᵀ·scale + mask)` into `p`, `O = P·V` into `o`.
+fn head_forward<T: Element>(
+    [q, k, v]: [&[T]; 3],
+    (p, o): (&mut [T], &mut [T]),
+    AttnDims { t, s, d, dv, .. }: AttnDims,
+    (scale, mask, causal): (T, Option<&[T]>, bool),
+) {
+    let (n, tr) = (MatLayout::Normal, MatLayout::Transposed);
+    matmul_into(p, t, s, d, (q, n), (k, tr), false);
+    softmax_rows(p, s, scale, mask, causal);
+    matmul_into(o, t, dv, s, (p, n), (v, n), false);
+}
+
+/// One head's reverse rule into `(gq, gk, gv)`, given the output gradient `go`.
+fn head_backward<T: Element>(
+    [q, k, v]: [&[T]; 3],
+    (p, go): (&[T], &[T]),
+    [gq, gk, gv]: [&mut [T]; 3],
+    AttnDims { t, s, d, dv, .. }: AttnDims,
+    (scale, causal): (T, bool),
+) {
+    let (n, tr) = (MatLayout::Normal, MatLayout::Transposed);
+    matmul_into(gv, s, dv, t, (p, tr), (go, n), false);
+    let mut ds = vec![T::zero(); t * s];
+    matmul_into(&mut ds, t, s, dv, (go, n), (v, tr), false);
+    softmax_adjoint_rows(&mut ds, p, s, scale, causal);
+    matmul_into(gq, t, d, s, (&ds, n), (k, n), false);
+    matmul_into(gk, s, d, t, (&ds, tr), (q, n), false);
 }
 
 /// Head `h`'s `[t, s]` block of a mask shared by every head or given per head.
@@ -287,21 +328,15 @@ fn attention_vjp<T: Element>(
         per_head(dims, |h| {
             let p = &probs.data()[h * t * s..(h + 1) * t * s];
             let go = &g.data()[h * t * dv..(h + 1) * t * dv];
-            let vh = &v.data()[h * s * dv..(h + 1) * s * dv];
+            let qkv = [
+                &q.data()[h * t * d..(h + 1) * t * d],
+                &k.data()[h * s * d..(h + 1) * s * d],
+                &v.data()[h * s * dv..(h + 1) * s * dv],
+            ];
             // SAFETY: each gradient buffer has the shape of its input, batch heads of the
             // lengths below; head h takes its own range of each once
-            let (gq, gk, gv) =
-                unsafe { (pq.head(h, t * d), pk.head(h, s * d), pv.head(h, s * dv)) };
-            let n = MatLayout::Normal;
-            let tr = MatLayout::Transposed;
-            matmul_into(gv, s, dv, t, (p, tr), (go, n), false);
-            let mut ds = vec![T::zero(); t * s];
-            matmul_into(&mut ds, t, s, dv, (go, n), (vh, tr), false);
-            softmax_adjoint_rows(&mut ds, p, s, scale, causal);
-            let qh = &q.data()[h * t * d..(h + 1) * t * d];
-            let kh = &k.data()[h * s * d..(h + 1) * s * d];
-            matmul_into(gq, t, d, s, (&ds, n), (kh, n), false);
-            matmul_into(gk, s, d, t, (&ds, tr), (qh, n), false);
+            let grads = unsafe { [pq.head(h, t * d), pk.head(h, s * d), pv.head(h, s * dv)] };
+            head_backward(qkv, (p, go), grads, dims, (scale, causal));
         });
     }
     Ok(smallvec::smallvec![
@@ -431,13 +466,18 @@ impl<'t, T: Element> Var<'t, T> {
     pub fn self_attention(self, heads: usize, mask: &AttentionMask<T>) -> Result<Var<'t, T>> {
         let x = self.value();
         let (b, t, d) = packed_dims(x.shape(), heads)?;
-        let qkv = rows_to_heads(&x, 3, heads);
-        let dims = attn_dims(qkv[0].shape(), qkv[1].shape(), qkv[2].shape())?;
+        let hd = d / heads;
+        let dims = AttnDims {
+            batch: b * heads,
+            t,
+            s: t,
+            d: hd,
+            dv: hd,
+        };
         let causal = matches!(mask, AttentionMask::Causal);
-        let mask = additive_mask(mask, qkv[0].shape(), dims)?;
-        let scale = 1.0 / ((d / heads).max(1) as f64).sqrt();
-        let masks = (mask.as_ref(), causal);
-        let (y, probs) = attention_forward(&qkv[0], &qkv[1], &qkv[2], masks, scale, dims)?;
+        let mask = additive_mask(mask, &[b, heads, t, hd], dims)?;
+        let scale = 1.0 / (hd.max(1) as f64).sqrt();
+        let (y, probs) = packed_forward(&x, heads, (mask.as_ref(), causal), scale)?;
         let op = Op::Attention {
             scale,
             mask: mask.map(Arc::new),
@@ -445,8 +485,7 @@ impl<'t, T: Element> Var<'t, T> {
             heads: Some(heads),
             probs: Arc::new(probs),
         };
-        debug_assert_eq!(y.shape(), [b, heads, t, d / heads]);
-        Ok(self.tape.push(op, &[self], heads_to_rows(&[&y])))
+        Ok(self.tape.push(op, &[self], y))
     }
 }
 
@@ -510,6 +549,135 @@ fn heads_to_rows<T: Element>(parts: &[&Tensor<T>]) -> Tensor<T> {
     })
 }
 
+/// Head `h` (of `heads` per sequence) of `[B, T, w]` rows: the `t` rows of its sequence,
+/// `hd` columns from `col`, as offsets into the buffer.
+fn head_rows(
+    h: usize,
+    heads: usize,
+    (t, w): (usize, usize),
+    col: usize,
+) -> impl Iterator<Item = usize> {
+    let b = h / heads;
+    (0..t).map(move |ti| (b * t + ti) * w + col)
+}
+
+/// Attention over the fused projection `x: [B, T, 3·D]`: each head's q, k and v copied
+/// from their columns into a small buffer, its output written into its columns of
+/// `[B, T, D]`; the probabilities `[B, heads, T, T]`.
+fn packed_forward<T: Element>(
+    x: &Tensor<T>,
+    heads: usize,
+    (mask, causal): (Option<&Tensor<T>>, bool),
+    scale: f64,
+) -> Result<(Tensor<T>, Tensor<T>)> {
+    let (b, t, d) = packed_dims(x.shape(), heads)?;
+    let hd = d / heads;
+    let dims = AttnDims {
+        batch: b * heads,
+        t,
+        s: t,
+        d: hd,
+        dv: hd,
+    };
+    checked_len("self_attention", &[b, heads, t, t])?;
+    let mut out = Tensor::zeroed(&[b, t, d]);
+    let mut probs = Tensor::zeroed(&[b, heads, t, t]);
+    if t == 0 || hd == 0 {
+        return Ok((out, probs));
+    }
+    let (po, pp) = (Parts::new(out.data_mut()), Parts::new(probs.data_mut()));
+    let scale = T::of(scale);
+    per_head(dims, |h| {
+        let mut buf = vec![T::zero(); 4 * t * hd];
+        let (qkv, o) = buf.split_at_mut(3 * t * hd);
+        for (part, dst) in qkv.chunks_exact_mut(t * hd).enumerate() {
+            let col = part * d + (h % heads) * hd;
+            for (row, at) in dst
+                .chunks_exact_mut(hd)
+                .zip(head_rows(h, heads, (t, 3 * d), col))
+            {
+                row.copy_from_slice(&x.data()[at..at + hd]);
+            }
+        }
+        // SAFETY: `probs` holds B·heads·t·t elements; head h < B·heads takes its own block
+        let p = unsafe { pp.head(h, t * t) };
+        let mut parts = qkv.chunks_exact(t * hd);
+        let qkv = [(); 3].map(|_| parts.next().expect("three parts"));
+        let mask = mask.map(|m| head_mask(m, h, t * t));
+        head_forward(qkv, (p, &mut *o), dims, (scale, mask, causal));
+        for (row, at) in o
+            .chunks_exact(hd)
+            .zip(head_rows(h, heads, (t, d), (h % heads) * hd))
+        {
+            // SAFETY: `out` holds B·t·d elements; the hd columns of head h in row
+            // (b, ti) belong to this head alone
+            unsafe { po.at(at, hd) }.copy_from_slice(row);
+        }
+    });
+    Ok((out, probs))
+}
+
+/// The reverse rule over the fused projection: the gradient `[B, T, 3·D]` of `x` from
+/// the output gradient `g: [B, T, D]`, each head's parts written into its columns.
+fn packed_vjp<T: Element>(
+    x: &Tensor<T>,
+    heads: usize,
+    probs: &Tensor<T>,
+    (scale, causal): (f64, bool),
+    g: &Tensor<T>,
+) -> Result<Tensor<T>> {
+    let (b, t, d) = packed_dims(x.shape(), heads)?;
+    let hd = d / heads;
+    let dims = AttnDims {
+        batch: b * heads,
+        t,
+        s: t,
+        d: hd,
+        dv: hd,
+    };
+    let mut dx = Tensor::zeroed(x.shape());
+    if t == 0 || hd == 0 {
+        return Ok(dx);
+    }
+    let px = Parts::new(dx.data_mut());
+    let scale = T::of(scale);
+    per_head(dims, |h| {
+        let mut buf = vec![T::zero(); 7 * t * hd];
+        let (ins, rest) = buf.split_at_mut(4 * t * hd);
+        for (part, dst) in ins.chunks_exact_mut(t * hd).enumerate() {
+            // q, k, v from x, then the output gradient from g
+            let (src, w, col) = match part {
+                3 => (g.data(), d, (h % heads) * hd),
+                _ => (x.data(), 3 * d, part * d + (h % heads) * hd),
+            };
+            for (row, at) in dst
+                .chunks_exact_mut(hd)
+                .zip(head_rows(h, heads, (t, w), col))
+            {
+                row.copy_from_slice(&src[at..at + hd]);
+            }
+        }
+        let mut parts = ins.chunks_exact(t * hd);
+        let [q, k, v, go] = [(); 4].map(|_| parts.next().expect("four parts"));
+        let p = &probs.data()[h * t * t..(h + 1) * t * t];
+        let mut outs = rest.chunks_exact_mut(t * hd);
+        let grads = [(); 3].map(|_| outs.next().expect("three gradients"));
+        head_backward([q, k, v], (p, go), grads, dims, (scale, causal));
+        for (part, grad) in rest.chunks_exact(t * hd).enumerate() {
+            let col = part * d + (h % heads) * hd;
+            for (row, at) in grad
+                .chunks_exact(hd)
+                .zip(head_rows(h, heads, (t, 3 * d), col))
+            {
+                // SAFETY: `dx` holds B·t·3d elements; the hd columns of part `part` of
+                // head h in row (b, ti) belong to this head alone
+                unsafe { px.at(at, hd) }.copy_from_slice(row);
+            }
+        }
+    });
+    Ok(dx)
+}
+
 /// `(q, k, v)` as `[B, H, T, hd]` tensors: the three inputs, or the fused one unpacked.
 fn head_inputs<T: Element>(ins: &[&Tensor<T>], heads: Option<usize>) -> Vec<Tensor<T>> {
     match heads {
@@ -539,19 +707,14 @@ pub(super) fn vjp<T: Element>(
     else {
         unreachable!("not attention")
     };
-    let qkv = head_inputs(ins, *heads);
-    let refs: Vec<&Tensor<T>> = qkv.iter().collect();
     let rule = (*scale, *causal);
     match heads {
-        None => attention_vjp(&refs, probs, rule, g, needs),
+        None => attention_vjp(ins, probs, rule, g, needs),
         Some(h) => {
-            let g = rows_to_heads(g, 1, *h).remove(0);
-            let grads = attention_vjp(&refs, probs, rule, &g, &[true; 3])?;
-            let parts: Vec<&Tensor<T>> = grads
-                .iter()
-                .map(|g| g.as_ref().expect("asked for"))
-                .collect();
-            Ok(smallvec::smallvec![needs[0].then(|| heads_to_rows(&parts))])
+            let dx = needs[0]
+                .then(|| packed_vjp(ins[0], *h, probs, rule, g))
+                .transpose()?;
+            Ok(smallvec::smallvec![dx])
         }
     }
 }
@@ -627,15 +790,16 @@ pub(super) fn replay_forward<T: Element>(op: &mut Op<T>, ins: &[&Tensor<T>]) -> 
     else {
         unreachable!("not attention")
     };
-    let qkv = head_inputs(ins, *heads);
-    let dims = attn_dims(qkv[0].shape(), qkv[1].shape(), qkv[2].shape())?;
     let masks = (mask.as_deref(), *causal);
-    let (y, p) = attention_forward(&qkv[0], &qkv[1], &qkv[2], masks, *scale, dims)?;
+    let (y, p) = match heads {
+        Some(h) => packed_forward(ins[0], *h, masks, *scale)?,
+        None => {
+            let dims = attn_dims(ins[0].shape(), ins[1].shape(), ins[2].shape())?;
+            attention_forward(ins[0], ins[1], ins[2], masks, *scale, dims)?
+        }
+    };
     *probs = Arc::new(p);
-    Ok(match heads {
-        None => y,
-        Some(_) => heads_to_rows(&[&y]),
-    })
+    Ok(y)
 }
 
 #[cfg(test)]
