@@ -240,6 +240,51 @@ fn two_ranks_train_the_lstm_one_process_trains_and_resume_mid_epoch() {
     );
 }
 
+/// A small GPT on the embedded Macbeth: 8 random windows a step, 4 per rank (every rank
+/// draws the same offsets and takes its share).
+#[test]
+fn two_ranks_train_the_gpt_one_process_trains() {
+    let (one, two) = (temp("gpt-one"), temp("gpt-two"));
+    let base = [
+        "--data",
+        "macbeth",
+        "--model",
+        "gpt",
+        "--embed",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "10",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.5",
+        "--schedule",
+        "constant",
+        "--warmup",
+        "0",
+        "--max-steps",
+        "20",
+        "--json",
+    ];
+    let o = single(&options(&base, &[], &one));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let both = options(&base, &[], &two);
+    let o = mpirun(&[both.clone(), both]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (params, losses) = differences(&one, &two);
+    eprintln!("gpt, sgd: parameters {params:.2e}, losses {losses:.2e} (relative)");
+    assert!(params <= 1e-5, "parameters differ by {params:e}");
+    assert!(losses <= 1e-5, "losses differ by {losses:e}");
+}
+
 #[test]
 fn a_rank_that_fails_ends_the_job_with_its_reason() {
     let out = temp("fault");

@@ -91,6 +91,55 @@ pub fn lm_steps_child(steps: usize) -> Result<serde_json::Value> {
     Ok(steps_report(steps, before, built, loss))
 }
 
+/// `steps` training steps of the W11 GPT (the recipe's model, batches, AdamW and
+/// schedule over the steps, on the embedded tragedies) through `Trainer::fit` in this
+/// (fresh) process, evaluated once at the end, then the same JSON object as
+/// [`w1_steps_child`].
+pub fn gpt_steps_child(steps: usize) -> Result<serde_json::Value> {
+    use crate::data::TextCorpus;
+    use crate::nn::{Gpt, GptConfig};
+    use crate::optim::{Adam, Schedule, Warmup};
+    use crate::train::GptLanguageModel;
+    let before = peak_rss_bytes();
+    let corpus = TextCorpus::tragedies()?;
+    let config = GptConfig {
+        vocab: corpus.vocab().len(),
+        context: 64,
+        layers: 4,
+        heads: 4,
+        embed: 128,
+        bias: false,
+        tied: true,
+        dropout: 0.0,
+    };
+    let mut store = ParamStore::new();
+    let model = Gpt::new(&mut store, config, 0)?;
+    Gpt::set_decay_groups(&mut store);
+    let mut objective = GptLanguageModel::new(&model, corpus.train(), corpus.val(), 12, 64)?;
+    let trainer = Trainer::new(TrainConfig {
+        batch_size: 12,
+        schedule: LrSchedule {
+            base_lr: 1e-3,
+            schedule: Schedule::Cosine {
+                total: steps.saturating_sub(100).max(1),
+                min_lr: 1e-4,
+            },
+            warmup: 100,
+            warmup_shape: Warmup::NanoGpt,
+        },
+        clip_norm: Some(1.0),
+        max_epochs: None,
+        max_steps: Some(steps),
+        eval_every: Some(steps.max(1)),
+        ..Default::default()
+    })?;
+    let mut optimizer = Adam::<f32>::with_betas(1e-3, 0.1, true, (0.9, 0.99));
+    let built = peak_rss_bytes();
+    let report = trainer.fit_from_start(&mut objective, &mut store, &mut optimizer)?;
+    let loss = report.step_losses.last().copied().unwrap_or(f64::NAN);
+    Ok(steps_report(steps, before, built, loss))
+}
+
 /// Runs `chainrule <args>` in a fresh process with two rayon threads and returns the
 /// JSON object it prints and the seconds it took.
 pub(super) fn child_json(
@@ -153,8 +202,8 @@ pub(super) fn w7_memory(cfg: &BenchConfig) -> Result<BenchRow> {
     row.verify_extra("loss_after_200", W7_LOSS_200, LOSS_TOL)
 }
 
-/// Training in two fresh processes, 1,000 and 10,000 steps (`child_flag`: W1, or the
-/// character LSTM of [`lm_steps_child`]): the peak RSS must not grow with the number of
+/// Training in two fresh processes, 1,000 and 10,000 steps (`child_flag`: W1, the
+/// character LSTM of [`lm_steps_child`] or the GPT of [`gpt_steps_child`]): the peak RSS must not grow with the number of
 /// steps (at most 5% more after 10,000 than after 1,000).
 pub(super) fn memory_flat(
     cfg: &BenchConfig,

@@ -36,6 +36,9 @@ pub struct Args {
     /// steps.
     #[arg(long, hide = true, value_name = "STEPS")]
     lm_steps_child: Option<usize>,
+    /// Internal: a fresh process of `memory_flat_gpt` that runs this many GPT steps.
+    #[arg(long, hide = true, value_name = "STEPS")]
+    gpt_steps_child: Option<usize>,
 }
 
 fn fmt_time(s: f64) -> String {
@@ -57,6 +60,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(steps) = args.lm_steps_child {
         println!("{}", bench::lm_steps_child(steps)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(steps) = args.gpt_steps_child {
+        println!("{}", bench::gpt_steps_child(steps)?);
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(steps) = args.w1_steps_child {

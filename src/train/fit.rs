@@ -96,6 +96,9 @@ struct Fit<'a, 'c> {
     clock: Instant,
     /// The seconds the run had trained before this call (a resumed run's).
     base_seconds: f64,
+    /// The learning rate of the last step this call took (the schedule may follow the
+    /// clock, so it is not always the schedule's rate at that step).
+    last_lr: Option<f64>,
 }
 
 /// How one step ended.
@@ -139,6 +142,7 @@ impl<'a, 'c> Fit<'a, 'c> {
             callbacks,
             metric,
             base_seconds: pos.seconds,
+            last_lr: None,
             pos,
             best,
             window_loss: (0.0, 0),
@@ -234,6 +238,7 @@ impl<'a, 'c> Fit<'a, 'c> {
             eval_now,
         )?;
         self.step_losses.push(out.loss);
+        self.last_lr = Some(out.lr);
         self.profile.add(&out.times);
         if let Some((reason, detail)) = out.stop {
             let detail = format!("{detail} (epoch {})", self.pos.epoch + 1);
@@ -428,7 +433,7 @@ impl<'a, 'c> Fit<'a, 'c> {
         let failed = matches!(stopped_by, StopReason::NonFinite | StopReason::Diverged);
         let pos = &self.pos;
         if !failed && pos.step > 0 && pos.history.last().is_none_or(|r| r.step != pos.step) {
-            let last_lr = cfg.schedule.lr_at(pos.step - 1);
+            let last_lr = (self.last_lr).unwrap_or_else(|| cfg.schedule.lr_at(pos.step - 1));
             self.record_evaluation(last_lr, &[])?;
         }
         self.pos.seconds = self.elapsed();
