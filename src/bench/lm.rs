@@ -97,8 +97,6 @@ pub(super) fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
 /// steps lower it.
 pub(super) fn w11(cfg: &BenchConfig) -> Result<BenchRow> {
     use crate::data::TextCorpus;
-    use crate::nn::{Gpt, GptConfig};
-    use crate::optim::{Adam, Schedule, Warmup};
     use crate::train::GptLanguageModel;
     /// The first loss of seed 0 on the tragedies, computed once.
     const W11_LOSS0: f64 = 4.334_735;
@@ -107,37 +105,14 @@ pub(super) fn w11(cfg: &BenchConfig) -> Result<BenchRow> {
         None => TextCorpus::tragedies()?,
     };
     let vocab = corpus.vocab().len();
-    let config = GptConfig {
-        vocab,
-        context: 64,
-        layers: 4,
-        heads: 4,
-        embed: 128,
-        bias: false,
-        tied: true,
-        dropout: 0.0,
-    };
-    let mut store = ParamStore::new();
-    let model = Gpt::new(&mut store, config, 0)?;
-    Gpt::set_decay_groups(&mut store);
+    let (model, mut store) = w11_model(vocab)?;
     let mut objective = GptLanguageModel::new(&model, corpus.train(), corpus.val(), 12, 64)?;
     objective.start_epoch(0, 0)?;
     let trainer = Trainer::new(TrainConfig {
-        batch_size: 12,
-        schedule: LrSchedule {
-            base_lr: 1e-3,
-            schedule: Schedule::Cosine {
-                total: 1900,
-                min_lr: 1e-4,
-            },
-            warmup: 100,
-            warmup_shape: Warmup::NanoGpt,
-        },
-        clip_norm: Some(1.0),
         divergence_factor: None,
-        ..Default::default()
+        ..w11_config(2000)
     })?;
-    let mut optimizer = Adam::<f32>::with_betas(1e-3, 0.1, true, (0.9, 0.99));
+    let mut optimizer = w11_optimizer();
     let mut tape = Tape::new();
     let (mut step, mut losses) = (0usize, Vec::new());
     let mut failure = None;
@@ -182,4 +157,49 @@ pub(super) fn w11(cfg: &BenchConfig) -> Result<BenchRow> {
     let last = losses[19];
     row.with("loss@19", last)
         .verify_at_most("loss@19", losses[0] - 0.3, last)
+}
+
+/// The W11 recipe's model (seed 0) over a vocabulary of `vocab` characters, its
+/// parameters in nanoGPT's weight-decay groups.
+pub(super) fn w11_model(vocab: usize) -> Result<(crate::nn::Gpt, ParamStore<f32>)> {
+    use crate::nn::{Gpt, GptConfig};
+    let config = GptConfig {
+        vocab,
+        context: 64,
+        layers: 4,
+        heads: 4,
+        embed: 128,
+        bias: false,
+        tied: true,
+        dropout: 0.0,
+    };
+    let mut store = ParamStore::new();
+    let model = Gpt::new(&mut store, config, 0)?;
+    Gpt::set_decay_groups(&mut store);
+    Ok((model, store))
+}
+
+/// The W11 recipe's settings for a run of `steps` steps: batches of 12, nanoGPT's
+/// warm-up over 100 steps, a cosine to 1e-4 at the last step, clipping at 1.0.
+pub(super) fn w11_config(steps: usize) -> TrainConfig {
+    use crate::optim::{Schedule, Warmup};
+    TrainConfig {
+        batch_size: 12,
+        schedule: LrSchedule {
+            base_lr: 1e-3,
+            schedule: Schedule::Cosine {
+                total: steps.saturating_sub(100).max(1),
+                min_lr: 1e-4,
+            },
+            warmup: 100,
+            warmup_shape: Warmup::NanoGpt,
+        },
+        clip_norm: Some(1.0),
+        ..Default::default()
+    }
+}
+
+/// The W11 recipe's optimizer: AdamW 1e-3, β = (0.9, 0.99), weight decay 0.1 on its group.
+pub(super) fn w11_optimizer() -> crate::optim::Adam<f32> {
+    crate::optim::Adam::with_betas(1e-3, 0.1, true, (0.9, 0.99))
 }

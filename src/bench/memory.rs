@@ -97,43 +97,18 @@ pub fn lm_steps_child(steps: usize) -> Result<serde_json::Value> {
 /// [`w1_steps_child`].
 pub fn gpt_steps_child(steps: usize) -> Result<serde_json::Value> {
     use crate::data::TextCorpus;
-    use crate::nn::{Gpt, GptConfig};
-    use crate::optim::{Adam, Schedule, Warmup};
     use crate::train::GptLanguageModel;
     let before = peak_rss_bytes();
     let corpus = TextCorpus::tragedies()?;
-    let config = GptConfig {
-        vocab: corpus.vocab().len(),
-        context: 64,
-        layers: 4,
-        heads: 4,
-        embed: 128,
-        bias: false,
-        tied: true,
-        dropout: 0.0,
-    };
-    let mut store = ParamStore::new();
-    let model = Gpt::new(&mut store, config, 0)?;
-    Gpt::set_decay_groups(&mut store);
+    let (model, mut store) = super::lm::w11_model(corpus.vocab().len())?;
     let mut objective = GptLanguageModel::new(&model, corpus.train(), corpus.val(), 12, 64)?;
     let trainer = Trainer::new(TrainConfig {
-        batch_size: 12,
-        schedule: LrSchedule {
-            base_lr: 1e-3,
-            schedule: Schedule::Cosine {
-                total: steps.saturating_sub(100).max(1),
-                min_lr: 1e-4,
-            },
-            warmup: 100,
-            warmup_shape: Warmup::NanoGpt,
-        },
-        clip_norm: Some(1.0),
         max_epochs: None,
         max_steps: Some(steps),
         eval_every: Some(steps.max(1)),
-        ..Default::default()
+        ..super::lm::w11_config(steps)
     })?;
-    let mut optimizer = Adam::<f32>::with_betas(1e-3, 0.1, true, (0.9, 0.99));
+    let mut optimizer = super::lm::w11_optimizer();
     let built = peak_rss_bytes();
     let report = trainer.fit_from_start(&mut objective, &mut store, &mut optimizer)?;
     let loss = report.step_losses.last().copied().unwrap_or(f64::NAN);

@@ -159,19 +159,7 @@ impl CharModel {
         top_k: Option<usize>,
         seed: u64,
     ) -> Result<Vec<usize>> {
-        if prompt.is_empty() {
-            return Err(Error::invalid("sample", "the prompt is empty"));
-        }
-        if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(Error::invalid(
-                "sample",
-                format!("the temperature must be a finite number ≥ 0, got {temperature}"),
-            ));
-        }
-        if top_k == Some(0) {
-            return Err(Error::invalid("sample", "top-k must be at least 1"));
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut sampler = Sampler::new(prompt, temperature, top_k, seed)?;
         let mut tape = Tape::<f32>::new();
         let mut state: Option<CarriedState> = None;
         let mut out = Vec::with_capacity(length.min(1 << 16));
@@ -185,15 +173,7 @@ impl CharModel {
                 Ok(v.data()[v.len() - self.vocab..].to_vec())
             })?;
             tape.clear();
-            if let Some(i) = scores.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite(format!(
-                    "sample: the model's score of id {i} after {} generated ids is {} \
-                     (the checkpoint's weights are not usable)",
-                    out.len(),
-                    scores[i]
-                )));
-            }
-            let next = pick(&scores, temperature, top_k, &mut rng);
+            let next = sampler.next(&scores, out.len())?;
             out.push(next);
             input = vec![next];
         }
@@ -201,15 +181,60 @@ impl CharModel {
     }
 }
 
+/// The draws of `sample` (a character model's or a GPT's): its settings, checked once,
+/// and its seeded generator.
+pub(crate) struct Sampler {
+    rng: ChaCha8Rng,
+    temperature: f64,
+    top_k: Option<usize>,
+}
+
+impl Sampler {
+    /// Checks the settings: a prompt of at least one id, a finite temperature ≥ 0 and a
+    /// top-k of at least 1.
+    pub(crate) fn new(
+        prompt: &[usize],
+        temperature: f64,
+        top_k: Option<usize>,
+        seed: u64,
+    ) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(Error::invalid("sample", "the prompt is empty"));
+        }
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(Error::invalid(
+                "sample",
+                format!("the temperature must be a finite number ≥ 0, got {temperature}"),
+            ));
+        }
+        if top_k == Some(0) {
+            return Err(Error::invalid("sample", "top-k must be at least 1"));
+        }
+        Ok(Sampler {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            temperature,
+            top_k,
+        })
+    }
+
+    /// The next id from a model's scores, after `generated` ids; an error when a score
+    /// is not finite.
+    pub(crate) fn next(&mut self, scores: &[f32], generated: usize) -> Result<usize> {
+        if let Some(i) = scores.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "sample: the model's score of id {i} after {generated} generated ids is {} \
+                 (the checkpoint's weights are not usable)",
+                scores[i]
+            )));
+        }
+        Ok(pick(scores, self.temperature, self.top_k, &mut self.rng))
+    }
+}
+
 /// Draws an index from `softmax(scores / temperature)` over the `top_k` best scores
 /// (ties broken by lower index); temperature 0 is the arg max. The scores are finite
 /// (`sample` refuses others before it gets here).
-pub(crate) fn pick(
-    scores: &[f32],
-    temperature: f64,
-    top_k: Option<usize>,
-    rng: &mut ChaCha8Rng,
-) -> usize {
+fn pick(scores: &[f32], temperature: f64, top_k: Option<usize>, rng: &mut ChaCha8Rng) -> usize {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     if temperature == 0.0 {

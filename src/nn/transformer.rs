@@ -411,19 +411,7 @@ impl Gpt {
         top_k: Option<usize>,
         seed: u64,
     ) -> Result<Vec<usize>> {
-        if prompt.is_empty() {
-            return Err(Error::invalid("sample", "the prompt is empty"));
-        }
-        if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(Error::invalid(
-                "sample",
-                format!("the temperature must be a finite number ≥ 0, got {temperature}"),
-            ));
-        }
-        if top_k == Some(0) {
-            return Err(Error::invalid("sample", "top-k must be at least 1"));
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut sampler = super::language::Sampler::new(prompt, temperature, top_k, seed)?;
         let mut tape = crate::autodiff::Tape::<f32>::new();
         let mut ids: Vec<usize> = prompt.to_vec();
         let vocab = self.config.vocab;
@@ -437,15 +425,7 @@ impl Gpt {
                 Ok(v.data()[v.len() - vocab..].to_vec())
             })?;
             tape.clear();
-            if let Some(i) = scores.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite(format!(
-                    "sample: the model's score of id {i} after {} generated ids is {} \
-                     (the checkpoint's weights are not usable)",
-                    ids.len() - prompt.len(),
-                    scores[i]
-                )));
-            }
-            ids.push(super::language::pick(&scores, temperature, top_k, &mut rng));
+            ids.push(sampler.next(&scores, ids.len() - prompt.len())?);
         }
         Ok(ids.split_off(prompt.len()))
     }
