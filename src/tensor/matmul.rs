@@ -116,10 +116,9 @@ fn faer_product<T: Element + faer::traits::ComplexField>(
 pub(crate) fn clear_upper_state() {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has AVX (checked just above), so the instruction exists; it
-        // zeroes only bits 128 and up of the vector registers, where code compiled
-        // without AVX (this function's caller) keeps no value, and AVX code saves
-        // nothing there across a call into this non-inlined-AVX function.
+        // The instruction zeroes only bits 128 and up of the vector registers, where
+        // this function (compiled without AVX) and its callers keep no value.
+        // SAFETY: the CPU has AVX (checked just above), so the instruction exists.
         unsafe { std::arch::x86_64::_mm256_zeroupper() }
     }
 }

@@ -140,10 +140,13 @@ where
 /// A raw pointer to a buffer that each head writes its own disjoint part of.
 #[derive(Clone, Copy)]
 struct Parts<T>(*mut T);
-// SAFETY: `Parts` is only built over a buffer that outlives the `per_head` call, and
-// every head writes only the range `head·len .. (head+1)·len` (see `Parts::head`), so
-// no two threads touch the same element.
+// A `Parts` (private to this module) reaches its buffer only through `head` and `at`,
+// whose callers guarantee that the buffer outlives the slices and that no two live slices
+// overlap (each head takes its own block, rows or columns).
+// SAFETY: handing the pointer to another thread is then as sound as sending those
+// disjoint `&mut [T]`, which `T: Send` allows.
 unsafe impl<T: Send> Send for Parts<T> {}
+// SAFETY: sharing a `Parts` lets threads call only `head` and `at`, under the contract above.
 unsafe impl<T: Send> Sync for Parts<T> {}
 
 impl<T> Parts<T> {
@@ -156,6 +159,7 @@ impl<T> Parts<T> {
     /// The buffer holds at least `(h + 1)·len` elements, and no other live slice covers
     /// this range (each head asks for its own `h` once).
     #[allow(clippy::mut_from_ref)]
+    // SAFETY: callers uphold `# Safety` above; the body forms exactly that slice
     unsafe fn head(&self, h: usize, len: usize) -> &mut [T] {
         // SAFETY: by the caller's contract the range is inside the buffer and unshared
         unsafe { std::slice::from_raw_parts_mut(self.0.add(h * len), len) }
@@ -166,6 +170,7 @@ impl<T> Parts<T> {
     /// The buffer holds at least `at + len` elements, and no other live slice covers
     /// this range.
     #[allow(clippy::mut_from_ref)]
+    // SAFETY: callers uphold `# Safety` above; the body forms exactly that slice
     unsafe fn at(&self, at: usize, len: usize) -> &mut [T] {
         // SAFETY: by the caller's contract the range is inside the buffer and unshared
         unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
