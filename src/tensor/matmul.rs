@@ -116,8 +116,8 @@ fn faer_product<T: Element + faer::traits::ComplexField>(
 pub(crate) fn clear_upper_state() {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
-        // The instruction zeroes only bits 128 and up of the vector registers, where
-        // this function (compiled without AVX) and its callers keep no value.
+        // The instruction zeroes bits 128 and up of the vector registers; the compiler
+        // knows the intrinsic clobbers them and keeps no live value there across it.
         // SAFETY: the CPU has AVX (checked just above), so the instruction exists.
         unsafe { std::arch::x86_64::_mm256_zeroupper() }
     }
