@@ -4,6 +4,7 @@
 //! `Number` for elementwise ops, over `RuleValue` for the rest), its forward rule
 //! (JVP), and its tests.
 
+pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
 pub(crate) mod recurrent;
@@ -135,6 +136,8 @@ pub(crate) enum Op<T: Element> {
         heads: Option<usize>,
         probs: Arc<Tensor<T>>,
     },
+    /// 2-D convolution of `x, w` (and a bias when there are three inputs).
+    Conv2d(conv::Conv2dOptions),
     Custom(Arc<dyn CustomOp<T>>),
 }
 
@@ -355,6 +358,7 @@ impl<T: Element> Op<T> {
             Op::LayerNorm { .. } => "layer_norm",
             Op::Attention { heads: None, .. } => "attention",
             Op::Attention { .. } => "self_attention",
+            Op::Conv2d(_) => "conv2d",
             Op::Custom(c) => c.name(),
         }
     }
@@ -391,6 +395,7 @@ impl<T: Element> Op<T> {
             | Op::LogSoftmax(_) => reduce::jvp(self, ins, out, single()),
             Op::MatMul { ta, tb } => matmul::jvp(ins, t, *ta, *tb),
             Op::LayerNorm { .. } | Op::Attention { .. } => transformer::jvp(self, ins, t),
+            Op::Conv2d(opts) => conv::jvp(*opts, ins, t),
             Op::Custom(c) => {
                 let t = c.jvp(ins, out, t)?;
                 if t.shape() != out.shape() {
@@ -434,6 +439,9 @@ impl<T: Element> Op<T> {
             Op::LayerNorm { .. } | Op::Attention { .. } => {
                 transformer::vjp_recorded(self, ins, out, g)
             }
+            Op::Conv2d(opts) => {
+                composition_vjp_recorded("conv2d", ins, out, g, |ins| conv::composed(*opts, ins))
+            }
             Op::Custom(c) => custom_vjp_recorded(c.as_ref(), ins, out, g),
             _ => shape::vjp(self, &refs(ins), &g),
         }
@@ -460,6 +468,7 @@ impl<T: Element> Op<T> {
             | Op::LogSoftmax(_) => reduce::vjp(self, ins, out, g),
             Op::MatMul { ta, tb } => matmul::vjp(ins, g, needs, *ta, *tb),
             Op::LayerNorm { .. } | Op::Attention { .. } => transformer::vjp(self, ins, g, needs),
+            Op::Conv2d(opts) => conv::vjp(*opts, ins, g, needs),
             Op::Reshape
             | Op::Permute(_)
             | Op::BroadcastTo

@@ -503,6 +503,7 @@ pub(super) fn op_forward<T: Element>(
         Op::Leaf | Op::Constant | Op::Where(_) | Op::Custom(_) => {
             unreachable!("refused when recording")
         }
+        Op::Conv2d(opts) => super::ops::conv::forward(*opts, ins),
         Op::LayerNorm { .. } | Op::Attention { .. } => {
             unreachable!("replayed by transformer::replay_forward")
         }

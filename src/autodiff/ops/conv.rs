@@ -1,0 +1,573 @@
+//! Two-dimensional convolution over NCHW as one recorded node (PyTorch's `conv2d`: weight
+//! `[out, in/groups, kh, kw]`, stride, padding, dilation, groups). Each sample's patches
+//! are laid out as columns (im2col, one sample and one group at a time, so no more than
+//! one sample's patches exist per thread) and multiplied by the weight in faer's kernels;
+//! the reverse rule computes the weight gradient as a sum of such products and the input
+//! gradient by scattering the columns' gradient back (col2im). Second order
+//! differentiates the same convolution written in built-in ops.
+
+use super::{Grads, Op, Tangents};
+use crate::autodiff::suite::{Case, Domain, sample};
+use crate::autodiff::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, MatLayout, Tensor, checked_len, matmul_into};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// The settings of a convolution, as PyTorch's `conv2d` arguments (height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    /// Step between output positions.
+    pub stride: [usize; 2],
+    /// Zeros added on each side.
+    pub padding: [usize; 2],
+    /// Spacing between the kernel's taps.
+    pub dilation: [usize; 2],
+    /// Channel groups: input and output channels split in this many independent parts.
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+}
+
+/// The sizes of a convolution.
+#[derive(Clone, Copy, Debug)]
+struct ConvDims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    /// Input channels per group.
+    cg: usize,
+    /// Output channels per group.
+    og: usize,
+    opts: Conv2dOptions,
+}
+
+impl ConvDims {
+    /// Rows of a group's columns: `cg·kh·kw`.
+    fn k(&self) -> usize {
+        self.cg * self.kh * self.kw
+    }
+    fn positions(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+fn conv_dims(
+    x: &[usize],
+    wt: &[usize],
+    b: Option<&[usize]>,
+    opts: Conv2dOptions,
+) -> Result<ConvDims> {
+    let bad = |why: String| {
+        Err(Error::invalid(
+            "conv2d",
+            format!("input {x:?}, weight {wt:?}: {why}"),
+        ))
+    };
+    let ([n, c, h, w], [o, cg, kh, kw]) = (x, wt) else {
+        return bad(
+            "the input must be [N, C, H, W] and the weight [out, in/groups, kh, kw]".into(),
+        );
+    };
+    let (n, c, h, w, o, cg, kh, kw) = (*n, *c, *h, *w, *o, *cg, *kh, *kw);
+    let g = opts.groups;
+    if g == 0 || opts.stride.contains(&0) || opts.dilation.contains(&0) {
+        return bad(format!(
+            "stride, dilation and groups must be positive, got {opts:?}"
+        ));
+    }
+    if c % g != 0 || o % g != 0 || cg * g != c {
+        return bad(format!(
+            "{g} groups need in/groups = {cg} weight channels and out divisible by groups"
+        ));
+    }
+    if let Some(b) = b
+        && b != [o]
+    {
+        return bad(format!("the bias has shape {b:?}, it needs [{o}]"));
+    }
+    let out = |size: usize, pad: usize, dil: usize, k: usize, stride: usize| -> Option<usize> {
+        let span = dil.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+        let padded = size.checked_add(pad.checked_mul(2)?)?;
+        Some(padded.checked_sub(span)? / stride + 1)
+    };
+    let (Some(ho), Some(wo)) = (
+        out(h, opts.padding[0], opts.dilation[0], kh, opts.stride[0]),
+        out(w, opts.padding[1], opts.dilation[1], kw, opts.stride[1]),
+    ) else {
+        return bad("the kernel (dilated) is larger than the padded input, or empty".into());
+    };
+    checked_len("conv2d", &[n, o, ho, wo])?;
+    checked_len("conv2d", &[cg, kh, kw, ho, wo])?;
+    Ok(ConvDims {
+        n,
+        c,
+        h,
+        w,
+        o,
+        kh,
+        kw,
+        ho,
+        wo,
+        cg,
+        og: o / g,
+        opts,
+    })
+}
+
+/// Group `g` of sample `xs` (`[C, H, W]`) as columns `[cg·kh·kw, ho·wo]`, zeros where a tap
+/// falls in the padding.
+fn im2col<T: Element>(xs: &[T], g: usize, d: &ConvDims, cols: &mut [T]) {
+    let ConvDims {
+        h,
+        w,
+        kh,
+        kw,
+        ho,
+        wo,
+        cg,
+        opts,
+        ..
+    } = *d;
+    let ([sh, sw], [ph, pw], [dh, dw]) = (opts.stride, opts.padding, opts.dilation);
+    for (r, row) in cols.chunks_exact_mut(ho * wo).enumerate() {
+        let (ci, ki, kj) = (r / (kh * kw), r / kw % kh, r % kw);
+        let plane = &xs[(g * cg + ci) * h * w..][..h * w];
+        for (oh, out) in row.chunks_exact_mut(wo).enumerate() {
+            let y = (oh * sh + ki * dh).wrapping_sub(ph);
+            if y >= h {
+                out.fill(T::zero());
+                continue;
+            }
+            for (ow, v) in out.iter_mut().enumerate() {
+                let x = (ow * sw + kj * dw).wrapping_sub(pw);
+                *v = if x < w { plane[y * w + x] } else { T::zero() };
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds the columns' gradient into sample `dxs` (`[C, H, W]`).
+fn col2im<T: Element>(cols: &[T], g: usize, d: &ConvDims, dxs: &mut [T]) {
+    let ConvDims {
+        h,
+        w,
+        kh,
+        kw,
+        ho,
+        wo,
+        cg,
+        opts,
+        ..
+    } = *d;
+    let ([sh, sw], [ph, pw], [dh, dw]) = (opts.stride, opts.padding, opts.dilation);
+    for (r, row) in cols.chunks_exact(ho * wo).enumerate() {
+        let (ci, ki, kj) = (r / (kh * kw), r / kw % kh, r % kw);
+        let plane = &mut dxs[(g * cg + ci) * h * w..][..h * w];
+        for (oh, out) in row.chunks_exact(wo).enumerate() {
+            let y = (oh * sh + ki * dh).wrapping_sub(ph);
+            if y >= h {
+                continue;
+            }
+            for (ow, &v) in out.iter().enumerate() {
+                let x = (ow * sw + kj * dw).wrapping_sub(pw);
+                if x < w {
+                    plane[y * w + x] += v;
+                }
+            }
+        }
+    }
+}
+
+/// `y = conv(x, w) + b`, one sample per task.
+fn conv_forward<T: Element>(
+    x: &Tensor<T>,
+    wt: &Tensor<T>,
+    b: Option<&Tensor<T>>,
+    d: &ConvDims,
+) -> Tensor<T> {
+    let (k, pos) = (d.k(), d.positions());
+    let mut y = Tensor::zeroed(&[d.n, d.o, d.ho, d.wo]);
+    let per_sample = d.o * pos;
+    if per_sample == 0 {
+        return y;
+    }
+    let sample = |(xs, ys): (&[T], &mut [T])| {
+        let mut cols = vec![T::zero(); k * pos];
+        for g in 0..d.opts.groups {
+            im2col(xs, g, d, &mut cols);
+            let wg = &wt.data()[g * d.og * k..(g + 1) * d.og * k];
+            let out = &mut ys[g * d.og * pos..(g + 1) * d.og * pos];
+            matmul_into(
+                out,
+                d.og,
+                pos,
+                k,
+                (wg, MatLayout::Normal),
+                (&cols, MatLayout::Normal),
+                false,
+            );
+        }
+        if let Some(b) = b {
+            for (row, &bv) in ys.chunks_exact_mut(pos).zip(b.data()) {
+                row.iter_mut().for_each(|v| *v += bv);
+            }
+        }
+    };
+    let xs_len = d.c * d.h * d.w;
+    x.data()
+        .par_chunks(xs_len.max(1))
+        .zip(y.data_mut().par_chunks_mut(per_sample))
+        .for_each(sample);
+    y
+}
+
+/// Samples per task of the reverse rule: fixed, so that the weight gradient's partial sums
+/// (and so its value) do not depend on the number of threads.
+const SAMPLES_PER_TASK: usize = 8;
+
+/// The reverse rule: `dW_g = Σ_n dY_ng·cols_ngᵀ`, `dx_n = col2im(W_gᵀ·dY_ng)`,
+/// `db = Σ dY`.
+fn conv_vjp<T: Element>(
+    ins: &[&Tensor<T>],
+    d: &ConvDims,
+    g: &Tensor<T>,
+    needs: &[bool],
+) -> Grads<T> {
+    let (x, wt) = (ins[0], ins[1]);
+    let (k, pos) = (d.k(), d.positions());
+    let (xs_len, ys_len) = (d.c * d.h * d.w, d.o * pos);
+    let mut dx = Tensor::zeroed(x.shape());
+    let (nd, tr) = (MatLayout::Normal, MatLayout::Transposed);
+    let want_w = needs[1];
+    let task = |((xs, gs), dxs): ((&[T], &[T]), &mut [T])| -> Vec<T> {
+        let mut dw = vec![T::zero(); if want_w { d.o * k } else { 0 }];
+        let mut cols = vec![T::zero(); k * pos];
+        let samples = xs.chunks_exact(xs_len).zip(gs.chunks_exact(ys_len));
+        for ((xs, gs), dxs) in samples.zip(dxs.chunks_exact_mut(xs_len)) {
+            for grp in 0..d.opts.groups {
+                let gg = &gs[grp * d.og * pos..(grp + 1) * d.og * pos];
+                if want_w {
+                    im2col(xs, grp, d, &mut cols);
+                    let dwg = &mut dw[grp * d.og * k..(grp + 1) * d.og * k];
+                    matmul_into(dwg, d.og, k, pos, (gg, nd), (&cols, tr), true);
+                }
+                if needs[0] {
+                    let wg = &wt.data()[grp * d.og * k..(grp + 1) * d.og * k];
+                    matmul_into(&mut cols, k, pos, d.og, (wg, tr), (gg, nd), false);
+                    col2im(&cols, grp, d, dxs);
+                }
+            }
+        }
+        dw
+    };
+    let partials: Vec<Vec<T>> = if xs_len > 0 && ys_len > 0 {
+        (x.data().par_chunks(SAMPLES_PER_TASK * xs_len))
+            .zip(g.data().par_chunks(SAMPLES_PER_TASK * ys_len))
+            .zip(dx.data_mut().par_chunks_mut(SAMPLES_PER_TASK * xs_len))
+            .map(task)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut out = Grads::new();
+    out.push(needs[0].then_some(dx));
+    out.push(want_w.then(|| {
+        let mut dw = Tensor::zeroed(wt.shape());
+        for p in &partials {
+            dw.data_mut().iter_mut().zip(p).for_each(|(a, &v)| *a += v);
+        }
+        dw
+    }));
+    if ins.len() == 3 {
+        out.push(needs[2].then(|| {
+            Tensor::build(&[d.o], |db| {
+                for ys in g.data().chunks_exact(ys_len.max(1)) {
+                    for (acc, row) in db.iter_mut().zip(ys.chunks_exact(pos.max(1))) {
+                        *acc += row.iter().copied().sum::<T>();
+                    }
+                }
+            })
+        }));
+    }
+    out
+}
+
+/// The forward rule: convolution is linear in each input, so
+/// `ẏ = conv(ẋ, w) + conv(x, ẇ) + ḃ`.
+fn conv_jvp<T: Element>(ins: &[&Tensor<T>], d: &ConvDims, t: &Tangents<T>) -> Result<Tensor<T>> {
+    let mut y = Tensor::zeroed(&[d.n, d.o, d.ho, d.wo]);
+    if let Some(tx) = t[0] {
+        y.add_assign(&conv_forward(tx, ins[1], None, d))?;
+    }
+    if let Some(tw) = t[1] {
+        y.add_assign(&conv_forward(ins[0], tw, None, d))?;
+    }
+    if let Some(tb) = t.get(2).copied().flatten() {
+        let pos = d.positions().max(1);
+        for ys in y.data_mut().chunks_exact_mut((d.o * pos).max(1)) {
+            for (row, &bv) in ys.chunks_exact_mut(pos).zip(tb.data()) {
+                row.iter_mut().for_each(|v| *v += bv);
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// The convolution in built-in ops (second order differentiates this): the input padded
+/// by concatenating zeros, its patches picked by `index_select`, one product per group.
+fn conv_composed<'t, T: Element>(ins: &[Var<'t, T>], d: &ConvDims) -> Result<Var<'t, T>> {
+    let (x, wt) = (ins[0], ins[1]);
+    let tape = x.tape;
+    let ConvDims {
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        ho,
+        wo,
+        cg,
+        og,
+        opts,
+        ..
+    } = *d;
+    let ([sh, sw], [ph, pw], [dh, dw]) = (opts.stride, opts.padding, opts.dilation);
+    let zeros = |shape: &[usize]| tape.constant(Tensor::zeroed(shape));
+    let mut xp = x;
+    if ph > 0 {
+        xp = Var::concat(&[zeros(&[n, c, ph, w]), xp, zeros(&[n, c, ph, w])], 2)?;
+    }
+    let hp = h + 2 * ph;
+    if pw > 0 {
+        xp = Var::concat(&[zeros(&[n, c, hp, pw]), xp, zeros(&[n, c, hp, pw])], 3)?;
+    }
+    let wp = w + 2 * pw;
+    let mut idx = Vec::with_capacity(kh * kw * ho * wo);
+    for ki in 0..kh {
+        for kj in 0..kw {
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    idx.push((oh * sh + ki * dh) * wp + ow * sw + kj * dw);
+                }
+            }
+        }
+    }
+    let k = cg * kh * kw;
+    let patches = xp
+        .reshape(&[n, c, hp * wp])?
+        .index_select(2, &idx)?
+        .reshape(&[n, c * kh * kw, ho * wo])?;
+    let mut outs = Vec::with_capacity(opts.groups);
+    for g in 0..opts.groups {
+        let pg = patches.narrow(1, g * k, k)?.transpose(1, 2)?;
+        let wg = wt
+            .narrow(0, g * og, og)?
+            .reshape(&[og, k])?
+            .transpose(0, 1)?;
+        outs.push(pg.matmul(wg)?.transpose(1, 2)?);
+    }
+    let mut y = if outs.len() == 1 {
+        outs[0]
+    } else {
+        Var::concat(&outs, 1)?
+    };
+    y = y.reshape(&[n, og * opts.groups, ho, wo])?;
+    if ins.len() == 3 {
+        y = y.add(ins[2].reshape(&[og * opts.groups, 1, 1])?)?;
+    }
+    Ok(y)
+}
+
+impl<'t, T: Element> Var<'t, T> {
+    /// Two-dimensional convolution (`torch.nn.functional.conv2d`) of `self: [N, C, H, W]`
+    /// with `weight: [out, C/groups, kh, kw]` and an optional `bias: [out]`: `[N, out, Ho,
+    /// Wo]` with `Ho = (H + 2·pad − dil·(kh − 1) − 1)/stride + 1` (likewise `Wo`).
+    pub fn conv2d(
+        self,
+        weight: Var<'t, T>,
+        bias: Option<Var<'t, T>>,
+        opts: Conv2dOptions,
+    ) -> Result<Var<'t, T>> {
+        let mut ins = vec![self, weight];
+        ins.extend(bias);
+        Tape::check_inputs("conv2d", &ins)?;
+        let (x, w) = (self.value(), weight.value());
+        let b = bias.map(|b| b.value());
+        let d = conv_dims(x.shape(), w.shape(), b.as_ref().map(|b| b.shape()), opts)?;
+        let y = conv_forward(&x, &w, b.as_ref(), &d);
+        Ok(self.tape.push(Op::Conv2d(opts), &ins, y))
+    }
+}
+
+/// The sizes of a recorded convolution from its inputs (checked when it was recorded).
+fn dims_of<T: Element>(opts: Conv2dOptions, ins: &[&Tensor<T>]) -> Result<ConvDims> {
+    conv_dims(
+        ins[0].shape(),
+        ins[1].shape(),
+        ins.get(2).map(|b| b.shape()),
+        opts,
+    )
+}
+
+/// The reverse rule of a convolution node.
+pub(crate) fn vjp<T: Element>(
+    opts: Conv2dOptions,
+    ins: &[&Tensor<T>],
+    g: &Tensor<T>,
+    needs: &[bool],
+) -> Result<Grads<T>> {
+    Ok(conv_vjp(ins, &dims_of(opts, ins)?, g, needs))
+}
+
+/// The forward rule of a convolution node.
+pub(crate) fn jvp<T: Element>(
+    opts: Conv2dOptions,
+    ins: &[&Tensor<T>],
+    t: &Tangents<T>,
+) -> Result<Tensor<T>> {
+    conv_jvp(ins, &dims_of(opts, ins)?, t)
+}
+
+/// The forward kernel (replay).
+pub(crate) fn forward<T: Element>(opts: Conv2dOptions, ins: &[&Tensor<T>]) -> Result<Tensor<T>> {
+    let d = dims_of(opts, ins)?;
+    Ok(conv_forward(ins[0], ins[1], ins.get(2).copied(), &d))
+}
+
+/// The composition that second order differentiates.
+pub(crate) fn composed<'t, T: Element>(
+    opts: Conv2dOptions,
+    ins: &[Var<'t, T>],
+) -> Result<Var<'t, T>> {
+    let b = ins.get(2).map(|b| b.shape());
+    let d = conv_dims(&ins[0].shape(), &ins[1].shape(), b.as_deref(), opts)?;
+    conv_composed(ins, &d)
+}
+
+/// The cases of `chainrule gradcheck`: strides, padding, dilation and groups, with and
+/// without a bias.
+pub(crate) fn suite_cases(rng: &mut ChaCha8Rng, out: &mut Vec<Case>) {
+    let settings = [
+        (Conv2dOptions::default(), 1, true),
+        (
+            Conv2dOptions {
+                stride: [2, 1],
+                padding: [1, 1],
+                ..Default::default()
+            },
+            1,
+            false,
+        ),
+        (
+            Conv2dOptions {
+                dilation: [2, 1],
+                padding: [0, 2],
+                ..Default::default()
+            },
+            1,
+            true,
+        ),
+        (
+            Conv2dOptions {
+                groups: 2,
+                stride: [1, 2],
+                ..Default::default()
+            },
+            2,
+            true,
+        ),
+    ];
+    for (opts, groups, bias) in settings {
+        let (n, cg, og) = (
+            rng.random_range(1..3),
+            rng.random_range(1..3),
+            rng.random_range(1..3),
+        );
+        let (h, w) = (rng.random_range(5..7), rng.random_range(4..6));
+        let mut inputs = vec![
+            sample(&[n, cg * groups, h, w], Domain::AwayFromZero, rng),
+            sample(&[og * groups, cg, 3, 2], Domain::AwayFromZero, rng),
+        ];
+        if bias {
+            inputs.push(sample(&[og * groups], Domain::AwayFromZero, rng));
+        }
+        out.push(Case {
+            op: "conv2d".into(),
+            inputs,
+            f: Box::new(move |_, v| v[0].conv2d(v[1], v.get(2).copied(), opts)),
+            scalar: None,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::check;
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn every_case_passes_the_gradient_check_and_equals_its_composition() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut cases = Vec::new();
+        suite_cases(&mut rng, &mut cases);
+        for c in &cases {
+            check(&c.op, &c.inputs, |tape, v| (c.f)(tape, v));
+            let tape = Tape::new();
+            let v: Vec<Var<'_, f64>> = c.inputs.iter().map(|x| tape.var(x.clone())).collect();
+            let fused = (c.f)(&tape, &v).unwrap();
+            let Op::Conv2d(opts) = tape.with_nodes(|n| n[fused.id as usize].op.clone()) else {
+                panic!("not a convolution")
+            };
+            let comp = composed(opts, &v).unwrap();
+            assert!(fused.value().max_abs_diff(&comp.value()).unwrap() < 1e-13);
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::ones(&[1, 2, 3, 3]).unwrap());
+        let w = tape.var(Tensor::ones(&[4, 2, 4, 1]).unwrap());
+        let opts = Conv2dOptions::default();
+        assert!(x.conv2d(w, None, opts).is_err()); // kernel taller than the input
+        let w = tape.var(Tensor::ones(&[3, 1, 1, 1]).unwrap());
+        assert!(
+            x.conv2d(w, None, Conv2dOptions { groups: 2, ..opts })
+                .is_err()
+        );
+        let w = tape.var(Tensor::ones(&[2, 2, 1, 1]).unwrap());
+        assert!(
+            x.conv2d(
+                w,
+                None,
+                Conv2dOptions {
+                    stride: [0, 1],
+                    ..opts
+                }
+            )
+            .is_err()
+        );
+        let b = tape.var(Tensor::ones(&[3]).unwrap());
+        assert!(x.conv2d(w, Some(b), opts).is_err());
+        assert!(x.conv2d(w, None, opts).is_ok());
+    }
+}
