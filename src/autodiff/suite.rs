@@ -453,6 +453,7 @@ fn cases(seed: u64) -> Vec<Case> {
     }
     super::ops::transformer::suite_cases(&mut rng, &mut out);
     super::ops::conv::suite_cases(&mut rng, &mut out);
+    super::ops::pool::suite_cases(&mut rng, &mut out);
     out
 }
 

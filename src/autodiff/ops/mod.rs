@@ -7,6 +7,7 @@
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
+pub(crate) mod pool;
 pub(crate) mod recurrent;
 pub(crate) mod reduce;
 pub(crate) mod shape;
@@ -138,6 +139,12 @@ pub(crate) enum Op<T: Element> {
     },
     /// 2-D convolution of `x, w` (and a bias when there are three inputs).
     Conv2d(conv::Conv2dOptions),
+    /// Max pooling; keeps, per output element, the input index of its window's maximum.
+    MaxPool2d {
+        opts: pool::Pool2dOptions,
+        argmax: Arc<[usize]>,
+    },
+    AvgPool2d(pool::Pool2dOptions),
     Custom(Arc<dyn CustomOp<T>>),
 }
 
@@ -359,6 +366,8 @@ impl<T: Element> Op<T> {
             Op::Attention { heads: None, .. } => "attention",
             Op::Attention { .. } => "self_attention",
             Op::Conv2d(_) => "conv2d",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::AvgPool2d(_) => "avg_pool2d",
             Op::Custom(c) => c.name(),
         }
     }
@@ -396,6 +405,7 @@ impl<T: Element> Op<T> {
             Op::MatMul { ta, tb } => matmul::jvp(ins, t, *ta, *tb),
             Op::LayerNorm { .. } | Op::Attention { .. } => transformer::jvp(self, ins, t),
             Op::Conv2d(opts) => conv::jvp(*opts, ins, t),
+            Op::MaxPool2d { .. } | Op::AvgPool2d(_) => pool::jvp(self, out, t),
             Op::Custom(c) => {
                 let t = c.jvp(ins, out, t)?;
                 if t.shape() != out.shape() {
@@ -442,6 +452,12 @@ impl<T: Element> Op<T> {
             Op::Conv2d(opts) => {
                 composition_vjp_recorded("conv2d", ins, out, g, |ins| conv::composed(*opts, ins))
             }
+            Op::MaxPool2d { .. } | Op::AvgPool2d(_) => {
+                let shape = out.shape();
+                composition_vjp_recorded(self.name(), ins, out, g, |ins| {
+                    pool::composed(self, ins[0], &shape)
+                })
+            }
             Op::Custom(c) => custom_vjp_recorded(c.as_ref(), ins, out, g),
             _ => shape::vjp(self, &refs(ins), &g),
         }
@@ -469,6 +485,7 @@ impl<T: Element> Op<T> {
             Op::MatMul { ta, tb } => matmul::vjp(ins, g, needs, *ta, *tb),
             Op::LayerNorm { .. } | Op::Attention { .. } => transformer::vjp(self, ins, g, needs),
             Op::Conv2d(opts) => conv::vjp(*opts, ins, g, needs),
+            Op::MaxPool2d { .. } | Op::AvgPool2d(_) => pool::vjp(self, ins, g),
             Op::Reshape
             | Op::Permute(_)
             | Op::BroadcastTo

@@ -240,6 +240,9 @@ impl<T: Element> Trace<T> {
                         Op::LayerNorm { .. } | Op::Attention { .. } => {
                             *slot = Some(super::ops::transformer::replay_forward(op, &ins)?)
                         }
+                        Op::MaxPool2d { .. } => {
+                            *slot = Some(super::ops::pool::replay_forward(op, ins[0])?)
+                        }
                         // a product overwrites the node's buffer from the last replay
                         Op::MatMul { ta, tb } => {
                             let out = slot.get_or_insert_with(|| Tensor::zeroed(shape));
@@ -504,6 +507,8 @@ pub(super) fn op_forward<T: Element>(
             unreachable!("refused when recording")
         }
         Op::Conv2d(opts) => super::ops::conv::forward(*opts, ins),
+        Op::AvgPool2d(p) => super::ops::pool::replay_forward(&mut Op::AvgPool2d(*p), x),
+        Op::MaxPool2d { .. } => unreachable!("replayed by pool::replay_forward"),
         Op::LayerNorm { .. } | Op::Attention { .. } => {
             unreachable!("replayed by transformer::replay_forward")
         }
