@@ -2,6 +2,7 @@
 //! each step puts them on a fresh tape as leaves ([`ParamStore::leaves`]), the forward
 //! pass records the graph, and the backward pass returns one gradient per parameter.
 
+mod conv;
 mod language;
 mod layers;
 mod loss;
@@ -9,6 +10,7 @@ pub(crate) mod recurrent;
 pub(crate) mod store;
 mod transformer;
 
+pub use conv::{AvgPool2d, Conv2d, Flatten, MaxPool2d};
 pub use language::{CarriedState, CharModel, WindowOutput};
 pub use layers::{Activation, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
 pub use loss::{bce_with_logits, cross_entropy, cross_entropy_values, mse, mse_values};

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// `prefix.part`, or `part` for a module at the top (PyTorch's names).
-fn join(prefix: &str, part: &str) -> String {
+pub(super) fn join(prefix: &str, part: &str) -> String {
     if prefix.is_empty() {
         part.to_string()
     } else {
@@ -68,6 +68,29 @@ pub struct TorchLinear {
 }
 
 impl TorchLinear {
+    /// Adds `name.weight` and, with `bias`, `name.bias`, both U(±1/√in): PyTorch's
+    /// `nn.Linear` initialisation.
+    pub fn new<T: Element>(
+        store: &mut ParamStore<T>,
+        name: &str,
+        (fan_in, fan_out): (usize, usize),
+        bias: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
+        let a = 1.0 / (fan_in.max(1) as f64).sqrt();
+        let w = Tensor::rand_uniform_with(&[fan_out, fan_in], -a, a, rng)?;
+        Ok(TorchLinear {
+            weight: store.add(join(name, "weight"), w)?,
+            bias: match bias {
+                true => Some(store.add(
+                    join(name, "bias"),
+                    Tensor::rand_uniform_with(&[fan_out], -a, a, rng)?,
+                )?),
+                false => None,
+            },
+        })
+    }
+
     /// Adds `name.weight` drawn from N(0, std²) and, with `bias`, `name.bias` (zeros):
     /// GPT-2's initialisation.
     pub fn normal<T: Element>(
