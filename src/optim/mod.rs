@@ -36,7 +36,8 @@ pub trait Optimizer<T: Element> {
     ) -> Result<()>;
 }
 
-/// The optimizers, by name (`sgd`, `momentum`, `nesterov`, `adagrad`, `rmsprop`, `adam`, `adamw`).
+/// The optimizers, by name (`sgd`, `momentum`, `nesterov`, `adagrad`, `rmsprop`, `adam`,
+/// `adamw`, `adadelta`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
@@ -54,6 +55,8 @@ pub enum OptimizerKind {
     Adam,
     /// AdamW: Adam with decoupled weight decay (default 0.01).
     Adamw,
+    /// Adadelta (ρ 0.9, ε 1e-6; PyTorch's default learning rate is 1.0).
+    Adadelta,
 }
 
 impl std::str::FromStr for OptimizerKind {
@@ -67,11 +70,12 @@ impl std::str::FromStr for OptimizerKind {
             "rmsprop" => OptimizerKind::Rmsprop,
             "adam" => OptimizerKind::Adam,
             "adamw" => OptimizerKind::Adamw,
+            "adadelta" => OptimizerKind::Adadelta,
             _ => {
                 return Err(Error::invalid(
                     "optimizer",
                     format!(
-                        "unknown optimizer '{s}'; choose sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw"
+                        "unknown optimizer '{s}'; choose sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw or adadelta"
                     ),
                 ));
             }
@@ -112,6 +116,7 @@ impl OptimizerKind {
             OptimizerKind::Rmsprop => Box::new(RmsProp::new(lr, 0.99, wd)),
             OptimizerKind::Adam => Box::new(Adam::new(lr, wd, false)),
             OptimizerKind::Adamw => Box::new(Adam::new(lr, wd, true)),
+            OptimizerKind::Adadelta => Box::new(Adadelta::new(lr, 0.9, 1e-6, wd)),
         })
     }
 }
@@ -396,6 +401,56 @@ impl<T: Element> Optimizer<T> for AdaGrad<T> {
     optimizer_bookkeeping!();
 }
 
+/// Adadelta (`torch.optim.Adadelta`): `v ← ρv + (1−ρ)g²`,
+/// `δ = √(u + ε)/√(v + ε)·g`, `u ← ρu + (1−ρ)δ²`, `p ← p − lr·δ` (ρ 0.9, ε 1e-6, lr 1.0
+/// by default there).
+pub struct Adadelta<T: Element> {
+    lr: f64,
+    rho: f64,
+    eps: f64,
+    weight_decay: f64,
+    steps: u64,
+    slots: Slots<T>,
+}
+
+impl<T: Element> Adadelta<T> {
+    /// A new Adadelta optimizer.
+    pub fn new(lr: f64, rho: f64, eps: f64, weight_decay: f64) -> Self {
+        Adadelta {
+            lr,
+            rho,
+            eps,
+            weight_decay,
+            steps: 0,
+            slots: Slots::new(&["square_avg", "acc_delta"]),
+        }
+    }
+}
+
+impl<T: Element> Optimizer<T> for Adadelta<T> {
+    fn step(&mut self, store: &mut ParamStore<T>, grads: &[Option<Tensor<T>>]) -> Result<()> {
+        let (lr, rho, eps, wd) = (
+            T::of(self.lr),
+            T::of(self.rho),
+            T::of(self.eps),
+            T::of(self.weight_decay),
+        );
+        update_all(store, grads, &mut self.slots, |p, g, [v, u], decays| {
+            let wd = if decays { wd } else { T::zero() };
+            for (((p, &g), v), u) in p.iter_mut().zip(g).zip(v).zip(u) {
+                let d = g + wd * *p;
+                *v = rho * *v + (T::one() - rho) * d * d;
+                let delta = (*u + eps).sqrt() / (*v + eps).sqrt() * d;
+                *u = rho * *u + (T::one() - rho) * delta * delta;
+                *p -= lr * delta;
+            }
+        })?;
+        self.steps += 1;
+        Ok(())
+    }
+    optimizer_bookkeeping!();
+}
+
 /// RMSProp (`torch.optim.RMSprop`, eps 1e-8, not centered, no momentum).
 pub struct RmsProp<T: Element> {
     lr: f64,
@@ -511,6 +566,34 @@ impl<T: Element> Optimizer<T> for Adam<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adadelta_follows_pytorchs_update_sequence() {
+        // torch.optim.Adadelta(lr 1.0, rho 0.9, eps 1e-6, weight_decay 0.01) on
+        // 0.5·Σ A·a², three steps (torch 2.15, f64)
+        let mut store = ParamStore::<f64>::new();
+        let a = store
+            .add("a", Tensor::from_vec(vec![1.0, -2.0, 3.0], &[3]).unwrap())
+            .unwrap();
+        let mut opt = OptimizerKind::Adadelta
+            .build::<f64>(1.0, Some(0.01))
+            .unwrap();
+        for _ in 0..3 {
+            let p = store.get(a);
+            let g: Vec<f64> = p
+                .data()
+                .iter()
+                .zip([1.0, 2.0, 0.5])
+                .map(|(p, k)| p * k)
+                .collect();
+            let grads = [Some(Tensor::from_vec(g, &[3]).unwrap())];
+            opt.step(&mut store, &grads).unwrap();
+        }
+        let want = [0.9903090818250304, -1.990300752388965, 2.990298014225644];
+        for (g, w) in store.get(a).data().iter().zip(want) {
+            assert!((g - w).abs() <= 1e-14 * w.abs(), "{g} vs {w}");
+        }
+    }
 
     #[test]
     fn adamw_decays_only_its_decay_group_as_pytorch_does() {

@@ -51,7 +51,8 @@ pub struct Args {
     /// embeddings and each residual branch [default: 0].
     #[arg(long)]
     pub(crate) dropout: Option<f64>,
-    /// sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw [default: adam].
+    /// sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw or adadelta [default: adam;
+    /// adamw for gpt].
     #[arg(long)]
     pub(crate) optimizer: Option<String>,
     /// Learning rate [default: 0.001; 0.003 for text; 0.001 for gpt].
