@@ -887,3 +887,29 @@ fn distributed_without_mpi_says_how_to_build_it() {
         "{err}"
     );
 }
+
+#[test]
+fn an_epoch_schedule_multiplies_the_rate_after_every_epoch() {
+    let dir = temp("epoch-schedule");
+    let out = dir.join("run");
+    let o = chainrule(&[
+        "--schedule",
+        "epoch:0.5",
+        "--max-epochs",
+        "3",
+        "--target",
+        "none",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lrs: Vec<f64> = eval_rows(&out)
+        .iter()
+        .map(|r| r["lr"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lrs, [1e-3, 5e-4, 2.5e-4]);
+    let bad = chainrule(&["--schedule", "epoch:-1", "--max-epochs", "1"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("epoch:GAMMA"), "{}", stderr(&bad));
+}

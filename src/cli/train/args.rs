@@ -61,8 +61,9 @@ pub struct Args {
     /// Weight decay [default: the optimizer's PyTorch default].
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) weight_decay: Option<f64>,
-    /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA [default: constant;
-    /// cosine for text]. A cosine spans the run after the warm-up: --max-steps, else
+    /// Learning-rate schedule: constant, cosine, step:EVERY:GAMMA (×GAMMA every EVERY
+    /// steps) or epoch:GAMMA (×GAMMA after every epoch) [default: constant; cosine for
+    /// text]. A cosine spans the run after the warm-up: --max-steps, else
     /// --max-epochs, else (with --max-time alone) the time budget.
     #[arg(long)]
     pub(crate) schedule: Option<String>,
@@ -532,7 +533,7 @@ impl RunConfig {
     /// The schedule must be buildable, the target finite, a cosine must know where the
     /// run ends, and some limit must end the run.
     fn check_schedule_and_limits(&self) -> anyhow::Result<()> {
-        self.lr_schedule(0)?;
+        self.lr_schedule(0, 1)?;
         if let Some(t) = self.target
             && !t.is_finite()
         {
@@ -604,12 +605,24 @@ impl RunConfig {
 
     /// The schedule of a run of `total_steps` steps: a cosine spans the steps after the
     /// warm-up (the GPT's warm-up is nanoGPT's ramp).
-    pub(crate) fn lr_schedule(&self, total_steps: usize) -> anyhow::Result<LrSchedule> {
+    pub(crate) fn lr_schedule(
+        &self,
+        total_steps: usize,
+        steps_per_epoch: usize,
+    ) -> anyhow::Result<LrSchedule> {
         let schedule = match self.schedule.as_str() {
             "constant" => Schedule::Constant,
             "cosine" => Schedule::Cosine {
                 total: total_steps.saturating_sub(self.warmup).max(1),
                 min_lr: self.min_lr,
+            },
+            // ×GAMMA after every epoch (PyTorch's StepLR stepped once an epoch)
+            s if s.starts_with("epoch:") => match s["epoch:".len()..].parse::<f64>() {
+                Ok(gamma) if gamma.is_finite() && gamma > 0.0 => Schedule::Step {
+                    every: steps_per_epoch.max(1),
+                    gamma,
+                },
+                _ => bail!("--schedule: expected epoch:GAMMA with a positive GAMMA, got '{s}'"),
             },
             s if s.starts_with("step:") => {
                 let parts: Vec<&str> = s.split(':').collect();
@@ -624,7 +637,7 @@ impl RunConfig {
                 }
             }
             s => bail!(
-                "--schedule: unknown schedule '{s}'; choose constant, cosine or step:EVERY:GAMMA"
+                "--schedule: unknown schedule '{s}'; choose constant, cosine, step:EVERY:GAMMA or epoch:GAMMA"
             ),
         };
         Ok(LrSchedule {

@@ -192,7 +192,7 @@ fn build_trainer(
     );
     let trainer = Trainer::new(TrainConfig {
         batch_size: cfg.batch_size,
-        schedule: cfg.lr_schedule(total_steps)?,
+        schedule: cfg.lr_schedule(total_steps, batches_per_epoch)?,
         clip_norm: cfg.clip_norm,
         clip_value: cfg.clip_value,
         target: cfg.target,
