@@ -131,9 +131,12 @@ fn conv_dims(
     })
 }
 
-/// Group `g` of sample `xs` (`[C, H, W]`) as columns `[cg·kh·kw, ho·wo]`, zeros where a tap
-/// falls in the padding.
-fn im2col<T: Element>(xs: &[T], g: usize, d: &ConvDims, cols: &mut [T]) {
+/// Calls `f(c, i)` for every entry `c` of group `g`'s columns `[cg·kh·kw, ho·wo]` (row
+/// `(ci, ki, kj)`, column `(oh, ow)`) with the entry `i` of a sample `[C, H, W]` that it
+/// reads, or `None` where the tap falls in the padding: the one index map of
+/// [`im2col`] and of its adjoint [`col2im`].
+#[inline(always)]
+fn for_each_tap(g: usize, d: &ConvDims, mut f: impl FnMut(usize, Option<usize>)) {
     let ConvDims {
         h,
         w,
@@ -146,53 +149,33 @@ fn im2col<T: Element>(xs: &[T], g: usize, d: &ConvDims, cols: &mut [T]) {
         ..
     } = *d;
     let ([sh, sw], [ph, pw], [dh, dw]) = (opts.stride, opts.padding, opts.dilation);
-    for (r, row) in cols.chunks_exact_mut(ho * wo).enumerate() {
+    for r in 0..cg * kh * kw {
         let (ci, ki, kj) = (r / (kh * kw), r / kw % kh, r % kw);
-        let plane = &xs[(g * cg + ci) * h * w..][..h * w];
-        for (oh, out) in row.chunks_exact_mut(wo).enumerate() {
+        let plane = (g * cg + ci) * h * w;
+        for oh in 0..ho {
             let y = (oh * sh + ki * dh).wrapping_sub(ph);
-            if y >= h {
-                out.fill(T::zero());
-                continue;
-            }
-            for (ow, v) in out.iter_mut().enumerate() {
+            for ow in 0..wo {
                 let x = (ow * sw + kj * dw).wrapping_sub(pw);
-                *v = if x < w { plane[y * w + x] } else { T::zero() };
+                let at = (y < h && x < w).then(|| plane + y * w + x);
+                f((r * ho + oh) * wo + ow, at);
             }
         }
     }
 }
 
+/// Group `g` of sample `xs` (`[C, H, W]`) as columns `[cg·kh·kw, ho·wo]`, zeros where a tap
+/// falls in the padding.
+fn im2col<T: Element>(xs: &[T], g: usize, d: &ConvDims, cols: &mut [T]) {
+    for_each_tap(g, d, |c, i| cols[c] = i.map_or(T::zero(), |i| xs[i]));
+}
+
 /// The adjoint of [`im2col`]: adds the columns' gradient into sample `dxs` (`[C, H, W]`).
 fn col2im<T: Element>(cols: &[T], g: usize, d: &ConvDims, dxs: &mut [T]) {
-    let ConvDims {
-        h,
-        w,
-        kh,
-        kw,
-        ho,
-        wo,
-        cg,
-        opts,
-        ..
-    } = *d;
-    let ([sh, sw], [ph, pw], [dh, dw]) = (opts.stride, opts.padding, opts.dilation);
-    for (r, row) in cols.chunks_exact(ho * wo).enumerate() {
-        let (ci, ki, kj) = (r / (kh * kw), r / kw % kh, r % kw);
-        let plane = &mut dxs[(g * cg + ci) * h * w..][..h * w];
-        for (oh, out) in row.chunks_exact(wo).enumerate() {
-            let y = (oh * sh + ki * dh).wrapping_sub(ph);
-            if y >= h {
-                continue;
-            }
-            for (ow, &v) in out.iter().enumerate() {
-                let x = (ow * sw + kj * dw).wrapping_sub(pw);
-                if x < w {
-                    plane[y * w + x] += v;
-                }
-            }
+    for_each_tap(g, d, |c, i| {
+        if let Some(i) = i {
+            dxs[i] += cols[c];
         }
-    }
+    });
 }
 
 /// `y = conv(x, w) + b`, one sample per task.
