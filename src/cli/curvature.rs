@@ -104,15 +104,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (eig, n, over)
         }
         None => {
-            let (model, store, splits) = saved.mlp()?;
+            let (model, store, splits) = saved.classifier()?;
             let n = splits.train.len().min(limit);
             let rows: Vec<usize> = (0..n).collect();
             let (x, y) = gather_batch(&splits.train, &rows);
             let hv = |v: &[Tensor<f32>]| -> chainrule::Result<Vec<Tensor<f32>>> {
                 let tape = Tape::forward_mode();
                 let p = store.duals(&tape, v)?;
-                let logits =
-                    model.forward(&p, tape.constant(x.clone()), &mut ForwardCtx::eval())?;
+                let logits = model.classifier().logits(
+                    &p,
+                    tape.constant(x.clone()),
+                    &mut ForwardCtx::eval(),
+                )?;
                 let loss = cross_entropy(logits, &y)?;
                 tape.backward_tangents(loss, p.vars())
             };

@@ -225,6 +225,49 @@ impl Embedding {
     }
 }
 
+/// A model that maps rows of features `[batch, features]` to class logits `[batch,
+/// classes]`: what [`crate::train::Classification`] trains and evaluates, whatever the
+/// model family ([`Mlp`], [`super::Cnn`]).
+pub trait Classifier<T: Element> {
+    /// The logits of `x`, recorded on its tape.
+    fn logits<'t>(
+        &self,
+        p: &Params<'t, T>,
+        x: Var<'t, T>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Var<'t, T>>;
+    /// The logits of `x` in evaluation mode, as plain values (the numbers of
+    /// [`Classifier::logits`] without dropout).
+    fn infer(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>>;
+    /// What a replayed step of this model depends on besides its inputs' shapes
+    /// ([`crate::autodiff::Trace`]), or `None` when its steps cannot be replayed (dropout
+    /// draws a new mask each step).
+    fn replay_graph(&self) -> Option<String>;
+    /// Rows evaluated at once (bounds the memory of an evaluation).
+    fn eval_chunk(&self) -> usize {
+        2048
+    }
+}
+
+impl<T: Element> Classifier<T> for Mlp {
+    fn logits<'t>(
+        &self,
+        p: &Params<'t, T>,
+        x: Var<'t, T>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Var<'t, T>> {
+        self.forward(p, x, ctx)
+    }
+    fn infer(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
+        Mlp::infer(self, store, x)
+    }
+    fn replay_graph(&self) -> Option<String> {
+        self.dropout
+            .is_none_or(|d| d.p == 0.0)
+            .then(|| format!("mlp {:?} {:?}", self.sizes, self.activation))
+    }
+}
+
 /// A multilayer perceptron: Linear layers with an activation (and optional dropout)
 /// between them, none after the last.
 #[derive(Clone, Debug)]

@@ -2,6 +2,7 @@
 //! each step puts them on a fresh tape as leaves ([`ParamStore::leaves`]), the forward
 //! pass records the graph, and the backward pass returns one gradient per parameter.
 
+mod cnn;
 mod conv;
 mod language;
 mod layers;
@@ -10,9 +11,10 @@ pub(crate) mod recurrent;
 pub(crate) mod store;
 mod transformer;
 
+pub use cnn::{Cnn, CnnConfig};
 pub use conv::{AvgPool2d, Conv2d, Flatten, MaxPool2d};
 pub use language::{CarriedState, CharModel, WindowOutput};
-pub use layers::{Activation, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
+pub use layers::{Activation, Classifier, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
 pub use loss::{bce_with_logits, cross_entropy, cross_entropy_values, mse, mse_values};
 pub use recurrent::{Gru, Lstm, Recurrent, RecurrentLayer, RecurrentOutput, Rnn};
 pub use store::{

@@ -7,7 +7,7 @@ use crate::autodiff::{CellKind, Tape, Var};
 use crate::data::{Dataset, Streams, epoch_order, gather_batch};
 use crate::error::{Error, Result};
 use crate::nn::{
-    CarriedState, CharModel, ForwardCtx, Mlp, ParamStore, Params, cross_entropy,
+    CarriedState, CharModel, Classifier, ForwardCtx, Mlp, ParamStore, Params, cross_entropy,
     cross_entropy_values, mse, mse_values,
 };
 use crate::tensor::Tensor;
@@ -161,21 +161,22 @@ pub struct BatchData {
 /// What a replayed step of `model` under the loss `loss` is recorded for (its graph
 /// depends on nothing else), or `None` when its steps cannot be replayed (dropout draws a
 /// new mask each step). Computed once per objective, not per step.
-fn replay_graph(loss: &str, model: &Mlp) -> Option<String> {
-    model
-        .dropout
-        .is_none_or(|d| d.p == 0.0)
-        .then(|| format!("{loss} {:?} {:?}", model.sizes, model.activation))
+fn replay_graph(loss: &str, model: &dyn Classifier<f32>) -> Option<String> {
+    model.replay_graph().map(|g| format!("{loss} {g}"))
 }
 
 /// Mean cross-entropy and accuracy of `model` on `ds`, without recording gradients.
-pub fn evaluate(model: &Mlp, store: &ParamStore<f32>, ds: &Dataset) -> Result<(f64, f64)> {
+pub fn evaluate(
+    model: &dyn Classifier<f32>,
+    store: &ParamStore<f32>,
+    ds: &Dataset,
+) -> Result<(f64, f64)> {
     evaluate_rows(model, store, ds, 0..ds.len())
 }
 
 /// [`evaluate`] on rows `rows` of `ds` (NaN for no rows).
 fn evaluate_rows(
-    model: &Mlp,
+    model: &dyn Classifier<f32>,
     store: &ParamStore<f32>,
     ds: &Dataset,
     rows: std::ops::Range<usize>,
@@ -184,7 +185,7 @@ fn evaluate_rows(
     let mut correct = 0usize;
     let n = rows.len();
     let idx: Vec<usize> = rows.collect();
-    for chunk in idx.chunks(2048) {
+    for chunk in idx.chunks(model.eval_chunk().max(1)) {
         let (x, y) = gather_batch(ds, chunk);
         let logits = model.infer(store, &x)?;
         loss_sum += cross_entropy_values(&logits, &y)? as f64 * chunk.len() as f64;
@@ -198,11 +199,11 @@ fn evaluate_rows(
     Ok((loss_sum / n as f64, correct as f64 / n as f64))
 }
 
-/// An MLP classifier trained with softmax cross-entropy on shuffled minibatches; its
-/// metric is validation accuracy.
+/// A classifier (an [`Mlp`], a [`crate::nn::Cnn`], any [`Classifier`]) trained with
+/// softmax cross-entropy on shuffled minibatches; its metric is validation accuracy.
 pub struct Classification<'a> {
     /// The model.
-    pub model: &'a Mlp,
+    pub model: &'a dyn Classifier<f32>,
     train: &'a Dataset,
     val: &'a Dataset,
     batches: Minibatches,
@@ -212,7 +213,7 @@ pub struct Classification<'a> {
 impl<'a> Classification<'a> {
     /// Minibatches of `batch_size` from `train`, shuffled each epoch when `shuffle`.
     pub fn new(
-        model: &'a Mlp,
+        model: &'a dyn Classifier<f32>,
         train: &'a Dataset,
         val: &'a Dataset,
         batch_size: usize,
@@ -327,7 +328,7 @@ impl Objective for Classification<'_> {
     ) -> Result<(Var<'t, f32>, usize)> {
         let rows = self.batches.rows(batch);
         let (x, y) = gather_batch(self.train, rows);
-        let logits = self.model.forward(p, p.tape().constant(x), ctx)?;
+        let logits = self.model.logits(p, p.tape().constant(x), ctx)?;
         let loss = p.tape().scoped("loss", || cross_entropy(logits, &y))?;
         Ok((loss, rows.len()))
     }
@@ -350,7 +351,7 @@ impl Objective for Classification<'_> {
         inputs: &[Var<'t, f32>],
         indices: &[Vec<usize>],
     ) -> Result<Var<'t, f32>> {
-        let logits = self.model.forward(p, inputs[0], &mut ForwardCtx::eval())?;
+        let logits = self.model.logits(p, inputs[0], &mut ForwardCtx::eval())?;
         cross_entropy(logits, &indices[0])
     }
     /// In a data-parallel run each process evaluates its share of the validation rows.

@@ -2,8 +2,8 @@
 //! (kernel, stride, padding; no ceil mode), each one recorded node. Max pooling keeps the
 //! index of each window's first maximum (its gradient goes there, as PyTorch's); average
 //! pooling divides by the whole window, padding included (PyTorch's default). Second order
-//! differentiates their compositions: a row selection at the kept indices, and a
-//! depthwise convolution with constant weights.
+//! differentiates their compositions: each window's taps selected and masked to the kept
+//! one, and a depthwise convolution with constant weights.
 
 use super::conv::Conv2dOptions;
 use super::{Grads, Op, Tangents};
@@ -201,18 +201,73 @@ pub(crate) fn replay_forward<T: Element>(op: &mut Op<T>, x: &Tensor<T>) -> Resul
     }
 }
 
-/// The composition that second order differentiates: the input's entries at the kept
-/// indices (max), or a depthwise convolution with weights 1/(kh·kw) (average).
+/// Max pooling in built-in ops, with memory proportional to the input (a selection of
+/// the whole flattened input at `argmax` would make its recorded adjoint a dense
+/// `[len, outputs]` matrix): every window's taps picked by one `index_select` within
+/// each plane, `[N, C, kh·kw, ho·wo]`, times a constant 0/1 mask of the kept tap, summed
+/// over the taps.
+fn max_composed<'t, T: Element>(
+    x: Var<'t, T>,
+    p: &Pool2dOptions,
+    argmax: &[usize],
+    out: &[usize],
+) -> Result<Var<'t, T>> {
+    let [n, c, h, w] = *x.shape() else {
+        unreachable!("checked when recorded")
+    };
+    let ([kh, kw], [sh, sw], [ph, pw]) = (p.kernel, p.stride, p.padding);
+    let (ho, wo) = (out[2], out[3]);
+    let (taps, positions) = (kh * kw, ho * wo);
+    // the in-plane index of tap t of window o (0 where it falls in the padding)
+    let mut idx = vec![0usize; taps * positions];
+    let mut valid = vec![false; taps * positions];
+    for (t, (i, j)) in (0..kh)
+        .flat_map(|i| (0..kw).map(move |j| (i, j)))
+        .enumerate()
+    {
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let (y, xx) = (
+                    (oh * sh + i).wrapping_sub(ph),
+                    (ow * sw + j).wrapping_sub(pw),
+                );
+                if y < h && xx < w {
+                    let k = t * positions + oh * wo + ow;
+                    (idx[k], valid[k]) = (y * w + xx, true);
+                }
+            }
+        }
+    }
+    let mask = Tensor::build(&[n, c, taps, positions], |m| {
+        for plane in 0..n * c {
+            for o in 0..positions {
+                let kept = argmax[plane * positions + o];
+                for t in 0..taps {
+                    let k = t * positions + o;
+                    if valid[k] && plane * h * w + idx[k] == kept {
+                        m[(plane * taps + t) * positions + o] = T::one();
+                    }
+                }
+            }
+        }
+    });
+    x.reshape(&[n, c, h * w])?
+        .index_select(2, &idx)?
+        .reshape(&[n, c, taps, positions])?
+        .mul(x.tape.constant(mask))?
+        .sum(&[2], false)?
+        .reshape(out)
+}
+
+/// The composition that second order differentiates: [`max_composed`], or a depthwise
+/// convolution with weights 1/(kh·kw) (average).
 pub(crate) fn composed<'t, T: Element>(
     op: &Op<T>,
     x: Var<'t, T>,
     out: &[usize],
 ) -> Result<Var<'t, T>> {
     match op {
-        Op::MaxPool2d { argmax, .. } => x
-            .reshape(&[x.value().len()])?
-            .index_select(0, argmax)?
-            .reshape(out),
+        Op::MaxPool2d { opts, argmax } => max_composed(x, opts, argmax, out),
         Op::AvgPool2d(p) => {
             let c = x.shape()[1];
             let k = p.kernel[0] * p.kernel[1];
@@ -273,7 +328,34 @@ mod tests {
         suite_cases(&mut rng, &mut cases);
         for c in &cases {
             check(&c.op, &c.inputs, |tape, v| (c.f)(tape, v));
+            let tape = Tape::new();
+            let v: Vec<Var<'_, f64>> = c.inputs.iter().map(|x| tape.var(x.clone())).collect();
+            let fused = (c.f)(&tape, &v).unwrap();
+            let op = tape.with_nodes(|n| n[fused.id as usize].op.clone());
+            let comp = composed(&op, v[0], &fused.shape()).unwrap();
+            assert!(fused.value().max_abs_diff(&comp.value()).unwrap() < 1e-13);
         }
+    }
+
+    #[test]
+    fn the_second_order_composition_of_max_pooling_stays_the_size_of_its_input() {
+        // a batch of W12's pooled maps: a selection of the flattened input would record a
+        // dense [4.7 M, 1.2 M] adjoint here; the composition's largest tensor is the mask
+        let tape = Tape::<f32>::new();
+        let x = tape.var(
+            Tensor::<f64>::randn(&[8, 64, 24, 24], 1)
+                .unwrap()
+                .cast::<f32>(),
+        );
+        let y = x.max_pool2d(Pool2dOptions::square(2)).unwrap();
+        let op = tape.with_nodes(|n| n[y.id as usize].op.clone());
+        let z = composed(&op, x, &y.shape()).unwrap();
+        let g = tape.backward(z.sum_all()).unwrap();
+        let g = g.wrt(x).unwrap();
+        assert_eq!(
+            g.data().iter().filter(|&&v| v == 1.0).count(),
+            y.value().len()
+        );
     }
 
     #[test]

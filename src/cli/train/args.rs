@@ -12,10 +12,13 @@ pub struct Args {
     /// (seven of Shakespeare's tragedies) or `macbeth` (embedded).
     #[arg(long)]
     pub(crate) data: Option<String>,
-    /// Model: `mlp` (for digits, MNIST and CSV), or `lstm`, `gru`, `rnn`, `gpt` (for
-    /// text) [default: mlp, or lstm for text]. `gpt` defaults to the W11 recipe
-    /// (nanoGPT's character GPT: 4 layers, 4 heads, width 128, context 64, batch 12,
-    /// AdamW, warm-up 100 and cosine to 1e-4 over --max-steps 2000).
+    /// Model: `mlp` or `cnn` (for digits, MNIST and CSV of square images), or `lstm`,
+    /// `gru`, `rnn`, `gpt` (for text) [default: mlp, or lstm for text]. `cnn` defaults to
+    /// the W12 recipe (PyTorch's MNIST example: convolutions of 32 and 64 channels 3×3,
+    /// max pooling 2, dropout 0.25, a hidden layer of 128, dropout 0.5; Adadelta lr 1.0
+    /// ×0.7 after every epoch, batch 64, no clipping, 14 epochs). `gpt` defaults to the
+    /// W11 recipe (nanoGPT's character GPT: 4 layers, 4 heads, width 128, context 64,
+    /// batch 12, AdamW, warm-up 100 and cosine to 1e-4 over --max-steps 2000).
     #[arg(long)]
     pub(crate) model: Option<String>,
     /// Embedding size of a character model [default: 64; 128 for gpt].
@@ -32,11 +35,20 @@ pub struct Args {
     /// context [default: 64].
     #[arg(long)]
     pub(crate) seq_len: Option<usize>,
+    /// Output channels of each convolution of a CNN [default: 32,64].
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) channels: Option<Vec<usize>>,
+    /// Side of a CNN's square kernels [default: 3].
+    #[arg(long)]
+    pub(crate) kernel: Option<usize>,
+    /// Dropout probability after a CNN's pooling [default: 0.25].
+    #[arg(long)]
+    pub(crate) conv_dropout: Option<f64>,
     /// CSV label column, by name or 0-based index [default: last].
     #[arg(long)]
     pub(crate) label: Option<String>,
-    /// Hidden layer sizes of an MLP [default: 128,64], or the hidden size of a recurrent
-    /// model [default: 256].
+    /// Hidden layer sizes of an MLP [default: 128,64] or of a CNN's fully connected part
+    /// [default: 128], or the hidden size of a recurrent model [default: 256].
     #[arg(long, value_delimiter = ',')]
     pub(crate) hidden: Option<Vec<usize>>,
     /// Weight initialisation of an MLP: he (He/Kaiming uniform), xavier (Glorot uniform)
@@ -47,15 +59,15 @@ pub struct Args {
     /// Hidden activation: relu, tanh or sigmoid [default: relu].
     #[arg(long)]
     pub(crate) activation: Option<String>,
-    /// Dropout probability after each hidden layer of an MLP, or after a GPT's
-    /// embeddings and each residual branch [default: 0].
+    /// Dropout probability after each hidden layer of an MLP or a CNN, or after a GPT's
+    /// embeddings and each residual branch [default: 0; 0.5 for cnn].
     #[arg(long)]
     pub(crate) dropout: Option<f64>,
     /// sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw or adadelta [default: adam;
-    /// adamw for gpt].
+    /// adamw for gpt; adadelta for cnn].
     #[arg(long)]
     pub(crate) optimizer: Option<String>,
-    /// Learning rate [default: 0.001; 0.003 for text; 0.001 for gpt].
+    /// Learning rate [default: 0.001; 0.003 for text; 0.001 for gpt; 1.0 for cnn].
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) lr: Option<f64>,
     /// Weight decay [default: the optimizer's PyTorch default].
@@ -198,6 +210,13 @@ pub struct RunConfig {
     pub(crate) heads: usize,
     #[serde(default)]
     pub(crate) seq_len: usize,
+    /// A CNN's convolution channels (empty for other models).
+    #[serde(default)]
+    pub(crate) channels: Vec<usize>,
+    #[serde(default)]
+    pub(crate) kernel: usize,
+    #[serde(default)]
+    pub(crate) conv_dropout: f64,
     pub(crate) label: Option<String>,
     pub(crate) hidden: Vec<usize>,
     pub(crate) activation: Activation,
@@ -241,20 +260,23 @@ pub(crate) fn mlp() -> String {
 /// The `--model` name of the transformer.
 pub(crate) const GPT: &str = "gpt";
 
+/// The `--model` name of the convolutional network.
+pub(crate) const CNN: &str = "cnn";
+
 /// Whether a `--model` name is a character model (recurrent or GPT).
 pub(crate) fn is_text_model(model: &str) -> anyhow::Result<bool> {
     Ok(model == GPT || cell_kind(model)?.is_some())
 }
 
-/// The recurrent cell of a `--model` name (`None` for `mlp` and `gpt`).
+/// The recurrent cell of a `--model` name (`None` for `mlp`, `cnn` and `gpt`).
 pub(crate) fn cell_kind(model: &str) -> anyhow::Result<Option<CellKind>> {
     Ok(match model {
-        "mlp" => None,
+        "mlp" | CNN => None,
         "lstm" => Some(CellKind::Lstm),
         "gru" => Some(CellKind::Gru),
         "rnn" => Some(CellKind::Rnn),
         GPT => None,
-        _ => bail!("--model: unknown model '{model}'; choose mlp, lstm, gru, rnn or gpt"),
+        _ => bail!("--model: unknown model '{model}'; choose mlp, cnn, lstm, gru, rnn or gpt"),
     })
 }
 
@@ -323,6 +345,45 @@ fn check_text_options(
     Ok(())
 }
 
+/// The options only a CNN takes (`--channels`, `--kernel`, `--conv-dropout`), and those
+/// it refuses (`--init`, `--activation`: PyTorch's initialisation and ReLU).
+fn check_cnn_options(
+    a: &Args,
+    model: &str,
+    channels: &[usize],
+    kernel: usize,
+    conv_dropout: f64,
+) -> anyhow::Result<()> {
+    if model != CNN {
+        for (flag, given) in [
+            ("--channels", a.channels.is_some()),
+            ("--kernel", a.kernel.is_some()),
+            ("--conv-dropout", a.conv_dropout.is_some()),
+        ] {
+            if given {
+                bail!("{flag}: only --model cnn has convolutions");
+            }
+        }
+        return Ok(());
+    }
+    if channels.is_empty() || channels.contains(&0) {
+        bail!("--channels: give one positive channel count per convolution, got {channels:?}");
+    }
+    if kernel == 0 {
+        bail!("--kernel must be at least 1");
+    }
+    if !(0.0..1.0).contains(&conv_dropout) {
+        bail!("--conv-dropout must be in [0, 1), got {conv_dropout}");
+    }
+    if a.init.is_some() {
+        bail!("--init: a CNN always starts from PyTorch's initialisation");
+    }
+    if a.activation.is_some() {
+        bail!("--activation: a CNN's activations are ReLU");
+    }
+    Ok(())
+}
+
 impl RunConfig {
     /// Defaults, overridden by the options given (on top of `base` when resuming).
     /// The defaults of a character-level language model: the best recipe found for
@@ -335,6 +396,9 @@ impl RunConfig {
             layers: 2,
             heads: 0,
             seq_len: 64,
+            channels: Vec::new(),
+            kernel: 0,
+            conv_dropout: 0.0,
             label: None,
             hidden: vec![256],
             activation: Activation::Tanh,
@@ -393,6 +457,9 @@ impl RunConfig {
             layers: 0,
             heads: 0,
             seq_len: 0,
+            channels: Vec::new(),
+            kernel: 0,
+            conv_dropout: 0.0,
             label: None,
             hidden: vec![128, 64],
             activation: Activation::Relu,
@@ -420,6 +487,28 @@ impl RunConfig {
         }
     }
 
+    /// The defaults of `--model cnn`: the W12 recipe (bench/anchors/w12_mnist_cnn.py,
+    /// PyTorch's MNIST example) for the 14 epochs of that example.
+    pub(crate) fn cnn_defaults() -> RunConfig {
+        RunConfig {
+            model: CNN.into(),
+            channels: vec![32, 64],
+            kernel: 3,
+            conv_dropout: 0.25,
+            hidden: vec![128],
+            dropout: 0.5,
+            optimizer: OptimizerKind::Adadelta,
+            lr: 1.0,
+            schedule: "epoch:0.7".into(),
+            batch_size: 64,
+            clip_norm: None,
+            target: None,
+            max_epochs: Some(14),
+            max_time: None,
+            ..RunConfig::mlp_defaults()
+        }
+    }
+
     pub(crate) fn resolve(a: &Args, base: Option<RunConfig>) -> anyhow::Result<RunConfig> {
         let text = a
             .data
@@ -431,6 +520,8 @@ impl RunConfig {
                 RunConfig::gpt_defaults()
             } else if text {
                 RunConfig::text_defaults()
+            } else if a.model.as_deref() == Some(CNN) {
+                RunConfig::cnn_defaults()
             } else {
                 RunConfig::mlp_defaults()
             }
@@ -465,7 +556,7 @@ impl RunConfig {
         let model = a.model.clone().unwrap_or(b.model);
         if is_text_model(&model)? != text {
             bail!(
-                "--model {model} does not train on --data {data}: text data takes lstm, gru, rnn or gpt, the others take mlp"
+                "--model {model} does not train on --data {data}: text data takes lstm, gru, rnn or gpt, the others take mlp or cnn"
             );
         }
         let (embed, layers, seq_len) = (
@@ -477,6 +568,12 @@ impl RunConfig {
         if text {
             check_text_options(a, &model, [embed, layers, seq_len], heads, &hidden)?;
         }
+        let (channels, kernel) = (
+            a.channels.clone().unwrap_or(b.channels),
+            a.kernel.unwrap_or(b.kernel),
+        );
+        let conv_dropout = a.conv_dropout.unwrap_or(b.conv_dropout);
+        check_cnn_options(a, &model, &channels, kernel, conv_dropout)?;
         let min_lr = a.min_lr.unwrap_or(b.min_lr);
         if !(min_lr.is_finite() && min_lr >= 0.0) {
             bail!("--min-lr must be a non-negative number, got {min_lr}");
@@ -488,6 +585,9 @@ impl RunConfig {
             layers,
             heads,
             seq_len,
+            channels,
+            kernel,
+            conv_dropout,
             label: a.label.clone().or(b.label),
             hidden,
             activation: match &a.activation {
@@ -577,6 +677,9 @@ impl RunConfig {
         same("--layers", a.layers, saved.layers)?;
         same("--heads", a.heads, saved.heads)?;
         same("--seq-len", a.seq_len, saved.seq_len)?;
+        same("--channels", a.channels.as_ref(), &saved.channels)?;
+        same("--kernel", a.kernel, saved.kernel)?;
+        same("--conv-dropout", a.conv_dropout, saved.conv_dropout)?;
         // no label option means the last column
         let label = |l: Option<&String>| l.map_or("last".to_string(), String::clone);
         same(

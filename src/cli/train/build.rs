@@ -57,7 +57,8 @@ pub(crate) fn load_splits(
         );
     };
     let s = standardizer.unwrap_or_else(|| {
-        if eval_name == "test" {
+        // images (MNIST, or any for a CNN) share one mean and deviation over all pixels
+        if eval_name == "test" || cfg.model == CNN {
             Standardizer::fit_global(&train)
         } else {
             Standardizer::fit(&train)
@@ -94,6 +95,103 @@ pub(crate) fn build_model(
         None => Init::TorchDefault,
     };
     Ok(Mlp::new(store, sizes, cfg.activation, init, cfg.seed)?.with_dropout(cfg.dropout))
+}
+
+/// The network of a classifier's run: an MLP or a CNN.
+pub(crate) enum Network {
+    Mlp(Mlp),
+    Cnn(Cnn),
+}
+
+impl Network {
+    /// The network as the trainer and the evaluation see it.
+    pub(crate) fn classifier(&self) -> &dyn Classifier<f32> {
+        match self {
+            Network::Mlp(m) => m,
+            Network::Cnn(c) => c,
+        }
+    }
+
+    /// What the checkpoint records as the model's sizes: the MLP's layer sizes, or a
+    /// CNN's features and classes (its shape is in the run's settings).
+    pub(crate) fn sizes(&self) -> Vec<usize> {
+        match self {
+            Network::Mlp(m) => m.sizes.clone(),
+            Network::Cnn(c) => {
+                let k = &c.config;
+                vec![k.in_channels * k.image[0] * k.image[1], k.classes]
+            }
+        }
+    }
+
+    /// The network in words, for the line a run starts with.
+    pub(crate) fn describe(&self, store: &ParamStore<f32>) -> String {
+        match self {
+            Network::Mlp(m) => format!("an MLP {:?}", m.sizes),
+            Network::Cnn(c) => {
+                let k = &c.config;
+                format!(
+                    "a CNN (convolutions {:?} of {}×{}, pooling {}, hidden {:?}, dropout {:?}, {} parameters)",
+                    k.channels,
+                    k.kernel,
+                    k.kernel,
+                    k.pool,
+                    k.hidden,
+                    k.dropout,
+                    store.num_elements()
+                )
+            }
+        }
+    }
+}
+
+/// The shape of the CNN `cfg` describes for rows of `features` values, read as square
+/// one-channel images (28×28 for MNIST, 8×8 for the digits).
+pub(crate) fn cnn_config(
+    cfg: &RunConfig,
+    features: usize,
+    classes: usize,
+) -> anyhow::Result<CnnConfig> {
+    let side = (features as f64).sqrt().round() as usize;
+    if side.checked_mul(side) != Some(features) {
+        bail!(
+            "--model cnn reads each row as a square image, but the data has {features} features (not a square number)"
+        );
+    }
+    let config = CnnConfig {
+        in_channels: 1,
+        image: [side, side],
+        channels: cfg.channels.clone(),
+        kernel: cfg.kernel,
+        pool: 2,
+        hidden: cfg.hidden.clone(),
+        classes,
+        dropout: [cfg.conv_dropout, cfg.dropout],
+    };
+    config.flat_features()?;
+    Ok(config)
+}
+
+/// The classifier of a run for rows of `features` values and `classes` classes, checked
+/// against a checkpoint's parameters before it is built (`check`).
+pub(crate) fn build_network(
+    cfg: &RunConfig,
+    (features, classes): (usize, usize),
+    check: Option<&chainrule::train::Checkpoint>,
+    store: &mut ParamStore<f32>,
+) -> anyhow::Result<Network> {
+    if cfg.model == CNN {
+        let config = cnn_config(cfg, features, classes)?;
+        if let Some(c) = check {
+            c.check_param_count(config.param_count())?;
+        }
+        return Ok(Network::Cnn(Cnn::new(store, config, cfg.seed)?));
+    }
+    let sizes = layer_sizes(cfg, features, classes);
+    if let Some(c) = check {
+        c.check_sizes(&sizes)?;
+    }
+    Ok(Network::Mlp(build_model(cfg, &sizes, store)?))
 }
 
 /// A character model's data: the corpus and its streams.
@@ -147,7 +245,7 @@ pub(crate) fn load_text(cfg: &RunConfig, saved_vocab: Option<&str>) -> anyhow::R
 
 /// The model of a run and its data.
 pub(crate) enum Problem {
-    Classifier { splits: Splits, model: Mlp },
+    Classifier { splits: Splits, model: Network },
     Text { text: TextData, model: CharModel },
     Gpt { text: TextData, model: Gpt },
 }
@@ -157,7 +255,7 @@ impl Problem {
     pub(crate) fn objective(&self, cfg: &RunConfig) -> anyhow::Result<Box<dyn Objective + '_>> {
         Ok(match self {
             Problem::Classifier { splits, model } => Box::new(Classification::new(
-                model,
+                model.classifier(),
                 &splits.train,
                 &splits.val,
                 cfg.batch_size,

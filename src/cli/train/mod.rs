@@ -6,7 +6,9 @@ use chainrule::data::{
     Dataset, EMBEDDED_TEXTS, LabelColumn, Standardizer, Streams, TextCorpus, load_csv, load_mnist,
     unigram_entropy,
 };
-use chainrule::nn::{Activation, CharModel, Gpt, GptConfig, Init, Mlp, ParamStore};
+use chainrule::nn::{
+    Activation, CharModel, Classifier, Cnn, CnnConfig, Gpt, GptConfig, Init, Mlp, ParamStore,
+};
 use chainrule::optim::{Adam, LrSchedule, Optimizer, OptimizerKind, Schedule, Warmup};
 use chainrule::train::{
     CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, Classification, Collective,

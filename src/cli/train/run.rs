@@ -115,16 +115,12 @@ fn build_problem(
         }
         None => {
             let splits = load_splits(cfg, resumed.and_then(|c| c.meta.standardizer.clone()))?;
-            let sizes = layer_sizes(
-                cfg,
+            let shape = (
                 splits.train.dim(),
                 splits.train.num_classes.max(splits.val.num_classes),
             );
-            if let Some(c) = resumed {
-                c.check_sizes(&sizes)
-                    .with_context(|| resume_context(args))?;
-            }
-            let model = build_model(cfg, &sizes, store)?;
+            let model =
+                build_network(cfg, shape, resumed, store).with_context(|| resume_context(args))?;
             Problem::Classifier { splits, model }
         }
         Some(kind) => {
@@ -274,8 +270,8 @@ fn announcement(cfg: &RunConfig, problem: &Problem, store: &ParamStore<f32>, out
         .unwrap_or("off".into());
     match problem {
         Problem::Classifier { splits, model } => format!(
-            "training an MLP {:?} on {} ({} train / {} {} samples) with {:?}, lr {}, batch {}, clipping {clipping}; output in {}",
-            model.sizes,
+            "training {} on {} ({} train / {} {} samples) with {:?}, lr {}, batch {}, clipping {clipping}; output in {}",
+            model.describe(store),
             cfg.data,
             splits.train.len(),
             splits.val.len(),
@@ -332,7 +328,7 @@ fn checkpoint_meta(
 ) -> anyhow::Result<CheckpointMeta> {
     let (sizes, vocab, standardizer) = match problem {
         Problem::Classifier { splits, model } => {
-            (model.sizes.clone(), None, Some(splits.standardizer.clone()))
+            (model.sizes(), None, Some(splits.standardizer.clone()))
         }
         Problem::Text { text, .. } | Problem::Gpt { text, .. } => (
             Vec::new(),

@@ -104,8 +104,9 @@ impl SavedRun {
         Ok(Some((model, store, text)))
     }
 
-    /// The MLP classifier of the run with its saved weights, and the run's data splits.
-    pub(crate) fn mlp(&self) -> anyhow::Result<(Mlp, ParamStore<f32>, Splits)> {
+    /// The classifier (MLP or CNN) of the run with its saved weights, and the run's data
+    /// splits.
+    pub(crate) fn classifier(&self) -> anyhow::Result<(Network, ParamStore<f32>, Splits)> {
         let splits = load_splits(&self.cfg, self.ckpt.meta.standardizer.clone())?;
         let Some(&classes) = self.ckpt.meta.sizes.last() else {
             bail!(
@@ -113,12 +114,10 @@ impl SavedRun {
                 self.file.display()
             );
         };
-        let sizes = layer_sizes(&self.cfg, splits.val.dim(), classes);
-        self.ckpt
-            .check_sizes(&sizes)
-            .with_context(|| format!("--checkpoint {}", self.file.display()))?;
         let mut store = ParamStore::<f32>::new();
-        let model = build_model(&self.cfg, &sizes, &mut store)?;
+        let shape = (splits.val.dim(), classes);
+        let model = build_network(&self.cfg, shape, Some(&self.ckpt), &mut store)
+            .with_context(|| format!("--checkpoint {}", self.file.display()))?;
         self.ckpt.restore_params(&mut store)?;
         Ok((model, store, splits))
     }
@@ -153,8 +152,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (model, store, splits) = run.mlp()?;
-    let (loss, acc) = evaluate(&model, &store, &splits.val)?;
+    let (model, store, splits) = run.classifier()?;
+    let (loss, acc) = evaluate(model.classifier(), &store, &splits.val)?;
     if args.json {
         println!(
             "{}",
