@@ -14,6 +14,7 @@ use crate::train::{
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+mod cnn;
 mod dp;
 mod functions;
 mod kernels;
@@ -22,6 +23,7 @@ mod memory;
 mod mlp;
 mod mnist;
 
+use cnn::*;
 pub use dp::*;
 pub use functions::*;
 use kernels::*;
@@ -294,6 +296,8 @@ pub const WORKLOADS: &[&str] = &[
     "w9_step",
     "w11_step",
     "mnist_epoch",
+    "w12_step",
+    "mnist_cnn_epoch",
 ];
 
 /// Settings shared by all workloads.
@@ -307,7 +311,8 @@ pub struct BenchConfig {
     /// The text of W9 and W11 (`w9_forward`, `w9_step`, `w11_step`); `None`: the embedded tragedies, the
     /// anchor's text.
     pub text: Option<std::path::PathBuf>,
-    /// The MNIST folder of W8 (`mnist_epoch`), which the repository does not hold.
+    /// The MNIST folder of W8 and W12 (`mnist_epoch`, `w12_step`, `mnist_cnn_epoch`),
+    /// which the repository does not hold.
     pub mnist: Option<std::path::PathBuf>,
 }
 
@@ -346,6 +351,8 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "w9_step" => vec![w9(cfg, true)?],
         "w11_step" => vec![w11(cfg)?],
         "mnist_epoch" => vec![mnist_epoch(cfg)?],
+        "w12_step" => vec![w12_step(cfg)?],
+        "mnist_cnn_epoch" => vec![mnist_cnn_epoch(cfg)?],
         "w3_scalar" => vec![
             w3_scalar(100_000, cfg)
                 .verify_extra("loss", W3_LOSS.0, W3_LOSS.1)?

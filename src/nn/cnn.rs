@@ -217,9 +217,11 @@ impl<T: Element> Classifier<T> for Cnn {
         (c.dropout == [0.0, 0.0]).then(|| format!("cnn {c:?}"))
     }
 
-    /// A chunk's activations are about 150 KiB an image at W12.
+    /// A chunk's activations are about 150 KiB an image at W12; 128 images keep each
+    /// buffer under the 32 MiB that the program's allocator reuses instead of mapping
+    /// afresh (`keep_freed_memory` in main.rs).
     fn eval_chunk(&self) -> usize {
-        256
+        128
     }
 }
 

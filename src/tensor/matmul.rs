@@ -180,6 +180,25 @@ pub(crate) fn matmul_into<T: Element>(
     }
 }
 
+/// [`matmul_into`] on the calling thread alone, for products that run inside a parallel
+/// loop of their own (a convolution's chunks of samples).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_into_serial<T: Element>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: (&[T], MatLayout),
+    rhs: (&[T], MatLayout),
+    accumulate: bool,
+) {
+    if m.saturating_mul(n).saturating_mul(k) <= SMALL_MNK {
+        small_gemm(dst, m, n, k, lhs, rhs, accumulate);
+    } else {
+        T::gemm(dst, m, n, k, lhs, rhs, accumulate, 1);
+    }
+}
+
 /// `dst += A·B` for rows of exactly `N` outputs: the accumulator is a fixed-size array
 /// the compiler keeps in vector registers across the whole k loop.
 #[inline(always)]

@@ -18,7 +18,7 @@ pub(crate) use shape::{
 };
 
 pub use elementwise::{BinaryOp, UnaryOp};
-pub(crate) use matmul::{MatLayout, matmul_into, matmul_threads};
+pub(crate) use matmul::{MatLayout, matmul_into, matmul_into_serial, matmul_threads};
 // the benchmark anchors' data streams: for `chainrule bench`, not part of the API
 #[doc(hidden)]
 pub use random::{SplitMix64, splitmix64};

@@ -1,16 +1,17 @@
 //! Two-dimensional convolution over NCHW as one recorded node (PyTorch's `conv2d`: weight
-//! `[out, in/groups, kh, kw]`, stride, padding, dilation, groups). Each sample's patches
-//! are laid out as columns (im2col, one sample and one group at a time, so no more than
-//! one sample's patches exist per thread) and multiplied by the weight in faer's kernels;
-//! the reverse rule computes the weight gradient as a sum of such products and the input
-//! gradient by scattering the columns' gradient back (col2im). Second order
+//! `[out, in/groups, kh, kw]`, stride, padding, dilation, groups). The patches of a chunk
+//! of samples are laid out as the columns of one matrix (im2col, one chunk and one group
+//! at a time per thread, so no more than a chunk's patches exist at once) and multiplied
+//! by the weight in faer's kernels; the reverse rule computes the weight gradient as one
+//! product per chunk and the input gradient by scattering the columns' gradient back
+//! (col2im). Second order
 //! differentiates the same convolution written in built-in ops.
 
 use super::{Grads, Op, Tangents};
 use crate::autodiff::suite::{Case, Domain, sample};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, MatLayout, Tensor, checked_len, matmul_into};
+use crate::tensor::{Element, MatLayout, Tensor, checked_len, matmul_into, matmul_into_serial};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -131,54 +132,124 @@ fn conv_dims(
     })
 }
 
-/// Calls `f(c, i)` for every entry `c` of group `g`'s columns `[cg·kh·kw, ho·wo]` (row
-/// `(ci, ki, kj)`, column `(oh, ow)`) with the entry `i` of a sample `[C, H, W]` that it
-/// reads, or `None` where the tap falls in the padding: the one index map of
+/// Where row `r` of group `g`'s columns (`r` = `(ci, ki, kj)`) reads output row `oh` of
+/// a sample `[C, H, W]`: tap `ow` reads `base + ow·sw` for `ow` in `lo..hi` and falls in
+/// the padding elsewhere; `None` when the whole row does. The one index map of
 /// [`im2col`] and of its adjoint [`col2im`].
 #[inline(always)]
-fn for_each_tap(g: usize, d: &ConvDims, mut f: impl FnMut(usize, Option<usize>)) {
+fn tap_row(g: usize, d: &ConvDims, r: usize, oh: usize) -> Option<(usize, usize, usize)> {
     let ConvDims {
         h,
         w,
         kh,
         kw,
-        ho,
         wo,
         cg,
         opts,
         ..
     } = *d;
     let ([sh, sw], [ph, pw], [dh, dw]) = (opts.stride, opts.padding, opts.dilation);
-    for r in 0..cg * kh * kw {
-        let (ci, ki, kj) = (r / (kh * kw), r / kw % kh, r % kw);
-        let plane = (g * cg + ci) * h * w;
-        for oh in 0..ho {
-            let y = (oh * sh + ki * dh).wrapping_sub(ph);
-            for ow in 0..wo {
-                let x = (ow * sw + kj * dw).wrapping_sub(pw);
-                let at = (y < h && x < w).then(|| plane + y * w + x);
-                f((r * ho + oh) * wo + ow, at);
+    let (ci, ki, kj) = (r / (kh * kw), r / kw % kh, r % kw);
+    let y = (oh * sh + ki * dh).wrapping_sub(ph);
+    if y >= h {
+        return None;
+    }
+    // x(ow) = ow·sw + kj·dw − pw must lie in 0..w
+    let shift = kj * dw;
+    let lo = pw.saturating_sub(shift).div_ceil(sw);
+    let hi = (w + pw).saturating_sub(shift).div_ceil(sw).min(wo);
+    let base = ((g * cg + ci) * h + y) * w + shift;
+    Some((base.wrapping_sub(pw), lo.min(hi), hi))
+}
+
+/// Group `g` of sample `xs` (`[C, H, W]`) as columns `[cg·kh·kw, ho·wo]`, zeros where a
+/// tap falls in the padding, written at `cols[r·stride + offset ..]` for row `r` (the
+/// sample's place among a chunk's columns).
+fn im2col<T: Element>(
+    xs: &[T],
+    g: usize,
+    d: &ConvDims,
+    cols: &mut [T],
+    stride: usize,
+    offset: usize,
+) {
+    let (ho, wo, sw) = (d.ho, d.wo, d.opts.stride[1]);
+    for r in 0..d.k() {
+        let row = &mut cols[r * stride + offset..][..ho * wo];
+        for (oh, out) in row.chunks_exact_mut(wo).enumerate() {
+            let Some((base, lo, hi)) = tap_row(g, d, r, oh) else {
+                out.fill(T::zero());
+                continue;
+            };
+            out[..lo].fill(T::zero());
+            out[hi..].fill(T::zero());
+            if lo == hi {
+                continue;
+            }
+            let start = base.wrapping_add(lo * sw);
+            if sw == 1 {
+                out[lo..hi].copy_from_slice(&xs[start..start + (hi - lo)]);
+            } else {
+                for (o, v) in out[lo..hi].iter_mut().zip(xs[start..].iter().step_by(sw)) {
+                    *o = *v;
+                }
             }
         }
     }
 }
 
-/// Group `g` of sample `xs` (`[C, H, W]`) as columns `[cg·kh·kw, ho·wo]`, zeros where a tap
-/// falls in the padding.
-fn im2col<T: Element>(xs: &[T], g: usize, d: &ConvDims, cols: &mut [T]) {
-    for_each_tap(g, d, |c, i| cols[c] = i.map_or(T::zero(), |i| xs[i]));
-}
-
-/// The adjoint of [`im2col`]: adds the columns' gradient into sample `dxs` (`[C, H, W]`).
-fn col2im<T: Element>(cols: &[T], g: usize, d: &ConvDims, dxs: &mut [T]) {
-    for_each_tap(g, d, |c, i| {
-        if let Some(i) = i {
-            dxs[i] += cols[c];
+/// The adjoint of [`im2col`]: adds the columns' gradient (read like `im2col` writes them)
+/// into sample `dxs` (`[C, H, W]`).
+fn col2im<T: Element>(
+    cols: &[T],
+    g: usize,
+    d: &ConvDims,
+    dxs: &mut [T],
+    stride: usize,
+    offset: usize,
+) {
+    let (ho, wo, sw) = (d.ho, d.wo, d.opts.stride[1]);
+    for r in 0..d.k() {
+        let row = &cols[r * stride + offset..][..ho * wo];
+        for (oh, from) in row.chunks_exact(wo).enumerate() {
+            if let Some((base, lo, hi)) = tap_row(g, d, r, oh)
+                && lo < hi
+            {
+                let start = base.wrapping_add(lo * sw);
+                let to = dxs[start..].iter_mut().step_by(sw);
+                for (t, v) in to.zip(&from[lo..hi]) {
+                    *t += *v;
+                }
+            }
         }
-    });
+    }
 }
 
-/// `y = conv(x, w) + b`, one sample per task.
+/// Samples per task of both rules: each task lays out the patches of this many samples
+/// as the columns of one product (`[cg·kh·kw, samples·ho·wo]`) instead of one small
+/// product per sample. Fixed, so that the weight gradient's partial sums (and so its
+/// value) do not depend on the number of threads.
+const SAMPLES_PER_TASK: usize = 4;
+
+/// `c ⟵ a·b` (or `c += a·b`): on this thread alone when the caller's parallel loop has
+/// tasks for every thread, else with threads of its own.
+#[allow(clippy::too_many_arguments)]
+fn product<T: Element>(
+    serial: bool,
+    c: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    a: (&[T], MatLayout),
+    b: (&[T], MatLayout),
+    accumulate: bool,
+) {
+    if serial {
+        matmul_into_serial(c, m, n, k, a, b, accumulate);
+    } else {
+        matmul_into(c, m, n, k, a, b, accumulate);
+    }
+}
+
+/// `y = conv(x, w) + b`, a chunk of samples per task.
 fn conv_forward<T: Element>(
     x: &Tensor<T>,
     wt: &Tensor<T>,
@@ -187,46 +258,48 @@ fn conv_forward<T: Element>(
 ) -> Tensor<T> {
     let (k, pos) = (d.k(), d.positions());
     let mut y = Tensor::zeroed(&[d.n, d.o, d.ho, d.wo]);
-    let per_sample = d.o * pos;
-    if per_sample == 0 {
+    let (xs_len, ys_len) = (d.c * d.h * d.w, d.o * pos);
+    if ys_len == 0 {
         return y;
     }
-    let sample = |(xs, ys): (&[T], &mut [T])| {
-        let mut cols = vec![T::zero(); k * pos];
+    let serial = d.n > SAMPLES_PER_TASK;
+    // each thread's buffers serve all its chunks (the last chunk may be smaller)
+    let full = SAMPLES_PER_TASK.min(d.n) * pos;
+    let buffers = || (vec![T::zero(); k * full], vec![T::zero(); d.og * full]);
+    let task = |(cols, out): &mut (Vec<T>, Vec<T>), (xs, ys): (&[T], &mut [T])| {
+        let s = ys.len() / ys_len;
+        let width = s * pos;
+        let (cols, out) = (&mut cols[..k * width], &mut out[..d.og * width]);
         for g in 0..d.opts.groups {
-            im2col(xs, g, d, &mut cols);
+            for si in 0..s {
+                let sample = &xs[si * xs_len..(si + 1) * xs_len];
+                im2col(sample, g, d, cols, width, si * pos);
+            }
             let wg = &wt.data()[g * d.og * k..(g + 1) * d.og * k];
-            let out = &mut ys[g * d.og * pos..(g + 1) * d.og * pos];
-            matmul_into(
-                out,
-                d.og,
-                pos,
-                k,
-                (wg, MatLayout::Normal),
-                (&cols, MatLayout::Normal),
-                false,
-            );
-        }
-        if let Some(b) = b {
-            for (row, &bv) in ys.chunks_exact_mut(pos).zip(b.data()) {
-                row.iter_mut().for_each(|v| *v += bv);
+            let (nd, dims) = (MatLayout::Normal, (d.og, width, k));
+            product(serial, out, dims, (wg, nd), (cols, nd), false);
+            for (o, row) in out.chunks_exact(width).enumerate() {
+                let channel = g * d.og + o;
+                let bias = b.map_or(T::zero(), |b| b.data()[channel]);
+                for (si, from) in row.chunks_exact(pos).enumerate() {
+                    let to = &mut ys[si * ys_len + channel * pos..][..pos];
+                    for (t, &v) in to.iter_mut().zip(from) {
+                        *t = v + bias;
+                    }
+                }
             }
         }
     };
-    let xs_len = d.c * d.h * d.w;
     x.data()
-        .par_chunks(xs_len.max(1))
-        .zip(y.data_mut().par_chunks_mut(per_sample))
-        .for_each(sample);
+        .par_chunks((SAMPLES_PER_TASK * xs_len).max(1))
+        .zip(y.data_mut().par_chunks_mut(SAMPLES_PER_TASK * ys_len))
+        .for_each_init(buffers, task);
     y
 }
 
-/// Samples per task of the reverse rule: fixed, so that the weight gradient's partial sums
-/// (and so its value) do not depend on the number of threads.
-const SAMPLES_PER_TASK: usize = 8;
-
-/// The reverse rule: `dW_g = Σ_n dY_ng·cols_ngᵀ`, `dx_n = col2im(W_gᵀ·dY_ng)`,
-/// `db = Σ dY`.
+/// The reverse rule, a chunk of samples per task: with `dY` and the patches of the
+/// chunk as matrices `[og, samples·ho·wo]` and `[cg·kh·kw, samples·ho·wo]`,
+/// `dW_g = Σ_chunks dY·colsᵀ`, `dx = col2im(W_gᵀ·dY)`, `db = Σ dY`.
 fn conv_vjp<T: Element>(
     ins: &[&Tensor<T>],
     d: &ConvDims,
@@ -236,36 +309,63 @@ fn conv_vjp<T: Element>(
     let (x, wt) = (ins[0], ins[1]);
     let (k, pos) = (d.k(), d.positions());
     let (xs_len, ys_len) = (d.c * d.h * d.w, d.o * pos);
-    let mut dx = Tensor::zeroed(x.shape());
+    let mut dx = Tensor::zeroed(if needs[0] { x.shape() } else { &[0] });
     let (nd, tr) = (MatLayout::Normal, MatLayout::Transposed);
     let want_w = needs[1];
-    let task = |((xs, gs), dxs): ((&[T], &[T]), &mut [T])| -> Vec<T> {
+    let serial = d.n > SAMPLES_PER_TASK;
+    // each thread's buffers serve all its chunks (the last chunk may be smaller)
+    let full = SAMPLES_PER_TASK.min(d.n) * pos;
+    let buffers = || (vec![T::zero(); k * full], vec![T::zero(); d.og * full]);
+    let task = |(cols, gc): &mut (Vec<T>, Vec<T>),
+                (xs, gs, dxs): (&[T], &[T], Option<&mut [T]>)|
+     -> Vec<T> {
+        let s = gs.len() / ys_len;
+        let width = s * pos;
         let mut dw = vec![T::zero(); if want_w { d.o * k } else { 0 }];
-        let mut cols = vec![T::zero(); k * pos];
-        let samples = xs.chunks_exact(xs_len).zip(gs.chunks_exact(ys_len));
-        for ((xs, gs), dxs) in samples.zip(dxs.chunks_exact_mut(xs_len)) {
-            for grp in 0..d.opts.groups {
-                let gg = &gs[grp * d.og * pos..(grp + 1) * d.og * pos];
-                if want_w {
-                    im2col(xs, grp, d, &mut cols);
-                    let dwg = &mut dw[grp * d.og * k..(grp + 1) * d.og * k];
-                    matmul_into(dwg, d.og, k, pos, (gg, nd), (&cols, tr), true);
+        let (cols, gc) = (&mut cols[..k * width], &mut gc[..d.og * width]);
+        let mut dxs = dxs;
+        for grp in 0..d.opts.groups {
+            for (o, row) in gc.chunks_exact_mut(width).enumerate() {
+                let channel = grp * d.og + o;
+                for (si, to) in row.chunks_exact_mut(pos).enumerate() {
+                    to.copy_from_slice(&gs[si * ys_len + channel * pos..][..pos]);
                 }
-                if needs[0] {
-                    let wg = &wt.data()[grp * d.og * k..(grp + 1) * d.og * k];
-                    matmul_into(&mut cols, k, pos, d.og, (wg, tr), (gg, nd), false);
-                    col2im(&cols, grp, d, dxs);
+            }
+            if want_w {
+                for si in 0..s {
+                    let sample = &xs[si * xs_len..(si + 1) * xs_len];
+                    im2col(sample, grp, d, cols, width, si * pos);
+                }
+                let dwg = &mut dw[grp * d.og * k..(grp + 1) * d.og * k];
+                product(serial, dwg, (d.og, k, width), (gc, nd), (cols, tr), true);
+            }
+            if let Some(dxs) = dxs.as_deref_mut() {
+                let wg = &wt.data()[grp * d.og * k..(grp + 1) * d.og * k];
+                product(serial, cols, (k, width, d.og), (wg, tr), (gc, nd), false);
+                for si in 0..s {
+                    let sample = &mut dxs[si * xs_len..(si + 1) * xs_len];
+                    col2im(cols, grp, d, sample, width, si * pos);
                 }
             }
         }
         dw
     };
     let partials: Vec<Vec<T>> = if xs_len > 0 && ys_len > 0 {
-        (x.data().par_chunks(SAMPLES_PER_TASK * xs_len))
-            .zip(g.data().par_chunks(SAMPLES_PER_TASK * ys_len))
-            .zip(dx.data_mut().par_chunks_mut(SAMPLES_PER_TASK * xs_len))
-            .map(task)
-            .collect()
+        let chunks = x
+            .data()
+            .par_chunks(SAMPLES_PER_TASK * xs_len)
+            .zip(g.data().par_chunks(SAMPLES_PER_TASK * ys_len));
+        if needs[0] {
+            let dxc = dx.data_mut().par_chunks_mut(SAMPLES_PER_TASK * xs_len);
+            chunks
+                .zip(dxc)
+                .map_init(buffers, |b, ((xs, gs), dxs)| task(b, (xs, gs, Some(dxs))))
+                .collect()
+        } else {
+            chunks
+                .map_init(buffers, |b, (xs, gs)| task(b, (xs, gs, None)))
+                .collect()
+        }
     } else {
         Vec::new()
     };
@@ -522,6 +622,38 @@ mod tests {
             };
             let comp = composed(opts, &v).unwrap();
             assert!(fused.value().max_abs_diff(&comp.value()).unwrap() < 1e-13);
+        }
+    }
+
+    #[test]
+    fn chunks_of_samples_give_the_composition_s_values_and_gradients() {
+        // 19 samples: two full chunks and a partial one, each product on its own thread
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let opts = Conv2dOptions {
+            stride: [2, 1],
+            padding: [1, 2],
+            dilation: [1, 2],
+            groups: 2,
+        };
+        let x = sample(&[19, 4, 7, 6], Domain::AwayFromZero, &mut rng);
+        let w = sample(&[6, 2, 3, 2], Domain::AwayFromZero, &mut rng);
+        let b = sample(&[6], Domain::AwayFromZero, &mut rng);
+        let run = |fused: bool| {
+            let tape = Tape::<f64>::new();
+            let v = [x.clone(), w.clone(), b.clone()].map(|t| tape.var(t));
+            let y = if fused {
+                v[0].conv2d(v[1], Some(v[2]), opts).unwrap()
+            } else {
+                composed(opts, &v).unwrap()
+            };
+            let r = tape.constant(Tensor::<f64>::randn(&y.shape(), 3).unwrap());
+            let grads = tape.backward(y.mul(r).unwrap().sum_all()).unwrap();
+            let mut out = vec![y.value()];
+            out.extend(v.iter().map(|&vi| grads.wrt(vi).unwrap()));
+            out
+        };
+        for (a, b) in run(true).iter().zip(run(false)) {
+            assert!(a.max_abs_diff(&b).unwrap() < 1e-12);
         }
     }
 

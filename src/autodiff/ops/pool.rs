@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// A pooling window: kernel, stride and padding (height, width).
@@ -95,16 +96,52 @@ fn for_each_tap(
 fn max_forward<T: Element>(x: &Tensor<T>, p: &Pool2dOptions) -> Result<(Tensor<T>, Arc<[usize]>)> {
     let d = pool_dims(x.shape(), p, "max_pool2d")?;
     let len = d[0] * d[3] * d[4];
-    let mut best = vec![T::neg_infinity(); len];
-    let mut at = vec![usize::MAX; len];
+    let mut best = vec![T::zero(); len];
+    let mut at = vec![0usize; len];
     let xs = x.data();
-    for_each_tap(p, d, |o, i| {
-        let v = xs[i];
-        let first = at[o] == usize::MAX;
-        if first || v > best[o] || (v.is_nan() && !best[o].is_nan()) {
-            (best[o], at[o]) = (v, i);
+    let [_, h, w, ho, wo] = d;
+    let ([kh, kw], [sh, sw], [ph, pw]) = (p.kernel, p.stride, p.padding);
+    // the in-bounds taps of a window starting at `start` (never empty: the padding is at
+    // most half the window, and padding is never the maximum)
+    let span = |start: usize, pad: usize, k: usize, size: usize| {
+        (
+            start.saturating_sub(pad),
+            (start + k).saturating_sub(pad).min(size),
+        )
+    };
+    let plane = |(plane, (bo, ao)): (usize, (&mut [T], &mut [usize]))| {
+        let xp = &xs[plane * h * w..(plane + 1) * h * w];
+        for oh in 0..ho {
+            let (y0, y1) = span(oh * sh, ph, kh, h);
+            for ow in 0..wo {
+                let (x0, x1) = span(ow * sw, pw, kw, w);
+                let (mut b, mut i_b, mut nan) = (xp[y0 * w + x0], y0 * w + x0, false);
+                for y in y0..y1 {
+                    for (i, &v) in (y * w + x0..).zip(&xp[y * w + x0..y * w + x1]) {
+                        // a strict comparison keeps the first maximum; selects, not
+                        // branches, since which tap wins is data (unpredictable)
+                        let take = v > b;
+                        b = if take { v } else { b };
+                        i_b = if take { i } else { i_b };
+                        nan |= v.is_nan();
+                    }
+                }
+                if nan {
+                    // a NaN counts as the maximum, so it propagates: the first one
+                    let rows = (y0..y1).flat_map(|y| y * w + x0..y * w + x1);
+                    i_b = rows.into_iter().find(|&i| xp[i].is_nan()).unwrap_or(i_b);
+                    b = xp[i_b];
+                }
+                let o = oh * wo + ow;
+                (bo[o], ao[o]) = (b, plane * h * w + i_b);
+            }
         }
-    });
+    };
+    let per_plane = (ho * wo).max(1);
+    best.par_chunks_mut(per_plane)
+        .zip(at.par_chunks_mut(per_plane))
+        .enumerate()
+        .for_each(plane);
     let n_c = x.shape()[..2].to_vec();
     let shape = [n_c[0], n_c[1], d[3], d[4]];
     Ok((Tensor::from_vec(best, &shape)?, at.into()))
