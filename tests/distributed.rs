@@ -285,6 +285,51 @@ fn two_ranks_train_the_gpt_one_process_trains() {
     assert!(losses <= 1e-5, "losses differ by {losses:e}");
 }
 
+/// A small CNN on the digits' 8×8 images, 32 images a step, 16 per rank (dropout off: a
+/// rank draws masks for its share only, so the masks of one process would differ).
+#[test]
+fn two_ranks_train_the_cnn_one_process_trains() {
+    let (one, two) = (temp("cnn-one"), temp("cnn-two"));
+    let base = [
+        "--data",
+        "digits",
+        "--model",
+        "cnn",
+        "--channels",
+        "4,8",
+        "--hidden",
+        "16",
+        "--dropout",
+        "0",
+        "--conv-dropout",
+        "0",
+        "--batch-size",
+        "32",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--schedule",
+        "constant",
+        "--eval-every",
+        "10",
+        "--max-steps",
+        "20",
+        "--max-time",
+        "none",
+        "--json",
+    ];
+    let o = single(&options(&base, &[], &one));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let both = options(&base, &[], &two);
+    let o = mpirun(&[both.clone(), both]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (params, losses) = differences(&one, &two);
+    eprintln!("cnn, sgd: parameters {params:.2e}, losses {losses:.2e} (relative)");
+    assert!(params <= 1e-5, "parameters differ by {params:e}");
+    assert!(losses <= 1e-5, "losses differ by {losses:e}");
+}
+
 #[test]
 fn a_rank_that_fails_ends_the_job_with_its_reason() {
     let out = temp("fault");
