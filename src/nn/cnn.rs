@@ -229,6 +229,7 @@ impl<T: Element> Classifier<T> for Cnn {
 mod tests {
     use super::*;
     use crate::autodiff::Tape;
+    use crate::nn::rel_err;
 
     #[test]
     fn the_w12_shape_has_pytorchs_parameter_count() {
@@ -255,15 +256,6 @@ mod tests {
         // the digits' 8×8 images fit the same network: 6×6, 4×4, pooled to 2×2
         let d = CnnConfig::w12([8, 8], 10);
         assert_eq!(d.flat_features().unwrap(), 256);
-    }
-
-    /// max |a − b| / max(max |b|, 1e-3); NaN for non-finite values or other shapes.
-    fn rel_err(a: &Tensor<f64>, b: &Tensor<f64>) -> f64 {
-        if a.shape() != b.shape() || !a.all_finite() || !b.all_finite() {
-            return f64::NAN;
-        }
-        let scale = b.data().iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-        a.max_abs_diff(b).unwrap() / scale
     }
 
     #[test]

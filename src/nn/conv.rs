@@ -96,6 +96,7 @@ impl Flatten {
 mod tests {
     use super::*;
     use crate::autodiff::Tape;
+    use crate::nn::rel_err;
     use std::collections::HashMap;
 
     fn fixture() -> (std::path::PathBuf, HashMap<String, Tensor<f64>>) {
@@ -103,15 +104,6 @@ mod tests {
             .join("tests/fixtures/conv/layers.safetensors");
         let (tensors, _) = crate::nn::load_tensors::<f64>(&path).unwrap();
         (path, tensors.into_iter().collect())
-    }
-
-    /// max |a − b| / max(max |b|, 1e-3); NaN for non-finite values or other shapes.
-    fn rel_err(a: &Tensor<f64>, b: &Tensor<f64>) -> f64 {
-        if a.shape() != b.shape() || !a.all_finite() || !b.all_finite() {
-            return f64::NAN;
-        }
-        let scale = b.data().iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-        a.max_abs_diff(b).unwrap() / scale
     }
 
     #[test]

@@ -22,3 +22,14 @@ pub use store::{
     tensors_from_bytes, write_atomically,
 };
 pub use transformer::{Block, Gpt, GptConfig, LayerNorm, SelfAttention, TorchLinear};
+
+/// max |a − b| / max(max |b|, 1e-3), for the fixture tests; NaN for non-finite values or
+/// other shapes (so that a comparison with it fails).
+#[cfg(test)]
+pub(crate) fn rel_err(a: &crate::tensor::Tensor<f64>, b: &crate::tensor::Tensor<f64>) -> f64 {
+    if a.shape() != b.shape() || !a.all_finite() || !b.all_finite() {
+        return f64::NAN;
+    }
+    let scale = b.data().iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    a.max_abs_diff(b).unwrap() / scale
+}

@@ -173,10 +173,29 @@ pub(crate) fn matmul_into<T: Element>(
     rhs: (&[T], MatLayout),
     accumulate: bool,
 ) {
+    matmul_into_threads(
+        dst,
+        (m, n, k),
+        lhs,
+        rhs,
+        accumulate,
+        matmul_threads(m, n, k),
+    );
+}
+
+/// [`matmul_into`] with `threads` threads for the products that are not tiny.
+fn matmul_into_threads<T: Element>(
+    dst: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    lhs: (&[T], MatLayout),
+    rhs: (&[T], MatLayout),
+    accumulate: bool,
+    threads: usize,
+) {
     if m.saturating_mul(n).saturating_mul(k) <= SMALL_MNK {
         small_gemm(dst, m, n, k, lhs, rhs, accumulate);
     } else {
-        T::gemm(dst, m, n, k, lhs, rhs, accumulate, matmul_threads(m, n, k));
+        T::gemm(dst, m, n, k, lhs, rhs, accumulate, threads);
     }
 }
 
@@ -192,11 +211,7 @@ pub(crate) fn matmul_into_serial<T: Element>(
     rhs: (&[T], MatLayout),
     accumulate: bool,
 ) {
-    if m.saturating_mul(n).saturating_mul(k) <= SMALL_MNK {
-        small_gemm(dst, m, n, k, lhs, rhs, accumulate);
-    } else {
-        T::gemm(dst, m, n, k, lhs, rhs, accumulate, 1);
-    }
+    matmul_into_threads(dst, (m, n, k), lhs, rhs, accumulate, 1);
 }
 
 /// `dst += A·B` for rows of exactly `N` outputs: the accumulator is a fixed-size array
