@@ -409,6 +409,10 @@ fn write_report(
     out: &Path,
 ) -> anyhow::Result<()> {
     let eval_name = problem.eval_name();
+    // a run killed while it wrote these files left a temporary beside each
+    for file in ["curves.svg", "report.json"] {
+        chainrule::nn::remove_stale_temporaries(&out.join(file));
+    }
     plot_history(&report.history, &report.step_norms, &out.join("curves.svg"))?;
     let mut json = serde_json::to_value(report)?;
     json["out"] = serde_json::json!(out.display().to_string());
