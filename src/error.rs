@@ -53,6 +53,16 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// An expression of `explain` that does not parse: the message points at the column.
+    #[error("explain: column {column}: {msg}\n  {source_text}\n  {pointer}", pointer = format_args!("{}^", " ".repeat(column.saturating_sub(1))))]
+    Expression {
+        /// The column (counted in characters from 1) where the problem is.
+        column: usize,
+        /// What is wrong there.
+        msg: String,
+        /// The expression.
+        source_text: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {cause}")]
     Io {

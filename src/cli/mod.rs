@@ -6,6 +6,7 @@ mod compare;
 mod curvature;
 mod explain;
 mod gradcheck;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,9 @@ enum Command {
     /// The largest Hessian eigenvalues of a saved MLP's training loss, and the learning
     /// rate above which gradient descent diverges along them.
     Curvature(curvature::Args),
+    /// The learner's page: walk an expression through the chain rule in the browser and
+    /// watch runs train (an HTTP server on 127.0.0.1).
+    Serve(serve::Args),
 }
 
 /// Runs the parsed command.
@@ -64,5 +68,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compare(a) => compare::run(a),
         Command::Clipping(a) => clipping::run(a),
         Command::Curvature(a) => curvature::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }

@@ -57,10 +57,10 @@ struct Parser<'s> {
 }
 
 fn error(src: &str, col: usize, msg: impl Into<String>) -> Error {
-    let pointer = format!("{}^", " ".repeat(col));
-    Error::Invalid {
-        op: "explain",
-        msg: format!("column {}: {}\n  {src}\n  {pointer}", col + 1, msg.into()),
+    Error::Expression {
+        column: col + 1,
+        msg: msg.into(),
+        source_text: src.to_string(),
     }
 }
 

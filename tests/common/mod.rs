@@ -81,3 +81,85 @@ pub fn short_text(dir: &Path) -> String {
     std::fs::write(&path, corpus.decode(&ids)).unwrap();
     format!("text:{}", path.display())
 }
+
+/// A `chainrule serve` process on a free port of 127.0.0.1, stopped when dropped.
+#[allow(dead_code)]
+pub struct Server {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+#[allow(dead_code)]
+impl Server {
+    /// Starts the server over the runs folder `runs`, in the folder `cwd`.
+    pub fn start(runs: &Path, cwd: &Path) -> Server {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chainrule"))
+            .args(["serve", "--port", "0", "--runs"])
+            .arg(runs)
+            .current_dir(cwd)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("binary runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    /// The process id (to read its memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) as given and
+    /// returns the status and the body.
+    pub fn raw(&self, request: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).expect("the server answers in time");
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// `GET path` with the path sent exactly as given.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.raw(&format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        ))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

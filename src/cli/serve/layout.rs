@@ -1,0 +1,248 @@
+//! Places a computation graph on a grid, left to right: each op one column right of its
+//! latest input, each leaf just left of its first consumer, and edges that span several
+//! columns routed through waypoints. The order within a column comes from barycenter
+//! sweeps (Sugiyama's method), keeping the order with the fewest crossings seen.
+
+use serde::Serialize;
+
+/// Where each node and edge of a graph goes. Columns and rows count from 0; rows are
+/// centred, so a column with fewer nodes sits in the middle (rows can be fractional).
+#[derive(Clone, Debug, Serialize)]
+pub struct Layout {
+    /// Column of each node, by id.
+    pub col: Vec<usize>,
+    /// Row of each node, by id.
+    pub row: Vec<f64>,
+    /// Number of columns.
+    pub cols: usize,
+    /// Number of rows of the tallest column.
+    pub rows: usize,
+    /// One entry per distinct edge u → v: the points it passes through, from u to v.
+    pub paths: Vec<EdgePath>,
+    /// Edge crossings between neighbouring columns in this layout.
+    pub crossings: usize,
+}
+
+/// The route of the edge `from → to`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EdgePath {
+    /// The input node.
+    pub from: usize,
+    /// The consumer.
+    pub to: usize,
+    /// `[column, row]` of every point, `from`'s first and `to`'s last.
+    pub points: Vec<[f64; 2]>,
+}
+
+/// Lays out the graph whose node `v` reads the nodes `inputs[v]` (ids below `v`, as on a
+/// tape, where recording order is a topological order).
+pub fn layout(inputs: &[Vec<usize>]) -> Layout {
+    let n = inputs.len();
+    let mut consumers = vec![Vec::new(); n];
+    for (v, ins) in inputs.iter().enumerate() {
+        for &u in ins {
+            if !consumers[u].contains(&v) {
+                consumers[u].push(v);
+            }
+        }
+    }
+    // columns: ops one right of their latest input; leaves one left of their first consumer
+    let mut col = vec![0usize; n];
+    for v in 0..n {
+        col[v] = inputs[v].iter().map(|&u| col[u] + 1).max().unwrap_or(0);
+    }
+    for v in 0..n {
+        if inputs[v].is_empty()
+            && let Some(first) = consumers[v].iter().map(|&c| col[c]).min()
+        {
+            col[v] = first - 1;
+        }
+    }
+    let cols = col.iter().max().map_or(0, |c| c + 1);
+    // the grid with waypoints: vertices 0..n are nodes, the rest stand on long edges
+    let mut vcol = col.clone();
+    let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut pred: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut chains = Vec::new();
+    for (u, cs) in consumers.iter().enumerate() {
+        for &v in cs {
+            let mut chain = vec![u];
+            for c in col[u] + 1..col[v] {
+                vcol.push(c);
+                succ.push(Vec::new());
+                pred.push(Vec::new());
+                chain.push(vcol.len() - 1);
+            }
+            chain.push(v);
+            for w in chain.windows(2) {
+                succ[w[0]].push(w[1]);
+                pred[w[1]].push(w[0]);
+            }
+            chains.push((u, v, chain));
+        }
+    }
+    let mut columns: Vec<Vec<usize>> = vec![Vec::new(); cols];
+    for (x, &c) in vcol.iter().enumerate() {
+        columns[c].push(x);
+    }
+    let mut best = columns.clone();
+    let mut best_crossings = count_crossings(&columns, &succ, vcol.len());
+    for sweep in 0..12 {
+        if best_crossings == 0 {
+            break;
+        }
+        let forward = sweep % 2 == 0;
+        let order: Vec<usize> = if forward {
+            (1..cols).collect()
+        } else {
+            (0..cols.saturating_sub(1)).rev().collect()
+        };
+        for c in order {
+            let neighbour = if forward { c - 1 } else { c + 1 };
+            let mut pos = vec![0.0; vcol.len()];
+            for (i, &x) in columns[neighbour].iter().enumerate() {
+                pos[x] = i as f64;
+            }
+            let links = if forward { &pred } else { &succ };
+            let keyed: Vec<(f64, usize)> = columns[c]
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let ns = &links[x];
+                    let key = if ns.is_empty() {
+                        i as f64
+                    } else {
+                        ns.iter().map(|&y| pos[y]).sum::<f64>() / ns.len() as f64
+                    };
+                    (key, x)
+                })
+                .collect();
+            let mut keyed = keyed;
+            keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+            columns[c] = keyed.into_iter().map(|(_, x)| x).collect();
+        }
+        let crossings = count_crossings(&columns, &succ, vcol.len());
+        if crossings < best_crossings {
+            best_crossings = crossings;
+            best = columns.clone();
+        }
+    }
+    let rows = best.iter().map(Vec::len).max().unwrap_or(0);
+    let mut vrow = vec![0.0; vcol.len()];
+    for column in &best {
+        let offset = (rows - column.len()) as f64 / 2.0;
+        for (i, &x) in column.iter().enumerate() {
+            vrow[x] = i as f64 + offset;
+        }
+    }
+    let paths = chains
+        .into_iter()
+        .map(|(from, to, chain)| EdgePath {
+            from,
+            to,
+            points: chain.iter().map(|&x| [vcol[x] as f64, vrow[x]]).collect(),
+        })
+        .collect();
+    Layout {
+        col,
+        row: vrow[..n].to_vec(),
+        cols,
+        rows,
+        paths,
+        crossings: best_crossings,
+    }
+}
+
+/// Pairs of edges between neighbouring columns that cross.
+fn count_crossings(columns: &[Vec<usize>], succ: &[Vec<usize>], vertices: usize) -> usize {
+    let mut pos = vec![0usize; vertices];
+    for column in columns {
+        for (i, &x) in column.iter().enumerate() {
+            pos[x] = i;
+        }
+    }
+    let mut total = 0;
+    for column in columns {
+        let edges: Vec<(usize, usize)> = column
+            .iter()
+            .flat_map(|&x| succ[x].iter().map(move |&y| (x, y)))
+            .map(|(x, y)| (pos[x], pos[y]))
+            .collect();
+        for (i, a) in edges.iter().enumerate() {
+            for b in &edges[i + 1..] {
+                if (a.0 < b.0 && a.1 > b.1) || (a.0 > b.0 && a.1 < b.1) {
+                    total += 1;
+                }
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainrule::explain::explain;
+
+    fn graph_of(expr: &str, at: &str) -> Vec<Vec<usize>> {
+        let at = chainrule::explain::parse_assignments(at).unwrap();
+        let walk = explain(expr, &at).unwrap();
+        walk.forward.iter().map(|n| n.inputs.clone()).collect()
+    }
+
+    #[test]
+    fn edges_run_left_to_right_without_crossings() {
+        for (expr, at) in [
+            ("tanh(w*x + b)", "x=2,w=-0.5,b=1.5"),
+            ("x*x + sin(x)", "x=0.7"),
+            ("ln(1 + exp(w*x)) - y*w*x", "x=0.5,w=2,y=1"),
+            ("max(a*b, c) / (a + 2)", "a=1,b=3,c=0.5"),
+        ] {
+            let inputs = graph_of(expr, at);
+            let l = layout(&inputs);
+            assert_eq!(l.crossings, 0, "{expr}: {l:?}");
+            for (v, ins) in inputs.iter().enumerate() {
+                for &u in ins {
+                    assert!(l.col[u] < l.col[v], "{expr}: edge {u} → {v} runs backwards");
+                }
+            }
+            // every path moves one column per point and starts and ends at its nodes
+            for p in &l.paths {
+                assert_eq!(p.points[0], [l.col[p.from] as f64, l.row[p.from]]);
+                assert_eq!(*p.points.last().unwrap(), [l.col[p.to] as f64, l.row[p.to]]);
+                for w in p.points.windows(2) {
+                    assert_eq!(w[1][0], w[0][0] + 1.0);
+                }
+            }
+            // no two nodes share a place
+            for a in 0..inputs.len() {
+                for b in a + 1..inputs.len() {
+                    assert!(
+                        (l.col[a], l.row[a].to_bits()) != (l.col[b], l.row[b].to_bits()),
+                        "{expr}: nodes {a} and {b} overlap"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sweeps_never_add_crossings() {
+        // a graph whose first order crosses: the kept order has no more crossings
+        let inputs = vec![vec![], vec![], vec![], vec![0, 2], vec![1], vec![3, 4]];
+        let l = layout(&inputs);
+        assert_eq!(l.crossings, 0, "{l:?}");
+        assert_eq!(l.cols, 3);
+    }
+
+    #[test]
+    fn a_long_chain_stays_flat() {
+        // x, then 5000 sin(...) around it: one row, and no recursion to overflow
+        let n = 5000;
+        let inputs: Vec<Vec<usize>> = (0..n)
+            .map(|v| if v == 0 { vec![] } else { vec![v - 1] })
+            .collect();
+        let l = layout(&inputs);
+        assert_eq!((l.cols, l.rows, l.crossings), (n, 1, 0));
+    }
+}
