@@ -103,6 +103,11 @@ fn readme_commands_run_on_a_fresh_clone() {
             continue;
         };
         let mut args = words(rest.trim().strip_prefix("--").unwrap_or(rest));
+        if args.first().is_some_and(|a| a == "serve") {
+            serve_answers(&args, &dir);
+            ran += 1;
+            continue;
+        }
         if args.first().is_none_or(|a| a == "train") {
             args.extend(["--max-steps".into(), "2".into()]);
         }
@@ -122,5 +127,42 @@ fn readme_commands_run_on_a_fresh_clone() {
     assert!(
         ran >= 3,
         "expected the main job, the language model and sampling"
+    );
+}
+
+/// A README `serve` command starts a server (on a free port, no browser opened) that
+/// answers the page.
+fn serve_answers(args: &[String], dir: &std::path::Path) {
+    use std::io::{BufRead, Read, Write};
+    let mut args: Vec<String> = args.iter().filter(|a| *a != "--open").cloned().collect();
+    args.extend(["--port".into(), "0".into()]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chainrule"))
+        .args(&args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("`{}` printed no address: {line:?}", args.join(" ")));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("/assets/app.js"),
+        "{page}"
     );
 }

@@ -10,6 +10,7 @@ use chainrule::nn::{Activation, CharModel, ForwardCtx, Linear, Mlp, ParamStore, 
 use chainrule::optim::{LrSchedule, OptimizerKind, grad_norms};
 use chainrule::tensor::Tensor;
 use chainrule::train::{LanguageModel, StopReason, TrainConfig, Trainer};
+use chainrule::train::{log_ticks, tick_label};
 use plotters::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -304,8 +305,15 @@ fn plot_pair(path: &Path, u: &Run, c: &Run) -> anyhow::Result<()> {
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..steps, (lo..hi).log_scale())?;
-    chart.configure_mesh().x_desc("step").draw()?;
+        .build_cartesian_2d(
+            0.0..steps,
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_label_formatter(&|v| tick_label(*v))
+        .draw()?;
     for (run, color) in [(u, RED), (c, BLUE)] {
         chart.draw_series(LineSeries::new(
             run.norms

@@ -6,6 +6,7 @@ use anyhow::Context;
 use chainrule::autodiff::{JacobianMode, Tape, jacfwd, jacobian, jacrev};
 use chainrule::bench::{Timing, measure, w4_f, w4_input, w5_g};
 use chainrule::tensor::Tensor;
+use chainrule::train::{log_ticks, tick_label};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -295,14 +296,20 @@ fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
             .x_label_area_size(30)
             .y_label_area_size(60)
             .build_cartesian_2d(
-                (nmin..nmax * 1.01).log_scale(),
-                (tmin * 0.8..tmax * 1.25).log_scale(),
+                (nmin..nmax * 1.01)
+                    .log_scale()
+                    .with_key_points(log_ticks(nmin, nmax * 1.01)),
+                (tmin * 0.8..tmax * 1.25)
+                    .log_scale()
+                    .with_key_points(log_ticks(tmin * 0.8, tmax * 1.25)),
             )
             .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         chart
             .configure_mesh()
             .x_desc(if function == "f" { "N" } else { "M" })
             .y_desc("seconds")
+            .x_label_formatter(&|v| tick_label(*v))
+            .y_label_formatter(&|v| tick_label(*v))
             .draw()
             .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         for (i, m) in methods.iter().enumerate() {
@@ -358,6 +365,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let picked = run_g(&plan, &mut rows);
     write_csv(&rows, &out.join("compare.csv"))?;
     plot(&rows, &out.join("compare.svg"))?;
+    // the rows again as JSON, for `chainrule serve` to draw
+    chainrule::nn::write_atomically(
+        &out.join("compare.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?.as_bytes(),
+    )?;
     if args.json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
@@ -396,6 +408,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("For g, reverse mode stayed faster than forward mode at every M measured.")
         }
     }
-    println!("wrote {}/compare.csv and compare.svg", out.display());
+    println!(
+        "wrote {}/compare.csv, compare.svg and compare.json",
+        out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -142,20 +142,31 @@ fn report(
     let top = eig.values[0];
     let (lr, optimizer) = (saved.cfg_lr(), saved.cfg_optimizer());
     let stable = if top > 0.0 { 2.0 / top } else { f64::INFINITY };
+    let json = serde_json::json!({
+        "checkpoint": saved.file.display().to_string(),
+        "step": saved.ckpt.meta.position.step,
+        "samples": n,
+        "eigenvalues": eig.values,
+        "residuals": eig.residuals,
+        "max_stable_lr": stable,
+        "lr": lr,
+        "optimizer": optimizer,
+    });
+    // beside the checkpoint, in its run folder, where `chainrule serve` draws it
+    // (a checkpoint in a folder this user cannot write to still gets its answer)
+    let written = saved.file.with_file_name("curvature.json");
+    let written = match chainrule::nn::write_atomically(
+        &written,
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    ) {
+        Ok(()) => Some(written),
+        Err(e) => {
+            eprintln!("warning: the result was not saved: {e}");
+            None
+        }
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "checkpoint": saved.file.display().to_string(),
-                "step": saved.ckpt.meta.position.step,
-                "samples": n,
-                "eigenvalues": eig.values,
-                "residuals": eig.residuals,
-                "max_stable_lr": stable,
-                "lr": lr,
-                "optimizer": optimizer,
-            })
-        );
+        println!("{json}");
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -188,6 +199,9 @@ fn report(
             " (its steps are rescaled per coordinate, so the bound is for plain SGD)"
         }
     );
+    if let Some(path) = written {
+        println!("written: {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -149,12 +149,14 @@ impl Callback for Progress {
 /// Appends one JSON object per step (`step`, `loss`, `grad_norm` before clipping,
 /// `clipped`) and one per evaluation (`epoch`, `step`, `train_loss`, `val_loss`,
 /// `val_metric`, ...) to `metrics.jsonl`. Step rows are buffered and written out at each
-/// evaluation and at the end.
+/// evaluation, at the end, and at least once a second (so `chainrule serve` can draw a run
+/// while it trains).
 pub struct MetricsLog {
     path: PathBuf,
     /// Start a new file when the run starts (a fresh run), or append (a resumed one).
     fresh: bool,
     pending: String,
+    last_flush: std::time::Instant,
 }
 
 impl MetricsLog {
@@ -165,6 +167,7 @@ impl MetricsLog {
             path,
             fresh: true,
             pending: String::new(),
+            last_flush: std::time::Instant::now(),
         }
     }
 
@@ -194,6 +197,7 @@ impl MetricsLog {
             path,
             fresh: false,
             pending: String::new(),
+            last_flush: std::time::Instant::now(),
         })
     }
 }
@@ -231,6 +235,7 @@ impl MetricsLog {
             .map_err(io)?;
         f.write_all(self.pending.as_bytes()).map_err(io)?;
         self.pending.clear();
+        self.last_flush = std::time::Instant::now();
         Ok(())
     }
 }
@@ -249,6 +254,9 @@ impl Callback for MetricsLog {
         self.pending
             .push_str(&serde_json::to_string(record).expect("records serialise"));
         self.pending.push('\n');
+        if self.last_flush.elapsed() >= std::time::Duration::from_secs(1) {
+            self.flush()?;
+        }
         Ok(())
     }
     fn on_eval(&mut self, s: &Snapshot<'_>) -> Result<()> {

@@ -257,6 +257,7 @@ impl<'a, 'c> Fit<'a, 'c> {
             loss: out.loss,
             grad_norm: out.grad_norm,
             clipped: out.clipped,
+            lr: out.lr,
         };
         let t = Instant::now();
         for c in self.callbacks.iter_mut() {

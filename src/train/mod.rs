@@ -20,7 +20,7 @@ pub use objective::{
     BatchData, Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression,
     evaluate,
 };
-pub use plot::plot_history;
+pub use plot::{log_ticks, plot_history, tick_label};
 
 use crate::autodiff::{Tape, Trace};
 use crate::error::{Error, Result};
@@ -165,6 +165,9 @@ pub struct StepRecord {
     pub grad_norm: f64,
     /// Whether clipping fired.
     pub clipped: bool,
+    /// The learning rate of this step (0 in logs written before it was recorded).
+    #[serde(default)]
+    pub lr: f64,
 }
 
 /// Seconds spent in each phase of the loop, over this process's part of the run.

@@ -116,11 +116,15 @@ fn draw_norms<DB: DrawingBackend>(
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(first as f64..last as f64, (lo..hi).log_scale())
+        .build_cartesian_2d(
+            first as f64..last as f64,
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+        )
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("step")
+        .y_label_formatter(&|v| tick_label(*v))
         .draw()
         .map_err(|e| e.to_string())?;
     chart
@@ -134,4 +138,88 @@ fn draw_norms<DB: DrawingBackend>(
         )
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Round values for a log axis over `[lo, hi]`: powers of ten over wide ranges, 1-2-5
+/// steps over a few decades, finer steps within one, each rounded to three significant
+/// digits (so no label reads `0.7000000000000001`) and none twice.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(lo > 0.0 && hi > lo && hi.is_finite()) {
+        return Vec::new();
+    }
+    let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let steps: &[f64] = match b - a {
+        d if d > 4 => &[1.0],
+        d if d > 1 => &[1.0, 2.0, 5.0],
+        _ => &[1.0, 1.5, 2.0, 3.0, 5.0, 7.0],
+    };
+    let mut out: Vec<f64> = Vec::new();
+    for d in a..=b {
+        for m in steps {
+            let t: f64 = format!("{:.2e}", m * 10f64.powi(d)).parse().unwrap_or(0.0);
+            if t >= lo * (1.0 - 1e-9) && t <= hi * (1.0 + 1e-9) && out.last() != Some(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// A tick value as a short label: at most three significant digits, no trailing zeros,
+/// an exponent for very small or large values (`0.3`, `1`, `25`, `1e-5`).
+pub fn tick_label(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 {
+        return "0".into();
+    }
+    if (1e-3..1e5).contains(&a) {
+        let digits = (2 - a.log10().floor() as i32).max(0) as usize;
+        let s = format!("{v:.digits$}");
+        let s = if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            &s
+        };
+        return s.to_string();
+    }
+    let s = format!("{v:.2e}");
+    let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+    let m = m.trim_end_matches('0').trim_end_matches('.');
+    format!("{m}e{e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_axis_labels_are_round_and_distinct() {
+        for (lo, hi) in [
+            (0.2, 1.6),
+            (0.35, 0.9),
+            (1e-3, 40.0),
+            (1e-9, 1e3),
+            (2.0, 2.5),
+        ] {
+            let ticks = log_ticks(lo, hi);
+            let labels: Vec<String> = ticks.iter().map(|&t| tick_label(t)).collect();
+            let mut unique = labels.clone();
+            unique.dedup();
+            assert_eq!(labels, unique, "{lo}..{hi}");
+            for l in &labels {
+                assert!(l.len() <= 6, "{lo}..{hi}: {l}");
+            }
+            assert!(ticks.iter().all(|&t| t >= lo * 0.999 && t <= hi * 1.001));
+        }
+        assert_eq!(
+            log_ticks(0.2, 1.6)
+                .iter()
+                .map(|&t| tick_label(t))
+                .collect::<Vec<_>>(),
+            ["0.2", "0.3", "0.5", "0.7", "1", "1.5"]
+        );
+        assert_eq!(tick_label(0.7000000000000001), "0.7");
+        assert_eq!(tick_label(1e-5), "1e-5");
+        assert_eq!(tick_label(250.0), "250");
+    }
 }

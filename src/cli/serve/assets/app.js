@@ -164,14 +164,25 @@ function showWalk(box, walk) {
 
   const graph = svg("svg", { id: "graph", width: width + 16, height: height + 16, viewBox: `0 0 ${width + 16} ${height + 16}`, role: "img", "aria-label": "computation graph" });
   graph.append(svg("defs", {},
-    svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+    svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 10, markerHeight: 10, orient: "auto-start-reverse" },
       svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }))));
   const pathOf = new Map();
+  // edges into one node end at different heights, in the order they arrive from
+  const endOffset = new Map();
+  const byTarget = new Map();
+  for (const p of L.paths) {
+    if (!byTarget.has(p.to)) byTarget.set(p.to, []);
+    byTarget.get(p.to).push(p);
+  }
+  for (const list of byTarget.values()) {
+    list.sort((a, b) => a.points[a.points.length - 2][1] - b.points[b.points.length - 2][1]);
+    list.forEach((p, i) => endOffset.set(p, list.length === 1 ? 0 : (i / (list.length - 1) - 0.5) * (NODE_H - 24)));
+  }
   for (const p of L.paths) {
     const pts = p.points.map(([c, r], i) => {
       const x = px(c), y = py(r) + NODE_H / 2;
       if (i === 0) return [x + NODE_W, y];
-      if (i === p.points.length - 1) return [x, y];
+      if (i === p.points.length - 1) return [x, y + endOffset.get(p)];
       return [x + NODE_W / 2, y];
     });
     let d = `M ${pts[0][0]} ${pts[0][1]}`;
@@ -207,11 +218,11 @@ function showWalk(box, walk) {
   let timer = null;
   const play = btn("play", "▶ play", "play (space)", () => toggle());
   const controls = el("div", { class: "controls" },
-    btn("first", "⏮", "start (Home)", () => show(0)),
+    btn("first", "« start", "start (Home)", () => show(0)),
     btn("prev", "◀ previous", "previous (←)", () => show(k - 1)),
     play,
     btn("next", "next ▶", "next (→)", () => show(k + 1)),
-    btn("last", "⏭", "end (End)", () => show(steps.length)),
+    btn("last", "end »", "end (End)", () => show(steps.length)),
     count);
   const toggle = () => {
     if (timer) { clearInterval(timer); timer = null; play.textContent = "▶ play"; return; }
@@ -312,11 +323,11 @@ function showWalk(box, walk) {
       el("td", { class: "num" }, c.reverse === null || c.finite_diff === null ? "non-finite" : Math.abs(c.reverse - c.finite_diff).toExponential(1)))));
   box.replaceChildren(
     el("div", { class: "summary" }, el("span", {}, "f = "), el("code", {}, walk.expression), el("span", {}, " = "), el("b", { id: "value" }, fmt(walk.value))),
-    el("h2", {}, "The gradient, three ways"),
-    table,
     el("h2", {}, "Step through it"),
     controls,
-    el("div", { class: "walk-grid" }, el("div", { class: "graph-box" }, graph), info));
+    el("div", { class: "walk-grid" }, el("div", { class: "graph-box" }, graph), info),
+    el("h2", {}, "The gradient, three ways"),
+    table);
   show(0);
   document.onkeydown = (ev) => {
     if (!document.getElementById("graph")) return;
