@@ -148,10 +148,13 @@ pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
         return Vec::new();
     }
     let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
-    let steps: &[f64] = match b - a {
-        d if d > 4 => &[1.0],
-        d if d > 1 => &[1.0, 2.0, 5.0],
-        _ => &[1.0, 1.5, 2.0, 3.0, 5.0, 7.0],
+    let decades = (hi / lo).log10();
+    let steps: &[f64] = if decades > 4.0 {
+        &[1.0]
+    } else if decades > 1.2 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0, 1.5, 2.0, 3.0, 5.0, 7.0]
     };
     let mut out: Vec<f64> = Vec::new();
     for d in a..=b {

@@ -85,46 +85,32 @@ pub fn layout(inputs: &[Vec<usize>]) -> Layout {
     for (x, &c) in vcol.iter().enumerate() {
         columns[c].push(x);
     }
-    let mut best = columns.clone();
-    let mut best_crossings = count_crossings(&columns, &succ, vcol.len());
-    for sweep in 0..12 {
-        if best_crossings == 0 {
-            break;
-        }
-        let forward = sweep % 2 == 0;
-        let order: Vec<usize> = if forward {
-            (1..cols).collect()
-        } else {
-            (0..cols.saturating_sub(1)).rev().collect()
-        };
-        for c in order {
-            let neighbour = if forward { c - 1 } else { c + 1 };
-            let mut pos = vec![0.0; vcol.len()];
-            for (i, &x) in columns[neighbour].iter().enumerate() {
-                pos[x] = i as f64;
+    let grid = Grid {
+        succ: &succ,
+        pred: &pred,
+        vertices: vcol.len(),
+    };
+    let (mut best, mut best_crossings) = grid.order(columns.clone());
+    // small graphs: a few more starts (shuffled deterministically) to leave local optima
+    if vcol.len() <= TRANSPOSE_LIMIT {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..RESTARTS {
+            if best_crossings == 0 {
+                break;
             }
-            let links = if forward { &pred } else { &succ };
-            let keyed: Vec<(f64, usize)> = columns[c]
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| {
-                    let ns = &links[x];
-                    let key = if ns.is_empty() {
-                        i as f64
-                    } else {
-                        ns.iter().map(|&y| pos[y]).sum::<f64>() / ns.len() as f64
-                    };
-                    (key, x)
-                })
-                .collect();
-            let mut keyed = keyed;
-            keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
-            columns[c] = keyed.into_iter().map(|(_, x)| x).collect();
-        }
-        let crossings = count_crossings(&columns, &succ, vcol.len());
-        if crossings < best_crossings {
-            best_crossings = crossings;
-            best = columns.clone();
+            let mut start = columns.clone();
+            for column in &mut start {
+                for i in (1..column.len()).rev() {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    column.swap(i, (state >> 33) as usize % (i + 1));
+                }
+            }
+            let (order, crossings) = grid.order(start);
+            if crossings < best_crossings {
+                (best, best_crossings) = (order, crossings);
+            }
         }
     }
     let rows = best.iter().map(Vec::len).max().unwrap_or(0);
@@ -151,6 +137,99 @@ pub fn layout(inputs: &[Vec<usize>]) -> Layout {
         paths,
         crossings: best_crossings,
     }
+}
+
+/// Largest grid (nodes and waypoints) whose order is refined by swapping neighbours and
+/// by more starts: each trial recounts the crossings, which is quadratic in the edges.
+const TRANSPOSE_LIMIT: usize = 200;
+/// Shuffled starts tried on small grids.
+const RESTARTS: usize = 24;
+
+/// The grid's links: vertex → vertices in the next column, and in the previous one.
+struct Grid<'a> {
+    succ: &'a [Vec<usize>],
+    pred: &'a [Vec<usize>],
+    vertices: usize,
+}
+
+impl Grid<'_> {
+    /// Barycenter sweeps from `columns`, alternating direction, then neighbour swaps on
+    /// small grids; the order with the fewest crossings seen, and their number.
+    fn order(&self, mut columns: Vec<Vec<usize>>) -> (Vec<Vec<usize>>, usize) {
+        let cols = columns.len();
+        let mut best = columns.clone();
+        let mut best_crossings = count_crossings(&columns, self.succ, self.vertices);
+        for sweep in 0..12 {
+            if best_crossings == 0 {
+                break;
+            }
+            let forward = sweep % 2 == 0;
+            let order: Vec<usize> = if forward {
+                (1..cols).collect()
+            } else {
+                (0..cols.saturating_sub(1)).rev().collect()
+            };
+            for c in order {
+                let neighbour = if forward { c - 1 } else { c + 1 };
+                let mut pos = vec![0.0; self.vertices];
+                for (i, &x) in columns[neighbour].iter().enumerate() {
+                    pos[x] = i as f64;
+                }
+                let links = if forward { self.pred } else { self.succ };
+                let mut keyed: Vec<(f64, usize)> = columns[c]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        let ns = &links[x];
+                        let key = if ns.is_empty() {
+                            i as f64
+                        } else {
+                            ns.iter().map(|&y| pos[y]).sum::<f64>() / ns.len() as f64
+                        };
+                        (key, x)
+                    })
+                    .collect();
+                keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+                columns[c] = keyed.into_iter().map(|(_, x)| x).collect();
+            }
+            let crossings = count_crossings(&columns, self.succ, self.vertices);
+            if crossings < best_crossings {
+                best_crossings = crossings;
+                best = columns.clone();
+            }
+        }
+        if self.vertices <= TRANSPOSE_LIMIT {
+            best_crossings = transpose(&mut best, self.succ, self.vertices, best_crossings);
+        }
+        (best, best_crossings)
+    }
+}
+
+/// Swaps neighbours within a column while that removes crossings (the "transpose" step
+/// of Gansner et al.); returns the crossings left.
+fn transpose(
+    columns: &mut [Vec<usize>],
+    succ: &[Vec<usize>],
+    vertices: usize,
+    mut crossings: usize,
+) -> usize {
+    let mut improved = true;
+    while improved && crossings > 0 {
+        improved = false;
+        for c in 0..columns.len() {
+            for i in 1..columns[c].len() {
+                columns[c].swap(i - 1, i);
+                let trial = count_crossings(columns, succ, vertices);
+                if trial < crossings {
+                    crossings = trial;
+                    improved = true;
+                } else {
+                    columns[c].swap(i - 1, i);
+                }
+            }
+        }
+    }
+    crossings
 }
 
 /// Pairs of edges between neighbouring columns that cross.
@@ -197,10 +276,12 @@ mod tests {
             ("x*x + sin(x)", "x=0.7"),
             ("ln(1 + exp(w*x)) - y*w*x", "x=0.5,w=2,y=1"),
             ("max(a*b, c) / (a + 2)", "a=1,b=3,c=0.5"),
+            ("sigmoid(a*b + c) * a", "a=1.5,b=-2,c=0.5"),
+            ("(x + y)*(x - y) + x*y", "x=1,y=2"),
         ] {
             let inputs = graph_of(expr, at);
             let l = layout(&inputs);
-            assert_eq!(l.crossings, 0, "{expr}: {l:?}");
+            assert_eq!(l.crossings, fewest_crossings(&l), "{expr}: {l:?}");
             for (v, ins) in inputs.iter().enumerate() {
                 for &u in ins {
                     assert!(l.col[u] < l.col[v], "{expr}: edge {u} → {v} runs backwards");
@@ -222,6 +303,75 @@ mod tests {
                         "{expr}: nodes {a} and {b} overlap"
                     );
                 }
+            }
+        }
+    }
+
+    /// The fewest crossings any order within the columns of `l`'s grid can have, by
+    /// trying every order (small graphs only).
+    fn fewest_crossings(l: &Layout) -> usize {
+        // rebuild the grid from the paths: one vertex per distinct point
+        let mut points: Vec<(usize, u64)> = Vec::new();
+        let mut succ: Vec<Vec<usize>> = Vec::new();
+        let mut id = |p: [f64; 2], points: &mut Vec<(usize, u64)>, succ: &mut Vec<Vec<usize>>| {
+            let key = (p[0] as usize, p[1].to_bits());
+            points.iter().position(|&k| k == key).unwrap_or_else(|| {
+                points.push(key);
+                succ.push(Vec::new());
+                points.len() - 1
+            })
+        };
+        for p in &l.paths {
+            let ids: Vec<usize> = p
+                .points
+                .iter()
+                .map(|&q| id(q, &mut points, &mut succ))
+                .collect();
+            for w in ids.windows(2) {
+                succ[w[0]].push(w[1]);
+            }
+        }
+        let mut columns: Vec<Vec<usize>> = vec![Vec::new(); l.cols];
+        for (v, &(c, _)) in points.iter().enumerate() {
+            columns[c].push(v);
+        }
+        fn permutations(v: &[usize]) -> Vec<Vec<usize>> {
+            if v.len() <= 1 {
+                return vec![v.to_vec()];
+            }
+            let mut out = Vec::new();
+            for i in 0..v.len() {
+                let mut rest = v.to_vec();
+                let first = rest.remove(i);
+                for mut p in permutations(&rest) {
+                    p.insert(0, first);
+                    out.push(p);
+                }
+            }
+            out
+        }
+        let options: Vec<Vec<Vec<usize>>> = columns.iter().map(|c| permutations(c)).collect();
+        let mut best = usize::MAX;
+        let mut pick = vec![0usize; options.len()];
+        loop {
+            let grid: Vec<Vec<usize>> = pick
+                .iter()
+                .enumerate()
+                .map(|(c, &k)| options[c][k].clone())
+                .collect();
+            best = best.min(count_crossings(&grid, &succ, points.len()));
+            // next combination
+            let mut c = 0;
+            while c < pick.len() {
+                pick[c] += 1;
+                if pick[c] < options[c].len() {
+                    break;
+                }
+                pick[c] = 0;
+                c += 1;
+            }
+            if c == pick.len() {
+                return best;
             }
         }
     }

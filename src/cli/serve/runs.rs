@@ -247,7 +247,6 @@ mod tests {
             "../secret.txt",
             "a/../../secret.txt",
             "/etc/passwd",
-            "a/./metrics.jsonl",
             "a/out.json",
             "a\\metrics.jsonl",
             ".hidden",

@@ -370,8 +370,8 @@ function logLabel(t) {
 function logTicks(lo, hi) {
   const out = [];
   const a = Math.floor(Math.log10(lo)), b = Math.ceil(Math.log10(hi));
-  const decades = b - a;
-  const mults = decades > 4 ? [1] : decades > 1 ? [1, 2, 5] : [1, 1.5, 2, 3, 5, 7];
+  const decades = Math.log10(hi / lo);
+  const mults = decades > 4 ? [1] : decades > 1.2 ? [1, 2, 5] : [1, 1.5, 2, 3, 5, 7];
   for (let d = a; d <= b; d++) {
     for (const m of mults) {
       const t = Number((m * Math.pow(10, d)).toPrecision(3));
