@@ -313,7 +313,7 @@ mod tests {
         // rebuild the grid from the paths: one vertex per distinct point
         let mut points: Vec<(usize, u64)> = Vec::new();
         let mut succ: Vec<Vec<usize>> = Vec::new();
-        let mut id = |p: [f64; 2], points: &mut Vec<(usize, u64)>, succ: &mut Vec<Vec<usize>>| {
+        let id = |p: [f64; 2], points: &mut Vec<(usize, u64)>, succ: &mut Vec<Vec<usize>>| {
             let key = (p[0] as usize, p[1].to_bits());
             points.iter().position(|&k| k == key).unwrap_or_else(|| {
                 points.push(key);
