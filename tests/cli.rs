@@ -110,6 +110,27 @@ fn bench_json_rows_have_the_required_fields() {
     let row: serde_json::Value =
         serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
     assert_eq!(row["name"], "tape_chain");
+    // the last line: the machine's measured peaks
+    let last = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap();
+    let roofline: serde_json::Value = serde_json::from_slice(last).unwrap();
+    assert_eq!(roofline["name"], "roofline");
+    for k in [
+        "f32_one_gflops",
+        "f32_all_gflops",
+        "f64_all_gflops",
+        "triad_all_gbps",
+    ] {
+        assert!(
+            roofline["peaks"][k]
+                .as_f64()
+                .is_some_and(|v| v.is_finite() && v > 0.0),
+            "{k}: {roofline}"
+        );
+    }
     // NaN and infinity serialise as null: a number that is finite and positive is required
     for k in ["median_s", "min_s", "ns_per_op"] {
         assert!(

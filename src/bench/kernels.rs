@@ -25,6 +25,9 @@ pub(super) fn square_matmul(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
         .with("threads", crate::tensor::matmul_threads(n, n, n))
         .with("gflops_best", flops / t.min_s / 1e9);
     row.gflops = Some(flops / t.median_s / 1e9);
+    if crate::tensor::matmul_threads(n, n, n) == 1 {
+        row.runs_on = RunsOn::F32OneCore;
+    }
     row.verify_product(err)
 }
 
@@ -103,6 +106,9 @@ pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
                     .with("product", product)
                     .with("threads", threads);
                 r.gflops = Some(products * flops / t.median_s / 1e9);
+                if threads == 1 {
+                    r.runs_on = RunsOn::F32OneCore;
+                }
                 r
             };
         let mut failure = None;

@@ -79,6 +79,9 @@ pub(super) fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
         .with("ln_vocab", uniform)
         .with("chars_per_s", 32.0 * 64.0 / t.median_s)
         .verify("loss@0", uniform, losses[0], 0.25)?;
+    // a training step is its forward pass and a backward pass of about twice the work
+    let forward = w9_window_flops(vocab as f64);
+    row.flops = Some(if train { 3.0 * forward } else { forward });
     if train {
         let last = losses[19];
         row = row
@@ -154,9 +157,27 @@ pub(super) fn w11(cfg: &BenchConfig) -> Result<BenchRow> {
     if cfg.text.is_none() {
         row = row.verify("loss@0", W11_LOSS0, losses[0], 1e-3)?;
     }
+    row.flops = Some(3.0 * w11_batch_flops(vocab as f64));
     let last = losses[19];
     row.with("loss@19", last)
         .verify_at_most("loss@19", losses[0] - 0.3, last)
+}
+
+/// The products of W9's forward pass over one window (32 streams, 64 characters): each
+/// LSTM layer's four gates from its input and state (`2·(in + H)·4H` per character,
+/// embedding 64, hidden 256, two layers) and the head (`2·H·V`).
+fn w9_window_flops(vocab: f64) -> f64 {
+    let (b, t, e, h) = (32.0, 64.0, 64.0, 256.0);
+    t * b * (2.0 * (e + h) * 4.0 * h + 2.0 * (h + h) * 4.0 * h + 2.0 * h * vocab)
+}
+
+/// The products of W11's forward pass over one batch (12 windows of 64): per block and
+/// token `24·d²` (attention's q, k, v and output projections, the 4× MLP) and `4·T·d`
+/// (scores and their weighted sum, the whole T×T as the kernels compute it), and the
+/// tied head (`2·d·V`).
+fn w11_batch_flops(vocab: f64) -> f64 {
+    let (b, t, d, layers) = (12.0, 64.0, 128.0, 4.0);
+    b * t * (layers * (24.0 * d * d + 4.0 * t * d) + 2.0 * d * vocab)
 }
 
 /// The W11 recipe's model (seed 0) over a vocabulary of `vocab` characters, its

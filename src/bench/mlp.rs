@@ -91,7 +91,11 @@ pub(super) fn w1(cfg: &BenchConfig, backward: bool) -> Result<BenchRow> {
     if let Some(e) = failure {
         return Err(e);
     }
-    let flops = if backward { 155.1e6 } else { 68.8e6 };
+    let flops = if backward {
+        W1_STEP_FLOPS
+    } else {
+        W1_FORWARD_FLOPS
+    };
     let name = if backward {
         "w1_forward_backward"
     } else {
@@ -326,6 +330,16 @@ pub(super) fn train_step_row(
         .verify_extra("loss@10", expected[1], LOSS_TOL)
 }
 
+/// The products of W1's forward pass (batch 128, 784-256-256-10): `2·128·(784·256 +
+/// 256·256 + 256·10)`.
+pub(super) const W1_FORWARD_FLOPS: f64 = 68.75e6;
+/// W1's forward and backward passes: the backward pass does twice the forward's products
+/// but the input gradient of the first layer (`2·128·784·256`), plus the elementwise work.
+pub(super) const W1_STEP_FLOPS: f64 = 155.1e6;
+/// W2's forward and backward products (batch 32, 2-16-16-1), counted as W1's.
+pub(super) const W2_STEP_FLOPS: f64 =
+    3.0 * 2.0 * 32.0 * (2.0 * 16.0 + 16.0 * 16.0 + 16.0) - 2.0 * 32.0 * 2.0 * 16.0;
+
 /// W1 training steps, every step recorded on the tape (`w1_step`) or replayed from the
 /// first one's recording (`w1_step_replay`).
 pub(super) fn w1_step(cfg: &BenchConfig, replay: bool) -> Result<BenchRow> {
@@ -333,7 +347,7 @@ pub(super) fn w1_step(cfg: &BenchConfig, replay: bool) -> Result<BenchRow> {
         true => ("w1_step_replay", AnchorStep::w1()),
         false => ("w1_step", AnchorStep::w1().eager()),
     };
-    train_step_row(name, step, cfg, Some(155.1e6), W1_LOSSES)
+    train_step_row(name, step, cfg, Some(W1_STEP_FLOPS), W1_LOSSES)
 }
 
 /// W2 training steps, eager or replayed as in [`w1_step`].
@@ -342,5 +356,5 @@ pub(super) fn w2_step(cfg: &BenchConfig, replay: bool) -> Result<BenchRow> {
         true => ("w2_step_replay", AnchorStep::w2()),
         false => ("w2_step", AnchorStep::w2().eager()),
     };
-    train_step_row(name, step, cfg, None, W2_LOSSES)
+    train_step_row(name, step, cfg, Some(W2_STEP_FLOPS), W2_LOSSES)
 }

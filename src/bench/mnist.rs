@@ -52,8 +52,12 @@ pub(super) fn mnist_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
     if let Some(e) = failure {
         return Err(e);
     }
-    BenchRow::new("mnist_epoch", t)
-        .with("steps", steps)
+    let mut row = BenchRow::new("mnist_epoch", t);
+    // W1's network: a training sample costs W1's step over 128, a test sample its forward
+    row.flops = Some(
+        train.len() as f64 * W1_STEP_FLOPS / 128.0 + test.len() as f64 * W1_FORWARD_FLOPS / 128.0,
+    );
+    row.with("steps", steps)
         .with("test_accuracy", accuracy)
         .with("cores_busy", busy)
         .with("samples_per_s", train.len() as f64 / t.median_s)

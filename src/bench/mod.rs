@@ -22,6 +22,7 @@ mod lm;
 mod memory;
 mod mlp;
 mod mnist;
+mod roofline;
 
 use cnn::*;
 pub use dp::*;
@@ -31,6 +32,7 @@ use lm::*;
 pub use memory::*;
 pub use mlp::*;
 use mnist::*;
+pub use roofline::{Peaks, cpu_name, measure_peaks};
 
 /// One measured row.
 #[derive(Clone, Debug, Serialize)]
@@ -49,6 +51,25 @@ pub struct BenchRow {
     /// Memory throughput, where it applies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gbps: Option<f64>,
+    /// Floating-point operations of one call, counted from the shapes (a multiply-add
+    /// counts 2), where it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops: Option<f64>,
+    /// Bytes one call reads and writes, where it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<f64>,
+    /// The machine's peak that bounds this row's arithmetic ([`Peaks`]), GFLOP/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_gflops: Option<f64>,
+    /// The machine's peak bandwidth that bounds this row, GB/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_gbps: Option<f64>,
+    /// The achieved GFLOP/s over `peak_gflops` (or GB/s over `peak_gbps`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_of_peak: Option<f64>,
+    /// Which peak applies: the precision and thread count of the row's arithmetic.
+    #[serde(skip)]
+    pub runs_on: RunsOn,
     /// Nanoseconds per recorded op, where it applies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ns_per_op: Option<f64>,
@@ -62,7 +83,52 @@ pub struct BenchRow {
     pub check: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What a row's arithmetic runs on, to pick its peak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RunsOn {
+    /// f32 on every thread of the pool (most workloads).
+    #[default]
+    F32AllCores,
+    /// f32 on one thread.
+    F32OneCore,
+    /// f64 on every thread.
+    F64AllCores,
+    /// f64 on one thread.
+    F64OneCore,
+}
+
 impl BenchRow {
+    /// Fills `flops` and `bytes` from the throughputs where only those were set, and
+    /// places the row against the peak that bounds it.
+    pub fn place(&mut self, peaks: &Peaks) {
+        if self.flops.is_none() {
+            self.flops = self.gflops.map(|g| g * self.median_s * 1e9);
+        }
+        if self.gflops.is_none() {
+            self.gflops = self.flops.map(|f| f / self.median_s / 1e9);
+        }
+        if self.bytes.is_none() {
+            self.bytes = self.gbps.map(|g| g * self.median_s * 1e9);
+        }
+        if let Some(g) = self.gflops {
+            let peak = match self.runs_on {
+                RunsOn::F32AllCores => peaks.f32_all_gflops,
+                RunsOn::F32OneCore => peaks.f32_one_gflops,
+                RunsOn::F64AllCores => peaks.f64_all_gflops,
+                RunsOn::F64OneCore => peaks.f64_one_gflops,
+            };
+            self.peak_gflops = Some(peak);
+            self.share_of_peak = Some(g / peak);
+        } else if let Some(g) = self.gbps {
+            let peak = match self.runs_on {
+                RunsOn::F32OneCore | RunsOn::F64OneCore => peaks.triad_one_gbps,
+                _ => peaks.triad_all_gbps,
+            };
+            self.peak_gbps = Some(peak);
+            self.share_of_peak = Some(g / peak);
+        }
+    }
+
     fn new(name: impl Into<String>, t: Timing) -> Self {
         BenchRow {
             name: name.into(),
@@ -71,6 +137,12 @@ impl BenchRow {
             reps: t.reps,
             gflops: None,
             gbps: None,
+            flops: None,
+            bytes: None,
+            peak_gflops: None,
+            peak_gbps: None,
+            share_of_peak: None,
+            runs_on: RunsOn::F32AllCores,
             ns_per_op: None,
             extra: Default::default(),
             check: Default::default(),

@@ -114,10 +114,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if mpi {
         return allreduce(&names[0], &cfg, args.json);
     }
+    // the machine's limits first, so that every row can say how close it comes
+    let peaks = bench::measure_peaks();
     if !args.json {
         println!(
-            "{:<34} {:>12} {:>12} {:>7} {:>9} {:>8} {:>9}  extra",
-            "workload", "median", "min", "reps", "GFLOP/s", "GB/s", "ns/op"
+            "machine: {} ({}, {} threads); multiply-add peak f32 {:.0} GFLOP/s on one core, {:.0} on all; f64 {:.0} and {:.0}; triad bandwidth {:.1} GB/s on one core, {:.1} on all",
+            peaks.cpu,
+            peaks.isa,
+            peaks.threads,
+            peaks.f32_one_gflops,
+            peaks.f32_all_gflops,
+            peaks.f64_one_gflops,
+            peaks.f64_all_gflops,
+            peaks.triad_one_gbps,
+            peaks.triad_all_gbps
+        );
+        println!(
+            "{:<34} {:>12} {:>12} {:>7} {:>9} {:>8} {:>6} {:>9}  extra",
+            "workload", "median", "min", "reps", "GFLOP/s", "GB/s", "peak%", "ns/op"
         );
     }
     // a workload whose check fails (or that cannot run) is reported and the others still
@@ -132,7 +146,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        for row in rows {
+        for mut row in rows {
+            row.place(&peaks);
             if args.json {
                 println!("{}", serde_json::to_string(&row)?);
             } else {
@@ -147,18 +162,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ));
                 }
                 println!(
-                    "{:<34} {:>12} {:>12} {:>7} {:>9} {:>8} {:>9}  {}",
+                    "{:<34} {:>12} {:>12} {:>7} {:>9} {:>8} {:>6} {:>9}  {}",
                     row.name,
                     fmt_time(row.median_s),
                     fmt_time(row.min_s),
                     row.reps,
                     opt(row.gflops, 1),
                     opt(row.gbps, 1),
+                    opt(row.share_of_peak.map(|s| 100.0 * s), 0),
                     opt(row.ns_per_op, 1),
                     extra.join(" ")
                 );
             }
         }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "name": "roofline", "peaks": peaks })
+        );
     }
     if !failed.is_empty() {
         anyhow::bail!("{} workload(s) failed: {}", failed.len(), failed.join(", "));
