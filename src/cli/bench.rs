@@ -18,6 +18,10 @@ pub struct Args {
     /// List the workloads and exit.
     #[arg(long)]
     list: bool,
+    /// Skip measuring the machine's peaks (about 1.5 s; rows then carry no share of
+    /// peak), e.g. under callgrind, where only instruction counts matter.
+    #[arg(long)]
+    no_roofline: bool,
     /// The text for W9 (`w9_forward`, `w9_step`) [default: the embedded tragedies, the
     /// anchor's text].
     #[arg(long)]
@@ -115,8 +119,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return allreduce(&names[0], &cfg, args.json);
     }
     // the machine's limits first, so that every row can say how close it comes
-    let peaks = bench::measure_peaks();
-    if !args.json {
+    let peaks = (!args.no_roofline).then(bench::measure_peaks);
+    if !args.json
+        && let Some(peaks) = &peaks
+    {
         println!(
             "machine: {} ({}, {} threads); multiply-add peak f32 {:.0} GFLOP/s on one core, {:.0} on all; f64 {:.0} and {:.0}; triad bandwidth {:.1} GB/s on one core, {:.1} on all",
             peaks.cpu,
@@ -129,6 +135,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             peaks.triad_one_gbps,
             peaks.triad_all_gbps
         );
+    }
+    if !args.json {
         println!(
             "{:<34} {:>12} {:>12} {:>7} {:>9} {:>8} {:>6} {:>9}  extra",
             "workload", "median", "min", "reps", "GFLOP/s", "GB/s", "peak%", "ns/op"
@@ -147,7 +155,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         for mut row in rows {
-            row.place(&peaks);
+            if let Some(peaks) = &peaks {
+                row.place(peaks);
+            }
             if args.json {
                 println!("{}", serde_json::to_string(&row)?);
             } else {
@@ -176,7 +186,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if args.json {
+    if args.json
+        && let Some(peaks) = &peaks
+    {
         println!(
             "{}",
             serde_json::json!({ "name": "roofline", "peaks": peaks })
