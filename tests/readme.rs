@@ -1,5 +1,7 @@
 //! The README's `chainrule explain` walks must be exactly what the program prints.
 
+mod common;
+
 use std::process::Command;
 
 /// Splits a command line on spaces, keeping double-quoted parts together.
@@ -133,36 +135,12 @@ fn readme_commands_run_on_a_fresh_clone() {
 /// A README `serve` command starts a server (on a free port, no browser opened) that
 /// answers the page.
 fn serve_answers(args: &[String], dir: &std::path::Path) {
-    use std::io::{BufRead, Read, Write};
-    let mut args: Vec<String> = args.iter().filter(|a| *a != "--open").cloned().collect();
-    args.extend(["--port".into(), "0".into()]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chainrule"))
-        .args(&args)
-        .current_dir(dir)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .unwrap_or_else(|| panic!("`{}` printed no address: {line:?}", args.join(" ")));
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut page = String::new();
-    s.read_to_string(&mut page).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let args: Vec<String> = args.iter().filter(|a| *a != "--open").cloned().collect();
+    let server = common::Server::start_with(&args, dir);
+    let (status, page) = server.get("/");
     assert!(
-        page.starts_with("HTTP/1.1 200") && page.contains("/assets/app.js"),
-        "{page}"
+        status == 200 && page.contains("/assets/app.js"),
+        "`{}`: {status} {page}",
+        args.join(" ")
     );
 }

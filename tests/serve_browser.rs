@@ -79,6 +79,15 @@ async fn until(
     }
 }
 
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn text_of(c: &Client, css: &str) -> String {
     c.find(Locator::Css(css))
         .await
@@ -119,12 +128,7 @@ async fn walk_view(c: &Client, base: &str) {
     // first a mistake: the error appears inline, pointing at its column
     expr.clear().await.unwrap();
     expr.send_keys("tanh(w*x +").await.unwrap();
-    c.find(Locator::Css("#go"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#go").await;
     let error = until(
         c,
         "const e = document.getElementById('expr-error'); return e && !e.hidden ? e.textContent : null;",
@@ -139,12 +143,7 @@ async fn walk_view(c: &Client, base: &str) {
     let values = c.find(Locator::Css("#at")).await.unwrap();
     values.clear().await.unwrap();
     values.send_keys("x=2,w=-0.5,b=1.5").await.unwrap();
-    c.find(Locator::Css("#go"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#go").await;
     let total = until(
         c,
         "const s = document.getElementById('step-count'); const e = document.getElementById('expr-error'); return s && e.hidden ? Number(s.dataset.total) : null;",

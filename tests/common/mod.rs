@@ -94,10 +94,16 @@ pub struct Server {
 impl Server {
     /// Starts the server over the runs folder `runs`, in the folder `cwd`.
     pub fn start(runs: &Path, cwd: &Path) -> Server {
+        let runs = runs.to_str().expect("a UTF-8 path").to_string();
+        Server::start_with(&["serve".into(), "--runs".into(), runs], cwd)
+    }
+
+    /// Runs `chainrule ARGS --port 0` (ARGS starting with `serve`) in the folder `cwd`.
+    pub fn start_with(args: &[String], cwd: &Path) -> Server {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_chainrule"))
-            .args(["serve", "--port", "0", "--runs"])
-            .arg(runs)
+            .args(args)
+            .args(["--port", "0"])
             .current_dir(cwd)
             .stdout(std::process::Stdio::piped())
             .spawn()
