@@ -127,13 +127,17 @@ fn isa() -> &'static str {
 fn kernel(isa: &str, f64: bool, n: usize) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: each kernel needs the features named on it; `isa` is the answer of
-        // `isa()`, which names a vector unit only after detecting exactly those features
-        // on this CPU at run time.
+        // Each kernel needs the features named on it. `isa` comes from `isa()` (the
+        // callers are private to this module), which names a vector unit only after
+        // detecting exactly those features on this CPU at run time.
         match (isa, f64) {
+            // SAFETY: "avx512" means AVX-512F and FMA were detected (above).
             ("avx512", false) => return unsafe { x86::f32_avx512(n) },
+            // SAFETY: as above, AVX-512F and FMA were detected.
             ("avx512", true) => return unsafe { x86::f64_avx512(n) },
+            // SAFETY: "avx2+fma" means AVX2 and FMA were detected (above).
             ("avx2+fma", false) => return unsafe { x86::f32_avx2(n) },
+            // SAFETY: as above, AVX2 and FMA were detected.
             ("avx2+fma", true) => return unsafe { x86::f64_avx2(n) },
             _ => {}
         }
