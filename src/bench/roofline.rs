@@ -56,57 +56,54 @@ fn mul_add_rounds<T: num_traits::Float, const N: usize>(acc: &mut [T; N], a: T, 
     }
 }
 
-/// The kernels: each returns the sum of its chains (so the work cannot be dropped) and
-/// the floating-point operations it did.
+/// `n` rounds on `N` lanes, fused (`fma`) or as a multiply then an add: the sum of the
+/// chains (so the work cannot be dropped) and the floating-point operations done.
+#[inline(always)]
+fn run_chains<T: num_traits::Float + Into<f64>, const N: usize>(
+    fma: bool,
+    a: T,
+    b: T,
+    n: usize,
+) -> (f64, f64) {
+    let mut acc = [T::one(); N];
+    if fma {
+        fma_rounds(&mut acc, a, b, n);
+    } else {
+        mul_add_rounds(&mut acc, a, b, n);
+    }
+    (acc.iter().map(|&v| v.into()).sum(), (2 * N * n) as f64)
+}
+
+/// The kernels, one per vector unit and precision, with as many lanes as the unit holds
+/// times [`CHAINS`].
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{CHAINS, fma_rounds};
+    use super::{CHAINS, run_chains};
 
     #[target_feature(enable = "avx512f,fma")]
     pub fn f32_avx512(n: usize) -> (f64, f64) {
-        let mut acc = [1.0f32; 16 * CHAINS];
-        fma_rounds(&mut acc, 0.999_99, 1e-6, n);
-        (
-            acc.iter().map(|&v| f64::from(v)).sum(),
-            (2 * 16 * CHAINS * n) as f64,
-        )
+        run_chains::<f32, { 16 * CHAINS }>(true, 0.999_99, 1e-6, n)
     }
     #[target_feature(enable = "avx512f,fma")]
     pub fn f64_avx512(n: usize) -> (f64, f64) {
-        let mut acc = [1.0f64; 8 * CHAINS];
-        fma_rounds(&mut acc, 0.999_999, 1e-7, n);
-        (acc.iter().sum(), (2 * 8 * CHAINS * n) as f64)
+        run_chains::<f64, { 8 * CHAINS }>(true, 0.999_999, 1e-7, n)
     }
     #[target_feature(enable = "avx2,fma")]
     pub fn f32_avx2(n: usize) -> (f64, f64) {
-        let mut acc = [1.0f32; 8 * CHAINS];
-        fma_rounds(&mut acc, 0.999_99, 1e-6, n);
-        (
-            acc.iter().map(|&v| f64::from(v)).sum(),
-            (2 * 8 * CHAINS * n) as f64,
-        )
+        run_chains::<f32, { 8 * CHAINS }>(true, 0.999_99, 1e-6, n)
     }
     #[target_feature(enable = "avx2,fma")]
     pub fn f64_avx2(n: usize) -> (f64, f64) {
-        let mut acc = [1.0f64; 4 * CHAINS];
-        fma_rounds(&mut acc, 0.999_999, 1e-7, n);
-        (acc.iter().sum(), (2 * 4 * CHAINS * n) as f64)
+        run_chains::<f64, { 4 * CHAINS }>(true, 0.999_999, 1e-7, n)
     }
 }
 
 fn f32_baseline(n: usize) -> (f64, f64) {
-    let mut acc = [1.0f32; 4 * CHAINS];
-    mul_add_rounds(&mut acc, 0.999_99, 1e-6, n);
-    (
-        acc.iter().map(|&v| f64::from(v)).sum(),
-        (2 * 4 * CHAINS * n) as f64,
-    )
+    run_chains::<f32, { 4 * CHAINS }>(false, 0.999_99, 1e-6, n)
 }
 
 fn f64_baseline(n: usize) -> (f64, f64) {
-    let mut acc = [1.0f64; 2 * CHAINS];
-    mul_add_rounds(&mut acc, 0.999_999, 1e-7, n);
-    (acc.iter().sum(), (2 * 2 * CHAINS * n) as f64)
+    run_chains::<f64, { 2 * CHAINS }>(false, 0.999_999, 1e-7, n)
 }
 
 /// The widest vector unit this CPU has that the kernels can use.
