@@ -8,6 +8,7 @@ mod language;
 mod layers;
 mod loss;
 pub(crate) mod recurrent;
+mod sequence;
 pub(crate) mod store;
 mod transformer;
 
@@ -17,6 +18,7 @@ pub use language::{CarriedState, CharModel, WindowOutput};
 pub use layers::{Activation, Classifier, Dropout, Embedding, ForwardCtx, Init, Linear, Mlp};
 pub use loss::{bce_with_logits, cross_entropy, cross_entropy_values, mse, mse_values};
 pub use recurrent::{Gru, Lstm, Recurrent, RecurrentLayer, RecurrentOutput, Rnn};
+pub use sequence::SequenceClassifier;
 pub use store::{
     ParamId, ParamStore, Params, load_tensors, remove_stale_temporaries, save_tensors,
     tensors_from_bytes, write_atomically,

@@ -550,7 +550,11 @@ async function drawExtras(name, box, shown) {
       shown.add(f);
       const c = await file(f);
       box.append(el("h2", {}, "Clipping"), c.conclusion ? el("p", {}, c.conclusion) : "",
-        table(c.runs, ["lr", "clip", "final_val_loss", "stopped_by", "diverged_at_step", "max_grad_norm", "clipped_steps"]));
+        table(c.runs, ["seed", "lr", "clip", "max_grad_norm", "spike_step", "spike_ratio", "loss_jump", "final_val_loss", "stopped_by", "clipped_steps"]));
+      if (Array.isArray(c.text_runs)) {
+        box.append(el("h3", {}, "On text: a learning rate too large to step at"),
+          table(c.text_runs, ["lr", "clip", "final_val_loss", "stopped_by", "diverged_at_step", "max_grad_norm", "clipped_steps"]));
+      }
       if (Array.isArray(c.depth)) {
         const colors = ["#d0421b", "#1f5fbf", "#2a8a3e", "#7048a8"];
         box.append(chart({ title: "gradient norm by layer (log)", xLabel: "layer", logY: true,
