@@ -716,14 +716,19 @@ impl<T: Element> Tape<T> {
             if let Op::Unary(u) = &node.op {
                 // the most common node: one input, no allocation beyond the gradient
                 let j = node.inputs[0] as usize;
-                let c = u.scale_by_derivative(&nodes[j].value, &node.value, &g);
-                if anomaly && culprit.is_none_or(|k| i < k) && g.all_finite() && !c.all_finite() {
+                let seed_finite = anomaly && g.all_finite();
+                let c = if keep_all {
+                    let c = u.scale_by_derivative(&nodes[j].value, &node.value, &g);
+                    kept.push((i as u32, g));
+                    c
+                } else {
+                    // the gradient is not kept: its buffer becomes the input's gradient
+                    u.scale_by_derivative_owned(&nodes[j].value, &node.value, g)
+                };
+                if seed_finite && culprit.is_none_or(|k| i < k) && !c.all_finite() {
                     culprit = Some(i);
                 }
                 accumulate(&mut grads[j], c)?;
-                if keep_all {
-                    kept.push((i as u32, g));
-                }
                 continue;
             }
             input_values.clear();

@@ -364,6 +364,12 @@ impl<T: Element> Tensor<T> {
         Arc::make_mut(&mut self.data)
     }
 
+    /// The elements, writable in place, when nothing else shares the buffer; `None`
+    /// otherwise (no copy is made).
+    pub(crate) fn data_mut_if_unique(&mut self) -> Option<&mut [T]> {
+        Arc::get_mut(&mut self.data)
+    }
+
     /// The elements for overwriting, as a buffer of `shape`: this tensor's own buffer
     /// when it has that shape and nothing else shares it, a fresh one otherwise (never a
     /// copy: the old contents are to be overwritten). Replayed steps reuse their buffers

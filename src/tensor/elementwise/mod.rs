@@ -276,6 +276,17 @@ macro_rules! unary_table {
                     }
                 })* }
             }
+            /// [`UnaryOp::scale_slice`] with the seed in `out`, overwritten by the
+            /// result (the same product, so the same rounding).
+            #[allow(unused_variables)]
+            #[inline(always)]
+            pub(crate) fn scale_slice_in_place<T: Element>(self, xs: &[T], ys: &[T], out: &mut [T]) {
+                match self { $($pat => {
+                    for ((o, &x), &y) in out.iter_mut().zip(xs).zip(ys) {
+                        *o = *o * self.derivative(x, y);
+                    }
+                })* }
+            }
         }
     };
 }
@@ -438,6 +449,32 @@ impl UnaryOp {
         Tensor::build(x.shape(), |out| {
             self.scale_by_derivative_into(x.data(), y.data(), seed.data(), out)
         })
+    }
+
+    /// [`UnaryOp::scale_by_derivative`] taking the seed by value: when no other tensor
+    /// shares its buffer, the result is written over it instead of into a new one (the
+    /// reverse sweep hands each unary node's gradient on this way: one allocation and
+    /// one pass over memory fewer per node).
+    pub fn scale_by_derivative_owned<T: Element>(
+        self,
+        x: &Tensor<T>,
+        y: &Tensor<T>,
+        mut seed: Tensor<T>,
+    ) -> Tensor<T> {
+        let same_shape = seed.shape() == x.shape() && x.len() == y.len();
+        match seed.data_mut_if_unique() {
+            Some(out) if same_shape => {
+                chunked(out, [x.data(), y.data()], |o, [xs, ys]| {
+                    if o.len() < SMALL {
+                        self.scale_slice_in_place(xs, ys, o)
+                    } else {
+                        with_avx2!(self.scale_slice_in_place(xs, ys, o))
+                    }
+                });
+                seed
+            }
+            _ => self.scale_by_derivative(x, y, &seed),
+        }
     }
 
     /// [`UnaryOp::scale_by_derivative`] into a buffer of the inputs' length.
