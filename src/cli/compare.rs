@@ -352,13 +352,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             g_sizes: vec![10, 100, 1000, 10_000, 100_000],
         }
     };
-    let out = args.out.unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        PathBuf::from(format!("runs/compare-{secs}"))
-    });
+    let out = super::out_dir(args.out, "compare");
     std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
     let mut rows = Vec::new();
     run_f(&plan, &mut rows);

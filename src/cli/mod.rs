@@ -71,3 +71,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(a),
     }
 }
+
+/// `--out` when given, else `runs/NAME-<unix time>` (a fresh folder per run of a
+/// command that writes several files).
+pub(crate) fn out_dir(out: Option<std::path::PathBuf>, name: &str) -> std::path::PathBuf {
+    out.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        std::path::PathBuf::from(format!("runs/{name}-{secs}"))
+    })
+}

@@ -332,26 +332,20 @@ fn gradient_at(
 
 /// What clipping by norm and clipping by value do to the direction of `raw`.
 fn angles(raw: &[Option<Tensor<f32>>]) -> anyhow::Result<Vec<Angle>> {
-    let mut out = Vec::new();
+    let compare = |method, threshold, clipped: &[Option<Tensor<f32>>]| Angle {
+        method,
+        threshold,
+        degrees: angle_degrees(raw, clipped),
+        norm_after: global_norm(clipped),
+        changed: changed_share(raw, clipped),
+    };
     let mut by_norm = raw.to_vec();
     clip_grad_norm(&mut by_norm, CLIP, true)?;
-    out.push(Angle {
-        method: "norm",
-        threshold: CLIP,
-        degrees: angle_degrees(raw, &by_norm),
-        norm_after: global_norm(&by_norm),
-        changed: changed_share(raw, &by_norm),
-    });
+    let mut out = vec![compare("norm", CLIP, &by_norm)];
     for cap in VALUE_CAPS {
         let mut by_value = raw.to_vec();
         clip_grad_value(&mut by_value, cap);
-        out.push(Angle {
-            method: "value",
-            threshold: cap,
-            degrees: angle_degrees(raw, &by_value),
-            norm_after: global_norm(&by_value),
-            changed: changed_share(raw, &by_value),
-        });
+        out.push(compare("value", cap, &by_value));
     }
     Ok(out)
 }
@@ -585,13 +579,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.data, text.batch
         )
     })?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        PathBuf::from(format!("runs/clipping-{secs}"))
-    });
+    let out = super::out_dir(args.out.clone(), "clipping");
     std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
     let started = std::time::Instant::now();
     let say = |line: String| {

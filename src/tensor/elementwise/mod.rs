@@ -283,7 +283,7 @@ macro_rules! unary_table {
             pub(crate) fn scale_slice_in_place<T: Element>(self, xs: &[T], ys: &[T], out: &mut [T]) {
                 match self { $($pat => {
                     for ((o, &x), &y) in out.iter_mut().zip(xs).zip(ys) {
-                        *o = *o * self.derivative(x, y);
+                        *o *= self.derivative(x, y);
                     }
                 })* }
             }
