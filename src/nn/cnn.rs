@@ -7,9 +7,9 @@ use super::conv::{Conv2d, MaxPool2d};
 use super::layers::{Classifier, Dropout, ForwardCtx};
 use super::store::{ParamStore, Params};
 use super::transformer::TorchLinear;
-use crate::autodiff::{Conv2dOptions, Pool2dOptions, Tape, Var};
+use crate::autodiff::{Conv2dOptions, Pool2dOptions, Var};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Tensor, checked_len};
+use crate::tensor::{Element, checked_len};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -204,14 +204,6 @@ impl<T: Element> Classifier<T> for Cnn {
         self.forward(p, x, ctx)
     }
 
-    /// The forward pass in evaluation mode on a tape of its own, dropped at the end.
-    fn infer(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
-        let tape = Tape::new();
-        let p = store.leaves(&tape);
-        let y = self.forward(&p, tape.constant(x.clone()), &mut ForwardCtx::eval())?;
-        Ok(y.value())
-    }
-
     fn replay_graph(&self) -> Option<String> {
         let c = &self.config;
         (c.dropout == [0.0, 0.0]).then(|| format!("cnn {c:?}"))
@@ -230,6 +222,7 @@ mod tests {
     use super::*;
     use crate::autodiff::Tape;
     use crate::nn::rel_err;
+    use crate::tensor::Tensor;
 
     #[test]
     fn the_w12_shape_has_pytorchs_parameter_count() {

@@ -2,7 +2,7 @@
 //! initialisers.
 
 use super::store::{ParamId, ParamStore, Params};
-use crate::autodiff::Var;
+use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor, UnaryOp};
 use rand::{Rng, SeedableRng};
@@ -237,8 +237,15 @@ pub trait Classifier<T: Element> {
         ctx: &mut ForwardCtx,
     ) -> Result<Var<'t, T>>;
     /// The logits of `x` in evaluation mode, as plain values (the numbers of
-    /// [`Classifier::logits`] without dropout).
-    fn infer(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>>;
+    /// [`Classifier::logits`] without dropout). By default the forward pass is recorded
+    /// on a tape of its own, dropped at the end; a model with a tape-free path
+    /// ([`Mlp`]) overrides it.
+    fn infer(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
+        let tape = Tape::new();
+        let p = store.leaves(&tape);
+        let y = self.logits(&p, tape.constant(x.clone()), &mut ForwardCtx::eval())?;
+        Ok(y.value())
+    }
     /// What a replayed step of this model depends on besides its inputs' shapes
     /// ([`crate::autodiff::Trace`]), or `None` when its steps cannot be replayed (dropout
     /// draws a new mask each step).

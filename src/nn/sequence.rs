@@ -6,9 +6,9 @@
 use super::layers::{Classifier, ForwardCtx, Init, Linear};
 use super::recurrent::Recurrent;
 use super::store::{ParamStore, Params};
-use crate::autodiff::{CellKind, Tape, Var};
+use crate::autodiff::{CellKind, Var};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Tensor};
+use crate::tensor::Element;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -96,13 +96,6 @@ impl<T: Element> Classifier<T> for SequenceClassifier {
         self.head.forward(p, last)
     }
 
-    fn infer(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
-        let tape = Tape::new();
-        let p = store.leaves(&tape);
-        let y = self.logits(&p, tape.constant(x.clone()), &mut ForwardCtx::eval())?;
-        Ok(y.value())
-    }
-
     fn replay_graph(&self) -> Option<String> {
         Some(format!(
             "sequence {:?} {} steps × {} features, hidden {}",
@@ -114,7 +107,9 @@ impl<T: Element> Classifier<T> for SequenceClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::autodiff::Tape;
     use crate::nn::cross_entropy;
+    use crate::tensor::Tensor;
 
     #[test]
     fn classifies_the_final_state_and_refuses_a_wrong_width() {
