@@ -410,7 +410,7 @@ impl<T: Element> Tape<T> {
             inputs.iter().all(|v| std::ptr::eq(v.tape, self)),
             "variables from different tapes were combined"
         );
-        self.push_raw(op, inputs.iter().map(|v| v.id).collect(), value, false)
+        self.push_raw(op, input_ids(inputs), value, false)
     }
 
     /// An error naming `op` when one of `inputs` belongs to another tape.
@@ -798,6 +798,16 @@ fn anomaly_report<T: Element>(nodes: &[Node<T>], k: usize) -> Error {
 }
 
 /// Adds a contribution into a gradient slot: fan-out accumulates.
+/// The ids of a node's inputs, the common one and two written in place (collecting them
+/// through an iterator costs as much as the rest of recording a unary node).
+fn input_ids<T: Element>(vars: &[Var<'_, T>]) -> Inputs {
+    match vars {
+        [a] => Inputs::from_buf_and_len([a.id, 0], 1),
+        [a, b] => Inputs::from_buf([a.id, b.id]),
+        _ => vars.iter().map(|v| v.id).collect(),
+    }
+}
+
 fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, c: Tensor<T>) -> Result<()> {
     match slot {
         None => *slot = Some(c),
@@ -922,5 +932,28 @@ impl<'t, T: Element> Var<'t, T> {
 impl<T: Element> fmt::Debug for Var<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Var#{} {:?}", self.id, self.value())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every node is as large as the largest op's record, and the sweep walks all of
+    /// them: ops that keep more (attention, convolution, pooling) box it.
+    #[test]
+    fn nodes_stay_small() {
+        assert!(std::mem::size_of::<Op<f32>>() <= 32);
+        assert!(std::mem::size_of::<Node<f64>>() <= 120);
+    }
+
+    #[test]
+    fn input_ids_keep_order_for_any_count() {
+        let tape = Tape::<f64>::new();
+        let vars: Vec<_> = (0..4).map(|_| tape.var(Tensor::scalar(1.0))).collect();
+        for n in 0..=4 {
+            let ids = input_ids(&vars[..n]);
+            assert_eq!(ids.as_slice(), &[0, 1, 2, 3][..n]);
+        }
     }
 }

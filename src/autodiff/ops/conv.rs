@@ -496,7 +496,7 @@ impl<'t, T: Element> Var<'t, T> {
         let b = bias.map(|b| b.value());
         let d = conv_dims(x.shape(), w.shape(), b.as_ref().map(|b| b.shape()), opts)?;
         let y = conv_forward(&x, &w, b.as_ref(), &d);
-        Ok(self.tape.push(Op::Conv2d(opts), &ins, y))
+        Ok(self.tape.push(Op::Conv2d(Box::new(opts)), &ins, y))
     }
 }
 
@@ -620,7 +620,7 @@ mod tests {
             let Op::Conv2d(opts) = tape.with_nodes(|n| n[fused.id as usize].op.clone()) else {
                 panic!("not a convolution")
             };
-            let comp = composed(opts, &v).unwrap();
+            let comp = composed(*opts, &v).unwrap();
             assert!(fused.value().max_abs_diff(&comp.value()).unwrap() < 1e-13);
         }
     }

@@ -126,26 +126,32 @@ pub(crate) enum Op<T: Element> {
         stats: Arc<Tensor<T>>,
     },
     /// Scaled dot-product attention of `q, k, v`; keeps the probabilities.
-    Attention {
-        scale: f64,
-        /// Added to the scaled scores: `[T, S]` for every head, or one block per head.
-        mask: Option<Arc<Tensor<T>>>,
-        /// Query `i` sees keys `0..=i` (the kernels skip the others).
-        causal: bool,
-        /// `Some(heads)`: one input, the fused projection `[B, T, 3·D]` of this many
-        /// heads, and the output `[B, T, D]` ([`super::Var::self_attention`]).
-        heads: Option<usize>,
-        probs: Arc<Tensor<T>>,
-    },
+    Attention(Box<AttentionRecord<T>>),
     /// 2-D convolution of `x, w` (and a bias when there are three inputs).
-    Conv2d(conv::Conv2dOptions),
+    Conv2d(Box<conv::Conv2dOptions>),
     /// Max pooling; keeps, per output element, the input index of its window's maximum.
     MaxPool2d {
-        opts: pool::Pool2dOptions,
+        opts: Box<pool::Pool2dOptions>,
         argmax: Arc<[usize]>,
     },
-    AvgPool2d(pool::Pool2dOptions),
+    AvgPool2d(Box<pool::Pool2dOptions>),
     Custom(Arc<dyn CustomOp<T>>),
+}
+
+/// What an attention node keeps for its derivative. Boxed in [`Op`] (as are the options
+/// of convolution and pooling) so that the common ops' nodes stay small: every node of
+/// a tape is as large as its largest variant, and the sweep walks all of them.
+#[derive(Clone)]
+pub(crate) struct AttentionRecord<T: Element> {
+    pub(crate) scale: f64,
+    /// Added to the scaled scores: `[T, S]` for every head, or one block per head.
+    pub(crate) mask: Option<Arc<Tensor<T>>>,
+    /// Query `i` sees keys `0..=i` (the kernels skip the others).
+    pub(crate) causal: bool,
+    /// `Some(heads)`: one input, the fused projection `[B, T, 3·D]` of this many
+    /// heads, and the output `[B, T, D]` ([`super::Var::self_attention`]).
+    pub(crate) heads: Option<usize>,
+    pub(crate) probs: Arc<Tensor<T>>,
 }
 
 pub(crate) type Grads<T> = smallvec::SmallVec<[Option<Tensor<T>>; 2]>;
@@ -363,8 +369,8 @@ impl<T: Element> Op<T> {
             Op::IndexSelect { .. } => "index_select",
             Op::Gather { .. } => "gather",
             Op::LayerNorm { .. } => "layer_norm",
-            Op::Attention { heads: None, .. } => "attention",
-            Op::Attention { .. } => "self_attention",
+            Op::Attention(a) if a.heads.is_none() => "attention",
+            Op::Attention(_) => "self_attention",
             Op::Conv2d(_) => "conv2d",
             Op::MaxPool2d { .. } => "max_pool2d",
             Op::AvgPool2d(_) => "avg_pool2d",
@@ -403,8 +409,8 @@ impl<T: Element> Op<T> {
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::jvp(self, ins, out, single()),
             Op::MatMul { ta, tb } => matmul::jvp(ins, t, *ta, *tb),
-            Op::LayerNorm { .. } | Op::Attention { .. } => transformer::jvp(self, ins, t),
-            Op::Conv2d(opts) => conv::jvp(*opts, ins, t),
+            Op::LayerNorm { .. } | Op::Attention(_) => transformer::jvp(self, ins, t),
+            Op::Conv2d(opts) => conv::jvp(**opts, ins, t),
             Op::MaxPool2d { .. } | Op::AvgPool2d(_) => pool::jvp(self, out, t),
             Op::Custom(c) => {
                 let t = c.jvp(ins, out, t)?;
@@ -446,11 +452,9 @@ impl<T: Element> Op<T> {
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::vjp(self, &refs(ins), &out, &g),
             Op::MatMul { ta, tb } => matmul::vjp(&refs(ins), &g, needs, *ta, *tb),
-            Op::LayerNorm { .. } | Op::Attention { .. } => {
-                transformer::vjp_recorded(self, ins, out, g)
-            }
+            Op::LayerNorm { .. } | Op::Attention(_) => transformer::vjp_recorded(self, ins, out, g),
             Op::Conv2d(opts) => {
-                composition_vjp_recorded("conv2d", ins, out, g, |ins| conv::composed(*opts, ins))
+                composition_vjp_recorded("conv2d", ins, out, g, |ins| conv::composed(**opts, ins))
             }
             Op::MaxPool2d { .. } | Op::AvgPool2d(_) => {
                 let shape = out.shape();
@@ -483,8 +487,8 @@ impl<T: Element> Op<T> {
             | Op::Softmax(_)
             | Op::LogSoftmax(_) => reduce::vjp(self, ins, out, g),
             Op::MatMul { ta, tb } => matmul::vjp(ins, g, needs, *ta, *tb),
-            Op::LayerNorm { .. } | Op::Attention { .. } => transformer::vjp(self, ins, g, needs),
-            Op::Conv2d(opts) => conv::vjp(*opts, ins, g, needs),
+            Op::LayerNorm { .. } | Op::Attention(_) => transformer::vjp(self, ins, g, needs),
+            Op::Conv2d(opts) => conv::vjp(**opts, ins, g, needs),
             Op::MaxPool2d { .. } | Op::AvgPool2d(_) => pool::vjp(self, ins, g),
             Op::Reshape
             | Op::Permute(_)

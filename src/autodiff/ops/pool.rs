@@ -173,14 +173,21 @@ impl<'t, T: Element> Var<'t, T> {
     /// goes to each window's first maximum.
     pub fn max_pool2d(self, opts: Pool2dOptions) -> Result<Var<'t, T>> {
         let (y, argmax) = max_forward(&self.value(), &opts)?;
-        Ok(self.tape.push(Op::MaxPool2d { opts, argmax }, &[self], y))
+        Ok(self.tape.push(
+            Op::MaxPool2d {
+                opts: Box::new(opts),
+                argmax,
+            },
+            &[self],
+            y,
+        ))
     }
 
     /// Average pooling over the two last axes of `[N, C, H, W]` (`avg_pool2d`, padding
     /// counted in the divisor).
     pub fn avg_pool2d(self, opts: Pool2dOptions) -> Result<Var<'t, T>> {
         let y = avg_forward(&self.value(), &opts)?;
-        Ok(self.tape.push(Op::AvgPool2d(opts), &[self], y))
+        Ok(self.tape.push(Op::AvgPool2d(Box::new(opts)), &[self], y))
     }
 
     /// Every axis from `start` on merged into one (`torch.flatten(x, start)`).

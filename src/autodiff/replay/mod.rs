@@ -237,7 +237,7 @@ impl<T: Element> Trace<T> {
                                 buffer(slot, shape),
                             )
                         }
-                        Op::LayerNorm { .. } | Op::Attention { .. } => {
+                        Op::LayerNorm { .. } | Op::Attention(_) => {
                             *slot = Some(super::ops::transformer::replay_forward(op, &ins)?)
                         }
                         Op::MaxPool2d { .. } => {
@@ -506,10 +506,10 @@ pub(super) fn op_forward<T: Element>(
         Op::Leaf | Op::Constant | Op::Where(_) | Op::Custom(_) => {
             unreachable!("refused when recording")
         }
-        Op::Conv2d(opts) => super::ops::conv::forward(*opts, ins),
-        Op::AvgPool2d(p) => super::ops::pool::replay_forward(&mut Op::AvgPool2d(*p), x),
+        Op::Conv2d(opts) => super::ops::conv::forward(**opts, ins),
+        Op::AvgPool2d(p) => super::ops::pool::replay_forward(&mut Op::AvgPool2d(p.clone()), x),
         Op::MaxPool2d { .. } => unreachable!("replayed by pool::replay_forward"),
-        Op::LayerNorm { .. } | Op::Attention { .. } => {
+        Op::LayerNorm { .. } | Op::Attention(_) => {
             unreachable!("replayed by transformer::replay_forward")
         }
     }

@@ -4,7 +4,7 @@
 //! a product for the output), heads in parallel; under the causal mask the hidden keys
 //! are skipped.
 
-use super::super::{Grads, Op, Tangents};
+use super::super::{AttentionRecord, Grads, Op, Tangents};
 use super::{row_max, row_sum};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
@@ -452,13 +452,13 @@ impl<'t, T: Element> Var<'t, T> {
         let mask = additive_mask(mask, qv.shape(), dims)?;
         let scale = 1.0 / (dims.d.max(1) as f64).sqrt();
         let (y, probs) = attention_forward(&qv, &kv, &vv, (mask.as_ref(), causal), scale, dims)?;
-        let op = Op::Attention {
+        let op = Op::Attention(Box::new(AttentionRecord {
             scale,
             mask: mask.map(Arc::new),
             causal,
             heads: None,
             probs: Arc::new(probs),
-        };
+        }));
         Ok(self.tape.push(op, &[self, k, v], y))
     }
 
@@ -483,13 +483,13 @@ impl<'t, T: Element> Var<'t, T> {
         let mask = additive_mask(mask, &[b, heads, t, hd], dims)?;
         let scale = 1.0 / (hd.max(1) as f64).sqrt();
         let (y, probs) = packed_forward(&x, heads, (mask.as_ref(), causal), scale)?;
-        let op = Op::Attention {
+        let op = Op::Attention(Box::new(AttentionRecord {
             scale,
             mask: mask.map(Arc::new),
             causal,
             heads: Some(heads),
             probs: Arc::new(probs),
-        };
+        }));
         Ok(self.tape.push(op, &[self], y))
     }
 }
@@ -702,16 +702,16 @@ pub(super) fn vjp<T: Element>(
     g: &Tensor<T>,
     needs: &[bool],
 ) -> Result<Grads<T>> {
-    let Op::Attention {
+    let Op::Attention(record) = op else {
+        unreachable!("not attention")
+    };
+    let AttentionRecord {
         scale,
         causal,
         heads,
         probs,
         ..
-    } = op
-    else {
-        unreachable!("not attention")
-    };
+    } = &**record;
     let rule = (*scale, *causal);
     match heads {
         None => attention_vjp(ins, probs, rule, g, needs),
@@ -730,16 +730,16 @@ pub(super) fn jvp<T: Element>(
     ins: &[&Tensor<T>],
     t: &Tangents<T>,
 ) -> Result<Tensor<T>> {
-    let Op::Attention {
+    let Op::Attention(record) = op else {
+        unreachable!("not attention")
+    };
+    let AttentionRecord {
         scale,
         causal,
         heads,
         probs,
         ..
-    } = op
-    else {
-        unreachable!("not attention")
-    };
+    } = &**record;
     let qkv = head_inputs(ins, *heads);
     let refs: Vec<&Tensor<T>> = qkv.iter().collect();
     let rule = (*scale, *causal);
@@ -758,16 +758,16 @@ pub(super) fn jvp<T: Element>(
 
 /// The composition in built-in ops that second order differentiates.
 pub(super) fn composed<'t, T: Element>(op: &Op<T>, ins: &[Var<'t, T>]) -> Result<Var<'t, T>> {
-    let Op::Attention {
+    let Op::Attention(record) = op else {
+        unreachable!("not attention")
+    };
+    let AttentionRecord {
         scale,
         mask,
         causal,
         heads,
         ..
-    } = op
-    else {
-        unreachable!("not attention")
-    };
+    } = &**record;
     let masks = (mask.as_deref(), *causal);
     let Some(h) = *heads else {
         return attention_composed(ins, masks, *scale);
@@ -785,16 +785,16 @@ pub(super) fn composed<'t, T: Element>(op: &Op<T>, ins: &[Var<'t, T>]) -> Result
 
 /// Runs the op again on new inputs (replay), refreshing the probabilities it keeps.
 pub(super) fn replay_forward<T: Element>(op: &mut Op<T>, ins: &[&Tensor<T>]) -> Result<Tensor<T>> {
-    let Op::Attention {
+    let Op::Attention(record) = op else {
+        unreachable!("not attention")
+    };
+    let AttentionRecord {
         scale,
         mask,
         causal,
         heads,
         probs,
-    } = op
-    else {
-        unreachable!("not attention")
-    };
+    } = &mut **record;
     let masks = (mask.as_deref(), *causal);
     let (y, p) = match heads {
         Some(h) => packed_forward(ins[0], *h, masks, *scale)?,
@@ -822,15 +822,15 @@ mod tests {
         let k = tape.var(sample(&[2, 2, 4, 3], Domain::AwayFromZero, &mut rng));
         let v = tape.var(sample(&[2, 2, 4, 2], Domain::AwayFromZero, &mut rng));
         let fused = q.attention(k, v, &AttentionMask::Causal).unwrap();
-        let Op::Attention {
+        let Op::Attention(record) = tape.with_nodes(|n| n[fused.id as usize].op.clone()) else {
+            panic!("not an attention node")
+        };
+        let AttentionRecord {
             mask,
             scale,
             causal,
             ..
-        } = tape.with_nodes(|n| n[fused.id as usize].op.clone())
-        else {
-            panic!("not an attention node")
-        };
+        } = *record;
         assert!(causal && mask.is_none());
         let comp = attention_composed(&[q, k, v], (mask.as_deref(), causal), scale).unwrap();
         assert!(fused.value().max_abs_diff(&comp.value()).unwrap() < 1e-14);
