@@ -797,7 +797,6 @@ fn anomaly_report<T: Element>(nodes: &[Node<T>], k: usize) -> Error {
     ))
 }
 
-/// Adds a contribution into a gradient slot: fan-out accumulates.
 /// The ids of a node's inputs, the common one and two written in place (collecting them
 /// through an iterator costs as much as the rest of recording a unary node).
 fn input_ids<T: Element>(vars: &[Var<'_, T>]) -> Inputs {
@@ -808,6 +807,7 @@ fn input_ids<T: Element>(vars: &[Var<'_, T>]) -> Inputs {
     }
 }
 
+/// Adds a contribution into a gradient slot: fan-out accumulates.
 fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, c: Tensor<T>) -> Result<()> {
     match slot {
         None => *slot = Some(c),
