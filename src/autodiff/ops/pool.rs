@@ -148,7 +148,7 @@ fn max_forward<T: Element>(x: &Tensor<T>, p: &Pool2dOptions) -> Result<(Tensor<T
 }
 
 /// Average pooling: each window's sum over `kh·kw` (padding counted).
-fn avg_forward<T: Element>(x: &Tensor<T>, p: &Pool2dOptions) -> Result<Tensor<T>> {
+pub(crate) fn avg_forward<T: Element>(x: &Tensor<T>, p: &Pool2dOptions) -> Result<Tensor<T>> {
     let d = pool_dims(x.shape(), p, "avg_pool2d")?;
     let mut out = vec![T::zero(); d[0] * d[3] * d[4]];
     let xs = x.data();
@@ -232,17 +232,15 @@ pub(crate) fn jvp<T: Element>(op: &Op<T>, out: &Tensor<T>, t: &Tangents<T>) -> R
     }
 }
 
-/// Runs the pooling again (replay), refreshing the kept indices of max pooling.
+/// Runs max pooling again (replay), refreshing the kept indices (average pooling keeps
+/// nothing: replay calls [`avg_forward`]).
 pub(crate) fn replay_forward<T: Element>(op: &mut Op<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
-    match op {
-        Op::MaxPool2d { opts, argmax } => {
-            let (y, at) = max_forward(x, opts)?;
-            *argmax = at;
-            Ok(y)
-        }
-        Op::AvgPool2d(p) => avg_forward(x, p),
-        _ => unreachable!("not a pooling"),
-    }
+    let Op::MaxPool2d { opts, argmax } = op else {
+        unreachable!("not a max pooling")
+    };
+    let (y, at) = max_forward(x, opts)?;
+    *argmax = at;
+    Ok(y)
 }
 
 /// Max pooling in built-in ops, with memory proportional to the input (a selection of

@@ -507,7 +507,7 @@ pub(super) fn op_forward<T: Element>(
             unreachable!("refused when recording")
         }
         Op::Conv2d(opts) => super::ops::conv::forward(**opts, ins),
-        Op::AvgPool2d(p) => super::ops::pool::replay_forward(&mut Op::AvgPool2d(p.clone()), x),
+        Op::AvgPool2d(p) => super::ops::pool::avg_forward(x, p),
         Op::MaxPool2d { .. } => unreachable!("replayed by pool::replay_forward"),
         Op::LayerNorm { .. } | Op::Attention(_) => {
             unreachable!("replayed by transformer::replay_forward")
