@@ -535,9 +535,14 @@ impl<T: Element> Optimizer<T> for Adam<T> {
     fn step(&mut self, store: &mut ParamStore<T>, grads: &[Option<Tensor<T>>]) -> Result<()> {
         let t = self.steps as i32 + 1;
         let (b1, b2) = (T::of(self.beta1), T::of(self.beta2));
-        let c1 = T::of(1.0 - self.beta1.powi(t));
-        let c2 = T::of(1.0 - self.beta2.powi(t));
-        let (lr, eps) = (T::of(self.lr), T::of(1e-8));
+        // PyTorch's arrangement of the bias corrections: lr / (1 - β₁ᵗ) as one step size
+        // and √v / √(1 - β₂ᵗ), here as a product with the reciprocal. The same update as
+        // lr · (m / c₁) / (√(v / c₂) + ε) in exact arithmetic, with one division and one
+        // square root per element instead of three and one, which the one divider
+        // unit ran in turn (W1's 269 k parameters on one core: 311–346 → 221–245 µs).
+        let step_size = T::of(self.lr / (1.0 - self.beta1.powi(t)));
+        let inv_sqrt_c2 = T::of(1.0 / (1.0 - self.beta2.powi(t)).sqrt());
+        let eps = T::of(1e-8);
         let (l2, shrink) = if self.decoupled {
             (T::zero(), T::of(1.0 - self.lr * self.weight_decay))
         } else {
@@ -554,7 +559,7 @@ impl<T: Element> Optimizer<T> for Adam<T> {
                 let d = g + l2 * *p;
                 *m = b1 * *m + (T::one() - b1) * d;
                 *v = b2 * *v + (T::one() - b2) * d * d;
-                *p -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+                *p -= step_size * *m / (v.sqrt() * inv_sqrt_c2 + eps);
             }
         })?;
         self.steps += 1;
