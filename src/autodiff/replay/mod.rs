@@ -709,6 +709,43 @@ mod tests {
     }
 
     #[test]
+    fn pooling_replays_bit_for_bit() {
+        // average pooling (padded, overlapping windows) then max pooling: the two pooling
+        // paths of `Trace::forward`, each fed by a node that depends on the parameter
+        use crate::autodiff::ops::pool::Pool2dOptions;
+        fn f<'t>(x: Var<'t, f64>, w: Var<'t, f64>) -> Result<Var<'t, f64>> {
+            let avg = Pool2dOptions {
+                kernel: [3, 3],
+                stride: [2, 1],
+                padding: [1, 1],
+            };
+            let h = x.mul(w)?.avg_pool2d(avg)?.tanh();
+            Ok(h.max_pool2d(Pool2dOptions::square(2))?.mean_all())
+        }
+        let eager = |x: &Tensor<f64>, w: &Tensor<f64>| {
+            let tape = Tape::new();
+            let wv = tape.var(w.clone());
+            let l = f(tape.constant(x.clone()), wv).unwrap();
+            let g = tape.backward(l).unwrap().wrt(wv).unwrap();
+            (l.item().unwrap(), g)
+        };
+        let tape = Tape::new();
+        let w = tape.var(Tensor::randn(&[3, 1, 1], 1).unwrap());
+        let x = tape.var(Tensor::randn(&[2, 3, 7, 6], 2).unwrap());
+        let l = f(x, w).unwrap();
+        let mut trace = Trace::record(&tape, l, &[w], &[x]).unwrap();
+        for round in 0..3 {
+            let ws = Tensor::randn(&[3, 1, 1], 10 + round).unwrap();
+            let xs = Tensor::randn(&[2, 3, 7, 6], 20 + round).unwrap();
+            let (le, ge) = eager(&xs, &ws);
+            let lr = trace.forward(&[&ws], &[&xs], &[]).unwrap();
+            let gr = trace.backward().unwrap();
+            assert_eq!(le.to_bits(), lr.to_bits(), "round {round}");
+            assert_eq!(ge.data(), gr[0].as_ref().unwrap().data(), "round {round}");
+        }
+    }
+
+    #[test]
     fn recycled_gradients_are_written_in_place_by_the_next_sweep() {
         let params = mlp_params::<f32>(&[6, 5, 4, 3], 1);
         let x = Tensor::<f64>::randn(&[7, 6], 2).unwrap().cast::<f32>();
