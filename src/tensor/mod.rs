@@ -210,8 +210,35 @@ pub(crate) fn c<T: Element>(v: f64) -> T {
 /// An n-dimensional array, row-major, contiguous, shared by reference count.
 #[derive(Clone)]
 pub struct Tensor<T> {
+    /// Private to this module, which never makes a `Weak` of it ([`unique_mut`]).
     data: Arc<[T]>,
     shape: Shape,
+}
+
+/// The buffer, writable, when `data` is its only handle: [`Arc::get_mut`] without the
+/// atomic read-modify-write it takes to lock the weak count (a locked instruction on
+/// x86: tens of cycles, and a barrier to the loads and stores around it, which every
+/// recorded op paid three times: writing its value, handing its gradient on, and
+/// recycling its buffer).
+fn unique_mut<T>(data: &mut Arc<[T]>) -> Option<&mut [T]> {
+    if Arc::strong_count(data) != 1 {
+        return None;
+    }
+    // The count was read as 1 after the last clone elsewhere was dropped, with a
+    // release decrement; the fence makes what that thread did with the buffer happen
+    // before what follows (as `Arc::drop` and `Arc::get_mut` do).
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    if Arc::weak_count(data) != 0 {
+        return None;
+    }
+    // SAFETY: a strong count of 1, read with the fence above, says that `data` is the
+    // only `Arc` of the buffer and that every other `Arc` was dropped before this point;
+    // no `Weak` exists (counted just above; this module never makes one, and a new one
+    // can only come from an `Arc`); `&mut data` keeps anyone from cloning or
+    // downgrading the one `Arc` for the lifetime of the returned slice. The slice is
+    // therefore the only access to the buffer while it lives, which is what `&mut`
+    // requires, and the pointer comes from the `Arc` itself, valid while it lives.
+    Some(unsafe { &mut *(Arc::as_ptr(data) as *mut [T]) })
 }
 
 /// `⟨a, b⟩` summed over two lists of tensors (element by element, accumulated in f64):
@@ -272,7 +299,7 @@ impl<T: Element> Tensor<T> {
         debug_assert!(checked_len("build", shape).is_ok());
         let n = shape.iter().product();
         let mut data = zeroed_buffer::<T>(n);
-        fill(Arc::get_mut(&mut data).expect("fresh buffer is unique"));
+        fill(unique_mut(&mut data).expect("fresh buffer is unique"));
         Tensor {
             data,
             shape: Shape::from_slice(shape),
@@ -367,7 +394,12 @@ impl<T: Element> Tensor<T> {
     /// The elements, writable in place, when nothing else shares the buffer; `None`
     /// otherwise (no copy is made).
     pub(crate) fn data_mut_if_unique(&mut self) -> Option<&mut [T]> {
-        Arc::get_mut(&mut self.data)
+        unique_mut(&mut self.data)
+    }
+
+    /// This tensor when nothing else shares its buffer (so it can be overwritten later).
+    pub(crate) fn into_unique(mut self) -> Option<Self> {
+        unique_mut(&mut self.data).is_some().then_some(self)
     }
 
     /// The elements for overwriting, as a buffer of `shape`: this tensor's own buffer
@@ -375,10 +407,14 @@ impl<T: Element> Tensor<T> {
     /// copy: the old contents are to be overwritten). Replayed steps reuse their buffers
     /// through it.
     pub(crate) fn overwrite(&mut self, shape: &[usize]) -> &mut [T] {
-        if self.shape.as_slice() != shape || Arc::get_mut(&mut self.data).is_none() {
+        // the shapes compared in line: slice equality calls `memcmp`, dearer than a
+        // handful of dimensions
+        let same =
+            self.shape.len() == shape.len() && self.shape.iter().zip(shape).all(|(a, b)| a == b);
+        if !same || unique_mut(&mut self.data).is_none() {
             *self = Tensor::zeroed(shape);
         }
-        Arc::get_mut(&mut self.data).expect("unique after the check above")
+        unique_mut(&mut self.data).expect("unique after the check above")
     }
 
     /// The elements as a `Vec`.

@@ -208,14 +208,24 @@ pub(crate) fn jvp<T: Element>(
 impl<'t, T: Element> Var<'t, T> {
     /// Records an elementwise unary op.
     pub fn unary(self, op: UnaryOp) -> Var<'t, T> {
-        let y = self.tape.with_value(self.id, |x| op.apply(x));
+        let y = self.tape.with_value(self.id, |x| {
+            self.tape
+                .build_value(x.shape(), |out| op.apply_into(x.data(), out))
+        });
         self.tape.push(Op::Unary(op), &[self], y)
     }
 
     /// Records a broadcasting binary op; the error names the op and both shapes.
     pub fn binary(self, op: BinaryOp, other: Var<'t, T>) -> Result<Var<'t, T>> {
         Tape::check_inputs(op.name(), &[self, other])?;
-        let y = op.apply(&self.value(), &other.value())?;
+        let (a, b) = (self.value(), other.value());
+        let y = if a.shape() == b.shape() {
+            self.tape.build_value(a.shape(), |out| {
+                op.apply_same_shape_into(a.data(), b.data(), out)
+            })
+        } else {
+            op.apply(&a, &b)?
+        };
         Ok(self.tape.push(Op::Binary(op), &[self, other], y))
     }
 

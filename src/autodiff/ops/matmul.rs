@@ -73,13 +73,22 @@ pub(crate) fn jvp<T: Element>(
 impl<'t, T: Element> Var<'t, T> {
     /// Matrix product (2-D, batched, or batched times a shared matrix).
     pub fn matmul(self, rhs: Var<'t, T>) -> Result<Var<'t, T>> {
+        self.matmul_recycling(rhs, false, false)
+    }
+
+    /// `op(self)·op(rhs)` recorded, written over the spare buffer of its position on the
+    /// tape when there is one ([`Tape::take_spare`]).
+    fn matmul_recycling(self, rhs: Var<'t, T>, ta: bool, tb: bool) -> Result<Var<'t, T>> {
         Tape::check_inputs("matmul", &[self, rhs])?;
-        let y = self.value().matmul(&rhs.value())?;
-        let op = Op::MatMul {
-            ta: false,
-            tb: false,
+        let (a, b) = (self.value(), rhs.value());
+        let y = match self.tape.take_spare() {
+            Some(mut y) => {
+                a.matmul_transposed_into(&b, ta, tb, &mut y)?;
+                y
+            }
+            None => a.matmul_transposed(&b, ta, tb)?,
         };
-        Ok(self.tape.push(op, &[self, rhs], y))
+        Ok(self.tape.push(Op::MatMul { ta, tb }, &[self, rhs], y))
     }
 
     /// `op(self)·op(rhs)` of two matrices, `op` a transpose where the flag is set, read
@@ -100,8 +109,7 @@ impl<'t, T: Element> Var<'t, T> {
                 "products in transposed layouts take two matrices",
             ));
         }
-        let y = self.value().matmul_transposed(&rhs.value(), ta, tb)?;
-        Ok(self.tape.push(Op::MatMul { ta, tb }, &[self, rhs], y))
+        self.matmul_recycling(rhs, ta, tb)
     }
 }
 
