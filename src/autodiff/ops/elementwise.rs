@@ -218,14 +218,21 @@ impl<'t, T: Element> Var<'t, T> {
     /// Records a broadcasting binary op; the error names the op and both shapes.
     pub fn binary(self, op: BinaryOp, other: Var<'t, T>) -> Result<Var<'t, T>> {
         Tape::check_inputs(op.name(), &[self, other])?;
-        let (a, b) = (self.value(), other.value());
-        let y = if a.shape() == b.shape() {
-            self.tape.build_value(a.shape(), |out| {
-                op.apply_same_shape_into(a.data(), b.data(), out)
-            })
-        } else {
-            op.apply(&a, &b)?
-        };
+        // the inputs borrowed, not cloned: a clone and its drop are two locked
+        // instructions per input
+        let y = self.tape.with_nodes(|nodes| {
+            let (a, b) = (
+                &nodes[self.id as usize].value,
+                &nodes[other.id as usize].value,
+            );
+            if a.shape() == b.shape() {
+                Ok(self.tape.build_value(a.shape(), |out| {
+                    op.apply_same_shape_into(a.data(), b.data(), out)
+                }))
+            } else {
+                op.apply(a, b)
+            }
+        })?;
         Ok(self.tape.push(Op::Binary(op), &[self, other], y))
     }
 

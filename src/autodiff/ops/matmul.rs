@@ -80,14 +80,16 @@ impl<'t, T: Element> Var<'t, T> {
     /// tape when there is one ([`Tape::take_spare`]).
     fn matmul_recycling(self, rhs: Var<'t, T>, ta: bool, tb: bool) -> Result<Var<'t, T>> {
         Tape::check_inputs("matmul", &[self, rhs])?;
-        let (a, b) = (self.value(), rhs.value());
-        let y = match self.tape.take_spare() {
-            Some(mut y) => {
-                a.matmul_transposed_into(&b, ta, tb, &mut y)?;
-                y
+        let y = self.tape.with_nodes(|nodes| {
+            let (a, b) = (
+                &nodes[self.id as usize].value,
+                &nodes[rhs.id as usize].value,
+            );
+            match self.tape.take_spare() {
+                Some(mut y) => a.matmul_transposed_into(b, ta, tb, &mut y).map(|()| y),
+                None => a.matmul_transposed(b, ta, tb),
             }
-            None => a.matmul_transposed(&b, ta, tb)?,
-        };
+        })?;
         Ok(self.tape.push(Op::MatMul { ta, tb }, &[self, rhs], y))
     }
 
