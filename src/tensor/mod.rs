@@ -210,7 +210,7 @@ pub(crate) fn c<T: Element>(v: f64) -> T {
 /// An n-dimensional array, row-major, contiguous, shared by reference count.
 #[derive(Clone)]
 pub struct Tensor<T> {
-    /// Private to this module, which never makes a `Weak` of it ([`unique_mut`]).
+    /// Written through [`unique_mut`] when nothing else shares it.
     data: Arc<[T]>,
     shape: Shape,
 }
@@ -232,12 +232,13 @@ fn unique_mut<T>(data: &mut Arc<[T]>) -> Option<&mut [T]> {
         return None;
     }
     // SAFETY: a strong count of 1, read with the fence above, says that `data` is the
-    // only `Arc` of the buffer and that every other `Arc` was dropped before this point;
-    // no `Weak` exists (counted just above; this module never makes one, and a new one
-    // can only come from an `Arc`); `&mut data` keeps anyone from cloning or
-    // downgrading the one `Arc` for the lifetime of the returned slice. The slice is
-    // therefore the only access to the buffer while it lives, which is what `&mut`
-    // requires, and the pointer comes from the `Arc` itself, valid while it lives.
+    // only `Arc` of the buffer and that every other `Arc` was dropped before this point.
+    // No `Weak` exists: one made before another `Arc` was dropped is counted just above
+    // (the fence orders its making before this read), and a new one can only be made
+    // from an `Arc`, of which the only one is behind `&mut data`, which also keeps it
+    // from being cloned for the lifetime of the returned slice. The slice is therefore
+    // the only access to the buffer while it lives, which is what `&mut` requires, and
+    // the pointer comes from the `Arc` itself, valid while it lives.
     Some(unsafe { &mut *(Arc::as_ptr(data) as *mut [T]) })
 }
 
