@@ -242,6 +242,13 @@ fn unique_mut<T>(data: &mut Arc<[T]>) -> Option<&mut [T]> {
     Some(unsafe { &mut *(Arc::as_ptr(data) as *mut [T]) })
 }
 
+/// Whether two shapes are equal, compared in line: slice equality calls `memcmp`, which
+/// costs more than the handful of dimensions on the paths every recorded op takes.
+#[inline(always)]
+pub(crate) fn same_shape(a: &[usize], b: &[usize]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// `⟨a, b⟩` summed over two lists of tensors (element by element, accumulated in f64):
 /// the inner product of gradients, directions and Krylov vectors kept as one tensor per
 /// parameter.
@@ -408,11 +415,7 @@ impl<T: Element> Tensor<T> {
     /// copy: the old contents are to be overwritten). Replayed steps reuse their buffers
     /// through it.
     pub(crate) fn overwrite(&mut self, shape: &[usize]) -> &mut [T] {
-        // the shapes compared in line: slice equality calls `memcmp`, dearer than a
-        // handful of dimensions
-        let same =
-            self.shape.len() == shape.len() && self.shape.iter().zip(shape).all(|(a, b)| a == b);
-        if !same || unique_mut(&mut self.data).is_none() {
+        if !same_shape(&self.shape, shape) || unique_mut(&mut self.data).is_none() {
             *self = Tensor::zeroed(shape);
         }
         unique_mut(&mut self.data).expect("unique after the check above")

@@ -225,7 +225,7 @@ impl<'t, T: Element> Var<'t, T> {
                 &nodes[self.id as usize].value,
                 &nodes[other.id as usize].value,
             );
-            if a.shape() == b.shape() {
+            if crate::tensor::same_shape(a.shape(), b.shape()) {
                 Ok(self.tape.build_value(a.shape(), |out| {
                     op.apply_same_shape_into(a.data(), b.data(), out)
                 }))

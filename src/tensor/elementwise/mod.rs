@@ -8,7 +8,7 @@
 //! it every rule at once.
 
 use super::shape::{broadcast_shapes, broadcast_strides, for_each_offset};
-use super::{Element, Tensor, c};
+use super::{Element, Tensor, c, same_shape};
 use crate::error::Result;
 use rayon::prelude::*;
 
@@ -461,9 +461,9 @@ impl UnaryOp {
         y: &Tensor<T>,
         mut seed: Tensor<T>,
     ) -> Tensor<T> {
-        let same_shape = seed.shape() == x.shape() && x.len() == y.len();
+        let same = same_shape(seed.shape(), x.shape()) && x.len() == y.len();
         match seed.data_mut_if_unique() {
-            Some(out) if same_shape => {
+            Some(out) if same => {
                 chunked(out, [x.data(), y.data()], |o, [xs, ys]| {
                     if o.len() < SMALL {
                         self.scale_slice_in_place(xs, ys, o)
