@@ -231,14 +231,14 @@ fn unique_mut<T>(data: &mut Arc<[T]>) -> Option<&mut [T]> {
     if Arc::weak_count(data) != 0 {
         return None;
     }
-    // SAFETY: a strong count of 1, read with the fence above, says that `data` is the
-    // only `Arc` of the buffer and that every other `Arc` was dropped before this point.
-    // No `Weak` exists: one made before another `Arc` was dropped is counted just above
-    // (the fence orders its making before this read), and a new one can only be made
-    // from an `Arc`, of which the only one is behind `&mut data`, which also keeps it
-    // from being cloned for the lifetime of the returned slice. The slice is therefore
-    // the only access to the buffer while it lives, which is what `&mut` requires, and
-    // the pointer comes from the `Arc` itself, valid while it lives.
+    // A strong count of 1, read with the fence above, says that `data` is the only `Arc`
+    // of the buffer and that every other `Arc` was dropped before this point. No `Weak`
+    // exists: one made before another `Arc` was dropped is counted just above (the fence
+    // orders its making before this read), and a new one can only be made from an
+    // `Arc`, of which the only one is behind `&mut data`, which also keeps it from being
+    // cloned for the lifetime of the returned slice.
+    // SAFETY: by the above, the slice is the only access to the buffer while it lives
+    // (what `&mut` requires), and its pointer comes from the live `Arc` itself.
     Some(unsafe { &mut *(Arc::as_ptr(data) as *mut [T]) })
 }
 
