@@ -9,6 +9,7 @@
 mod export;
 mod functional;
 mod gradcheck;
+mod gradients;
 pub mod ops;
 mod replay;
 pub(crate) mod suite;
@@ -32,6 +33,7 @@ pub use suite::{
 };
 // the suite's planted faults and case types: for `chainrule gradcheck --plant` and the
 // tests, not part of the API
+pub use gradients::Gradients;
 #[doc(hidden)]
 pub use suite::{CaseFn, PlantedFault, planted_add, planted_mul};
-pub use tape::{Gradients, NodeInfo, Tape, Var};
+pub use tape::{NodeInfo, Tape, Var};
