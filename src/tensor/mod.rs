@@ -8,6 +8,7 @@
 mod elementwise;
 pub(crate) use elementwise::{Number, PARALLEL_MIN_LEN, with_avx2};
 mod matmul;
+mod packed;
 mod random;
 mod reduce;
 mod shape;
@@ -19,6 +20,7 @@ pub(crate) use shape::{
 
 pub use elementwise::{BinaryOp, UnaryOp};
 pub(crate) use matmul::{MatLayout, matmul_into, matmul_into_serial, matmul_threads};
+pub(crate) use packed::PackedRhs;
 // the benchmark anchors' data streams: for `chainrule bench`, not part of the API
 #[doc(hidden)]
 pub use random::{SplitMix64, splitmix64};
@@ -47,6 +49,10 @@ mod sealed {
             accumulate: bool,
             threads: usize,
         );
+        /// The elements as f32, for kernels written for f32 alone; `None` for f64.
+        fn f32s(s: &[Self]) -> Option<&[f32]>;
+        /// [`Sealed::f32s`], writable.
+        fn f32s_mut(s: &mut [Self]) -> Option<&mut [f32]>;
     }
 }
 
@@ -84,7 +90,7 @@ pub trait Element:
 }
 
 macro_rules! impl_element {
-    ($t:ty, $name:literal, $tanh:expr, $exp:expr, $erf:expr) => {
+    ($t:ty, $name:literal, $tanh:expr, $exp:expr, $erf:expr, $f32s:ident) => {
         impl Element for $t {
             const NAME: &'static str = $name;
             #[inline(always)]
@@ -122,11 +128,28 @@ macro_rules! impl_element {
             ) {
                 matmul::faer_gemm(dst, m, n, k, lhs, rhs, accumulate, threads)
             }
+            fn f32s(s: &[Self]) -> Option<&[f32]> {
+                $f32s!(s)
+            }
+            fn f32s_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+                $f32s!(s)
+            }
         }
     };
 }
-impl_element!(f32, "f32", tanh_f32, exp_f32, erf_f32);
-impl_element!(f64, "f64", f64::tanh, f64::exp, libm::erf);
+macro_rules! some {
+    ($s:expr) => {
+        Some($s)
+    };
+}
+macro_rules! none {
+    ($s:expr) => {{
+        let _ = $s;
+        None
+    }};
+}
+impl_element!(f32, "f32", tanh_f32, exp_f32, erf_f32, some);
+impl_element!(f64, "f64", f64::tanh, f64::exp, libm::erf, none);
 
 /// eˣ as Cephes' `expf`: `x = n·ln 2 + r` with |r| ≤ ln 2 / 2 (ln 2 split in two for an
 /// exact product), a degree-6 polynomial for eʳ, and 2ⁿ built in the exponent bits.

@@ -104,15 +104,19 @@ impl<T: Element> ForwardBlock<'_, T> {
         )
     }
 
-    fn run(self, kind: CellKind, hid: usize, wt: &[T], b: &[T]) {
+    fn run(self, kind: CellKind, hid: usize, wt: &PackedRhs<T>, b: &[T]) {
         let gh = b.len();
-        if kind == CellKind::Lstm {
-            // the gates are computed where they are kept
-            hidden_product(self.saved, self.h_prev, (wt, MatLayout::Normal), b, hid);
-        } else {
-            hidden_product(self.hp, self.h_prev, (wt, MatLayout::Normal), b, hid);
-        }
         let rows = self.h_new.len() / hid;
+        // the gates are computed where they are kept (LSTM)
+        let a = if kind == CellKind::Lstm {
+            &mut *self.saved
+        } else {
+            &mut *self.hp
+        };
+        for row in a.chunks_exact_mut(gh) {
+            row.copy_from_slice(b);
+        }
+        wt.product(a, self.h_prev, rows, true);
         // the gate loops compiled for AVX2 where the CPU has it (same results)
         with_avx2!(match kind {
             CellKind::Rnn => rnn_forward_row(self.x, self.hp, self.h_new),
@@ -214,7 +218,7 @@ impl<T: Element> BackwardBlock<'_, T> {
         )
     }
 
-    fn run(self, kind: CellKind, hid: usize, w: &[T]) {
+    fn run(self, kind: CellKind, hid: usize, w: &PackedRhs<T>) {
         let gh = kind.gates() * hid;
         let rows = self.dh.len() / hid;
         for ((a, &gy), &d) in self.gsum.iter_mut().zip(self.g_y).zip(self.dh.iter()) {
@@ -260,8 +264,7 @@ impl<T: Element> BackwardBlock<'_, T> {
         } else {
             &*self.dx
         };
-        let (lhs, rhs) = ((ghp, MatLayout::Normal), (w, MatLayout::Normal));
-        matmul_into(self.dh, rows, hid, gh, lhs, rhs, false);
+        w.product(self.dh, ghp, rows, false);
         if kind == CellKind::Gru {
             self.dh
                 .iter_mut()
@@ -429,6 +432,8 @@ impl<T: Element> CustomOp<T> for SequenceOp<T> {
             parallel_steps(bsz, gh, hid),
             if gru || lstm { 4 * hid } else { 0 },
         );
+        // W_hh packed once for the window's `∂hp·W` products
+        let w_packed = PackedRhs::new(w.data(), gh, hid, MatLayout::Normal);
         let dxp = Tensor::build(&[steps * bsz, gh], |dxp| {
             for s in (0..steps).rev() {
                 let h_prev = if s == 0 { h0 } else { &y[(s - 1) * bh..s * bh] };
@@ -462,7 +467,7 @@ impl<T: Element> CustomOp<T> for SequenceOp<T> {
                     dc_out: &mut dc_prev,
                 };
                 in_halves(block, bsz, parallel, BackwardBlock::split, |b| {
-                    b.run(kind, hid, w.data())
+                    b.run(kind, hid, &w_packed)
                 });
                 if lstm {
                     std::mem::swap(&mut dc, &mut dc_prev);
@@ -560,14 +565,8 @@ pub fn recurrent_sequence<'t, T: Element>(
     ];
     let mut cells = vec![T::zero(); if lstm { steps * bh } else { 0 }];
     let mut hp = vec![T::zero(); bg];
-    // W_hhᵀ as a row-major [H, G·H] copy, once per window: a product with the weight's
-    // columns contiguous needs no packing by the GEMM at every step
-    let mut wt = vec![T::zero(); hid * gh];
-    for (k, row) in wt.chunks_exact_mut(gh).enumerate() {
-        for (r, v) in row.iter_mut().enumerate() {
-            *v = wv.data()[r * hid + k];
-        }
-    }
+    // W_hhᵀ packed once for the window's `h·W_hhᵀ` products
+    let wt = PackedRhs::new(wv.data(), hid, gh, MatLayout::Transposed);
     let parallel = parallel_steps(bsz, gh, hid);
     let sw = if kind == CellKind::Rnn { 0 } else { 4 * hid };
     let y = Tensor::build(&[rows, hid], |out| {
