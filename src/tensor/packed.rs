@@ -183,10 +183,12 @@ fn tile_rows<const R: usize>(a: [&[f32]; R], block: &[f32], tile: &mut Tile) {
             .expect("16 lanes");
         v.as_mut_ptr()
     };
-    // SAFETY: each pointer from `lanes` addresses an array of 16 f32 inside `tile`,
-    // exactly one vector's lanes; unaligned loads need no alignment.
     let mut acc: [[__m512; 4]; R] = std::array::from_fn(|r| {
-        std::array::from_fn(|q| unsafe { _mm512_loadu_ps(lanes(tile, r, q)) })
+        std::array::from_fn(|q| {
+            // SAFETY: each pointer from `lanes` addresses an array of 16 f32 inside
+            // `tile`, exactly one vector's lanes; unaligned loads need no alignment.
+            unsafe { _mm512_loadu_ps(lanes(tile, r, q)) }
+        })
     });
     for (p, b) in block.chunks_exact(NR).enumerate() {
         let b: &[f32; NR] = b.try_into().expect("a panel row of 64");

@@ -391,6 +391,25 @@ pub(super) fn step_inputs(
     v
 }
 
+/// Random inputs of a whole window of `steps` steps: [`step_inputs`] with the input
+/// projection of every step, `[T·B, G·H]`.
+pub(super) fn window_inputs(
+    kind: CellKind,
+    steps: usize,
+    bsz: usize,
+    hid: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Tensor<f64>> {
+    use crate::autodiff::suite::{Domain, sample};
+    let mut inputs = step_inputs(kind, bsz, hid, rng);
+    inputs[0] = sample(
+        &[steps * bsz, kind.gates() * hid],
+        Domain::AwayFromZero,
+        rng,
+    );
+    inputs
+}
+
 /// The function of one step of `kind` over [`step_inputs`].
 pub(super) fn step_fn(kind: CellKind) -> crate::autodiff::CaseFn {
     match kind {
@@ -420,12 +439,7 @@ pub(crate) fn suite_cases(
         }
         // the whole-window op over 3 steps (small) and 6 steps (larger)
         for (steps, bsz, hid) in [(3, 2, 3), (6, 3, 8)] {
-            let mut inputs = step_inputs(kind, bsz, hid, rng);
-            inputs[0] = crate::autodiff::suite::sample(
-                &[steps * bsz, kind.gates() * hid],
-                crate::autodiff::suite::Domain::AwayFromZero,
-                rng,
-            );
+            let inputs = window_inputs(kind, steps, bsz, hid, rng);
             let f: crate::autodiff::CaseFn = match kind {
                 CellKind::Lstm => Box::new(move |_, v| {
                     recurrent_sequence(kind, v[0], v[1], Some(v[2]), v[3], v[4])
@@ -466,13 +480,7 @@ mod tests {
         ] {
             let (bsz, steps) = (16, 3);
             assert!(bsz * kind.gates() * hid * hid >= PARALLEL_STEP_WORK);
-            let mut rng = ChaCha8Rng::seed_from_u64(3);
-            let mut inputs = step_inputs(kind, bsz, hid, &mut rng);
-            inputs[0] = crate::autodiff::suite::sample(
-                &[steps * bsz, kind.gates() * hid],
-                crate::autodiff::suite::Domain::AwayFromZero,
-                &mut rng,
-            );
+            let inputs = window_inputs(kind, steps, bsz, hid, &mut ChaCha8Rng::seed_from_u64(3));
             let lstm = kind == CellKind::Lstm;
             let run = |window: bool| {
                 let tape = Tape::<f64>::new();
@@ -547,12 +555,7 @@ mod tests {
         for kind in [CellKind::Rnn, CellKind::Gru, CellKind::Lstm] {
             for (bsz, hid, steps) in [(7, 70, 3), (16, 150, 2)] {
                 let mut rng = ChaCha8Rng::seed_from_u64(5);
-                let mut inputs = step_inputs(kind, bsz, hid, &mut rng);
-                inputs[0] = crate::autodiff::suite::sample(
-                    &[steps * bsz, kind.gates() * hid],
-                    crate::autodiff::suite::Domain::AwayFromZero,
-                    &mut rng,
-                );
+                let inputs = window_inputs(kind, steps, bsz, hid, &mut rng);
                 let (a, b) = (run::<f32>(kind, &inputs), run::<f64>(kind, &inputs));
                 for (i, (x, y)) in a.iter().zip(&b).enumerate() {
                     let scale = y.data().iter().fold(1e-12f64, |m, v| m.max(v.abs()));
