@@ -192,6 +192,9 @@ fn matmul_into_threads<T: Element>(
     accumulate: bool,
     threads: usize,
 ) {
+    if n == 0 {
+        return; // no outputs (and the row loops below take rows of n)
+    }
     if m.saturating_mul(n).saturating_mul(k) <= SMALL_MNK {
         small_gemm(dst, m, n, k, lhs, rhs, accumulate);
     } else {
@@ -636,6 +639,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn empty_products_have_their_shape_and_zeros() {
+        let t = |r: usize, c: usize| Tensor::<f64>::from_vec(vec![1.0; r * c], &[r, c]).unwrap();
+        assert_eq!(t(2, 3).matmul(&t(3, 0)).unwrap().shape(), &[2, 0]);
+        assert_eq!(t(0, 3).matmul(&t(3, 2)).unwrap().shape(), &[0, 2]);
+        let z = t(2, 0).matmul(&t(0, 4)).unwrap();
+        assert_eq!((z.shape(), z.data()), (&[2, 4][..], &[0.0; 8][..]));
     }
 
     #[test]

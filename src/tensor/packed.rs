@@ -8,7 +8,7 @@
 //! the order of `k`. Without AVX-512 (or for f64) the product goes to [`matmul_into`]
 //! unchanged. On W9's LSTM the forward pass went from 94.9 to 66.2 ms.
 
-use super::{Element, MatLayout, matmul_into};
+use super::{Element, MatLayout, matmul_into, matmul_threads};
 
 /// Columns per packed panel: four 16-lane vectors.
 const NR: usize = 64;
@@ -19,7 +19,8 @@ const MR: usize = 6;
 pub(crate) struct PackedRhs<T: Element> {
     k: usize,
     n: usize,
-    /// The operand as given (row-major `k × n`), for the general path.
+    /// The operand as a row-major `k × n` copy, for the general path (empty where there
+    /// are panels).
     plain: Vec<T>,
     /// f32 on AVX-512: `n.div_ceil(64)` panels of `k × 64`, the last padded with zeros.
     panels: Option<Vec<f32>>,
@@ -87,7 +88,12 @@ impl<T: Element> PackedRhs<T> {
             a.len(),
             c.len()
         );
-        if let (Some(panels), Some(a), Some(c)) = (&self.panels, T::f32s(a), T::f32s_mut(c)) {
+        // a product large enough for every thread goes to the general path, which
+        // splits it; the packed kernel runs on the calling thread
+        let one_thread = matmul_threads(m, n, k) == 1;
+        if let (Some(panels), Some(a), Some(c), true) =
+            (&self.panels, T::f32s(a), T::f32s_mut(c), one_thread)
+        {
             #[cfg(target_arch = "x86_64")]
             {
                 // SAFETY: `panels` exists only where `avx512()` found AVX-512F on this
@@ -222,17 +228,21 @@ mod tests {
     use super::*;
 
     /// Against an f64 reference on shapes with every remainder (rows not a multiple of
-    /// 6, columns not of 64), both layouts, accumulating or not; f32 (the packed kernel
+    /// 6, columns not of 64, k not of 128) and empty ones, both layouts, accumulating or not; f32 (the packed kernel
     /// where the CPU has AVX-512) and f64 (the general path).
     #[test]
     fn packed_products_match_a_reference() {
         fn check<T: Element>(eps: f64) {
+            // rows leaving tiles of 1, 3 and 5; k leaving a partial block; empty sizes
             for &(m, k, n) in &[
                 (1, 1, 1),
                 (7, 5, 3),
-                (16, 33, 70),
-                (13, 64, 129),
+                (9, 33, 70),
+                (11, 300, 129),
                 (32, 256, 192),
+                (0, 4, 5),
+                (4, 0, 5),
+                (4, 5, 0),
             ] {
                 for layout in [MatLayout::Normal, MatLayout::Transposed] {
                     for accumulate in [false, true] {

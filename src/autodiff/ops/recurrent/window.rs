@@ -7,8 +7,9 @@ use crate::autodiff::Tangents;
 // ---------------------------------------------------------------------------------------
 // One step of `recurrent_sequence` on a block of batch rows. The rows of a batch are
 // independent within a step, so a step splits into two blocks that run on two threads,
-// each with its own single-threaded hidden product and gate loops: one fork per step
-// instead of a GEMM's internal synchronisation plus serial gate loops.
+// each with its own hidden product (on `W_hh` packed once per window, `PackedRhs`) and
+// gate loops: one fork per step instead of a GEMM's internal synchronisation plus
+// serial gate loops.
 // ---------------------------------------------------------------------------------------
 
 /// A step is split across two threads from this much hidden-product work (B·G·H·H).
@@ -46,7 +47,8 @@ pub(super) fn in_halves<B: Send>(
 }
 
 /// `a = b + h·W_hhᵀ` for the rows of `h`, with `W_hh` given as itself
-/// (`MatLayout::Transposed`) or as a row-major copy of `W_hhᵀ` (`MatLayout::Normal`).
+/// (`MatLayout::Transposed`, the step ops) or as a row-major copy of `W_hhᵀ`
+/// (`MatLayout::Normal`).
 pub(super) fn hidden_product<T: Element>(
     a: &mut [T],
     h: &[T],
