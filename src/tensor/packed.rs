@@ -19,8 +19,7 @@ const MR: usize = 6;
 pub(crate) struct PackedRhs<T: Element> {
     k: usize,
     n: usize,
-    /// The operand as a row-major `k × n` copy, for the general path (empty where there
-    /// are panels).
+    /// The operand as a row-major `k × n` copy, for the general path.
     plain: Vec<T>,
     /// f32 on AVX-512: `n.div_ceil(64)` panels of `k × 64`, the last padded with zeros.
     panels: Option<Vec<f32>>,
@@ -61,13 +60,11 @@ impl<T: Element> PackedRhs<T> {
             }
             p
         });
-        // the general path's operand, needed only where there are no panels
-        let mut plain = Vec::new();
-        if panels.is_none() {
-            plain.reserve(k * n);
-            for r in 0..k {
-                plain.extend((0..n).map(|c| at(r, c)));
-            }
+        // the general path's operand (also beside the panels, for products large enough
+        // for every thread)
+        let mut plain = Vec::with_capacity(k * n);
+        for r in 0..k {
+            plain.extend((0..n).map(|c| at(r, c)));
         }
         PackedRhs {
             k,
@@ -283,5 +280,28 @@ mod tests {
         }
         check::<f32>(f32::EPSILON as f64);
         check::<f64>(f64::EPSILON);
+    }
+
+    /// A product large enough for every thread (8.4 M multiply-adds) takes the general
+    /// path where there is more than one thread, the kernel otherwise: right either way.
+    #[test]
+    fn a_product_for_every_thread_is_right_too() {
+        let (m, k, n) = (64, 512, 256);
+        let val = |i: usize, s: usize| ((i * 7919 + s) % 23) as f32 / 11.0 - 1.0;
+        let a: Vec<f32> = (0..m * k).map(|i| val(i, 1)).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| val(i, 2)).collect();
+        let mut c = vec![0.0f32; m * n];
+        PackedRhs::new(&b, k, n, MatLayout::Normal).product(&mut c, &a, m, false);
+        for idx in (0..m * n).step_by(97) {
+            let (i, j) = (idx / n, idx % n);
+            let terms = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64);
+            let (want, size): (f64, f64) = terms.fold((0.0, 0.0), |(s, z), t| (s + t, z + t.abs()));
+            let err = (c[idx] as f64 - want).abs();
+            assert!(
+                err <= size * f32::EPSILON as f64 * (k as f64 + 2.0),
+                "({i},{j}): {} vs {want}",
+                c[idx]
+            );
+        }
     }
 }
