@@ -7,6 +7,7 @@ use crate::tensor::{Element, Tensor};
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::sync::Arc;
 
 pub(crate) type Inputs = SmallVec<[u32; 2]>;
 
@@ -43,8 +44,10 @@ pub struct Tape<T: Element> {
     /// node id: an op recorded at the same position of the next step writes into the
     /// old buffer when it has the shape (a training step records the same shapes in the
     /// same order every time), which saves allocating and zeroing one buffer and freeing
-    /// another per node. What a step leaves unused is freed at the next clear.
-    spare: RefCell<Vec<Option<Tensor<T>>>>,
+    /// another per node. What a step leaves unused is freed at the next clear. Only the
+    /// buffers are kept (16 bytes a node, where a tensor with its shape takes 56): the
+    /// new value's shape comes with the op.
+    spare: RefCell<Vec<Option<Arc<[T]>>>>,
 }
 
 /// A fresh tape generation: process-wide unique, so no two tapes (or one tape before and
@@ -180,7 +183,7 @@ impl<T: Element> Tape<T> {
             self.nodes
                 .get_mut()
                 .drain(..)
-                .map(|node| node.value.into_unique()),
+                .map(|node| node.value.into_unique_buffer()),
         );
         self.labels.get_mut().clear();
         if let Some(t) = self.tangents.get_mut() {
@@ -354,7 +357,8 @@ impl<T: Element> Tape<T> {
     /// over it ([`Tensor::overwrite`] checks the shape) instead of allocating one.
     pub(crate) fn take_spare(&self) -> Option<Tensor<T>> {
         let id = self.nodes.borrow().len();
-        self.spare.borrow_mut().get_mut(id).and_then(Option::take)
+        let buffer = self.spare.borrow_mut().get_mut(id).and_then(Option::take);
+        buffer.map(Tensor::from_buffer)
     }
 
     /// The value of the node about to be recorded, of shape `shape` (valid: an input's,
@@ -362,11 +366,10 @@ impl<T: Element> Tape<T> {
     /// spare buffer of its position ([`Tape::take_spare`]) when that has the shape,
     /// fresh zeros otherwise.
     pub(crate) fn build_value(&self, shape: &[usize], fill: impl FnOnce(&mut [T])) -> Tensor<T> {
-        match self.take_spare() {
-            Some(mut value) => {
-                fill(value.overwrite(shape));
-                value
-            }
+        let id = self.nodes.borrow().len();
+        let buffer = self.spare.borrow_mut().get_mut(id).and_then(Option::take);
+        match buffer {
+            Some(buffer) => Tensor::build_over(buffer, shape, fill),
             None => Tensor::build(shape, fill),
         }
     }
@@ -375,6 +378,10 @@ impl<T: Element> Tape<T> {
         self.nodes.borrow()[id as usize].value.clone()
     }
 
+    // inlined into each op so that the node is written straight into the list: moved
+    // through a call, the op and the flags were copied with wide loads over narrow
+    // stores (a stalled store-to-load forwarding, a third of recording a node)
+    #[inline(always)]
     pub(crate) fn push_raw(
         &self,
         op: Op<T>,
@@ -385,8 +392,7 @@ impl<T: Element> Tape<T> {
         let mut nodes = self.nodes.borrow_mut();
         let id = u32::try_from(nodes.len()).expect("a tape holds at most 2^32 nodes");
         if let Some(tangents) = self.tangents.borrow_mut().as_mut() {
-            let t = self.forward_rule(&nodes, tangents, &op, &inputs, &value);
-            tangents.push(t);
+            self.push_tangent(&nodes, tangents, &op, &inputs, &value);
         }
         let requires_grad = self.grad_enabled.get()
             && (leaf_grad || inputs.iter().any(|&i| nodes[i as usize].requires_grad));
@@ -403,6 +409,22 @@ impl<T: Element> Tape<T> {
             scope: self.scope.get(),
         });
         Var { tape: self, id }
+    }
+
+    /// Forward mode: appends the tangent of the node being recorded (out of line: a
+    /// reverse-mode tape records without it, and inlined it made every record's stack
+    /// frame ten times larger).
+    #[inline(never)]
+    fn push_tangent(
+        &self,
+        nodes: &[Node<T>],
+        tangents: &mut Vec<Option<Tensor<T>>>,
+        op: &Op<T>,
+        inputs: &Inputs,
+        value: &Tensor<T>,
+    ) {
+        let t = self.forward_rule(nodes, tangents, op, inputs, value);
+        tangents.push(t);
     }
 
     /// The tangent of a node being recorded, from its inputs' tangents.
@@ -447,6 +469,7 @@ impl<T: Element> Tape<T> {
     }
 
     /// Records the result of an op on `inputs`.
+    #[inline(always)]
     pub(crate) fn push(&self, op: Op<T>, inputs: &[Var<'_, T>], value: Tensor<T>) -> Var<'_, T> {
         // the public ops with several inputs refuse variables of other tapes first
         // (`Tape::check_inputs`): this only guards the crate's own calls
@@ -740,13 +763,32 @@ impl<T: Element> Tape<T> {
             ));
         }
         let mut grads = self.scratch.borrow_mut();
-        grads.clear();
-        grads.resize(out + 1, None);
+        // Every slot is None between sweeps (a sweep takes each gradient it reaches, and
+        // one that fails empties the vector), so the slots need neither dropping nor
+        // rewriting: two passes over 56 bytes per node saved.
+        if grads.len() <= out {
+            grads.resize(out + 1, None);
+        }
         if nodes[out].requires_grad {
             grads[out] = Some(seed);
         }
+        let swept = Self::sweep_nodes(&nodes, out, &mut grads, keep_all, self.detect_anomaly.get());
+        if swept.is_err() {
+            grads.clear();
+        }
+        Ok(Gradients::new(swept?, self.generation.get()))
+    }
+
+    /// The reverse sweep of [`Tape::sweep`] from `out` down over the nodes: the gradients
+    /// of the leaves (of every node with `keep_all`), in id order.
+    fn sweep_nodes(
+        nodes: &[Node<T>],
+        out: usize,
+        grads: &mut [Option<Tensor<T>>],
+        keep_all: bool,
+        anomaly: bool,
+    ) -> Result<Vec<(u32, Tensor<T>)>> {
         let mut kept: Vec<(u32, Tensor<T>)> = Vec::new();
-        let anomaly = self.detect_anomaly.get();
         let mut culprit: Option<usize> = None;
         let mut input_values: SmallVec<[&Tensor<T>; 2]> = SmallVec::new();
         let mut needs: SmallVec<[bool; 2]> = SmallVec::new();
@@ -767,7 +809,9 @@ impl<T: Element> Tape<T> {
                     c
                 } else {
                     // the gradient is not kept: its buffer becomes the input's gradient
-                    u.scale_by_derivative_owned(&nodes[j].value, &node.value, g)
+                    let mut g = g;
+                    u.scale_by_derivative_in_place(&nodes[j].value, &node.value, &mut g);
+                    g
                 };
                 if seed_finite && culprit.is_none_or(|k| i < k) && !c.all_finite() {
                     culprit = Some(i);
@@ -797,10 +841,10 @@ impl<T: Element> Tape<T> {
             }
         }
         if let Some(k) = culprit {
-            return Err(anomaly_report(&nodes, k));
+            return Err(anomaly_report(nodes, k));
         }
         kept.reverse();
-        Ok(Gradients::new(kept, self.generation.get()))
+        Ok(kept)
     }
 }
 
@@ -840,6 +884,7 @@ fn anomaly_report<T: Element>(nodes: &[Node<T>], k: usize) -> Error {
 
 /// The ids of a node's inputs, the common one and two written in place (collecting them
 /// through an iterator costs as much as the rest of recording a unary node).
+#[inline(always)]
 fn input_ids<T: Element>(vars: &[Var<'_, T>]) -> Inputs {
     match vars {
         [a] => Inputs::from_buf_and_len([a.id, 0], 1),
@@ -849,12 +894,20 @@ fn input_ids<T: Element>(vars: &[Var<'_, T>]) -> Inputs {
 }
 
 /// Adds a contribution into a gradient slot: fan-out accumulates.
+#[inline]
 fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, c: Tensor<T>) -> Result<()> {
     match slot {
         None => *slot = Some(c),
-        Some(g) => g.add_assign(&c)?,
+        Some(g) => add_into(g, &c)?,
     }
     Ok(())
+}
+
+/// The second and later contributions to a gradient (kept out of line: the sweep's
+/// common case is a node's first and only contribution).
+#[inline(never)]
+fn add_into<T: Element>(g: &mut Tensor<T>, c: &Tensor<T>) -> Result<()> {
+    g.add_assign(c)
 }
 
 impl<'t, T: Element> Var<'t, T> {
@@ -950,5 +1003,59 @@ mod tests {
             assert_eq!(g, g_fresh);
         }
         assert_eq!(held.to_vec(), held_copy);
+    }
+
+    /// A recycled buffer with the new node's number of elements but another shape is
+    /// written over and takes the new shape.
+    #[test]
+    fn a_recycled_buffer_takes_the_shape_of_its_new_node() {
+        let data: Vec<f64> = (0..12).map(|i| i as f64 * 0.5 - 2.0).collect();
+        let mut tape = Tape::<f64>::new();
+        for shape in [[2, 6], [3, 4], [12, 1], [3, 4]] {
+            tape.clear();
+            let x = tape.var(Tensor::from_vec(data.clone(), &shape).unwrap());
+            let w = tape.var(Tensor::from_vec(data[..shape[1]].to_vec(), &[shape[1], 1]).unwrap());
+            let y = x.tanh().mul_scalar(3.0);
+            let z = y.matmul(w).unwrap();
+            assert_eq!(y.shape().as_slice(), &shape);
+            assert_eq!(z.shape().as_slice(), &[shape[0], 1]);
+            let want: Vec<f64> = data.iter().map(|v| v.tanh() * 3.0).collect();
+            assert_eq!(y.value().to_vec(), want);
+            let g = tape.backward(z.sum_all()).unwrap();
+            assert_eq!(g.wrt(x).unwrap().shape(), &shape);
+        }
+    }
+
+    /// A custom op whose reverse rule fails.
+    struct FailingRule;
+
+    impl crate::autodiff::CustomOp<f64> for FailingRule {
+        fn name(&self) -> &str {
+            "failing_rule"
+        }
+        fn vjp(
+            &self,
+            _: &[&Tensor<f64>],
+            _: &Tensor<f64>,
+            _: &Tensor<f64>,
+        ) -> Result<Vec<Tensor<f64>>> {
+            Err(Error::invalid("failing_rule", "planted failure"))
+        }
+    }
+
+    /// A sweep that fails half-way leaves no gradient behind for the next one: the
+    /// sweep's scratch slots are all empty again (a later sweep would add a stale
+    /// gradient to its own).
+    #[test]
+    fn a_failed_sweep_leaves_nothing_for_the_next() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::from_vec(vec![0.5, -1.5], &[2]).unwrap());
+        let y = x.mul_scalar(2.0);
+        let bad = Var::custom(&[y], std::sync::Arc::new(FailingRule), y.value()).unwrap();
+        // the failing node's gradient is reached after y's has been seeded below it
+        let out = bad.add(y).unwrap().sum_all();
+        assert!(tape.backward(out).is_err());
+        let g = tape.backward(y.sum_all()).unwrap();
+        assert_eq!(g.wrt(x).unwrap().to_vec(), vec![2.0, 2.0]);
     }
 }

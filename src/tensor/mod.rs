@@ -16,6 +16,7 @@ mod shape;
 pub(crate) use reduce::normalize_axes;
 pub(crate) use shape::{
     broadcast_strides, for_each_offset, gather_adjoint, index_select_adjoint, narrow_adjoint,
+    shape_of,
 };
 
 pub use elementwise::{BinaryOp, UnaryOp};
@@ -319,7 +320,7 @@ impl<T: Element> Tensor<T> {
         }
         Ok(Tensor {
             data: data.into(),
-            shape: Shape::from_slice(shape),
+            shape: shape_of(shape),
         })
     }
 
@@ -333,8 +334,27 @@ impl<T: Element> Tensor<T> {
         fill(unique_mut(&mut data).expect("fresh buffer is unique"));
         Tensor {
             data,
-            shape: Shape::from_slice(shape),
+            shape: shape_of(shape),
         }
+    }
+
+    /// [`Tensor::build`] over `buffer` when it holds the shape's number of elements and
+    /// nothing else shares it (a buffer recycled by the tape), over fresh zeros otherwise.
+    pub(crate) fn build_over(
+        mut buffer: Arc<[T]>,
+        shape: &[usize],
+        fill: impl FnOnce(&mut [T]),
+    ) -> Self {
+        if buffer.len() == shape.iter().product::<usize>()
+            && let Some(out) = unique_mut(&mut buffer)
+        {
+            fill(out);
+            return Tensor {
+                data: buffer,
+                shape: shape_of(shape),
+            };
+        }
+        Tensor::build(shape, fill)
     }
 
     /// A 0-dimensional tensor holding one value.
@@ -356,7 +376,7 @@ impl<T: Element> Tensor<T> {
         debug_assert!(checked_len("zeroed", shape).is_ok());
         Tensor {
             data: zeroed_buffer(shape.iter().product()),
-            shape: Shape::from_slice(shape),
+            shape: shape_of(shape),
         }
     }
 
@@ -428,20 +448,35 @@ impl<T: Element> Tensor<T> {
         unique_mut(&mut self.data)
     }
 
-    /// This tensor when nothing else shares its buffer (so it can be overwritten later).
-    pub(crate) fn into_unique(mut self) -> Option<Self> {
-        unique_mut(&mut self.data).is_some().then_some(self)
+    /// This tensor's buffer when nothing else shares it (so it can be overwritten later).
+    pub(crate) fn into_unique_buffer(mut self) -> Option<Arc<[T]>> {
+        unique_mut(&mut self.data).is_some().then_some(self.data)
     }
 
-    /// The elements for overwriting, as a buffer of `shape`: this tensor's own buffer
-    /// when it has that shape and nothing else shares it, a fresh one otherwise (never a
-    /// copy: the old contents are to be overwritten). Replayed steps reuse their buffers
-    /// through it.
+    /// A buffer kept for overwriting ([`Tensor::into_unique_buffer`]) as a 1-D tensor.
+    pub(crate) fn from_buffer(data: Arc<[T]>) -> Self {
+        Tensor {
+            shape: shape_of(&[data.len()]),
+            data,
+        }
+    }
+
+    /// The elements for overwriting, as a buffer of `shape` (a valid one): this tensor's
+    /// own buffer when it has that many elements and nothing else shares it, a fresh one
+    /// otherwise (never a copy: the old contents are to be overwritten). Replayed steps
+    /// and the tape's recycled buffers go through it.
     pub(crate) fn overwrite(&mut self, shape: &[usize]) -> &mut [T] {
-        if !same_shape(&self.shape, shape) || unique_mut(&mut self.data).is_none() {
+        if !same_shape(&self.shape, shape) {
+            if self.data.len() == shape.iter().product::<usize>() {
+                self.shape = shape_of(shape);
+            } else {
+                *self = Tensor::zeroed(shape);
+            }
+        }
+        if unique_mut(&mut self.data).is_none() {
             *self = Tensor::zeroed(shape);
         }
-        unique_mut(&mut self.data).expect("unique after the check above")
+        unique_mut(&mut self.data).expect("unique after the checks above")
     }
 
     /// The elements as a `Vec`.
@@ -535,7 +570,7 @@ impl<T: Element> Tensor<T> {
         debug_assert_eq!(checked_len("with_shape", shape).ok(), Some(data.len()));
         Tensor {
             data,
-            shape: Shape::from_slice(shape),
+            shape: shape_of(shape),
         }
     }
 

@@ -9,6 +9,17 @@ use smallvec::SmallVec;
 /// A shape: up to four dimensions are stored inline, without a heap allocation.
 pub type Shape = SmallVec<[usize; 4]>;
 
+/// `dims` as a [`Shape`]: up to four dimensions copied as one fixed block (the general
+/// copy calls `memcpy`, which costs as much as the rest of a small op's bookkeeping).
+#[inline]
+pub(crate) fn shape_of(dims: &[usize]) -> Shape {
+    if dims.len() > 4 {
+        return Shape::from_slice(dims);
+    }
+    let dim = |i: usize| dims.get(i).copied().unwrap_or(0);
+    Shape::from_buf_and_len([dim(0), dim(1), dim(2), dim(3)], dims.len())
+}
+
 /// The most elements a tensor may hold: `isize::MAX` bytes of `f64`, the most one
 /// allocation can address. Kept for every element type so that a shape valid for one
 /// is valid for the other (a cast never fails).

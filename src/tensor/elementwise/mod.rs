@@ -429,6 +429,11 @@ impl UnaryOp {
 
     /// [`UnaryOp::apply`] into a buffer of `x`'s length (replayed steps reuse theirs).
     pub(crate) fn apply_into<T: Element>(self, x: &[T], out: &mut [T]) {
+        // a small tensor needs neither the pool nor the AVX2 copy: the call through
+        // `chunked` and its closure cost more than the loop
+        if out.len() < SMALL {
+            return self.map_slice(x, out);
+        }
         chunked(out, [x], |o, [xs]| {
             if o.len() < SMALL {
                 self.map_slice(xs, o)
@@ -461,19 +466,31 @@ impl UnaryOp {
         y: &Tensor<T>,
         mut seed: Tensor<T>,
     ) -> Tensor<T> {
+        self.scale_by_derivative_in_place(x, y, &mut seed);
+        seed
+    }
+
+    /// `seed ← seed ⊙ f'(x)` ([`UnaryOp::scale_by_derivative_owned`] through a
+    /// reference: the reverse sweep's tensors are not moved in and out).
+    pub(crate) fn scale_by_derivative_in_place<T: Element>(
+        self,
+        x: &Tensor<T>,
+        y: &Tensor<T>,
+        seed: &mut Tensor<T>,
+    ) {
         let same = same_shape(seed.shape(), x.shape()) && x.len() == y.len();
         match seed.data_mut_if_unique() {
-            Some(out) if same => {
-                chunked(out, [x.data(), y.data()], |o, [xs, ys]| {
-                    if o.len() < SMALL {
-                        self.scale_slice_in_place(xs, ys, o)
-                    } else {
-                        with_avx2!(self.scale_slice_in_place(xs, ys, o))
-                    }
-                });
-                seed
+            Some(out) if same && out.len() < SMALL => {
+                self.scale_slice_in_place(x.data(), y.data(), out)
             }
-            _ => self.scale_by_derivative(x, y, &seed),
+            Some(out) if same => chunked(out, [x.data(), y.data()], |o, [xs, ys]| {
+                if o.len() < SMALL {
+                    self.scale_slice_in_place(xs, ys, o)
+                } else {
+                    with_avx2!(self.scale_slice_in_place(xs, ys, o))
+                }
+            }),
+            _ => *seed = self.scale_by_derivative(x, y, seed),
         }
     }
 
@@ -485,6 +502,9 @@ impl UnaryOp {
         seed: &[T],
         out: &mut [T],
     ) {
+        if out.len() < SMALL {
+            return self.scale_slice(x, y, seed, out);
+        }
         chunked(out, [x, y, seed], |o, [xs, ys, ss]| {
             if o.len() < SMALL {
                 self.scale_slice(xs, ys, ss, o)
