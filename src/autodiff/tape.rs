@@ -396,18 +396,22 @@ impl<T: Element> Tape<T> {
         }
         let requires_grad = self.grad_enabled.get()
             && (leaf_grad || inputs.iter().any(|&i| nodes[i as usize].requires_grad));
-        let (op, inputs) = if requires_grad || matches!(op, Op::Leaf) {
-            (op, inputs)
-        } else {
-            (Op::Constant, Inputs::new())
-        };
+        let constant = !requires_grad && !matches!(op, Op::Leaf);
+        let scope = self.scope.get();
         nodes.push(Node {
             op,
             inputs,
             value,
             requires_grad,
-            scope: self.scope.get(),
+            scope,
         });
+        if constant {
+            // nothing to differentiate: the node keeps neither its op nor its inputs
+            // (patched after the push, so that the common node is written as it came)
+            let node = nodes.last_mut().expect("just pushed");
+            node.op = Op::Constant;
+            node.inputs = Inputs::new();
+        }
         Var { tape: self, id }
     }
 
@@ -894,7 +898,7 @@ fn input_ids<T: Element>(vars: &[Var<'_, T>]) -> Inputs {
 }
 
 /// Adds a contribution into a gradient slot: fan-out accumulates.
-#[inline]
+#[inline(always)]
 fn accumulate<T: Element>(slot: &mut Option<Tensor<T>>, c: Tensor<T>) -> Result<()> {
     match slot {
         None => *slot = Some(c),
