@@ -797,29 +797,39 @@ impl<T: Element> Tape<T> {
         let mut input_values: SmallVec<[&Tensor<T>; 2]> = SmallVec::new();
         let mut needs: SmallVec<[bool; 2]> = SmallVec::new();
         for i in (0..=out).rev() {
-            let Some(g) = grads[i].take() else { continue };
             let node = &nodes[i];
+            if let (Op::Unary(u), false, Some(g)) = (&node.op, keep_all, &mut grads[i]) {
+                // the most common node: one input, its gradient written over the one it
+                // received, which becomes the input's gradient. Worked on in its slot
+                // and swapped down rather than moved out and back: the moves reloaded
+                // the tensor with wide loads straight after the narrower stores that
+                // wrote it (a stalled store-to-load forwarding, half of the sweep)
+                let j = node.inputs[0] as usize;
+                let seed_finite = anomaly && g.all_finite();
+                u.scale_by_derivative_in_place(&nodes[j].value, &node.value, g);
+                if seed_finite && culprit.is_none_or(|k| i < k) && !g.all_finite() {
+                    culprit = Some(i);
+                }
+                if grads[j].is_none() {
+                    grads.swap(i, j);
+                } else if let Some(g) = grads[i].take() {
+                    accumulate(&mut grads[j], g)?;
+                }
+                continue;
+            }
+            let Some(g) = grads[i].take() else { continue };
             if matches!(node.op, Op::Leaf) {
                 kept.push((i as u32, g));
                 continue;
             }
             if let Op::Unary(u) = &node.op {
-                // the most common node: one input, no allocation beyond the gradient
+                // kept: the input's gradient goes to a new buffer
                 let j = node.inputs[0] as usize;
-                let seed_finite = anomaly && g.all_finite();
-                let c = if keep_all {
-                    let c = u.scale_by_derivative(&nodes[j].value, &node.value, &g);
-                    kept.push((i as u32, g));
-                    c
-                } else {
-                    // the gradient is not kept: its buffer becomes the input's gradient
-                    let mut g = g;
-                    u.scale_by_derivative_in_place(&nodes[j].value, &node.value, &mut g);
-                    g
-                };
-                if seed_finite && culprit.is_none_or(|k| i < k) && !c.all_finite() {
+                let c = u.scale_by_derivative(&nodes[j].value, &node.value, &g);
+                if anomaly && culprit.is_none_or(|k| i < k) && g.all_finite() && !c.all_finite() {
                     culprit = Some(i);
                 }
+                kept.push((i as u32, g));
                 accumulate(&mut grads[j], c)?;
                 continue;
             }
