@@ -407,7 +407,8 @@ impl<T: Element> Tape<T> {
         // and pushed went through the stack, where copying it reloaded fields that
         // narrower stores had just written (a stalled store-to-load forwarding, a
         // third of recording a node under `perf`).
-        // The pattern after the block stops compiling when `Node` gains a field.
+        // The pattern after the block lists `Node`'s fields: it stops compiling when one is
+        // added, which must then be written here too.
         // SAFETY: `reserve(1)` made room for `slot`, the first spare slot, which nothing
         // else refers to; the writes fill every field, so `len + 1` nodes are initialised.
         unsafe {

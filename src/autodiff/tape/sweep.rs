@@ -9,6 +9,7 @@ use crate::autodiff::ops::Op;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 use smallvec::SmallVec;
+use std::cell::RefMut;
 
 impl<T: Element> Tape<T> {
     /// Gradients of a one-element `output` with respect to every leaf that requires one.
@@ -283,21 +284,23 @@ impl<T: Element> Tape<T> {
                 seed.shape(),
             ));
         }
-        let mut grads = self.scratch.borrow_mut();
         // Every slot is None between sweeps (a sweep takes each gradient it reaches, and
-        // one that fails empties the vector), so the slots need neither dropping nor
-        // rewriting: two passes over 56 bytes per node saved.
-        if grads.len() <= out {
-            grads.resize(out + 1, None);
+        // one that fails or panics empties the vector), so the slots need neither
+        // dropping nor rewriting: two passes over 56 bytes per node saved.
+        let mut grads = Scratch {
+            slots: self.scratch.borrow_mut(),
+            complete: false,
+        };
+        if grads.slots.len() <= out {
+            grads.slots.resize(out + 1, None);
         }
         if nodes[out].requires_grad {
-            grads[out] = Some(seed);
+            grads.slots[out] = Some(seed);
         }
-        let swept = Self::sweep_nodes(&nodes, out, &mut grads, keep_all, self.detect_anomaly.get());
-        if swept.is_err() {
-            grads.clear();
-        }
-        Ok(Gradients::new(swept?, self.generation.get()))
+        let anomaly = self.detect_anomaly.get();
+        let kept = Self::sweep_nodes(&nodes, out, &mut grads.slots, keep_all, anomaly)?;
+        grads.complete = true;
+        Ok(Gradients::new(kept, self.generation.get()))
     }
 
     /// The reverse sweep of [`Tape::sweep`] from `out` down over the nodes: the gradients
@@ -379,6 +382,22 @@ impl<T: Element> Tape<T> {
     }
 }
 
+/// The sweep's gradient slots, emptied on the way out unless the sweep completed: one
+/// that returned an error or panicked (in a user's [`CustomOp`](crate::autodiff::CustomOp)
+/// rule, say) would otherwise leave gradients behind for the next sweep to add to.
+struct Scratch<'a, T: Element> {
+    slots: RefMut<'a, Vec<Option<Tensor<T>>>>,
+    complete: bool,
+}
+
+impl<T: Element> Drop for Scratch<'_, T> {
+    fn drop(&mut self) {
+        if !self.complete {
+            self.slots.clear();
+        }
+    }
+}
+
 /// Describes the node whose reverse rule turned finite gradients into NaN or infinity.
 fn anomaly_report<T: Element>(nodes: &[Node<T>], k: usize) -> Error {
     let range = |t: &Tensor<T>| {
@@ -434,8 +453,8 @@ fn add_into<T: Element>(g: &mut Tensor<T>, c: &Tensor<T>) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A custom op whose reverse rule fails.
-    struct FailingRule;
+    /// A custom op whose reverse rule fails: it returns an error, or panics when `.0`.
+    struct FailingRule(bool);
 
     impl crate::autodiff::CustomOp<f64> for FailingRule {
         fn name(&self) -> &str {
@@ -447,23 +466,29 @@ mod tests {
             _: &Tensor<f64>,
             _: &Tensor<f64>,
         ) -> Result<Vec<Tensor<f64>>> {
+            assert!(!self.0, "planted panic");
             Err(Error::invalid("failing_rule", "planted failure"))
         }
     }
 
-    /// A sweep that fails half-way leaves no gradient behind for the next one: the
-    /// sweep's scratch slots are all empty again (a later sweep would add a stale
-    /// gradient to its own).
+    /// A sweep that fails half-way, by an error or by a panic, leaves no gradient behind
+    /// for the next one: the sweep's scratch slots are all empty again (a later sweep
+    /// would add a stale gradient to its own).
     #[test]
     fn a_failed_sweep_leaves_nothing_for_the_next() {
-        let tape = Tape::<f64>::new();
-        let x = tape.var(Tensor::from_vec(vec![0.5, -1.5], &[2]).unwrap());
-        let y = x.mul_scalar(2.0);
-        let bad = Var::custom(&[y], std::sync::Arc::new(FailingRule), y.value()).unwrap();
-        // the failing node's gradient is reached after y's has been seeded below it
-        let out = bad.add(y).unwrap().sum_all();
-        assert!(tape.backward(out).is_err());
-        let g = tape.backward(y.sum_all()).unwrap();
-        assert_eq!(g.wrt(x).unwrap().to_vec(), vec![2.0, 2.0]);
+        for panics in [false, true] {
+            let tape = Tape::<f64>::new();
+            let x = tape.var(Tensor::from_vec(vec![0.5, -1.5], &[2]).unwrap());
+            let y = x.mul_scalar(2.0);
+            let rule = std::sync::Arc::new(FailingRule(panics));
+            let bad = Var::custom(&[y], rule, y.value()).unwrap();
+            // the failing node's gradient is reached after y's has been seeded below it
+            let out = bad.add(y).unwrap().sum_all();
+            let sweep =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tape.backward(out)));
+            assert!(matches!(sweep, Ok(Err(_))) != panics);
+            let g = tape.backward(y.sum_all()).unwrap();
+            assert_eq!(g.wrt(x).unwrap().to_vec(), vec![2.0, 2.0]);
+        }
     }
 }
