@@ -7,7 +7,10 @@ use clap::Parser;
 /// Keeps freed tensor buffers in the heap instead of returning them to the kernel: glibc
 /// maps buffers above 128 KiB with `mmap` and unmaps them on free, so every step of a
 /// training loop paid page faults on fresh memory (slow on a ballooned VM). With these
-/// limits, freed memory is reused by the next step.
+/// limits, freed memory is reused by the next step. Every thread allocates from the main
+/// heap (one arena): the command runs on a pool thread (`on_the_pool`), whose own arena
+/// would be made of 64 MiB heaps that glibc maps and unmaps as a step's buffers come and
+/// go (W9's window: page faults on a tenth of its buffers).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     unsafe extern "C" {
@@ -15,10 +18,12 @@ fn keep_freed_memory() {
     }
     const M_TRIM_THRESHOLD: i32 = -1;
     const M_MMAP_THRESHOLD: i32 = -3;
+    const M_ARENA_MAX: i32 = -8;
     // SAFETY: mallopt only changes allocator tuning; called before any other thread starts.
     unsafe {
         mallopt(M_MMAP_THRESHOLD, 32 << 20);
         mallopt(M_TRIM_THRESHOLD, 256 << 20);
+        mallopt(M_ARENA_MAX, 1);
     }
 }
 

@@ -226,10 +226,17 @@ impl Recurrent {
         let mut input = x;
         let (mut h_last, mut c_last) = (Vec::with_capacity(nl), Vec::with_capacity(nl));
         for (l, lp) in self.layers.iter().enumerate() {
-            let xp = input
-                .matmul(param(lp.weight_ih).transpose(0, 1)?)?
-                .add(param(lp.bias_ih))?;
-            let (w, b) = (param(lp.weight_hh), param(lp.bias_hh));
+            let xp = input.matmul(param(lp.weight_ih).transpose(0, 1)?)?;
+            let (w, b_ih, b_hh) = (param(lp.weight_hh), param(lp.bias_ih), param(lp.bias_hh));
+            // An RNN's and an LSTM's gates add both biases to the same sums, so they are
+            // added once, `[G·H]`, for the window's steps to start from, rather than
+            // `b_ih` to every row of `xp` (a pass over `[T·B, G·H]` each way). A GRU
+            // multiplies `b_hh`'s n block by its reset gate, so there `b_ih` goes to `xp`.
+            let (xp, b) = if self.kind == CellKind::Gru {
+                (xp.add(b_ih)?, b_hh)
+            } else {
+                (xp, b_ih.add(b_hh)?)
+            };
             let c = if lstm { Some(initial(c0, l)?) } else { None };
             let seq = recurrent_sequence(self.kind, xp, initial(h0, l)?, c, w, b)?;
             // an LSTM's final cell state comes as B rows after the steps' outputs
