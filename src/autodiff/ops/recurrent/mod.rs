@@ -469,16 +469,20 @@ mod tests {
     }
 
     /// The window op against a chain of step ops (an independent path), at sizes where
-    /// each step splits across two threads: values and every gradient.
+    /// each step splits across two threads, over three steps and over one: values and every
+    /// gradient.
     #[test]
     fn a_window_equals_its_steps_also_when_split_across_threads() {
         use crate::autodiff::Tape;
-        for (kind, hid) in [
-            (CellKind::Rnn, 256),
-            (CellKind::Gru, 150),
-            (CellKind::Lstm, 128),
+        for (kind, hid, steps) in [
+            (CellKind::Rnn, 256, 3),
+            (CellKind::Gru, 150, 3),
+            (CellKind::Lstm, 128, 3),
+            // one step: ∂W_hh from h0 alone
+            (CellKind::Lstm, 128, 1),
+            (CellKind::Rnn, 256, 1),
         ] {
-            let (bsz, steps) = (16, 3);
+            let bsz = 16;
             assert!(bsz * kind.gates() * hid * hid >= PARALLEL_STEP_WORK);
             let inputs = window_inputs(kind, steps, bsz, hid, &mut ChaCha8Rng::seed_from_u64(3));
             let lstm = kind == CellKind::Lstm;

@@ -477,21 +477,18 @@ impl<T: Element> CustomOp<T> for SequenceOp<T> {
             }
         });
         // ∂W_hh = Σ_t ∂hp_tᵀ · h_{t−1}: one product over the window
+        // (h_{t−1} is h0 for the first step and the outputs before the last for the rest:
+        // two products, rather than one over a copy of them stacked)
         let all_dhp = if gru { &dhp[..] } else { dxp.data() };
-        let mut h_prev = Vec::with_capacity(steps * bh);
-        h_prev.extend_from_slice(h0);
-        h_prev.extend_from_slice(&y[..(steps - 1) * bh]);
         let dw = Tensor::build(&[gh, hid], |d| {
-            let lhs = (all_dhp, MatLayout::Transposed);
-            matmul_into(
-                d,
-                gh,
-                hid,
-                steps * bsz,
-                lhs,
-                (&h_prev, MatLayout::Normal),
-                false,
-            );
+            let (first, rest) = all_dhp.split_at(bg);
+            if steps > 1 {
+                let lhs = (rest, MatLayout::Transposed);
+                let rhs = (&y[..(steps - 1) * bh], MatLayout::Normal);
+                matmul_into(d, gh, hid, (steps - 1) * bsz, lhs, rhs, false);
+            }
+            let (lhs, rhs) = ((first, MatLayout::Transposed), (h0, MatLayout::Normal));
+            matmul_into(d, gh, hid, bsz, lhs, rhs, true);
         });
         let db = Tensor::build(&[gh], |d| {
             for row in all_dhp.chunks_exact(gh) {
@@ -557,22 +554,22 @@ pub fn recurrent_sequence<'t, T: Element>(
     let gh = kind.gates() * hid;
     let (bh, bg) = (bsz * hid, bsz * gh);
     let rows = steps * bsz + if lstm { bsz } else { 0 };
-    let mut saved = vec![
-        T::zero();
-        if kind == CellKind::Rnn {
-            0
-        } else {
-            steps * bsz * 4 * hid
-        }
-    ];
-    let mut cells = vec![T::zero(); if lstm { steps * bh } else { 0 }];
+    let sw = if kind == CellKind::Rnn { 0 } else { 4 * hid };
+    // grown a step at a time below: each step's rows are zeroed as the step begins, so
+    // they are still in the cache when the step writes them (zeroing the window's
+    // buffers up front sent ~10 MB to memory and back)
+    let mut saved = Vec::with_capacity(steps * bsz * sw);
+    let mut cells = Vec::with_capacity(if lstm { steps * bh } else { 0 });
     let mut hp = vec![T::zero(); bg];
     // W_hhᵀ packed once for the window's `h·W_hhᵀ` products
     let wt = PackedRhs::new(wv.data(), hid, gh, MatLayout::Transposed);
     let parallel = parallel_steps(bsz, gh, hid);
-    let sw = if kind == CellKind::Rnn { 0 } else { 4 * hid };
     let y = Tensor::build(&[rows, hid], |out| {
         for s in 0..steps {
+            saved.resize((s + 1) * bsz * sw, T::zero());
+            if lstm {
+                cells.resize((s + 1) * bh, T::zero());
+            }
             let (done, rest) = out.split_at_mut(s * bh);
             let h_prev = if s == 0 {
                 hv.data()
