@@ -9,6 +9,13 @@
 //! clipping), [`train`] (the descent loop and what it writes); beside them [`explain`]
 //! (the chain rule, edge by edge).
 //!
+//! Kernels split their work across rayon's global pool (`RAYON_NUM_THREADS` threads, one
+//! per core by default). Called from a thread outside the pool, such as `main`, each split
+//! wakes a worker and the caller sleeps until that worker is done; run a training loop on
+//! the pool instead, `rayon::scope(|_| train())`, as the `chainrule` binary does, and a
+//! split only leaves half its work for another worker to take (W9's LSTM step: about 10%
+//! faster on two cores).
+//!
 //! What this documentation shows is the API. The crate also holds, public but hidden
 //! from it and outside any compatibility promise, what its own binary, fuzz targets and
 //! tests reach from outside the library: the benchmark workloads (`bench`), the fuzz
