@@ -177,16 +177,16 @@ impl<T: Element> Tape<T> {
     /// and the buffers of the values that nothing else holds, which the next step's
     /// ops write into (drop the tape to free them). Taking `&mut` guarantees that no
     /// handle into the old graph survives.
+    /// Clearing a tape with nothing recorded keeps the buffers of the last clear (the
+    /// trainer clears before each step and after it).
     pub fn clear(&mut self) {
         self.generation.set(next_generation());
-        let spare = self.spare.get_mut();
-        spare.clear();
-        spare.extend(
-            self.nodes
-                .get_mut()
-                .drain(..)
-                .map(|node| node.value.into_unique_buffer()),
-        );
+        let nodes = self.nodes.get_mut();
+        if !nodes.is_empty() {
+            let spare = self.spare.get_mut();
+            spare.clear();
+            spare.extend(nodes.drain(..).map(|node| node.value.into_unique_buffer()));
+        }
         self.labels.get_mut().clear();
         if let Some(t) = self.tangents.get_mut() {
             t.clear();
@@ -626,6 +626,18 @@ mod tests {
 
     /// A recycled buffer with the new node's number of elements but another shape is
     /// written over and takes the new shape.
+    #[test]
+    fn clearing_an_empty_tape_keeps_the_buffers_of_the_last_step() {
+        let mut tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::from_vec(vec![0.5, -1.0, 2.0], &[3]).unwrap());
+        let y = x.tanh();
+        assert_eq!(y.shape().as_slice(), &[3]);
+        tape.clear();
+        tape.clear(); // as the trainer does: after one step and before the next
+        let kept = tape.take_spare().expect("the first node's buffer is kept");
+        assert_eq!(kept.len(), 3);
+    }
+
     #[test]
     fn a_recycled_buffer_takes_the_shape_of_its_new_node() {
         let data: Vec<f64> = (0..12).map(|i| i as f64 * 0.5 - 2.0).collect();
