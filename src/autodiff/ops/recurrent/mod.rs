@@ -8,7 +8,7 @@
 use super::CustomOp;
 use crate::autodiff::Var;
 use crate::error::{Error, Result};
-use crate::tensor::{Element, MatLayout, PackedRhs, Tensor, matmul_into, with_avx2};
+use crate::tensor::{Element, MatLayout, PackedRhs, Tensor, matmul_into, with_avx512};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
 

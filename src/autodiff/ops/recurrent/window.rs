@@ -119,8 +119,8 @@ impl<T: Element> ForwardBlock<'_, T> {
             row.copy_from_slice(b);
         }
         wt.product(a, self.h_prev, rows, true);
-        // the gate loops compiled for AVX2 where the CPU has it (same results)
-        with_avx2!(match kind {
+        // the gate loops compiled for AVX-512 or AVX2 where the CPU has it (same results)
+        with_avx512!(match kind {
             CellKind::Rnn => rnn_forward_row(self.x, self.hp, self.h_new),
             CellKind::Gru => {
                 for bi in 0..rows {
@@ -227,8 +227,8 @@ impl<T: Element> BackwardBlock<'_, T> {
             *a = gy + d;
         }
         let gsum = &*self.gsum;
-        // the gate loops compiled for AVX2 where the CPU has it (same results)
-        with_avx2!(match kind {
+        // the gate loops compiled for AVX-512 or AVX2 where the CPU has it (same results)
+        with_avx512!(match kind {
             CellKind::Rnn => rnn_backward_row(self.h_new, gsum, self.dx),
             CellKind::Gru => {
                 for bi in 0..rows {
