@@ -20,8 +20,9 @@ const MR: usize = 6;
 pub(crate) struct PackedRhs<T: Element> {
     k: usize,
     n: usize,
-    /// The operand as a row-major `k × n` copy, for the general path.
+    /// The operand as given (`k × n` in `layout`), for the general path.
     plain: Vec<T>,
+    layout: MatLayout,
     /// f32 on AVX-512: `n.div_ceil(64)` panels of `k × 64`, the last padded with zeros.
     panels: Option<Vec<f32>>,
 }
@@ -34,10 +35,6 @@ impl<T: Element> PackedRhs<T> {
             "packed operand: {} elements for {k}x{n}",
             b.len()
         );
-        let at = |r: usize, c: usize| match layout {
-            MatLayout::Normal => b[r * n + c],
-            MatLayout::Transposed => b[c * k + r],
-        };
         let panels = T::f32s(b).filter(|_| k > 0 && avx512()).map(|b| {
             let mut p = vec![0.0f32; n.div_ceil(NR) * k * NR];
             for (j, panel) in p.chunks_exact_mut(k * NR).enumerate() {
@@ -62,15 +59,14 @@ impl<T: Element> PackedRhs<T> {
             p
         });
         // the general path's operand (also beside the panels, for products large enough
-        // for every thread)
-        let mut plain = Vec::with_capacity(k * n);
-        for r in 0..k {
-            plain.extend((0..n).map(|c| at(r, c)));
-        }
+        // for every thread): a copy in its own layout, which the general product reads
+        // as it is (a row-major copy of a transposed operand gathered it column by
+        // column, a serial 1% of W9's step)
         PackedRhs {
             k,
             n,
-            plain,
+            plain: b[..k * n].to_vec(),
+            layout,
             panels,
         }
     }
@@ -102,7 +98,7 @@ impl<T: Element> PackedRhs<T> {
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (panels, a, c);
         }
-        let (l, r) = ((a, MatLayout::Normal), (&self.plain[..], MatLayout::Normal));
+        let (l, r) = ((a, MatLayout::Normal), (&self.plain[..], self.layout));
         matmul_into(c, m, n, k, l, r, accumulate);
     }
 }
