@@ -226,7 +226,9 @@ impl Recurrent {
         let mut input = x;
         let (mut h_last, mut c_last) = (Vec::with_capacity(nl), Vec::with_capacity(nl));
         for (l, lp) in self.layers.iter().enumerate() {
-            let xp = input.matmul(param(lp.weight_ih).transpose(0, 1)?)?;
+            // x·W_ihᵀ read in place (a transposed copy of W_ih, and of its gradient on
+            // the way back, was a serial 1% of W9's step)
+            let xp = input.matmul_in_layouts(param(lp.weight_ih), false, true)?;
             let (w, b_ih, b_hh) = (param(lp.weight_hh), param(lp.bias_ih), param(lp.bias_hh));
             // An RNN's and an LSTM's gates add both biases to the same sums, so they are
             // added once, `[G·H]`, for the window's steps to start from, rather than
