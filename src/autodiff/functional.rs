@@ -150,37 +150,13 @@ fn duals<'t, T: Element>(
 }
 
 /// Runs `work` on a thread of rayon's pool (where the library's kernels fork cheaply)
-/// and waits for it; on a pool thread already, runs it in place. Meanwhile a second
-/// worker waits actively, running forked halves as they appear: woken from sleep for
+/// and waits for it, with a second worker waiting actively meanwhile, running forked
+/// halves as they appear ([`crate::tensor::with_a_worker_awake`]): woken from sleep for
 /// each product it would start late (thread wake-ups cost tens of microseconds on a
-/// small virtual machine, a product of W1's H·v about a hundred).
+/// small virtual machine, a product of W1's H·v about a hundred). On a pool thread
+/// already (the `chainrule` binary runs its command on one), `work` runs in place.
 fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        return work();
-    }
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let done = AtomicBool::new(false);
-    /// Tells the helper to stop, also when `work` panics.
-    struct Done<'a>(&'a AtomicBool);
-    impl Drop for Done<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Release);
-        }
-    }
-    rayon::scope(|s| {
-        if rayon::current_num_threads() > 1 {
-            // a second worker stays awake, taking forked halves as they appear
-            s.spawn(|_| {
-                while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
-                    }
-                }
-            });
-        }
-        let _done = Done(&done);
-        work()
-    })
+    rayon::scope(|_| crate::tensor::with_a_worker_awake(work))
 }
 
 /// The Hessian of a scalar-valued `f` at `x`, `[n, n]` for `n = x.len()`: one

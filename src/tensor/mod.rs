@@ -7,8 +7,10 @@
 
 mod elementwise;
 pub(crate) use elementwise::{Number, PARALLEL_MIN_LEN, with_avx2, with_avx512};
+pub(crate) use pool::with_a_worker_awake;
 mod matmul;
 mod packed;
+mod pool;
 mod random;
 mod reduce;
 mod shape;

@@ -455,6 +455,11 @@ impl Trainer {
     /// A step whose loss or gradient is not finite, or whose loss diverged, changes
     /// nothing and says why in [`StepOutcome::stop`]. `norms_by_param` asks for each
     /// parameter's gradient norm (before clipping) as well.
+    /// A second worker of the thread pool stays awake through the step, taking the
+    /// kernels' forked halves as they appear instead of being woken for each (tens of
+    /// microseconds a wake-up on a small virtual machine). Not in a data-parallel run,
+    /// where the processes share the machine's cores and a spinning worker would take
+    /// one from another process.
     #[allow(clippy::too_many_arguments)]
     pub fn train_step(
         &self,
@@ -464,6 +469,35 @@ impl Trainer {
         optimizer: &mut dyn Optimizer<f32>,
         batch: usize,
         step: usize,
+        first_loss: Option<f64>,
+        norms_by_param: bool,
+    ) -> Result<StepOutcome> {
+        let mut step_on = || {
+            self.step_on(
+                tape,
+                objective,
+                store,
+                optimizer,
+                (batch, step),
+                first_loss,
+                norms_by_param,
+            )
+        };
+        if self.collective.is_some() {
+            step_on()
+        } else {
+            crate::tensor::with_a_worker_awake(step_on)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step_on(
+        &self,
+        tape: &mut Tape<f32>,
+        objective: &mut dyn Objective,
+        store: &mut ParamStore<f32>,
+        optimizer: &mut dyn Optimizer<f32>,
+        (batch, step): (usize, usize),
         first_loss: Option<f64>,
         norms_by_param: bool,
     ) -> Result<StepOutcome> {
