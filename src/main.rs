@@ -13,6 +13,7 @@ use clap::Parser;
 /// go (W9's window: page faults on a tenth of its buffers).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
+    // SAFETY: the declaration matches glibc's `int mallopt(int param, int value)`.
     unsafe extern "C" {
         fn mallopt(param: i32, value: i32) -> i32;
     }
@@ -83,7 +84,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match on_the_pool(|| cli::run(args)) {
+    // the learner's page (`serve`) stays on the main thread: its server would hold a
+    // worker of the pool for the whole run
+    let run = if args.runs_a_server() {
+        cli::run(args)
+    } else {
+        on_the_pool(|| cli::run(args))
+    };
+    match run {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

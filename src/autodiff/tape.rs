@@ -624,8 +624,6 @@ mod tests {
         assert_eq!(held.to_vec(), held_copy);
     }
 
-    /// A recycled buffer with the new node's number of elements but another shape is
-    /// written over and takes the new shape.
     #[test]
     fn clearing_an_empty_tape_keeps_the_buffers_of_the_last_step() {
         let mut tape = Tape::<f64>::new();
@@ -638,6 +636,8 @@ mod tests {
         assert_eq!(kept.len(), 3);
     }
 
+    /// A recycled buffer with the new node's number of elements but another shape is
+    /// written over and takes the new shape.
     #[test]
     fn a_recycled_buffer_takes_the_shape_of_its_new_node() {
         let data: Vec<f64> = (0..12).map(|i| i as f64 * 0.5 - 2.0).collect();

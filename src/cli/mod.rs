@@ -56,6 +56,13 @@ enum Command {
     Serve(serve::Args),
 }
 
+impl Cli {
+    /// Whether the command is `serve`, which runs an HTTP server until it is stopped.
+    pub fn runs_a_server(&self) -> bool {
+        matches!(self.command, Some(Command::Serve(_)))
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Train(Box::new(cli.train))) {

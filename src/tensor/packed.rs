@@ -58,14 +58,24 @@ impl<T: Element> PackedRhs<T> {
             }
             p
         });
-        // the general path's operand (also beside the panels, for products large enough
-        // for every thread): a copy in its own layout, which the general product reads
-        // as it is (a row-major copy of a transposed operand gathered it column by
-        // column, a serial 1% of W9's step)
+        // the general path's operand: row-major where it is the only one (the general
+        // product copies a transposed small operand on every call); beside the panels,
+        // where it serves only products large enough for every thread, a copy in its
+        // own layout (gathering a transposed W_hh column by column was a serial 1% of
+        // W9's step)
+        let (plain, layout) = if panels.is_some() || layout == MatLayout::Normal {
+            (b[..k * n].to_vec(), layout)
+        } else {
+            let mut plain = Vec::with_capacity(k * n);
+            for r in 0..k {
+                plain.extend((0..n).map(|c| b[c * k + r]));
+            }
+            (plain, MatLayout::Normal)
+        };
         PackedRhs {
             k,
             n,
-            plain: b[..k * n].to_vec(),
+            plain,
             layout,
             panels,
         }

@@ -184,7 +184,8 @@ pub(crate) use with_avx2;
 
 /// [`with_avx2`] with AVX-512 (16 lanes of f32) where the CPU has it, for loops bound by
 /// arithmetic, such as the recurrent gates' `tanh` and `exp` polynomials. Element by
-/// element the same operations as the narrower copies (no FMA), so the same results.
+/// element the same operations as the narrower copies, so the same results (the feature
+/// brings FMA with it, but Rust never fuses a multiply and an add on its own).
 macro_rules! with_avx512 {
     ($call:expr) => {{
         #[cfg(target_arch = "x86_64")]

@@ -476,9 +476,9 @@ impl<T: Element> CustomOp<T> for SequenceOp<T> {
                 }
             }
         });
-        // ∂W_hh = Σ_t ∂hp_tᵀ · h_{t−1}: one product over the window
-        // (h_{t−1} is h0 for the first step and the outputs before the last for the rest:
-        // two products, rather than one over a copy of them stacked)
+        // ∂W_hh = Σ_t ∂hp_tᵀ · h_{t−1}, over the window: h_{t−1} is h0 for the first step
+        // and the outputs before the last for the rest, so two products (inner sizes
+        // (T−1)·B and B) rather than one over a copy of them stacked
         let all_dhp = if gru { &dhp[..] } else { dxp.data() };
         let dw = Tensor::build(&[gh, hid], |d| {
             let (first, rest) = all_dhp.split_at(bg);
@@ -505,7 +505,8 @@ impl<T: Element> CustomOp<T> for SequenceOp<T> {
 }
 
 /// A recurrent layer over a whole window as one recorded node: `xp: [T·B, G·H]` is the
-/// input projection `x·W_ihᵀ + b_ih` of every step, time-major (rows `t·B .. (t+1)·B` are
+/// input projection of every step (`x·W_ihᵀ`, plus `b_ih` where `b_hh` does not hold
+/// it: `nn::Recurrent` passes an RNN's and an LSTM's summed biases as `b_hh`), time-major (rows `t·B .. (t+1)·B` are
 /// step `t`); `h0` (and `c0` for an LSTM, `None` otherwise) is the state before the
 /// window, `[B, H]`. Returns every step's `h`, `[T·B, H]`, with an LSTM's final `c`
 /// appended as `B` more rows (`[(T+1)·B, H]`). The same rules as [`rnn_cell`],
