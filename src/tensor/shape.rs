@@ -2,8 +2,9 @@
 //! index_select, gather). Every shape op produces a new contiguous tensor except
 //! `reshape`, which shares the buffer.
 
-use super::{Element, Tensor};
+use super::{Element, PARALLEL_MIN_LEN, Tensor};
 use crate::error::{Dims, Error, Result};
+use rayon::prelude::*;
 use smallvec::SmallVec;
 
 /// A shape: up to four dimensions are stored inline, without a heap allocation.
@@ -321,7 +322,7 @@ impl<T: Element> Tensor<T> {
     /// Picks the entries `indices` along `axis` (like `torch.index_select`).
     pub fn index_select(&self, axis: usize, indices: &[usize]) -> Result<Self> {
         check_axis("index_select", axis, self.ndim())?;
-        let (outer, size, inner) = split_at_axis(self.shape(), axis);
+        let (_, size, inner) = split_at_axis(self.shape(), axis);
         if let Some(bad) = indices.iter().find(|&&i| i >= size) {
             return Err(Error::invalid(
                 "index_select",
@@ -333,13 +334,26 @@ impl<T: Element> Tensor<T> {
         checked_len("index_select", &shape)?;
         let src = self.data();
         Ok(Tensor::build(&shape, |d| {
-            let mut at = 0;
-            for o in 0..outer {
-                for &i in indices {
-                    let from = (o * size + i) * inner;
-                    d[at..at + inner].copy_from_slice(&src[from..from + inner]);
-                    at += inner;
+            // output row `r` (of `inner` elements) is row `indices[r % n]` of block
+            // `r / n` of the source, where n = indices.len(); `rows` starts at row `block`
+            let copy = |block: usize, rows: &mut [T]| {
+                for (r, row) in rows.chunks_exact_mut(inner).enumerate() {
+                    let (o, j) = ((block + r) / indices.len(), (block + r) % indices.len());
+                    let from = (o * size + indices[j]) * inner;
+                    row.copy_from_slice(&src[from..from + inner]);
                 }
+            };
+            // A batch of rows picked from a large dataset comes from main memory, a few
+            // cache misses for each row, and two cores keep twice as many in flight:
+            // MNIST's batch of 128 rows of 784 out of 188 MB took 104–111 µs of a 1.3 ms
+            // training step on one core, 59–94 µs on two (2-core AMD EPYC).
+            if inner > 0 && d.len() >= PARALLEL_MIN_LEN && rayon::current_num_threads() > 1 {
+                let rows = (PARALLEL_MIN_LEN / 4).div_ceil(inner);
+                d.par_chunks_mut(rows * inner)
+                    .enumerate()
+                    .for_each(|(c, block)| copy(c * rows, block));
+            } else if inner > 0 {
+                copy(0, d);
             }
         }))
     }
@@ -546,6 +560,46 @@ mod tests {
         assert_eq!(g.data(), &[1., 5.]);
         assert!(x.gather(1, &[3, 0]).is_err());
         assert!(x.index_select(0, &[2]).is_err());
+    }
+
+    #[test]
+    fn index_select_on_both_cores_picks_what_one_core_picks() {
+        // outputs above the parallel threshold, along the first, a middle and the last
+        // axis, compared with the entries picked one at a time
+        let x = Tensor::<f32>::arange(4 * 300 * 70)
+            .unwrap()
+            .reshape(&[4, 300, 70])
+            .unwrap();
+        let at = |i: usize, j: usize, k: usize| x.data()[(i * 300 + j) * 70 + k];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let idx: Vec<usize> = (0..1000).map(|r| (r * 7 + 3) % 300).collect();
+            let y = x.index_select(1, &idx).unwrap();
+            assert!(y.len() >= PARALLEL_MIN_LEN);
+            assert_eq!(y.shape(), &[4, 1000, 70]);
+            for (n, &v) in y.data().iter().enumerate() {
+                let (i, j, k) = (n / 70_000, n / 70 % 1000, n % 70);
+                assert_eq!(v, at(i, idx[j], k), "axis 1, entry {n}");
+            }
+            let idx: Vec<usize> = (0..300).map(|r| (r * 5 + 1) % 4).collect();
+            let y = x.index_select(0, &idx).unwrap();
+            assert!(y.len() >= PARALLEL_MIN_LEN);
+            for (n, &v) in y.data().iter().enumerate() {
+                let (i, j, k) = (n / 21_000, n / 70 % 300, n % 70);
+                assert_eq!(v, at(idx[i], j, k), "axis 0, entry {n}");
+            }
+            let idx: Vec<usize> = (0..100).map(|r| (r * 3) % 70).collect();
+            let y = x.index_select(2, &idx).unwrap();
+            assert!(y.len() >= PARALLEL_MIN_LEN);
+            for (n, &v) in y.data().iter().enumerate() {
+                let (i, j, k) = (n / 30_000, n / 100 % 300, n % 100);
+                assert_eq!(v, at(i, j, idx[k]), "axis 2, entry {n}");
+            }
+            assert_eq!(x.index_select(1, &[]).unwrap().shape(), &[4, 0, 70]);
+        });
     }
 
     #[test]
