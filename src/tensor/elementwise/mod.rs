@@ -156,22 +156,22 @@ fn chunked<T: Element, const N: usize>(
     });
 }
 
-/// Runs a kernel call compiled for AVX2 when the CPU has it (twice the vector width of
-/// the portable x86-64 baseline; no FMA, so results are the same either way). Also used
-/// by the recurrent cells' gate loops.
-macro_rules! with_avx2 {
-    ($call:expr) => {{
+/// Runs `$call` compiled with the target feature `$feature` (a string literal, as for
+/// `is_x86_feature_detected!`) when the CPU has it, and `$otherwise` when it does not or
+/// off x86-64 (there, `$call` itself).
+macro_rules! with_feature {
+    ($feature:tt, $call:expr, $otherwise:expr) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            #[target_feature(enable = "avx2")]
-            fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            #[target_feature(enable = $feature)]
+            fn compiled_for_it<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, checked just above.
-                unsafe { avx2(|| $call) }
+            if std::arch::is_x86_feature_detected!($feature) {
+                // SAFETY: the CPU supports the feature, checked just above.
+                unsafe { compiled_for_it(|| $call) }
             } else {
-                $call
+                $otherwise
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -180,6 +180,16 @@ macro_rules! with_avx2 {
         }
     }};
 }
+pub(crate) use with_feature;
+
+/// Runs a kernel call compiled for AVX2 when the CPU has it (twice the vector width of
+/// the portable x86-64 baseline; no FMA, so results are the same either way). Also used
+/// by the recurrent cells' gate loops.
+macro_rules! with_avx2 {
+    ($call:expr) => {
+        $crate::tensor::with_feature!("avx2", $call, $call)
+    };
+}
 pub(crate) use with_avx2;
 
 /// [`with_avx2`] with AVX-512 (16 lanes of f32) where the CPU has it, for loops bound by
@@ -187,25 +197,9 @@ pub(crate) use with_avx2;
 /// element the same operations as the narrower copies, so the same results (the feature
 /// brings FMA with it, but Rust never fuses a multiply and an add on its own).
 macro_rules! with_avx512 {
-    ($call:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f")]
-            fn avx512<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F, checked just above.
-                unsafe { avx512(|| $call) }
-            } else {
-                $crate::tensor::with_avx2!($call)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $call
-        }
-    }};
+    ($call:expr) => {
+        $crate::tensor::with_feature!("avx512f", $call, $crate::tensor::with_avx2!($call))
+    };
 }
 pub(crate) use with_avx512;
 
