@@ -113,7 +113,8 @@ pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
 }
 
 impl Error {
-    pub(crate) fn shape(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Self {
+    /// Shapes that `op` cannot combine (for a custom op's or objective's own checks).
+    pub fn shape(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Self {
         Error::Shape {
             op,
             lhs: Dims(lhs.to_vec()),
@@ -134,7 +135,9 @@ impl Error {
             detail: format!("; {}", detail.into()),
         }
     }
-    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+    /// An argument `op` refuses, with the reason (for a custom op's or objective's own
+    /// checks).
+    pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Invalid {
             op,
             msg: msg.into(),

@@ -2,6 +2,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
+#[allow(dead_code)] // each target calls one entry point of the shared file
+#[path = "../entry.rs"]
+mod entry;
+
 fuzz_target!(|data: &[u8]| {
-    chainrule::fuzzing::idx(data);
+    entry::idx(data);
 });

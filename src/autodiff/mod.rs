@@ -28,12 +28,9 @@ pub use ops::pool::Pool2dOptions;
 pub use ops::recurrent::{CellKind, gru_cell, lstm_cell, recurrent_sequence, rnn_cell};
 pub use ops::{AttentionMask, CustomOp, Tangents};
 pub use replay::Trace;
-pub use suite::{
-    OpCheck, SecondOrderCheck, SecondOrderReport, SuiteReport, builtin_suite, second_order_suite,
-};
-// the suite's planted faults and case types: for `chainrule gradcheck --plant` and the
-// tests, not part of the API
 pub use gradients::Gradients;
-#[doc(hidden)]
-pub use suite::{CaseFn, PlantedFault, planted_add, planted_mul};
+pub use suite::{
+    CaseFn, OpCheck, SecondOrderCheck, SecondOrderReport, SuiteCase, SuiteReport, builtin_suite,
+    second_order_suite,
+};
 pub use tape::{NodeInfo, Tape, Var};

@@ -3,16 +3,16 @@
 //! element and one large case along a random direction, from a fixed seed.
 
 use super::gradcheck::nan_max;
-use super::{CustomOp, GradcheckMode, GradcheckOptions, GradcheckReport, Tape, Var, gradcheck};
-use crate::autodiff::Tangents;
-use crate::error::{Error, Result};
+use super::{GradcheckMode, GradcheckOptions, GradcheckReport, Tape, Var, gradcheck};
+use crate::error::Result;
 use crate::scalar::Real;
 use crate::tensor::{BinaryOp, Tensor, UnaryOp, broadcast_shapes};
 use crate::tensor::{broadcast_strides, for_each_offset};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// A function checked by the suite: inputs in, one recorded output.
+/// A function checked by the suite: records an op on the tape, from the inputs' variables
+/// to one output.
 pub type CaseFn = Box<dyn for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Result<Var<'t, f64>>>;
 
 /// The worst result over all cases of one op.
@@ -57,223 +57,27 @@ pub struct SuiteReport {
     pub passed: bool,
 }
 
-/// A deliberately broken rule, planted to show that the check rejects it. Each breaks
-/// `a + b` (`b` broadcast over the rows of `a`, then `tanh`), a custom op, in one way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlantedFault {
-    /// The reverse rule returns NaN for `a`.
-    NanGradient,
-    /// The reverse rule flips the sign of `b`'s gradient.
-    WrongSign,
-    /// The reverse rule averages `b`'s gradient over the rows instead of summing it.
-    WrongBroadcastReduction,
-    /// The reverse rule does not reduce `b`'s gradient at all (wrong shape).
-    UnreducedBroadcast,
-    /// The forward rule returns NaN.
-    NanTangent,
-    /// The forward rule returns an error.
-    ForwardRuleErrors,
-    /// Not a fault: the op defines no forward rule, so forward mode is skipped and the
-    /// report says so.
-    NoForwardRule,
-    /// Second order (`a ⊙ b`, whose first-order rules are right): the composition's
-    /// gradient is NaN at the point (`ab + √((a − a₀)²)`), so its H·v is NaN.
-    NanHvp,
-    /// Second order: the composition `ab + (a − a₀)²` has the right value and gradient
-    /// at the point but a second derivative in `a` of 2 instead of 0.
-    WrongSecondDerivative,
-    /// Second order: the composition `a·b₀ + a₀·b − a₀·b₀` has the right value and
-    /// gradient at the point but lacks the cross term ∂²/∂a∂b = 1.
-    MissingCrossTerm,
+/// An op to check beside the built-in ones (a custom op of yours, say): its name as the
+/// report shows it, its inputs, and the function that applies it. Each case is one set
+/// of shapes; give several cases of the same name to check several shapes of one op.
+pub struct SuiteCase {
+    /// The op's name in the report.
+    pub op: String,
+    /// The inputs the function is checked at.
+    pub inputs: Vec<Tensor<f64>>,
+    /// Records the op on the tape, from the inputs' variables to one output.
+    pub f: CaseFn,
 }
 
-impl PlantedFault {
-    /// Every planted fault, in the order of `--plant`'s help.
-    pub const ALL: [PlantedFault; 10] = [
-        PlantedFault::NanGradient,
-        PlantedFault::WrongSign,
-        PlantedFault::WrongBroadcastReduction,
-        PlantedFault::UnreducedBroadcast,
-        PlantedFault::NanTangent,
-        PlantedFault::ForwardRuleErrors,
-        PlantedFault::NoForwardRule,
-        PlantedFault::NanHvp,
-        PlantedFault::WrongSecondDerivative,
-        PlantedFault::MissingCrossTerm,
-    ];
-
-    /// The order of derivative the fault breaks: 1 for the rules of the gradient and
-    /// the tangent, 2 for the composition that second order differentiates.
-    pub fn order(self) -> u8 {
-        match self {
-            PlantedFault::NanHvp
-            | PlantedFault::WrongSecondDerivative
-            | PlantedFault::MissingCrossTerm => 2,
-            _ => 1,
+impl From<SuiteCase> for Case {
+    fn from(c: SuiteCase) -> Case {
+        Case {
+            op: c.op,
+            inputs: c.inputs,
+            f: c.f,
+            scalar: None,
         }
     }
-
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            PlantedFault::NanGradient => "nan-gradient",
-            PlantedFault::WrongSign => "wrong-sign",
-            PlantedFault::WrongBroadcastReduction => "wrong-broadcast-reduction",
-            PlantedFault::UnreducedBroadcast => "unreduced-broadcast",
-            PlantedFault::NanTangent => "nan-tangent",
-            PlantedFault::ForwardRuleErrors => "forward-rule-errors",
-            PlantedFault::NoForwardRule => "no-forward-rule",
-            PlantedFault::NanHvp => "nan-hvp",
-            PlantedFault::WrongSecondDerivative => "wrong-second-derivative",
-            PlantedFault::MissingCrossTerm => "missing-cross-term",
-        }
-    }
-}
-
-impl std::str::FromStr for PlantedFault {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        PlantedFault::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = PlantedFault::ALL.iter().map(|f| f.name()).collect();
-                format!("unknown fault '{s}'; choose one of {}", names.join(", "))
-            })
-    }
-}
-
-struct PlantedAdd(Option<PlantedFault>);
-
-impl CustomOp<f64> for PlantedAdd {
-    fn name(&self) -> &str {
-        "planted_add"
-    }
-    fn jvp(
-        &self,
-        ins: &[&Tensor<f64>],
-        out: &Tensor<f64>,
-        t: &Tangents<f64>,
-    ) -> Result<Tensor<f64>> {
-        let mut sum = Tensor::zeroed(out.shape());
-        for tangent in t.iter().flatten() {
-            sum = sum.add(tangent)?;
-        }
-        match self.0 {
-            Some(PlantedFault::NanTangent) => Ok(sum.mul_scalar(f64::NAN)),
-            Some(PlantedFault::ForwardRuleErrors) => {
-                Err(Error::shape("planted_add", ins[0].shape(), &[]))
-            }
-            Some(PlantedFault::NoForwardRule) => Err(Error::NoRule {
-                op: self.name().into(),
-            }),
-            _ => Ok(sum),
-        }
-    }
-    fn vjp(
-        &self,
-        _ins: &[&Tensor<f64>],
-        _out: &Tensor<f64>,
-        g: &Tensor<f64>,
-    ) -> Result<Vec<Tensor<f64>>> {
-        let gb = g.sum(&[0], false)?;
-        Ok(match self.0 {
-            Some(PlantedFault::NanGradient) => vec![g.mul_scalar(f64::NAN), gb],
-            Some(PlantedFault::WrongSign) => vec![g.clone(), gb.neg()],
-            Some(PlantedFault::WrongBroadcastReduction) => vec![g.clone(), g.mean(&[0], false)?],
-            Some(PlantedFault::UnreducedBroadcast) => vec![g.clone(), g.clone()],
-            _ => vec![g.clone(), gb],
-        })
-    }
-}
-
-/// The planted op's inputs (`a` of shape `[rows, 4]`, `b` of shape `[4]`) and function
-/// `tanh(a + b)`, with `fault` in its rules (`None`: correct rules).
-pub fn planted_add(fault: Option<PlantedFault>, rows: usize) -> (Vec<Tensor<f64>>, CaseFn) {
-    let op = std::sync::Arc::new(PlantedAdd(fault));
-    let inputs = vec![
-        Tensor::randn(&[rows, 4], 1).expect("a planted case's own shape"),
-        Tensor::randn(&[4], 2).expect("a planted case's own shape"),
-    ];
-    let f: CaseFn = Box::new(move |_, v| {
-        let value = v[0].value().add(&v[1].value())?;
-        Ok(Var::custom(&[v[0], v[1]], op.clone(), value)?.tanh())
-    });
-    (inputs, f)
-}
-
-/// `a ⊙ b` (`b` broadcast over the rows of `a`) with correct first-order rules and a
-/// composition (what second order differentiates) broken by a second-order fault.
-struct PlantedMul(Option<PlantedFault>);
-
-impl CustomOp<f64> for PlantedMul {
-    fn name(&self) -> &str {
-        "planted_mul"
-    }
-    fn jvp(
-        &self,
-        ins: &[&Tensor<f64>],
-        out: &Tensor<f64>,
-        t: &Tangents<f64>,
-    ) -> Result<Tensor<f64>> {
-        let mut sum = Tensor::zeroed(out.shape());
-        if let Some(ta) = t[0] {
-            sum = sum.add(&ta.mul(ins[1])?)?;
-        }
-        if let Some(tb) = t[1] {
-            sum = sum.add(&ins[0].mul(tb)?)?;
-        }
-        Ok(sum)
-    }
-    fn vjp(
-        &self,
-        ins: &[&Tensor<f64>],
-        _out: &Tensor<f64>,
-        g: &Tensor<f64>,
-    ) -> Result<Vec<Tensor<f64>>> {
-        Ok(vec![g.mul(ins[1])?, g.mul(ins[0])?.sum(&[0], false)?])
-    }
-    fn composed<'t>(&self, v: &[Var<'t, f64>]) -> Option<Result<Var<'t, f64>>> {
-        let (a, b) = (v[0], v[1]);
-        let tape = a.tape;
-        // the inputs' values as constants: terms that vanish at the point, with their
-        // first derivatives, but not with their second
-        let (a0, b0) = (tape.constant(a.value()), tape.constant(b.value()));
-        let composed = || -> Result<Var<'t, f64>> {
-            let ab = a.mul(b)?;
-            match self.0 {
-                Some(PlantedFault::NanHvp) => {
-                    let d = a.sub(a0)?;
-                    ab.add(d.mul(d)?.sqrt())
-                }
-                Some(PlantedFault::WrongSecondDerivative) => {
-                    let d = a.sub(a0)?;
-                    ab.add(d.mul(d)?)
-                }
-                Some(PlantedFault::MissingCrossTerm) => {
-                    a.mul(b0)?.add(a0.mul(b)?)?.sub(a0.mul(b0)?)
-                }
-                _ => Ok(ab),
-            }
-        };
-        Some(composed())
-    }
-}
-
-/// The second-order planted op's inputs (`a` of shape `[rows, 4]`, `b` of shape `[4]`)
-/// and function `tanh(a ⊙ b)`, with `fault` in its composition (`None`: correct).
-pub fn planted_mul(fault: Option<PlantedFault>, rows: usize) -> (Vec<Tensor<f64>>, CaseFn) {
-    let op = std::sync::Arc::new(PlantedMul(fault));
-    let mut rng = ChaCha8Rng::seed_from_u64(rows as u64);
-    let inputs = vec![
-        sample(&[rows, 4], Domain::AwayFromZero, &mut rng),
-        sample(&[4], Domain::AwayFromZero, &mut rng),
-    ];
-    let f: CaseFn = Box::new(move |_, v| {
-        let value = v[0].value().mul(&v[1].value())?;
-        Ok(Var::custom(&[v[0], v[1]], op.clone(), value)?.tanh())
-    });
-    (inputs, f)
 }
 
 /// Input domains that keep finite differences away from kinks and poles.
@@ -459,34 +263,14 @@ fn cases(seed: u64) -> Vec<Case> {
 
 /// `cases` followed by the op each planted fault breaks (`planted_add` for first-order
 /// faults, `planted_mul` for second-order ones), on inputs of each number of `rows`.
-fn with_planted(mut cases: Vec<Case>, plant: &[PlantedFault], rows: [usize; 2]) -> Vec<Case> {
-    for &fault in plant {
-        for rows in rows {
-            let (inputs, f) = if fault.order() == 2 {
-                planted_mul(Some(fault), rows)
-            } else {
-                planted_add(Some(fault), rows)
-            };
-            cases.push(Case {
-                op: format!("planted:{}", fault.name()),
-                inputs,
-                f,
-                scalar: None,
-            });
-        }
-    }
-    cases
-}
-
-/// Runs the suite with every op in a fixed order, plus the ops broken by `plant` (each on
-/// a small and a large case), against central differences within `tolerance`.
-pub fn builtin_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> SuiteReport {
+/// Runs the suite with every op in a fixed order, then the `extra` cases, against central
+/// differences within `tolerance`.
+pub fn builtin_suite(seed: u64, tolerance: f64, extra: Vec<SuiteCase>) -> SuiteReport {
     let opts = GradcheckOptions {
         seed,
         ..Default::default()
     };
-    // a second-order fault leaves first order right: its op passes here
-    let all = with_planted(cases(seed), plant, [3, 200]);
+    let all = cases(seed).into_iter().chain(extra.into_iter().map(Case::from));
     let mut results: Vec<OpCheck> = Vec::new();
     for case in all {
         let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
@@ -667,12 +451,15 @@ fn second_order_case(case: &Case, seed: u64) -> std::result::Result<(f64, Option
 /// recorded reverse sweep) against central differences of its gradients, in f64, on the
 /// same random cases as the first-order suite. The recurrent cells are differentiated
 /// through their compositions in built-in ops; a custom op without one would be reported
-/// as skipped. NaN or infinity fails.
-pub fn second_order_suite(seed: u64, tolerance: f64, plant: &[PlantedFault]) -> SecondOrderReport {
+/// as skipped. NaN or infinity fails. The `extra` cases run after the built-in ones.
+pub fn second_order_suite(
+    seed: u64,
+    tolerance: f64,
+    extra: Vec<SuiteCase>,
+) -> SecondOrderReport {
     let mut ops: Vec<SecondOrderCheck> = Vec::new();
-    // a first-order fault's op has no composition: reported as skipped here
-    let all = with_planted(cases(seed), plant, [3, 40]);
-    for (k, case) in all.into_iter().enumerate() {
+    let all = cases(seed).into_iter().chain(extra.into_iter().map(Case::from));
+    for (k, case) in all.enumerate() {
         let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
         let result = second_order_case(&case, seed.wrapping_add(1000 + k as u64));
         let entry = match ops.iter_mut().position(|r| r.op == case.op) {
@@ -736,7 +523,7 @@ mod tests {
 
     #[test]
     fn every_op_with_a_recorded_rule_passes_the_second_order_suite() {
-        let suite = second_order_suite(0, 1e-6, &[]);
+        let suite = second_order_suite(0, 1e-6, Vec::new());
         for r in &suite.ops {
             eprintln!(
                 "{:<24} {:>3} {:.2e} {:?}",
@@ -802,7 +589,7 @@ mod tests {
 
     #[test]
     fn every_op_passes_the_builtin_suite() {
-        let suite = builtin_suite(0, 1e-6, &[]);
+        let suite = builtin_suite(0, 1e-6, Vec::new());
         assert!(suite.ops_checked >= 36, "{}", suite.ops_checked);
         for r in &suite.ops {
             assert!(r.passed && r.failure.is_none(), "{}: {r:?}", r.op);
@@ -815,60 +602,5 @@ mod tests {
             );
         }
         assert!(suite.passed && suite.worst_rel_err <= 1e-6);
-    }
-
-    #[test]
-    fn a_planted_fault_fails_the_suite_and_only_its_op() {
-        let suite = builtin_suite(0, 1e-6, &[PlantedFault::NanGradient]);
-        assert!(!suite.passed && suite.worst_rel_err.is_nan());
-        let bad: Vec<&str> = suite
-            .ops
-            .iter()
-            .filter(|r| !r.passed)
-            .map(|r| r.op.as_str())
-            .collect();
-        assert_eq!(bad, ["planted:nan-gradient"]);
-    }
-
-    #[test]
-    fn every_planted_second_order_fault_is_caught_and_the_correct_op_passes() {
-        let faults: Vec<PlantedFault> = PlantedFault::ALL
-            .into_iter()
-            .filter(|f| f.order() == 2)
-            .collect();
-        assert_eq!(faults.len(), 3);
-        let suite = second_order_suite(0, 1e-6, &faults);
-        for r in &suite.ops {
-            let planted = r.op.starts_with("planted:");
-            assert_eq!(r.passed, !planted, "{}: {r:?}", r.op);
-        }
-        let nan = suite
-            .ops
-            .iter()
-            .find(|r| r.op == "planted:nan-hvp")
-            .expect("planted");
-        assert!(nan.max_rel_err.is_nan(), "{nan:?}");
-        assert!(!suite.passed && suite.worst_rel_err.is_nan());
-        // the same op with its correct composition passes, to second and first order
-        for rows in [3, 40] {
-            let (inputs, f) = planted_mul(None, rows);
-            let case = Case {
-                op: "planted_mul".into(),
-                inputs: inputs.clone(),
-                f,
-                scalar: None,
-            };
-            let (err, _) = second_order_case(&case, 7).unwrap();
-            assert!(err <= 1e-6, "{err}");
-            let report = gradcheck(&case.f, &inputs, &GradcheckOptions::default()).unwrap();
-            assert!(report.passed(1e-6), "{report:?}");
-        }
-        // and the second-order faults leave first order right
-        let first = builtin_suite(0, 1e-6, &faults);
-        assert!(
-            first.passed,
-            "{:?}",
-            first.ops.iter().filter(|r| !r.passed).collect::<Vec<_>>()
-        );
     }
 }

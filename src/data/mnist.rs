@@ -115,11 +115,12 @@ fn load_split(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
 }
 
 /// An IDX file's dimensions and bytes, as [`parse_idx`] returns them.
-pub(crate) type IdxFile = (Vec<usize>, Vec<u8>);
+pub type IdxFile = (Vec<usize>, Vec<u8>);
 
-/// One split from its parsed image and label files (each with its name for messages):
-/// images `[n, rows, cols]` scaled to [0, 1], labels `[n]` in 0..10.
-pub(crate) fn split_from_idx(
+/// One MNIST-style split from its parsed image and label files (each with its name for
+/// messages): images `[n, rows, cols]` scaled to [0, 1], labels `[n]` in 0..10. What
+/// [`load_mnist`] does with each pair of files, for bytes that come from elsewhere.
+pub fn split_from_idx(
     ((dims, pixels), image_name): (IdxFile, &str),
     ((ldims, lab), label_name): (IdxFile, &str),
     name: &str,
@@ -163,7 +164,7 @@ pub fn load_mnist(dir: &Path) -> Result<(Dataset, Dataset)> {
 
 /// The test images must have as many pixels as the training images (the model's input
 /// and the standardiser's statistics are sized from the training set).
-pub(crate) fn check_same_features(train: &Dataset, test: &Dataset, test_name: &str) -> Result<()> {
+fn check_same_features(train: &Dataset, test: &Dataset, test_name: &str) -> Result<()> {
     if train.features.shape()[1] != test.features.shape()[1] {
         return Err(Error::Parse {
             line: None,

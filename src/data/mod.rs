@@ -7,8 +7,7 @@ mod mnist;
 mod text;
 
 pub use csv_file::{LabelColumn, load_csv, parse_csv};
-pub use mnist::{MAX_IDX_BYTES, load_mnist, parse_idx, read_idx};
-pub(crate) use mnist::{check_same_features, split_from_idx};
+pub use mnist::{IdxFile, MAX_IDX_BYTES, load_mnist, parse_idx, read_idx, split_from_idx};
 pub use text::{EMBEDDED_TEXTS, Streams, TextCorpus, unigram_entropy};
 
 use crate::error::{Error, Result};

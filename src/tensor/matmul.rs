@@ -20,11 +20,11 @@ pub enum MatLayout {
 /// `chainrule bench mlp_gemm` (see README).
 const PARALLEL_MIN_MNK: usize = 8 * 1024 * 1024;
 
-/// The threads [`matmul_into`] (and so `Tensor::matmul` and the reverse rule of `matmul`)
-/// uses for an `m×k · k×n` product: one for small products and below the parallel
-/// threshold, every rayon thread of the calling context above it. The kernel calls this
-/// very function, so benchmarks that report it cannot drift from what ran.
-pub(crate) fn matmul_threads(m: usize, n: usize, k: usize) -> usize {
+/// The threads [`Tensor::matmul`] (and the reverse rule of `matmul`) uses for an
+/// `m×k · k×n` product: one for small products and below the parallel threshold, every
+/// rayon thread of the calling context above it. The kernel calls this very function, so
+/// what it reports (benchmarks print it) cannot drift from what ran.
+pub fn matmul_threads(m: usize, n: usize, k: usize) -> usize {
     let mnk = m.saturating_mul(n).saturating_mul(k);
     // PARALLEL_MIN_MNK is above SMALL_MNK: the small-product path is always serial
     if mnk >= PARALLEL_MIN_MNK {

@@ -22,10 +22,9 @@ pub(crate) use shape::{
 };
 
 pub use elementwise::{BinaryOp, UnaryOp};
-pub(crate) use matmul::{MatLayout, matmul_into, matmul_into_serial, matmul_threads};
+pub use matmul::matmul_threads;
+pub(crate) use matmul::{MatLayout, matmul_into, matmul_into_serial};
 pub(crate) use packed::PackedRhs;
-// the benchmark anchors' data streams: for `chainrule bench`, not part of the API
-#[doc(hidden)]
 pub use random::{SplitMix64, splitmix64};
 pub use shape::{MAX_ELEMENTS, Shape, broadcast_shapes, checked_len};
 

@@ -73,7 +73,9 @@ pub fn splitmix64(state: u64, k: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The splitmix64 stream of the benchmark anchors (`bench/anchors/README.md`).
+/// A splitmix64 stream: a deterministic generator that is easy to reproduce in any
+/// language (the benchmark anchors in Python draw their data from the same streams, so
+/// both sides train on identical numbers; [`Tensor::splitmix_uniform`] fills a tensor).
 #[derive(Clone, Debug)]
 pub struct SplitMix64 {
     seed: u64,

@@ -10,10 +10,9 @@ mod gpt;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 mod objective;
-mod plot;
 mod records;
 
-pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Progress, Snapshot, read_evaluations};
+pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Snapshot, read_evaluations};
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, DataIdentity, load_checkpoint};
 pub use collective::{Collective, fingerprint, share};
 pub use gpt::GptLanguageModel;
@@ -21,7 +20,6 @@ pub use objective::{
     BatchData, Classification, Evaluation, Goal, LanguageModel, MetricSpec, Objective, Regression,
     evaluate,
 };
-pub use plot::{log_ticks, plot_history, tick_label};
 pub use records::*;
 
 use crate::autodiff::{Tape, Trace};

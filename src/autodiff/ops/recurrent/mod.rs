@@ -619,7 +619,7 @@ mod tests {
 
     #[test]
     fn the_builtin_suite_lists_and_passes_the_cells() {
-        let suite = crate::autodiff::builtin_suite(0, 1e-6, &[]);
+        let suite = crate::autodiff::builtin_suite(0, 1e-6, Vec::new());
         for name in [
             "rnn_cell",
             "gru_cell",
