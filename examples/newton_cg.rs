@@ -33,6 +33,12 @@ fn main() -> Result<(), chainrule::Error> {
         &NewtonCgOptions::default(),
     )?;
     let best = *r.losses.last().expect("at least the first loss");
+    if r.gradient_norm.is_nan() || r.gradient_norm > 1e-6 {
+        return Err(chainrule::Error::invalid(
+            "newton_cg",
+            format!("stopped at a gradient norm of {:.1e}", r.gradient_norm),
+        ));
+    }
     println!(
         "Newton-CG: loss {best:.10} (gradient norm {:.1e}) after {} steps, {} Hessian-vector products and {} gradients, {:.3} s",
         r.gradient_norm,
@@ -74,6 +80,13 @@ fn main() -> Result<(), chainrule::Error> {
             show(at6),
             t.elapsed().as_secs_f64()
         );
+        // the problem is convex: Adam must reach Newton-CG's minimum, never pass below it
+        if at6.is_none() || last < best - 1e-8 {
+            return Err(chainrule::Error::invalid(
+                "newton_cg",
+                format!("Adam at lr {lr} ended at {last:.10}, Newton-CG's minimum is {best:.10}"),
+            ));
+        }
     }
     Ok(())
 }

@@ -3,9 +3,7 @@
 //! the way the command-line program does. Any panic, overflow or unbounded allocation is
 //! a bug; an `Err` is the expected answer to bad input.
 
-use chainrule::data::{
-    LabelColumn, Standardizer, parse_csv, parse_idx, split_from_idx,
-};
+use chainrule::data::{LabelColumn, Standardizer, parse_csv, parse_idx, split_from_idx};
 use chainrule::nn::{Activation, Init, Mlp, ParamStore};
 use chainrule::optim::OptimizerKind;
 use chainrule::tensor::Tensor;

@@ -378,7 +378,10 @@ mod tests {
         });
         let second = second_order_suite(0, 1e-6, correct.into_iter().collect());
         let op = second.ops.iter().find(|r| r.op == "planted_mul").unwrap();
-        assert!(op.passed && op.cases == 2 && op.max_rel_err <= 1e-6, "{op:?}");
+        assert!(
+            op.passed && op.cases == 2 && op.max_rel_err <= 1e-6,
+            "{op:?}"
+        );
         for rows in [3, 40] {
             let (inputs, f) = planted_mul(None, rows);
             let report = gradcheck(&f, &inputs, &GradcheckOptions::default()).unwrap();

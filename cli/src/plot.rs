@@ -1,7 +1,7 @@
 //! The loss and validation curves as an SVG (plotters; SVG needs no font files).
 
-use chainrule::train::EvalRecord;
 use chainrule::error::{Error, Result};
+use chainrule::train::EvalRecord;
 use plotters::prelude::*;
 use std::path::Path;
 

@@ -23,12 +23,12 @@ pub use functional::{
 pub use gradcheck::{
     FORWARD_REVERSE_TOLERANCE, GradcheckMode, GradcheckOptions, GradcheckReport, gradcheck, nan_max,
 };
+pub use gradients::Gradients;
 pub use ops::conv::Conv2dOptions;
 pub use ops::pool::Pool2dOptions;
 pub use ops::recurrent::{CellKind, gru_cell, lstm_cell, recurrent_sequence, rnn_cell};
 pub use ops::{AttentionMask, CustomOp, Tangents};
 pub use replay::Trace;
-pub use gradients::Gradients;
 pub use suite::{
     CaseFn, OpCheck, SecondOrderCheck, SecondOrderReport, SuiteCase, SuiteReport, builtin_suite,
     second_order_suite,

@@ -270,7 +270,9 @@ pub fn builtin_suite(seed: u64, tolerance: f64, extra: Vec<SuiteCase>) -> SuiteR
         seed,
         ..Default::default()
     };
-    let all = cases(seed).into_iter().chain(extra.into_iter().map(Case::from));
+    let all = cases(seed)
+        .into_iter()
+        .chain(extra.into_iter().map(Case::from));
     let mut results: Vec<OpCheck> = Vec::new();
     for case in all {
         let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
@@ -452,13 +454,11 @@ fn second_order_case(case: &Case, seed: u64) -> std::result::Result<(f64, Option
 /// same random cases as the first-order suite. The recurrent cells are differentiated
 /// through their compositions in built-in ops; a custom op without one would be reported
 /// as skipped. NaN or infinity fails. The `extra` cases run after the built-in ones.
-pub fn second_order_suite(
-    seed: u64,
-    tolerance: f64,
-    extra: Vec<SuiteCase>,
-) -> SecondOrderReport {
+pub fn second_order_suite(seed: u64, tolerance: f64, extra: Vec<SuiteCase>) -> SecondOrderReport {
     let mut ops: Vec<SecondOrderCheck> = Vec::new();
-    let all = cases(seed).into_iter().chain(extra.into_iter().map(Case::from));
+    let all = cases(seed)
+        .into_iter()
+        .chain(extra.into_iter().map(Case::from));
     for (k, case) in all.enumerate() {
         let shapes: Vec<Vec<usize>> = case.inputs.iter().map(|x| x.shape().to_vec()).collect();
         let result = second_order_case(&case, seed.wrapping_add(1000 + k as u64));

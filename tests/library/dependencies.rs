@@ -6,7 +6,15 @@ use std::process::Command;
 #[test]
 fn the_library_compiles_no_crate_of_the_program() {
     let out = Command::new(env!("CARGO"))
-        .args(["tree", "-p", "chainrule", "-e", "normal", "--prefix", "none"])
+        .args([
+            "tree",
+            "-p",
+            "chainrule",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
         .args(["--offline", "--format", "{p}"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -18,7 +26,10 @@ fn the_library_compiles_no_crate_of_the_program() {
     );
     let tree = String::from_utf8(out.stdout).unwrap();
     let crates: Vec<&str> = tree.lines().filter_map(|l| l.split(' ').next()).collect();
-    assert!(crates.first() == Some(&"chainrule") && crates.contains(&"faer"), "{tree}");
+    assert!(
+        crates.first() == Some(&"chainrule") && crates.contains(&"faer"),
+        "{tree}"
+    );
     for program_only in [
         "tokio",
         "hyper",

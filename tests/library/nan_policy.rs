@@ -2,9 +2,7 @@
 //! docs/nan-policy.md; each fails if the op returns a number for a NaN (as `f64::max`,
 //! `f64::clamp` or a plain comparison would).
 
-use chainrule::autodiff::{
-    GradcheckOptions, gradcheck, nan_max,
-};
+use chainrule::autodiff::{GradcheckOptions, gradcheck, nan_max};
 use chainrule::nn::{CharModel, ParamStore};
 use chainrule::scalar::{Dual, Real};
 use chainrule::{Tape, Tensor};

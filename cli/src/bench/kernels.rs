@@ -161,7 +161,10 @@ pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
             return Err(e);
         }
         let errs = [y_err(&y), dw_err(&dw), dx_err(&dx)];
-        let worst = errs.iter().map(|e| e.0).fold(0f64, chainrule::tensor::nan_max);
+        let worst = errs
+            .iter()
+            .map(|e| e.0)
+            .fold(0f64, chainrule::tensor::nan_max);
         let entries = errs.iter().map(|e| e.1).sum();
         let r = row(
             "layer",

@@ -53,7 +53,8 @@ pub(super) fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
         } else {
             tape.clear();
             let p = store.leaves(&tape);
-            let (loss, _) = objective.batch_loss(&p, batch, &mut chainrule::nn::ForwardCtx::eval())?;
+            let (loss, _) =
+                objective.batch_loss(&p, batch, &mut chainrule::nn::ForwardCtx::eval())?;
             losses.push(loss.item()? as f64);
         }
         *step += 1;

@@ -2,11 +2,11 @@
 //! differences as the problem grows (W4: f: Rᴺ → R), and a Jacobian by each mode (W5:
 //! g: R → Rᴹ), measured here, with a table, a CSV file, a log-log plot and the crossover.
 
+use crate::bench::{Timing, measure, w4_f, w4_input, w5_g};
+use crate::plot::{log_ticks, tick_label};
 use anyhow::Context;
 use chainrule::autodiff::{JacobianMode, Tape, jacfwd, jacobian, jacrev};
-use crate::bench::{Timing, measure, w4_f, w4_input, w5_g};
 use chainrule::tensor::Tensor;
-use crate::plot::{log_ticks, tick_label};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

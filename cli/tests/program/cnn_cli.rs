@@ -1,7 +1,6 @@
 //! The convolutional network from the command line: training on the digits' 8×8 images,
 //! evaluating, resuming and the curvature of its checkpoints, and the options it refuses.
 
-
 use crate::common::{chainrule, eval_rows, json, metric_rows, stderr, temp};
 use std::path::Path;
 

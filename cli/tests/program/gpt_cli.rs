@@ -1,7 +1,6 @@
 //! The GPT character model from the command line: training, resuming, sampling,
 //! evaluation and curvature of its checkpoints.
 
-
 use crate::common::{chainrule, eval_rows, json, metric_rows, short_text, stderr, temp};
 use std::path::Path;
 

@@ -2,7 +2,6 @@
 //! writes a checkpoint, always leaves a checkpoint that loads, and resuming after every
 //! kill ends exactly where an uninterrupted run ends.
 
-
 use crate::common::metric_rows;
 use std::path::Path;
 use std::process::{Command, Stdio};

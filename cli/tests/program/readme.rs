@@ -61,7 +61,10 @@ fn markdown_walks_match_the_program() {
     for (file, text) in markdown_files() {
         checked += walks_match_the_program(&file, &text);
     }
-    assert!(checked >= 2, "expected the two explain walks of docs/explain.md");
+    assert!(
+        checked >= 2,
+        "expected the two explain walks of docs/explain.md"
+    );
 }
 
 /// The `$ chainrule ...` blocks of one file, each against what the program prints.

@@ -3,7 +3,6 @@
 //! malformed client does not stall others, nothing is written, and 50 clients for 10 s
 //! get no error and leave the server's memory where it was.
 
-
 use crate::common::Server;
 use std::io::{Read, Write};
 use std::path::Path;

@@ -7,7 +7,6 @@
 //! Without `chromium` and `chromium-driver` installed the test says so and passes,
 //! unless `CHAINRULE_BROWSER_TEST=require` (which `.ci/run` sets, after installing them).
 
-
 use crate::common::Server;
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::{Path, PathBuf};

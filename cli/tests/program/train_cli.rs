@@ -1,6 +1,5 @@
 //! Training from the command line: the default run, resuming, and bad input.
 
-
 use crate::common::{chainrule, eval_rows, json, metric_rows, short_text, stderr, temp};
 use std::path::Path;
 use std::process::Output;

@@ -15,7 +15,13 @@ pub fn train_digits(seed: u64) -> chainrule::Result<TrainReport> {
     let standardize = Standardizer::fit(&train);
     let (train, val) = (standardize.apply(&train)?, standardize.apply(&val)?);
     let mut store = ParamStore::new();
-    let model = Mlp::new(&mut store, &[64, 32, 10], Activation::Relu, Init::TorchDefault, seed)?;
+    let model = Mlp::new(
+        &mut store,
+        &[64, 32, 10],
+        Activation::Relu,
+        Init::TorchDefault,
+        seed,
+    )?;
     let mut adam = OptimizerKind::Adam.build::<f32>(3e-3, None)?;
     let trainer = Trainer::new(TrainConfig {
         batch_size: 32,

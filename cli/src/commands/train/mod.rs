@@ -1,5 +1,7 @@
 //! `chainrule train` (the default command), `chainrule eval` and `chainrule sample`.
 
+use crate::plot::plot_history;
+use crate::progress::Progress;
 use anyhow::{Context, bail};
 use chainrule::autodiff::CellKind;
 use chainrule::data::{
@@ -12,11 +14,9 @@ use chainrule::nn::{
 use chainrule::optim::{Adam, LrSchedule, Optimizer, OptimizerKind, Schedule, Warmup};
 use chainrule::train::{
     CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, Classification, Collective,
-    DataIdentity, GptLanguageModel, LanguageModel, MetricsLog, Objective, Position,
-    StopReason, TrainConfig, Trainer, evaluate, load_checkpoint, read_evaluations,
+    DataIdentity, GptLanguageModel, LanguageModel, MetricsLog, Objective, Position, StopReason,
+    TrainConfig, Trainer, evaluate, load_checkpoint, read_evaluations,
 };
-use crate::plot::plot_history;
-use crate::progress::Progress;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
