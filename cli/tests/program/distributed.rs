@@ -403,6 +403,9 @@ fn panicking_sum_callback_rank() {
 
 #[test]
 fn a_panic_in_a_sum_callback_unwinds_cleanly() {
+    // the rank's test by its full name in this binary (`distributed::...`)
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let rank_test = format!("{module}::panicking_sum_callback_rank");
     let out = Command::new("mpirun")
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -411,7 +414,7 @@ fn a_panic_in_a_sum_callback_unwinds_cleanly() {
         .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "panicking_sum_callback_rank",
+            &rank_test,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
