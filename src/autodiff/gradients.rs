@@ -7,8 +7,8 @@ use std::fmt;
 
 /// The result of a backward sweep: one gradient per leaf that requires one.
 pub struct Gradients<T: Element> {
-    /// (node id, gradient), sorted by id.
-    grads: Vec<(u32, Tensor<T>)>,
+    /// (node id, gradient), sorted by id; `None` once taken.
+    grads: Vec<(u32, Option<Tensor<T>>)>,
     /// The generation of the tape swept: a `Var` of any other is refused.
     generation: u64,
 }
@@ -16,7 +16,10 @@ pub struct Gradients<T: Element> {
 impl<T: Element> Gradients<T> {
     /// The gradients of a sweep of the tape in `generation`, sorted by node id.
     pub(super) fn new(grads: Vec<(u32, Tensor<T>)>, generation: u64) -> Self {
-        Gradients { grads, generation }
+        Gradients {
+            grads: grads.into_iter().map(|(k, g)| (k, Some(g))).collect(),
+            generation,
+        }
     }
 
     /// The gradient with respect to `v`, or `None` if no gradient reached it; an error
@@ -52,25 +55,25 @@ impl<T: Element> Gradients<T> {
             .grads
             .binary_search_by_key(&(id as u32), |(k, _)| *k)
             .ok()?;
-        Some(&self.grads[i].1)
+        self.grads[i].1.as_ref()
     }
 
-    /// Removes and returns the gradient with respect to `v` (no copy); an error for a
-    /// variable of another tape, as [`get`](Self::get).
+    /// Removes and returns the gradient with respect to `v` (no copy): afterwards `v` has
+    /// none, as if no gradient had reached it; an error for a variable of another tape,
+    /// as [`get`](Self::get).
     pub fn take(&mut self, v: Var<'_, T>) -> Result<Option<Tensor<T>>> {
         self.check(v)?;
         let Ok(i) = self.grads.binary_search_by_key(&v.id, |(k, _)| *k) else {
             return Ok(None);
         };
-        Ok(Some(std::mem::replace(
-            &mut self.grads[i].1,
-            Tensor::zeroed(&[0]),
-        )))
+        Ok(self.grads[i].1.take())
     }
 
-    /// Every (node id, gradient) pair, in id order.
+    /// Every (node id, gradient) pair not taken, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (usize, &Tensor<T>)> {
-        self.grads.iter().map(|(k, g)| (*k as usize, g))
+        self.grads
+            .iter()
+            .filter_map(|(k, g)| Some((*k as usize, g.as_ref()?)))
     }
 }
 

@@ -152,10 +152,9 @@ impl<T: Element> Tape<T> {
     /// Runs `f` without recording gradients: every value it computes is stored as a
     /// constant, so nothing can be differentiated through it.
     pub fn no_grad<R>(&self, f: impl FnOnce() -> R) -> R {
-        let before = self.grad_enabled.replace(false);
-        let r = f();
-        self.grad_enabled.set(before);
-        r
+        // restored by a guard, so that a panic caught by the caller leaves the mode as it was
+        let _restore = Restore(&self.grad_enabled, self.grad_enabled.replace(false));
+        f()
     }
 
     /// The tape's current generation ([`Tape::clear`] renews it).
@@ -284,9 +283,8 @@ impl<T: Element> Tape<T> {
             }
         };
         let before = self.scope.replace(u16::try_from(index).unwrap_or(u16::MAX));
-        let r = f();
-        self.scope.set(before);
-        r
+        let _restore = Restore(&self.scope, before);
+        f()
     }
 
     /// Names a node (a parameter, say) for printed and exported graphs.
@@ -567,8 +565,41 @@ impl<T: Element> fmt::Debug for Var<'_, T> {
     }
 }
 
+/// Puts a cell's value back when dropped: on return and on unwinding alike.
+struct Restore<'a, V: Copy>(&'a std::cell::Cell<V>, V);
+
+impl<V: Copy> Drop for Restore<'_, V> {
+    fn drop(&mut self) {
+        self.0.set(self.1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_taken_gradient_is_gone() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap());
+        let mut g = tape.backward(x.mul(x).unwrap().sum_all()).unwrap();
+        assert_eq!(g.take(x).unwrap().unwrap().data(), &[2.0, 4.0]);
+        assert!(g.get(x).unwrap().is_none() && g.take(x).unwrap().is_none());
+        assert_eq!(g.wrt(x).unwrap().data(), &[0.0, 0.0]);
+        assert_eq!(g.iter().count(), 0);
+    }
+
+    #[test]
+    fn no_grad_and_scoped_are_undone_when_their_closure_panics() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(Tensor::from_vec(vec![1.0], &[1]).unwrap());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tape.no_grad(|| tape.scoped("block", || panic!("a user's closure")))
+        }));
+        assert!(caught.is_err());
+        // recording again, and outside any scope
+        let y = x.mul_scalar(2.0);
+        assert!(tape.len() == 2 && tape.backward(y.sum_all()).is_ok());
+        assert_eq!(tape.scope.get(), 0);
+    }
     use super::*;
 
     /// Every node is as large as the largest op's record, and the sweep walks all of

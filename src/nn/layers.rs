@@ -54,11 +54,15 @@ impl Init {
 }
 
 /// Whether a forward pass is training (dropout active) and its random numbers.
+///
+/// A model that asks for either ([`ForwardCtx::is_training`], [`ForwardCtx::rng`]) computes
+/// something that depends on its mode or on fresh randomness, which a replayed step
+/// ([`crate::autodiff::Trace`]) would fix at the values of its recording: the trainer sees
+/// that it asked and trains such a model on the tape, step by step.
 pub struct ForwardCtx {
-    /// Training mode.
-    pub train: bool,
-    /// Source of dropout masks.
-    pub rng: ChaCha8Rng,
+    train: bool,
+    rng: ChaCha8Rng,
+    asked: std::cell::Cell<bool>,
 }
 
 impl ForwardCtx {
@@ -67,6 +71,7 @@ impl ForwardCtx {
         ForwardCtx {
             train: true,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            asked: std::cell::Cell::new(false),
         }
     }
     /// Evaluation mode (dropout is the identity).
@@ -74,7 +79,23 @@ impl ForwardCtx {
         ForwardCtx {
             train: false,
             rng: ChaCha8Rng::seed_from_u64(0),
+            asked: std::cell::Cell::new(false),
         }
+    }
+    /// Whether this pass trains (dropout and other training-only branches active).
+    pub fn is_training(&self) -> bool {
+        self.asked.set(true);
+        self.train
+    }
+    /// The generator of this pass's random numbers (dropout masks), seeded per step.
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        self.asked.set(true);
+        &mut self.rng
+    }
+    /// Whether the pass asked for its mode or its generator: what it computed may then
+    /// differ from one step to the next beyond its inputs and parameters.
+    pub(crate) fn was_asked(&self) -> bool {
+        self.asked.get()
     }
 }
 
@@ -167,7 +188,8 @@ impl Dropout {
         x: Var<'t, T>,
         ctx: &mut ForwardCtx,
     ) -> Result<Var<'t, T>> {
-        if !ctx.train || self.p == 0.0 {
+        // a dropout of nothing does not ask the mode, so a model with it stays replayable
+        if self.p == 0.0 || !ctx.is_training() {
             return Ok(x);
         }
         if !(0.0..1.0).contains(&self.p) {
@@ -178,9 +200,10 @@ impl Dropout {
         }
         let keep = 1.0 - self.p;
         let scale = T::of(1.0 / keep);
+        let rng = ctx.rng();
         let mask = Tensor::build(&x.shape(), |d| {
             for v in d {
-                *v = if ctx.rng.random::<f64>() < keep {
+                *v = if rng.random::<f64>() < keep {
                     scale
                 } else {
                     T::zero()
@@ -246,10 +269,15 @@ pub trait Classifier<T: Element> {
         let y = self.logits(&p, tape.constant(x.clone()), &mut ForwardCtx::eval())?;
         Ok(y.value())
     }
-    /// What a replayed step of this model depends on besides its inputs' shapes
-    /// ([`crate::autodiff::Trace`]), or `None` when its steps cannot be replayed (dropout
-    /// draws a new mask each step).
-    fn replay_graph(&self) -> Option<String>;
+    /// Opts the model into replayed steps ([`crate::autodiff::Trace`]: a step recorded
+    /// once, then run again on new batches without recording): what its graph depends on
+    /// besides its parameters' and inputs' shapes (its activation, say), or `None` (the
+    /// default) to be recorded on the tape every step. A model whose forward pass asks
+    /// [`ForwardCtx`] for its mode or its generator (dropout) is trained on the tape
+    /// whatever this says, and so is one whose recording fails; the run's report says so.
+    fn replay_graph(&self) -> Option<String> {
+        None
+    }
     /// Rows evaluated at once (bounds the memory of an evaluation).
     fn eval_chunk(&self) -> usize {
         2048

@@ -471,6 +471,7 @@ impl<'a, 'c> Fit<'a, 'c> {
             history: self.pos.history.clone(),
             step_losses: self.step_losses,
             step_norms: self.step_norms,
+            warnings: self.trainer.warnings.borrow().clone(),
         };
         for c in self.callbacks.iter_mut() {
             c.on_end(&report)?;

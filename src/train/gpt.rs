@@ -165,11 +165,10 @@ impl Objective for GptLanguageModel<'_> {
         p: &Params<'t, f32>,
         _inputs: &[Var<'t, f32>],
         indices: &[Vec<usize>],
+        ctx: &mut ForwardCtx,
     ) -> Result<Var<'t, f32>> {
         let windows = indices[0].len() / self.len;
-        let logits = self
-            .model
-            .forward(p, &indices[0], windows, &mut ForwardCtx::eval())?;
+        let logits = self.model.forward(p, &indices[0], windows, ctx)?;
         cross_entropy(logits, &indices[1])
     }
     /// The whole validation text on every process (it is small beside training).

@@ -77,6 +77,14 @@ pub struct TrainConfig {
     /// finishes its steps first is unaffected.
     #[serde(default)]
     pub schedule_by_time: bool,
+    /// Keep a second worker of rayon's pool awake through each step, taking the kernels'
+    /// forked halves as they appear instead of being woken for each (tens of
+    /// microseconds a wake-up on a small virtual machine). It keeps a core busy while the
+    /// step runs, so it is off by default: right for a program that has the machine to
+    /// itself (the `chainrule` binary turns it on), wrong for one whose other threads
+    /// need that core. Ignored in a data-parallel run, whose processes share the cores.
+    #[serde(default)]
+    pub keep_a_worker_awake: bool,
 }
 
 fn replay_by_default() -> bool {
@@ -102,6 +110,7 @@ impl Default for TrainConfig {
             detect_anomaly: false,
             replay: true,
             schedule_by_time: false,
+            keep_a_worker_awake: false,
         }
     }
 }
@@ -282,8 +291,14 @@ pub struct Trainer {
     pub config: TrainConfig,
     /// The processes this one trains with (data-parallel), if any.
     collective: Option<Box<dyn Collective>>,
-    /// Recorded steps, newest last, each with the graph it was recorded for.
-    traces: RefCell<Vec<(String, Trace<f32>)>>,
+    /// Recorded steps, newest last, each with what it was recorded for: the graph and
+    /// which parameters were frozen (constants in the recording, so without a gradient).
+    traces: RefCell<Vec<(String, Vec<bool>, Trace<f32>)>>,
+    /// Graphs that asked for replay but are trained on the tape: their forward pass asked
+    /// for its mode or randomness, or their recording failed.
+    on_the_tape: RefCell<Vec<String>>,
+    /// What the run did differently from what was asked, for the report.
+    warnings: RefCell<Vec<String>>,
     /// The trace that gave the current step's gradients (their buffers go back to it).
     replayed: std::cell::Cell<Option<usize>>,
     /// Where the schedule stands for the next step when the clock is ahead of the steps
@@ -330,6 +345,8 @@ impl Trainer {
             config,
             collective: None,
             traces: RefCell::new(Vec::new()),
+            on_the_tape: RefCell::new(Vec::new()),
+            warnings: RefCell::new(Vec::new()),
             replayed: std::cell::Cell::new(None),
             schedule_position: std::cell::Cell::new(None),
             overlap: false,
@@ -358,25 +375,28 @@ impl Trainer {
     }
 
     /// Forward and backward of a batch given as data: replayed when a trace of the same
-    /// graph and shapes exists, otherwise recorded on the tape (and traced for the next
-    /// batch like it).
+    /// graph, shapes and frozen parameters exists, otherwise recorded in training mode
+    /// with the step's randomness (and traced for the next batch like it). A forward pass
+    /// that asks for its mode or randomness (dropout), or whose recording fails, is this
+    /// step's eager result, and its graph goes on the tape from then on.
     #[allow(clippy::type_complexity)]
     fn replayed_step(
         &self,
         tape: &mut Tape<f32>,
         objective: &mut dyn Objective,
         store: &ParamStore<f32>,
-        data: &BatchData,
+        (data, step_seed): (&BatchData, u64),
         lap: &mut impl FnMut(&mut f64),
         times: &mut PhaseTimes,
     ) -> Result<(f64, usize, Vec<Option<Tensor<f32>>>, bool)> {
         let params: Vec<&Tensor<f32>> = store.iter().map(|(_, _, v)| v).collect();
+        let frozen: Vec<bool> = store.iter().map(|(id, _, _)| store.is_frozen(id)).collect();
         let inputs: Vec<&Tensor<f32>> = data.inputs.iter().collect();
         let indices: Vec<&[usize]> = data.indices.iter().map(Vec::as_slice).collect();
         let mut traces = self.traces.borrow_mut();
-        let found = traces
-            .iter()
-            .position(|(g, t)| *g == data.graph && t.accepts(&params, &inputs, &indices));
+        let found = traces.iter().position(|(g, f, t)| {
+            *g == data.graph && *f == frozen && t.accepts(&params, &inputs, &indices)
+        });
         let k = match found {
             Some(k) => k,
             None => {
@@ -384,17 +404,28 @@ impl Trainer {
                 // is on the tape
                 let p = store.leaves(tape);
                 let vars: Vec<_> = data.inputs.iter().map(|t| tape.var(t.clone())).collect();
-                let loss = objective.data_loss(&p, &vars, &data.indices)?;
-                match Trace::record(tape, loss, p.vars(), &vars) {
+                let mut ctx = ForwardCtx::train(step_seed);
+                let loss = objective.data_loss(&p, &vars, &data.indices, &mut ctx)?;
+                let recorded = if ctx.was_asked() {
+                    Err("its forward pass asks for its mode or randomness (dropout)".into())
+                } else {
+                    Trace::record(tape, loss, p.vars(), &vars).map_err(|e| e.to_string())
+                };
+                match recorded {
                     Ok(trace) => {
                         if traces.len() == TRACES_KEPT {
                             traces.remove(0);
                         }
-                        traces.push((data.graph.clone(), trace));
+                        traces.push((data.graph.clone(), frozen, trace));
                         tape.clear();
                         traces.len() - 1
                     }
-                    Err(_) => {
+                    Err(why) => {
+                        self.on_the_tape.borrow_mut().push(data.graph.clone());
+                        self.warnings.borrow_mut().push(format!(
+                            "`{}` is trained on the tape, not replayed: {why}",
+                            data.graph
+                        ));
                         let value = loss.item()? as f64;
                         lap(&mut times.forward);
                         let mut g = tape.backward(loss)?;
@@ -405,7 +436,7 @@ impl Trainer {
         };
         // every step, the recording one included, takes its numbers from the trace, so
         // that a resumed run (which records anew) repeats an uninterrupted one exactly
-        let trace = &mut traces[k].1;
+        let trace = &mut traces[k].2;
         self.replayed.set(Some(k));
         let loss = trace.forward(&params, &inputs, &indices)? as f64;
         lap(&mut times.forward);
@@ -452,12 +483,9 @@ impl Trainer {
     /// the learning rate); `first_loss` is the run's first loss, for the divergence test.
     /// A step whose loss or gradient is not finite, or whose loss diverged, changes
     /// nothing and says why in [`StepOutcome::stop`]. `norms_by_param` asks for each
-    /// parameter's gradient norm (before clipping) as well.
-    /// A second worker of the thread pool stays awake through the step, taking the
-    /// kernels' forked halves as they appear instead of being woken for each (tens of
-    /// microseconds a wake-up on a small virtual machine). Not in a data-parallel run,
-    /// where the processes share the machine's cores and a spinning worker would take
-    /// one from another process.
+    /// parameter's gradient norm (before clipping) as well. With
+    /// [`TrainConfig::keep_a_worker_awake`], a second worker of the pool spins through
+    /// the step.
     #[allow(clippy::too_many_arguments)]
     pub fn train_step(
         &self,
@@ -481,10 +509,10 @@ impl Trainer {
                 norms_by_param,
             )
         };
-        if self.collective.is_some() {
-            step_on()
-        } else {
+        if self.config.keep_a_worker_awake && self.collective.is_none() {
             crate::tensor::with_a_worker_awake(step_on)
+        } else {
+            step_on()
         }
     }
 
@@ -514,18 +542,26 @@ impl Trainer {
         tape.clear();
         self.replayed.set(None);
         let data = if cfg.replay && !cfg.detect_anomaly {
-            objective.batch_data(batch)?
+            objective
+                .batch_data(batch)?
+                .filter(|d| !self.on_the_tape.borrow().contains(&d.graph))
         } else {
             None
         };
+        // the step's randomness (dropout), the same whether it is replayed or not
+        let step_seed = cfg.seed ^ (step as u64).wrapping_mul(0xA076_1D64_78BD_642F);
         let (loss, samples, mut grads, summed) = match data {
-            Some(data) => {
-                self.replayed_step(tape, objective, store, &data, &mut lap, &mut times)?
-            }
+            Some(data) => self.replayed_step(
+                tape,
+                objective,
+                store,
+                (&data, step_seed),
+                &mut lap,
+                &mut times,
+            )?,
             None => {
                 let p = store.leaves(tape);
-                let mut ctx =
-                    ForwardCtx::train(cfg.seed ^ (step as u64).wrapping_mul(0xA076_1D64_78BD_642F));
+                let mut ctx = ForwardCtx::train(step_seed);
                 let (loss, samples) = objective.batch_loss(&p, batch, &mut ctx)?;
                 let value = loss.item()? as f64;
                 lap(&mut times.forward);
@@ -609,7 +645,7 @@ impl Trainer {
         lap(&mut times.clipping);
         optimizer.step(store, &grads)?;
         if let Some(k) = self.replayed.take() {
-            self.traces.borrow_mut()[k].1.recycle(grads);
+            self.traces.borrow_mut()[k].2.recycle(grads);
         }
         lap(&mut times.optimizer);
         out.times = times;
@@ -620,6 +656,7 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::autodiff::Var;
     use crate::data::Dataset;
     use crate::nn::{Activation, Init, Mlp};
     use crate::optim::OptimizerKind;
@@ -676,6 +713,144 @@ mod tests {
                 "{a:?} {b:?}"
             );
         }
+    }
+
+    /// A trainer of one epoch of the digits, replayed or on the tape.
+    fn one_epoch(replay: bool) -> Trainer {
+        Trainer::new(TrainConfig {
+            batch_size: 100,
+            max_epochs: Some(1),
+            replay,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn freezing_and_unfreezing_between_fits_is_obeyed_replayed_and_eager() {
+        for replay in [false, true] {
+            let (train, val) = Dataset::digits().unwrap().split(0.2, 1).unwrap();
+            let mut store = ParamStore::new();
+            let model = Mlp::new(
+                &mut store,
+                &[64, 16, 10],
+                Activation::Tanh,
+                Init::TorchDefault,
+                3,
+            )
+            .unwrap();
+            let mut opt = OptimizerKind::Sgd.build::<f32>(0.05, None).unwrap();
+            let trainer = one_epoch(replay);
+            let mut task = Classification::new(&model, &train, &val, 100, true).unwrap();
+            let (body, head) = (&model.layers[0], &model.layers[1]);
+            let values = |store: &ParamStore<f32>, ids: [crate::nn::ParamId; 2]| {
+                ids.map(|id| store.get(id).clone())
+            };
+            // a frozen body does not move, the head does
+            store.freeze(body.weight);
+            store.freeze(body.bias);
+            let (body0, head0) = (
+                values(&store, [body.weight, body.bias]),
+                values(&store, [head.weight, head.bias]),
+            );
+            trainer
+                .fit_from_start(&mut task, &mut store, opt.as_mut())
+                .unwrap();
+            let (body1, head1) = (
+                values(&store, [body.weight, body.bias]),
+                values(&store, [head.weight, head.bias]),
+            );
+            assert_eq!(body0, body1, "replay {replay}: a frozen parameter moved");
+            assert!(head0 != head1, "replay {replay}: the head did not train");
+            // unfrozen, the body trains with the same trainer; the head, frozen now, stays
+            store.unfreeze(body.weight);
+            store.unfreeze(body.bias);
+            store.freeze(head.weight);
+            store.freeze(head.bias);
+            trainer
+                .fit_from_start(&mut task, &mut store, opt.as_mut())
+                .unwrap();
+            let (body2, head2) = (
+                values(&store, [body.weight, body.bias]),
+                values(&store, [head.weight, head.bias]),
+            );
+            assert!(
+                body1[0] != body2[0] && body1[1] != body2[1],
+                "replay {replay}: the unfrozen body did not move"
+            );
+            assert_eq!(
+                head1, head2,
+                "replay {replay}: a parameter frozen after a fit moved"
+            );
+        }
+    }
+
+    /// A model of a user's own: the MLP's layers with dropout after the hidden one, opted
+    /// into replay as a user would (a graph name), knowing nothing of what replay does.
+    struct UserModel {
+        mlp: Mlp,
+        dropout: crate::nn::Dropout,
+    }
+
+    impl crate::nn::Classifier<f32> for UserModel {
+        fn logits<'t>(
+            &self,
+            p: &crate::nn::Params<'t, f32>,
+            x: Var<'t, f32>,
+            ctx: &mut ForwardCtx,
+        ) -> Result<Var<'t, f32>> {
+            let h = self.mlp.layers[0].forward(p, x)?.tanh();
+            let h = self.dropout.forward(h, ctx)?;
+            self.mlp.layers[1].forward(p, h)
+        }
+        fn replay_graph(&self) -> Option<String> {
+            Some("user model".into())
+        }
+    }
+
+    #[test]
+    fn a_user_model_with_dropout_trains_the_same_replayed_and_eager() {
+        let (train, val) = Dataset::digits().unwrap().split(0.2, 1).unwrap();
+        let run = |p: f64, replay: bool| {
+            let mut store = ParamStore::new();
+            let mlp = Mlp::new(
+                &mut store,
+                &[64, 16, 10],
+                Activation::Tanh,
+                Init::TorchDefault,
+                3,
+            )
+            .unwrap();
+            let model = UserModel {
+                mlp,
+                dropout: crate::nn::Dropout { p },
+            };
+            let mut opt = OptimizerKind::Sgd.build::<f32>(0.05, None).unwrap();
+            let trainer = one_epoch(replay);
+            let mut task = Classification::new(&model, &train, &val, 100, true).unwrap();
+            trainer
+                .fit_from_start(&mut task, &mut store, opt.as_mut())
+                .unwrap()
+        };
+        let eager = run(0.8, false);
+        let replayed = run(0.8, true);
+        assert_eq!(eager.step_losses, replayed.step_losses);
+        assert!(eager.warnings.is_empty(), "{:?}", eager.warnings);
+        assert_eq!(replayed.warnings.len(), 1, "{:?}", replayed.warnings);
+        assert!(
+            replayed.warnings[0].contains("dropout"),
+            "{:?}",
+            replayed.warnings
+        );
+        // and dropout changes what the replayed run computes
+        let without = run(0.0, true);
+        assert!(without.warnings.is_empty(), "{:?}", without.warnings);
+        assert!(without.step_losses != replayed.step_losses);
+        let mean = |r: &TrainReport| r.step_losses.iter().sum::<f64>() / r.step_losses.len() as f64;
+        assert!(
+            mean(&replayed) > mean(&without),
+            "dropout 0.8 makes training harder"
+        );
     }
 
     #[test]

@@ -104,14 +104,16 @@ pub trait Objective {
         Ok(None)
     }
     /// The loss of a batch from [`Objective::batch_data`], recorded on the tape of `p`
-    /// with the batch's tensors as `inputs` (the loss `batch_loss` records for it).
+    /// with the batch's tensors as `inputs` (the loss `batch_loss` records for it), in
+    /// the mode and with the randomness of `ctx` (training, seeded for the step).
     fn data_loss<'t>(
         &self,
         p: &Params<'t, f32>,
         inputs: &[Var<'t, f32>],
         indices: &[Vec<usize>],
+        ctx: &mut ForwardCtx,
     ) -> Result<Var<'t, f32>> {
-        let _ = (p, inputs, indices);
+        let _ = (p, inputs, indices, ctx);
         Err(Error::invalid(
             "data_loss",
             "this objective gives no batch data to replay",
@@ -350,8 +352,9 @@ impl Objective for Classification<'_> {
         p: &Params<'t, f32>,
         inputs: &[Var<'t, f32>],
         indices: &[Vec<usize>],
+        ctx: &mut ForwardCtx,
     ) -> Result<Var<'t, f32>> {
-        let logits = self.model.logits(p, inputs[0], &mut ForwardCtx::eval())?;
+        let logits = self.model.logits(p, inputs[0], ctx)?;
         cross_entropy(logits, &indices[0])
     }
     /// In a data-parallel run each process evaluates its share of the validation rows.
@@ -465,8 +468,9 @@ impl Objective for Regression<'_> {
         p: &Params<'t, f32>,
         inputs: &[Var<'t, f32>],
         _indices: &[Vec<usize>],
+        ctx: &mut ForwardCtx,
     ) -> Result<Var<'t, f32>> {
-        let pred = self.model.forward(p, inputs[0], &mut ForwardCtx::eval())?;
+        let pred = self.model.forward(p, inputs[0], ctx)?;
         mse(pred, inputs[1])
     }
     fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {

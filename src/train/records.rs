@@ -178,4 +178,8 @@ pub struct TrainReport {
     /// process, in order.
     #[serde(skip)]
     pub step_norms: Vec<(usize, f64, bool)>,
+    /// What the run did differently from what was asked, once each (a model that asked
+    /// for replayed steps but was trained on the tape, and why).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }

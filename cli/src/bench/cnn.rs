@@ -40,6 +40,7 @@ fn w12_trainer(max_epochs: Option<usize>) -> Result<Trainer> {
         clip_norm: None,
         max_epochs,
         divergence_factor: None,
+        keep_a_worker_awake: true, // as the program runs
         ..Default::default()
     })
 }

@@ -30,6 +30,7 @@ pub(super) fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
         schedule: LrSchedule::constant(2e-3),
         clip_norm: Some(1.0),
         divergence_factor: None,
+        keep_a_worker_awake: true, // as the program runs
         ..Default::default()
     })?;
     let mut optimizer = OptimizerKind::Adam.build::<f32>(2e-3, None)?;
@@ -217,6 +218,7 @@ pub(super) fn w11_config(steps: usize) -> TrainConfig {
             warmup_shape: Warmup::NanoGpt,
         },
         clip_norm: Some(1.0),
+        keep_a_worker_awake: true,
         ..Default::default()
     }
 }

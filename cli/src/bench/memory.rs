@@ -82,6 +82,7 @@ pub fn lm_steps_child(steps: usize) -> Result<serde_json::Value> {
         max_epochs: None,
         max_steps: Some(steps),
         eval_every: Some(steps.max(1)),
+        keep_a_worker_awake: true, // as the program runs
         ..Default::default()
     })?;
     let mut optimizer = OptimizerKind::Adam.build::<f32>(2e-3, None)?;

@@ -194,6 +194,7 @@ impl AnchorStep {
                 batch_size: batch,
                 schedule: LrSchedule::constant(lr),
                 divergence_factor: None,
+                keep_a_worker_awake: true, // as the program runs
                 ..Default::default()
             })
             .expect("valid settings"),

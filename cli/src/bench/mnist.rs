@@ -24,6 +24,7 @@ pub(super) fn mnist_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
         schedule: LrSchedule::constant(1e-3),
         clip_norm: Some(1.0),
         max_epochs: Some(1),
+        keep_a_worker_awake: true, // as the program runs
         ..Default::default()
     })?;
     let epoch = || -> Result<(f64, usize)> {

@@ -204,6 +204,8 @@ fn build_trainer(
         replay: !args.eager,
         // a cosine that the clock would cut short follows the clock instead
         schedule_by_time: cfg.max_time.is_some(),
+        // the program has the machine to itself
+        keep_a_worker_awake: true,
     })?;
     Ok(match collective {
         None => trainer,
