@@ -45,6 +45,17 @@ pub enum Error {
         /// The shape asked for.
         shape: Dims,
     },
+    /// A shape that fits in one buffer but not in this machine's memory: the allocation
+    /// was refused, so the request is an error instead of an abort in the allocator.
+    #[error("{op}: shape {shape} needs {bytes} bytes, more than this machine can allocate")]
+    OutOfMemory {
+        /// The constructor that asked.
+        op: &'static str,
+        /// The shape asked for.
+        shape: Dims,
+        /// The bytes it needs.
+        bytes: usize,
+    },
     /// An argument outside what the op accepts (an axis out of range, an index too large...).
     #[error("{op}: {msg}")]
     Invalid {

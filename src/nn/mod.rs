@@ -25,6 +25,17 @@ pub use store::{
 };
 pub use transformer::{Block, Gpt, GptConfig, LayerNorm, SelfAttention, TorchLinear};
 
+/// The generator the layers' constructors draw their initial values from (and
+/// [`ForwardCtx::rng`] its dropout masks): ChaCha8, re-exported so that a model of your
+/// own needs no dependency of its own to build its layers.
+pub use rand_chacha::ChaCha8Rng;
+
+/// A [`ChaCha8Rng`] seeded with `seed`: the same seed, the same initial values.
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    use rand::SeedableRng;
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
 /// max |a − b| / max(max |b|, 1e-3), for the fixture tests; NaN for non-finite values or
 /// other shapes (so that a comparison with it fails).
 #[cfg(test)]

@@ -300,6 +300,21 @@ pub fn nan_max(a: f64, b: f64) -> f64 {
     }
 }
 
+/// [`checked_len`] for a constructor, and whether the system will allocate that many
+/// elements at all: asked for more than it can map, the request is an
+/// [`Error::OutOfMemory`] instead of an abort in the allocator (parameters of a layer
+/// sized from a command line, say). The probe maps no pages, so it costs a system call.
+pub(crate) fn allocatable<T: Element>(op: &'static str, shape: &[usize]) -> Result<usize> {
+    let n = checked_len(op, shape)?;
+    let mut probe: Vec<T> = Vec::new();
+    probe.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        op,
+        shape: crate::error::Dims(shape.to_vec()),
+        bytes: n.saturating_mul(std::mem::size_of::<T>()),
+    })?;
+    Ok(n)
+}
+
 /// Allocates `n` zeros without a copy (all-zero bits are 0.0 for f32 and f64).
 pub(crate) fn zeroed_buffer<T: Element>(n: usize) -> Arc<[T]> {
     let buf = Arc::<[T]>::new_zeroed_slice(n);
@@ -368,7 +383,7 @@ impl<T: Element> Tensor<T> {
 
     /// All zeros; an error when the shape holds more than [`MAX_ELEMENTS`].
     pub fn zeros(shape: &[usize]) -> Result<Self> {
-        checked_len("zeros", shape)?;
+        allocatable::<T>("zeros", shape)?;
         Ok(Self::zeroed(shape))
     }
 
@@ -389,7 +404,7 @@ impl<T: Element> Tensor<T> {
     /// Every element equal to `v`; an error when the shape holds more than
     /// [`MAX_ELEMENTS`].
     pub fn full(shape: &[usize], v: T) -> Result<Self> {
-        checked_len("full", shape)?;
+        allocatable::<T>("full", shape)?;
         Ok(Self::build(shape, |d| d.fill(v)))
     }
 

@@ -1,7 +1,7 @@
 //! Seeded random tensors (ChaCha8: the same seed gives the same numbers on every
 //! platform) and the splitmix64 streams that the benchmark anchors use for their data.
 
-use super::{Element, Tensor, checked_len};
+use super::{Element, Tensor};
 use crate::error::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -15,7 +15,7 @@ impl<T: Element> Tensor<T> {
 
     /// Standard normal samples drawn from `rng`.
     pub fn randn_with(shape: &[usize], rng: &mut impl Rng) -> Result<Self> {
-        checked_len("randn", shape)?;
+        super::allocatable::<T>("randn", shape)?;
         Ok(Tensor::build(shape, |d| {
             for v in d {
                 let s: f64 = StandardNormal.sample(rng);
@@ -37,7 +37,7 @@ impl<T: Element> Tensor<T> {
         hi: f64,
         rng: &mut impl Rng,
     ) -> Result<Self> {
-        checked_len("rand_uniform", shape)?;
+        super::allocatable::<T>("rand_uniform", shape)?;
         let dist = Uniform::new(lo, hi)
             .or_else(|_| Uniform::new_inclusive(lo, lo))
             .map_err(|_| {
@@ -55,7 +55,7 @@ impl<T: Element> Tensor<T> {
 
     /// Uniform `[lo, hi)` values from splitmix64 stream `stream` (the anchors' data).
     pub fn splitmix_uniform(shape: &[usize], stream: u64, lo: f64, hi: f64) -> Result<Self> {
-        checked_len("splitmix_uniform", shape)?;
+        super::allocatable::<T>("splitmix_uniform", shape)?;
         let mut g = SplitMix64::new(stream);
         Ok(Tensor::build(shape, |d| {
             for v in d {

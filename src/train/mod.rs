@@ -293,7 +293,7 @@ pub struct Trainer {
     collective: Option<Box<dyn Collective>>,
     /// Recorded steps, newest last, each with what it was recorded for: the graph and
     /// which parameters were frozen (constants in the recording, so without a gradient).
-    traces: RefCell<Vec<(String, Vec<bool>, Trace<f32>)>>,
+    traces: RefCell<Vec<RecordedStep>>,
     /// Graphs that asked for replay but are trained on the tape: their forward pass asked
     /// for its mode or randomness, or their recording failed.
     on_the_tape: RefCell<Vec<String>>,
@@ -308,6 +308,9 @@ pub struct Trainer {
     /// can ([`Collective::overlaps`]); off by default (see `with_overlapped_sums`).
     overlap: bool,
 }
+
+/// A recorded step: its graph, which parameters were frozen, the trace.
+type RecordedStep = (String, Vec<bool>, Trace<f32>);
 
 /// Traces kept at once: the full batch and the last smaller one of an epoch, with room
 /// for an objective that alternates between a few shapes.

@@ -182,3 +182,14 @@ fn pow_exponent_derivative_is_pytorchs_at_a_non_positive_base() {
     let (a, b) = (1.5f64, 0.7f64);
     assert!((grad_b(a, b) - a.powf(b) * a.ln()).abs() < 1e-15);
 }
+
+#[test]
+fn powf_with_exponent_zero_has_derivative_zero_at_zero() {
+    // x⁰ = 1 everywhere: PyTorch's derivative is 0, also at x = 0 (not 0·0⁻¹ = NaN)
+    let tape = Tape::<f64>::new();
+    let x = tape.var(t(&[0.0, 2.0]));
+    let g = tape.backward(x.powf(0.0).sum_all()).unwrap();
+    assert_eq!(g.wrt(x).unwrap().data(), &[0.0, 0.0]);
+    let (_, d) = chainrule::autodiff::jvp(|_, v| Ok(v.powf(0.0)), &t(&[0.0]), &t(&[1.0])).unwrap();
+    assert_eq!(d.data(), &[0.0]);
+}

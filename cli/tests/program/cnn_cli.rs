@@ -78,10 +78,13 @@ fn cnn_options_are_checked() {
         let e = stderr(&o);
         assert!(e.contains(says) && e.lines().count() == 1, "{args:?}: {e}");
         assert!(!out.exists(), "{args:?} wrote its output folder");
+        // a fresh run has no checkpoint for the message to name
+        assert!(!e.contains("--resume"), "{args:?}: {e}");
     };
     let cnn = ["--data", "digits", "--model", "cnn"];
     bad(&[&cnn[..], &["--channels", "8,0"]].concat(), "--channels");
     bad(&[&cnn[..], &["--kernel", "0"]].concat(), "--kernel");
+    bad(&[&cnn[..], &["--kernel", "9"]].concat(), "too small");
     bad(
         &[&cnn[..], &["--conv-dropout", "1"]].concat(),
         "--conv-dropout",

@@ -413,6 +413,11 @@ fn bad_input_gets_one_clear_line_and_a_failure_status() {
             a(&["--hidden", "0"]),
             "--hidden: layer sizes must be positive",
         ),
+        // more parameters than the machine can hold: one line, not an abort
+        (
+            a(&["--hidden", "3000000000"]),
+            "more than this machine can allocate",
+        ),
         (a(&["--optimizer", "adamx"]), "unknown optimizer 'adamx'"),
         (a(&["--data", "imagenet"]), "unknown dataset 'imagenet'"),
         (

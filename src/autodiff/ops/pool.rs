@@ -47,6 +47,10 @@ fn pool_dims(x: &[usize], p: &Pool2dOptions, op: &'static str) -> Result<[usize;
     if p.kernel.contains(&0) || p.stride.contains(&0) {
         return bad("kernel and stride must be positive".into());
     }
+    if h == 0 || w == 0 {
+        // PyTorch refuses these too: padding alone would make windows of nothing
+        return bad("the input's height and width must be positive".into());
+    }
     if p.padding[0] * 2 > p.kernel[0] || p.padding[1] * 2 > p.kernel[1] {
         return bad("padding must be at most half the kernel".into());
     }
@@ -425,6 +429,14 @@ mod tests {
         };
         assert_eq!(ones.avg_pool2d(p).unwrap().value().data(), [4.0 / 9.0; 4]);
         assert!(ones.max_pool2d(Pool2dOptions::square(3)).is_err());
+        // an empty plane, padded: an error, not windows of nothing
+        let empty = tape.var(Tensor::zeros(&[1, 1, 0, 0]).unwrap());
+        let padded = Pool2dOptions {
+            kernel: [2, 2],
+            stride: [1, 1],
+            padding: [1, 1],
+        };
+        assert!(empty.max_pool2d(padded).is_err() && empty.avg_pool2d(padded).is_err());
         assert_eq!(ones.flatten(1).unwrap().shape().as_slice(), [1, 4]);
     }
 }

@@ -327,7 +327,9 @@ unary_table! {
     // NaN in, NaN out (PyTorch's policy): a NaN input is returned, not replaced by 0
     UnaryOp::Relu => "relu", |x| if x > T::zero() || x.is_nan() { x } else { T::zero() }, |x, y| step(x),
         "1 if x > 0 else 0";
-    UnaryOp::PowF(p) => "powf", |x| powi_or_powf(x, p), |x, y| number::<S>(p) * powf(x, p - 1.0),
+    // x⁰ is the constant 1: its derivative is 0 everywhere, 0·0⁻¹ included (PyTorch's)
+    UnaryOp::PowF(p) => "powf", |x| powi_or_powf(x, p),
+        |x, y| if p == 0.0 { number(0.0) } else { number::<S>(p) * powf(x, p - 1.0) },
         "p·x^(p-1)";
     UnaryOp::AddScalar(k) => "add_scalar", |x| x + c(k), |x, y| number(1.0), "1";
     UnaryOp::MulScalar(k) => "mul_scalar", |x| x * c(k), |x, y| number(k), "c";

@@ -119,8 +119,12 @@ fn build_problem(
                 splits.train.dim(),
                 splits.train.num_classes.max(splits.val.num_classes),
             );
-            let model =
-                build_network(cfg, shape, resumed, store).with_context(|| resume_context(args))?;
+            // the checkpoint is named only when there is one: a fresh run's error is the
+            // options' own
+            let model = build_network(cfg, shape, resumed, store).map_err(|e| match resumed {
+                Some(_) => e.context(resume_context(args)),
+                None => e,
+            })?;
             Problem::Classifier { splits, model }
         }
         Some(kind) => {

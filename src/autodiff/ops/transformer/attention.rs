@@ -22,7 +22,9 @@ use std::sync::Arc;
 pub enum AttentionMask<T: Element> {
     /// Every query attends every key.
     None,
-    /// Query `i` attends keys `0..=i` (needs `T ≤ S`; the last `T` keys align with the queries as in PyTorch's `is_causal` when `T = S`).
+    /// Query `i` attends keys `0..=i` (needs `T ≤ S`): the first `T` keys align with the
+    /// queries, as in PyTorch's `is_causal` (the lower triangle of a `[T, S]` matrix of
+    /// ones), so with `T < S` the keys after the last query's position stay hidden.
     Causal,
     /// Added to the scaled scores before the softmax (`-inf` removes a key).
     Additive(Tensor<T>),
