@@ -857,6 +857,48 @@ mod tests {
     }
 
     #[test]
+    fn a_regression_trains_a_model_of_a_users_own() {
+        // y = sin(x₀) + x₁/2 from 256 samples, by the user's model (dropout off)
+        let x = Tensor::<f32>::splitmix_uniform(&[256, 64], 5, -1.0, 1.0).unwrap();
+        let y: Vec<f32> = x
+            .data()
+            .chunks(64)
+            .map(|r| r[0].sin() + r[1] / 2.0)
+            .collect();
+        let y = Tensor::from_vec(y, &[256, 1]).unwrap();
+        let mut store = ParamStore::new();
+        let mlp = Mlp::new(
+            &mut store,
+            &[64, 16, 1],
+            Activation::Tanh,
+            Init::TorchDefault,
+            3,
+        )
+        .unwrap();
+        let model = UserModel {
+            mlp,
+            dropout: crate::nn::Dropout { p: 0.0 },
+        };
+        let mut opt = OptimizerKind::Adam.build::<f32>(1e-2, None).unwrap();
+        let trainer = Trainer::new(TrainConfig {
+            batch_size: 32,
+            max_epochs: Some(30),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut task = Regression::new(&model, (x.clone(), y.clone()), (x, y), 32, true).unwrap();
+        let report = trainer
+            .fit_from_start(&mut task, &mut store, opt.as_mut())
+            .unwrap();
+        let first = report.history.first().unwrap().val_loss;
+        assert!(
+            report.best_val_metric < 0.1 * first,
+            "{first} → {}",
+            report.best_val_metric
+        );
+    }
+
+    #[test]
     fn a_start_position_beyond_the_epoch_is_an_error_not_a_panic() {
         let ds = Dataset::new(
             Tensor::from_vec((0..20).map(|v| v as f32).collect(), &[10, 2]).unwrap(),

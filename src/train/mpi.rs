@@ -7,11 +7,13 @@ use super::Collective;
 use crate::error::Result;
 use mpi::collective::SystemOperation;
 use mpi::datatype::Equivalence;
+use mpi::environment::Universe;
 use mpi::ffi;
 use mpi::raw::AsRaw;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use std::cell::RefCell;
+use std::rc::Rc;
 
 /// Elements per MPI call: MPI counts are 32-bit, so longer buffers go in parts.
 const PART: usize = 1 << 28;
@@ -23,6 +25,10 @@ pub struct MpiCollective {
     scratch_f32: RefCell<Vec<f32>>,
     /// Sums started with `MPI_Iallreduce`, oldest first.
     pending: RefCell<Vec<PendingSum>>,
+    /// MPI stays initialised while any collective made from it lives: the last one (or
+    /// the caller's own handle) to go finalises it. Declared last, so dropped last: the
+    /// sums above are waited before.
+    _universe: Rc<Universe>,
 }
 
 /// A non-blocking sum in flight. Its two buffers belong to it alone: nothing reads or
@@ -42,7 +48,7 @@ impl PendingSum {
     fn wait(&mut self) {
         if !self.complete {
             // SAFETY: an unfinished MPI_Iallreduce request; the buffers MPI writes are
-            // owned by `self` and alive. (Call before MPI_Finalize: the CLI drops it first.)
+            // owned by `self` and alive. (Before MPI_Finalize: the collective that owns the sum holds the universe and drops it last.)
             unsafe { ffi::MPI_Wait(&mut self.request, ffi::RSMPI_STATUS_IGNORE) };
             self.complete = true;
         }
@@ -50,10 +56,13 @@ impl PendingSum {
 }
 
 impl MpiCollective {
-    /// The processes of `world` (usually `mpi::initialize()`'s `universe.world()`).
-    pub fn new(world: SimpleCommunicator) -> Self {
+    /// The processes of `universe`'s world (`Rc::new(mpi::initialize()?)`). The
+    /// collective holds the universe, so it cannot outlive MPI: several collectives
+    /// (and the caller) may share one.
+    pub fn new(universe: Rc<Universe>) -> Self {
         MpiCollective {
-            world,
+            world: universe.world(),
+            _universe: universe,
             scratch_f32: RefCell::new(Vec::new()),
             pending: RefCell::new(Vec::new()),
         }

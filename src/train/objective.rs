@@ -7,7 +7,7 @@ use crate::autodiff::{CellKind, Tape, Var};
 use crate::data::{Dataset, Streams, epoch_order, gather_batch};
 use crate::error::{Error, Result};
 use crate::nn::{
-    CarriedState, CharModel, Classifier, ForwardCtx, Mlp, ParamStore, Params, cross_entropy,
+    CarriedState, CharModel, Classifier, ForwardCtx, ParamStore, Params, cross_entropy,
     cross_entropy_values, mse, mse_values,
 };
 use crate::tensor::Tensor;
@@ -371,11 +371,12 @@ impl Objective for Classification<'_> {
     }
 }
 
-/// An MLP fitted to real-valued targets with mean squared error; its metric is the
-/// validation loss.
+/// A model fitted to real-valued targets with mean squared error; its metric is the
+/// validation loss. Any model of [`Classifier`]'s shape serves (an [`crate::nn::Mlp`], a model of
+/// your own): its outputs, which a classifier calls logits, are the predictions.
 pub struct Regression<'a> {
     /// The model.
-    pub model: &'a Mlp,
+    pub model: &'a dyn Classifier<f32>,
     x: Tensor<f32>,
     y: Tensor<f32>,
     val: (Tensor<f32>, Tensor<f32>),
@@ -387,7 +388,7 @@ impl<'a> Regression<'a> {
     /// Inputs `x: [n, d]` with targets `y: [n, k]`, validated on `val`, in minibatches of
     /// `batch_size` (shuffled each epoch when `shuffle`).
     pub fn new(
-        model: &'a Mlp,
+        model: &'a dyn Classifier<f32>,
         (x, y): (Tensor<f32>, Tensor<f32>),
         val: (Tensor<f32>, Tensor<f32>),
         batch_size: usize,
@@ -447,7 +448,7 @@ impl Objective for Regression<'_> {
         let (x, y) = self.rows_of(batch)?;
         let samples = x.shape()[0];
         let tape = p.tape();
-        let pred = self.model.forward(p, tape.constant(x), ctx)?;
+        let pred = self.model.logits(p, tape.constant(x), ctx)?;
         let loss = tape.scoped("loss", || mse(pred, tape.constant(y)))?;
         Ok((loss, samples))
     }
@@ -470,7 +471,7 @@ impl Objective for Regression<'_> {
         _indices: &[Vec<usize>],
         ctx: &mut ForwardCtx,
     ) -> Result<Var<'t, f32>> {
-        let pred = self.model.forward(p, inputs[0], ctx)?;
+        let pred = self.model.logits(p, inputs[0], ctx)?;
         mse(pred, inputs[1])
     }
     fn evaluate(&self, store: &ParamStore<f32>) -> Result<Evaluation> {

@@ -205,12 +205,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(feature = "mpi")]
 fn allreduce(name: &str, cfg: &BenchConfig, json: bool) -> anyhow::Result<ExitCode> {
     use chainrule::train::Collective;
-    let universe = mpi::initialize()
-        .ok_or_else(|| anyhow::anyhow!("bench allreduce: MPI was already started"))?;
-    let c = chainrule::train::mpi::MpiCollective::new(universe.world());
+    let universe = std::rc::Rc::new(
+        mpi::initialize()
+            .ok_or_else(|| anyhow::anyhow!("bench allreduce: MPI was already started"))?,
+    );
+    let c = chainrule::train::mpi::MpiCollective::new(universe.clone());
     let rows = match name {
         "w1_step_dp" => bench::w1_step_dp(&|| {
-            Box::new(chainrule::train::mpi::MpiCollective::new(universe.world()))
+            Box::new(chainrule::train::mpi::MpiCollective::new(universe.clone()))
         })?,
         _ => bench::allreduce(cfg, &c)?,
     };

@@ -373,8 +373,8 @@ fn panicking_sum_callback_rank() {
     }
     use chainrule::train::Collective;
     use chainrule::train::mpi::MpiCollective;
-    let universe = mpi::initialize().expect("MPI initialises once");
-    let collective = MpiCollective::new(universe.world());
+    let universe = std::rc::Rc::new(mpi::initialize().expect("MPI initialises once"));
+    let collective = MpiCollective::new(universe);
     let rank = collective.rank() as f32;
     let big = vec![rank + 1.0; 1 << 20];
     collective.sum_f32(&mut [0.0]).unwrap(); // both ranks start together

@@ -43,11 +43,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(feature = "mpi")]
 pub(crate) fn run_distributed(args: Args) -> anyhow::Result<ExitCode> {
     use mpi::traits::Communicator;
-    let universe = mpi::initialize()
-        .ok_or_else(|| anyhow::anyhow!("--distributed: MPI was already started"))?;
+    let universe = std::rc::Rc::new(
+        mpi::initialize()
+            .ok_or_else(|| anyhow::anyhow!("--distributed: MPI was already started"))?,
+    );
     let world = universe.world();
     let rank = world.rank();
-    let collective = chainrule::train::mpi::MpiCollective::new(universe.world());
+    let collective = chainrule::train::mpi::MpiCollective::new(universe.clone());
     match run_with(args, Some(Box::new(collective))) {
         Ok(code) => Ok(code),
         Err(e) => {
