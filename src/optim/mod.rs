@@ -196,12 +196,12 @@ impl<T: Element> Slots<T> {
     }
 }
 
-/// A piece of one parameter, its gradient, its state slots and whether weight decay
-/// applies to it, updated together.
-type Piece<'a, T, const S: usize> = (&'a mut [T], &'a [T], [&'a mut [T]; S], bool);
+/// A piece of one parameter, its gradient, its state slots, and whether weight decay
+/// applies to it with the parameter's index, updated together.
+type Piece<'a, T, const S: usize> = (&'a mut [T], &'a [T], [&'a mut [T]; S], (bool, usize));
 
 /// Runs the update rule `f` over every parameter that has a gradient, with its `S` state
-/// slots (created on first use) and whether its weight decays
+/// slots (created on first use), whether its weight decays and its index
 /// ([`ParamStore::set_decay`]: the parameter groups), in one pass: the parameters are cut into pieces that
 /// all run in one parallel loop on every rayon thread once there are enough elements to
 /// pay for it, each piece compiled for AVX2 where the CPU has it. Every rule here
@@ -212,7 +212,7 @@ fn update_all<T: Element, const S: usize>(
     store: &mut ParamStore<T>,
     grads: &[Option<Tensor<T>>],
     slots: &mut Slots<T>,
-    f: impl Fn(&mut [T], &[T], [&mut [T]; S], bool) + Sync + Send,
+    f: impl Fn(&mut [T], &[T], [&mut [T]; S], (bool, usize)) + Sync + Send,
 ) -> Result<()> {
     if grads.len() > store.len() {
         return Err(Error::invalid(
@@ -242,10 +242,11 @@ fn update_all<T: Element, const S: usize>(
     let mut per_param = slots.per_param.iter_mut();
     let mut parts: Vec<Piece<'_, T, S>> = Vec::new();
     let decays: Vec<bool> = (0..store.len()).map(|i| store.decays(ParamId(i))).collect();
-    for ((p, g), &decays) in store
+    for (id, ((p, g), &decays)) in store
         .values_mut()
         .zip(grads.iter().chain(std::iter::repeat(&None)))
         .zip(&decays)
+        .enumerate()
     {
         let state = per_param.next();
         let Some(g) = g else { continue };
@@ -261,7 +262,7 @@ fn update_all<T: Element, const S: usize>(
         });
         for (p, g) in p.data_mut().chunks_mut(piece).zip(g.data().chunks(piece)) {
             let s = std::array::from_fn(|k| slot_pieces[k].next().unwrap_or_default());
-            parts.push((p, g, s, decays));
+            parts.push((p, g, s, (decays, id)));
         }
     }
     if parallel {
@@ -342,14 +343,14 @@ impl<T: Element> Optimizer<T> for Sgd<T> {
         );
         let first = self.steps == 0;
         if mu == T::zero() {
-            update_all(store, grads, &mut self.slots, |p, g, [], decays| {
+            update_all(store, grads, &mut self.slots, |p, g, [], (decays, _)| {
                 let wd = if decays { wd } else { T::zero() };
                 for (p, &g) in p.iter_mut().zip(g) {
                     *p -= lr * (g + wd * *p);
                 }
             })?;
         } else {
-            update_all(store, grads, &mut self.slots, |p, g, [buf], decays| {
+            update_all(store, grads, &mut self.slots, |p, g, [buf], (decays, _)| {
                 let wd = if decays { wd } else { T::zero() };
                 for ((p, &g), b) in p.iter_mut().zip(g).zip(buf) {
                     let d = g + wd * *p;
@@ -387,7 +388,7 @@ impl<T: Element> AdaGrad<T> {
 impl<T: Element> Optimizer<T> for AdaGrad<T> {
     fn step(&mut self, store: &mut ParamStore<T>, grads: &[Option<Tensor<T>>]) -> Result<()> {
         let (lr, wd, eps) = (T::of(self.lr), T::of(self.weight_decay), T::of(1e-10));
-        update_all(store, grads, &mut self.slots, |p, g, [sum], decays| {
+        update_all(store, grads, &mut self.slots, |p, g, [sum], (decays, _)| {
             let wd = if decays { wd } else { T::zero() };
             for ((p, &g), s) in p.iter_mut().zip(g).zip(sum) {
                 let d = g + wd * *p;
@@ -435,16 +436,21 @@ impl<T: Element> Optimizer<T> for Adadelta<T> {
             T::of(self.eps),
             T::of(self.weight_decay),
         );
-        update_all(store, grads, &mut self.slots, |p, g, [v, u], decays| {
-            let wd = if decays { wd } else { T::zero() };
-            for (((p, &g), v), u) in p.iter_mut().zip(g).zip(v).zip(u) {
-                let d = g + wd * *p;
-                *v = rho * *v + (T::one() - rho) * d * d;
-                let delta = (*u + eps).sqrt() / (*v + eps).sqrt() * d;
-                *u = rho * *u + (T::one() - rho) * delta * delta;
-                *p -= lr * delta;
-            }
-        })?;
+        update_all(
+            store,
+            grads,
+            &mut self.slots,
+            |p, g, [v, u], (decays, _)| {
+                let wd = if decays { wd } else { T::zero() };
+                for (((p, &g), v), u) in p.iter_mut().zip(g).zip(v).zip(u) {
+                    let d = g + wd * *p;
+                    *v = rho * *v + (T::one() - rho) * d * d;
+                    let delta = (*u + eps).sqrt() / (*v + eps).sqrt() * d;
+                    *u = rho * *u + (T::one() - rho) * delta * delta;
+                    *p -= lr * delta;
+                }
+            },
+        )?;
         self.steps += 1;
         Ok(())
     }
@@ -481,7 +487,7 @@ impl<T: Element> Optimizer<T> for RmsProp<T> {
             T::of(self.weight_decay),
             T::of(1e-8),
         );
-        update_all(store, grads, &mut self.slots, |p, g, [v], decays| {
+        update_all(store, grads, &mut self.slots, |p, g, [v], (decays, _)| {
             let wd = if decays { wd } else { T::zero() };
             for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
                 let d = g + wd * *p;
@@ -503,6 +509,10 @@ pub struct Adam<T: Element> {
     beta1: f64,
     beta2: f64,
     steps: u64,
+    /// Each parameter's own count of the steps that updated it (PyTorch's
+    /// `state['step']`): a parameter frozen or without a gradient for a while starts its
+    /// bias correction from its own first step, not from the optimizer's.
+    param_steps: Vec<u64>,
     slots: Slots<T>,
 }
 
@@ -526,6 +536,7 @@ impl<T: Element> Adam<T> {
             beta1,
             beta2,
             steps: 0,
+            param_steps: Vec::new(),
             slots: Slots::new(&["exp_avg", "exp_avg_sq"]),
         }
     }
@@ -533,7 +544,9 @@ impl<T: Element> Adam<T> {
 
 impl<T: Element> Optimizer<T> for Adam<T> {
     fn step(&mut self, store: &mut ParamStore<T>, grads: &[Option<Tensor<T>>]) -> Result<()> {
-        let t = self.steps as i32 + 1;
+        if self.param_steps.len() < grads.len() {
+            self.param_steps.resize(grads.len(), 0);
+        }
         let (b1, b2) = (T::of(self.beta1), T::of(self.beta2));
         // PyTorch's arrangement of the bias corrections: lr / (1 - β₁ᵗ) as one step size
         // and √v / √(1 - β₂ᵗ), here as a product with the reciprocal. The same update as
@@ -541,37 +554,160 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         // square root per element instead of three and one, which the one divider
         // unit ran in turn (the 784-256-256-10 MLP, 269 k parameters, on one core:
         // 311–346 → 221–245 µs per step).
-        let step_size = T::of(self.lr / (1.0 - self.beta1.powi(t)));
-        let inv_sqrt_c2 = T::of(1.0 / (1.0 - self.beta2.powi(t)).sqrt());
+        // per parameter, at its own step t: (lr / (1 − β₁ᵗ), 1 / √(1 − β₂ᵗ))
+        let corrections: Vec<(T, T)> = self
+            .param_steps
+            .iter()
+            .map(|&done| {
+                let t = done.min(MAX_STEPS) as i32 + 1;
+                (
+                    T::of(self.lr / (1.0 - self.beta1.powi(t))),
+                    T::of(1.0 / (1.0 - self.beta2.powi(t)).sqrt()),
+                )
+            })
+            .collect();
         let eps = T::of(1e-8);
         let (l2, shrink) = if self.decoupled {
             (T::zero(), T::of(1.0 - self.lr * self.weight_decay))
         } else {
             (T::of(self.weight_decay), T::one())
         };
-        update_all(store, grads, &mut self.slots, |p, g, [m, v], decays| {
-            let (l2, shrink) = if decays {
-                (l2, shrink)
-            } else {
-                (T::zero(), T::one())
-            };
-            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                *p *= shrink;
-                let d = g + l2 * *p;
-                *m = b1 * *m + (T::one() - b1) * d;
-                *v = b2 * *v + (T::one() - b2) * d * d;
-                *p -= step_size * *m / (v.sqrt() * inv_sqrt_c2 + eps);
-            }
-        })?;
+        update_all(
+            store,
+            grads,
+            &mut self.slots,
+            |p, g, [m, v], (decays, id)| {
+                let (step_size, inv_sqrt_c2) = corrections[id];
+                let (l2, shrink) = if decays {
+                    (l2, shrink)
+                } else {
+                    (T::zero(), T::one())
+                };
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    *p *= shrink;
+                    let d = g + l2 * *p;
+                    *m = b1 * *m + (T::one() - b1) * d;
+                    *v = b2 * *v + (T::one() - b2) * d * d;
+                    *p -= step_size * *m / (v.sqrt() * inv_sqrt_c2 + eps);
+                }
+            },
+        )?;
+        for (done, g) in self.param_steps.iter_mut().zip(grads) {
+            *done += u64::from(g.is_some());
+        }
         self.steps += 1;
         Ok(())
     }
-    optimizer_bookkeeping!();
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    /// The moments, and each parameter's step count as `ID.step`: `[count / 2²⁴,
+    /// count mod 2²⁴]`, two numbers that f32 holds exactly.
+    fn state(&self) -> (Vec<(String, Tensor<T>)>, u64) {
+        let mut tensors = self.slots.export();
+        for (i, &done) in self.param_steps.iter().enumerate() {
+            let parts = vec![T::of((done >> 24) as f64), T::of((done & 0xFF_FFFF) as f64)];
+            let t = Tensor::from_vec(parts, &[2]).expect("two numbers");
+            tensors.push((format!("{i}.step"), t));
+        }
+        (tensors, self.steps)
+    }
+    /// A state without `ID.step` entries (written before they were) gives every parameter
+    /// with moments the optimizer's count, as it then had.
+    fn load_state(
+        &mut self,
+        tensors: Vec<(String, Tensor<T>)>,
+        steps: u64,
+        store: &ParamStore<T>,
+    ) -> Result<()> {
+        if steps > MAX_STEPS {
+            return Err(Error::invalid(
+                "optimizer state",
+                format!("a step count of {steps} is beyond {MAX_STEPS}"),
+            ));
+        }
+        let (counts, moments): (Vec<_>, Vec<_>) =
+            tensors.into_iter().partition(|(k, _)| k.ends_with(".step"));
+        let mut param_steps: Vec<Option<u64>> = vec![None; store.len()];
+        for (key, t) in counts {
+            let bad =
+                |why: &str| Error::invalid("optimizer state", format!("entry '{key}': {why}"));
+            let id: usize = key
+                .strip_suffix(".step")
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| bad("not ID.step"))?;
+            let slot = param_steps
+                .get_mut(id)
+                .ok_or_else(|| bad(&format!("the model has {} parameters", store.len())))?;
+            let whole = |v: f64, below: f64| v.fract() == 0.0 && (0.0..below).contains(&v);
+            let count = match t.data() {
+                &[hi, lo] if whole(hi.as_f64(), 256.0) && whole(lo.as_f64(), 16_777_216.0) => {
+                    (hi.as_f64() as u64) << 24 | lo.as_f64() as u64
+                }
+                _ => return Err(bad("not a step count")),
+            };
+            if count > steps {
+                return Err(bad(&format!(
+                    "{count} steps, more than the optimizer's {steps}"
+                )));
+            }
+            *slot = Some(count);
+        }
+        self.slots.import(moments, store)?;
+        let has_moments = |i: usize| self.slots.per_param.get(i).is_some_and(|s| !s.is_empty());
+        self.param_steps = (0..store.len())
+            .map(|i| param_steps[i].unwrap_or(if has_moments(i) { steps } else { 0 }))
+            .collect();
+        self.steps = steps;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adam_corrects_each_parameters_bias_from_its_own_first_step() {
+        let mut store = ParamStore::<f64>::new();
+        let a = store.add("a", Tensor::ones(&[1]).unwrap()).unwrap();
+        let b = store.add("b", Tensor::ones(&[1]).unwrap()).unwrap();
+        let one = || Some(Tensor::ones(&[1]).unwrap());
+        let mut adam = Adam::new(0.1, 0.0, false);
+        // b has no gradient for two steps (frozen, say), then its first
+        adam.step(&mut store, &[one(), None]).unwrap();
+        adam.step(&mut store, &[one(), None]).unwrap();
+        let (state, steps) = adam.state();
+        adam.step(&mut store, &[one(), one()]).unwrap();
+        // PyTorch: b's first step is lr·ĝ/(|ĝ| + ε) with ĝ the bias-corrected moment, 0.1
+        let moved = 1.0 - store.get(b).data()[0];
+        assert!((moved - 0.1).abs() < 1e-9, "{moved}");
+        // the counts survive a checkpoint: resumed, the same step gives the same values
+        let mut again = ParamStore::<f64>::new();
+        again.add("a", store.get(a).clone()).unwrap();
+        again.add("b", Tensor::ones(&[1]).unwrap()).unwrap();
+        *again.get_mut(a) = Tensor::from_vec(vec![1.0 - 0.2], &[1]).unwrap();
+        let mut resumed = Adam::new(0.1, 0.0, false);
+        resumed.load_state(state.clone(), steps, &again).unwrap();
+        assert_eq!(resumed.param_steps, [2, 0]);
+        resumed.step(&mut again, &[one(), one()]).unwrap();
+        assert_eq!(again.get(b), store.get(b));
+        // a state written before the counts gives each parameter with moments the total
+        let older: Vec<_> = state
+            .iter()
+            .filter(|(k, _)| !k.ends_with(".step"))
+            .cloned()
+            .collect();
+        resumed.load_state(older, steps, &again).unwrap();
+        assert_eq!(resumed.param_steps, [2, 0]);
+        // and a count that is not one is refused
+        let mut hostile = state.clone();
+        hostile[2].1 = Tensor::from_vec(vec![0.0, 0.5], &[2]).unwrap();
+        assert!(resumed.load_state(hostile, steps, &again).is_err());
+    }
 
     #[test]
     fn adadelta_follows_pytorchs_update_sequence() {
