@@ -125,6 +125,17 @@ impl OptimizerKind {
 /// `steps + 1` as an `i32`.
 const MAX_STEPS: u64 = i32::MAX as u64 - 1;
 
+/// A step count from a state (a file, perhaps) that the bias corrections can raise β to.
+fn check_step_count(steps: u64) -> Result<()> {
+    if steps > MAX_STEPS {
+        return Err(Error::invalid(
+            "optimizer state",
+            format!("a step count of {steps} is beyond {MAX_STEPS}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Per-parameter state tensors, created on first use.
 #[derive(Default)]
 struct Slots<T: Element> {
@@ -296,12 +307,7 @@ macro_rules! optimizer_bookkeeping {
             steps: u64,
             store: &ParamStore<T>,
         ) -> Result<()> {
-            if steps > MAX_STEPS {
-                return Err(Error::invalid(
-                    "optimizer state",
-                    format!("a step count of {steps} is beyond {MAX_STEPS}"),
-                ));
-            }
+            check_step_count(steps)?;
             self.slots.import(tensors, store)?;
             self.steps = steps;
             Ok(())
@@ -623,12 +629,7 @@ impl<T: Element> Optimizer<T> for Adam<T> {
         steps: u64,
         store: &ParamStore<T>,
     ) -> Result<()> {
-        if steps > MAX_STEPS {
-            return Err(Error::invalid(
-                "optimizer state",
-                format!("a step count of {steps} is beyond {MAX_STEPS}"),
-            ));
-        }
+        check_step_count(steps)?;
         let (counts, moments): (Vec<_>, Vec<_>) =
             tensors.into_iter().partition(|(k, _)| k.ends_with(".step"));
         let mut param_steps: Vec<Option<u64>> = vec![None; store.len()];
