@@ -201,7 +201,7 @@ fn evaluate_rows(
     Ok((loss_sum / n as f64, correct as f64 / n as f64))
 }
 
-/// A classifier (an [`Mlp`], a [`crate::nn::Cnn`], any [`Classifier`]) trained with
+/// A classifier (an [`Mlp`](crate::nn::Mlp), a [`crate::nn::Cnn`], any [`Classifier`]) trained with
 /// softmax cross-entropy on shuffled minibatches; its metric is validation accuracy.
 pub struct Classification<'a> {
     /// The model.
@@ -372,7 +372,7 @@ impl Objective for Classification<'_> {
 }
 
 /// A model fitted to real-valued targets with mean squared error; its metric is the
-/// validation loss. Any model of [`Classifier`]'s shape serves (an [`crate::nn::Mlp`], a model of
+/// validation loss. Any model of [`Classifier`]'s shape serves (an [`Mlp`](crate::nn::Mlp), a model of
 /// your own): its outputs, which a classifier calls logits, are the predictions.
 pub struct Regression<'a> {
     /// The model.
