@@ -18,6 +18,8 @@ pub struct ParamStore<T: Element> {
     frozen: Vec<bool>,
     /// Parameters that weight decay leaves alone (the optimizers' parameter groups).
     no_decay: Vec<bool>,
+    /// What [`ParamStore::add`] puts before a name: the open scopes, each with its dot.
+    scope: String,
 }
 
 /// One step's view of the store: a variable per parameter on that step's tape.
@@ -73,12 +75,28 @@ impl<T: Element> ParamStore<T> {
             values: Vec::new(),
             frozen: Vec::new(),
             no_decay: Vec::new(),
+            scope: String::new(),
         }
     }
 
-    /// Adds a parameter; names must be unique.
+    /// Runs `build` with `name` as a scope: every parameter it adds is named
+    /// `name.<its name>` (inside the scopes already open), as PyTorch names the
+    /// parameters of a submodule. For nested models: `store.scoped("blocks.0", |s|
+    /// Linear::new(s, "attn", ...))` adds `blocks.0.attn.weight` and `blocks.0.attn.bias`.
+    /// Names given to [`ParamStore::find`] are always whole.
+    pub fn scoped<R>(&mut self, name: &str, build: impl FnOnce(&mut Self) -> R) -> R {
+        let outer = self.scope.len();
+        self.scope.push_str(name);
+        self.scope.push('.');
+        let r = build(self);
+        self.scope.truncate(outer);
+        r
+    }
+
+    /// Adds a parameter (named inside the open [scopes](ParamStore::scoped)); names must
+    /// be unique.
     pub fn add(&mut self, name: impl Into<String>, value: Tensor<T>) -> Result<ParamId> {
-        let name = name.into();
+        let name = format!("{}{}", self.scope, name.into());
         if self.names.contains(&name) {
             return Err(Error::invalid(
                 "ParamStore::add",
@@ -407,6 +425,33 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_name_parameters_as_pytorch_names_submodules() {
+        let mut store = ParamStore::<f32>::new();
+        let mut rng = crate::nn::rng(0);
+        let init = crate::nn::Init::TorchDefault;
+        for block in 0..2 {
+            store.scoped("blocks", |s| {
+                s.scoped(&block.to_string(), |s| {
+                    crate::nn::Linear::new(s, "attn", 2, 2, init, &mut rng).unwrap();
+                })
+            });
+        }
+        store.add("head", Tensor::zeros(&[2]).unwrap()).unwrap();
+        let names: Vec<&str> = store.iter().map(|(_, n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "blocks.0.attn.weight",
+                "blocks.0.attn.bias",
+                "blocks.1.attn.weight",
+                "blocks.1.attn.bias",
+                "head"
+            ]
+        );
+        assert!(store.find("blocks.1.attn.bias").is_some());
+    }
 
     #[test]
     fn safetensors_roundtrip_and_mismatch_errors() {
