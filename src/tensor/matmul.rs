@@ -17,7 +17,7 @@ pub enum MatLayout {
 
 /// Products with fewer multiply-adds than this run on one thread: handing a small
 /// product to the thread pool costs more than it saves. Measured with
-/// `chainrule bench mlp_gemm` (see README).
+/// `chainrule bench mlp_gemm` (docs/performance.md).
 const PARALLEL_MIN_MNK: usize = 8 * 1024 * 1024;
 
 /// The threads [`Tensor::matmul`] (and the reverse rule of `matmul`) uses for an

@@ -387,7 +387,7 @@ fn check_cnn_options(
 impl RunConfig {
     /// Defaults, overridden by the options given (on top of `base` when resuming).
     /// The defaults of a character-level language model: the best recipe found for
-    /// 600 s on the tragedies (README, "Character-level language model").
+    /// 600 s on the tragedies (docs/language-models.md).
     pub(crate) fn text_defaults() -> RunConfig {
         RunConfig {
             data: String::new(),

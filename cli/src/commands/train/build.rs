@@ -91,7 +91,7 @@ pub(crate) fn build_model(
     let init = match &cfg.init {
         Some(s) => parse_init(s)?,
         // PyTorch's default: over 5 seeds it reached 98% on MNIST in a median of 9
-        // epochs where He uniform needed 10 (README, "Same recipe, same epochs")
+        // epochs where He uniform needed 10 (docs/performance.md, "Same recipe, same epochs")
         None => Init::TorchDefault,
     };
     Ok(Mlp::new(store, sizes, cfg.activation, init, cfg.seed)?.with_dropout(cfg.dropout))

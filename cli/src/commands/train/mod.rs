@@ -62,7 +62,7 @@ pub(crate) fn run_distributed(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(not(feature = "mpi"))]
 pub(crate) fn run_distributed(_args: Args) -> anyhow::Result<ExitCode> {
     bail!(
-        "--distributed: this chainrule was built without MPI; build it with `cargo build --release --features mpi` (README, \"Data-parallel training\")"
+        "--distributed: this chainrule was built without MPI; build it with `cargo build --release --features mpi` (docs/distributed.md)"
     )
 }
 
