@@ -61,10 +61,13 @@ pub(crate) fn run_distributed(args: Args) -> anyhow::Result<ExitCode> {
 
 #[cfg(not(feature = "mpi"))]
 pub(crate) fn run_distributed(_args: Args) -> anyhow::Result<ExitCode> {
-    bail!(
-        "--distributed: this chainrule was built without MPI; build it with `cargo build --release --features mpi` (docs/distributed.md)"
-    )
+    bail!(WITHOUT_MPI)
 }
+
+/// What `--distributed` says in a build without MPI (compiled in both, so that a build
+/// with MPI tests it too).
+#[cfg_attr(feature = "mpi", allow(dead_code))]
+const WITHOUT_MPI: &str = "--distributed: this chainrule was built without MPI; build it with `cargo build --release --features mpi` (docs/distributed.md)";
 
 /// What must be equal on every process of a data-parallel run: the configuration and a
 /// hash of the training and validation data, as JSON.
@@ -106,5 +109,18 @@ pub(crate) fn check_same_run(c: &dyn Collective, mine: &serde_json::Value) -> an
             bail!("another process's configuration or data differs from rank 0's")
         }
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod without_mpi {
+    #[test]
+    fn the_message_says_how_to_build_with_mpi() {
+        let m = super::WITHOUT_MPI;
+        assert!(
+            m.contains("built without MPI") && m.contains("--features mpi"),
+            "{m}"
+        );
+        assert_eq!(m.lines().count(), 1);
     }
 }
