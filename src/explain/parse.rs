@@ -23,21 +23,6 @@ pub enum Expr {
     MaxMin(bool, Box<Expr>, Box<Expr>),
 }
 
-const FUNCTIONS: &[(&str, UnaryOp)] = &[
-    ("exp", UnaryOp::Exp),
-    ("ln", UnaryOp::Ln),
-    ("sqrt", UnaryOp::Sqrt),
-    ("abs", UnaryOp::Abs),
-    ("sin", UnaryOp::Sin),
-    ("cos", UnaryOp::Cos),
-    ("tanh", UnaryOp::Tanh),
-    ("sigmoid", UnaryOp::Sigmoid),
-    ("relu", UnaryOp::Relu),
-    ("erf", UnaryOp::Erf),
-    ("gelu", UnaryOp::Gelu),
-    ("gelu_tanh", UnaryOp::GeluTanh),
-];
-
 /// Deepest nesting of parentheses and unary minus accepted (the parser recurses).
 const MAX_DEPTH: usize = 500;
 
@@ -208,7 +193,8 @@ impl Parser<'_> {
                     return Ok(Expr::Var(name));
                 }
                 self.pos += 1;
-                let e = if let Some(&(_, op)) = FUNCTIONS.iter().find(|(n, _)| *n == name) {
+                let function = UnaryOp::FUNCTIONS.into_iter().find(|f| f.name() == name);
+                let e = if let Some(op) = function {
                     let arg = self.nested(|p| p.expr())?;
                     Expr::Call(op, Box::new(arg))
                 } else if name == "max" || name == "min" {
@@ -217,9 +203,9 @@ impl Parser<'_> {
                     let b = self.nested(|p| p.expr())?;
                     Expr::MaxMin(name == "max", Box::new(a), Box::new(b))
                 } else {
-                    let known: Vec<&str> = FUNCTIONS
+                    let known: Vec<&str> = UnaryOp::FUNCTIONS
                         .iter()
-                        .map(|f| f.0)
+                        .map(|f| f.name())
                         .chain(["max", "min"])
                         .collect();
                     return Err(error(

@@ -15,6 +15,19 @@ pub use tape::{STape, SVar};
 
 use crate::tensor::{BinaryOp, Number, UnaryOp};
 
+/// The table's elementary functions as methods of [`Real`], but `neg`: the `-` operator
+/// (`Neg`, a supertrait) is that one, and a second `neg` would make `x.neg()` ambiguous.
+macro_rules! real_functions {
+    (neg => Neg $neg_doc:literal, $($name:ident => $op:ident $doc:literal),*) => {
+        $(
+            #[doc = $doc]
+            fn $name(self) -> Self {
+                Self::apply_unary(UnaryOp::$op, self)
+            }
+        )*
+    };
+}
+
 /// The private supertrait that seals [`Real`]: public inside a private module, so no
 /// code outside this crate can name it, hence none can implement `Real`.
 mod sealed {
@@ -68,45 +81,10 @@ pub trait Real: sealed::Sealed + Number + std::fmt::Debug {
     fn cst(v: f64) -> Self {
         Self::number(v)
     }
-    /// `eˣ`
-    fn exp(self) -> Self {
-        Self::apply_unary(UnaryOp::Exp, self)
-    }
-    /// natural logarithm
-    fn ln(self) -> Self {
-        Self::apply_unary(UnaryOp::Ln, self)
-    }
-    /// square root
-    fn sqrt(self) -> Self {
-        Self::apply_unary(UnaryOp::Sqrt, self)
-    }
-    /// sine
-    fn sin(self) -> Self {
-        Self::apply_unary(UnaryOp::Sin, self)
-    }
-    /// cosine
-    fn cos(self) -> Self {
-        Self::apply_unary(UnaryOp::Cos, self)
-    }
-    /// hyperbolic tangent
-    fn tanh(self) -> Self {
-        Self::apply_unary(UnaryOp::Tanh, self)
-    }
-    /// `|x|`
-    fn abs(self) -> Self {
-        Self::apply_unary(UnaryOp::Abs, self)
-    }
+    crate::tensor::elementary_functions!(real_functions);
     /// `xᵖ` for a constant `p`
     fn powf(self, p: f64) -> Self {
         Self::apply_unary(UnaryOp::PowF(p), self)
-    }
-    /// `1 / (1 + e⁻ˣ)`
-    fn sigmoid(self) -> Self {
-        Self::apply_unary(UnaryOp::Sigmoid, self)
-    }
-    /// `max(x, 0)`
-    fn relu(self) -> Self {
-        Self::apply_unary(UnaryOp::Relu, self)
     }
     /// Any elementwise op of the table (`clamp`, `sign`, ...).
     fn unary(self, op: UnaryOp) -> Self {

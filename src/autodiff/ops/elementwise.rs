@@ -270,19 +270,17 @@ impl<'t, T: Element> Var<'t, T> {
 }
 
 macro_rules! var_unary {
-    ($($name:ident => $op:ident),*) => {
+    ($($name:ident => $op:ident $doc:literal),*) => {
         #[allow(clippy::should_implement_trait)]
         impl<'t, T: Element> Var<'t, T> {
             $(
-                #[doc = concat!("Elementwise `", stringify!($name), "`, recorded.")]
+                #[doc = concat!("Elementwise ", $doc, ", recorded.")]
                 pub fn $name(self) -> Var<'t, T> { self.unary(UnaryOp::$op) }
             )*
         }
     };
 }
-var_unary!(neg => Neg, exp => Exp, ln => Ln, sqrt => Sqrt, abs => Abs, sin => Sin, cos => Cos,
-    tanh => Tanh, sigmoid => Sigmoid, relu => Relu, erf => Erf, gelu => Gelu,
-    gelu_tanh => GeluTanh);
+crate::tensor::elementary_functions!(var_unary);
 
 macro_rules! var_binary {
     ($($name:ident => $op:ident, $trait:ident :: $method:ident);*) => {

@@ -252,38 +252,54 @@ pub enum UnaryOp {
 }
 
 macro_rules! unary_table {
-    ($( $pat:pat => $name:literal, |$x:ident| $f:expr, |$dx:ident, $y:ident| $d:expr, $formula:literal; )*) => {
+    ($dollar:tt
+     functions { $( $fv:ident => $fname:ident $fdoc:literal, |$fx:ident| $ff:expr, |$fdx:ident, $fy:ident| $fd:expr, $fformula:literal; )* }
+     others { $( $pat:pat => $name:literal, |$x:ident| $f:expr, |$dx:ident, $y:ident| $d:expr, $formula:literal; )* }
+    ) => {
         impl UnaryOp {
+            /// The table's elementary functions without a parameter, in table order:
+            /// what the suites and the engines' cross-checks run over (each adds the
+            /// parametrised ops it checks, with its own constants), and the functions
+            /// the explainer's grammar knows.
+            pub(crate) const FUNCTIONS: [UnaryOp; [$(stringify!($fv)),*].len()] = [$(UnaryOp::$fv),*];
+
             /// The op's name, as printed by gradcheck and explain.
             #[allow(unused_variables)]
             pub fn name(self) -> &'static str {
-                match self { $($pat => $name),* }
+                match self { $(UnaryOp::$fv => stringify!($fname),)* $($pat => $name),* }
             }
             /// The local derivative ∂y/∂x as a formula in `x` and `y`.
             #[allow(unused_variables)]
             pub fn derivative_formula(self) -> &'static str {
-                match self { $($pat => $formula),* }
+                match self { $(UnaryOp::$fv => $fformula,)* $($pat => $formula),* }
             }
             /// `f(x)` on one float.
             #[allow(unused_variables)]
             #[inline(always)]
             pub(crate) fn value<T: Element>(self, x: T) -> T {
-                match self { $($pat => { let $x = x; $f })* }
+                match self {
+                    $(UnaryOp::$fv => { let $fx = x; $ff })*
+                    $($pat => { let $x = x; $f })*
+                }
             }
             /// The local derivative `f'(x)`, where `y = f(x)`, in any [`Number`]: the
             /// formula every engine evaluates.
             #[allow(unused_variables)]
             #[inline(always)]
             pub(crate) fn derivative<S: Number>(self, x: S, y: S) -> S {
-                match self { $($pat => { let ($dx, $y) = (x, y); $d })* }
+                match self {
+                    $(UnaryOp::$fv => { let ($fdx, $fy) = (x, y); $fd })*
+                    $($pat => { let ($dx, $y) = (x, y); $d })*
+                }
             }
             /// `out[i] = f(x[i])`.
             #[allow(unused_variables)]
             #[inline(always)]
             pub(crate) fn map_slice<T: Element>(self, xs: &[T], out: &mut [T]) {
-                match self { $($pat => {
-                    for (o, &$x) in out.iter_mut().zip(xs) { *o = $f; }
-                })* }
+                match self {
+                    $(UnaryOp::$fv => for (o, &$fx) in out.iter_mut().zip(xs) { *o = $ff; })*
+                    $($pat => for (o, &$x) in out.iter_mut().zip(xs) { *o = $f; })*
+                }
             }
             /// `out[i] = seed[i] · f'(x[i])`, where `y = f(x)`: the VJP with `seed` = the
             /// output's gradient, and the JVP with `seed` = the input's tangent. The op
@@ -291,42 +307,72 @@ macro_rules! unary_table {
             #[allow(unused_variables)]
             #[inline(always)]
             pub(crate) fn scale_slice<T: Element>(self, xs: &[T], ys: &[T], seed: &[T], out: &mut [T]) {
-                match self { $($pat => {
-                    for (((o, &x), &y), &s) in out.iter_mut().zip(xs).zip(ys).zip(seed) {
-                        *o = s * self.derivative(x, y);
-                    }
-                })* }
+                let each = out.iter_mut().zip(xs).zip(ys).zip(seed);
+                match self {
+                    $(UnaryOp::$fv => for (((o, &x), &y), &s) in each { *o = s * self.derivative(x, y); })*
+                    $($pat => for (((o, &x), &y), &s) in each { *o = s * self.derivative(x, y); })*
+                }
             }
             /// [`UnaryOp::scale_slice`] with the seed in `out`, overwritten by the
             /// result (the same product, so the same rounding).
             #[allow(unused_variables)]
             #[inline(always)]
             pub(crate) fn scale_slice_in_place<T: Element>(self, xs: &[T], ys: &[T], out: &mut [T]) {
-                match self { $($pat => {
-                    for ((o, &x), &y) in out.iter_mut().zip(xs).zip(ys) {
-                        *o *= self.derivative(x, y);
-                    }
-                })* }
+                let each = out.iter_mut().zip(xs).zip(ys);
+                match self {
+                    $(UnaryOp::$fv => for ((o, &x), &y) in each { *o *= self.derivative(x, y); })*
+                    $($pat => for ((o, &x), &y) in each { *o *= self.derivative(x, y); })*
+                }
             }
         }
+
+        /// Hands the table's elementary functions, one `method => Variant "doc"` row
+        /// each, to the macro named: the lists that repeat them (the methods of
+        /// `Tensor`, `Var` and `Real`) are generated from the table's rows.
+        macro_rules! elementary_functions {
+            ($dollar then:ident) => { $dollar then! { $($fname => $fv $fdoc),* } };
+        }
+        pub(crate) use elementary_functions;
     };
 }
 
-// The table: name, forward f(x) on floats, derivative f'(x) in `Number` arithmetic
-// written in x and y = f(x), and the derivative's formula as text.
-unary_table! {
-    UnaryOp::Neg => "neg", |x| -x, |x, y| number(-1.0), "-1";
-    UnaryOp::Exp => "exp", |x| x.exp(), |x, y| y, "exp(x)";
-    UnaryOp::Ln => "ln", |x| x.ln(), |x, y| recip(x), "1/x";
-    UnaryOp::Sqrt => "sqrt", |x| x.sqrt(), |x, y| number::<S>(0.5) / y, "1/(2·sqrt(x))";
-    UnaryOp::Abs => "abs", |x| x.abs(), |x, y| sign(x), "sign(x)";
-    UnaryOp::Sin => "sin", |x| x.sin(), |x, y| cos(x), "cos(x)";
-    UnaryOp::Cos => "cos", |x| x.cos(), |x, y| -sin(x), "-sin(x)";
-    UnaryOp::Tanh => "tanh", |x| x.tanh_(), |x, y| number::<S>(1.0) - y * y, "1 - tanh²(x)";
-    UnaryOp::Sigmoid => "sigmoid", |x| sigmoid(x), |x, y| y * (number::<S>(1.0) - y), "σ(x)·(1 - σ(x))";
+// The table: each op's name, forward f(x) on floats, derivative f'(x) in `Number`
+// arithmetic written in x and y = f(x), and the derivative's formula as text. The
+// elementary functions (first) are also methods of `Tensor`, `Var` and `Real` under
+// their name, with the doc given, and functions of the explainer's grammar; a new one
+// is one row here. (The `$` lets the table define `elementary_functions!`.)
+unary_table! { $
+    functions {
+    Neg => neg "`-x`", |x| -x, |x, y| number(-1.0), "-1";
+    Exp => exp "`eˣ`", |x| x.exp(), |x, y| y, "exp(x)";
+    Ln => ln "the natural logarithm", |x| x.ln(), |x, y| recip(x), "1/x";
+    Sqrt => sqrt "the square root", |x| x.sqrt(), |x, y| number::<S>(0.5) / y, "1/(2·sqrt(x))";
+    Abs => abs "`|x|`", |x| x.abs(), |x, y| sign(x), "sign(x)";
+    Sin => sin "the sine", |x| x.sin(), |x, y| cos(x), "cos(x)";
+    Cos => cos "the cosine", |x| x.cos(), |x, y| -sin(x), "-sin(x)";
+    Tanh => tanh "the hyperbolic tangent", |x| x.tanh_(), |x, y| number::<S>(1.0) - y * y, "1 - tanh²(x)";
+    Sigmoid => sigmoid "the logistic sigmoid `1 / (1 + e⁻ˣ)`", |x| sigmoid(x), |x, y| y * (number::<S>(1.0) - y), "σ(x)·(1 - σ(x))";
     // NaN in, NaN out (PyTorch's policy): a NaN input is returned, not replaced by 0
-    UnaryOp::Relu => "relu", |x| if x > T::zero() || x.is_nan() { x } else { T::zero() }, |x, y| step(x),
+    Relu => relu "`max(x, 0)`", |x| if x > T::zero() || x.is_nan() { x } else { T::zero() }, |x, y| step(x),
         "1 if x > 0 else 0";
+    Erf => erf "the error function", |x| erf_of(x), |x, y| number::<S>(FRAC_2_SQRT_PI) * exp(-(x * x)),
+        "2/√π·exp(−x²)";
+    // Φ(x) + x·φ(x), with φ the standard normal density
+    Gelu => gelu "GELU, `x·Φ(x)`", |x| x * c(0.5) * (T::one() + erf_of(x * c(FRAC_1_SQRT_2))),
+        |x, y| number::<S>(0.5) * (number::<S>(1.0) + erf(x * number::<S>(FRAC_1_SQRT_2)))
+            + x * number::<S>(FRAC_1_SQRT_2PI) * exp(number::<S>(-0.5) * x * x),
+        "Φ(x) + x·φ(x)";
+    // with u = √(2/π)·(x + 0.044715·x³): (1 + tanh u)/2 + x·(1 − tanh² u)·u′/2
+    GeluTanh => gelu_tanh "GELU's tanh approximation",
+        |x| x * c(0.5) * (T::one() + (c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_CUBIC) * x * x * x)).tanh_()),
+        |x, y| {
+            let t = tanh(number::<S>(SQRT_2_OVER_PI) * (x + number::<S>(GELU_CUBIC) * x * x * x));
+            let du = number::<S>(SQRT_2_OVER_PI) * (number::<S>(1.0) + number::<S>(3.0 * GELU_CUBIC) * x * x);
+            number::<S>(0.5) * (number::<S>(1.0) + t) + number::<S>(0.5) * x * (number::<S>(1.0) - t * t) * du
+        },
+        "(1 + tanh u)/2 + x·(1 − tanh² u)·u′/2, u = √(2/π)(x + 0.044715x³)";
+    }
+    others {
     // x⁰ is the constant 1: its derivative is 0 everywhere, 0·0⁻¹ included (PyTorch's)
     UnaryOp::PowF(p) => "powf", |x| powi_or_powf(x, p),
         |x, y| if p == 0.0 { number(0.0) } else { number::<S>(p) * powf(x, p - 1.0) },
@@ -339,47 +385,13 @@ unary_table! {
     UnaryOp::Clamp(lo, hi) => "clamp", |x| { let y = if x < c(lo) { c(lo) } else { x }; if y > c(hi) { c(hi) } else { y } },
         |x, y| (number::<S>(1.0) - step(number::<S>(lo) - x)) * (number::<S>(1.0) - step(x - number::<S>(hi))),
         "1 if lo ≤ x ≤ hi else 0";
-    UnaryOp::Erf => "erf", |x| erf_of(x), |x, y| number::<S>(FRAC_2_SQRT_PI) * exp(-(x * x)),
-        "2/√π·exp(−x²)";
-    // Φ(x) + x·φ(x), with φ the standard normal density
-    UnaryOp::Gelu => "gelu", |x| x * c(0.5) * (T::one() + erf_of(x * c(FRAC_1_SQRT_2))),
-        |x, y| number::<S>(0.5) * (number::<S>(1.0) + erf(x * number::<S>(FRAC_1_SQRT_2)))
-            + x * number::<S>(FRAC_1_SQRT_2PI) * exp(number::<S>(-0.5) * x * x),
-        "Φ(x) + x·φ(x)";
-    // with u = √(2/π)·(x + 0.044715·x³): (1 + tanh u)/2 + x·(1 − tanh² u)·u′/2
-    UnaryOp::GeluTanh => "gelu_tanh",
-        |x| x * c(0.5) * (T::one() + (c::<T>(SQRT_2_OVER_PI) * (x + c::<T>(GELU_CUBIC) * x * x * x)).tanh_()),
-        |x, y| {
-            let t = tanh(number::<S>(SQRT_2_OVER_PI) * (x + number::<S>(GELU_CUBIC) * x * x * x));
-            let du = number::<S>(SQRT_2_OVER_PI) * (number::<S>(1.0) + number::<S>(3.0 * GELU_CUBIC) * x * x);
-            number::<S>(0.5) * (number::<S>(1.0) + t) + number::<S>(0.5) * x * (number::<S>(1.0) - t * t) * du
-        },
-        "(1 + tanh u)/2 + x·(1 − tanh² u)·u′/2, u = √(2/π)(x + 0.044715x³)";
     UnaryOp::Sign => "sign", |x| sign_of(x), |x, y| number(0.0), "0";
     UnaryOp::Step => "step", |x| if x > T::zero() { T::one() } else if x.is_nan() { x } else { T::zero() },
         |x, y| number(0.0), "0";
+    }
 }
 
 impl UnaryOp {
-    /// The table's elementary functions without a parameter, in table order: what the
-    /// suites and the engines' cross-checks run over (each adds the parametrised ops it
-    /// checks, with its own constants).
-    pub(crate) const FUNCTIONS: [UnaryOp; 13] = [
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Ln,
-        UnaryOp::Sqrt,
-        UnaryOp::Abs,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
-        UnaryOp::Tanh,
-        UnaryOp::Sigmoid,
-        UnaryOp::Relu,
-        UnaryOp::Erf,
-        UnaryOp::Gelu,
-        UnaryOp::GeluTanh,
-    ];
-
     /// The table's ops with a constant, at the constants the gradient-check suite and
     /// the engines' cross-checks use (clamp's bounds away from the suite's inputs).
     pub(crate) const WITH_CONSTANTS: [UnaryOp; 4] = [
@@ -883,14 +895,10 @@ fn compare<T: Element>(
 }
 
 macro_rules! tensor_methods {
-    (unary: $($uname:ident => $uop:expr),*; binary: $($bname:ident => $bop:ident),*; cmp: $($cname:ident => $cop:ident),*) => {
+    (binary: $($bname:ident => $bop:ident),*; cmp: $($cname:ident => $cop:ident),*) => {
         // fallible by design: a shape mismatch is an error, not a panic
         #[allow(clippy::should_implement_trait)]
         impl<T: Element> Tensor<T> {
-            $(
-                #[doc = concat!("Elementwise `", stringify!($uname), "`.")]
-                pub fn $uname(&self) -> Tensor<T> { $uop.apply(self) }
-            )*
             $(
                 #[doc = concat!("Elementwise `", stringify!($bname), "` with broadcasting.")]
                 pub fn $bname(&self, other: &Tensor<T>) -> Result<Tensor<T>> { BinaryOp::$bop.apply(self, other) }
@@ -903,11 +911,20 @@ macro_rules! tensor_methods {
     };
 }
 
+macro_rules! tensor_unary_methods {
+    ($($name:ident => $op:ident $doc:literal),*) => {
+        #[allow(clippy::should_implement_trait)]
+        impl<T: Element> Tensor<T> {
+            $(
+                #[doc = concat!("Elementwise ", $doc, ".")]
+                pub fn $name(&self) -> Tensor<T> { UnaryOp::$op.apply(self) }
+            )*
+        }
+    };
+}
+elementary_functions!(tensor_unary_methods);
+
 tensor_methods! {
-    unary: neg => UnaryOp::Neg, exp => UnaryOp::Exp, ln => UnaryOp::Ln, sqrt => UnaryOp::Sqrt,
-        abs => UnaryOp::Abs, sin => UnaryOp::Sin, cos => UnaryOp::Cos, tanh => UnaryOp::Tanh,
-        sigmoid => UnaryOp::Sigmoid, relu => UnaryOp::Relu, erf => UnaryOp::Erf,
-        gelu => UnaryOp::Gelu, gelu_tanh => UnaryOp::GeluTanh;
     binary: add => Add, sub => Sub, mul => Mul, div => Div, maximum => Maximum, minimum => Minimum, pow => Pow;
     cmp: eq_mask => Eq, ne_mask => Ne, lt => Lt, le => Le, gt => Gt, ge => Ge
 }
