@@ -7,7 +7,7 @@
 //! (col2im). Second order
 //! differentiates the same convolution written in built-in ops.
 
-use super::{Grads, Op, Tangents};
+use super::{Family, Grads, Op, Tangents, VarGrads};
 use crate::autodiff::suite::{Case, Domain, sample};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
@@ -508,6 +508,53 @@ fn dims_of<T: Element>(opts: Conv2dOptions, ins: &[&Tensor<T>]) -> Result<ConvDi
         ins.get(2).map(|b| b.shape()),
         opts,
     )
+}
+
+/// 2-D convolution.
+pub(crate) struct Convolution;
+
+fn options_of<T: Element>(op: &Op<T>) -> Conv2dOptions {
+    match op {
+        Op::Conv2d(opts) => **opts,
+        _ => unreachable!("not a convolution"),
+    }
+}
+
+impl<T: Element> Family<T> for Convolution {
+    fn name(_: &Op<T>) -> &str {
+        "conv2d"
+    }
+    fn jvp(op: &Op<T>, ins: &[&Tensor<T>], _: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
+        jvp(options_of(op), ins, t)
+    }
+    fn vjp(
+        op: &Op<T>,
+        ins: &[&Tensor<T>],
+        _: &Tensor<T>,
+        g: &Tensor<T>,
+        needs: &[bool],
+    ) -> Result<Grads<T>> {
+        vjp(options_of(op), ins, g, needs)
+    }
+    fn vjp_recorded<'t>(
+        op: &Op<T>,
+        ins: &[Var<'t, T>],
+        out: Var<'t, T>,
+        g: Var<'t, T>,
+        _: &[bool],
+    ) -> Result<VarGrads<'t, T>> {
+        let opts = options_of(op);
+        super::composition_vjp_recorded("conv2d", ins, out, g, |ins| composed(opts, ins))
+    }
+    fn forward(
+        op: &mut Op<T>,
+        ins: &[&Tensor<T>],
+        _: &[usize],
+        slot: &mut Option<Tensor<T>>,
+    ) -> Result<()> {
+        *slot = Some(forward(options_of(op), ins)?);
+        Ok(())
+    }
 }
 
 /// The reverse rule of a convolution node.

@@ -2,7 +2,7 @@
 //! `tensor::elementwise`; reverse mode multiplies by the output gradient and, for
 //! broadcasting binary ops, sums back to each input's shape.
 
-use super::{Grads, Op, VarGrads};
+use super::{Family, Grads, Op, VarGrads, reused_buffer};
 use crate::autodiff::Tangents;
 use crate::autodiff::suite::{
     Case, Domain, LARGE, ScalarForm, broadcastable, random_shape, sample,
@@ -11,6 +11,59 @@ use crate::autodiff::{Tape, Var};
 use crate::error::Result;
 use crate::tensor::{BinaryOp, Element, Number, Tensor, UnaryOp};
 use rand_chacha::ChaCha8Rng;
+
+/// Unary and binary ops of the tables, and `where`.
+pub(crate) struct Elementwise;
+
+impl<T: Element> Family<T> for Elementwise {
+    fn name(op: &Op<T>) -> &str {
+        match op {
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            _ => "where",
+        }
+    }
+    fn jvp(op: &Op<T>, ins: &[&Tensor<T>], out: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
+        jvp(op, ins, out, t)
+    }
+    fn vjp(
+        op: &Op<T>,
+        ins: &[&Tensor<T>],
+        out: &Tensor<T>,
+        g: &Tensor<T>,
+        needs: &[bool],
+    ) -> Result<Grads<T>> {
+        vjp(op, ins, out, g, needs)
+    }
+    fn vjp_recorded<'t>(
+        op: &Op<T>,
+        ins: &[Var<'t, T>],
+        out: Var<'t, T>,
+        g: Var<'t, T>,
+        needs: &[bool],
+    ) -> Result<VarGrads<'t, T>> {
+        vjp_recorded(op, ins, out, g, needs)
+    }
+    /// Into the node's own buffer where the shapes allow: the eager kernels, without an
+    /// allocation.
+    fn forward(
+        op: &mut Op<T>,
+        ins: &[&Tensor<T>],
+        shape: &[usize],
+        slot: &mut Option<Tensor<T>>,
+    ) -> Result<()> {
+        match op {
+            Op::Unary(u) => u.apply_into(ins[0].data(), reused_buffer(slot, shape)),
+            Op::Binary(b) if ins[0].shape() == ins[1].shape() && ins[0].shape() == shape => {
+                b.apply_same_shape_into(ins[0].data(), ins[1].data(), reused_buffer(slot, shape))
+            }
+            Op::Binary(b) => *slot = Some(b.apply(ins[0], ins[1])?),
+            Op::Where(mask) => *slot = Some(Tensor::where_(mask, ins[0], ins[1])?),
+            _ => unreachable!("not an elementwise op"),
+        }
+        Ok(())
+    }
+}
 
 pub(crate) fn vjp<T: Element>(
     op: &Op<T>,

@@ -2,7 +2,7 @@
 //! straight from the stored buffers with transposed operand layouts; recorded for second
 //! order, those products are matmul nodes that keep reading their operands in place.
 
-use super::{Op, RuleGrads, RuleValue};
+use super::{Family, Grads, Op, RuleGrads, RuleValue, VarGrads, refs};
 use crate::autodiff::Tangents;
 use crate::autodiff::suite::{Case, Domain, ScalarForm, sample};
 use crate::autodiff::{Tape, Var};
@@ -10,6 +10,57 @@ use crate::error::Result;
 use crate::tensor::{Element, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+/// The matrix product, in any of its operands' layouts.
+pub(crate) struct MatMul;
+
+fn layouts<T: Element>(op: &Op<T>) -> (bool, bool) {
+    match op {
+        Op::MatMul { ta, tb } => (*ta, *tb),
+        _ => unreachable!("not a product"),
+    }
+}
+
+impl<T: Element> Family<T> for MatMul {
+    fn name(_: &Op<T>) -> &str {
+        "matmul"
+    }
+    fn jvp(op: &Op<T>, ins: &[&Tensor<T>], _: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
+        let (ta, tb) = layouts(op);
+        jvp(ins, t, ta, tb)
+    }
+    fn vjp(
+        op: &Op<T>,
+        ins: &[&Tensor<T>],
+        _: &Tensor<T>,
+        g: &Tensor<T>,
+        needs: &[bool],
+    ) -> Result<Grads<T>> {
+        let (ta, tb) = layouts(op);
+        vjp(ins, g, needs, ta, tb)
+    }
+    fn vjp_recorded<'t>(
+        op: &Op<T>,
+        ins: &[Var<'t, T>],
+        _: Var<'t, T>,
+        g: Var<'t, T>,
+        needs: &[bool],
+    ) -> Result<VarGrads<'t, T>> {
+        let (ta, tb) = layouts(op);
+        vjp(&refs(ins), &g, needs, ta, tb)
+    }
+    fn forward(
+        op: &mut Op<T>,
+        ins: &[&Tensor<T>],
+        shape: &[usize],
+        slot: &mut Option<Tensor<T>>,
+    ) -> Result<()> {
+        // a product overwrites the node's buffer from the last replay
+        let (ta, tb) = layouts(op);
+        let out = slot.get_or_insert_with(|| Tensor::zeroed(shape));
+        ins[0].matmul_transposed_into(ins[1], ta, tb, out)
+    }
+}
 
 /// The reverse rule (VJP) of `C = op(A)·op(B)` (`op` a transpose where `ta`/`tb` is
 /// set, only ever on 2-D operands), written once over [`RuleValue`]: `d op(A) = G·op(B)ᵀ`

@@ -5,6 +5,7 @@
 //! (JVP), and its tests.
 
 pub(crate) mod conv;
+pub(crate) mod custom;
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
 pub(crate) mod pool;
@@ -13,6 +14,7 @@ pub(crate) mod reduce;
 pub(crate) mod shape;
 pub(crate) mod transformer;
 
+pub use custom::CustomOp;
 pub use transformer::AttentionMask;
 
 use crate::error::{Error, Result};
@@ -22,54 +24,6 @@ use std::sync::Arc;
 /// The tangents of an op's inputs in forward mode, one per input; `None` is a zero
 /// tangent (an input that does not depend on the seeded ones).
 pub type Tangents<'a, T> = [Option<&'a Tensor<T>>];
-
-/// An op defined outside the library: its forward runs eagerly (the caller supplies the
-/// value), and `vjp` maps the output gradient to one gradient per input.
-pub trait CustomOp<T: Element>: Send + Sync {
-    /// The name shown in printed graphs.
-    fn name(&self) -> &str;
-    /// The output tangent given the input tangents (`None` = zero); optional. The
-    /// default runs [`composed`](Self::composed) in forward mode where the op has a
-    /// composition, and is an error otherwise.
-    fn jvp(
-        &self,
-        inputs: &[&Tensor<T>],
-        _output: &Tensor<T>,
-        tangents: &Tangents<T>,
-    ) -> Result<Tensor<T>> {
-        let tape = super::Tape::forward_mode();
-        let vars = inputs
-            .iter()
-            .zip(tangents)
-            .map(|(&x, t)| match t {
-                Some(t) => tape.dual(x.clone(), (*t).clone()),
-                None => Ok(tape.var(x.clone())),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        match self.composed(&vars) {
-            Some(y) => y?.tangent(),
-            None => Err(Error::NoRule {
-                op: self.name().to_string(),
-            }),
-        }
-    }
-    /// Gradients for each input, given the input values, the output and its gradient.
-    fn vjp(
-        &self,
-        inputs: &[&Tensor<T>],
-        output: &Tensor<T>,
-        grad: &Tensor<T>,
-    ) -> Result<Vec<Tensor<T>>>;
-    /// The op written as a composition of built-in ops on `inputs`, computing the same
-    /// value as the forward kernel; optional. A sweep that records itself (second order:
-    /// [`Tape::backward_recorded`](super::Tape::backward_recorded), [`hvp`](super::hvp))
-    /// differentiates this composition where first order runs `vjp`, so an op with one
-    /// gets Hessian-vector products without a second copy of its derivative. `None`, the
-    /// default: the op's gradient cannot be differentiated.
-    fn composed<'t>(&self, _inputs: &[super::Var<'t, T>]) -> Option<Result<super::Var<'t, T>>> {
-        None
-    }
-}
 
 /// What a node did. Only what the derivative needs is stored beyond the node's inputs
 /// and value (an axis list, a mask, indices).
@@ -160,7 +114,7 @@ pub(crate) type Grads<T> = smallvec::SmallVec<[Option<Tensor<T>>; 2]>;
 pub(crate) type VarGrads<'t, T> = smallvec::SmallVec<[Option<super::Var<'t, T>>; 2]>;
 
 /// References to a node's input variables, for the rules written over [`RuleValue`].
-fn refs<'a, 't, T: Element>(
+pub(crate) fn refs<'a, 't, T: Element>(
     ins: &'a [super::Var<'t, T>],
 ) -> smallvec::SmallVec<[&'a super::Var<'t, T>; 4]> {
     ins.iter().collect()
@@ -347,37 +301,6 @@ impl<T: Element> Op<T> {
         matches!(self, Op::MatMul { .. })
     }
 
-    pub(crate) fn name(&self) -> &str {
-        match self {
-            Op::Leaf => "leaf",
-            Op::Constant => "constant",
-            Op::Unary(u) => u.name(),
-            Op::Binary(b) => b.name(),
-            Op::Where(_) => "where",
-            Op::Sum { .. } => "sum",
-            Op::Mean { .. } => "mean",
-            Op::Max { .. } => "max",
-            Op::LogSumExp { .. } => "logsumexp",
-            Op::Softmax(_) => "softmax",
-            Op::LogSoftmax(_) => "log_softmax",
-            Op::MatMul { .. } => "matmul",
-            Op::Reshape => "reshape",
-            Op::Permute(_) => "permute",
-            Op::BroadcastTo => "broadcast_to",
-            Op::Narrow { .. } => "narrow",
-            Op::Concat { .. } => "concat",
-            Op::IndexSelect { .. } => "index_select",
-            Op::Gather { .. } => "gather",
-            Op::LayerNorm { .. } => "layer_norm",
-            Op::Attention(a) if a.heads.is_none() => "attention",
-            Op::Attention(_) => "self_attention",
-            Op::Conv2d(_) => "conv2d",
-            Op::MaxPool2d { .. } => "max_pool2d",
-            Op::AvgPool2d(_) => "avg_pool2d",
-            Op::Custom(c) => c.name(),
-        }
-    }
-
     /// The local derivative with respect to input `k`, as a formula.
     pub(crate) fn derivative_formula(&self, k: usize) -> String {
         match self {
@@ -389,165 +312,178 @@ impl<T: Element> Op<T> {
             _ => "1".to_string(),
         }
     }
+}
 
-    /// Forward mode for one node: the output tangent from the input tangents. Only
-    /// called when at least one input has a tangent.
-    pub(crate) fn jvp(
-        &self,
-        ins: &[&Tensor<T>],
-        out: &Tensor<T>,
-        t: &Tangents<T>,
-    ) -> Result<Tensor<T>> {
-        let single = || t[0].expect("tangent present");
-        match self {
-            Op::Leaf | Op::Constant => unreachable!("leaves have no rule"),
-            Op::Unary(_) | Op::Binary(_) | Op::Where(_) => elementwise::jvp(self, ins, out, t),
-            Op::Sum { .. }
-            | Op::Mean { .. }
-            | Op::Max { .. }
-            | Op::LogSumExp { .. }
-            | Op::Softmax(_)
-            | Op::LogSoftmax(_) => reduce::jvp(self, ins, out, single()),
-            Op::MatMul { ta, tb } => matmul::jvp(ins, t, *ta, *tb),
-            Op::LayerNorm { .. } | Op::Attention(_) => transformer::jvp(self, ins, t),
-            Op::Conv2d(opts) => conv::jvp(**opts, ins, t),
-            Op::MaxPool2d { .. } | Op::AvgPool2d(_) => pool::jvp(self, out, t),
-            Op::Custom(c) => {
-                let t = c.jvp(ins, out, t)?;
-                if t.shape() != out.shape() {
-                    return Err(Error::shape_detail(
-                        "jvp",
-                        out.shape(),
-                        t.shape(),
-                        format!(
-                            "the forward rule of custom op '{}' returned a tangent of the second shape for an output of the first",
-                            c.name()
-                        ),
-                    ));
-                }
-                Ok(t)
-            }
-            _ => shape::jvp(self, ins, out, t),
-        }
-    }
-
-    /// The chain rule for one node recorded as ops on the tape (`g` is a variable), so
-    /// that the sweep it is part of can be differentiated again.
-    pub(crate) fn vjp_recorded<'t>(
-        &self,
-        ins: &[super::Var<'t, T>],
-        out: super::Var<'t, T>,
-        g: super::Var<'t, T>,
-        needs: &[bool],
-    ) -> Result<VarGrads<'t, T>> {
-        match self {
-            Op::Leaf | Op::Constant => Ok(VarGrads::new()),
-            Op::Unary(_) | Op::Binary(_) | Op::Where(_) => {
-                elementwise::vjp_recorded(self, ins, out, g, needs)
-            }
-            Op::Sum { .. }
-            | Op::Mean { .. }
-            | Op::Max { .. }
-            | Op::LogSumExp { .. }
-            | Op::Softmax(_)
-            | Op::LogSoftmax(_) => reduce::vjp(self, &refs(ins), &out, &g),
-            Op::MatMul { ta, tb } => matmul::vjp(&refs(ins), &g, needs, *ta, *tb),
-            Op::LayerNorm { .. } | Op::Attention(_) => transformer::vjp_recorded(self, ins, out, g),
-            Op::Conv2d(opts) => {
-                composition_vjp_recorded("conv2d", ins, out, g, |ins| conv::composed(**opts, ins))
-            }
-            Op::MaxPool2d { .. } | Op::AvgPool2d(_) => {
-                let shape = out.shape();
-                composition_vjp_recorded(self.name(), ins, out, g, |ins| {
-                    pool::composed(self, ins[0], &shape)
-                })
-            }
-            Op::Custom(c) => custom_vjp_recorded(c.as_ref(), ins, out, g),
-            _ => shape::vjp(self, &refs(ins), &g),
-        }
-    }
-
-    /// The chain rule for one node: the output gradient `g` mapped to each input.
-    pub(crate) fn vjp(
-        &self,
+/// The rules of one family of recorded ops, written side by side in the family's file.
+/// Every engine reaches them through [`Op`]'s methods, which the list of families below
+/// dispatches: a new family is a file implementing this trait and one row of the list.
+pub(crate) trait Family<T: Element> {
+    /// The op's name in printed graphs.
+    fn name(op: &Op<T>) -> &str;
+    /// Forward mode for one node: the output tangent from the input tangents (`None` =
+    /// zero). Only called when at least one input has a tangent.
+    fn jvp(op: &Op<T>, ins: &[&Tensor<T>], out: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>>;
+    /// The chain rule for one node: the output gradient `g` mapped to each input that
+    /// `needs` asks for.
+    fn vjp(
+        op: &Op<T>,
         ins: &[&Tensor<T>],
         out: &Tensor<T>,
         g: &Tensor<T>,
         needs: &[bool],
-    ) -> Result<Grads<T>> {
-        match self {
-            Op::Leaf | Op::Constant => Ok(Grads::new()),
-            Op::Unary(_) | Op::Binary(_) | Op::Where(_) => {
-                elementwise::vjp(self, ins, out, g, needs)
+    ) -> Result<Grads<T>>;
+    /// The chain rule recorded as ops on the tape (`g` is a variable), so that the sweep
+    /// it is part of can be differentiated again.
+    fn vjp_recorded<'t>(
+        op: &Op<T>,
+        ins: &[super::Var<'t, T>],
+        out: super::Var<'t, T>,
+        g: super::Var<'t, T>,
+        needs: &[bool],
+    ) -> Result<VarGrads<'t, T>>;
+    /// Replay: the op run again on new inputs into `slot` (the node's value of the last
+    /// replay, whose buffer the family may reuse), with the recorded output `shape`,
+    /// refreshing what the op keeps for its reverse rule.
+    fn forward(
+        op: &mut Op<T>,
+        ins: &[&Tensor<T>],
+        shape: &[usize],
+        slot: &mut Option<Tensor<T>>,
+    ) -> Result<()>;
+}
+
+/// The list of families: which variants of [`Op`] each one's rules serve. It generates
+/// `Op`'s methods, each one `match` over this list (the compiler checks that every
+/// variant has its family).
+macro_rules! op_families {
+    ($($ops:pat => $family:ty,)*) => {
+        impl<T: Element> Op<T> {
+            pub(crate) fn name(&self) -> &str {
+                match self { $($ops => <$family as Family<T>>::name(self),)* }
             }
-            Op::Sum { .. }
-            | Op::Mean { .. }
-            | Op::Max { .. }
-            | Op::LogSumExp { .. }
-            | Op::Softmax(_)
-            | Op::LogSoftmax(_) => reduce::vjp(self, ins, out, g),
-            Op::MatMul { ta, tb } => matmul::vjp(ins, g, needs, *ta, *tb),
-            Op::LayerNorm { .. } | Op::Attention(_) => transformer::vjp(self, ins, g, needs),
-            Op::Conv2d(opts) => conv::vjp(**opts, ins, g, needs),
-            Op::MaxPool2d { .. } | Op::AvgPool2d(_) => pool::vjp(self, ins, g),
-            Op::Reshape
-            | Op::Permute(_)
-            | Op::BroadcastTo
-            | Op::Narrow { .. }
-            | Op::Concat { .. }
-            | Op::IndexSelect { .. }
-            | Op::Gather { .. } => shape::vjp(self, ins, g),
-            Op::Custom(c) => {
-                // a user's rule is checked here, once, so the sweep can trust every rule
-                let grads = c.vjp(ins, out, g)?;
-                if grads.len() != ins.len() {
-                    return Err(Error::invalid(
-                        "backward",
-                        format!(
-                            "the reverse rule of custom op '{}' returned {} gradients for {} inputs",
-                            c.name(),
-                            grads.len(),
-                            ins.len()
-                        ),
-                    ));
+
+            /// See [`Family::jvp`].
+            pub(crate) fn jvp(
+                &self,
+                ins: &[&Tensor<T>],
+                out: &Tensor<T>,
+                t: &Tangents<T>,
+            ) -> Result<Tensor<T>> {
+                match self { $($ops => <$family as Family<T>>::jvp(self, ins, out, t),)* }
+            }
+
+            /// See [`Family::vjp`].
+            pub(crate) fn vjp(
+                &self,
+                ins: &[&Tensor<T>],
+                out: &Tensor<T>,
+                g: &Tensor<T>,
+                needs: &[bool],
+            ) -> Result<Grads<T>> {
+                match self { $($ops => <$family as Family<T>>::vjp(self, ins, out, g, needs),)* }
+            }
+
+            /// See [`Family::vjp_recorded`].
+            pub(crate) fn vjp_recorded<'t>(
+                &self,
+                ins: &[super::Var<'t, T>],
+                out: super::Var<'t, T>,
+                g: super::Var<'t, T>,
+                needs: &[bool],
+            ) -> Result<VarGrads<'t, T>> {
+                match self {
+                    $($ops => <$family as Family<T>>::vjp_recorded(self, ins, out, g, needs),)*
                 }
-                for (k, (gr, x)) in grads.iter().zip(ins).enumerate() {
-                    if gr.shape() != x.shape() {
-                        return Err(Error::shape_detail(
-                            "backward",
-                            x.shape(),
-                            gr.shape(),
-                            format!(
-                                "the reverse rule of custom op '{}' returned a gradient of the second shape for input {k} of the first",
-                                c.name()
-                            ),
-                        ));
-                    }
+            }
+
+            /// See [`Family::forward`].
+            pub(crate) fn forward(
+                &mut self,
+                ins: &[&Tensor<T>],
+                shape: &[usize],
+                slot: &mut Option<Tensor<T>>,
+            ) -> Result<()> {
+                match self {
+                    $($ops => <$family as Family<T>>::forward(self, ins, shape, slot),)*
                 }
-                Ok(grads.into_iter().map(Some).collect())
             }
         }
+    };
+}
+
+op_families! {
+    Op::Leaf | Op::Constant => Leaves,
+    Op::Unary(_) | Op::Binary(_) | Op::Where(_) => elementwise::Elementwise,
+    Op::Sum { .. }
+    | Op::Mean { .. }
+    | Op::Max { .. }
+    | Op::LogSumExp { .. }
+    | Op::Softmax(_)
+    | Op::LogSoftmax(_) => reduce::Reductions,
+    Op::MatMul { .. } => matmul::MatMul,
+    Op::Reshape
+    | Op::Permute(_)
+    | Op::BroadcastTo
+    | Op::Narrow { .. }
+    | Op::Concat { .. }
+    | Op::IndexSelect { .. }
+    | Op::Gather { .. } => shape::ShapeOps,
+    Op::LayerNorm { .. } | Op::Attention(_) => transformer::Transformer,
+    Op::Conv2d(_) => conv::Convolution,
+    Op::MaxPool2d { .. } | Op::AvgPool2d(_) => pool::Pooling,
+    Op::Custom(_) => custom::Custom,
+}
+
+/// Leaves and constants: what the other ops start from. They have no rule; the sweep
+/// stops at them, and a replay sets their values instead of computing them.
+struct Leaves;
+
+impl<T: Element> Family<T> for Leaves {
+    fn name(op: &Op<T>) -> &str {
+        match op {
+            Op::Leaf => "leaf",
+            _ => "constant",
+        }
+    }
+    fn jvp(_: &Op<T>, _: &[&Tensor<T>], _: &Tensor<T>, _: &Tangents<T>) -> Result<Tensor<T>> {
+        unreachable!("a leaf's tangent is seeded, not computed")
+    }
+    fn vjp(
+        _: &Op<T>,
+        _: &[&Tensor<T>],
+        _: &Tensor<T>,
+        _: &Tensor<T>,
+        _: &[bool],
+    ) -> Result<Grads<T>> {
+        Ok(Grads::new())
+    }
+    fn vjp_recorded<'t>(
+        _: &Op<T>,
+        _: &[super::Var<'t, T>],
+        _: super::Var<'t, T>,
+        _: super::Var<'t, T>,
+        _: &[bool],
+    ) -> Result<VarGrads<'t, T>> {
+        Ok(VarGrads::new())
+    }
+    fn forward(
+        _: &mut Op<T>,
+        _: &[&Tensor<T>],
+        _: &[usize],
+        _: &mut Option<Tensor<T>>,
+    ) -> Result<()> {
+        unreachable!("a replay sets its leaves' values")
     }
 }
 
-/// A custom op's reverse rule, recorded: the sweep over its composition in built-in ops.
-fn custom_vjp_recorded<'t, T: Element>(
-    op: &dyn CustomOp<T>,
-    ins: &[super::Var<'t, T>],
-    out: super::Var<'t, T>,
-    g: super::Var<'t, T>,
-) -> Result<VarGrads<'t, T>> {
-    composition_vjp_recorded(op.name(), ins, out, g, |ins| {
-        op.composed(ins).ok_or_else(|| {
-            Error::invalid(
-                "second order",
-                format!(
-                    "custom op '{}' has no composition in built-in ops (CustomOp::composed), so its gradient cannot be differentiated",
-                    op.name()
-                ),
-            )
-        })?
-    })
+/// The node's buffer from the last replay, resized to `shape`, for a family that
+/// writes its value in place (allocated on the first replay).
+pub(crate) fn reused_buffer<'a, T: Element>(
+    slot: &'a mut Option<Tensor<T>>,
+    shape: &[usize],
+) -> &'a mut [T] {
+    slot.get_or_insert_with(|| Tensor::zeroed(shape))
+        .overwrite(shape)
 }
 
 /// A fused op's reverse rule, recorded: the sweep over its composition in built-in ops
@@ -596,23 +532,6 @@ pub(crate) fn composition_vjp_recorded<'t, T: Element>(
             grad.filter(|_| first).map(|(_, g)| *g)
         })
         .collect())
-}
-
-impl<'t, T: Element> super::Var<'t, T> {
-    /// Records a custom op whose forward value the caller computed; an error when it
-    /// has no inputs or they belong to different tapes.
-    pub fn custom(
-        inputs: &[super::Var<'t, T>],
-        op: Arc<dyn CustomOp<T>>,
-        value: Tensor<T>,
-    ) -> Result<super::Var<'t, T>> {
-        let tape = inputs
-            .first()
-            .ok_or_else(|| Error::invalid("custom", "a custom op needs at least one input"))?
-            .tape;
-        super::Tape::check_inputs("custom", inputs)?;
-        Ok(tape.push(Op::Custom(op), inputs, value))
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! one, and a depthwise convolution with constant weights.
 
 use super::conv::Conv2dOptions;
-use super::{Grads, Op, Tangents};
+use super::{Family, Grads, Op, Tangents, VarGrads};
 use crate::autodiff::Var;
 use crate::autodiff::suite::{Case, Domain, sample};
 use crate::error::{Error, Result};
@@ -206,6 +206,53 @@ impl<'t, T: Element> Var<'t, T> {
         let mut to: Vec<usize> = shape[..start].to_vec();
         to.push(shape[start..].iter().product());
         self.reshape(&to)
+    }
+}
+
+/// Max and average pooling.
+pub(crate) struct Pooling;
+
+impl<T: Element> Family<T> for Pooling {
+    fn name(op: &Op<T>) -> &str {
+        match op {
+            Op::MaxPool2d { .. } => "max_pool2d",
+            _ => "avg_pool2d",
+        }
+    }
+    fn jvp(op: &Op<T>, _: &[&Tensor<T>], out: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
+        jvp(op, out, t)
+    }
+    fn vjp(
+        op: &Op<T>,
+        ins: &[&Tensor<T>],
+        _: &Tensor<T>,
+        g: &Tensor<T>,
+        _: &[bool],
+    ) -> Result<Grads<T>> {
+        vjp(op, ins, g)
+    }
+    fn vjp_recorded<'t>(
+        op: &Op<T>,
+        ins: &[Var<'t, T>],
+        out: Var<'t, T>,
+        g: Var<'t, T>,
+        _: &[bool],
+    ) -> Result<VarGrads<'t, T>> {
+        let shape = out.shape();
+        let name = <Self as Family<T>>::name(op);
+        super::composition_vjp_recorded(name, ins, out, g, |ins| composed(op, ins[0], &shape))
+    }
+    fn forward(
+        op: &mut Op<T>,
+        ins: &[&Tensor<T>],
+        _: &[usize],
+        slot: &mut Option<Tensor<T>>,
+    ) -> Result<()> {
+        *slot = Some(match op {
+            Op::AvgPool2d(p) => avg_forward(ins[0], p)?,
+            _ => replay_forward(op, ins[0])?,
+        });
+        Ok(())
     }
 }
 

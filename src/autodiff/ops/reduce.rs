@@ -2,7 +2,8 @@
 //! gradient broadcast back over the reduced axes (scaled for mean, routed to the
 //! maximum for max, weighted by the softmax for logsumexp).
 
-use super::{Op, RuleGrads, RuleValue};
+use super::{Family, Grads, Op, RuleGrads, RuleValue, VarGrads, refs};
+use crate::autodiff::Tangents;
 use crate::autodiff::Var;
 use crate::autodiff::suite::{Case, Domain, LARGE, ScalarForm, random_shape, sample};
 use crate::error::Result;
@@ -56,6 +57,67 @@ fn weights<T: Element, V: RuleValue<T>>(op: &Op<T>, x: &V, out: &V) -> Result<We
 /// (`v` = the input tangent).
 fn softmax_rule<T: Element, V: RuleValue<T>>(y: &V, v: &V, axis: usize) -> Result<V> {
     y.mul(&v.sub(&v.mul(y)?.sum_keepdim(&[axis])?)?)
+}
+
+/// Reductions over axes and the softmaxes.
+pub(crate) struct Reductions;
+
+impl<T: Element> Family<T> for Reductions {
+    fn name(op: &Op<T>) -> &str {
+        match op {
+            Op::Sum { .. } => "sum",
+            Op::Mean { .. } => "mean",
+            Op::Max { .. } => "max",
+            Op::LogSumExp { .. } => "logsumexp",
+            Op::Softmax(_) => "softmax",
+            _ => "log_softmax",
+        }
+    }
+    fn jvp(op: &Op<T>, ins: &[&Tensor<T>], out: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
+        jvp(
+            op,
+            ins,
+            out,
+            t[0].expect("a reduction's tangent comes from its input"),
+        )
+    }
+    fn vjp(
+        op: &Op<T>,
+        ins: &[&Tensor<T>],
+        out: &Tensor<T>,
+        g: &Tensor<T>,
+        _: &[bool],
+    ) -> Result<Grads<T>> {
+        vjp(op, ins, out, g)
+    }
+    fn vjp_recorded<'t>(
+        op: &Op<T>,
+        ins: &[Var<'t, T>],
+        out: Var<'t, T>,
+        g: Var<'t, T>,
+        _: &[bool],
+    ) -> Result<VarGrads<'t, T>> {
+        vjp(op, &refs(ins), &out, &g)
+    }
+    fn forward(
+        op: &mut Op<T>,
+        ins: &[&Tensor<T>],
+        shape: &[usize],
+        slot: &mut Option<Tensor<T>>,
+    ) -> Result<()> {
+        let x = ins[0];
+        let reduced = |t: Tensor<T>| t.reshape(shape);
+        *slot = Some(match op {
+            Op::Sum { axes } => reduced(x.sum(axes, false)?)?,
+            Op::Mean { axes } => reduced(x.mean(axes, false)?)?,
+            Op::Max { axes } => reduced(x.max(axes, false)?)?,
+            Op::LogSumExp { axes } => reduced(x.logsumexp(axes, false)?)?,
+            Op::Softmax(axis) => x.softmax(*axis)?,
+            Op::LogSoftmax(axis) => x.log_softmax(*axis)?,
+            _ => unreachable!("not a reduction"),
+        });
+        Ok(())
+    }
 }
 
 /// The reverse rule (VJP), written once over [`RuleValue`]: first order on tensors,

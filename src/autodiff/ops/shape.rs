@@ -2,7 +2,7 @@
 //! reshape back, permute by the inverse permutation, sum over broadcast axes, scatter
 //! into the slice or the selected rows.
 
-use super::{Op, RuleGrads, RuleValue};
+use super::{Family, Grads, Op, RuleGrads, RuleValue, VarGrads, refs};
 use crate::autodiff::Tangents;
 use crate::autodiff::suite::{Case, Domain, sample};
 use crate::autodiff::{Tape, Var};
@@ -18,6 +18,67 @@ fn inverse(perm: &[usize]) -> Shape {
         inv[p] = i;
     }
     inv
+}
+
+/// Ops that move values without changing them: reshapes, permutations, broadcasts,
+/// slices, concatenation and selections.
+pub(crate) struct ShapeOps;
+
+impl<T: Element> Family<T> for ShapeOps {
+    fn name(op: &Op<T>) -> &str {
+        match op {
+            Op::Reshape => "reshape",
+            Op::Permute(_) => "permute",
+            Op::BroadcastTo => "broadcast_to",
+            Op::Narrow { .. } => "narrow",
+            Op::Concat { .. } => "concat",
+            Op::IndexSelect { .. } => "index_select",
+            _ => "gather",
+        }
+    }
+    fn jvp(op: &Op<T>, ins: &[&Tensor<T>], out: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
+        jvp(op, ins, out, t)
+    }
+    fn vjp(
+        op: &Op<T>,
+        ins: &[&Tensor<T>],
+        _: &Tensor<T>,
+        g: &Tensor<T>,
+        _: &[bool],
+    ) -> Result<Grads<T>> {
+        vjp(op, ins, g)
+    }
+    fn vjp_recorded<'t>(
+        op: &Op<T>,
+        ins: &[Var<'t, T>],
+        _: Var<'t, T>,
+        g: Var<'t, T>,
+        _: &[bool],
+    ) -> Result<VarGrads<'t, T>> {
+        vjp(op, &refs(ins), &g)
+    }
+    fn forward(
+        op: &mut Op<T>,
+        ins: &[&Tensor<T>],
+        shape: &[usize],
+        slot: &mut Option<Tensor<T>>,
+    ) -> Result<()> {
+        let x = ins[0];
+        *slot = Some(match op {
+            Op::Reshape => x.reshape(shape)?,
+            Op::Permute(perm) => x.permute(perm)?,
+            Op::BroadcastTo => x.broadcast_to(shape)?,
+            Op::Narrow { axis, start } => x.narrow(*axis, *start, shape[*axis])?,
+            Op::Concat { axis } => {
+                let parts: Vec<Tensor<T>> = ins.iter().map(|t| (*t).clone()).collect();
+                Tensor::concat(&parts, *axis)?
+            }
+            Op::IndexSelect { axis, indices } => x.index_select(*axis, indices)?,
+            Op::Gather { axis, index } => x.gather(*axis, index)?,
+            _ => unreachable!("not a shape op"),
+        });
+        Ok(())
+    }
 }
 
 /// The reverse rule (VJP), written once over [`RuleValue`]: first order on tensors,

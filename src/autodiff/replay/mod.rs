@@ -223,33 +223,7 @@ impl<T: Element> Trace<T> {
                     let (below, slot) = split(values, *out);
                     let ins: SmallVec<[&Tensor<T>; 2]> =
                         inputs.iter().map(|&i| value(below, i)).collect();
-                    // elementwise ops write into the node's own buffer: the eager
-                    // kernels, without an allocation
-                    match op {
-                        Op::Unary(u) => u.apply_into(ins[0].data(), buffer(slot, shape)),
-                        Op::Binary(b)
-                            if ins[0].shape() == ins[1].shape()
-                                && ins[0].shape() == shape.as_slice() =>
-                        {
-                            b.apply_same_shape_into(
-                                ins[0].data(),
-                                ins[1].data(),
-                                buffer(slot, shape),
-                            )
-                        }
-                        Op::LayerNorm { .. } | Op::Attention(_) => {
-                            *slot = Some(super::ops::transformer::replay_forward(op, &ins)?)
-                        }
-                        Op::MaxPool2d { .. } => {
-                            *slot = Some(super::ops::pool::replay_forward(op, ins[0])?)
-                        }
-                        // a product overwrites the node's buffer from the last replay
-                        Op::MatMul { ta, tb } => {
-                            let out = slot.get_or_insert_with(|| Tensor::zeroed(shape));
-                            ins[0].matmul_transposed_into(ins[1], *ta, *tb, out)?
-                        }
-                        _ => *slot = Some(op_forward(op, &ins, shape)?),
-                    }
+                    op.forward(&ins, shape, slot)?;
                 }
             }
         }
@@ -436,13 +410,7 @@ pub(super) fn split<T>(slots: &mut [Option<T>], id: u32) -> (&mut [Option<T>], &
 }
 
 /// A slot's buffer as `shape`, for overwriting (kept when it fits and is unshared).
-pub(super) fn buffer<'a, T: Element>(
-    slot: &'a mut Option<Tensor<T>>,
-    shape: &[usize],
-) -> &'a mut [T] {
-    slot.get_or_insert_with(|| Tensor::zeroed(shape))
-        .overwrite(shape)
-}
+pub(super) use super::ops::reused_buffer as buffer;
 
 /// Adds a contribution to node `j`'s gradient (fan-out accumulates).
 pub(super) fn add_grad<T: Element>(
@@ -472,46 +440,6 @@ pub(super) fn set_indices<T: Element>(op: &mut Op<T>, new: &[usize]) {
         Op::Gather { index, .. } if index.as_ref() != new => *index = Arc::from(new),
         Op::IndexSelect { indices, .. } if indices.as_ref() != new => *indices = Arc::from(new),
         _ => {}
-    }
-}
-
-/// The forward kernel of a recorded op, producing the recorded shape.
-pub(super) fn op_forward<T: Element>(
-    op: &Op<T>,
-    ins: &[&Tensor<T>],
-    shape: &[usize],
-) -> Result<Tensor<T>> {
-    let x = ins[0];
-    let reduced = |t: Tensor<T>| t.reshape(shape);
-    match op {
-        Op::Unary(u) => Ok(u.apply(x)),
-        Op::Binary(b) => b.apply(x, ins[1]),
-        Op::Sum { axes } => reduced(x.sum(axes, false)?),
-        Op::Mean { axes } => reduced(x.mean(axes, false)?),
-        Op::Max { axes } => reduced(x.max(axes, false)?),
-        Op::LogSumExp { axes } => reduced(x.logsumexp(axes, false)?),
-        Op::Softmax(axis) => x.softmax(*axis),
-        Op::LogSoftmax(axis) => x.log_softmax(*axis),
-        Op::MatMul { ta, tb } => x.matmul_transposed(ins[1], *ta, *tb),
-        Op::Reshape => x.reshape(shape),
-        Op::Permute(perm) => x.permute(perm),
-        Op::BroadcastTo => x.broadcast_to(shape),
-        Op::Narrow { axis, start } => x.narrow(*axis, *start, shape[*axis]),
-        Op::Concat { axis } => {
-            let parts: Vec<Tensor<T>> = ins.iter().map(|t| (*t).clone()).collect();
-            Tensor::concat(&parts, *axis)
-        }
-        Op::IndexSelect { axis, indices } => x.index_select(*axis, indices),
-        Op::Gather { axis, index } => x.gather(*axis, index),
-        Op::Leaf | Op::Constant | Op::Where(_) | Op::Custom(_) => {
-            unreachable!("refused when recording")
-        }
-        Op::Conv2d(opts) => super::ops::conv::forward(**opts, ins),
-        Op::AvgPool2d(p) => super::ops::pool::avg_forward(x, p),
-        Op::MaxPool2d { .. } => unreachable!("replayed by pool::replay_forward"),
-        Op::LayerNorm { .. } | Op::Attention(_) => {
-            unreachable!("replayed by transformer::replay_forward")
-        }
     }
 }
 

@@ -8,7 +8,7 @@ mod norm;
 
 pub use attention::AttentionMask;
 
-use super::{Grads, Op, Tangents, VarGrads};
+use super::{Family, Grads, Op, Tangents, VarGrads};
 use crate::autodiff::Var;
 use crate::autodiff::suite::{Case, Domain, sample};
 use crate::error::Result;
@@ -63,6 +63,49 @@ pub(super) fn row_dot<T: Element>(a: &[T], b: &[T]) -> T {
         }
     }
     acc.iter().fold(rest, |s, &v| s + v)
+}
+
+/// Layer normalisation and attention.
+pub(crate) struct Transformer;
+
+impl<T: Element> Family<T> for Transformer {
+    fn name(op: &Op<T>) -> &str {
+        match op {
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Attention(a) if a.heads.is_none() => "attention",
+            _ => "self_attention",
+        }
+    }
+    fn jvp(op: &Op<T>, ins: &[&Tensor<T>], _: &Tensor<T>, t: &Tangents<T>) -> Result<Tensor<T>> {
+        jvp(op, ins, t)
+    }
+    fn vjp(
+        op: &Op<T>,
+        ins: &[&Tensor<T>],
+        _: &Tensor<T>,
+        g: &Tensor<T>,
+        needs: &[bool],
+    ) -> Result<Grads<T>> {
+        vjp(op, ins, g, needs)
+    }
+    fn vjp_recorded<'t>(
+        op: &Op<T>,
+        ins: &[Var<'t, T>],
+        out: Var<'t, T>,
+        g: Var<'t, T>,
+        _: &[bool],
+    ) -> Result<VarGrads<'t, T>> {
+        vjp_recorded(op, ins, out, g)
+    }
+    fn forward(
+        op: &mut Op<T>,
+        ins: &[&Tensor<T>],
+        _: &[usize],
+        slot: &mut Option<Tensor<T>>,
+    ) -> Result<()> {
+        *slot = Some(replay_forward(op, ins)?);
+        Ok(())
+    }
 }
 
 /// The reverse rule of a layer norm or attention node.
