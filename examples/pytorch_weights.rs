@@ -13,7 +13,7 @@ fn main() -> Result<()> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recurrent/lstm.safetensors");
     // the same layers as PyTorch's `nn.LSTM(5, 7, num_layers=2, batch_first=True)`
     let mut store = ParamStore::<f64>::new();
-    let lstm = Lstm::new(&mut store, "", 5, 7, 2, 0)?;
+    let lstm = Lstm::new(&mut store, "", 5, 7, 2, &mut chainrule::nn::rng(0))?;
     store.load_safetensors(&file)?; // weight_ih_l0, weight_hh_l0, bias_ih_l0, ... by name
     for (_, name, value) in store.iter() {
         println!("{name:<14} {:?}", value.shape());

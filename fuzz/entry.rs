@@ -79,7 +79,14 @@ pub fn checkpoint(data: &[u8]) {
         let _ = s.apply(&ds);
     }
     let mut store = ParamStore::<f32>::new();
-    if Mlp::new(&mut store, &sizes, Activation::Relu, Init::HeUniform, 0).is_ok()
+    if Mlp::new(
+        &mut store,
+        &sizes,
+        Activation::Relu,
+        Init::HeUniform,
+        &mut chainrule::nn::rng(0),
+    )
+    .is_ok()
         && ckpt.restore_params(&mut store).is_ok()
     {
         let _ = ckpt.best_weights(&store);

@@ -9,13 +9,14 @@
 //!
 //! ```
 //! use chainrule::data::Dataset;
-//! use chainrule::nn::{Activation, Init, Mlp, ParamStore};
+//! use chainrule::nn::{self, Activation, Init, Mlp, ParamStore};
 //! use chainrule::optim::OptimizerKind;
 //! use chainrule::train::{Classification, TrainConfig, Trainer};
 //!
 //! let (train, val) = Dataset::digits()?.split(0.2, 0)?; // 8×8 images, 10 classes
 //! let mut store = ParamStore::new(); // the parameters, by name, outside any tape
-//! let model = Mlp::new(&mut store, &[64, 32, 10], Activation::Relu, Init::TorchDefault, 0)?;
+//! let mut rng = nn::rng(0); // every initial value is drawn from it: same seed, same model
+//! let model = Mlp::new(&mut store, &[64, 32, 10], Activation::Relu, Init::TorchDefault, &mut rng)?;
 //! let mut adam = OptimizerKind::Adam.build::<f32>(1e-2, None)?;
 //! let trainer = Trainer::new(TrainConfig {
 //!     batch_size: 64,

@@ -10,7 +10,6 @@ use super::transformer::TorchLinear;
 use crate::autodiff::{Conv2dOptions, Pool2dOptions, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, checked_len};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// The shape of a [`Cnn`].
@@ -124,35 +123,26 @@ pub struct Cnn {
 
 impl Cnn {
     /// Adds the layers in PyTorch's order of creation and initialisation (each
-    /// U(±1/√fan_in), PyTorch's default), drawn from `seed`.
+    /// U(±1/√fan_in), PyTorch's default), drawn from `rng`.
     pub fn new<T: Element>(
         store: &mut ParamStore<T>,
         config: CnnConfig,
-        seed: u64,
+        rng: &mut ChaCha8Rng,
     ) -> Result<Self> {
         let flat = config.flat_features()?;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut convs = Vec::new();
         let mut c_in = config.in_channels;
         for (i, &c) in config.channels.iter().enumerate() {
             let k = [config.kernel; 2];
             let (name, opts) = (format!("conv{}", i + 1), Conv2dOptions::default());
-            convs.push(Conv2d::new(
-                store,
-                &name,
-                (c_in, c),
-                k,
-                opts,
-                true,
-                &mut rng,
-            )?);
+            convs.push(Conv2d::new(store, &name, (c_in, c), k, opts, true, rng)?);
             c_in = c;
         }
         let mut fcs = Vec::new();
         let mut f_in = flat;
         for (i, &f) in config.hidden.iter().chain([&config.classes]).enumerate() {
             let name = format!("fc{}", i + 1);
-            fcs.push(TorchLinear::new(store, &name, (f_in, f), true, &mut rng)?);
+            fcs.push(TorchLinear::new(store, &name, (f_in, f), true, rng)?);
             f_in = f;
         }
         Ok(Cnn { config, convs, fcs })
@@ -230,7 +220,7 @@ mod tests {
         assert_eq!(c.flat_features().unwrap(), 9216);
         assert_eq!(c.param_count(), Some(1_199_882));
         let mut store = ParamStore::<f32>::new();
-        Cnn::new(&mut store, c, 0).unwrap();
+        Cnn::new(&mut store, c, &mut crate::nn::rng(0)).unwrap();
         assert_eq!(store.num_elements(), 1_199_882);
         let names: Vec<&str> = store.iter().map(|(_, n, _)| n).collect();
         assert_eq!(
@@ -257,7 +247,12 @@ mod tests {
         let (fx, _) = crate::nn::load_tensors::<f64>(&dir.join("w12.safetensors")).unwrap();
         let fx: std::collections::HashMap<String, Tensor<f64>> = fx.into_iter().collect();
         let mut store = ParamStore::<f64>::new();
-        let cnn = Cnn::new(&mut store, CnnConfig::w12([28, 28], 10), 0).unwrap();
+        let cnn = Cnn::new(
+            &mut store,
+            CnnConfig::w12([28, 28], 10),
+            &mut crate::nn::rng(0),
+        )
+        .unwrap();
         store
             .load_safetensors(&dir.join("w12_state.safetensors"))
             .unwrap();
@@ -296,13 +291,20 @@ mod tests {
     #[test]
     fn shapes_that_do_not_fit_are_errors() {
         let mut store = ParamStore::<f32>::new();
-        assert!(Cnn::new(&mut store, CnnConfig::w12([4, 4], 10), 0).is_err());
+        assert!(
+            Cnn::new(
+                &mut store,
+                CnnConfig::w12([4, 4], 10),
+                &mut crate::nn::rng(0)
+            )
+            .is_err()
+        );
         let mut c = CnnConfig::w12([28, 28], 10);
         c.channels.clear();
         assert!(c.flat_features().is_err());
         let mut c = CnnConfig::w12([28, 28], 10);
         c.dropout = [1.0, 0.0];
-        assert!(Cnn::new(&mut store, c, 0).is_err());
+        assert!(Cnn::new(&mut store, c, &mut crate::nn::rng(0)).is_err());
         let mut c = CnnConfig::w12([28, 28], 10);
         c.hidden = vec![usize::MAX];
         assert_eq!(c.param_count(), None);

@@ -83,7 +83,7 @@ impl CharModel {
         embed: usize,
         hidden: usize,
         layers: usize,
-        seed: u64,
+        rng: &mut ChaCha8Rng,
     ) -> Result<Self> {
         if vocab < 2 || embed == 0 {
             return Err(Error::invalid(
@@ -93,15 +93,22 @@ impl CharModel {
                 ),
             ));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let embedding = Embedding::new(store, "emb", vocab, embed, &mut rng)?;
+        let embedding = Embedding::new(store, "emb", vocab, embed, rng)?;
         let prefix = match kind {
             CellKind::Rnn => "rnn",
             CellKind::Gru => "gru",
             CellKind::Lstm => "lstm",
         };
-        let rnn = Recurrent::new(store, kind, prefix, embed, hidden, layers, rng.random())?;
-        let head = Linear::new(store, "out", hidden, vocab, Init::TorchDefault, &mut rng)?;
+        let rnn = Recurrent::new(
+            store,
+            kind,
+            prefix,
+            embed,
+            hidden,
+            layers,
+            &mut super::rng(rng.random()),
+        )?;
+        let head = Linear::new(store, "out", hidden, vocab, Init::TorchDefault, rng)?;
         Ok(CharModel {
             embedding,
             rnn,
@@ -265,7 +272,7 @@ mod tests {
     fn the_parameter_count_matches_the_store() {
         for kind in [CellKind::Rnn, CellKind::Gru, CellKind::Lstm] {
             let mut store = ParamStore::new();
-            CharModel::new(&mut store, kind, 7, 5, 6, 2, 0).unwrap();
+            CharModel::new(&mut store, kind, 7, 5, 6, 2, &mut crate::nn::rng(0)).unwrap();
             assert_eq!(
                 CharModel::param_count(kind, 7, 5, 6, 2),
                 Some(store.num_elements())
@@ -292,7 +299,16 @@ mod tests {
     #[test]
     fn sampling_is_seeded_and_stays_in_the_vocabulary() {
         let mut store = ParamStore::new();
-        let m = CharModel::new(&mut store, CellKind::Lstm, 9, 4, 8, 2, 3).unwrap();
+        let m = CharModel::new(
+            &mut store,
+            CellKind::Lstm,
+            9,
+            4,
+            8,
+            2,
+            &mut crate::nn::rng(3),
+        )
+        .unwrap();
         let a = m.sample(&store, &[1, 2, 3], 40, 0.8, Some(5), 7).unwrap();
         let b = m.sample(&store, &[1, 2, 3], 40, 0.8, Some(5), 7).unwrap();
         assert_eq!(a, b);

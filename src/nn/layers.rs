@@ -324,7 +324,7 @@ impl Mlp {
         sizes: &[usize],
         activation: Activation,
         init: Init,
-        seed: u64,
+        rng: &mut ChaCha8Rng,
     ) -> Result<Self> {
         if sizes.len() < 2 || sizes.contains(&0) {
             return Err(Error::invalid(
@@ -332,11 +332,10 @@ impl Mlp {
                 format!("layer sizes {sizes:?} need at least two positive entries"),
             ));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let layers = sizes
             .windows(2)
             .enumerate()
-            .map(|(i, w)| Linear::new(store, &format!("layer{i}"), w[0], w[1], init, &mut rng))
+            .map(|(i, w)| Linear::new(store, &format!("layer{i}"), w[0], w[1], init, rng))
             .collect::<Result<_>>()?;
         Ok(Mlp {
             layers,
@@ -402,7 +401,14 @@ mod tests {
     fn inference_without_a_tape_gives_the_taped_numbers() {
         for act in [Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
             let mut s = ParamStore::<f32>::new();
-            let m = Mlp::new(&mut s, &[5, 7, 6, 3], act, Init::TorchDefault, 2).unwrap();
+            let m = Mlp::new(
+                &mut s,
+                &[5, 7, 6, 3],
+                act,
+                Init::TorchDefault,
+                &mut crate::nn::rng(2),
+            )
+            .unwrap();
             let x = Tensor::<f64>::randn(&[9, 5], 3).unwrap().cast::<f32>();
             let labels = [0, 1, 2, 2, 1, 0, 0, 1, 2];
             let tape = Tape::new();
@@ -428,15 +434,36 @@ mod tests {
     #[test]
     fn mlp_shapes_names_and_seeded_init() {
         let mut s = ParamStore::<f32>::new();
-        let m = Mlp::new(&mut s, &[4, 8, 3], Activation::Relu, Init::HeUniform, 1).unwrap();
+        let m = Mlp::new(
+            &mut s,
+            &[4, 8, 3],
+            Activation::Relu,
+            Init::HeUniform,
+            &mut crate::nn::rng(1),
+        )
+        .unwrap();
         assert_eq!(s.len(), 4);
         assert_eq!(s.name(m.layers[1].weight), "layer1.weight");
         let mut s2 = ParamStore::<f32>::new();
-        Mlp::new(&mut s2, &[4, 8, 3], Activation::Relu, Init::HeUniform, 1).unwrap();
+        Mlp::new(
+            &mut s2,
+            &[4, 8, 3],
+            Activation::Relu,
+            Init::HeUniform,
+            &mut crate::nn::rng(1),
+        )
+        .unwrap();
         assert_eq!(s.get(ParamId(0)), s2.get(ParamId(0)));
         // a different seed gives different weights
         let mut s3 = ParamStore::<f32>::new();
-        let m3 = Mlp::new(&mut s3, &[4, 8, 3], Activation::Relu, Init::HeUniform, 2).unwrap();
+        let m3 = Mlp::new(
+            &mut s3,
+            &[4, 8, 3],
+            Activation::Relu,
+            Init::HeUniform,
+            &mut crate::nn::rng(2),
+        )
+        .unwrap();
         assert_ne!(s.get(m.layers[0].weight), s3.get(m3.layers[0].weight));
         assert_ne!(s.get(m.layers[1].weight), s3.get(m3.layers[1].weight));
         // He uniform: weights [fan_in, fan_out] in U(±√(6 / fan_in)), biases zero
@@ -464,7 +491,16 @@ mod tests {
             )
             .unwrap();
         assert_eq!(y.shape().as_slice(), &[5, 3]);
-        assert!(Mlp::new(&mut s, &[4], Activation::Relu, Init::HeUniform, 1).is_err());
+        assert!(
+            Mlp::new(
+                &mut s,
+                &[4],
+                Activation::Relu,
+                Init::HeUniform,
+                &mut crate::nn::rng(1)
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -25,9 +25,12 @@ pub use store::{
 };
 pub use transformer::{Block, Gpt, GptConfig, LayerNorm, SelfAttention, TorchLinear};
 
-/// The generator the layers' constructors draw their initial values from (and
-/// [`ForwardCtx::rng`] its dropout masks): ChaCha8, re-exported so that a model of your
-/// own needs no dependency of its own to build its layers.
+/// The generator every constructor of a layer or a model draws its initial values from
+/// (`Mlp::new(.., &mut nn::rng(seed))`, `Linear::new(.., &mut rng)`), and
+/// [`ForwardCtx::rng`] its dropout masks: ChaCha8, re-exported so that a model of your
+/// own needs no dependency of its own to build its layers. One generator passed through
+/// a model's constructors draws every layer's values in turn, as `torch.manual_seed`
+/// followed by the layers' constructors does.
 pub use rand_chacha::ChaCha8Rng;
 
 /// A [`ChaCha8Rng`] seeded with `seed`: the same seed, the same initial values.

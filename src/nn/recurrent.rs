@@ -13,7 +13,6 @@ use super::store::{ParamId, ParamStore, Params};
 use crate::autodiff::{CellKind, Var, recurrent_sequence};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// The parameters of one layer, PyTorch's names and shapes.
@@ -55,7 +54,7 @@ pub struct RecurrentOutput<'t, T: Element> {
 impl Recurrent {
     /// Adds `weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}` for each
     /// layer (as `{prefix}.weight_ih_l{k}`... when `prefix` is not empty), every one
-    /// drawn from U(−1/√H, 1/√H) as PyTorch does, from `seed`.
+    /// drawn from U(−1/√H, 1/√H) as PyTorch does, from `rng`.
     pub fn new<T: Element>(
         store: &mut ParamStore<T>,
         kind: CellKind,
@@ -63,7 +62,7 @@ impl Recurrent {
         input_size: usize,
         hidden_size: usize,
         num_layers: usize,
-        seed: u64,
+        rng: &mut ChaCha8Rng,
     ) -> Result<Self> {
         if input_size == 0 || hidden_size == 0 || num_layers == 0 {
             return Err(Error::invalid(
@@ -73,7 +72,6 @@ impl Recurrent {
                 ),
             ));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let k = 1.0 / (hidden_size as f64).sqrt();
         let gh = kind.gates() * hidden_size;
         let name = |n: &str, l: usize| {
@@ -87,10 +85,7 @@ impl Recurrent {
         for l in 0..num_layers {
             let fan_in = if l == 0 { input_size } else { hidden_size };
             let mut add = |n: &str, shape: &[usize]| {
-                store.add(
-                    name(n, l),
-                    Tensor::rand_uniform_with(shape, -k, k, &mut rng)?,
-                )
+                store.add(name(n, l), Tensor::rand_uniform_with(shape, -k, k, rng)?)
             };
             layers.push(RecurrentLayer {
                 weight_ih: add("weight_ih", &[gh, fan_in])?,
@@ -270,14 +265,14 @@ macro_rules! cell_layer {
 
         impl $name {
             /// Adds the parameters of `num_layers` layers (PyTorch's names, under
-            /// `prefix.` when `prefix` is not empty), initialised U(−1/√H, 1/√H) from `seed`.
+            /// `prefix.` when `prefix` is not empty), initialised U(−1/√H, 1/√H) from `rng`.
             pub fn new<T: Element>(
                 store: &mut ParamStore<T>,
                 prefix: &str,
                 input_size: usize,
                 hidden_size: usize,
                 num_layers: usize,
-                seed: u64,
+                rng: &mut ChaCha8Rng,
             ) -> Result<Self> {
                 Recurrent::new(
                     store,
@@ -286,7 +281,7 @@ macro_rules! cell_layer {
                     input_size,
                     hidden_size,
                     num_layers,
-                    seed,
+                    rng,
                 )
                 .map($name)
             }
@@ -387,7 +382,7 @@ mod tests {
     fn matches_pytorch(kind: CellKind, file: &str) {
         let fx = fixture(file);
         let mut store = ParamStore::<f64>::new();
-        let net = Recurrent::new(&mut store, kind, "", 5, 7, 2, 0).unwrap();
+        let net = Recurrent::new(&mut store, kind, "", 5, 7, 2, &mut crate::nn::rng(0)).unwrap();
         let names: Vec<String> = store.iter().map(|(_, n, _)| n.to_string()).collect();
         assert_eq!(names.len(), 8);
         for (i, n) in names.iter().enumerate() {
@@ -463,7 +458,7 @@ mod tests {
     fn two_layer_lstm_over_eight_steps_passes_gradcheck() {
         let (bsz, steps, inp, hid, nl) = (2, 8, 3, 4, 2);
         let mut store = ParamStore::<f64>::new();
-        let net = Lstm::new(&mut store, "lstm", inp, hid, nl, 11).unwrap();
+        let net = Lstm::new(&mut store, "lstm", inp, hid, nl, &mut crate::nn::rng(11)).unwrap();
         let mut inputs = vec![
             Tensor::randn(&[bsz, steps, inp], 1).unwrap(),
             Tensor::randn(&[nl, bsz, hid], 2).unwrap().mul_scalar(0.5),
@@ -489,7 +484,7 @@ mod tests {
     #[test]
     fn names_shapes_init_and_errors() {
         let mut s = ParamStore::<f32>::new();
-        let g = Gru::new(&mut s, "enc", 5, 6, 2, 3).unwrap();
+        let g = Gru::new(&mut s, "enc", 5, 6, 2, &mut crate::nn::rng(3)).unwrap();
         assert_eq!(s.name(g.layers[1].weight_ih), "enc.weight_ih_l1");
         assert_eq!(s.get(g.layers[0].weight_ih).shape(), &[18, 5]);
         assert_eq!(s.get(g.layers[1].weight_ih).shape(), &[18, 6]);
@@ -502,12 +497,12 @@ mod tests {
             .fold(0.0, crate::tensor::nan_max);
         assert!(max <= bound * (1.0 + 1e-6) && max > bound / 2.0, "{max}");
         let mut s2 = ParamStore::<f32>::new();
-        Gru::new(&mut s2, "enc", 5, 6, 2, 3).unwrap();
+        Gru::new(&mut s2, "enc", 5, 6, 2, &mut crate::nn::rng(3)).unwrap();
         assert_eq!(s.get(ParamId(0)), s2.get(ParamId(0)));
         let mut s3 = ParamStore::<f32>::new();
-        let r = Rnn::new(&mut s3, "", 2, 3, 1, 0).unwrap();
+        let r = Rnn::new(&mut s3, "", 2, 3, 1, &mut crate::nn::rng(0)).unwrap();
         assert_eq!(s3.name(r.layers[0].bias_ih), "bias_ih_l0");
-        assert!(Lstm::new(&mut s3, "", 2, 0, 1, 0).is_err());
+        assert!(Lstm::new(&mut s3, "", 2, 0, 1, &mut crate::nn::rng(0)).is_err());
 
         // shape errors are errors, not panics
         let tape = Tape::new();
@@ -538,7 +533,7 @@ mod tests {
     fn f32_agrees_with_f64_and_the_last_step_is_the_final_state() {
         for kind in [CellKind::Rnn, CellKind::Gru, CellKind::Lstm] {
             let mut s64 = ParamStore::<f64>::new();
-            let net = Recurrent::new(&mut s64, kind, "", 3, 5, 2, 4).unwrap();
+            let net = Recurrent::new(&mut s64, kind, "", 3, 5, 2, &mut crate::nn::rng(4)).unwrap();
             let mut s32 = ParamStore::<f32>::new();
             for (_, n, v) in s64.iter() {
                 s32.add(n, v.cast()).unwrap();

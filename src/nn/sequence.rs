@@ -9,7 +9,7 @@ use super::store::{ParamStore, Params};
 use crate::autodiff::{CellKind, Var};
 use crate::error::{Error, Result};
 use crate::tensor::Element;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 /// A recurrent stack over `steps` steps of `features` inputs, then `Linear(hidden →
@@ -27,7 +27,7 @@ pub struct SequenceClassifier {
 }
 
 impl SequenceClassifier {
-    /// Adds the parameters to `store`, drawn from `seed` (PyTorch's initialisations: the
+    /// Adds the parameters to `store`, drawn from `rng` (PyTorch's initialisations: the
     /// recurrent weights from U(−1/√H, 1/√H), the head's as `nn.Linear`'s).
     pub fn new<T: Element>(
         store: &mut ParamStore<T>,
@@ -35,7 +35,7 @@ impl SequenceClassifier {
         (steps, features): (usize, usize),
         hidden: usize,
         classes: usize,
-        seed: u64,
+        rng: &mut ChaCha8Rng,
     ) -> Result<Self> {
         if steps == 0 || classes < 2 {
             return Err(Error::invalid(
@@ -45,14 +45,21 @@ impl SequenceClassifier {
                 ),
             ));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let prefix = match kind {
             CellKind::Rnn => "rnn",
             CellKind::Gru => "gru",
             CellKind::Lstm => "lstm",
         };
-        let rnn = Recurrent::new(store, kind, prefix, features, hidden, 1, rng.random())?;
-        let head = Linear::new(store, "out", hidden, classes, Init::TorchDefault, &mut rng)?;
+        let rnn = Recurrent::new(
+            store,
+            kind,
+            prefix,
+            features,
+            hidden,
+            1,
+            &mut super::rng(rng.random()),
+        )?;
+        let head = Linear::new(store, "out", hidden, classes, Init::TorchDefault, rng)?;
         Ok(SequenceClassifier {
             rnn,
             head,
@@ -114,7 +121,15 @@ mod tests {
     #[test]
     fn classifies_the_final_state_and_refuses_a_wrong_width() {
         let mut store = ParamStore::<f64>::new();
-        let model = SequenceClassifier::new(&mut store, CellKind::Rnn, (5, 3), 4, 2, 7).unwrap();
+        let model = SequenceClassifier::new(
+            &mut store,
+            CellKind::Rnn,
+            (5, 3),
+            4,
+            2,
+            &mut crate::nn::rng(7),
+        )
+        .unwrap();
         let x = Tensor::<f64>::randn(&[6, 15], 1).unwrap();
         let tape = Tape::new();
         let p = store.leaves(&tape);

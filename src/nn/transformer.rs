@@ -8,7 +8,6 @@ use super::store::{ParamId, ParamStore, Params};
 use crate::autodiff::{AttentionMask, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// `prefix.part`, or `part` for a module at the top (PyTorch's names).
@@ -304,14 +303,13 @@ impl Gpt {
     pub fn new<T: Element>(
         store: &mut ParamStore<T>,
         config: GptConfig,
-        seed: u64,
+        rng: &mut ChaCha8Rng,
     ) -> Result<Self> {
         config.check()?;
         config
             .param_count()
             .filter(|&n| n <= crate::tensor::MAX_ELEMENTS)
             .ok_or_else(|| Error::invalid("GPT", "the model is too large"))?;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let GptConfig {
             vocab,
             context,
@@ -325,8 +323,8 @@ impl Gpt {
         let normal = |shape: &[usize], std: f64, rng: &mut ChaCha8Rng| -> Result<Tensor<T>> {
             Ok(Tensor::randn_with(shape, rng)?.mul_scalar(std))
         };
-        let wte = store.add("wte.weight", normal(&[vocab, d], 0.02, &mut rng)?)?;
-        let wpe = store.add("wpe.weight", normal(&[context, d], 0.02, &mut rng)?)?;
+        let wte = store.add("wte.weight", normal(&[vocab, d], 0.02, rng)?)?;
+        let wpe = store.add("wpe.weight", normal(&[context, d], 0.02, rng)?)?;
         let residual_std = 0.02 / (2.0 * layers as f64).sqrt();
         let mut blocks = Vec::with_capacity(layers);
         for i in 0..layers {
@@ -337,7 +335,7 @@ impl Gpt {
                 (d, heads),
                 bias,
                 residual_std,
-                &mut rng,
+                rng,
             )?);
         }
         let ln_f = LayerNorm::new(store, "ln_f", d, bias)?;
@@ -349,7 +347,7 @@ impl Gpt {
                 (d, vocab),
                 false,
                 0.02,
-                &mut rng,
+                rng,
             )?),
         };
         Ok(Gpt {
@@ -478,7 +476,7 @@ mod tests {
         for (tied, bias) in [(true, false), (false, true)] {
             let mut store = ParamStore::<f64>::new();
             let cfg = tiny(tied, bias);
-            Gpt::new(&mut store, cfg, 0).unwrap();
+            Gpt::new(&mut store, cfg, &mut crate::nn::rng(0)).unwrap();
             assert_eq!(store.num_elements(), cfg.param_count().unwrap());
             let names: Vec<(String, Vec<usize>)> = store
                 .iter()
@@ -497,7 +495,7 @@ mod tests {
                     heads: 3,
                     ..tiny(true, false)
                 },
-                0
+                &mut crate::nn::rng(0)
             )
             .is_err()
         );
@@ -513,7 +511,7 @@ mod tests {
     #[test]
     fn sampling_is_seeded_crops_the_context_and_stays_in_the_vocabulary() {
         let mut store = ParamStore::<f32>::new();
-        let model = Gpt::new(&mut store, tiny(true, false), 3).unwrap();
+        let model = Gpt::new(&mut store, tiny(true, false), &mut crate::nn::rng(3)).unwrap();
         // a prompt longer than the context of 5 is cropped, not refused
         let a = model
             .sample(&store, &[1, 2, 3, 4, 5, 6, 0], 20, 0.8, Some(4), 7)
@@ -533,7 +531,7 @@ mod tests {
     fn the_whole_model_passes_the_gradient_check_in_f64() {
         for (tied, bias) in [(true, false), (false, true)] {
             let mut store = ParamStore::<f64>::new();
-            let model = Gpt::new(&mut store, tiny(tied, bias), 1).unwrap();
+            let model = Gpt::new(&mut store, tiny(tied, bias), &mut crate::nn::rng(1)).unwrap();
             // larger weights than the initialisation's, so that every path matters
             let params: Vec<Tensor<f64>> = store
                 .iter()
@@ -607,7 +605,7 @@ mod tests {
 
     #[test]
     fn each_layer_and_the_whole_model_reproduce_pytorch_in_f64() {
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let mut rng = crate::nn::rng(0);
         let mut store = ParamStore::new();
         let ln = LayerNorm::new(&mut store, "", 6, true).unwrap();
         matches_pytorch("layer_norm", store, |p, fx, x| {
@@ -643,7 +641,7 @@ mod tests {
                 tied,
                 dropout: 0.0,
             };
-            let model = Gpt::new(&mut store, cfg, 0).unwrap();
+            let model = Gpt::new(&mut store, cfg, &mut crate::nn::rng(0)).unwrap();
             matches_pytorch(name, store, |p, fx, _| {
                 let ids: Vec<usize> = fx["ids"].data().iter().map(|&v| v as usize).collect();
                 let targets: Vec<usize> =

@@ -212,7 +212,7 @@ mod tests {
             tied: true,
             dropout: 0.0,
         };
-        let model = Gpt::new(&mut store, cfg, 0).unwrap();
+        let model = Gpt::new(&mut store, cfg, &mut crate::nn::rng(0)).unwrap();
         let text: Vec<u32> = (0..300u32).map(|i| (i * 7 + i / 3) % 5).collect();
         (model, store, text)
     }

@@ -17,7 +17,7 @@ fn digits_run(replay: bool) -> (ParamStore<f32>, TrainReport, usize) {
         &[64, 32, 10],
         Activation::Tanh,
         Init::TorchDefault,
-        3,
+        &mut crate::nn::rng(3),
     )
     .unwrap();
     let mut opt = OptimizerKind::Sgd.build::<f32>(0.05, None).unwrap();
@@ -82,7 +82,7 @@ fn freezing_and_unfreezing_between_fits_is_obeyed_replayed_and_eager() {
             &[64, 16, 10],
             Activation::Tanh,
             Init::TorchDefault,
-            3,
+            &mut crate::nn::rng(3),
         )
         .unwrap();
         let mut opt = OptimizerKind::Sgd.build::<f32>(0.05, None).unwrap();
@@ -164,7 +164,7 @@ fn a_user_model_with_dropout_trains_the_same_replayed_and_eager() {
             &[64, 16, 10],
             Activation::Tanh,
             Init::TorchDefault,
-            3,
+            &mut crate::nn::rng(3),
         )
         .unwrap();
         let model = UserModel {
@@ -215,7 +215,7 @@ fn a_regression_trains_a_model_of_a_users_own() {
         &[64, 16, 1],
         Activation::Tanh,
         Init::TorchDefault,
-        3,
+        &mut crate::nn::rng(3),
     )
     .unwrap();
     let model = UserModel {
@@ -251,7 +251,14 @@ fn a_start_position_beyond_the_epoch_is_an_error_not_a_panic() {
     )
     .unwrap();
     let mut store = ParamStore::new();
-    let model = Mlp::new(&mut store, &[2, 3, 2], Activation::Relu, Init::HeUniform, 0).unwrap();
+    let model = Mlp::new(
+        &mut store,
+        &[2, 3, 2],
+        Activation::Relu,
+        Init::HeUniform,
+        &mut crate::nn::rng(0),
+    )
+    .unwrap();
     let mut opt = OptimizerKind::Sgd.build::<f32>(0.1, None).unwrap();
     let trainer = Trainer::new(TrainConfig {
         batch_size: 5,
@@ -290,7 +297,7 @@ fn a_target_on_a_loss_is_reached_from_above() {
         &[2, 16, 1],
         Activation::Tanh,
         Init::XavierUniform,
-        0,
+        &mut crate::nn::rng(0),
     )
     .unwrap();
     let mut objective = Regression::new(&model, (x.clone(), y.clone()), (x, y), 16, true).unwrap();
@@ -368,7 +375,7 @@ fn checkpoints_follow_improvement_every_k_and_the_end() {
             &[2, 4, 1],
             Activation::Tanh,
             Init::XavierUniform,
-            0,
+            &mut crate::nn::rng(0),
         )
         .unwrap();
         let mut objective = Regression::new(

@@ -152,7 +152,7 @@ fn sampling_from_non_finite_scores_is_an_error() {
         3,
         4,
         1,
-        0,
+        &mut chainrule::nn::rng(0),
     )
     .unwrap();
     assert!(model.sample(&store, &[1], 5, 1.0, None, 0).is_ok());

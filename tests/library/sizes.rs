@@ -167,7 +167,7 @@ fn layers_refuse_sizes_that_overflow() {
             &[1 << 32, 1 << 32, 10],
             chainrule::nn::Activation::Relu,
             Init::HeUniform,
-            0,
+            &mut chainrule::nn::rng(0),
         ),
         "Mlp",
     );
@@ -179,7 +179,7 @@ fn layers_refuse_sizes_that_overflow() {
             1 << 32,
             1 << 32,
             1,
-            0,
+            &mut chainrule::nn::rng(0),
         ),
         "Recurrent",
     );

@@ -52,7 +52,11 @@ fn w12_trainer(max_epochs: Option<usize>) -> Result<Trainer> {
 pub(super) fn w12_step(cfg: &BenchConfig) -> Result<BenchRow> {
     let (train, test) = mnist(cfg, "w12_step")?;
     let mut store = ParamStore::new();
-    let model = Cnn::new(&mut store, CnnConfig::w12([28, 28], 10), 0)?;
+    let model = Cnn::new(
+        &mut store,
+        CnnConfig::w12([28, 28], 10),
+        &mut chainrule::nn::rng(0),
+    )?;
     let mut objective = Classification::new(&model, &train, &test, 64, true)?;
     objective.start_epoch(0, 0)?;
     let trainer = w12_trainer(None)?;
@@ -108,7 +112,11 @@ pub(super) fn mnist_cnn_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
     let trainer = w12_trainer(Some(1))?;
     let epoch = || -> Result<(f64, usize)> {
         let mut store = ParamStore::new();
-        let model = Cnn::new(&mut store, CnnConfig::w12([28, 28], 10), 0)?;
+        let model = Cnn::new(
+            &mut store,
+            CnnConfig::w12([28, 28], 10),
+            &mut chainrule::nn::rng(0),
+        )?;
         let mut objective = Classification::new(&model, &train, &test, 64, true)?;
         let mut optimizer = OptimizerKind::Adadelta.build::<f32>(1.0, None)?;
         let r = trainer.fit_from_start(&mut objective, &mut store, optimizer.as_mut())?;

@@ -21,7 +21,15 @@ pub(super) fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
     let train_streams = Streams::new(corpus.train(), 32, 64)?;
     let val = Streams::new(corpus.val(), 32, 64)?;
     let mut store = ParamStore::new();
-    let model = CharModel::new(&mut store, CellKind::Lstm, vocab, 64, 256, 2, 0)?;
+    let model = CharModel::new(
+        &mut store,
+        CellKind::Lstm,
+        vocab,
+        64,
+        256,
+        2,
+        &mut chainrule::nn::rng(0),
+    )?;
     let mut objective = LanguageModel::new(&model, train_streams, val);
     objective.start_epoch(0, 0)?;
     let windows = objective.batches_per_epoch();
@@ -197,7 +205,7 @@ pub(super) fn w11_model(vocab: usize) -> Result<(chainrule::nn::Gpt, ParamStore<
         dropout: 0.0,
     };
     let mut store = ParamStore::new();
-    let model = Gpt::new(&mut store, config, 0)?;
+    let model = Gpt::new(&mut store, config, &mut chainrule::nn::rng(0))?;
     Gpt::set_decay_groups(&mut store);
     Ok((model, store))
 }

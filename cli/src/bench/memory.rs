@@ -68,7 +68,7 @@ pub fn lm_steps_child(steps: usize) -> Result<serde_json::Value> {
         32,
         128,
         2,
-        0,
+        &mut chainrule::nn::rng(0),
     )?;
     let mut objective = LanguageModel::new(
         &model,

@@ -34,7 +34,7 @@ pub(super) fn mnist_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
             &[784, 256, 256, 10],
             Activation::Relu,
             Init::TorchDefault,
-            0,
+            &mut chainrule::nn::rng(0),
         )?;
         let mut objective = Classification::new(&model, &train, &test, 128, true)?;
         let mut optimizer = OptimizerKind::Adam.build::<f32>(1e-3, None)?;

@@ -20,7 +20,7 @@ pub fn train_digits(seed: u64) -> chainrule::Result<TrainReport> {
         &[64, 32, 10],
         Activation::Relu,
         Init::TorchDefault,
-        seed,
+        &mut chainrule::nn::rng(seed),
     )?;
     let mut adam = OptimizerKind::Adam.build::<f32>(3e-3, None)?;
     let trainer = Trainer::new(TrainConfig {

@@ -254,7 +254,7 @@ impl MemorySetup {
             (m.length, m.symbols),
             m.hidden,
             m.symbols,
-            seed,
+            &mut chainrule::nn::rng(seed),
         )?;
         Ok(MemorySetup {
             store,
@@ -359,7 +359,7 @@ fn train_text(corpus: &TextCorpus, r: &Text, lr: f64, clip: Option<f64>) -> anyh
         r.embed,
         r.hidden,
         1,
-        SEED,
+        &mut chainrule::nn::rng(SEED),
     )?;
     let train = Streams::new(corpus.train(), r.batch, r.seq_len)?;
     let val = Streams::new(corpus.val(), r.batch, r.seq_len)?;

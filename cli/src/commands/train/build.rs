@@ -94,7 +94,14 @@ pub(crate) fn build_model(
         // epochs where He uniform needed 10 (docs/performance.md, "Same recipe, same epochs")
         None => Init::TorchDefault,
     };
-    Ok(Mlp::new(store, sizes, cfg.activation, init, cfg.seed)?.with_dropout(cfg.dropout))
+    Ok(Mlp::new(
+        store,
+        sizes,
+        cfg.activation,
+        init,
+        &mut chainrule::nn::rng(cfg.seed),
+    )?
+    .with_dropout(cfg.dropout))
 }
 
 /// The network of a classifier's run: an MLP or a CNN.
@@ -185,7 +192,11 @@ pub(crate) fn build_network(
         if let Some(c) = check {
             c.check_param_count(config.param_count())?;
         }
-        return Ok(Network::Cnn(Cnn::new(store, config, cfg.seed)?));
+        return Ok(Network::Cnn(Cnn::new(
+            store,
+            config,
+            &mut chainrule::nn::rng(cfg.seed),
+        )?));
     }
     let sizes = layer_sizes(cfg, features, classes);
     if let Some(c) = check {
@@ -322,7 +333,13 @@ pub(crate) fn char_model(
         bail!("the run's configuration has no hidden size");
     };
     Ok(CharModel::new(
-        store, kind, vocab, cfg.embed, hidden, cfg.layers, cfg.seed,
+        store,
+        kind,
+        vocab,
+        cfg.embed,
+        hidden,
+        cfg.layers,
+        &mut chainrule::nn::rng(cfg.seed),
     )?)
 }
 
@@ -354,7 +371,11 @@ pub(crate) fn gpt_model(
     vocab: usize,
     store: &mut ParamStore<f32>,
 ) -> anyhow::Result<Gpt> {
-    let model = Gpt::new(store, gpt_config(cfg, vocab), cfg.seed)?;
+    let model = Gpt::new(
+        store,
+        gpt_config(cfg, vocab),
+        &mut chainrule::nn::rng(cfg.seed),
+    )?;
     Gpt::set_decay_groups(store);
     Ok(model)
 }
