@@ -4,9 +4,8 @@
 //! state dict saved as safetensors loads unchanged.
 
 use super::conv::{Conv2d, MaxPool2d};
-use super::layers::{Classifier, Dropout, ForwardCtx};
+use super::layers::{Classifier, Dropout, ForwardCtx, Init, Linear};
 use super::store::{ParamStore, Params};
-use super::transformer::TorchLinear;
 use crate::autodiff::{Conv2dOptions, Pool2dOptions, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, checked_len};
@@ -118,7 +117,7 @@ pub struct Cnn {
     /// The convolutions, `conv1` first.
     pub convs: Vec<Conv2d>,
     /// The fully connected layers, `fc1` first; the last gives the logits.
-    pub fcs: Vec<TorchLinear>,
+    pub fcs: Vec<Linear>,
 }
 
 impl Cnn {
@@ -142,7 +141,7 @@ impl Cnn {
         let mut f_in = flat;
         for (i, &f) in config.hidden.iter().chain([&config.classes]).enumerate() {
             let name = format!("fc{}", i + 1);
-            fcs.push(TorchLinear::new(store, &name, (f_in, f), true, rng)?);
+            fcs.push(Linear::new(store, &name, f_in, f, Init::TorchDefault, rng)?);
             f_in = f;
         }
         Ok(Cnn { config, convs, fcs })

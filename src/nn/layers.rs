@@ -31,7 +31,8 @@ impl Init {
         rng: &mut ChaCha8Rng,
     ) -> Result<Tensor<T>> {
         let (fi, fo) = (fan_in as f64, fan_out as f64);
-        let shape = [fan_in, fan_out];
+        // PyTorch's layout and order of draws
+        let shape = [fan_out, fan_in];
         Ok(match self {
             Init::XavierUniform => {
                 let a = (6.0 / (fi + fo)).sqrt();
@@ -99,17 +100,20 @@ impl ForwardCtx {
     }
 }
 
-/// `y = x·W + b` with `W: [in, out]`.
+/// A fully connected layer, PyTorch's `nn.Linear`: `y = x·Wᵀ + b` with `W: [out, in]`
+/// and an optional `b: [out]`, so that a PyTorch state dict loads as it is. The product
+/// reads `W` in place, transposed (no copy).
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// The weight `[in, out]`.
+    /// `name.weight: [out, in]`.
     pub weight: ParamId,
-    /// The bias `[out]`.
-    pub bias: ParamId,
+    /// `name.bias: [out]`, when the layer has one.
+    pub bias: Option<ParamId>,
 }
 
 impl Linear {
-    /// Adds `name.weight` and `name.bias` to the store.
+    /// Adds `name.weight` drawn by `init` and `name.bias` (U(±1/√in) for
+    /// [`Init::TorchDefault`], PyTorch's `nn.Linear`; zeros otherwise) to the store.
     pub fn new<T: Element>(
         store: &mut ParamStore<T>,
         name: &str,
@@ -120,20 +124,56 @@ impl Linear {
     ) -> Result<Self> {
         let w = init.weight(fan_in, fan_out, rng)?;
         let b = if init == Init::TorchDefault {
-            let a = 1.0 / (fan_in as f64).sqrt();
+            let a = 1.0 / (fan_in.max(1) as f64).sqrt();
             Tensor::rand_uniform_with(&[fan_out], -a, a, rng)?
         } else {
             Tensor::zeroed(&[fan_out])
         };
         Ok(Linear {
-            weight: store.add(format!("{name}.weight"), w)?,
-            bias: store.add(format!("{name}.bias"), b)?,
+            weight: store.add(super::transformer::join(name, "weight"), w)?,
+            bias: Some(store.add(super::transformer::join(name, "bias"), b)?),
         })
     }
 
-    /// Applies the layer to `x: [batch, in]`.
+    /// Adds `name.weight` drawn from N(0, std²) and, with `bias`, `name.bias` (zeros):
+    /// GPT-2's initialisation.
+    pub fn normal<T: Element>(
+        store: &mut ParamStore<T>,
+        name: &str,
+        (fan_in, fan_out): (usize, usize),
+        bias: bool,
+        std: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self> {
+        let w = Tensor::randn_with(&[fan_out, fan_in], rng)?.mul_scalar(std);
+        Ok(Linear {
+            weight: store.add(super::transformer::join(name, "weight"), w)?,
+            bias: match bias {
+                true => Some(store.add(
+                    super::transformer::join(name, "bias"),
+                    Tensor::zeros(&[fan_out])?,
+                )?),
+                false => None,
+            },
+        })
+    }
+
+    /// Applies the layer to the rows of `x: [rows, in]`.
     pub fn forward<'t, T: Element>(&self, p: &Params<'t, T>, x: Var<'t, T>) -> Result<Var<'t, T>> {
-        x.matmul(p[self.weight])?.add(p[self.bias])
+        let y = x.matmul_in_layouts(p[self.weight], false, true)?;
+        match self.bias {
+            Some(b) => y.add(p[b]),
+            None => Ok(y),
+        }
+    }
+
+    /// [`Linear::forward`] on plain values, without a tape (the same kernels).
+    pub fn infer<T: Element>(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
+        let y = x.matmul_transposed(store.get(self.weight), false, true)?;
+        match self.bias {
+            Some(b) => y.add(store.get(b)),
+            None => Ok(y),
+        }
     }
 }
 
@@ -357,9 +397,7 @@ impl Mlp {
     pub fn infer<T: Element>(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            h = h
-                .matmul(store.get(layer.weight))?
-                .add(store.get(layer.bias))?;
+            h = layer.infer(store, &h)?;
             if i + 1 < self.layers.len() {
                 h = self.activation.apply_values(h);
             }
@@ -466,11 +504,11 @@ mod tests {
         .unwrap();
         assert_ne!(s.get(m.layers[0].weight), s3.get(m3.layers[0].weight));
         assert_ne!(s.get(m.layers[1].weight), s3.get(m3.layers[1].weight));
-        // He uniform: weights [fan_in, fan_out] in U(±√(6 / fan_in)), biases zero
+        // He uniform: weights [fan_out, fan_in] (PyTorch's layout) in U(±√(6 / fan_in)), biases zero
         for (layer, fan_in) in m.layers.iter().zip([4.0f64, 8.0]) {
             let bound = (6.0 / fan_in).sqrt();
             let w = s.get(layer.weight);
-            assert_eq!(w.shape()[0], fan_in as usize);
+            assert_eq!(w.shape()[1], fan_in as usize);
             let max = w
                 .data()
                 .iter()
@@ -479,7 +517,7 @@ mod tests {
             assert!(max <= bound * (1.0 + 1e-6), "max |w| {max} > {bound}");
             // the full range is used (all of 24+ draws below bound/2 has odds < 2⁻²⁴)
             assert!(max > bound / 2.0, "max |w| {max} vs bound {bound}");
-            assert!(s.get(layer.bias).data().iter().all(|&b| b == 0.0));
+            assert!(s.get(layer.bias.unwrap()).data().iter().all(|&b| b == 0.0));
         }
         let tape = Tape::new();
         let p = s.leaves(&tape);

@@ -23,7 +23,7 @@ pub use store::{
     ParamId, ParamStore, Params, load_tensors, remove_stale_temporaries, save_tensors,
     tensors_from_bytes, write_atomically,
 };
-pub use transformer::{Block, Gpt, GptConfig, LayerNorm, SelfAttention, TorchLinear};
+pub use transformer::{Block, Gpt, GptConfig, LayerNorm, SelfAttention};
 
 /// The generator every constructor of a layer or a model draws its initial values from
 /// (`Mlp::new(.., &mut nn::rng(seed))`, `Linear::new(.., &mut rng)`), and

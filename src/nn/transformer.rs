@@ -3,7 +3,7 @@
 //! PyTorch's layouts and names (a `Linear` weight is `[out, in]`), so a state dict of the
 //! equivalent PyTorch model, saved as safetensors, loads unchanged.
 
-use super::layers::{Dropout, ForwardCtx};
+use super::layers::{Dropout, ForwardCtx, Linear};
 use super::store::{ParamId, ParamStore, Params};
 use crate::autodiff::{AttentionMask, Var};
 use crate::error::{Error, Result};
@@ -57,78 +57,15 @@ impl LayerNorm {
     }
 }
 
-/// PyTorch's `nn.Linear`: `y = x·Wᵀ + b` with `W: [out, in]` and an optional `b: [out]`.
-#[derive(Clone, Debug)]
-pub struct TorchLinear {
-    /// `name.weight: [out, in]`.
-    pub weight: ParamId,
-    /// `name.bias: [out]`.
-    pub bias: Option<ParamId>,
-}
-
-impl TorchLinear {
-    /// Adds `name.weight` and, with `bias`, `name.bias`, both U(±1/√in): PyTorch's
-    /// `nn.Linear` initialisation.
-    pub fn new<T: Element>(
-        store: &mut ParamStore<T>,
-        name: &str,
-        (fan_in, fan_out): (usize, usize),
-        bias: bool,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Self> {
-        let a = 1.0 / (fan_in.max(1) as f64).sqrt();
-        let w = Tensor::rand_uniform_with(&[fan_out, fan_in], -a, a, rng)?;
-        Ok(TorchLinear {
-            weight: store.add(join(name, "weight"), w)?,
-            bias: match bias {
-                true => Some(store.add(
-                    join(name, "bias"),
-                    Tensor::rand_uniform_with(&[fan_out], -a, a, rng)?,
-                )?),
-                false => None,
-            },
-        })
-    }
-
-    /// Adds `name.weight` drawn from N(0, std²) and, with `bias`, `name.bias` (zeros):
-    /// GPT-2's initialisation.
-    pub fn normal<T: Element>(
-        store: &mut ParamStore<T>,
-        name: &str,
-        (fan_in, fan_out): (usize, usize),
-        bias: bool,
-        std: f64,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Self> {
-        let w = Tensor::randn_with(&[fan_out, fan_in], rng)?.mul_scalar(std);
-        Ok(TorchLinear {
-            weight: store.add(join(name, "weight"), w)?,
-            bias: match bias {
-                true => Some(store.add(join(name, "bias"), Tensor::zeros(&[fan_out])?)?),
-                false => None,
-            },
-        })
-    }
-
-    /// Applies the layer to the rows of `x: [rows, in]`.
-    pub fn forward<'t, T: Element>(&self, p: &Params<'t, T>, x: Var<'t, T>) -> Result<Var<'t, T>> {
-        let y = x.matmul_in_layouts(p[self.weight], false, true)?;
-        match self.bias {
-            Some(b) => y.add(p[b]),
-            None => Ok(y),
-        }
-    }
-}
-
 /// Causal multi-head self-attention: one fused projection to queries, keys and values
 /// (`qkv.weight: [3·D, D]`), `heads` heads of `D/heads`, and an output projection
 /// (`proj.weight: [D, D]`).
 #[derive(Clone, Debug)]
 pub struct SelfAttention {
     /// The fused q, k, v projection.
-    pub qkv: TorchLinear,
+    pub qkv: Linear,
     /// The output projection.
-    pub proj: TorchLinear,
+    pub proj: Linear,
     /// Number of heads.
     pub heads: usize,
 }
@@ -160,9 +97,9 @@ pub struct Block {
     /// Norm before the MLP.
     pub ln2: LayerNorm,
     /// MLP input layer, `[4·D, D]`.
-    pub fc: TorchLinear,
+    pub fc: Linear,
     /// MLP output layer, `[D, 4·D]`.
-    pub out: TorchLinear,
+    pub out: Linear,
 }
 
 impl Block {
@@ -179,11 +116,11 @@ impl Block {
     ) -> Result<Self> {
         let part = |p: &str| join(name, p);
         let ln1 = LayerNorm::new(store, &part("ln1"), d, bias)?;
-        let qkv = TorchLinear::normal(store, &part("qkv"), (d, 3 * d), bias, 0.02, rng)?;
-        let proj = TorchLinear::normal(store, &part("proj"), (d, d), bias, residual_std, rng)?;
+        let qkv = Linear::normal(store, &part("qkv"), (d, 3 * d), bias, 0.02, rng)?;
+        let proj = Linear::normal(store, &part("proj"), (d, d), bias, residual_std, rng)?;
         let ln2 = LayerNorm::new(store, &part("ln2"), d, bias)?;
-        let fc = TorchLinear::normal(store, &part("fc"), (d, 4 * d), bias, 0.02, rng)?;
-        let out = TorchLinear::normal(store, &part("out"), (4 * d, d), bias, residual_std, rng)?;
+        let fc = Linear::normal(store, &part("fc"), (d, 4 * d), bias, 0.02, rng)?;
+        let out = Linear::normal(store, &part("out"), (4 * d, d), bias, residual_std, rng)?;
         Ok(Block {
             ln1,
             attn: SelfAttention { qkv, proj, heads },
@@ -293,7 +230,7 @@ pub struct Gpt {
     /// The final norm.
     pub ln_f: LayerNorm,
     /// The untied head.
-    pub head: Option<TorchLinear>,
+    pub head: Option<Linear>,
 }
 
 impl Gpt {
@@ -341,14 +278,7 @@ impl Gpt {
         let ln_f = LayerNorm::new(store, "ln_f", d, bias)?;
         let head = match tied {
             true => None,
-            false => Some(TorchLinear::normal(
-                store,
-                "head",
-                (d, vocab),
-                false,
-                0.02,
-                rng,
-            )?),
+            false => Some(Linear::normal(store, "head", (d, vocab), false, 0.02, rng)?),
         };
         Ok(Gpt {
             config,
@@ -614,8 +544,8 @@ mod tests {
         });
         let mut store = ParamStore::new();
         let attn = SelfAttention {
-            qkv: TorchLinear::normal(&mut store, "qkv", (8, 24), true, 0.02, &mut rng).unwrap(),
-            proj: TorchLinear::normal(&mut store, "proj", (8, 8), true, 0.02, &mut rng).unwrap(),
+            qkv: Linear::normal(&mut store, "qkv", (8, 24), true, 0.02, &mut rng).unwrap(),
+            proj: Linear::normal(&mut store, "proj", (8, 8), true, 0.02, &mut rng).unwrap(),
             heads: 2,
         };
         matches_pytorch("attention", store, |p, fx, x| {

@@ -94,31 +94,31 @@ fn freezing_and_unfreezing_between_fits_is_obeyed_replayed_and_eager() {
         };
         // a frozen body does not move, the head does
         store.freeze(body.weight);
-        store.freeze(body.bias);
+        store.freeze(body.bias.unwrap());
         let (body0, head0) = (
-            values(&store, [body.weight, body.bias]),
-            values(&store, [head.weight, head.bias]),
+            values(&store, [body.weight, body.bias.unwrap()]),
+            values(&store, [head.weight, head.bias.unwrap()]),
         );
         trainer
             .fit_from_start(&mut task, &mut store, opt.as_mut())
             .unwrap();
         let (body1, head1) = (
-            values(&store, [body.weight, body.bias]),
-            values(&store, [head.weight, head.bias]),
+            values(&store, [body.weight, body.bias.unwrap()]),
+            values(&store, [head.weight, head.bias.unwrap()]),
         );
         assert_eq!(body0, body1, "replay {replay}: a frozen parameter moved");
         assert!(head0 != head1, "replay {replay}: the head did not train");
         // unfrozen, the body trains with the same trainer; the head, frozen now, stays
         store.unfreeze(body.weight);
-        store.unfreeze(body.bias);
+        store.unfreeze(body.bias.unwrap());
         store.freeze(head.weight);
-        store.freeze(head.bias);
+        store.freeze(head.bias.unwrap());
         trainer
             .fit_from_start(&mut task, &mut store, opt.as_mut())
             .unwrap();
         let (body2, head2) = (
-            values(&store, [body.weight, body.bias]),
-            values(&store, [head.weight, head.bias]),
+            values(&store, [body.weight, body.bias.unwrap()]),
+            values(&store, [head.weight, head.bias.unwrap()]),
         );
         assert!(
             body1[0] != body2[0] && body1[1] != body2[1],

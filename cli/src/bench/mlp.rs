@@ -145,12 +145,22 @@ pub(super) fn w3_scalar(n: usize, cfg: &BenchConfig) -> BenchRow {
     row
 }
 
-/// An MLP over parameters already in `store` (ids 0, 1, 2... as W, b pairs).
+/// A weight of the anchors (NumPy's `x @ W`, `[in, out]`) in `Linear`'s layout, `[out,
+/// in]`; a bias as it is.
+fn torch_layout(p: Tensor<f32>) -> Tensor<f32> {
+    match p.shape() {
+        [_, _] => p.t().expect("a matrix"),
+        _ => p,
+    }
+}
+
+/// An MLP over parameters already in `store` (ids 0, 1, 2... as W, b pairs, each `W` in
+/// PyTorch's layout, `[out, in]`).
 pub(super) fn mlp_over(sizes: &[usize], activation: Activation) -> Mlp {
     let layers = (0..sizes.len() - 1)
         .map(|i| Linear {
             weight: ParamId(2 * i),
-            bias: ParamId(2 * i + 1),
+            bias: Some(ParamId(2 * i + 1)),
         })
         .collect();
     Mlp {
@@ -226,7 +236,9 @@ impl AnchorStep {
         let data = W1Data::<f32>::new();
         let mut store = ParamStore::new();
         for (i, p) in data.params.into_iter().enumerate() {
-            store.add(format!("p{i}"), p).expect("unique names");
+            store
+                .add(format!("p{i}"), torch_layout(p))
+                .expect("unique names");
         }
         let ds = Dataset::new(data.x, data.labels, 10, "w1").expect("128 labelled rows");
         AnchorStep::new(
@@ -247,7 +259,9 @@ impl AnchorStep {
             .into_iter()
             .enumerate()
         {
-            store.add(format!("p{i}"), p).expect("unique names");
+            store
+                .add(format!("p{i}"), torch_layout(p))
+                .expect("unique names");
         }
         let y = Tensor::from_vec(y, &[32, 1]).expect("32 targets");
         AnchorStep::new(

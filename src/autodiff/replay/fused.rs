@@ -12,6 +12,11 @@ impl<T: Element> Dense<T> {
             value(below, self.w),
             value(below, self.b),
         );
+        let w_layout = if self.w_transposed {
+            MatLayout::Transposed
+        } else {
+            MatLayout::Normal
+        };
         let product = |pre: &mut [T]| {
             matmul_into(
                 pre,
@@ -19,7 +24,7 @@ impl<T: Element> Dense<T> {
                 n,
                 k,
                 (x.data(), MatLayout::Normal),
-                (w.data(), MatLayout::Normal),
+                (w.data(), w_layout),
                 false,
             )
         };
@@ -107,27 +112,39 @@ impl<T: Element> Dense<T> {
                 Ok(())
             }
         };
+        // W as stored: `[k, n]`, or `[n, k]` read transposed (PyTorch's layout), so that
+        // its gradient is `xᵀ·g`, or `gᵀ·x`
         if needs[self.w as usize] {
             let x = value(values, self.x);
-            product(
-                below,
-                has,
-                self.w,
-                [k, n],
-                (x.data(), MatLayout::Transposed),
-                (gp.data(), MatLayout::Normal),
-                m,
-            )?;
+            let (shape, lhs, rhs) = if self.w_transposed {
+                (
+                    [n, k],
+                    (gp.data(), MatLayout::Transposed),
+                    (x.data(), MatLayout::Normal),
+                )
+            } else {
+                (
+                    [k, n],
+                    (x.data(), MatLayout::Transposed),
+                    (gp.data(), MatLayout::Normal),
+                )
+            };
+            product(below, has, self.w, shape, lhs, rhs, m)?;
         }
         if needs[self.x as usize] {
             let w = value(values, self.w);
+            let w_layout = if self.w_transposed {
+                MatLayout::Normal
+            } else {
+                MatLayout::Transposed
+            };
             product(
                 below,
                 has,
                 self.x,
                 [m, k],
                 (gp.data(), MatLayout::Normal),
-                (w.data(), MatLayout::Transposed),
+                (w.data(), w_layout),
                 n,
             )?;
         }

@@ -72,6 +72,8 @@ pub(super) enum Step<T: Element> {
 pub(super) struct Dense<T: Element> {
     x: u32,
     w: u32,
+    /// `W` is stored `[n, k]` and read transposed (PyTorch's `nn.Linear` layout).
+    w_transposed: bool,
     b: u32,
     act: Option<UnaryOp>,
     out: u32,
@@ -456,7 +458,10 @@ mod tests {
     ) -> Result<Var<'t, T>> {
         let mut h = x;
         for (i, layer) in p.chunks(2).enumerate() {
-            h = h.matmul(layer[0])?.add(layer[1])?;
+            // odd layers hold their weight as PyTorch does, `[out, in]`, read transposed
+            h = h
+                .matmul_in_layouts(layer[0], false, i % 2 == 1)?
+                .add(layer[1])?;
             if i + 1 < p.len() / 2 {
                 h = h.unary(act);
             }
@@ -470,7 +475,7 @@ mod tests {
         let mut out = Vec::new();
         for (i, w) in sizes.windows(2).enumerate() {
             out.push(
-                Tensor::<f64>::randn(&[w[0], w[1]], seed + 2 * i as u64)
+                Tensor::<f64>::randn(&[w[i % 2], w[1 - i % 2]], seed + 2 * i as u64)
                     .unwrap()
                     .cast(),
             );

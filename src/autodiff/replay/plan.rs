@@ -233,7 +233,7 @@ pub(super) fn compile<T: Element>(
     })
 }
 
-/// `matmul(x, W)` (2-D) at `i`, used once, by `add(·, b)` with `b` `[n]`, optionally
+/// `matmul(x, W)` or `matmul(x, Wᵀ)` (2-D, `W` read in place) at `i`, used once, by `add(·, b)` with `b` `[n]`, optionally
 /// followed by its only consumer relu, tanh or sigmoid.
 pub(super) fn dense_at<T: Element>(
     nodes: &[Node<T>],
@@ -241,15 +241,13 @@ pub(super) fn dense_at<T: Element>(
     only_consumer: &impl Fn(u32) -> Option<usize>,
 ) -> Option<(Dense<T>, Vec<usize>)> {
     let node = &nodes[i];
-    if !matches!(
-        node.op,
-        Op::MatMul {
-            ta: false,
-            tb: false
-        }
-    ) {
+    let Op::MatMul {
+        ta: false,
+        tb: w_transposed,
+    } = node.op
+    else {
         return None;
-    }
+    };
     let (x, w) = (node.inputs[0], node.inputs[1]);
     let (xs, ws) = (
         nodes[x as usize].value.shape(),
@@ -258,7 +256,11 @@ pub(super) fn dense_at<T: Element>(
     if xs.len() != 2 || ws.len() != 2 {
         return None;
     }
-    let (m, k, n) = (xs[0], xs[1], ws[1]);
+    let (m, k, n) = if w_transposed {
+        (xs[0], xs[1], ws[0])
+    } else {
+        (xs[0], xs[1], ws[1])
+    };
     let a = only_consumer(i as u32)?;
     let add = &nodes[a];
     if !matches!(add.op, Op::Binary(BinaryOp::Add)) || add.inputs[0] != i as u32 {
@@ -280,6 +282,7 @@ pub(super) fn dense_at<T: Element>(
     let dense = Dense {
         x,
         w,
+        w_transposed,
         b,
         act,
         out,

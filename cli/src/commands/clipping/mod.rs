@@ -398,10 +398,13 @@ fn depth_profile(gain: f64) -> anyhow::Result<Vec<f64>> {
     let mut layers = Vec::new();
     for (l, w) in sizes.windows(2).enumerate() {
         let std = gain / (w[0] as f64).sqrt();
-        let weight = Tensor::randn_with(&[w[0], w[1]], &mut rng)?.mul_scalar(std);
+        // drawn `[in, out]` as before PyTorch's layout, so that the profile stays the same
+        let weight = Tensor::randn_with(&[w[0], w[1]], &mut rng)?
+            .mul_scalar(std)
+            .t()?;
         layers.push(Linear {
             weight: store.add(format!("layer{l}.weight"), weight)?,
-            bias: store.add(format!("layer{l}.bias"), Tensor::zeros(&[w[1]])?)?,
+            bias: Some(store.add(format!("layer{l}.bias"), Tensor::zeros(&[w[1]])?)?),
         });
     }
     let mlp = Mlp {
