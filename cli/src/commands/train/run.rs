@@ -347,6 +347,7 @@ fn checkpoint_meta(
         sizes,
         activation: cfg.activation,
         dropout: cfg.dropout,
+        model: None,
         standardizer,
         vocab,
         position: position.clone(),
