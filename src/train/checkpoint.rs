@@ -20,12 +20,20 @@ use std::path::Path;
 pub struct CheckpointMeta {
     /// Format version of this file.
     pub version: u32,
-    /// Layer sizes of the MLP, input first.
+    /// The MLP's layer sizes, input first (a legacy field: written for every model, as
+    /// before [`CheckpointMeta::model`], so that older readers keep working; other models
+    /// put what they like here, e.g. their inputs and classes).
     pub sizes: Vec<usize>,
-    /// Its hidden activation.
+    /// The MLP's hidden activation (legacy, as `sizes`).
     pub activation: Activation,
-    /// Its dropout probability.
+    /// The MLP's dropout probability (legacy, as `sizes`).
     pub dropout: f64,
+    /// The model's configuration as a tagged value, `{"family": "cnn", "channels": [32,
+    /// 64], ...}`, written by the program that trained it, so that any model can be
+    /// rebuilt from the checkpoint alone (absent in checkpoints written before it was
+    /// recorded: their readers fall back to `sizes` and `config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<serde_json::Value>,
     /// Feature statistics of the training split.
     pub standardizer: Option<Standardizer>,
     /// The vocabulary of a character model, in id order.
@@ -279,5 +287,37 @@ impl Checkpoint {
             *store.get_mut(id) = (*t).clone();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod model_field {
+    use super::*;
+
+    /// A checkpoint written before `model` was recorded has no such key; it must read
+    /// as `None`, and a recorded model must read back as written.
+    #[test]
+    fn checkpoint_meta_reads_with_and_without_the_model() {
+        let meta = CheckpointMeta {
+            version: 1,
+            sizes: vec![2, 3, 2],
+            activation: Activation::Relu,
+            dropout: 0.0,
+            model: Some(serde_json::json!({"family": "mlp", "sizes": [2, 3, 2]})),
+            standardizer: None,
+            vocab: None,
+            position: Position::default(),
+            config: serde_json::json!({"data": "digits"}),
+            data: None,
+        };
+        let mut json = serde_json::to_value(&meta).unwrap();
+        let back: CheckpointMeta = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.model, meta.model);
+        json.as_object_mut().unwrap().remove("model");
+        let old: CheckpointMeta = serde_json::from_value(json).unwrap();
+        assert_eq!(old.model, None);
+        assert_eq!(old.sizes, vec![2, 3, 2]);
+        let none = CheckpointMeta { model: None, ..old };
+        assert!(serde_json::to_value(&none).unwrap().get("model").is_none());
     }
 }

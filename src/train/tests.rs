@@ -393,6 +393,7 @@ fn checkpoints_follow_improvement_every_k_and_the_end() {
             sizes: vec![2, 4, 1],
             activation: Activation::Tanh,
             dropout: 0.0,
+            model: None,
             standardizer: None,
             vocab: None,
             position: Position::default(),

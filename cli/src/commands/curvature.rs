@@ -3,13 +3,10 @@
 //! descent diverges along them.
 
 use super::train::SavedRun;
-use anyhow::bail;
-use chainrule::autodiff::Tape;
-use chainrule::data::gather_batch;
-use chainrule::nn::{ForwardCtx, ParamStore, cross_entropy};
+use anyhow::Context;
+use chainrule::nn::ParamStore;
 use chainrule::optim::curvature::{Eigenvalues, top_eigenvalues};
 use chainrule::tensor::Tensor;
-use chainrule::train::{GptLanguageModel, LanguageModel, Objective};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,91 +40,14 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let saved = SavedRun::load(&args.checkpoint, args.data.clone())?;
     let limit = usize::try_from(args.samples).unwrap_or(usize::MAX);
-    // H·v of the mean loss: the recorded gradient's tangent on a forward-mode tape, alone
-    if let Some((model, store, text)) = saved.gpt()? {
-        // the run's first training batches (seeded windows), until `limit` characters
-        let cfg = &saved.cfg;
-        let (train, val) = (text.corpus.train(), text.corpus.val());
-        let mut lm = GptLanguageModel::new(&model, train, val, cfg.batch_size, cfg.seq_len)?;
-        let per_batch = cfg.batch_size * cfg.seq_len;
-        let batches = limit.div_ceil(per_batch).min(lm.batches_per_epoch());
-        let hv = |v: &[Tensor<f32>]| -> chainrule::Result<Vec<Tensor<f32>>> {
-            let tape = Tape::forward_mode();
-            let p = store.duals(&tape, v)?;
-            lm.start_epoch(0, cfg.seed)?;
-            let mut total = tape.scalar(0.0);
-            for k in 0..batches {
-                let (loss, _) = lm.batch_loss(&p, k, &mut ForwardCtx::eval())?;
-                total = total.add(loss.mul_scalar(1.0 / batches as f64))?;
-            }
-            tape.backward_tangents(total, p.vars())
-        };
-        let eig = eigenvalues(&args, &store, hv)?;
-        let over = format!(
-            "mean cross-entropy per character over the run's first {batches} batch(es) of {} random windows of {} characters",
-            cfg.batch_size, cfg.seq_len
-        );
-        return report(&args, &saved, eig, batches * per_batch, &over);
-    }
-    let (eig, n, over) = match saved.char_model()? {
-        Some((model, store, text)) => {
-            // the first training windows of every stream, state carried from zeros, as
-            // the run's first batches; windows are added until `limit` characters
-            let (streams, mut windows, mut n) = (&text.train, 0, 0);
-            while windows < streams.windows() && n < limit {
-                n += streams.window(windows).2 * streams.batch();
-                windows += 1;
-            }
-            if n == 0 {
-                bail!(
-                    "--checkpoint {}: the run's training text has no window",
-                    args.checkpoint.display()
-                );
-            }
-            let mut lm = LanguageModel::new(&model, text.train.clone(), text.val.clone());
-            let hv = |v: &[Tensor<f32>]| -> chainrule::Result<Vec<Tensor<f32>>> {
-                let tape = Tape::forward_mode();
-                let p = store.duals(&tape, v)?;
-                lm.start_epoch(0, 0)?;
-                let mut total = tape.scalar(0.0);
-                for k in 0..windows {
-                    let (loss, chars) = lm.batch_loss(&p, k, &mut ForwardCtx::eval())?;
-                    total = total.add(loss.mul_scalar(chars as f64 / n as f64))?;
-                }
-                tape.backward_tangents(total, p.vars())
-            };
-            let eig = eigenvalues(&args, &store, hv)?;
-            let over = format!(
-                "mean cross-entropy per character over the first {windows} training window(s) of {} streams, the first from a zero state, each next from the state the one before left, as in training",
-                text.train.batch()
-            );
-            (eig, n, over)
-        }
-        None => {
-            let (model, store, splits) = saved.classifier()?;
-            let n = splits.train.len().min(limit);
-            let rows: Vec<usize> = (0..n).collect();
-            let (x, y) = gather_batch(&splits.train, &rows);
-            let hv = |v: &[Tensor<f32>]| -> chainrule::Result<Vec<Tensor<f32>>> {
-                let tape = Tape::forward_mode();
-                let p = store.duals(&tape, v)?;
-                let logits = model.classifier().logits(
-                    &p,
-                    tape.constant(x.clone()),
-                    &mut ForwardCtx::eval(),
-                )?;
-                let loss = cross_entropy(logits, &y)?;
-                tape.backward_tangents(loss, p.vars())
-            };
-            let eig = eigenvalues(&args, &store, hv)?;
-            (
-                eig,
-                n,
-                format!("mean cross-entropy over the first {n} training samples"),
-            )
-        }
-    };
-    report(&args, &saved, eig, n, &over)
+    // H·v of the mean loss: the recorded gradient's tangent on a forward-mode tape, alone;
+    // which loss, over which samples, is the model's family's
+    let (model, store) = saved.restore()?;
+    let loss = model
+        .curvature(&saved.cfg, &store, limit)
+        .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
+    let eig = eigenvalues(&args, &store, loss.hv)?;
+    report(&args, &saved, eig, loss.samples, &loss.over)
 }
 
 /// Prints the eigenvalues found over `n` samples of the loss `over` describes, and the

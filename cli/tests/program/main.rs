@@ -6,6 +6,7 @@ mod cnn_cli;
 mod common;
 mod distributed;
 mod explain_cli;
+mod family_cli;
 mod gpt_cli;
 mod kill;
 mod readme;

@@ -19,8 +19,8 @@ pub struct Args {
     /// ×0.7 after every epoch, batch 64, no clipping, 14 epochs). `gpt` defaults to the
     /// W11 recipe (nanoGPT's character GPT: 4 layers, 4 heads, width 128, context 64,
     /// batch 12, AdamW, warm-up 100 and cosine to 1e-4 over --max-steps 2000).
-    #[arg(long)]
-    pub(crate) model: Option<String>,
+    #[arg(long, value_parser = ModelKind::parse)]
+    pub(crate) model: Option<ModelKind>,
     /// Embedding size of a character model [default: 64; 128 for gpt].
     #[arg(long)]
     pub(crate) embed: Option<usize>,
@@ -200,8 +200,9 @@ pub(crate) fn limit<T: Copy>(given: Option<Limit<T>>, base: Option<T>) -> Option
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunConfig {
     pub(crate) data: String,
-    #[serde(default = "mlp")]
-    pub(crate) model: String,
+    /// Older settings without a model were an MLP's.
+    #[serde(default)]
+    pub(crate) model: ModelKind,
     #[serde(default)]
     pub(crate) embed: usize,
     #[serde(default)]
@@ -253,33 +254,6 @@ pub(crate) fn is_text(data: &str) -> bool {
     data.starts_with("text:") || EMBEDDED_TEXTS.contains(&data)
 }
 
-pub(crate) fn mlp() -> String {
-    "mlp".into()
-}
-
-/// The `--model` name of the transformer.
-pub(crate) const GPT: &str = "gpt";
-
-/// The `--model` name of the convolutional network.
-pub(crate) const CNN: &str = "cnn";
-
-/// Whether a `--model` name is a character model (recurrent or GPT).
-pub(crate) fn is_text_model(model: &str) -> anyhow::Result<bool> {
-    Ok(model == GPT || cell_kind(model)?.is_some())
-}
-
-/// The recurrent cell of a `--model` name (`None` for `mlp`, `cnn` and `gpt`).
-pub(crate) fn cell_kind(model: &str) -> anyhow::Result<Option<CellKind>> {
-    Ok(match model {
-        "mlp" | CNN => None,
-        "lstm" => Some(CellKind::Lstm),
-        "gru" => Some(CellKind::Gru),
-        "rnn" => Some(CellKind::Rnn),
-        GPT => None,
-        _ => bail!("--model: unknown model '{model}'; choose mlp, cnn, lstm, gru, rnn or gpt"),
-    })
-}
-
 pub(crate) fn parse_init(s: &str) -> anyhow::Result<Init> {
     Ok(match s {
         "he" => Init::HeUniform,
@@ -307,224 +281,25 @@ pub(crate) fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>
     }
 }
 
-/// The options a character model refuses or needs: `--embed`, `--layers` and
-/// `--seq-len` of at least 1 (`sizes`, in that order), one hidden size for a recurrent
-/// one, heads that divide the width for a GPT, and no `--val-fraction` or `--init`.
-fn check_text_options(
-    a: &Args,
-    model: &str,
-    sizes: [usize; 3],
-    heads: usize,
-    hidden: &[usize],
-) -> anyhow::Result<()> {
-    for (flag, v) in ["--embed", "--layers", "--seq-len"].into_iter().zip(sizes) {
-        if v == 0 {
-            bail!("{flag} must be at least 1");
-        }
-    }
-    if model == GPT {
-        if heads == 0 || !sizes[0].is_multiple_of(heads) {
-            bail!("--heads: {heads} heads do not divide --embed {}", sizes[0]);
-        }
-        if a.hidden.is_some() {
-            bail!("--hidden: a GPT's widths are --embed (its MLP is 4× that)");
-        }
-    } else if a.heads.is_some() {
-        bail!("--heads: only --model gpt has attention heads");
-    } else if hidden.len() != 1 {
-        bail!(
-            "--hidden: a recurrent model takes one hidden size (stack layers with --layers), got {hidden:?}"
-        );
-    }
-    if a.val_fraction.is_some() {
-        bail!("--val-fraction: text data always validates on its last 10%");
-    }
-    if a.init.is_some() {
-        bail!("--init: a character model always starts from PyTorch's initialisation");
-    }
-    Ok(())
-}
-
-/// The options only a CNN takes (`--channels`, `--kernel`, `--conv-dropout`), and those
-/// it refuses (`--init`, `--activation`: PyTorch's initialisation and ReLU).
-fn check_cnn_options(
-    a: &Args,
-    model: &str,
-    channels: &[usize],
-    kernel: usize,
-    conv_dropout: f64,
-) -> anyhow::Result<()> {
-    if model != CNN {
-        for (flag, given) in [
-            ("--channels", a.channels.is_some()),
-            ("--kernel", a.kernel.is_some()),
-            ("--conv-dropout", a.conv_dropout.is_some()),
-        ] {
-            if given {
-                bail!("{flag}: only --model cnn has convolutions");
-            }
-        }
-        return Ok(());
-    }
-    if channels.is_empty() || channels.contains(&0) {
-        bail!("--channels: give one positive channel count per convolution, got {channels:?}");
-    }
-    if kernel == 0 {
-        bail!("--kernel must be at least 1");
-    }
-    if !(0.0..1.0).contains(&conv_dropout) {
-        bail!("--conv-dropout must be in [0, 1), got {conv_dropout}");
-    }
-    if a.init.is_some() {
-        bail!("--init: a CNN always starts from PyTorch's initialisation");
-    }
-    if a.activation.is_some() {
-        bail!("--activation: a CNN's activations are ReLU");
-    }
-    Ok(())
-}
-
 impl RunConfig {
-    /// Defaults, overridden by the options given (on top of `base` when resuming).
-    /// The defaults of a character-level language model: the best recipe found for
-    /// 600 s on the tragedies (docs/language-models.md).
-    pub(crate) fn text_defaults() -> RunConfig {
-        RunConfig {
-            data: String::new(),
-            model: "lstm".into(),
-            embed: 64,
-            layers: 2,
-            heads: 0,
-            seq_len: 64,
-            channels: Vec::new(),
-            kernel: 0,
-            conv_dropout: 0.0,
-            label: None,
-            hidden: vec![256],
-            activation: Activation::Tanh,
-            init: None,
-            dropout: 0.0,
-            optimizer: OptimizerKind::Adam,
-            lr: 3e-3,
-            weight_decay: None,
-            schedule: "cosine".into(),
-            warmup: 0,
-            min_lr: 0.0,
-            beta2: None,
-            batch_size: 32,
-            clip_norm: Some(1.0),
-            clip_value: None,
-            target: None,
-            patience: Some(20),
-            max_epochs: Some(1000),
-            max_steps: Some(5000),
-            max_time: Some(600.0),
-            eval_every: Some(500),
-            val_fraction: 0.1,
-            restore_best: false,
-            seed: 0,
-        }
-    }
-
-    /// The defaults of `--model gpt`: the W11 recipe (bench/anchors/w11_char_gpt.py,
-    /// nanoGPT's CPU character GPT), so that `--max-steps 2000` is that recipe.
-    pub(crate) fn gpt_defaults() -> RunConfig {
-        RunConfig {
-            model: GPT.into(),
-            embed: 128,
-            layers: 4,
-            heads: 4,
-            hidden: Vec::new(),
-            activation: Activation::Identity,
-            optimizer: OptimizerKind::Adamw,
-            lr: 1e-3,
-            weight_decay: Some(0.1),
-            warmup: 100,
-            min_lr: 1e-4,
-            beta2: Some(0.99),
-            batch_size: 12,
-            max_steps: Some(2000),
-            ..RunConfig::text_defaults()
-        }
-    }
-
-    /// The defaults of an MLP classifier: the main job, on the embedded digits.
-    pub(crate) fn mlp_defaults() -> RunConfig {
-        RunConfig {
-            data: "digits".into(),
-            model: mlp(),
-            embed: 0,
-            layers: 0,
-            heads: 0,
-            seq_len: 0,
-            channels: Vec::new(),
-            kernel: 0,
-            conv_dropout: 0.0,
-            label: None,
-            hidden: vec![128, 64],
-            activation: Activation::Relu,
-            init: None,
-            dropout: 0.0,
-            optimizer: OptimizerKind::Adam,
-            lr: 1e-3,
-            weight_decay: None,
-            schedule: "constant".into(),
-            warmup: 0,
-            min_lr: 0.0,
-            beta2: None,
-            batch_size: 32,
-            clip_norm: Some(1.0),
-            clip_value: None,
-            target: Some(0.97),
-            patience: Some(20),
-            max_epochs: Some(1000),
-            max_steps: None,
-            max_time: Some(60.0),
-            eval_every: None,
-            val_fraction: 0.2,
-            restore_best: false,
-            seed: 0,
-        }
-    }
-
-    /// The defaults of `--model cnn`: the W12 recipe (bench/anchors/w12_mnist_cnn.py,
-    /// PyTorch's MNIST example) for the 14 epochs of that example.
-    pub(crate) fn cnn_defaults() -> RunConfig {
-        RunConfig {
-            model: CNN.into(),
-            channels: vec![32, 64],
-            kernel: 3,
-            conv_dropout: 0.25,
-            hidden: vec![128],
-            dropout: 0.5,
-            optimizer: OptimizerKind::Adadelta,
-            lr: 1.0,
-            schedule: "epoch:0.7".into(),
-            batch_size: 64,
-            clip_norm: None,
-            target: None,
-            max_epochs: Some(14),
-            max_time: None,
-            ..RunConfig::mlp_defaults()
-        }
-    }
-
+    /// Defaults (the family's recipe), overridden by the options given (on top of
+    /// `base` when resuming).
     pub(crate) fn resolve(a: &Args, base: Option<RunConfig>) -> anyhow::Result<RunConfig> {
         let text = a
             .data
             .as_deref()
             .or(base.as_ref().map(|b| b.data.as_str()))
             .is_some_and(is_text);
-        let b = base.unwrap_or_else(|| {
-            if text && a.model.as_deref() == Some(GPT) {
-                RunConfig::gpt_defaults()
-            } else if text {
-                RunConfig::text_defaults()
-            } else if a.model.as_deref() == Some(CNN) {
-                RunConfig::cnn_defaults()
-            } else {
-                RunConfig::mlp_defaults()
-            }
+        let model = a
+            .model
+            .or(base.as_ref().map(|b| b.model))
+            .unwrap_or(ModelKind::default_for(text));
+        let fam = family(model);
+        // a model that does not train on the data is refused below, naming the data's
+        // default (digits when no --data was given)
+        let b = base.unwrap_or_else(|| match fam.on_text() == text {
+            true => fam.defaults(model),
+            false => family(ModelKind::default_for(text)).defaults(ModelKind::default_for(text)),
         });
         let lr = a.lr.unwrap_or(b.lr);
         if !(lr.is_finite() && lr >= 0.0) {
@@ -553,10 +328,11 @@ impl RunConfig {
             bail!("--batch-size must be at least 1");
         }
         let data = a.data.clone().unwrap_or(b.data);
-        let model = a.model.clone().unwrap_or(b.model);
-        if is_text_model(&model)? != text {
+        if fam.on_text() != text {
             bail!(
-                "--model {model} does not train on --data {data}: text data takes lstm, gru, rnn or gpt, the others take mlp or cnn"
+                "--model {model} does not train on --data {data}: text data takes {}, the others take {}",
+                models(|f| f.on_text()),
+                models(|f| !f.on_text())
             );
         }
         let (embed, layers, seq_len) = (
@@ -565,15 +341,11 @@ impl RunConfig {
             a.seq_len.unwrap_or(b.seq_len),
         );
         let heads = a.heads.unwrap_or(b.heads);
-        if text {
-            check_text_options(a, &model, [embed, layers, seq_len], heads, &hidden)?;
-        }
         let (channels, kernel) = (
             a.channels.clone().unwrap_or(b.channels),
             a.kernel.unwrap_or(b.kernel),
         );
         let conv_dropout = a.conv_dropout.unwrap_or(b.conv_dropout);
-        check_cnn_options(a, &model, &channels, kernel, conv_dropout)?;
         let min_lr = a.min_lr.unwrap_or(b.min_lr);
         if !(min_lr.is_finite() && min_lr >= 0.0) {
             bail!("--min-lr must be a non-negative number, got {min_lr}");
@@ -626,6 +398,11 @@ impl RunConfig {
             restore_best: a.restore_best || b.restore_best,
             seed: a.seed.unwrap_or(b.seed),
         };
+        // an option only another family takes, then the family's own checks
+        if let Some(refusal) = foreign_option(fam, a) {
+            bail!(refusal);
+        }
+        fam.check_options(a, &cfg)?;
         cfg.check_schedule_and_limits()?;
         Ok(cfg)
     }
@@ -672,7 +449,11 @@ impl RunConfig {
             }
         }
         same("--data", a.data.as_ref(), &saved.data)?;
-        same("--model", a.model.as_ref(), &saved.model)?;
+        same(
+            "--model",
+            a.model.map(|m| m.to_string()),
+            saved.model.to_string(),
+        )?;
         same("--embed", a.embed, saved.embed)?;
         same("--layers", a.layers, saved.layers)?;
         same("--heads", a.heads, saved.heads)?;
@@ -747,11 +528,7 @@ impl RunConfig {
             base_lr: self.lr,
             schedule,
             warmup: self.warmup,
-            warmup_shape: if self.model == GPT {
-                Warmup::NanoGpt
-            } else {
-                Warmup::Linear
-            },
+            warmup_shape: family(self.model).warmup(),
         })
     }
 

@@ -3,15 +3,16 @@
 use crate::plot::plot_history;
 use crate::progress::Progress;
 use anyhow::{Context, bail};
-use chainrule::autodiff::CellKind;
+use chainrule::autodiff::Tape;
 use chainrule::data::{
-    Dataset, EMBEDDED_TEXTS, LabelColumn, Standardizer, Streams, TextCorpus, load_csv, load_mnist,
-    unigram_entropy,
+    Dataset, EMBEDDED_TEXTS, LabelColumn, Standardizer, Streams, TextCorpus, gather_batch,
+    load_csv, load_mnist, unigram_entropy,
 };
 use chainrule::nn::{
-    Activation, CharModel, Classifier, Cnn, CnnConfig, Gpt, GptConfig, Init, Mlp, ParamStore,
+    Activation, CharModel, Classifier, ForwardCtx, Init, ParamStore, cross_entropy,
 };
 use chainrule::optim::{Adam, LrSchedule, Optimizer, OptimizerKind, Schedule, Warmup};
+use chainrule::tensor::Tensor;
 use chainrule::train::{
     CHECKPOINT_FILE, Callback, CheckpointMeta, CheckpointWriter, Classification, Collective,
     DataIdentity, GptLanguageModel, LanguageModel, MetricsLog, Objective, Position, StopReason,
@@ -23,11 +24,13 @@ use std::process::ExitCode;
 
 mod args;
 mod build;
+mod family;
 mod run;
 mod saved;
 
 pub use args::*;
 pub use build::*;
+pub use family::*;
 use run::run_with;
 pub use saved::*;
 
@@ -73,7 +76,7 @@ const WITHOUT_MPI: &str = "--distributed: this chainrule was built without MPI; 
 /// hash of the training and validation data, as JSON.
 pub(crate) fn run_fingerprint(
     cfg: &RunConfig,
-    problem: &Problem,
+    problem: &dyn Trained,
 ) -> anyhow::Result<serde_json::Value> {
     let data = serde_json::to_value(problem.identity(&cfg.data))?;
     Ok(serde_json::json!({"configuration": serde_json::to_value(cfg)?, "data": data}))

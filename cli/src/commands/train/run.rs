@@ -1,7 +1,8 @@
 //! One run of `chainrule train`, in named steps: resolve the run (a resumed one's saved
 //! settings), build the data and the model, restore a resumed run's state, build the
-//! trainer, train with the callbacks that write the run's files, and report. Adding a
-//! model family adds a case to [`Problem`] and its builder, not a branch here.
+//! trainer, train with the callbacks that write the run's files, and report. What
+//! differs between models is the family's ([`Family`], [`Trained`]): nothing here
+//! names a model.
 
 use super::*;
 use chainrule::optim::Optimizer;
@@ -18,6 +19,7 @@ pub(crate) fn run_with(
     // checkpoint's tensors and the trainer's settings
     let mut store = ParamStore::<f32>::new();
     let problem = build_problem(&cfg, &args, resumed.as_ref(), &mut store)?;
+    let problem = problem.as_ref();
     let mut optimizer = cfg.build_optimizer()?;
     let mut objective = problem.objective(&cfg)?;
     let position = match &resumed {
@@ -33,16 +35,16 @@ pub(crate) fn run_with(
     };
     // rank 0 of a data-parallel run (or a single process) writes the run's files
     let writer = collective.as_ref().is_none_or(|c| c.rank() == 0);
-    let trainer = build_trainer(&args, &cfg, &problem, objective.as_mut(), collective)?;
+    let trainer = build_trainer(&args, &cfg, problem, objective.as_mut(), collective)?;
     let out = output_folder(&args, writer)?;
     if writer {
         write_graph(&args, &cfg, objective.as_mut(), &store)?;
         if !args.json {
-            eprintln!("{}", announcement(&cfg, &problem, &store, &out));
+            eprintln!("{}", announcement(&cfg, problem, &store, &out));
         }
     }
-    let meta = checkpoint_meta(&cfg, &problem, &position)?;
-    let mut files = RunFiles::new(&args, resumed.as_ref(), &problem, &cfg, meta, &out, writer)?;
+    let meta = checkpoint_meta(&cfg, problem, &position)?;
+    let mut files = RunFiles::new(&args, resumed.as_ref(), problem, &cfg, meta, &out, writer)?;
     let report = trainer.fit(
         objective.as_mut(),
         &mut store,
@@ -55,7 +57,7 @@ pub(crate) fn run_with(
         StopReason::NonFinite | StopReason::Diverged
     );
     if writer {
-        write_report(&args, &cfg, &problem, &report, &out)?;
+        write_report(&args, &cfg, problem, &report, &out)?;
         warn_and_fail(&report, &out);
     }
     Ok(if failed {
@@ -76,10 +78,7 @@ fn resolve_run(args: &Args) -> anyhow::Result<(Option<Checkpoint>, RunConfig)> {
         None => None,
     };
     let base: Option<RunConfig> = match &resumed {
-        Some(c) => Some(
-            serde_json::from_value(c.meta.config.clone())
-                .context("the checkpoint's configuration is not readable")?,
-        ),
+        Some(c) => Some(saved_config(c)?),
         None => None,
     };
     if let Some(saved) = &base {
@@ -95,49 +94,18 @@ fn resume_context(args: &Args) -> String {
 }
 
 /// The data and the model of the run, checked against a resumed run's checkpoint (its
-/// model's sizes and its data's identity).
+/// model's parameters and its data's identity).
 fn build_problem(
     cfg: &RunConfig,
     args: &Args,
     resumed: Option<&Checkpoint>,
     store: &mut ParamStore<f32>,
-) -> anyhow::Result<Problem> {
-    let problem = match cell_kind(&cfg.model)? {
-        None if cfg.model == GPT => {
-            let text = load_text(cfg, resumed.and_then(|c| c.meta.vocab.as_deref()))?;
-            let vocab = text.corpus.vocab().len();
-            if let Some(c) = resumed {
-                c.check_param_count(gpt_config(cfg, vocab).param_count())
-                    .with_context(|| resume_context(args))?;
-            }
-            let model = gpt_model(cfg, vocab, store)?;
-            Problem::Gpt { text, model }
-        }
-        None => {
-            let splits = load_splits(cfg, resumed.and_then(|c| c.meta.standardizer.clone()))?;
-            let shape = (
-                splits.train.dim(),
-                splits.train.num_classes.max(splits.val.num_classes),
-            );
-            // the checkpoint is named only when there is one: a fresh run's error is the
-            // options' own
-            let model = build_network(cfg, shape, resumed, store).map_err(|e| match resumed {
-                Some(_) => e.context(resume_context(args)),
-                None => e,
-            })?;
-            Problem::Classifier { splits, model }
-        }
-        Some(kind) => {
-            let text = load_text(cfg, resumed.and_then(|c| c.meta.vocab.as_deref()))?;
-            let vocab = text.corpus.vocab().len();
-            if let Some(c) = resumed {
-                c.check_param_count(char_param_count(cfg, kind, vocab))
-                    .with_context(|| resume_context(args))?;
-            }
-            let model = char_model(cfg, kind, vocab, store)?;
-            Problem::Text { text, model }
-        }
-    };
+) -> anyhow::Result<Box<dyn Trained>> {
+    let saved = resumed.map(|ckpt| Saved {
+        ckpt,
+        name: resume_context(args),
+    });
+    let problem = family(cfg.model).build(cfg, saved.as_ref(), store)?;
     if let Some(saved) = resumed.and_then(|c| c.meta.data.as_ref()) {
         saved.check_same(&problem.identity(&cfg.data))?;
     }
@@ -180,7 +148,7 @@ fn restore(
 fn build_trainer(
     args: &Args,
     cfg: &RunConfig,
-    problem: &Problem,
+    problem: &dyn Trained,
     objective: &mut dyn Objective,
     collective: Option<Box<dyn Collective>>,
 ) -> anyhow::Result<Trainer> {
@@ -269,86 +237,36 @@ fn write_graph(
 }
 
 /// The line that says what is about to train, on what, and where it writes.
-fn announcement(cfg: &RunConfig, problem: &Problem, store: &ParamStore<f32>, out: &Path) -> String {
+fn announcement(
+    cfg: &RunConfig,
+    problem: &dyn Trained,
+    store: &ParamStore<f32>,
+    out: &Path,
+) -> String {
     let clipping = cfg
         .clip_norm
         .map(|c| format!("at norm {c}"))
         .unwrap_or("off".into());
-    match problem {
-        Problem::Classifier { splits, model } => format!(
-            "training {} on {} ({} train / {} {} samples) with {:?}, lr {}, batch {}, clipping {clipping}; output in {}",
-            model.describe(store),
-            cfg.data,
-            splits.train.len(),
-            splits.val.len(),
-            splits.eval_name,
-            cfg.optimizer,
-            cfg.lr,
-            cfg.batch_size,
-            out.display()
-        ),
-        Problem::Text { text, model } => format!(
-            "training a character {} ({} layers of {}, embedding {}, {} parameters) on {} ({} train / {} validation characters, vocabulary {}, unigram entropy {:.3} nats) with {:?}, lr {}, {} streams × {} characters, clipping {clipping}; output in {}",
-            cfg.model.to_uppercase(),
-            cfg.layers,
-            model.rnn.hidden_size,
-            model.embed,
-            store.num_elements(),
-            text.corpus.name(),
-            text.corpus.train().len(),
-            text.corpus.val().len(),
-            model.vocab,
-            unigram_entropy(text.corpus.train()),
-            cfg.optimizer,
-            cfg.lr,
-            cfg.batch_size,
-            cfg.seq_len,
-            out.display()
-        ),
-        Problem::Gpt { text, model } => format!(
-            "training a character GPT ({} blocks, {} heads, width {}, context {}, {} parameters) on {} ({} train / {} validation characters, vocabulary {}) with {:?}, lr {}, {} windows × {} characters, clipping {clipping}; output in {}",
-            model.config.layers,
-            model.config.heads,
-            model.config.embed,
-            model.config.context,
-            store.num_elements(),
-            text.corpus.name(),
-            text.corpus.train().len(),
-            text.corpus.val().len(),
-            model.config.vocab,
-            cfg.optimizer,
-            cfg.lr,
-            cfg.batch_size,
-            cfg.seq_len,
-            out.display()
-        ),
-    }
+    problem.announcement(cfg, store, &clipping, out)
 }
 
-/// What the checkpoint must hold to rebuild the run: the model's sizes, the
-/// standardiser or the vocabulary, the settings and the data's identity.
+/// What the checkpoint must hold to rebuild the run: the model (its family's record,
+/// and the legacy sizes), the standardiser or the vocabulary, the settings and the
+/// data's identity.
 fn checkpoint_meta(
     cfg: &RunConfig,
-    problem: &Problem,
+    problem: &dyn Trained,
     position: &Position,
 ) -> anyhow::Result<CheckpointMeta> {
-    let (sizes, vocab, standardizer) = match problem {
-        Problem::Classifier { splits, model } => {
-            (model.sizes(), None, Some(splits.standardizer.clone()))
-        }
-        Problem::Text { text, .. } | Problem::Gpt { text, .. } => (
-            Vec::new(),
-            Some(text.corpus.vocab().iter().collect::<String>()),
-            None,
-        ),
-    };
+    let record = problem.record();
     Ok(CheckpointMeta {
         version: 1,
-        sizes,
+        sizes: record.sizes,
         activation: cfg.activation,
         dropout: cfg.dropout,
-        standardizer,
-        vocab,
+        model: Some(record.model),
+        standardizer: record.standardizer,
+        vocab: record.vocab,
         position: position.clone(),
         config: serde_json::to_value(cfg)?,
         data: Some(problem.identity(&cfg.data)),
@@ -368,7 +286,7 @@ impl RunFiles {
     fn new(
         args: &Args,
         resumed: Option<&Checkpoint>,
-        problem: &Problem,
+        problem: &dyn Trained,
         cfg: &RunConfig,
         meta: CheckpointMeta,
         out: &Path,
@@ -410,7 +328,7 @@ impl RunFiles {
 fn write_report(
     args: &Args,
     cfg: &RunConfig,
-    problem: &Problem,
+    problem: &dyn Trained,
     report: &TrainReport,
     out: &Path,
 ) -> anyhow::Result<()> {

@@ -17,6 +17,17 @@ pub struct EvalArgs {
     pub(crate) json: bool,
 }
 
+/// The settings a checkpoint was trained with, its model the one it records (for an
+/// older checkpoint, the one its settings name).
+pub(crate) fn saved_config(ckpt: &chainrule::train::Checkpoint) -> anyhow::Result<RunConfig> {
+    let mut cfg: RunConfig = serde_json::from_value(ckpt.meta.config.clone())
+        .context("the checkpoint's configuration is not readable")?;
+    if let Some(kind) = ModelKind::recorded(ckpt)? {
+        cfg.model = kind;
+    }
+    Ok(cfg)
+}
+
 /// A saved run: its checkpoint file, the checkpoint, and its configuration with the data
 /// replaced by `data` when given.
 pub(crate) struct SavedRun {
@@ -35,8 +46,7 @@ impl SavedRun {
         };
         let ckpt = load_checkpoint(&file)
             .with_context(|| format!("--checkpoint {}", checkpoint.display()))?;
-        let mut cfg: RunConfig = serde_json::from_value(ckpt.meta.config.clone())
-            .context("the checkpoint's configuration is not readable")?;
+        let mut cfg = saved_config(&ckpt)?;
         if let Some(d) = data {
             cfg.data = d;
         }
@@ -56,119 +66,66 @@ impl SavedRun {
             .unwrap_or_else(|| format!("{:?}", self.cfg.optimizer).to_lowercase())
     }
 
-    /// The character model of the run with its saved weights, and the run's text;
-    /// `None` for a classifier's run.
-    pub(crate) fn char_model(
-        &self,
-    ) -> anyhow::Result<Option<(CharModel, ParamStore<f32>, TextData)>> {
-        let Some(kind) = cell_kind(&self.cfg.model)? else {
-            return Ok(None);
-        };
-        let Some(vocab) = self.ckpt.meta.vocab.as_deref() else {
+    /// The run's model with its saved weights, and its data.
+    pub(crate) fn restore(&self) -> anyhow::Result<(Box<dyn Trained>, ParamStore<f32>)> {
+        let fam = family(self.cfg.model);
+        if fam.on_text() && self.ckpt.meta.vocab.is_none() {
             bail!(
                 "{}: a character model's checkpoint without its vocabulary",
                 self.file.display()
             );
-        };
-        let text = load_text(&self.cfg, Some(vocab))?;
-        let size = char_param_count(&self.cfg, kind, text.corpus.vocab().len());
-        self.ckpt
-            .check_param_count(size)
-            .with_context(|| format!("--checkpoint {}", self.file.display()))?;
-        let mut store = ParamStore::<f32>::new();
-        let model = char_model(&self.cfg, kind, text.corpus.vocab().len(), &mut store)?;
-        self.ckpt.restore_params(&mut store)?;
-        Ok(Some((model, store, text)))
-    }
-
-    /// The GPT of the run with its saved weights, and the run's text; `None` for the
-    /// run of another model.
-    pub(crate) fn gpt(&self) -> anyhow::Result<Option<(Gpt, ParamStore<f32>, TextData)>> {
-        if self.cfg.model != GPT {
-            return Ok(None);
         }
-        let Some(vocab) = self.ckpt.meta.vocab.as_deref() else {
-            bail!(
-                "{}: a character model's checkpoint without its vocabulary",
-                self.file.display()
-            );
-        };
-        let text = load_text(&self.cfg, Some(vocab))?;
-        let vocab = text.corpus.vocab().len();
-        self.ckpt
-            .check_param_count(gpt_config(&self.cfg, vocab).param_count())
-            .with_context(|| format!("--checkpoint {}", self.file.display()))?;
-        let mut store = ParamStore::<f32>::new();
-        let model = gpt_model(&self.cfg, vocab, &mut store)?;
-        self.ckpt.restore_params(&mut store)?;
-        Ok(Some((model, store, text)))
-    }
-
-    /// The classifier (MLP or CNN) of the run with its saved weights, and the run's data
-    /// splits.
-    pub(crate) fn classifier(&self) -> anyhow::Result<(Network, ParamStore<f32>, Splits)> {
-        let splits = load_splits(&self.cfg, self.ckpt.meta.standardizer.clone())?;
-        let Some(&classes) = self.ckpt.meta.sizes.last() else {
-            bail!(
-                "{}: the checkpoint's model has no layers",
-                self.file.display()
-            );
+        let saved = Saved {
+            ckpt: &self.ckpt,
+            name: format!("--checkpoint {}", self.file.display()),
         };
         let mut store = ParamStore::<f32>::new();
-        let shape = (splits.val.dim(), classes);
-        let model = build_network(&self.cfg, shape, Some(&self.ckpt), &mut store)
-            .with_context(|| format!("--checkpoint {}", self.file.display()))?;
+        let trained = fam.build(&self.cfg, Some(&saved), &mut store)?;
         self.ckpt.restore_params(&mut store)?;
-        Ok((model, store, splits))
+        Ok((trained, store))
     }
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let run = SavedRun::load(&args.checkpoint, args.data)?;
     let (dir, ckpt, cfg) = (&run.file, &run.ckpt, &run.cfg);
-    let text_loss = if let Some((model, store, text)) = run.gpt()? {
-        let (train, val) = (text.corpus.train(), text.corpus.val());
-        let lm = GptLanguageModel::new(&model, train, val, cfg.batch_size, cfg.seq_len)?;
-        Some((lm.loss_over(&store, val)?.0, text))
-    } else if let Some((model, store, text)) = run.char_model()? {
-        let lm = LanguageModel::new(&model, text.train.clone(), text.val.clone());
-        Some((lm.loss_over(&store, &text.val)?, text))
-    } else {
-        None
-    };
-    if let Some((loss, text)) = text_loss {
-        let bpc = loss / std::f64::consts::LN_2;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({"data": cfg.data, "split": "validation", "characters": text.corpus.val().len(), "loss": loss, "bits_per_char": bpc, "step": ckpt.meta.position.step})
-            );
-        } else {
-            println!(
-                "{} on the validation text of {}: loss {loss:.4} nats/char = {bpc:.4} bits/char",
-                dir.display(),
-                cfg.data
-            );
+    let (trained, store) = run.restore()?;
+    let step = ckpt.meta.position.step;
+    match trained.evaluate(cfg, &store)? {
+        Evaluation::Text { loss, characters } => {
+            let bpc = loss / std::f64::consts::LN_2;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"data": cfg.data, "split": "validation", "characters": characters, "loss": loss, "bits_per_char": bpc, "step": step})
+                );
+            } else {
+                println!(
+                    "{} on the validation text of {}: loss {loss:.4} nats/char = {bpc:.4} bits/char",
+                    dir.display(),
+                    cfg.data
+                );
+            }
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let (model, store, splits) = run.classifier()?;
-    let (loss, acc) = evaluate(model.classifier(), &store, &splits.val)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"data": cfg.data, "split": splits.eval_name, "samples": splits.val.len(), "loss": loss, "accuracy": acc, "step": ckpt.meta.position.step})
-        );
-    } else {
-        println!(
-            "{} on the {} split of {} ({} samples): accuracy {:.4}, loss {:.4}",
-            dir.display(),
-            splits.eval_name,
-            cfg.data,
-            splits.val.len(),
-            acc,
-            loss
-        );
+        Evaluation::Classes {
+            loss,
+            accuracy,
+            samples,
+            split,
+        } => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"data": cfg.data, "split": split, "samples": samples, "loss": loss, "accuracy": accuracy, "step": step})
+                );
+            } else {
+                println!(
+                    "{} on the {split} split of {} ({samples} samples): accuracy {accuracy:.4}, loss {loss:.4}",
+                    dir.display(),
+                    cfg.data,
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -215,9 +172,9 @@ pub fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
     };
     let context = || format!("--checkpoint {}", args.checkpoint.display());
     let ckpt = load_checkpoint(&file).with_context(context)?;
-    let cfg: RunConfig = serde_json::from_value(ckpt.meta.config.clone())
-        .context("the checkpoint's configuration is not readable")?;
-    let (true, Some(vocab)) = (is_text_model(&cfg.model)?, ckpt.meta.vocab.as_deref()) else {
+    let cfg = saved_config(&ckpt)?;
+    let fam = family(cfg.model);
+    let (true, Some(vocab)) = (fam.on_text(), ckpt.meta.vocab.as_deref()) else {
         bail!(
             "{}: it holds an MLP classifier, not a character model; sample needs a run of `chainrule train --data text:FILE`",
             file.display()
@@ -241,23 +198,13 @@ pub fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
     }
     let mut store = ParamStore::<f32>::new();
     let (top_k, seed) = (args.top_k, args.seed);
-    let ids = match cell_kind(&cfg.model)? {
-        Some(kind) => {
-            ckpt.check_param_count(char_param_count(&cfg, kind, chars.len()))
-                .with_context(context)?;
-            let model = char_model(&cfg, kind, chars.len(), &mut store)?;
-            ckpt.restore_params(&mut store).with_context(context)?;
-            model.sample(&store, &prompt, args.length, args.temperature, top_k, seed)?
-        }
-        // the GPT reads at most its context: the prompt's last characters
-        None => {
-            ckpt.check_param_count(gpt_config(&cfg, chars.len()).param_count())
-                .with_context(context)?;
-            let model = gpt_model(&cfg, chars.len(), &mut store)?;
-            ckpt.restore_params(&mut store).with_context(context)?;
-            model.sample(&store, &prompt, args.length, args.temperature, top_k, seed)?
-        }
+    let saved = Saved {
+        ckpt: &ckpt,
+        name: context(),
     };
+    let model = fam.sampler(&cfg, &saved, chars.len(), &mut store)?;
+    ckpt.restore_params(&mut store).with_context(context)?;
+    let ids = model.sample(&store, &prompt, args.length, args.temperature, top_k, seed)?;
     let text: String = ids.iter().map(|&i| chars[i]).collect();
     println!("{}{text}", args.prompt);
     Ok(ExitCode::SUCCESS)
