@@ -2,7 +2,8 @@
 //! digits; saved, loaded into a fresh store and evaluated; then fine-tuned with its body
 //! frozen. `cargo run --release --example own_model`
 use chainrule::data::{Dataset, Standardizer};
-use chainrule::nn::{Classifier, Dropout, ForwardCtx, Init, Linear, ParamStore, Params};
+use chainrule::nn::{self, ChaCha8Rng, Classifier, Dropout, ForwardCtx, Init, Linear};
+use chainrule::nn::{ParamStore, Params};
 use chainrule::optim::OptimizerKind;
 use chainrule::train::{Classification, Objective, TrainConfig, Trainer};
 use chainrule::{Result, Var};
@@ -15,11 +16,11 @@ struct TwoLayer {
 }
 
 impl TwoLayer {
-    fn new(store: &mut ParamStore<f32>, seed: u64) -> Result<Self> {
-        let mut rng = chainrule::nn::rng(seed);
+    /// As the library's models: the initial values drawn from the caller's generator.
+    fn new(store: &mut ParamStore<f32>, rng: &mut ChaCha8Rng) -> Result<Self> {
         Ok(TwoLayer {
-            body: Linear::new(store, "body", 64, 32, Init::TorchDefault, &mut rng)?,
-            head: Linear::new(store, "head", 32, 10, Init::TorchDefault, &mut rng)?,
+            body: Linear::new(store, "body", 64, 32, Init::TorchDefault, rng)?,
+            head: Linear::new(store, "head", 32, 10, Init::TorchDefault, rng)?,
             dropout: Dropout { p: 0.2 },
         })
     }
@@ -43,7 +44,7 @@ fn main() -> Result<()> {
     let scale = Standardizer::fit(&train);
     let (train, val) = (scale.apply(&train)?, scale.apply(&val)?);
     let mut store = ParamStore::new();
-    let model = TwoLayer::new(&mut store, 0)?;
+    let model = TwoLayer::new(&mut store, &mut nn::rng(0))?;
     let mut adam = OptimizerKind::Adam.build::<f32>(3e-3, None)?;
     let trainer = Trainer::new(TrainConfig {
         batch_size: 32,
@@ -61,7 +62,7 @@ fn main() -> Result<()> {
     let path = std::env::temp_dir().join(format!("own_model-{}.safetensors", std::process::id()));
     store.save_safetensors(&path, &Default::default())?;
     let mut loaded = ParamStore::new();
-    let same = TwoLayer::new(&mut loaded, 1)?; // other initial values, overwritten by the load
+    let same = TwoLayer::new(&mut loaded, &mut nn::rng(1))?; // other initial values, overwritten by the load
     loaded.load_safetensors(&path)?;
     std::fs::remove_file(&path).ok();
     let before = task.evaluate(&store)?.get("accuracy");

@@ -101,6 +101,31 @@ pub struct Checkpoint {
     pub best: Vec<(String, Tensor<f32>)>,
 }
 
+/// The format version this library writes. Version 2 stores every [`crate::nn::Linear`]
+/// weight as PyTorch does, `[out, in]`; version 1 stored those of the built-in models
+/// (`layerN.weight` of an MLP, `out.weight` of a recurrent model's head) as `[in, out]`,
+/// and reading one transposes them back (with their best values and optimizer state).
+pub const CHECKPOINT_VERSION: u32 = 2;
+
+/// Whether a version-1 checkpoint held the parameter `name` as `[in, out]`: the weights
+/// of the built-in models' `Linear` layers before they took PyTorch's layout.
+fn stored_as_in_out(version: u32, name: &str) -> bool {
+    let linear = name == "out.weight"
+        || name
+            .strip_prefix("layer")
+            .and_then(|r| r.strip_suffix(".weight"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    version < 2 && linear
+}
+
+/// `t` in the current layout: transposed when the checkpoint held it as `[in, out]`.
+fn current_layout(version: u32, name: &str, t: &Tensor<f32>) -> Result<Tensor<f32>> {
+    match t.shape() {
+        [_, _] if stored_as_in_out(version, name) => t.t(),
+        _ => Ok(t.clone()),
+    }
+}
+
 /// The file name of a run's checkpoint inside its output folder.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
@@ -251,11 +276,37 @@ impl Checkpoint {
         store
             .iter()
             .map(|(_, name, t)| match by_name.get(name) {
-                Some(b) if b.shape() == t.shape() => Ok((*b).clone()),
+                Some(b) if current_layout(self.meta.version, name, b)?.shape() == t.shape() => {
+                    current_layout(self.meta.version, name, b)
+                }
                 _ => Err(Error::invalid(
                     "checkpoint",
                     format!("its best weights lack '{name}' of shape {:?}", t.shape()),
                 )),
+            })
+            .collect()
+    }
+
+    /// The optimizer's state (entries named by parameter index, as
+    /// [`Optimizer::state`] writes them) for the parameters of `store`, in the current
+    /// layout.
+    pub fn optimizer_state(&self, store: &ParamStore<f32>) -> Result<Vec<(String, Tensor<f32>)>> {
+        let names: Vec<&str> = store.iter().map(|(_, n, _)| n).collect();
+        self.optimizer
+            .0
+            .iter()
+            .map(|(entry, t)| {
+                let param = entry
+                    .split_once('.')
+                    .and_then(|(i, _)| i.parse::<usize>().ok())
+                    .and_then(|i| names.get(i));
+                Ok((
+                    entry.clone(),
+                    match param {
+                        Some(name) => current_layout(self.meta.version, name, t)?,
+                        None => t.clone(),
+                    },
+                ))
             })
             .collect()
     }
@@ -274,6 +325,7 @@ impl Checkpoint {
                 path: "checkpoint".into(),
                 msg: format!("parameter '{name}' is missing"),
             })?;
+            let t = current_layout(self.meta.version, &name, t)?;
             if t.shape() != shape.as_slice() {
                 return Err(Error::Parse {
                     line: None,
@@ -284,7 +336,7 @@ impl Checkpoint {
                     ),
                 });
             }
-            *store.get_mut(id) = (*t).clone();
+            *store.get_mut(id) = t;
         }
         Ok(())
     }
@@ -299,7 +351,7 @@ mod model_field {
     #[test]
     fn checkpoint_meta_reads_with_and_without_the_model() {
         let meta = CheckpointMeta {
-            version: 1,
+            version: CHECKPOINT_VERSION,
             sizes: vec![2, 3, 2],
             activation: Activation::Relu,
             dropout: 0.0,

@@ -13,7 +13,9 @@ mod objective;
 mod records;
 
 pub use callbacks::{Callback, CheckpointWriter, MetricsLog, Snapshot, read_evaluations};
-pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointMeta, DataIdentity, load_checkpoint};
+pub use checkpoint::{
+    CHECKPOINT_FILE, CHECKPOINT_VERSION, Checkpoint, CheckpointMeta, DataIdentity, load_checkpoint,
+};
 pub use collective::{Collective, fingerprint, share};
 pub use gpt::GptLanguageModel;
 pub use objective::{

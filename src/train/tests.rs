@@ -389,7 +389,7 @@ fn checkpoints_follow_improvement_every_k_and_the_end() {
         let mut opt = OptimizerKind::Sgd.build::<f32>(0.1, None).unwrap();
         let path = dir.join(format!("{every:?}.safetensors"));
         let meta = CheckpointMeta {
-            version: 1,
+            version: super::CHECKPOINT_VERSION,
             sizes: vec![2, 4, 1],
             activation: Activation::Tanh,
             dropout: 0.0,
@@ -425,5 +425,89 @@ fn checkpoints_follow_improvement_every_k_and_the_end() {
         assert_eq!(r.history.len(), 5);
         assert_eq!(watch.saved_at, want, "--checkpoint-every {every:?}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A checkpoint of format version 1 held the MLP's weights as `[in, out]`: read now, its
+/// weights and their Adam moments come back in `Linear`'s layout, `[out, in]`, so that
+/// the restored model computes what the saved one did.
+#[test]
+fn a_version_1_checkpoint_restores_its_weights_in_pytorchs_layout() {
+    use crate::optim::Optimizer;
+    let mut store = ParamStore::new();
+    let model = Mlp::new(
+        &mut store,
+        &[3, 4, 2],
+        Activation::Tanh,
+        Init::TorchDefault,
+        &mut crate::nn::rng(5),
+    )
+    .unwrap();
+    let grads: Vec<Option<Tensor<f32>>> = store
+        .iter()
+        .map(|(_, _, t)| Some(Tensor::splitmix_uniform(t.shape(), 9, -1.0, 1.0).unwrap()))
+        .collect();
+    let mut adam = crate::optim::Adam::new(1e-2, 0.0, false);
+    adam.step(&mut store, &grads).unwrap();
+    // the same run as version 1 wrote it: every layer's weight and its moments [in, out]
+    let old = |name: &str, t: &Tensor<f32>| match t.shape() {
+        [_, _] if name.ends_with(".weight") => t.t().unwrap(),
+        _ => t.clone(),
+    };
+    let mut old_store = ParamStore::new();
+    for (_, name, t) in store.iter() {
+        old_store.add(name, old(name, t)).unwrap();
+    }
+    let (state, steps) = adam.state();
+    let names: Vec<String> = store.iter().map(|(_, n, _)| n.to_string()).collect();
+    let old_state: Vec<(String, Tensor<f32>)> = state
+        .iter()
+        .map(|(entry, t)| {
+            let i: usize = entry.split_once('.').unwrap().0.parse().unwrap();
+            (entry.clone(), old(&names[i], t))
+        })
+        .collect();
+    let mut old_adam = crate::optim::Adam::new(1e-2, 0.0, false);
+    old_adam.load_state(old_state, steps, &old_store).unwrap();
+    let dir = std::env::temp_dir().join(format!("chainrule-v1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("v1.safetensors");
+    let meta = CheckpointMeta {
+        version: 1,
+        sizes: vec![3, 4, 2],
+        activation: Activation::Tanh,
+        dropout: 0.0,
+        model: None,
+        standardizer: None,
+        vocab: None,
+        position: Position::default(),
+        config: serde_json::Value::Null,
+        data: None,
+    };
+    super::checkpoint::save_checkpoint(&path, &meta, &old_store, &old_adam).unwrap();
+    let ckpt = crate::train::load_checkpoint(&path).unwrap();
+    let mut restored = ParamStore::new();
+    Mlp::new(
+        &mut restored,
+        &[3, 4, 2],
+        Activation::Tanh,
+        Init::TorchDefault,
+        &mut crate::nn::rng(6),
+    )
+    .unwrap();
+    ckpt.restore_params(&mut restored).unwrap();
+    for ((_, name, a), (_, _, b)) in store.iter().zip(restored.iter()) {
+        assert_eq!(a, b, "{name}");
+    }
+    let x = Tensor::<f32>::splitmix_uniform(&[5, 3], 2, -1.0, 1.0).unwrap();
+    assert_eq!(
+        model.infer(&store, &x).unwrap(),
+        model.infer(&restored, &x).unwrap()
+    );
+    let mut state_now = ckpt.optimizer_state(&restored).unwrap();
+    let mut want = state.clone();
+    state_now.sort_by(|a, b| a.0.cmp(&b.0));
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(state_now, want);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -278,6 +278,13 @@ impl AnchorStep {
         self
     }
 
+    /// The same steps with the library's default runtime: no worker kept spinning
+    /// through each step (`TrainConfig::keep_a_worker_awake` off).
+    pub fn without_a_spinning_worker(mut self) -> Self {
+        self.trainer.config.keep_a_worker_awake = false;
+        self
+    }
+
     /// Runs one step and returns the loss of its forward pass (before the update).
     pub fn step(&mut self) -> Result<f32> {
         let batch = self.trainer.config.batch_size;
@@ -357,12 +364,20 @@ pub(super) const W2_STEP_FLOPS: f64 =
     3.0 * 2.0 * 32.0 * (2.0 * 16.0 + 16.0 * 16.0 + 16.0) - 2.0 * 32.0 * 2.0 * 16.0;
 
 /// W1 training steps, every step recorded on the tape (`w1_step`) or replayed from the
-/// first one's recording (`w1_step_replay`).
+/// first one's recording (`w1_step_replay`), as the program runs them (a second worker
+/// kept spinning through each step).
 pub(super) fn w1_step(cfg: &BenchConfig, replay: bool) -> Result<BenchRow> {
     let (name, step) = match replay {
         true => ("w1_step_replay", AnchorStep::w1()),
         false => ("w1_step", AnchorStep::w1().eager()),
     };
+    train_step_row(name, step, cfg, Some(W1_STEP_FLOPS), W1_LOSSES)
+}
+
+/// `w1_step_replay` with the library's default runtime: no worker kept spinning.
+pub(super) fn w1_step_replay_idle_worker(cfg: &BenchConfig) -> Result<BenchRow> {
+    let step = AnchorStep::w1().without_a_spinning_worker();
+    let name = "w1_step_replay_idle_worker";
     train_step_row(name, step, cfg, Some(W1_STEP_FLOPS), W1_LOSSES)
 }
 

@@ -183,10 +183,10 @@ fn a_resumed_run_restores_the_same_best_weights() {
             "2",
             "--patience",
             "100",
-            // a seed whose best evaluation comes before the interruption (seed 5 was,
-            // until replayed steps rounded the fused cross-entropy gradient differently)
+            // a seed whose best evaluation comes before the interruption (seed 1 was,
+            // until the MLP's weights took PyTorch's layout and order of draws)
             "--seed",
-            "1",
+            "0",
             "--lr",
             "0.02",
             "--json",

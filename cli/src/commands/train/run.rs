@@ -126,7 +126,7 @@ fn restore(
     let context = || resume_context(args);
     c.restore_params(store).with_context(context)?;
     optimizer
-        .load_state(c.optimizer.0.clone(), c.optimizer.1, store)
+        .load_state(c.optimizer_state(store)?, c.optimizer.1, store)
         .with_context(context)?;
     let mut position = c.meta.position.clone();
     if position.history.is_empty() {
@@ -260,7 +260,7 @@ fn checkpoint_meta(
 ) -> anyhow::Result<CheckpointMeta> {
     let record = problem.record();
     Ok(CheckpointMeta {
-        version: 1,
+        version: chainrule::train::CHECKPOINT_VERSION,
         sizes: record.sizes,
         activation: cfg.activation,
         dropout: cfg.dropout,
