@@ -21,9 +21,7 @@ fn loss<'t>(
             h = h.relu();
         }
     }
-    let lse = h.logsumexp(&[1], false)?;
-    let picked = h.gather(1, labels)?.reshape(&[labels.len()])?;
-    Ok(lse.sub(picked)?.mean_all())
+    chainrule::nn::cross_entropy(h, labels)
 }
 
 /// The loss's gradient at `params`, flattened in parameter order.

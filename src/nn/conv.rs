@@ -2,8 +2,7 @@
 //! `bias: [out]`, PyTorch's default initialisation), `MaxPool2d`, `AvgPool2d` and
 //! `Flatten`, so that a PyTorch state dict saved as safetensors loads unchanged.
 
-use super::store::{ParamId, ParamStore, Params};
-use super::transformer::join;
+use super::store::{ParamId, ParamStore, Params, join};
 use crate::autodiff::{Conv2dOptions, Pool2dOptions, Var};
 use crate::error::Result;
 use crate::tensor::{Element, Tensor};

@@ -1,7 +1,7 @@
 //! Layers: Linear, an MLP builder, activations, Dropout and Embedding, with seeded
 //! initialisers.
 
-use super::store::{ParamId, ParamStore, Params};
+use super::store::{ParamId, ParamStore, Params, join};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor, UnaryOp};
@@ -130,8 +130,8 @@ impl Linear {
             Tensor::zeroed(&[fan_out])
         };
         Ok(Linear {
-            weight: store.add(super::transformer::join(name, "weight"), w)?,
-            bias: Some(store.add(super::transformer::join(name, "bias"), b)?),
+            weight: store.add(join(name, "weight"), w)?,
+            bias: Some(store.add(join(name, "bias"), b)?),
         })
     }
 
@@ -147,12 +147,9 @@ impl Linear {
     ) -> Result<Self> {
         let w = Tensor::randn_with(&[fan_out, fan_in], rng)?.mul_scalar(std);
         Ok(Linear {
-            weight: store.add(super::transformer::join(name, "weight"), w)?,
+            weight: store.add(join(name, "weight"), w)?,
             bias: match bias {
-                true => Some(store.add(
-                    super::transformer::join(name, "bias"),
-                    Tensor::zeros(&[fan_out])?,
-                )?),
+                true => Some(store.add(join(name, "bias"), Tensor::zeros(&[fan_out])?)?),
                 false => None,
             },
         })

@@ -10,6 +10,15 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ParamId(pub usize);
 
+/// `prefix.part`, or `part` for a module at the top (PyTorch's names).
+pub(crate) fn join(prefix: &str, part: &str) -> String {
+    if prefix.is_empty() {
+        part.to_string()
+    } else {
+        format!("{prefix}.{part}")
+    }
+}
+
 /// Named parameters, kept across steps.
 #[derive(Clone, Debug, Default)]
 pub struct ParamStore<T: Element> {
@@ -164,6 +173,11 @@ impl<T: Element> ParamStore<T> {
     /// Whether a parameter is frozen.
     pub fn is_frozen(&self, id: ParamId) -> bool {
         self.frozen[id.0]
+    }
+
+    /// Whether each parameter is frozen, in id order.
+    pub(crate) fn frozen_flags(&self) -> &[bool] {
+        &self.frozen
     }
 
     /// Sets whether the optimizer's weight decay applies to a parameter (it does unless

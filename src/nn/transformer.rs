@@ -4,20 +4,11 @@
 //! equivalent PyTorch model, saved as safetensors, loads unchanged.
 
 use super::layers::{Dropout, ForwardCtx, Linear};
-use super::store::{ParamId, ParamStore, Params};
+use super::store::{ParamId, ParamStore, Params, join};
 use crate::autodiff::{AttentionMask, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 use rand_chacha::ChaCha8Rng;
-
-/// `prefix.part`, or `part` for a module at the top (PyTorch's names).
-pub(super) fn join(prefix: &str, part: &str) -> String {
-    if prefix.is_empty() {
-        part.to_string()
-    } else {
-        format!("{prefix}.{part}")
-    }
-}
 
 /// PyTorch's `nn.LayerNorm` over the last axis: `weight` (ones) and `bias` (zeros), each
 /// optional, `eps` 1e-5.

@@ -110,12 +110,12 @@ pub const CHECKPOINT_VERSION: u32 = 2;
 /// Whether a version-1 checkpoint held the parameter `name` as `[in, out]`: the weights
 /// of the built-in models' `Linear` layers before they took PyTorch's layout.
 fn stored_as_in_out(version: u32, name: &str) -> bool {
-    let linear = name == "out.weight"
-        || name
-            .strip_prefix("layer")
+    let layer_weight = |name: &str| {
+        name.strip_prefix("layer")
             .and_then(|r| r.strip_suffix(".weight"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    version < 2 && linear
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    version < 2 && (name == "out.weight" || layer_weight(name))
 }
 
 /// `t` in the current layout: transposed when the checkpoint held it as `[in, out]`.
@@ -275,14 +275,18 @@ impl Checkpoint {
             self.best.iter().map(|(n, t)| (n.as_str(), t)).collect();
         store
             .iter()
-            .map(|(_, name, t)| match by_name.get(name) {
-                Some(b) if current_layout(self.meta.version, name, b)?.shape() == t.shape() => {
-                    current_layout(self.meta.version, name, b)
+            .map(|(_, name, t)| {
+                let best = by_name.get(name);
+                match best
+                    .map(|b| current_layout(self.meta.version, name, b))
+                    .transpose()?
+                {
+                    Some(b) if b.shape() == t.shape() => Ok(b),
+                    _ => Err(Error::invalid(
+                        "checkpoint",
+                        format!("its best weights lack '{name}' of shape {:?}", t.shape()),
+                    )),
                 }
-                _ => Err(Error::invalid(
-                    "checkpoint",
-                    format!("its best weights lack '{name}' of shape {:?}", t.shape()),
-                )),
             })
             .collect()
     }

@@ -395,12 +395,12 @@ impl Trainer {
         times: &mut PhaseTimes,
     ) -> Result<(f64, usize, Vec<Option<Tensor<f32>>>, bool)> {
         let params: Vec<&Tensor<f32>> = store.iter().map(|(_, _, v)| v).collect();
-        let frozen: Vec<bool> = store.iter().map(|(id, _, _)| store.is_frozen(id)).collect();
+        let frozen = store.frozen_flags();
         let inputs: Vec<&Tensor<f32>> = data.inputs.iter().collect();
         let indices: Vec<&[usize]> = data.indices.iter().map(Vec::as_slice).collect();
         let mut traces = self.traces.borrow_mut();
         let found = traces.iter().position(|(g, f, t)| {
-            *g == data.graph && *f == frozen && t.accepts(&params, &inputs, &indices)
+            *g == data.graph && f.as_slice() == frozen && t.accepts(&params, &inputs, &indices)
         });
         let k = match found {
             Some(k) => k,
@@ -421,7 +421,7 @@ impl Trainer {
                         if traces.len() == TRACES_KEPT {
                             traces.remove(0);
                         }
-                        traces.push((data.graph.clone(), frozen, trace));
+                        traces.push((data.graph.clone(), frozen.to_vec(), trace));
                         tape.clear();
                         traces.len() - 1
                     }

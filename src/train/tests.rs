@@ -7,19 +7,18 @@ use crate::data::Dataset;
 use crate::nn::{Activation, Init, Mlp};
 use crate::optim::OptimizerKind;
 
+/// A tanh MLP of `sizes` with PyTorch's initialisation, drawn from `seed`.
+fn tanh_mlp(store: &mut ParamStore<f32>, sizes: &[usize], seed: u64) -> Mlp {
+    let rng = &mut crate::nn::rng(seed);
+    Mlp::new(store, sizes, Activation::Tanh, Init::TorchDefault, rng).unwrap()
+}
+
 /// Two epochs of the digits with SGD, replayed or on the tape: the parameters after
 /// 30 steps (a last, smaller batch in each epoch included).
 fn digits_run(replay: bool) -> (ParamStore<f32>, TrainReport, usize) {
     let (train, val) = Dataset::digits().unwrap().split(0.2, 1).unwrap();
     let mut store = ParamStore::new();
-    let model = Mlp::new(
-        &mut store,
-        &[64, 32, 10],
-        Activation::Tanh,
-        Init::TorchDefault,
-        &mut crate::nn::rng(3),
-    )
-    .unwrap();
+    let model = tanh_mlp(&mut store, &[64, 32, 10], 3);
     let mut opt = OptimizerKind::Sgd.build::<f32>(0.05, None).unwrap();
     let trainer = Trainer::new(TrainConfig {
         batch_size: 100,
@@ -77,14 +76,7 @@ fn freezing_and_unfreezing_between_fits_is_obeyed_replayed_and_eager() {
     for replay in [false, true] {
         let (train, val) = Dataset::digits().unwrap().split(0.2, 1).unwrap();
         let mut store = ParamStore::new();
-        let model = Mlp::new(
-            &mut store,
-            &[64, 16, 10],
-            Activation::Tanh,
-            Init::TorchDefault,
-            &mut crate::nn::rng(3),
-        )
-        .unwrap();
+        let model = tanh_mlp(&mut store, &[64, 16, 10], 3);
         let mut opt = OptimizerKind::Sgd.build::<f32>(0.05, None).unwrap();
         let trainer = one_epoch(replay);
         let mut task = Classification::new(&model, &train, &val, 100, true).unwrap();
@@ -159,14 +151,7 @@ fn a_user_model_with_dropout_trains_the_same_replayed_and_eager() {
     let (train, val) = Dataset::digits().unwrap().split(0.2, 1).unwrap();
     let run = |p: f64, replay: bool| {
         let mut store = ParamStore::new();
-        let mlp = Mlp::new(
-            &mut store,
-            &[64, 16, 10],
-            Activation::Tanh,
-            Init::TorchDefault,
-            &mut crate::nn::rng(3),
-        )
-        .unwrap();
+        let mlp = tanh_mlp(&mut store, &[64, 16, 10], 3);
         let model = UserModel {
             mlp,
             dropout: crate::nn::Dropout { p },
@@ -210,14 +195,7 @@ fn a_regression_trains_a_model_of_a_users_own() {
         .collect();
     let y = Tensor::from_vec(y, &[256, 1]).unwrap();
     let mut store = ParamStore::new();
-    let mlp = Mlp::new(
-        &mut store,
-        &[64, 16, 1],
-        Activation::Tanh,
-        Init::TorchDefault,
-        &mut crate::nn::rng(3),
-    )
-    .unwrap();
+    let mlp = tanh_mlp(&mut store, &[64, 16, 1], 3);
     let model = UserModel {
         mlp,
         dropout: crate::nn::Dropout { p: 0.0 },
@@ -435,14 +413,7 @@ fn checkpoints_follow_improvement_every_k_and_the_end() {
 fn a_version_1_checkpoint_restores_its_weights_in_pytorchs_layout() {
     use crate::optim::Optimizer;
     let mut store = ParamStore::new();
-    let model = Mlp::new(
-        &mut store,
-        &[3, 4, 2],
-        Activation::Tanh,
-        Init::TorchDefault,
-        &mut crate::nn::rng(5),
-    )
-    .unwrap();
+    let model = tanh_mlp(&mut store, &[3, 4, 2], 5);
     let grads: Vec<Option<Tensor<f32>>> = store
         .iter()
         .map(|(_, _, t)| Some(Tensor::splitmix_uniform(t.shape(), 9, -1.0, 1.0).unwrap()))
@@ -487,14 +458,7 @@ fn a_version_1_checkpoint_restores_its_weights_in_pytorchs_layout() {
     super::checkpoint::save_checkpoint(&path, &meta, &old_store, &old_adam).unwrap();
     let ckpt = crate::train::load_checkpoint(&path).unwrap();
     let mut restored = ParamStore::new();
-    Mlp::new(
-        &mut restored,
-        &[3, 4, 2],
-        Activation::Tanh,
-        Init::TorchDefault,
-        &mut crate::nn::rng(6),
-    )
-    .unwrap();
+    tanh_mlp(&mut restored, &[3, 4, 2], 6);
     ckpt.restore_params(&mut restored).unwrap();
     for ((_, name, a), (_, _, b)) in store.iter().zip(restored.iter()) {
         assert_eq!(a, b, "{name}");

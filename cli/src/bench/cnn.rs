@@ -63,7 +63,6 @@ pub(super) fn w12_step(cfg: &BenchConfig) -> Result<BenchRow> {
     let mut optimizer = OptimizerKind::Adadelta.build::<f32>(1.0, None)?;
     let mut tape = Tape::new();
     let (mut step, mut losses) = (0usize, Vec::new());
-    let mut failure = None;
     let mut run = |step: &mut usize, losses: &mut Vec<f64>| -> Result<()> {
         let batch = *step % objective.batches_per_epoch();
         let out = trainer.train_step(
@@ -83,16 +82,7 @@ pub(super) fn w12_step(cfg: &BenchConfig) -> Result<BenchRow> {
     for _ in 0..20 {
         run(&mut step, &mut losses)?;
     }
-    let t = measure(cfg.budget, 5, || {
-        if failure.is_none()
-            && let Err(e) = run(&mut step, &mut losses)
-        {
-            failure = Some(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let t = try_measure(cfg.budget, 5, || run(&mut step, &mut losses))?;
     let mut row = BenchRow::new("w12_step", t)
         .with("loss@0", losses[0])
         .with("loss@19", losses[19])
@@ -123,17 +113,7 @@ pub(super) fn mnist_cnn_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
         Ok((r.final_val_metric, r.steps))
     };
     let (accuracy, steps) = epoch()?;
-    let mut failure = None;
-    let (t, busy) = measure_with_cores(cfg.budget, 1, || {
-        if failure.is_none()
-            && let Err(e) = epoch()
-        {
-            failure = Some(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let (t, busy) = try_measure_with_cores(cfg.budget, 1, || epoch().map(drop))?;
     let mut row = BenchRow::new("mnist_cnn_epoch", t)
         .with("steps", steps)
         .with("test_accuracy", accuracy)

@@ -44,7 +44,6 @@ pub(super) fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
     let mut optimizer = OptimizerKind::Adam.build::<f32>(2e-3, None)?;
     let mut tape = Tape::new();
     let (mut step, mut losses) = (0usize, Vec::new());
-    let mut failure = None;
     let mut run = |step: &mut usize, losses: &mut Vec<f64>| -> Result<()> {
         let batch = *step % windows;
         if train {
@@ -72,16 +71,7 @@ pub(super) fn w9(cfg: &BenchConfig, train: bool) -> Result<BenchRow> {
     for _ in 0..20 {
         run(&mut step, &mut losses)?;
     }
-    let t = measure(cfg.budget, 5, || {
-        if failure.is_none()
-            && let Err(e) = run(&mut step, &mut losses)
-        {
-            failure = Some(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let t = try_measure(cfg.budget, 5, || run(&mut step, &mut losses))?;
     let name = if train { "w9_step" } else { "w9_forward" };
     let uniform = (vocab as f64).ln();
     let mut row = BenchRow::new(name, t)
@@ -128,7 +118,6 @@ pub(super) fn w11(cfg: &BenchConfig) -> Result<BenchRow> {
     let mut optimizer = w11_optimizer();
     let mut tape = Tape::new();
     let (mut step, mut losses) = (0usize, Vec::new());
-    let mut failure = None;
     let mut run = |step: &mut usize, losses: &mut Vec<f64>| -> Result<()> {
         let batches = objective.batches_per_epoch();
         let out = trainer.train_step(
@@ -148,16 +137,7 @@ pub(super) fn w11(cfg: &BenchConfig) -> Result<BenchRow> {
     for _ in 0..20 {
         run(&mut step, &mut losses)?;
     }
-    let t = measure(cfg.budget, 5, || {
-        if failure.is_none()
-            && let Err(e) = run(&mut step, &mut losses)
-        {
-            failure = Some(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let t = try_measure(cfg.budget, 5, || run(&mut step, &mut losses))?;
     let uniform = (vocab as f64).ln();
     let mut row = BenchRow::new("w11_step", t)
         .with("loss@0", losses[0])

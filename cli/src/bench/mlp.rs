@@ -65,9 +65,7 @@ pub fn w1_loss<'t, T: Element>(
             h = h.relu();
         }
     }
-    let lse = h.logsumexp(&[1], false)?;
-    let picked = h.gather(1, labels)?.reshape(&[labels.len()])?;
-    Ok(lse.sub(picked)?.mean_all())
+    chainrule::nn::cross_entropy(h, labels)
 }
 
 pub(super) fn w1(cfg: &BenchConfig, backward: bool) -> Result<BenchRow> {
@@ -335,15 +333,7 @@ pub(super) fn train_step_row(
     for _ in 0..11 {
         losses.push(step.step()?);
     }
-    let mut failure = None;
-    let (t, busy) = measure_with_cores(cfg.budget, 20, || {
-        if let Err(e) = step.step() {
-            failure = Some(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let (t, busy) = try_measure_with_cores(cfg.budget, 20, || step.step().map(drop))?;
     let mut row = BenchRow::new(name, t)
         .with("loss@0", losses[0] as f64)
         .with("loss@10", losses[10] as f64)

@@ -42,17 +42,7 @@ pub(super) fn mnist_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
         Ok((r.final_val_metric, r.steps))
     };
     let (accuracy, steps) = epoch()?;
-    let mut failure = None;
-    let (t, busy) = measure_with_cores(cfg.budget, 3, || {
-        if failure.is_none()
-            && let Err(e) = epoch()
-        {
-            failure = Some(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let (t, busy) = try_measure_with_cores(cfg.budget, 3, || epoch().map(drop))?;
     let mut row = BenchRow::new("mnist_epoch", t);
     // W1's network: a training sample costs W1's step over 128, a test sample its forward
     row.flops = Some(

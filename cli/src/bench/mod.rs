@@ -332,20 +332,38 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-/// [`measure`], plus how many cores were busy on average while it ran (CPU seconds of
-/// the process over wall seconds; `None` where the CPU time is not reported).
-pub fn measure_with_cores(
+/// [`measure`] of a step that can fail: after the first error the remaining calls do
+/// nothing, and the error is the result.
+pub fn try_measure(
     budget: Duration,
     min_reps: usize,
-    f: impl FnMut(),
-) -> (Timing, Option<f64>) {
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Timing> {
+    let mut failure = None;
+    let t = measure(budget, min_reps, || {
+        if failure.is_none()
+            && let Err(e) = f()
+        {
+            failure = Some(e);
+        }
+    });
+    failure.map_or(Ok(t), Err)
+}
+
+/// [`try_measure`], plus how many cores were busy on average while it ran (CPU seconds
+/// of the process over wall seconds; `None` where the CPU time is not reported).
+pub fn try_measure_with_cores(
+    budget: Duration,
+    min_reps: usize,
+    f: impl FnMut() -> Result<()>,
+) -> Result<(Timing, Option<f64>)> {
     let (cpu0, wall0) = (process_cpu_seconds(), Instant::now());
-    let t = measure(budget, min_reps, f);
+    let t = try_measure(budget, min_reps, f)?;
     let wall = wall0.elapsed().as_secs_f64();
     let busy = cpu0
         .zip(process_cpu_seconds())
         .map(|(a, b)| (b - a) / wall.max(1e-9));
-    (t, busy)
+    Ok((t, busy))
 }
 
 /// Names of every workload, in the order `chainrule bench` runs them.

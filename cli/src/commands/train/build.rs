@@ -153,20 +153,8 @@ impl Trained for Classified {
         )?))
     }
 
-    fn text(&self) -> Option<&TextData> {
-        None
-    }
-
-    fn step_unit(&self, cfg: &RunConfig) -> (usize, &'static str) {
-        (cfg.batch_size, "samples")
-    }
-
-    fn eval_name(&self) -> &'static str {
-        self.splits.eval_name
-    }
-
-    fn identity(&self, _source: &str) -> DataIdentity {
-        self.splits.identity.clone()
+    fn data(&self) -> RunData<'_> {
+        RunData::Classes(&self.splits)
     }
 
     fn announcement(

@@ -159,20 +159,8 @@ impl Trained for GptRun {
         )?))
     }
 
-    fn text(&self) -> Option<&TextData> {
-        Some(&self.text)
-    }
-
-    fn step_unit(&self, cfg: &RunConfig) -> (usize, &'static str) {
-        text_step(cfg)
-    }
-
-    fn eval_name(&self) -> &'static str {
-        "validation"
-    }
-
-    fn identity(&self, source: &str) -> DataIdentity {
-        self.text.identity(source)
+    fn data(&self) -> RunData<'_> {
+        RunData::Text(&self.text)
     }
 
     fn announcement(

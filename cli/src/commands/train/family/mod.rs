@@ -199,18 +199,42 @@ pub(crate) trait Trained {
     /// The objective the loop drives for this model and data.
     fn objective(&self, cfg: &RunConfig) -> anyhow::Result<Box<dyn Objective + '_>>;
 
-    /// The text of a character model's run.
-    fn text(&self) -> Option<&TextData>;
+    /// The data the run trains on.
+    fn data(&self) -> RunData<'_>;
 
-    /// What one step trains on, and its unit: samples of a batch, or characters.
-    fn step_unit(&self, cfg: &RunConfig) -> (usize, &'static str);
+    /// The text of a character model's run.
+    fn text(&self) -> Option<&TextData> {
+        match self.data() {
+            RunData::Text(text) => Some(text),
+            RunData::Classes(_) => None,
+        }
+    }
+
+    /// What one step trains on, and its unit: samples of a batch, or a character
+    /// model's streams (windows) × their characters.
+    fn step_unit(&self, cfg: &RunConfig) -> (usize, &'static str) {
+        match self.data() {
+            RunData::Classes(_) => (cfg.batch_size, "samples"),
+            RunData::Text(_) => (cfg.batch_size.saturating_mul(cfg.seq_len), "chars"),
+        }
+    }
 
     /// The split the run evaluates on: `validation`, or `test` for MNIST.
-    fn eval_name(&self) -> &'static str;
+    fn eval_name(&self) -> &'static str {
+        match self.data() {
+            RunData::Classes(splits) => splits.eval_name,
+            RunData::Text(_) => "validation",
+        }
+    }
 
     /// What identifies the run's data (recorded in the checkpoint, compared on
     /// `--resume` and across the ranks of a data-parallel run).
-    fn identity(&self, source: &str) -> DataIdentity;
+    fn identity(&self, source: &str) -> DataIdentity {
+        match self.data() {
+            RunData::Classes(splits) => splits.identity.clone(),
+            RunData::Text(text) => text.identity(source),
+        }
+    }
 
     /// The line a run starts with: what trains, on what, how, and where it writes
     /// (`clipping` in words).
@@ -236,6 +260,12 @@ pub(crate) trait Trained {
         store: &'a ParamStore<f32>,
         limit: usize,
     ) -> anyhow::Result<CurvatureLoss<'a>>;
+}
+
+/// The data of a run: a classifier's splits or a character model's text.
+pub(crate) enum RunData<'a> {
+    Classes(&'a Splits),
+    Text(&'a TextData),
 }
 
 /// What a checkpoint holds of a model and its data besides the settings.
@@ -308,11 +338,6 @@ pub(crate) fn refuse_text_options(a: &Args) -> anyhow::Result<()> {
         bail!("--init: a character model always starts from PyTorch's initialisation");
     }
     Ok(())
-}
-
-/// The step of a character model's run: its streams (windows) × their characters.
-pub(crate) fn text_step(cfg: &RunConfig) -> (usize, &'static str) {
-    (cfg.batch_size.saturating_mul(cfg.seq_len), "chars")
 }
 
 /// What a character model's checkpoint records: no sizes, the vocabulary.
