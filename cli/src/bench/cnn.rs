@@ -123,3 +123,135 @@ pub(super) fn mnist_cnn_epoch(cfg: &BenchConfig) -> Result<BenchRow> {
     row.gflops = Some(train.len() as f64 * W12_FLOP_PER_SAMPLE / t.median_s / 1e9);
     Ok(row)
 }
+
+/// W12's second convolution alone (`[64, 32, 26, 26]` by `[64, 32, 3, 3]` with a bias,
+/// stride 1, no padding: 1.36 GFLOP each way), as the tape runs it: the forward recorded by
+/// `Var::conv2d` (`w12_conv2_forward`), and the reverse sweep seeded with `dY` for the
+/// weight's gradient alone (`w12_conv2_weight_grad`) and for the input's alone
+/// (`w12_conv2_input_grad`). Each result is checked at 256 entries against f64 sums.
+pub(super) fn w12_conv2(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
+    use chainrule::autodiff::Conv2dOptions;
+    let (n, c, h, o, k) = (64, 32, 26, 64, 3);
+    let ho = h - k + 1;
+    let x = Tensor::<f32>::splitmix_uniform(&[n, c, h, h], 71, -1.0, 1.0)?;
+    let w = Tensor::<f32>::splitmix_uniform(&[o, c, k, k], 72, -0.2, 0.2)?;
+    let b = Tensor::<f32>::splitmix_uniform(&[o], 73, -0.2, 0.2)?;
+    let g = Tensor::<f32>::splitmix_uniform(&[n, o, ho, ho], 74, -1.0, 1.0)?;
+    let flops = 2.0 * (n * o * ho * ho * c * k * k) as f64;
+    let opts = Conv2dOptions::default();
+    let budget = cfg.budget / 3;
+    let mut tape = Tape::<f32>::new();
+    let at4 = |t: &Tensor<f32>, i: [usize; 4]| {
+        let s = t.shape();
+        f64::from(t.data()[((i[0] * s[1] + i[1]) * s[2] + i[2]) * s[3] + i[3]])
+    };
+    let mut draws = SplitMix64::new(97);
+    let mut pick = |bound: usize| draws.int(bound as u64) as usize;
+    // y[i, p, r, s] = b[p] + Σ_{q, u, v} x[i, q, r+u, s+v]·w[p, q, u, v]
+    let conv_at = |[i, p, r, s]: [usize; 4]| {
+        let mut sum = f64::from(b.data()[p]);
+        for q in 0..c {
+            for u in 0..k {
+                for v in 0..k {
+                    sum += at4(&x, [i, q, r + u, s + v]) * at4(&w, [p, q, u, v]);
+                }
+            }
+        }
+        sum
+    };
+    // dW[p, q, u, v] = Σ_{i, r, s} dY[i, p, r, s]·x[i, q, r+u, s+v]
+    let dw_at = |[p, q, u, v]: [usize; 4]| {
+        let mut sum = 0.0;
+        for i in 0..n {
+            for r in 0..ho {
+                for s in 0..ho {
+                    sum += at4(&g, [i, p, r, s]) * at4(&x, [i, q, r + u, s + v]);
+                }
+            }
+        }
+        sum
+    };
+    // dX[i, q, a, e] = Σ_{p, u, v} dY[i, p, a−u, e−v]·w[p, q, u, v] over the taps inside dY
+    let dx_at = |[i, q, a, e]: [usize; 4]| {
+        let mut sum = 0.0;
+        for p in 0..o {
+            for u in (0..k).filter(|&u| u <= a && a - u < ho) {
+                for v in (0..k).filter(|&v| v <= e && e - v < ho) {
+                    sum += at4(&g, [i, p, a - u, e - v]) * at4(&w, [p, q, u, v]);
+                }
+            }
+        }
+        sum
+    };
+    // the largest difference at 256 drawn entries, relative to the largest reference entry
+    let error = |got: &Tensor<f32>,
+                 reference: &dyn Fn([usize; 4]) -> f64,
+                 pick: &mut dyn FnMut(usize) -> usize| {
+        let s = got.shape().to_vec();
+        let (mut worst, mut scale) = (0f64, 0f64);
+        for _ in 0..256 {
+            let i = [pick(s[0]), pick(s[1]), pick(s[2]), pick(s[3])];
+            let (have, want) = (at4(got, i), reference(i));
+            worst = worst.max(if have.is_finite() {
+                (have - want).abs()
+            } else {
+                f64::NAN
+            });
+            scale = scale.max(want.abs());
+        }
+        (worst / scale.max(f64::MIN_POSITIVE), 256)
+    };
+    let row = |name: &str, t: Timing| {
+        let mut row = BenchRow::new(name, t).with("shape", "x [64,32,26,26] * w [64,32,3,3] + b");
+        row.gflops = Some(flops / t.median_s / 1e9);
+        row.flops = Some(flops);
+        row
+    };
+
+    let mut y = Tensor::zeros(&[n, o, ho, ho])?;
+    let mut failure = None;
+    let t = measure(budget, 10, || {
+        tape.clear();
+        let (xv, wv, bv) = (
+            tape.constant(x.clone()),
+            tape.var(w.clone()),
+            tape.var(b.clone()),
+        );
+        match xv.conv2d(wv, Some(bv), opts) {
+            Ok(v) => y = v.value(),
+            Err(e) => failure = Some(e),
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let forward = row("w12_conv2_forward", t).verify_product(error(&y, &conv_at, &mut pick))?;
+
+    let mut gradients = Vec::new();
+    for wrt_w in [true, false] {
+        tape.clear();
+        let (xv, wv) = if wrt_w {
+            (tape.constant(x.clone()), tape.var(w.clone()))
+        } else {
+            (tape.var(x.clone()), tape.constant(w.clone()))
+        };
+        let yv = xv.conv2d(wv, Some(tape.constant(b.clone())), opts)?;
+        let wrt = if wrt_w { wv } else { xv };
+        let mut grad = Tensor::zeros(&wrt.shape())?;
+        let mut failure = None;
+        let t = measure(budget, 10, || match tape.backward_with(yv, g.clone()) {
+            Ok(grads) => grad = grads.wrt(wrt).expect("one tape"),
+            Err(e) => failure = Some(e),
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let (name, reference): (_, &dyn Fn([usize; 4]) -> f64) = if wrt_w {
+            ("w12_conv2_weight_grad", &dw_at)
+        } else {
+            ("w12_conv2_input_grad", &dx_at)
+        };
+        gradients.push(row(name, t).verify_product(error(&grad, reference, &mut pick))?);
+    }
+    Ok([vec![forward], gradients].concat())
+}

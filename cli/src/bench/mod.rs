@@ -392,6 +392,7 @@ pub const WORKLOADS: &[&str] = &[
     "w11_step",
     "mnist_epoch",
     "w12_step",
+    "w12_conv2",
     "mnist_cnn_epoch",
 ];
 
@@ -448,6 +449,7 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         "w11_step" => vec![w11(cfg)?],
         "mnist_epoch" => vec![mnist_epoch(cfg)?],
         "w12_step" => vec![w12_step(cfg)?],
+        "w12_conv2" => w12_conv2(cfg)?,
         "mnist_cnn_epoch" => vec![mnist_cnn_epoch(cfg)?],
         "w3_scalar" => vec![
             w3_scalar(100_000, cfg)

@@ -1,11 +1,10 @@
 //! Two-dimensional convolution over NCHW as one recorded node (PyTorch's `conv2d`: weight
 //! `[out, in/groups, kh, kw]`, stride, padding, dilation, groups). The patches of a chunk
-//! of samples are laid out as the columns of one matrix (im2col, one chunk and one group
-//! at a time per thread, so no more than a chunk's patches exist at once) and multiplied
-//! by the weight in faer's kernels; the reverse rule computes the weight gradient as one
-//! product per chunk and the input gradient by scattering the columns' gradient back
-//! (col2im). Second order
-//! differentiates the same convolution written in built-in ops.
+//! of samples, sized to stay in a core's L2 cache, are laid out as the columns of one
+//! matrix (im2col) and multiplied by the weight in faer's kernels, the product written
+//! in place where a chunk is one sample; the reverse rule computes the weight gradient as
+//! one product per chunk and the input gradient by scattering the columns' gradient back
+//! (col2im). Second order differentiates the same convolution written in built-in ops.
 
 use super::{Family, Grads, Op, Tangents, VarGrads};
 use crate::autodiff::suite::{Case, Domain, sample};
@@ -216,20 +215,55 @@ fn col2im<T: Element>(
                 && lo < hi
             {
                 let start = base.wrapping_add(lo * sw);
-                let to = dxs[start..].iter_mut().step_by(sw);
-                for (t, v) in to.zip(&from[lo..hi]) {
-                    *t += *v;
+                if sw == 1 {
+                    let to = &mut dxs[start..start + (hi - lo)];
+                    for (t, v) in to.iter_mut().zip(&from[lo..hi]) {
+                        *t += *v;
+                    }
+                } else {
+                    let to = dxs[start..].iter_mut().step_by(sw);
+                    for (t, v) in to.zip(&from[lo..hi]) {
+                        *t += *v;
+                    }
                 }
             }
         }
     }
 }
 
-/// Samples per task of both rules: each task lays out the patches of this many samples
-/// as the columns of one product (`[cg·kh·kw, samples·ho·wo]`) instead of one small
-/// product per sample. Fixed, so that the weight gradient's partial sums (and so its
-/// value) do not depend on the number of threads.
-const SAMPLES_PER_TASK: usize = 4;
+/// Bytes of patches one task lays out at a time: about half the L2 cache of a core of
+/// today's CPUs (512 KiB to 2 MiB), so that the product reads them back from L2.
+const PATCH_BYTES: usize = 512 * 1024;
+
+/// Tasks a batch is split into at least (where it has that many samples), so that
+/// small images still keep every thread of a many-core machine busy.
+const MIN_TASKS: usize = 16;
+
+impl ConvDims {
+    /// Samples per task of both rules: each task lays out the patches of this many samples
+    /// as the columns of one product (`[cg·kh·kw, samples·ho·wo]`), as many as fit in
+    /// [`PATCH_BYTES`], at least one and at most a [`MIN_TASKS`]th of the batch. It depends on the shapes alone, so that the
+    /// weight gradient's partial sums (and so its value) do not depend on the number of
+    /// threads.
+    fn samples_per_task<T>(&self) -> usize {
+        let per_sample = (self.k() * self.positions() * std::mem::size_of::<T>()).max(1);
+        (PATCH_BYTES / per_sample).clamp(1, self.n.div_ceil(MIN_TASKS).max(1))
+    }
+}
+
+/// The sum of a slice in sixteen interleaved partial sums, which vectorise (a single
+/// running sum waits on each addition in turn).
+fn lane_sum<T: Element>(v: &[T]) -> T {
+    let mut lanes = [T::zero(); 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    let tail: T = chunks.remainder().iter().copied().sum();
+    lanes.iter().copied().sum::<T>() + tail
+}
 
 /// `c ⟵ a·b` (or `c += a·b`): on this thread alone when the caller's parallel loop has
 /// tasks for every thread, else with threads of its own.
@@ -262,14 +296,17 @@ fn conv_forward<T: Element>(
     if ys_len == 0 {
         return y;
     }
-    let serial = d.n > SAMPLES_PER_TASK;
-    // each thread's buffers serve all its chunks (the last chunk may be smaller)
-    let full = SAMPLES_PER_TASK.min(d.n) * pos;
-    let buffers = || (vec![T::zero(); k * full], vec![T::zero(); d.og * full]);
+    let per_task = d.samples_per_task::<T>();
+    let serial = d.n > per_task;
+    // each thread's buffers serve all its chunks (the last chunk may be smaller); a task
+    // of one sample writes its product in place and needs no output buffer
+    let width_max = per_task * pos;
+    let out_len = if per_task == 1 { 0 } else { d.og * width_max };
+    let buffers = || (vec![T::zero(); k * width_max], vec![T::zero(); out_len]);
     let task = |(cols, out): &mut (Vec<T>, Vec<T>), (xs, ys): (&[T], &mut [T])| {
         let s = ys.len() / ys_len;
         let width = s * pos;
-        let (cols, out) = (&mut cols[..k * width], &mut out[..d.og * width]);
+        let cols = &mut cols[..k * width];
         for g in 0..d.opts.groups {
             for si in 0..s {
                 let sample = &xs[si * xs_len..(si + 1) * xs_len];
@@ -277,22 +314,32 @@ fn conv_forward<T: Element>(
             }
             let wg = &wt.data()[g * d.og * k..(g + 1) * d.og * k];
             let (nd, dims) = (MatLayout::Normal, (d.og, width, k));
+            let bias = |o: usize| b.map_or(T::zero(), |b| b.data()[g * d.og + o]);
+            if s == 1 {
+                // the group's channels of the one sample are `[og, ho·wo]` already
+                let yg = &mut ys[g * d.og * pos..][..d.og * pos];
+                for (o, row) in yg.chunks_exact_mut(pos).enumerate() {
+                    row.fill(bias(o));
+                }
+                product(serial, yg, dims, (wg, nd), (cols, nd), b.is_some());
+                continue;
+            }
+            let out = &mut out[..d.og * width];
             product(serial, out, dims, (wg, nd), (cols, nd), false);
             for (o, row) in out.chunks_exact(width).enumerate() {
                 let channel = g * d.og + o;
-                let bias = b.map_or(T::zero(), |b| b.data()[channel]);
                 for (si, from) in row.chunks_exact(pos).enumerate() {
                     let to = &mut ys[si * ys_len + channel * pos..][..pos];
                     for (t, &v) in to.iter_mut().zip(from) {
-                        *t = v + bias;
+                        *t = v + bias(o);
                     }
                 }
             }
         }
     };
     x.data()
-        .par_chunks((SAMPLES_PER_TASK * xs_len).max(1))
-        .zip(y.data_mut().par_chunks_mut(SAMPLES_PER_TASK * ys_len))
+        .par_chunks((per_task * xs_len).max(1))
+        .zip(y.data_mut().par_chunks_mut(per_task * ys_len))
         .for_each_init(buffers, task);
     y
 }
@@ -312,23 +359,51 @@ fn conv_vjp<T: Element>(
     let mut dx = Tensor::zeroed(if needs[0] { x.shape() } else { &[0] });
     let (nd, tr) = (MatLayout::Normal, MatLayout::Transposed);
     let want_w = needs[1];
-    let serial = d.n > SAMPLES_PER_TASK;
-    // each thread's buffers serve all its chunks (the last chunk may be smaller)
-    let full = SAMPLES_PER_TASK.min(d.n) * pos;
-    let buffers = || (vec![T::zero(); k * full], vec![T::zero(); d.og * full]);
-    let task = |(cols, gc): &mut (Vec<T>, Vec<T>),
+    let want_b = ins.len() == 3 && needs[2];
+    // each task's partial sums: `dW` then `db`
+    let (dw_len, db_len) = (
+        if want_w { d.o * k } else { 0 },
+        if want_b { d.o } else { 0 },
+    );
+    let per_task = d.samples_per_task::<T>();
+    let serial = d.n > per_task;
+    // each thread's buffers serve all its chunks (the last chunk may be smaller); a task
+    // of one sample reads `dY` in place and needs no gathered copy of it
+    let width_max = per_task * pos;
+    let gathered_len = if per_task == 1 { 0 } else { d.og * width_max };
+    let buffers = || {
+        (
+            vec![T::zero(); k * width_max],
+            vec![T::zero(); gathered_len],
+        )
+    };
+    let task = |(cols, gathered): &mut (Vec<T>, Vec<T>),
                 (xs, gs, dxs): (&[T], &[T], Option<&mut [T]>)|
      -> Vec<T> {
         let s = gs.len() / ys_len;
         let width = s * pos;
-        let mut dw = vec![T::zero(); if want_w { d.o * k } else { 0 }];
-        let (cols, gc) = (&mut cols[..k * width], &mut gc[..d.og * width]);
+        let mut partial = vec![T::zero(); dw_len + db_len];
+        let (dw, db) = partial.split_at_mut(dw_len);
+        let cols = &mut cols[..k * width];
         let mut dxs = dxs;
         for grp in 0..d.opts.groups {
-            for (o, row) in gc.chunks_exact_mut(width).enumerate() {
-                let channel = grp * d.og + o;
-                for (si, to) in row.chunks_exact_mut(pos).enumerate() {
-                    to.copy_from_slice(&gs[si * ys_len + channel * pos..][..pos]);
+            // the group's `dY` as `[og, samples·ho·wo]`
+            let gc: &[T] = if s == 1 {
+                &gs[grp * d.og * pos..][..d.og * pos]
+            } else {
+                let gc = &mut gathered[..d.og * width];
+                for (o, row) in gc.chunks_exact_mut(width).enumerate() {
+                    let channel = grp * d.og + o;
+                    for (si, to) in row.chunks_exact_mut(pos).enumerate() {
+                        to.copy_from_slice(&gs[si * ys_len + channel * pos..][..pos]);
+                    }
+                }
+                gc
+            };
+            if want_b {
+                let dbg = &mut db[grp * d.og..(grp + 1) * d.og];
+                for (acc, row) in dbg.iter_mut().zip(gc.chunks_exact(width)) {
+                    *acc += lane_sum(row);
                 }
             }
             if want_w {
@@ -348,15 +423,15 @@ fn conv_vjp<T: Element>(
                 }
             }
         }
-        dw
+        partial
     };
     let partials: Vec<Vec<T>> = if xs_len > 0 && ys_len > 0 {
         let chunks = x
             .data()
-            .par_chunks(SAMPLES_PER_TASK * xs_len)
-            .zip(g.data().par_chunks(SAMPLES_PER_TASK * ys_len));
+            .par_chunks(per_task * xs_len)
+            .zip(g.data().par_chunks(per_task * ys_len));
         if needs[0] {
-            let dxc = dx.data_mut().par_chunks_mut(SAMPLES_PER_TASK * xs_len);
+            let dxc = dx.data_mut().par_chunks_mut(per_task * xs_len);
             chunks
                 .zip(dxc)
                 .map_init(buffers, |b, ((xs, gs), dxs)| task(b, (xs, gs, Some(dxs))))
@@ -371,23 +446,18 @@ fn conv_vjp<T: Element>(
     };
     let mut out = Grads::new();
     out.push(needs[0].then_some(dx));
-    out.push(want_w.then(|| {
-        let mut dw = Tensor::zeroed(wt.shape());
+    // the tasks' partial sums added in the tasks' order, whatever thread ran each
+    let total = |shape: &[usize], range: std::ops::Range<usize>| {
+        let mut sum = Tensor::zeroed(shape);
         for p in &partials {
-            dw.data_mut().iter_mut().zip(p).for_each(|(a, &v)| *a += v);
+            let add = sum.data_mut().iter_mut().zip(&p[range.clone()]);
+            add.for_each(|(a, &v)| *a += v);
         }
-        dw
-    }));
+        sum
+    };
+    out.push(want_w.then(|| total(wt.shape(), 0..dw_len)));
     if ins.len() == 3 {
-        out.push(needs[2].then(|| {
-            Tensor::build(&[d.o], |db| {
-                for ys in g.data().chunks_exact(ys_len.max(1)) {
-                    for (acc, row) in db.iter_mut().zip(ys.chunks_exact(pos.max(1))) {
-                        *acc += row.iter().copied().sum::<T>();
-                    }
-                }
-            })
-        }));
+        out.push(want_b.then(|| total(&[d.o], dw_len..dw_len + db_len)));
     }
     out
 }
@@ -674,7 +744,9 @@ mod tests {
 
     #[test]
     fn chunks_of_samples_give_the_composition_s_values_and_gradients() {
-        // 19 samples: two full chunks and a partial one, each product on its own thread
+        // 19 samples: nine chunks of two (a sixteenth of the batch, rounded up) and a
+        // partial one, each product on its own thread; the suite's cases have one sample
+        // per chunk
         let mut rng = ChaCha8Rng::seed_from_u64(8);
         let opts = Conv2dOptions {
             stride: [2, 1],

@@ -113,8 +113,41 @@ fn max_forward<T: Element>(x: &Tensor<T>, p: &Pool2dOptions) -> Result<(Tensor<T
             (start + k).saturating_sub(pad).min(size),
         )
     };
+    // the first maximum of a window's taps (`(value, in-plane index)` in row-major order),
+    // a strict comparison keeping the first; selects, not branches, since which tap wins
+    // is data (unpredictable). `None` when a tap is NaN: the caller finds the first NaN.
+    let first_max = |taps: [(T, usize); 4]| {
+        let (mut b, mut i_b, mut nan) = (taps[0].0, taps[0].1, false);
+        for (v, i) in taps {
+            let take = v > b;
+            b = if take { v } else { b };
+            i_b = if take { i } else { i_b };
+            nan |= v.is_nan();
+        }
+        (!nan).then_some((b, i_b))
+    };
     let plane = |(plane, (bo, ao)): (usize, (&mut [T], &mut [usize]))| {
         let xp = &xs[plane * h * w..(plane + 1) * h * w];
+        if (kh, kw, ph, pw) == (2, 2, 0, 0) {
+            // the common 2×2 window without padding, with its four taps unrolled
+            let mut done = true;
+            for oh in 0..ho {
+                let (r0, r1) = (oh * sh * w, (oh * sh + 1) * w);
+                for ow in 0..wo {
+                    let c = ow * sw;
+                    let taps = [r0 + c, r0 + c + 1, r1 + c, r1 + c + 1].map(|i| (xp[i], i));
+                    let Some((b, i_b)) = first_max(taps) else {
+                        done = false;
+                        break;
+                    };
+                    let o = oh * wo + ow;
+                    (bo[o], ao[o]) = (b, plane * h * w + i_b);
+                }
+            }
+            if done {
+                return;
+            }
+        }
         for oh in 0..ho {
             let (y0, y1) = span(oh * sh, ph, kh, h);
             for ow in 0..wo {
@@ -261,9 +294,24 @@ pub(crate) fn vjp<T: Element>(op: &Op<T>, ins: &[&Tensor<T>], g: &Tensor<T>) -> 
     let x = ins[0];
     let dx = match op {
         Op::MaxPool2d { argmax, .. } => Tensor::build(x.shape(), |dx| {
-            for (&i, &gv) in argmax.iter().zip(g.data()) {
-                dx[i] += gv;
+            // a plane's kept indices all fall in that plane: one task per plane
+            let gs = g.shape();
+            let (planes, plane_out) = (gs[0] * gs[1], gs[2] * gs[3]);
+            let plane_in = dx.len() / planes.max(1);
+            if plane_in == 0 || plane_out == 0 {
+                return;
             }
+            let per_plane = argmax
+                .par_chunks(plane_out)
+                .zip(g.data().par_chunks(plane_out));
+            dx.par_chunks_mut(plane_in)
+                .zip(per_plane)
+                .enumerate()
+                .for_each(|(plane, (dxp, (kept, gp)))| {
+                    for (&i, &gv) in kept.iter().zip(gp) {
+                        dxp[i - plane * plane_in] += gv;
+                    }
+                });
         }),
         Op::AvgPool2d(p) => avg_adjoint(g, x.shape(), p)?,
         _ => unreachable!("not a pooling"),
