@@ -9,7 +9,7 @@ mod elementwise;
 pub(crate) use elementwise::{
     Number, PARALLEL_MIN_LEN, elementary_functions, with_avx2, with_avx512, with_feature,
 };
-pub(crate) use pool::with_a_worker_awake;
+pub use pool::with_a_worker_awake;
 mod matmul;
 mod packed;
 mod pool;

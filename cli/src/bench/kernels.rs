@@ -65,12 +65,28 @@ fn one_gradient(
     }
 }
 
-pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
+/// The layer products of a model, `X [m×k] · W [k×n]` for each `(m, k, n)` in `shapes`, rows
+/// named `{workload}/{m}x{k}x{n}/{case}`, timed as the trainer runs them: with a second
+/// worker kept awake (woken from sleep for each product, it starts late on a small
+/// virtual machine, and a product of a few hundred microseconds then runs on one core).
+pub(super) fn layer_gemm(
+    cfg: &BenchConfig,
+    workload: &str,
+    shapes: &[(usize, usize, usize)],
+) -> Result<Vec<BenchRow>> {
+    chainrule::tensor::with_a_worker_awake(|| layer_gemm_rows(cfg, workload, shapes))
+}
+
+fn layer_gemm_rows(
+    cfg: &BenchConfig,
+    workload: &str,
+    shapes: &[(usize, usize, usize)],
+) -> Result<Vec<BenchRow>> {
     use MatLayout::{Normal, Transposed};
     let mut rows = Vec::new();
     let budget = cfg.budget / 4;
     let mut tape = Tape::<f32>::new();
-    for (m, k, n) in [(128, 784, 256), (128, 256, 256), (128, 256, 10)] {
+    for &(m, k, n) in shapes {
         let x = Tensor::<f32>::splitmix_uniform(&[m, k], 1, -1.0, 1.0)?;
         let w = Tensor::<f32>::splitmix_uniform(&[k, n], 11, -1.0, 1.0)?;
         let g = Tensor::<f32>::splitmix_uniform(&[m, n], 2, -1.0, 1.0)?;
@@ -102,7 +118,7 @@ pub(super) fn mlp_gemm(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
         let row =
             |case: &str, product: &str, t: Timing, shape: (usize, usize, usize), products: f64| {
                 let threads = chainrule::tensor::matmul_threads(shape.0, shape.1, shape.2);
-                let mut r = BenchRow::new(format!("mlp_gemm/{m}x{k}x{n}/{case}"), t)
+                let mut r = BenchRow::new(format!("{workload}/{m}x{k}x{n}/{case}"), t)
                     .with("product", product)
                     .with("threads", threads);
                 r.gflops = Some(products * flops / t.median_s / 1e9);

@@ -371,6 +371,8 @@ pub const WORKLOADS: &[&str] = &[
     "matmul_256",
     "matmul_1024",
     "mlp_gemm",
+    "w11_gemm",
+    "w12_gemm",
     "tape_chain",
     "tape_chain_replay",
     "elementwise_1m",
@@ -428,7 +430,32 @@ pub fn run(name: &str, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     Ok(match name {
         "matmul_256" => vec![square_matmul(256, cfg)?],
         "matmul_1024" => vec![square_matmul(1024, cfg)?],
-        "mlp_gemm" => mlp_gemm(cfg)?,
+        // W1's layers: batch 128, 784-256-256-10
+        "mlp_gemm" => layer_gemm(
+            cfg,
+            "mlp_gemm",
+            &[(128, 784, 256), (128, 256, 256), (128, 256, 10)],
+        )?,
+        // W11's: 12 windows of 64 at width 128, the attention's q, k, v (384), its output, the
+        // MLP's up (512) and down projections, the tied head (73 characters)
+        "w11_gemm" => layer_gemm(
+            cfg,
+            "w11_gemm",
+            &[
+                (768, 128, 384),
+                (768, 128, 128),
+                (768, 128, 512),
+                (768, 512, 128),
+                (768, 128, 73),
+            ],
+        )?,
+        // W12's: conv2's product for one sample (64 filters of 32·3·3 taps by 24·24
+        // positions), fc1 and fc2 at batch 64
+        "w12_gemm" => layer_gemm(
+            cfg,
+            "w12_gemm",
+            &[(64, 288, 576), (64, 9216, 128), (64, 128, 10)],
+        )?,
         "tape_chain" => vec![tape_chain(100_000, cfg)?],
         "tape_chain_replay" => vec![tape_chain_replay(100_000, cfg)?],
         "elementwise_1m" => vec![elementwise_1m(cfg)?],
