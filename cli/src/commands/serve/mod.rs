@@ -132,6 +132,7 @@ fn router(runs: Runs) -> Router {
         .route("/runs/{name}", get(page))
         .route("/assets/{file}", get(asset))
         .route("/api/walk", get(walk))
+        .route("/api/grammar", get(grammar))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{name}/metrics", get(metrics))
         .route("/files/{*path}", get(file))
@@ -225,7 +226,13 @@ fn walk_json(expr: &str, at: &str) -> Result<serde_json::Value, serde_json::Valu
         _ => {
             let msg = e.to_string();
             let msg = msg.strip_prefix("explain: ").unwrap_or(&msg).to_string();
-            json!({"error": msg, "field": if msg.contains("has no value") { "at" } else { "expr" }})
+            match missing_variable(&msg) {
+                Some(name) => json!({
+                    "error": format!("{msg}; give it in the values box, e.g. {name}=1"),
+                    "field": "at"
+                }),
+                None => json!({"error": msg, "field": "expr"}),
+            }
         }
     })?;
     let inputs: Vec<Vec<usize>> = walk.forward.iter().map(|n| n.inputs.clone()).collect();
@@ -233,6 +240,26 @@ fn walk_json(expr: &str, at: &str) -> Result<serde_json::Value, serde_json::Valu
     v["layout"] = serde_json::to_value(layout::layout(&inputs))
         .map_err(|e| json!({"error": e.to_string()}))?;
     Ok(v)
+}
+
+/// The variable named by the engine's "variable 'NAME' has no value".
+fn missing_variable(msg: &str) -> Option<&str> {
+    msg.strip_prefix("variable '")?
+        .strip_suffix("' has no value")
+}
+
+/// `GET /api/grammar`: the walk's operators (each with the characters also read as
+/// it) and functions, from the parser's own lists, for the page to show.
+async fn grammar() -> Response {
+    let operators: Vec<serde_json::Value> = chainrule::explain::OPERATORS
+        .iter()
+        .map(|(op, also)| json!({"op": op.to_string(), "also": also.iter().map(char::to_string).collect::<Vec<_>>()}))
+        .collect();
+    axum::Json(json!({
+        "operators": operators,
+        "functions": chainrule::explain::functions(),
+    }))
+    .into_response()
 }
 
 async fn list_runs(State(runs): State<Arc<Runs>>) -> Response {
