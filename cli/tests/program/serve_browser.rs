@@ -205,6 +205,207 @@ async fn walk_view(c: &Client, base: &str) {
     }
 }
 
+/// Opens the walk of `expr` at `at` (and `step`, when given) and waits for it.
+async fn open_walk(c: &Client, base: &str, expr: &str, at: &str, step: Option<usize>) {
+    let enc = |t: &str| {
+        t.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'=' | b',' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let step = step.map_or(String::new(), |k| format!("&step={k}"));
+    c.goto(&format!(
+        "{base}/walk?expr={}&at={}{step}",
+        enc(expr),
+        enc(at)
+    ))
+    .await
+    .unwrap();
+    until(
+        c,
+        "const s = document.getElementById('step-count'); const e = document.getElementById('expr-error'); return (s && e.hidden) || (e && !e.hidden) ? true : null;",
+        "the walk or its error",
+        |v| v == &serde_json::Value::Bool(true),
+    )
+    .await;
+}
+
+/// Steps through every step of the open walk and returns, for each step that shows
+/// an edge label, the nodes the label's box overlaps (empty: none does).
+const LABEL_OVERLAPS: &str = r#"
+const out = [];
+document.getElementById('first').click();
+const total = Number(document.getElementById('step-count').dataset.total);
+for (let k = 1; k <= total; k++) {
+  document.getElementById('next').click();
+  const label = document.querySelector('#graph .edge-label');
+  if (label.getAttribute('visibility') !== 'visible') continue;
+  const a = label.querySelector('rect').getBBox();
+  const t = label.querySelector('text').getBBox();
+  const hit = [];
+  for (const g of document.querySelectorAll('#graph g.node')) {
+    const b = g.querySelector('rect').getBBox();
+    for (const r of [a, t]) {
+      if (r.x < b.x + b.width && r.x + r.width > b.x && r.y < b.y + b.height && r.y + r.height > b.y) hit.push(g.dataset.id);
+    }
+  }
+  out.push(hit);
+}
+return out;
+"#;
+
+/// Each of the walk's presentation fixes, on the page: rules in the operands' names,
+/// one arrow per use, the exponent's edge, labels off the nodes, a kink explained, the
+/// grammar's own list, the step in the URL, and v̄ defined once.
+async fn walk_tells_the_truth(c: &Client, base: &str) {
+    let at = chainrule::explain::parse_assignments("x=2,w=-0.5,b=1.5").unwrap();
+    let engine = chainrule::explain::explain("tanh(w*x + b)", &at).unwrap();
+    let n = engine.forward.len();
+    // the step of the edge w → (w × x), opened from a link that names it
+    let j = engine
+        .edges
+        .iter()
+        .position(|e| engine.forward[e.from].name == "w")
+        .unwrap();
+    let step = n + 1 + j + 1;
+    open_walk(c, base, "tanh(w*x + b)", "x=2,w=-0.5,b=1.5", Some(step)).await;
+    assert_eq!(
+        text_of(c, "#step-count").await,
+        format!("step {step} of {}", n + 1 + engine.edges.len())
+    );
+    let rule = text_of(c, "#edge-rule").await;
+    assert_eq!(rule, "∂v3/∂w = x = 2");
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("walk-edge.png"), png).unwrap();
+    click(c, "#next").await;
+    let url = c.current_url().await.unwrap();
+    assert!(
+        url.as_str().ends_with(&format!("&step={}", step + 1)),
+        "{url}"
+    );
+    // the inner node's rule is about the inner node: relu(−x) at 0.7 reads v1 = −0.7
+    let walk = chainrule::explain::explain(
+        "relu(-x)",
+        &chainrule::explain::parse_assignments("x=0.7").unwrap(),
+    )
+    .unwrap();
+    open_walk(c, base, "relu(-x)", "x=0.7", Some(walk.forward.len() + 2)).await;
+    let rule = text_of(c, "#edge-rule").await;
+    assert_eq!(rule, "∂v2/∂v1 = 1 if v1 > 0 else 0, with v1 = -0.7");
+    // v̄ = ∂f/∂v is said once, in the introduction
+    let said = c
+        .execute(
+            "return document.body.innerText.split('v̄ = ∂f/∂v').length - 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(said, 1);
+    // x used three times: three arrows out of x
+    open_walk(c, base, "x*x + sin(x)", "x=0.7", None).await;
+    let arrows = c
+        .execute(
+            "return document.querySelectorAll(\"#graph path.edge[data-from='0']\").length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(arrows, 3);
+    // x^2: the exponent is a node with its edge, the node reads as the learner wrote it
+    let walk = chainrule::explain::explain(
+        "x^2 + y",
+        &chainrule::explain::parse_assignments("x=3,y=1").unwrap(),
+    )
+    .unwrap();
+    let power = walk.forward.iter().find(|n| n.op == "powf").unwrap();
+    open_walk(c, base, "x^2 + y", "x=3,y=1", None).await;
+    let title = text_of(c, &format!("g.node[data-id='{}'] .title", power.id)).await;
+    assert_eq!(title, format!("{} = x^2", power.name));
+    let from_two = c
+        .execute(
+            &format!(
+                "return document.querySelectorAll(\"#graph path.edge[data-from='{}'][data-to='{}']\").length;",
+                power.inputs[1], power.id
+            ),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(from_two, 1);
+    // edge labels lie off every node in every step, here and in a two-layer net
+    for (expr, at) in [
+        ("tanh(w*x + b)", "x=2,w=-0.5,b=1.5"),
+        (
+            "sigmoid(c1*tanh(w1*x + b1) + c2*tanh(w2*x + b2) + d)",
+            "x=0.5,w1=1,b1=0,w2=-1,b2=0.5,c1=2,c2=-1,d=0.1",
+        ),
+    ] {
+        open_walk(c, base, expr, at, None).await;
+        let overlaps = c.execute(LABEL_OVERLAPS, vec![]).await.unwrap();
+        let steps = overlaps.as_array().unwrap();
+        assert!(!steps.is_empty(), "{expr}: no label shown");
+        assert!(
+            steps.iter().all(|h| h.as_array().unwrap().is_empty()),
+            "{expr}: labels over nodes {overlaps}"
+        );
+    }
+    c.execute(
+        "document.getElementById('prev').click(); document.getElementById('prev').click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("walk-net.png"), png).unwrap();
+    // a kink: the table's disagreement comes with its reason
+    open_walk(c, base, "relu(x) - relu(-x)", "x=0", None).await;
+    let note = text_of(c, "p.disagree[data-var='x']").await;
+    assert!(note.contains("relu(x) sits at its kink (x = 0)"), "{note}");
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("walk-kink.png"), png).unwrap();
+    // the page lists the parser's own operators and functions, and each one parses
+    let listed = until(
+        c,
+        "const g = document.getElementById('grammar'); return g && g.textContent !== '…' ? g.textContent : null;",
+        "the grammar",
+        |v| v.is_string(),
+    )
+    .await;
+    let listed = listed.as_str().unwrap();
+    for f in chainrule::explain::functions() {
+        assert!(listed.contains(f), "{f} missing from {listed}");
+        let expr = if f == "max" || f == "min" {
+            format!("{f}(x, 1)")
+        } else {
+            format!("{f}(x)")
+        };
+        chainrule::explain::parse(&expr).unwrap();
+    }
+    for (op, also) in chainrule::explain::OPERATORS {
+        for ch in std::iter::once(op).chain(also.iter().copied()) {
+            assert!(listed.contains(ch), "{ch} missing from {listed}");
+            chainrule::explain::parse(&format!("x {ch} y")).unwrap();
+        }
+    }
+    // U+2212, as listed, walks; an unknown function from elsewhere gets a suggestion
+    open_walk(c, base, "x − y", "x=1,y=2", None).await;
+    assert_eq!(text_of(c, "#value").await, "-1");
+    open_walk(c, base, "log(x)", "x=1", None).await;
+    let e = text_of(c, "#expr-error").await;
+    assert!(e.contains("ln(x)"), "{e}");
+    // a missing value names the page's box, not the program's flag
+    open_walk(c, base, "x*y", "x=1", None).await;
+    let e = text_of(c, "#expr-error").await;
+    assert!(
+        e.contains("variable 'y' has no value") && e.contains("values box") && !e.contains("--at"),
+        "{e}"
+    );
+}
+
 async fn runs_view(c: &Client, base: &str, runs: &Path) {
     c.goto(&format!("{base}/runs")).await.unwrap();
     let link = c
@@ -299,6 +500,7 @@ fn the_page_walks_the_chain_rule_and_draws_a_run_in_chromium() {
             .expect("a Chromium session");
         let base = server.url();
         walk_view(&c, &base).await;
+        walk_tells_the_truth(&c, &base).await;
         runs_view(&c, &base, &runs).await;
         c.close().await.unwrap();
     });

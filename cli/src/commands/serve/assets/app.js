@@ -67,11 +67,6 @@ const EXAMPLES = [
   ["max(a*b, c) / (a + 2)", "a=1,b=3,c=0.5", "max routes the gradient"],
 ];
 
-const COL_W = 178;
-const ROW_H = 84;
-const NODE_W = 128;
-const NODE_H = 58;
-
 function walkView(main) {
   const params = new URLSearchParams(location.search);
   const expr = params.get("expr") ?? EXAMPLES[0][0];
@@ -88,11 +83,18 @@ function walkView(main) {
     pick);
   const error = el("div", { id: "expr-error", class: "error", hidden: true });
   const result = el("div", { id: "walk" });
+  // the parser's own lists, so the page never offers what it would reject
+  const grammar = el("span", { id: "grammar" }, "…");
+  fetch("/api/grammar").then((r) => r.json()).then((g) => {
+    const ops = g.operators.map((o) => o.also.length ? `${o.op} (or ${o.also.join(" ")})` : o.op);
+    grammar.textContent = `operators ${ops.join("  ")}; functions ${g.functions.join(", ")}`;
+  }).catch(() => { grammar.textContent = "the grammar of chainrule explain"; });
   main.append(
     el("p", { class: "intro" },
-      "Type an expression in x, w, … (+ − * / ^, exp, ln, sqrt, abs, sin, cos, tanh, sigmoid, relu, erf, gelu, max, min) and the values of its variables. ",
-      "The forward pass computes each node from its inputs; the reverse sweep then carries the gradient back along every edge: ",
-      "the edge u → v multiplies v̄ (the gradient arriving at v) by the local derivative ∂v/∂u, and u adds up what its edges bring."),
+      "Type an expression in x, w, … (", grammar, ") and the values of its variables. ",
+      "The forward pass computes each node from its inputs; the reverse sweep then carries the gradient back along every edge. ",
+      "Throughout, ", el("b", { id: "vbar" }, "v̄ = ∂f/∂v"), ", the gradient of the output f with respect to the node v: ",
+      "the edge u → v multiplies v̄ by the local derivative ∂v/∂u, and u adds up what its edges bring."),
     form, error, result);
   pick.onchange = () => {
     if (pick.value === "") return;
@@ -103,10 +105,12 @@ function walkView(main) {
     go();
   };
   form.onsubmit = (ev) => { ev.preventDefault(); go(); };
+  // a shared link's step is shown once, on the first walk
+  let startStep = Number(params.get("step")) || 0;
   const go = async () => {
     const e = exprInput.value, a = atInput.value;
     const q = `expr=${encodeURIComponent(e)}&at=${encodeURIComponent(a).replace(/%3D/g, "=").replace(/%2C/g, ",")}`;
-    history.replaceState(null, "", `/walk?${q}`);
+    history.replaceState(null, "", `/walk?${q}${startStep ? `&step=${startStep}` : ""}`);
     let body;
     try {
       const r = await fetch(`/api/walk?${q}`);
@@ -121,7 +125,8 @@ function walkView(main) {
     }
     error.hidden = true;
     error.replaceChildren();
-    showWalk(result, body);
+    showWalk(result, body, q, startStep);
+    startStep = 0;
   };
   go();
 }
@@ -141,14 +146,22 @@ function showError(box, body, expr, at) {
   box.replaceChildren(...parts);
 }
 
-/** A short name for node `id`: a variable's name, a constant's value, or v<id>. */
+/** What the walk calls node `id`: a variable's name, a constant's value, or the engine's
+ * name for an op node (v3, or another prefix where a variable is spelt v3). */
 function nodeName(walk, id) {
-  const n = walk.forward[id];
-  if (n.op === "leaf" || n.op === "constant") return n.label;
-  return `v${id}`;
+  return walk.forward[id].name;
 }
 
-function showWalk(box, walk) {
+/** The rule of edge `e` in its operands' names with their values: "x = 2" where the rule
+ * is one operand, "1 - tanh²(v4), with v4 = 0.5" otherwise. */
+function ruleText(e) {
+  const others = e.operands.filter((o) => o.name !== e.rule);
+  const one = e.operands.find((o) => o.name === e.rule);
+  if (one) return `${e.rule} = ${fmt(one.value)}`;
+  return others.length ? `${e.rule}, with ${others.map((o) => `${o.name} = ${fmt(o.value)}`).join(", ")}` : e.rule;
+}
+
+function showWalk(box, walk, query, startStep) {
   const n = walk.forward.length;
   const steps = [];
   for (let i = 0; i < n; i++) steps.push({ kind: "forward", node: i });
@@ -157,32 +170,25 @@ function showWalk(box, walk) {
   const incoming = new Array(n).fill(0); // how many contributions each node receives
   for (const e of walk.edges) incoming[e.from] += 1;
   const L = walk.layout;
-  const width = Math.max(1, L.cols) * COL_W;
-  const height = Math.max(1, L.rows) * ROW_H;
-  const px = (col) => 8 + col * COL_W;
-  const py = (row) => 8 + row * ROW_H;
+  const G = L.geometry;
+  const [COL_W, ROW_H, NODE_W, NODE_H] = [G.col_w, G.row_h, G.node_w, G.node_h];
+  const width = Math.max(L.width, NODE_W + 2 * G.margin);
+  const height = L.height;
+  const px = (col) => G.margin + col * COL_W;
+  const py = (row) => G.top + row * ROW_H;
 
-  const graph = svg("svg", { id: "graph", width: width + 16, height: height + 16, viewBox: `0 0 ${width + 16} ${height + 16}`, role: "img", "aria-label": "computation graph" });
+  const graph = svg("svg", { id: "graph", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "computation graph" });
   graph.append(svg("defs", {},
     svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 10, markerHeight: 10, orient: "auto-start-reverse" },
       svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }))));
+  // one path per use of an input (x·x: two), keyed by the consumer's argument
   const pathOf = new Map();
-  // edges into one node end at different heights, in the order they arrive from
-  const endOffset = new Map();
-  const byTarget = new Map();
-  for (const p of L.paths) {
-    if (!byTarget.has(p.to)) byTarget.set(p.to, []);
-    byTarget.get(p.to).push(p);
-  }
-  for (const list of byTarget.values()) {
-    list.sort((a, b) => a.points[a.points.length - 2][1] - b.points[b.points.length - 2][1]);
-    list.forEach((p, i) => endOffset.set(p, list.length === 1 ? 0 : (i / (list.length - 1) - 0.5) * (NODE_H - 24)));
-  }
+  const labelAt = new Map();
   for (const p of L.paths) {
     const pts = p.points.map(([c, r], i) => {
       const x = px(c), y = py(r) + NODE_H / 2;
       if (i === 0) return [x + NODE_W, y];
-      if (i === p.points.length - 1) return [x, y + endOffset.get(p)];
+      if (i === p.points.length - 1) return [x, y + p.end_dy];
       return [x + NODE_W / 2, y];
     });
     let d = `M ${pts[0][0]} ${pts[0][1]}`;
@@ -191,18 +197,23 @@ function showWalk(box, walk) {
       const dx = (x1 - x0) / 2;
       d += ` C ${x0 + dx} ${y0} ${x1 - dx} ${y1} ${x1} ${y1}`;
     }
-    const path = svg("path", { d, class: "edge", "marker-end": "url(#arrow)", "data-from": p.from, "data-to": p.to });
-    pathOf.set(`${p.from}-${p.to}`, path);
+    // a constant's edge carries its value in but no gradient back
+    const fromConstant = walk.forward[p.from].op === "constant";
+    const path = svg("path", { d, class: fromConstant ? "edge constant-edge" : "edge", "marker-end": "url(#arrow)", "data-from": p.from, "data-to": p.to, "data-arg": p.arg });
+    pathOf.set(`${p.from}-${p.to}-${p.arg}`, path);
+    labelAt.set(`${p.from}-${p.to}-${p.arg}`, p.label);
     graph.append(path);
   }
   const nodeBox = [];
   for (const node of walk.forward) {
     const x = px(L.col[node.id]), y = py(L.row[node.id]);
-    const title = node.op === "leaf" ? node.label : node.op === "constant" ? `const ${node.label}` : `v${node.id} = ${node.op}`;
+    const full = `${node.name} = ${node.text}`;
+    const title = node.op === "leaf" ? node.name : node.op === "constant" ? `constant ${node.name}` : full.length <= 16 ? full : node.name;
     const value = svg("text", { x: x + NODE_W / 2, y: y + 36, class: "value" });
     const grad = svg("text", { x: x + NODE_W / 2, y: y + 52, class: "grad" });
-    const g = svg("g", { class: `node ${node.op === "leaf" ? "variable" : node.op === "constant" ? "constant" : "op"}`, "data-id": node.id, "data-label": node.label || `v${node.id}` },
+    const g = svg("g", { class: `node ${node.op === "leaf" ? "variable" : node.op === "constant" ? "constant" : "op"}`, "data-id": node.id, "data-label": node.name },
       svg("rect", { x, y, width: NODE_W, height: NODE_H, rx: 8 }),
+      svg("title", {}, node.op === "leaf" || node.op === "constant" ? title : full),
       svg("text", { x: x + NODE_W / 2, y: y + 18, class: "title" }, title),
       value, grad);
     nodeBox.push({ g, value, grad });
@@ -233,6 +244,7 @@ function showWalk(box, walk) {
 
   function show(target) {
     k = Math.max(0, Math.min(steps.length, target));
+    if (location.pathname === "/walk") history.replaceState(null, "", `/walk?${query}${k ? `&step=${k}` : ""}`);
     count.textContent = `step ${k} of ${steps.length}`;
     count.dataset.step = k;
     count.dataset.total = steps.length;
@@ -259,7 +271,7 @@ function showWalk(box, walk) {
     for (const [key, p] of pathOf) p.classList.remove("current", "swept");
     for (let j = 0; j < edgesDone; j++) {
       const e = walk.edges[j];
-      pathOf.get(`${e.from}-${e.to}`)?.classList.add("swept");
+      pathOf.get(`${e.from}-${e.to}-${e.arg}`)?.classList.add("swept");
     }
     edgeLabel.setAttribute("visibility", "hidden");
     const step = steps[k - 1];
@@ -272,7 +284,7 @@ function showWalk(box, walk) {
       let text;
       if (node.op === "leaf") text = `${name} is a variable: ${name} = ${fmt(node.value)}`;
       else if (node.op === "constant") text = `a constant: ${fmt(node.value)}`;
-      else text = `${name} = ${node.op}(${node.inputs.map((i) => nodeName(walk, i)).join(", ")}) = ${fmt(node.value)}`;
+      else text = `${name} = ${node.text} = ${fmt(node.value)}`;
       info.replaceChildren(el("p", {}, el("b", {}, "Forward pass. "), text));
     } else if (step.kind === "seed") {
       nodeBox[n - 1].g.classList.add("current");
@@ -284,26 +296,33 @@ function showWalk(box, walk) {
       const u = nodeName(walk, e.from), v = nodeName(walk, e.to);
       nodeBox[e.to].g.classList.add("source");
       nodeBox[e.from].g.classList.add("current");
-      const path = pathOf.get(`${e.from}-${e.to}`);
+      const key = `${e.from}-${e.to}-${e.arg}`;
+      const path = pathOf.get(key);
       path?.classList.add("current");
       if (path) {
-        const len = path.getTotalLength();
-        const mid = path.getPointAtLength(len * 0.5);
+        // the layout placed the label off every node, near its edge
+        const [lx, ly] = labelAt.get(key);
         const text = edgeLabel.querySelector("text");
         text.textContent = `∂${v}/∂${u} = ${fmt(e.local)}`;
-        text.setAttribute("x", mid.x);
-        text.setAttribute("y", mid.y - 8);
+        text.removeAttribute("textLength");
+        text.setAttribute("x", lx);
+        text.setAttribute("y", ly + 4);
         edgeLabel.setAttribute("visibility", "visible");
-        const bb = text.getBBox();
+        if (text.getComputedTextLength() > G.label_w - 8) {
+          text.setAttribute("textLength", G.label_w - 8);
+          text.setAttribute("lengthAdjust", "spacingAndGlyphs");
+        }
         const rect = edgeLabel.querySelector("rect");
-        rect.setAttribute("x", bb.x - 4); rect.setAttribute("y", bb.y - 2);
-        rect.setAttribute("width", bb.width + 8); rect.setAttribute("height", bb.height + 4);
+        rect.setAttribute("x", lx - G.label_w / 2); rect.setAttribute("y", ly - G.label_h / 2);
+        rect.setAttribute("width", G.label_w); rect.setAttribute("height", G.label_h);
       }
       const total = incoming[e.from];
+      const consumer = walk.forward[e.to];
+      const which = consumer.inputs.length === 1 ? "" : `, ${["first", "second"][e.arg] ?? `argument ${e.arg + 1}`} operand`;
       info.replaceChildren(
-        el("p", {}, el("b", {}, `Edge ${u} → ${v} `), `(${e.op}, argument ${e.arg === 0 ? "a" : "b"})`),
+        el("p", {}, el("b", {}, `Edge ${u} → ${v} `), `(${v} = ${consumer.text}${which})`),
         el("table", { class: "edge-table" },
-          el("tr", {}, el("th", {}, "local derivative"), el("td", {}, `∂${v}/∂${u} = ${e.formula}`), el("td", { class: "num", id: "edge-local" }, fmt(e.local))),
+          el("tr", {}, el("th", {}, "local derivative"), el("td", { id: "edge-rule" }, `∂${v}/∂${u} = ${ruleText(e)}`), el("td", { class: "num", id: "edge-local" }, fmt(e.local))),
           el("tr", {}, el("th", {}, "gradient arriving"), el("td", {}, `${v}̄`), el("td", { class: "num" }, fmt(e.upstream))),
           el("tr", {}, el("th", {}, "contribution"), el("td", {}, `${v}̄ · ∂${v}/∂${u} = ${fmt(e.upstream)} × ${fmt(e.local)}`), el("td", { class: "num" }, fmt(e.contribution))),
           el("tr", {}, el("th", {}, "running sum"), el("td", {}, `${u}̄ (${e.count} of ${total} contribution${total === 1 ? "" : "s"})`), el("td", { class: "num", id: "edge-running" }, fmt(e.running)))),
@@ -315,20 +334,22 @@ function showWalk(box, walk) {
 
   const table = el("table", { id: "grad-table", class: "grads" },
     el("tr", {}, el("th", {}, "variable"), el("th", {}, "reverse mode (the tape)"), el("th", {}, "forward mode (dual numbers)"), el("th", {}, "central differences"), el("th", {}, "|reverse − differences|")),
-    walk.check.map((c) => el("tr", { "data-var": c.name },
+    walk.check.map((c) => el("tr", { "data-var": c.name, class: c.note ? "disagrees" : null, title: c.note || null },
       el("td", {}, `∂f/∂${c.name}`),
       el("td", { class: "num reverse" }, fmt(c.reverse)),
       el("td", { class: "num forward" }, fmt(c.forward)),
       el("td", { class: "num fd" }, fmt(c.finite_diff)),
       el("td", { class: "num" }, c.reverse === null || c.finite_diff === null ? "non-finite" : Math.abs(c.reverse - c.finite_diff).toExponential(1)))));
+  const notes = walk.check.filter((c) => c.note).map((c) =>
+    el("p", { class: "disagree", "data-var": c.name }, el("b", {}, `∂f/∂${c.name}: `), c.note));
   box.replaceChildren(
     el("div", { class: "summary" }, el("span", {}, "f = "), el("code", {}, walk.expression), el("span", {}, " = "), el("b", { id: "value" }, fmt(walk.value))),
     el("h2", {}, "Step through it"),
     controls,
     el("div", { class: "walk-grid" }, el("div", { class: "graph-box" }, graph), info),
     el("h2", {}, "The gradient, three ways"),
-    table);
-  show(0);
+    table, ...notes);
+  show(startStep || 0);
   document.onkeydown = (ev) => {
     if (!document.getElementById("graph")) return;
     const tag = ev.target.tagName;
