@@ -447,6 +447,158 @@ async fn runs_view(c: &Client, base: &str, runs: &Path) {
     .await;
 }
 
+/// The titles of the charts drawn on the page, in order.
+async fn chart_titles(c: &Client) -> Vec<String> {
+    let v = c
+        .execute(
+            "return [...document.querySelectorAll('#charts svg.chart')].map((s) => s.dataset.title);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+/// The run pages draw what each folder holds, as the program measured it: the
+/// classifier's accuracy and the language model's bits per character (not its loss
+/// again), the train loss across the steps it is the mean of, a run that never clipped
+/// without "before clipping", and a folder without a training log (compare's) as a
+/// folder of results: not an error, not polled every second, with its crossover
+/// sentence and ratios and every tick inside its chart.
+async fn run_pages(c: &Client, base: &str, runs: &Path) {
+    c.goto(&format!("{base}/runs/digits")).await.unwrap();
+    let titles = until(
+        c,
+        "const s = document.querySelectorAll('#charts svg.chart'); return s.length ? s.length : null;",
+        "the charts",
+        |v| v.as_u64().is_some(),
+    )
+    .await;
+    assert!(titles.as_u64().unwrap() >= 3);
+    let titles = chart_titles(c).await;
+    assert_eq!(titles[1], "validation accuracy", "{titles:?}");
+    let evals = crate::common::eval_rows(&runs.join("digits"));
+    let train = c
+        .execute(
+            "return Number(document.querySelector(\"path[data-series^='train']\").dataset.points);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(train.as_u64(), Some(2 * evals.len() as u64));
+    // the language model, trained with --no-clip
+    c.goto(&format!("{base}/runs/text")).await.unwrap();
+    until(
+        c,
+        "const s = document.querySelectorAll('#charts svg.chart'); return s.length ? s.length : null;",
+        "the text run's charts",
+        |v| v.as_u64().is_some(),
+    )
+    .await;
+    let titles = chart_titles(c).await;
+    assert_eq!(
+        titles,
+        [
+            "loss",
+            "validation bits per char",
+            "learning rate",
+            "gradient norm (log; no step clipped)"
+        ]
+    );
+    // compare's folder: results, no training log
+    c.goto(&format!("{base}/runs/cost")).await.unwrap();
+    let status = until(
+        c,
+        "const s = document.getElementById('run-status'); return s && s.textContent.includes('training log') ? s.textContent : null;",
+        "the folder's status",
+        |v| v.is_string(),
+    )
+    .await;
+    assert!(
+        status
+            .as_str()
+            .unwrap()
+            .contains("no training log (metrics.jsonl)"),
+        "{status}"
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let asked = c
+        .execute(
+            "return performance.getEntriesByType('resource').filter((e) => e.name.includes('/metrics')).length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        asked.as_u64(),
+        Some(1),
+        "the missing log was asked for again"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("cost/compare.json")).unwrap())
+            .unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    // the program's crossover rule, for f: the first N at which reverse beats forward
+    let mut prev = None;
+    let mut expected =
+        "For f, forward mode stayed faster than reverse mode at every N measured.".to_string();
+    let mut sizes: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["function"] == "f")
+        .map(|r| r["n"].as_u64().unwrap())
+        .collect();
+    sizes.dedup();
+    for n in sizes {
+        let t = |m: &str| {
+            rows.iter()
+                .find(|r| r["function"] == "f" && r["n"] == n && r["method"] == m)
+                .and_then(|r| r["median_s"].as_f64())
+        };
+        let wins = match (t("forward"), t("reverse")) {
+            (Some(a), Some(b)) => b < a,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if wins {
+            let from = prev.unwrap_or(n);
+            expected = if from == n {
+                format!("For f, reverse mode is already faster than forward mode at N = {n}.")
+            } else {
+                format!(
+                    "For f, reverse mode overtakes forward mode between N = {from} and N = {n}."
+                )
+            };
+            break;
+        }
+        prev = Some(n);
+    }
+    assert_eq!(text_of(c, "p.crossover[data-function='f']").await, expected);
+    let last = rows
+        .iter()
+        .filter(|r| r["function"] == "f" && r["method"] == "reverse")
+        .next_back()
+        .unwrap();
+    let cell = text_of(
+        c,
+        "table.ratios[data-function='f'] tr[data-method='reverse'] td:last-child",
+    )
+    .await;
+    assert!(
+        agrees(&cell, last["ratio"].as_f64().unwrap()),
+        "{cell} against {last}"
+    );
+    let cut = c
+        .execute(
+            "return [...document.querySelectorAll('#extras svg.chart')].flatMap((s) => [...s.querySelectorAll('text.tick')].filter((t) => { const b = t.getBBox(); return b.x < 0 || b.x + b.width > s.width.baseVal.value; }).map((t) => t.textContent));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut, serde_json::json!([]), "tick labels cut off");
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("runs-compare.png"), png).unwrap();
+}
+
 #[test]
 fn the_page_walks_the_chain_rule_and_draws_a_run_in_chromium() {
     let required = std::env::var("CHAINRULE_BROWSER_TEST").is_ok_and(|v| v == "require");
@@ -477,6 +629,37 @@ fn the_page_walks_the_chain_rule_and_draws_a_run_in_chromium() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // a language model trained without clipping, and compare's folder of results
+    let out = crate::common::chainrule(&[
+        "train",
+        "--data",
+        "macbeth",
+        "--model",
+        "rnn",
+        "--embed",
+        "8",
+        "--hidden",
+        "16",
+        "--layers",
+        "1",
+        "--seq-len",
+        "16",
+        "--max-steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--no-clip",
+        "--out",
+        runs.join("text").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    // compare takes no --max-time, which the helper adds to the commands that train
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chainrule"))
+        .args(["compare", "--quick", "--json", "--out"])
+        .arg(runs.join("cost"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
     let server = Server::start(&runs, &dir);
     let driver = Driver::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -502,6 +685,7 @@ fn the_page_walks_the_chain_rule_and_draws_a_run_in_chromium() {
         walk_view(&c, &base).await;
         walk_tells_the_truth(&c, &base).await;
         runs_view(&c, &base, &runs).await;
+        run_pages(&c, &base, &runs).await;
         c.close().await.unwrap();
     });
     eprintln!("screenshots: {}", screenshots().display());

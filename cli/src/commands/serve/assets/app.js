@@ -438,10 +438,19 @@ function chart(opts) {
     axes.append(svg("line", { x1: ml, x2: W - mr, y1: y, y2: y, class: "grid" }),
       svg("text", { x: ml - 6, y: y + 4, class: "tick y" }, label));
   }
-  for (const [t, label] of opts.logX ? logTicks(x0, x1) : linearTicks(x0, x1)) {
+  // from the right, so the last tick keeps its label: a label at either end of the axis
+  // is anchored inward (never cut off), and one that would touch its right neighbour's
+  // is left out (its grid line stays)
+  let leftmost = Infinity;
+  for (const [t, label] of (opts.logX ? logTicks(x0, x1) : linearTicks(x0, x1)).reverse()) {
     const x = X(t);
-    axes.append(svg("line", { x1: x, x2: x, y1: mt, y2: H - mb, class: "grid" }),
-      svg("text", { x, y: H - mb + 15, class: "tick x" }, label));
+    const anchor = x > W - mr - 20 ? "end" : x < ml + 20 ? "start" : "middle";
+    const w = 6.5 * label.length;
+    const [l, r] = anchor === "end" ? [x - w, x] : anchor === "start" ? [x, x + w] : [x - w / 2, x + w / 2];
+    axes.append(svg("line", { x1: x, x2: x, y1: mt, y2: H - mb, class: "grid" }));
+    if (r + 4 > leftmost) continue;
+    leftmost = l;
+    axes.append(svg("text", { x, y: H - mb + 15, class: "tick x", "text-anchor": anchor }, label));
   }
   axes.append(svg("rect", { x: ml, y: mt, width: W - ml - mr, height: H - mt - mb, class: "frame" }),
     svg("text", { x: (ml + W - mr) / 2, y: H - 4, class: "axis-label" }, opts.xLabel || ""));
@@ -504,6 +513,21 @@ function runsView(main) {
   refresh();
 }
 
+/** The validation metric worth its own chart, as [name, value of an evaluation row]:
+ * the objective's metric where it is not the loss (a classifier's accuracy), else the
+ * first other named metric (a language model's bits per character), else none. */
+function metricOf(evals) {
+  const last = evals[evals.length - 1];
+  if (!last) return null;
+  const named = Object.entries(last.metrics || {});
+  if (last.val_metric !== last.val_loss) {
+    const hit = named.find(([, v]) => v === last.val_metric);
+    return [hit ? hit[0].replace(/_/g, " ") : "metric", (e) => e.val_metric];
+  }
+  if (named.length) return [named[0][0].replace(/_/g, " "), (e) => (e.metrics || {})[named[0][0]]];
+  return null;
+}
+
 function runView(main, name) {
   const status = el("p", { id: "run-status", class: "intro" }, "reading…");
   const charts = el("div", { id: "charts", class: "charts" });
@@ -513,28 +537,41 @@ function runView(main, name) {
   let next = 0, lastSize = -1;
   const shownExtras = new Set();
   const draw = () => {
-    const metricName = evals.length && evals[evals.length - 1].metric_name ? evals[evals.length - 1].metric_name : "validation metric";
+    const metric = metricOf(evals);
     const lrPoints = steps.some((s) => s.lr !== undefined) ? steps.map((s) => [s.step, s.lr]) : evals.map((e) => [e.step, e.lr]);
-    charts.replaceChildren(
+    // train_loss is the mean over the steps since the previous evaluation: drawn across
+    // them, not as a point at their end
+    const trainPoints = [];
+    evals.forEach((e, i) => {
+      const from = i === 0 ? (steps.length ? steps[0].step - 1 : 0) : evals[i - 1].step;
+      trainPoints.push([from, e.train_loss], [e.step, e.train_loss], [NaN, NaN]);
+    });
+    const clipped = steps.filter((s) => s.clipped).length;
+    const list = [
       chart({ title: "loss", xLabel: "step", series: [
         { label: "batch", color: "#b8c4d6", thin: true, points: steps.map((s) => [s.step, s.loss]) },
-        { label: "train", color: "#1f5fbf", points: evals.map((e) => [e.step, e.train_loss]) },
-        { label: "validation", color: "#d0421b", points: evals.map((e) => [e.step, e.val_loss]) }] }),
-      chart({ title: metricName, xLabel: "step", series: [
-        { label: "validation", color: "#2a8a3e", points: evals.map((e) => [e.step, e.val_metric]) }] }),
+        { label: "train (mean since last eval)", color: "#1f5fbf", points: trainPoints },
+        { label: "validation", color: "#d0421b", points: evals.map((e) => [e.step, e.val_loss]) }] })];
+    if (metric) {
+      list.push(chart({ title: `validation ${metric[0]}`, xLabel: "step", series: [
+        { label: "validation", color: "#2a8a3e", points: evals.map((e) => [e.step, metric[1](e)]) }] }));
+    }
+    list.push(
       chart({ title: "learning rate", xLabel: "step", series: [
         { label: "", color: "#7048a8", points: lrPoints }] }),
-      chart({ title: "gradient norm before clipping (log)", xLabel: "step", logY: true, series: [
+      // a run that never clipped (--no-clip among them) has no "before clipping"
+      chart({ title: clipped ? "gradient norm before clipping (log)" : "gradient norm (log; no step clipped)", xLabel: "step", logY: true, series: [
         { label: "norm", color: "#1f5fbf", thin: true, points: steps.map((s) => [s.step, s.grad_norm]) },
-        { label: "clipped", color: "#d0421b", dots: true, points: steps.filter((s) => s.clipped).map((s) => [s.step, s.grad_norm]) }] }));
+        ...(clipped ? [{ label: "clipped", color: "#d0421b", dots: true, points: steps.filter((s) => s.clipped).map((s) => [s.step, s.grad_norm]) }] : [])] }));
+    charts.replaceChildren(...list);
     const last = steps.length ? steps[steps.length - 1].step : evals.length ? evals[evals.length - 1].step : 0;
-    const clipped = steps.filter((s) => s.clipped).length;
+    const lastEval = evals[evals.length - 1];
     status.textContent = `${steps.length} steps logged (last step ${last}), ${evals.length} evaluations, ${clipped} clipped steps`
-      + (evals.length ? `; last validation loss ${fmt(evals[evals.length - 1].val_loss)}, metric ${fmt(evals[evals.length - 1].val_metric)}` : "");
+      + (lastEval ? `; last validation loss ${fmt(lastEval.val_loss)}` + (metric ? `, ${metric[0]} ${fmt(metric[1](lastEval))}` : "") : "");
   };
   const poll = async () => {
     if (!document.body.contains(charts)) return;
-    let more = false;
+    let more = false, wait = 1000;
     try {
       const r = await fetch(`/api/runs/${encodeURIComponent(name)}/metrics?from=${next}`);
       if (r.ok) {
@@ -546,24 +583,57 @@ function runView(main, name) {
           more = chunk.more;
         }
         if (steps.length + evals.length !== lastSize || chunk.reset) { draw(); lastSize = steps.length + evals.length; }
-      } else if (lastSize < 0) {
-        status.textContent = "this run has no metrics.jsonl";
-        lastSize = 0;
+        await drawExtras(name, extras, shownExtras);
+      } else {
+        // no training log: a folder of results (compare, clipping), not an error; its
+        // files are drawn, and the log is looked for again only once the list shows it
+        const run = await drawExtras(name, extras, shownExtras);
+        status.textContent = run
+          ? `This folder has no training log (metrics.jsonl); it holds ${run.files.join(", ")}.`
+          : "There is no run of this name under the runs folder.";
+        status.classList.add("no-log");
+        while (document.body.contains(charts)) {
+          await new Promise((done) => setTimeout(done, 3000));
+          const again = await fetch("/api/runs").then((x) => x.json()).catch(() => ({ runs: [] }));
+          const now = again.runs.find((x) => x.name === name);
+          if (now && now.files.includes("metrics.jsonl")) break;
+          if (now) await drawExtras(name, extras, shownExtras);
+        }
+        status.classList.remove("no-log");
+        wait = 0;
       }
-      await drawExtras(name, extras, shownExtras);
     } catch (err) {
       status.textContent = `the server did not answer (${err})`;
     }
-    setTimeout(poll, more ? 0 : 1000);
+    setTimeout(poll, more ? 0 : wait);
   };
   poll();
+}
+
+/** The crossover sentence of `compare`, from its rows: the first size at which
+ * `fast` beats `slow`, and the size before it (the program's own rule). */
+function crossover(rows, fn, slow, fast, size, slowName, fastName) {
+  const sizes = [...new Set(rows.filter((r) => r.function === fn).map((r) => r.n))];
+  let prev = null;
+  for (const n of sizes) {
+    const t = (m) => rows.find((r) => r.function === fn && r.n === n && r.method === m)?.median_s ?? null;
+    const a = t(slow), b = t(fast);
+    if ((a !== null && b !== null && b < a) || (a === null && b !== null)) {
+      const from = prev ?? n;
+      return from === n
+        ? `For ${fn}, ${fastName} is already faster than ${slowName} at ${size} = ${n}.`
+        : `For ${fn}, ${fastName} overtakes ${slowName} between ${size} = ${from} and ${size} = ${n}.`;
+    }
+    prev = n;
+  }
+  return `For ${fn}, ${slowName} stayed faster than ${fastName} at every ${size} measured.`;
 }
 
 /** Tables and charts of the clipping, compare and curvature results in a run folder. */
 async function drawExtras(name, box, shown) {
   const r = await fetch("/api/runs").then((r) => r.json());
   const run = r.runs.find((x) => x.name === name);
-  if (!run) return;
+  if (!run) return null;
   const file = (f) => fetch(`/files/${encodeURIComponent(name)}/${f}`).then((r) => r.json());
   for (const f of run.files) {
     if (shown.has(f)) continue;
@@ -588,8 +658,20 @@ async function drawExtras(name, box, shown) {
       box.append(el("h2", {}, "What a gradient costs"));
       for (const fn of [...new Set(c.rows.map((x) => x.function))]) {
         const rows = c.rows.filter((x) => x.function === fn);
+        const methods = [...new Set(rows.map((x) => x.method))];
+        const size = fn === "g" ? "M" : "N";
         box.append(chart({ title: `${fn}: seconds per call`, xLabel: fn === "g" ? "outputs M" : "inputs N", logX: true, logY: true,
-          series: [...new Set(rows.map((x) => x.method))].map((m) => ({ label: m, color: colors[m] || "#888", points: rows.filter((x) => x.method === m).map((x) => [x.n, x.median_s]) })) }));
+          series: methods.map((m) => ({ label: m, color: colors[m] || "#888", points: rows.filter((x) => x.method === m).map((x) => [x.n, x.median_s]) })) }));
+        box.append(el("p", { class: "crossover", "data-function": fn }, fn === "g"
+          ? crossover(c.rows, "g", "reverse", "forward", size, "reverse mode", "forward mode")
+          : crossover(c.rows, fn, "forward", "reverse", size, "forward mode", "reverse mode")));
+        const sizes = [...new Set(rows.map((x) => x.n))];
+        box.append(el("table", { class: "runs ratios", "data-function": fn },
+          el("tr", {}, el("th", {}, `${size}: time ÷ ${fn}'s`), sizes.map((n) => el("th", {}, String(n)))),
+          methods.map((m) => el("tr", { "data-method": m }, el("td", {}, m), sizes.map((n) => {
+            const row = rows.find((x) => x.method === m && x.n === n);
+            return el("td", { class: "num" }, row && row.ratio !== null && row.ratio !== undefined ? fmt(row.ratio) : "—");
+          })))));
       }
     } else if (f === "curvature.json") {
       shown.add(f);
@@ -598,6 +680,7 @@ async function drawExtras(name, box, shown) {
         el("p", {}, `Largest Hessian eigenvalues at step ${c.step}: ${c.eigenvalues.map(fmt).join(", ")}. Plain gradient descent diverges along the top one above lr = ${fmt(c.max_stable_lr)}; this run used ${fmt(c.lr)} (${c.optimizer}).`));
     }
   }
+  return run;
 }
 
 function table(rows, keys) {
