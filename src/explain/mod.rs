@@ -270,6 +270,20 @@ pub fn parse_assignments(at: &str) -> Result<BTreeMap<String, f64>> {
     Ok(out)
 }
 
+/// The value of `expression` at the point `at`, in the walk's grammar: what the walk's
+/// exercise reads a learner's answer with (a number, or a rule written in the walk's
+/// names).
+pub fn evaluate(expression: &str, at: &BTreeMap<String, f64>) -> Result<f64> {
+    let e = parse(expression)?;
+    if let Some(missing) = e.variables().into_iter().find(|n| !at.contains_key(n)) {
+        return Err(Error::invalid(
+            "explain",
+            format!("'{missing}' is not a name of this walk"),
+        ));
+    }
+    eval(&e, at)
+}
+
 /// Records, sweeps and checks `expression` at the point `at`.
 pub fn explain(expression: &str, at: &BTreeMap<String, f64>) -> Result<Walk> {
     let e = parse(expression)?;
@@ -882,6 +896,18 @@ mod tests {
         assert_eq!(w.forward[2].text, "y^(-2)");
         assert_eq!(w.edges[0].rule, "(-2)·y^((-2)-1)");
         assert_eq!(w.gradient["y"], -0.25);
+    }
+
+    #[test]
+    fn an_answer_is_read_in_the_walks_grammar_and_names() {
+        let p = at(&[("v4", 0.5), ("x", 2.0)]);
+        let t = 0.5f64.tanh();
+        assert_eq!(evaluate("1 - tanh(v4)^2", &p).unwrap(), 1.0 - t * t);
+        assert_eq!(evaluate("x", &p).unwrap(), 2.0);
+        assert_eq!(evaluate("0.786", &p).unwrap(), 0.786);
+        let e = evaluate("y + 1", &p).unwrap_err().to_string();
+        assert!(e.contains("'y' is not a name of this walk"), "{e}");
+        assert!(evaluate("1 +", &p).is_err());
     }
 
     #[test]

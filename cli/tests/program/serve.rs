@@ -48,6 +48,19 @@ fn the_walk_endpoint_gives_the_engines_numbers_and_points_at_errors() {
     }
     assert_eq!(v["edges"].as_array().unwrap().len(), walk.edges.len());
     assert_eq!(v["layout"]["crossings"], 0);
+    // a learner's answer, read in the walk's grammar and names
+    let (status, body) = server.get("/api/evaluate?expr=1-tanh(v4)%5E2&at=v4=0.5");
+    assert_eq!(status, 200, "{body}");
+    let t = 0.5f64.tanh();
+    assert_eq!(json(&body)["value"].as_f64(), Some(1.0 - t * t));
+    let (status, body) = server.get("/api/evaluate?expr=q%2B1&at=v4=0.5");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("'q'"),
+        "{body}"
+    );
+    let (status, body) = server.get(&format!("/api/evaluate?expr={}&at=x=1", "x%2B".repeat(600)));
+    assert_eq!(status, 400, "{body}");
     // the page itself and its assets
     let (status, page) = server.get("/walk?expr=x&at=x=1");
     assert!(status == 200 && page.contains("/assets/app.js"));

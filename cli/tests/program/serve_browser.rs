@@ -447,6 +447,105 @@ async fn runs_view(c: &Client, base: &str, runs: &Path) {
     .await;
 }
 
+/// The walk as an exercise: before each reverse edge the learner gives ∂v/∂u (here the
+/// rule, typed in the walk's names) and the contribution (here a wrong number); the
+/// first is accepted, the second marked with the right value and how it is made, the
+/// score counts both, and the menu's exercises open in practice at the seed.
+async fn exercise(c: &Client, base: &str) {
+    let at = chainrule::explain::parse_assignments("x=2,w=-0.5,b=1.5").unwrap();
+    let engine = chainrule::explain::explain("tanh(w*x + b)", &at).unwrap();
+    let n = engine.forward.len();
+    c.goto(&format!(
+        "{base}/walk?expr=tanh(w*x%2Bb)&at=x=2,w=-0.5,b=1.5&mode=exercise&step={}",
+        n + 1
+    ))
+    .await
+    .unwrap();
+    c.wait().for_element(Locator::Css("#graph")).await.unwrap();
+    click(c, "#next").await;
+    let first = &engine.edges[0];
+    assert_eq!(first.rule, "1 - tanh²(v4)");
+    // the edge is not shown yet, and next waits for the answers
+    let held = c
+        .execute(
+            "return [document.getElementById('next').disabled, !!document.getElementById('edge-local')];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, serde_json::json!([true, false]));
+    let answer = c.find(Locator::Css("#answer-local")).await.unwrap();
+    answer.send_keys("1 - tanh(v4)^2").await.unwrap();
+    click(c, "#check-local").await;
+    let mark = c
+        .wait()
+        .for_element(Locator::Css("#mark-local.right"))
+        .await
+        .unwrap();
+    let text = mark.text().await.unwrap();
+    assert!(text.starts_with("✓ right"), "{text}");
+    let answer = c.find(Locator::Css("#answer-contribution")).await.unwrap();
+    answer.send_keys("5").await.unwrap();
+    click(c, "#check-contribution").await;
+    let text = c
+        .wait()
+        .for_element(Locator::Css("#mark-contribution.wrong"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.starts_with("✗ you gave 5; it is v5̄ · ∂v5/∂v4 = 1 × "),
+        "{text}"
+    );
+    let shown = text.rsplit(" = ").next().unwrap();
+    assert!(agrees(shown, first.contribution), "{text}");
+    // now the edge is shown as always, and the score counts both parts
+    assert!(agrees(&text_of(c, "#edge-local").await, first.local));
+    let score = text_of(c, "#score").await;
+    assert_eq!(score, "score: 1 of 2 right");
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("walk-exercise.png"), png).unwrap();
+    // the next edge: a number within 1% is right
+    click(c, "#next").await;
+    let second = &engine.edges[1];
+    let answer = c.find(Locator::Css("#answer-local")).await.unwrap();
+    answer
+        .send_keys(&format!("{:.4}", second.local))
+        .await
+        .unwrap();
+    click(c, "#check-local").await;
+    c.wait()
+        .for_element(Locator::Css("#mark-local.right"))
+        .await
+        .unwrap();
+    // the menu's exercises, smallest first, open in practice at the seed
+    let labels = c
+        .execute(
+            "return [...document.querySelectorAll('#examples optgroup:last-of-type option')].map((o) => o.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let labels: Vec<String> = serde_json::from_value(labels).unwrap();
+    assert_eq!(labels.len(), 4, "{labels:?}");
+    assert!(labels[0].starts_with("1. one node") && labels[3].starts_with("4. a two-layer net"));
+    c.execute(
+        "const s = document.getElementById('examples'); s.value = 'x0'; s.onchange();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    until(
+        c,
+        "const s = document.getElementById('step-count'); const p = document.getElementById('practise'); return s && p && p.checked && document.getElementById('expr').value === 'sin(x)' ? s.textContent : null;",
+        "the first exercise",
+        |v| v.as_str() == Some("step 3 of 4"),
+    )
+    .await;
+}
+
 /// The titles of the charts drawn on the page, in order.
 async fn chart_titles(c: &Client) -> Vec<String> {
     let v = c
@@ -684,6 +783,7 @@ fn the_page_walks_the_chain_rule_and_draws_a_run_in_chromium() {
         let base = server.url();
         walk_view(&c, &base).await;
         walk_tells_the_truth(&c, &base).await;
+        exercise(&c, &base).await;
         runs_view(&c, &base, &runs).await;
         run_pages(&c, &base, &runs).await;
         c.close().await.unwrap();

@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chainrule::Error;
-use chainrule::explain::{explain, parse_assignments};
+use chainrule::explain::{evaluate, explain, parse_assignments};
 use runs::Runs;
 use serde::Deserialize;
 use serde_json::json;
@@ -133,6 +133,7 @@ fn router(runs: Runs) -> Router {
         .route("/assets/{file}", get(asset))
         .route("/api/walk", get(walk))
         .route("/api/grammar", get(grammar))
+        .route("/api/evaluate", get(evaluate_answer))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{name}/metrics", get(metrics))
         .route("/files/{*path}", get(file))
@@ -240,6 +241,30 @@ fn walk_json(expr: &str, at: &str) -> Result<serde_json::Value, serde_json::Valu
     v["layout"] = serde_json::to_value(layout::layout(&inputs))
         .map_err(|e| json!({"error": e.to_string()}))?;
     Ok(v)
+}
+
+/// `GET /api/evaluate?expr=…&at=…`: the value of a learner's answer (a number or a rule
+/// in the walk's names, the names' values in `at`), or 400 with `error`.
+async fn evaluate_answer(Query(q): Query<WalkQuery>) -> Response {
+    if q.expr.len() > MAX_EXPR_BYTES || q.at.len() > MAX_EXPR_BYTES {
+        let msg = format!("an answer and its values take at most {MAX_EXPR_BYTES} bytes each");
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response();
+    }
+    let value = parse_assignments(&q.at).and_then(|at| evaluate(&q.expr, &at));
+    match value {
+        // JSON has no infinity: a non-finite value is null, which the page reports
+        Ok(v) => axum::Json(json!({ "value": v })).into_response(),
+        Err(e) => {
+            let msg = match &e {
+                Error::Expression { column, msg, .. } => format!("column {column}: {msg}"),
+                _ => {
+                    let msg = e.to_string();
+                    msg.strip_prefix("explain: ").unwrap_or(&msg).to_string()
+                }
+            };
+            (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response()
+        }
+    }
 }
 
 /// The variable named by the engine's "variable 'NAME' has no value".

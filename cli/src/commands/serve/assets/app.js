@@ -67,6 +67,14 @@ const EXAMPLES = [
   ["max(a*b, c) / (a + 2)", "a=1,b=3,c=0.5", "max routes the gradient"],
 ];
 
+// Exercises, smallest first: the learner works out each edge before it is shown.
+const EXERCISES = [
+  ["sin(x)", "x=0.5", "one node"],
+  ["x*x + sin(x)", "x=0.7", "fan-out: x feeds three edges"],
+  ["tanh(w*x + b)", "x=2,w=-0.5,b=1.5", "a neuron"],
+  ["sigmoid(c1*tanh(w1*x + b1) + c2*tanh(w2*x + b2) + d)", "x=0.5,w1=1,b1=0,w2=-1,b2=0.5,c1=2,c2=-1,d=0.1", "a two-layer net"],
+];
+
 function walkView(main) {
   const params = new URLSearchParams(location.search);
   const expr = params.get("expr") ?? EXAMPLES[0][0];
@@ -74,8 +82,11 @@ function walkView(main) {
   const exprInput = el("input", { id: "expr", type: "text", value: expr, spellcheck: "false", "aria-label": "expression", size: 40 });
   const atInput = el("input", { id: "at", type: "text", value: at, spellcheck: "false", "aria-label": "values", size: 24 });
   const pick = el("select", { id: "examples", "aria-label": "examples" },
-    el("option", { value: "" }, "examples…"),
-    EXAMPLES.map(([e, a, what], i) => el("option", { value: i }, `${e}   (${what})`)));
+    el("option", { value: "" }, "examples and exercises…"),
+    el("optgroup", { label: "examples" },
+      EXAMPLES.map(([e, a, what], i) => el("option", { value: `e${i}` }, `${e}   (${what})`))),
+    el("optgroup", { label: "exercises: work out each edge first" },
+      EXERCISES.map(([e, a, what], i) => el("option", { value: `x${i}` }, `${i + 1}. ${what}: ${e}`))));
   const form = el("form", { id: "walk-form", class: "walk-form" },
     el("label", {}, "f = ", exprInput),
     el("label", {}, " at ", atInput),
@@ -96,12 +107,17 @@ function walkView(main) {
       "Throughout, ", el("b", { id: "vbar" }, "v̄ = ∂f/∂v"), ", the gradient of the output f with respect to the node v: ",
       "the edge u → v multiplies v̄ by the local derivative ∂v/∂u, and u adds up what its edges bring."),
     form, error, result);
+  let practise = params.get("mode") === "exercise";
   pick.onchange = () => {
     if (pick.value === "") return;
-    const [e, a] = EXAMPLES[Number(pick.value)];
+    const exercise = pick.value.startsWith("x");
+    const [e, a] = (exercise ? EXERCISES : EXAMPLES)[Number(pick.value.slice(1))];
     exprInput.value = e;
     atInput.value = a;
     pick.value = "";
+    practise = exercise;
+    // an exercise starts at the reverse sweep, where the questions are
+    startStep = exercise ? -1 : 0;
     go();
   };
   form.onsubmit = (ev) => { ev.preventDefault(); go(); };
@@ -110,7 +126,7 @@ function walkView(main) {
   const go = async () => {
     const e = exprInput.value, a = atInput.value;
     const q = `expr=${encodeURIComponent(e)}&at=${encodeURIComponent(a).replace(/%3D/g, "=").replace(/%2C/g, ",")}`;
-    history.replaceState(null, "", `/walk?${q}${startStep ? `&step=${startStep}` : ""}`);
+    history.replaceState(null, "", `/walk?${q}${practise ? "&mode=exercise" : ""}${startStep > 0 ? `&step=${startStep}` : ""}`);
     let body;
     try {
       const r = await fetch(`/api/walk?${q}`);
@@ -125,7 +141,7 @@ function walkView(main) {
     }
     error.hidden = true;
     error.replaceChildren();
-    showWalk(result, body, q, startStep);
+    showWalk(result, body, q, startStep, practise, (on) => { practise = on; });
     startStep = 0;
   };
   go();
@@ -161,7 +177,7 @@ function ruleText(e) {
   return others.length ? `${e.rule}, with ${others.map((o) => `${o.name} = ${fmt(o.value)}`).join(", ")}` : e.rule;
 }
 
-function showWalk(box, walk, query, startStep) {
+function showWalk(box, walk, query, startStep, practiseAtStart, onPractise) {
   const n = walk.forward.length;
   const steps = [];
   for (let i = 0; i < n; i++) steps.push({ kind: "forward", node: i });
@@ -227,6 +243,15 @@ function showWalk(box, walk, query, startStep) {
   const btn = (id, label, title, f) => el("button", { id, type: "button", title, onclick: f }, label);
   let k = 0;
   let timer = null;
+  // the exercise: each edge's two answers (the local derivative, then the contribution)
+  let practise = practiseAtStart;
+  const answers = new Map();
+  const score = el("span", { id: "score" });
+  const practiseBox = el("input", { type: "checkbox", id: "practise", checked: practise, onchange: () => {
+    practise = practiseBox.checked;
+    onPractise(practise);
+    show(k);
+  } });
   const play = btn("play", "▶ play", "play (space)", () => toggle());
   const controls = el("div", { class: "controls" },
     btn("first", "« start", "start (Home)", () => show(0)),
@@ -234,7 +259,10 @@ function showWalk(box, walk, query, startStep) {
     play,
     btn("next", "next ▶", "next (→)", () => show(k + 1)),
     btn("last", "end »", "end (End)", () => show(steps.length)),
-    count);
+    count,
+    el("label", { class: "practise", title: "before each edge of the reverse sweep is shown, work out its local derivative and its contribution" },
+      practiseBox, " practise"),
+    score);
   const toggle = () => {
     if (timer) { clearInterval(timer); timer = null; play.textContent = "▶ play"; return; }
     if (k >= steps.length) show(0);
@@ -244,7 +272,11 @@ function showWalk(box, walk, query, startStep) {
 
   function show(target) {
     k = Math.max(0, Math.min(steps.length, target));
-    if (location.pathname === "/walk") history.replaceState(null, "", `/walk?${query}${k ? `&step=${k}` : ""}`);
+    if (location.pathname === "/walk") history.replaceState(null, "", `/walk?${query}${practise ? "&mode=exercise" : ""}${k ? `&step=${k}` : ""}`);
+    const asked = [...answers.values()].flatMap((a) => [a.local, a.contribution]).filter(Boolean);
+    score.textContent = practise || asked.length ? `score: ${asked.filter((a) => a.right).length} of ${asked.length} right` : "";
+    score.dataset.right = asked.filter((a) => a.right).length;
+    score.dataset.asked = asked.length;
     count.textContent = `step ${k} of ${steps.length}`;
     count.dataset.step = k;
     count.dataset.total = steps.length;
@@ -253,7 +285,12 @@ function showWalk(box, walk, query, startStep) {
     const received = new Array(n).fill(0);
     const reverseStarted = k > n;
     if (reverseStarted) running[n - 1] = 1;
-    const edgesDone = Math.max(0, k - n - 1);
+    const current = steps[k - 1];
+    // in practice an edge stays hidden (its sum not yet added) until both answers are in
+    const pending = practise && current && current.kind === "edge" && !answers.get(current.edge)?.contribution;
+    if (pending && timer) toggle();
+    document.getElementById("next")?.toggleAttribute("disabled", !!pending);
+    const edgesDone = Math.max(0, k - n - 1) - (pending ? 1 : 0);
     for (let j = 0; j < edgesDone; j++) {
       const e = walk.edges[j];
       running[e.from] = e.running;
@@ -299,6 +336,11 @@ function showWalk(box, walk, query, startStep) {
       const key = `${e.from}-${e.to}-${e.arg}`;
       const path = pathOf.get(key);
       path?.classList.add("current");
+      if (pending) {
+        info.replaceChildren(...quiz(step.edge));
+        info.querySelector("input:not([disabled])")?.focus();
+        return;
+      }
       if (path) {
         // the layout placed the label off every node, near its edge
         const [lx, ly] = labelAt.get(key);
@@ -321,6 +363,7 @@ function showWalk(box, walk, query, startStep) {
       const which = consumer.inputs.length === 1 ? "" : `, ${["first", "second"][e.arg] ?? `argument ${e.arg + 1}`} operand`;
       info.replaceChildren(
         el("p", {}, el("b", {}, `Edge ${u} → ${v} `), `(${v} = ${consumer.text}${which})`),
+        ...(answers.has(step.edge) ? marks(step.edge) : []),
         el("table", { class: "edge-table" },
           el("tr", {}, el("th", {}, "local derivative"), el("td", { id: "edge-rule" }, `∂${v}/∂${u} = ${ruleText(e)}`), el("td", { class: "num", id: "edge-local" }, fmt(e.local))),
           el("tr", {}, el("th", {}, "gradient arriving"), el("td", {}, `${v}̄`), el("td", { class: "num" }, fmt(e.upstream))),
@@ -330,6 +373,84 @@ function showWalk(box, walk, query, startStep) {
           ? `${u} has received everything it will: ${u}̄ = ${fmt(e.running)} is final.`
           : `${u} feeds ${total} edges: its gradient is the sum of their contributions.`));
     }
+  }
+
+  /** Whether `given` is right for `truth`: within 1% of it, or 0.001 near 0. */
+  const close = (given, truth) => Number.isFinite(given) && truth !== null && Math.abs(given - truth) <= Math.max(1e-3, 0.01 * Math.abs(truth));
+
+  /** The marks of edge j's answers: right, or wrong with the right value and its rule. */
+  function marks(j) {
+    const e = walk.edges[j], a = answers.get(j);
+    const u = nodeName(walk, e.from), v = nodeName(walk, e.to);
+    const out = [];
+    if (a.local) {
+      out.push(el("p", { id: "mark-local", class: `mark ${a.local.right ? "right" : "wrong"}` },
+        a.local.right ? `✓ right: ∂${v}/∂${u} = ${ruleText(e)}` + (e.operands.length ? ` → ${fmt(e.local)}` : "")
+          : a.local.given === undefined ? `shown: ∂${v}/∂${u} = ${ruleText(e)} → ${fmt(e.local)}`
+            : `✗ you gave ${fmt(a.local.given)}; it is ∂${v}/∂${u} = ${ruleText(e)} → ${fmt(e.local)} (the rule of ${v} = ${walk.forward[e.to].text} for its input ${u})`));
+    }
+    if (a.contribution) {
+      const how = `${v}̄ · ∂${v}/∂${u} = ${fmt(e.upstream)} × ${fmt(e.local)} = ${fmt(e.contribution)}`;
+      out.push(el("p", { id: "mark-contribution", class: `mark ${a.contribution.right ? "right" : "wrong"}` },
+        a.contribution.right ? `✓ right: ${how}`
+          : a.contribution.given === undefined ? `shown: ${how}` : `✗ you gave ${fmt(a.contribution.given)}; it is ${how}`));
+    }
+    return out;
+  }
+
+  /** Reads an answer: a number as typed, or an expression in the walk's names, which
+   * the server evaluates with the walk's own grammar at this point. */
+  async function read(text) {
+    const t = text.trim();
+    if (/^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(t)) return { value: Number(t) };
+    const names = [...new Set(t.match(/[A-Za-z_][A-Za-z0-9_]*/g) || [])];
+    const at = names.map((nm) => walk.forward.find((f) => f.name === nm))
+      .filter((f) => f && f.value !== null).map((f) => `${f.name}=${f.value}`).join(",");
+    try {
+      const r = await fetch(`/api/evaluate?expr=${encodeURIComponent(t)}&at=${encodeURIComponent(at)}`);
+      const body = await r.json();
+      return body.error ? { error: body.error } : { value: body.value === null ? NaN : body.value };
+    } catch (err) {
+      return { error: `the server did not answer (${err})` };
+    }
+  }
+
+  /** The questions of edge j: first ∂v/∂u, then (once that is marked) the contribution. */
+  function quiz(j) {
+    const e = walk.edges[j], a = answers.get(j) || {};
+    const u = nodeName(walk, e.from), v = nodeName(walk, e.to);
+    const consumer = walk.forward[e.to];
+    const problem = el("p", { id: "answer-error", class: "error", hidden: true });
+    const ask = (key, label, truth) => {
+      const input = el("input", { id: `answer-${key}`, type: "text", size: 18, spellcheck: "false", "aria-label": label });
+      const form = el("form", { class: "answer", id: `form-${key}` }, el("label", {}, label, " ", input), " ", el("button", { id: `check-${key}`, type: "submit" }, "check"));
+      form.onsubmit = async (ev) => {
+        ev.preventDefault();
+        if (input.value.trim() === "") return;
+        const got = await read(input.value);
+        if (got.error) { problem.hidden = false; problem.textContent = `your answer: ${got.error}`; return; }
+        const entry = answers.get(j) || {};
+        entry[key] = { given: got.value, right: close(got.value, truth) };
+        answers.set(j, entry);
+        show(k);
+      };
+      return form;
+    };
+    const parts = [
+      el("p", {}, el("b", {}, `Edge ${u} → ${v} `), `(${v} = ${consumer.text}). Work it out before it is shown.`),
+      ...(a.local ? marks(j) : [ask("local", `1. the local derivative ∂${v}/∂${u} =`, e.local)]),
+    ];
+    if (a.local) parts.push(ask("contribution", `2. the contribution ${v}̄ · ∂${v}/∂${u}, with ${v}̄ = ${fmt(e.upstream)}:`, e.contribution));
+    parts.push(problem,
+      el("p", { class: "note" }, "A number, or the rule as an expression in the walk's names (e.g. 1 - tanh(v4)^2); right within 1%. ",
+        el("button", { id: "reveal", type: "button", onclick: () => {
+          const entry = answers.get(j) || {};
+          entry.local = entry.local || { right: false };
+          entry.contribution = { right: false };
+          answers.set(j, entry);
+          show(k);
+        } }, "show me")));
+    return parts;
   }
 
   const table = el("table", { id: "grad-table", class: "grads" },
@@ -349,7 +470,8 @@ function showWalk(box, walk, query, startStep) {
     el("div", { class: "walk-grid" }, el("div", { class: "graph-box" }, graph), info),
     el("h2", {}, "The gradient, three ways"),
     table, ...notes);
-  show(startStep || 0);
+  // an exercise opens at the seed, the step before its first question
+  show(startStep < 0 ? n + 1 : startStep || 0);
   document.onkeydown = (ev) => {
     if (!document.getElementById("graph")) return;
     const tag = ev.target.tagName;
