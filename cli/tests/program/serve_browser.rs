@@ -696,6 +696,46 @@ async fn run_pages(c: &Client, base: &str, runs: &Path) {
     assert_eq!(cut, serde_json::json!([]), "tick labels cut off");
     let png = c.screenshot().await.unwrap();
     std::fs::write(screenshots().join("runs-compare.png"), png).unwrap();
+    // the clipping folder's key figure: both runs' loss and norm over the steps
+    c.goto(&format!("{base}/runs/clipping")).await.unwrap();
+    let drawn = until(
+        c,
+        "const f = document.getElementById('clipping-figure'); return f ? [...f.querySelectorAll('path.line')].map((p) => [p.dataset.series, Number(p.dataset.points)]) : null;",
+        "the clipping figure",
+        |v| v.is_array(),
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runs.join("clipping/clipping.json")).unwrap(),
+    )
+    .unwrap();
+    let pair = &json["pair"];
+    let len = |run: &str, what: &str| pair[run][what].as_array().unwrap().len();
+    let clip = pair["clip"].as_f64().unwrap();
+    assert_eq!(
+        drawn,
+        serde_json::json!([
+            [
+                "clipped at norm ".to_string() + &clip.to_string(),
+                len("clipped", "loss")
+            ],
+            ["no clipping", len("unclipped", "loss")],
+            [
+                "clipped at norm ".to_string() + &clip.to_string(),
+                len("clipped", "grad_norm")
+            ],
+            ["no clipping", len("unclipped", "grad_norm")],
+        ])
+    );
+    assert!(len("unclipped", "loss") > 10);
+    c.execute(
+        "document.getElementById('clipping-figure').scrollIntoView();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("runs-clipping.png"), png).unwrap();
 }
 
 #[test]
@@ -758,6 +798,14 @@ fn the_page_walks_the_chain_rule_and_draws_a_run_in_chromium() {
         .arg(runs.join("cost"))
         .output()
         .unwrap();
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    let out = crate::common::chainrule(&[
+        "clipping",
+        "--quick",
+        "--json",
+        "--out",
+        runs.join("clipping").to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", crate::common::stderr(&out));
     let server = Server::start(&runs, &dir);
     let driver = Driver::start();

@@ -528,7 +528,11 @@ function logTicks(lo, hi) {
 /** Draws series of [x, y] points. opts: title, xLabel, logX, logY, series (label, color,
  * points, dots, thin), hline (y, label). Non-finite points break a line. */
 function chart(opts) {
-  const W = 460, H = 250, ml = 58, mr = 12, mt = 28, mb = 36;
+  const W = 460, ml = 58, mr = 12, mb = 36;
+  // a legend that would run into the title goes on a line of its own below it
+  const legendW = opts.series.filter((s) => s.label).reduce((w, s) => w + 9 + 7 * s.label.length, 0);
+  const ownLine = ml + 7.5 * opts.title.length + 12 > W - mr - 4 - legendW;
+  const mt = ownLine ? 44 : 28, H = ownLine ? 266 : 250, legendY = ownLine ? 34 : 17;
   const finite = (v, log) => Number.isFinite(v) && (!log || v > 0);
   const all = opts.series.flatMap((s) => s.points).filter(([x, y]) => finite(x, opts.logX) && finite(y, opts.logY));
   const root = svg("svg", { class: "chart", width: W, height: H, viewBox: `0 0 ${W} ${H}`, "data-title": opts.title });
@@ -601,7 +605,7 @@ function chart(opts) {
       plot.append(svg("path", { d, class: "line", stroke: s.color, "stroke-width": s.thin ? 1 : 2, "data-series": s.label, "data-points": ok.length }));
     }
     if (s.label) {
-      const t = svg("text", { x: lx, y: 17, class: "legend-text", fill: s.color, "text-anchor": "end" }, s.label);
+      const t = svg("text", { x: lx, y: legendY, class: "legend-text", fill: s.color, "text-anchor": "end" }, s.label);
       legend.append(t);
       lx -= 9 + 7 * s.label.length;
     }
@@ -762,7 +766,18 @@ async function drawExtras(name, box, shown) {
     if (f === "clipping.json") {
       shown.add(f);
       const c = await file(f);
-      box.append(el("h2", {}, "Clipping"), c.conclusion ? el("p", {}, c.conclusion) : "",
+      box.append(el("h2", {}, "Clipping"), c.conclusion ? el("p", {}, c.conclusion) : "");
+      if (c.pair) {
+        // clipping.svg's two panels, from the same numbers: one seed without and with clipping
+        const p = c.pair;
+        const runs = [[p.unclipped, "no clipping", "#d0421b"], [p.clipped, `clipped at norm ${fmt(p.clip)}`, "#1f5fbf"]];
+        box.append(el("div", { id: "clipping-figure", class: "charts" },
+          chart({ title: `training loss (mean of ${p.bucket} steps), seed ${p.seed}`, xLabel: "step",
+            series: runs.map(([r, label, color]) => ({ label, color, points: r.loss })) }),
+          chart({ title: "gradient norm before clipping (log)", xLabel: "step", logY: true, hline: { y: p.clip, label: "clip" },
+            series: runs.map(([r, label, color]) => ({ label, color, thin: true, points: r.grad_norm })) })));
+      }
+      box.append(
         table(c.runs, ["seed", "lr", "clip", "max_grad_norm", "spike_step", "spike_ratio", "loss_jump", "final_val_loss", "stopped_by", "clipped_steps"]));
       if (Array.isArray(c.text_runs)) {
         box.append(el("h3", {}, "On text: a learning rate too large to step at"),
