@@ -674,8 +674,7 @@ async fn run_pages(c: &Client, base: &str, runs: &Path) {
     assert_eq!(text_of(c, "p.crossover[data-function='f']").await, expected);
     let last = rows
         .iter()
-        .filter(|r| r["function"] == "f" && r["method"] == "reverse")
-        .next_back()
+        .rfind(|r| r["function"] == "f" && r["method"] == "reverse")
         .unwrap();
     let cell = text_of(
         c,
