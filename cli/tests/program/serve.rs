@@ -262,13 +262,12 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// One keep-alive connection sending requests until `until`: the number answered 200,
-/// and any failure.
-fn client(addr: &str, until: Instant, expr: &str) -> (usize, Option<String>) {
+/// One keep-alive connection sending requests for `path` until `until`: the number
+/// answered 200, and any failure.
+fn client(addr: &str, until: Instant, path: &str) -> (usize, Option<String>) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request =
-        format!("GET /api/walk?expr={expr}&at=x=0.5,w=2,b=-1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
     let mut ok = 0;
     let mut buf = Vec::new();
     while Instant::now() < until {
@@ -313,20 +312,26 @@ fn client(addr: &str, until: Instant, expr: &str) -> (usize, Option<String>) {
 fn fifty_clients_for_ten_seconds_get_no_error_and_memory_stays_flat() {
     let dir = crate::common::temp("serve-load");
     let server = Server::start(&dir.join("runs"), &dir);
-    let exprs = [
+    let mut paths: Vec<String> = [
         "tanh(w*x%2Bb)",
         "ln(1%2Bexp(w*x))-b*w*x",
         "x*x%2Bsin(x)*cos(w)",
         "max(x*w,b)/(x%2B2)",
         "sigmoid(w*x%2Bb)*x",
-    ];
+    ]
+    .iter()
+    .map(|e| format!("/api/walk?expr={e}&at=x=0.5,w=2,b=-1"))
+    .collect();
+    // the exercise's answers and the grammar's list
+    paths.push("/api/evaluate?expr=1-tanh(v4)%5E2&at=v4=0.5".into());
+    paths.push("/api/grammar".into());
     let run = |seconds: u64| {
         let until = Instant::now() + Duration::from_secs(seconds);
         let handles: Vec<_> = (0..50)
             .map(|i| {
                 let addr = server.addr.clone();
-                let expr = exprs[i % exprs.len()];
-                std::thread::spawn(move || client(&addr, until, expr))
+                let path = paths[i % paths.len()].clone();
+                std::thread::spawn(move || client(&addr, until, &path))
             })
             .collect();
         let mut total = 0;
