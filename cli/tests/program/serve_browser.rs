@@ -474,6 +474,18 @@ async fn exercise(c: &Client, base: &str) {
         .await
         .unwrap();
     assert_eq!(held, serde_json::json!([true, false]));
+    let step = text_of(c, "#step-count").await;
+    c.execute(
+        "document.body.dispatchEvent(new KeyboardEvent('keydown', { key: 'ArrowRight', bubbles: true })); document.getElementById('last').click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text_of(c, "#step-count").await,
+        step,
+        "→ and end went past the question"
+    );
     let answer = c.find(Locator::Css("#answer-local")).await.unwrap();
     answer.send_keys("1 - tanh(v4)^2").await.unwrap();
     click(c, "#check-local").await;

@@ -270,7 +270,12 @@ function showWalk(box, walk, query, startStep, practiseAtStart, onPractise) {
     timer = setInterval(() => { if (k >= steps.length) toggle(); else show(k + 1); }, 700);
   };
 
+  /** Whether step j is an edge still waiting for the learner's answers. */
+  const waiting = (j) => practise && steps[j - 1]?.kind === "edge" && !answers.get(steps[j - 1].edge)?.contribution;
+
   function show(target) {
+    // practice holds every way forward (next, →, end, play) at an unanswered edge
+    if (target > k && waiting(k)) target = k;
     k = Math.max(0, Math.min(steps.length, target));
     if (location.pathname === "/walk") history.replaceState(null, "", `/walk?${query}${practise ? "&mode=exercise" : ""}${k ? `&step=${k}` : ""}`);
     const asked = [...answers.values()].flatMap((a) => [a.local, a.contribution]).filter(Boolean);
@@ -285,9 +290,8 @@ function showWalk(box, walk, query, startStep, practiseAtStart, onPractise) {
     const received = new Array(n).fill(0);
     const reverseStarted = k > n;
     if (reverseStarted) running[n - 1] = 1;
-    const current = steps[k - 1];
     // in practice an edge stays hidden (its sum not yet added) until both answers are in
-    const pending = practise && current && current.kind === "edge" && !answers.get(current.edge)?.contribution;
+    const pending = waiting(k);
     if (pending && timer) toggle();
     document.getElementById("next")?.toggleAttribute("disabled", !!pending);
     const edgesDone = Math.max(0, k - n - 1) - (pending ? 1 : 0);
