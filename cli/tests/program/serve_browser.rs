@@ -739,6 +739,19 @@ async fn run_pages(c: &Client, base: &str, runs: &Path) {
         ])
     );
     assert!(len("unclipped", "loss") > 10);
+    // no legend runs into its chart's title or out of its chart
+    let crowded = c
+        .execute(
+            "return [...document.querySelectorAll('#extras svg.chart')].flatMap((s) => { const t = s.querySelector('.chart-title').getBBox(); return [...s.querySelectorAll('.legend-text')].filter((l) => { const b = l.getBBox(); return b.x < 0 || b.x + b.width > s.width.baseVal.value || (b.x < t.x + t.width && b.y < t.y + t.height && b.y + b.height > t.y); }).map((l) => l.textContent); });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crowded,
+        serde_json::json!([]),
+        "legends over titles or cut off"
+    );
     c.execute(
         "document.getElementById('clipping-figure').scrollIntoView();",
         vec![],

@@ -533,10 +533,27 @@ function logTicks(lo, hi) {
  * points, dots, thin), hline (y, label). Non-finite points break a line. */
 function chart(opts) {
   const W = 460, ml = 58, mr = 12, mb = 36;
-  // a legend that would run into the title goes on a line of its own below it
-  const legendW = opts.series.filter((s) => s.label).reduce((w, s) => w + 9 + 7 * s.label.length, 0);
-  const ownLine = ml + 7.5 * opts.title.length + 12 > W - mr - 4 - legendW;
-  const mt = ownLine ? 44 : 28, H = ownLine ? 266 : 250, legendY = ownLine ? 34 : 17;
+  // the legend, right-aligned: beside the title where it fits, else on lines of its own
+  // below it, as many as its labels need
+  const widthOf = (s) => 9 + 7 * s.label.length;
+  const named = [...opts.series].reverse().filter((s) => s.label);
+  const right = W - mr - 4;
+  const legendLines = [];
+  if (right - named.reduce((w, s) => w + widthOf(s), 0) >= ml + 7.5 * opts.title.length + 12) {
+    legendLines.push({ y: 17, labels: named });
+  } else {
+    let room = 0;
+    for (const s of named) {
+      if (widthOf(s) > room || !legendLines.length) {
+        legendLines.push({ y: 34 + 14 * legendLines.length, labels: [] });
+        room = right - 8;
+      }
+      legendLines[legendLines.length - 1].labels.push(s);
+      room -= widthOf(s);
+    }
+  }
+  const below = legendLines.length && legendLines[0].y > 17 ? legendLines.length : 0;
+  const mt = 28 + 14 * below, H = 250 + 14 * below;
   const finite = (v, log) => Number.isFinite(v) && (!log || v > 0);
   const all = opts.series.flatMap((s) => s.points).filter(([x, y]) => finite(x, opts.logX) && finite(y, opts.logY));
   const root = svg("svg", { class: "chart", width: W, height: H, viewBox: `0 0 ${W} ${H}`, "data-title": opts.title });
@@ -592,7 +609,13 @@ function chart(opts) {
     plot.append(svg("line", { x1: ml, x2: W - mr, y1: Y(opts.hline.y), y2: Y(opts.hline.y), class: "hline" }));
   }
   const legend = svg("g", { class: "legend" });
-  let lx = W - mr - 4;
+  for (const line of legendLines) {
+    let lx = right;
+    for (const s of line.labels) {
+      legend.append(svg("text", { x: lx, y: line.y, class: "legend-text", fill: s.color, "text-anchor": "end" }, s.label));
+      lx -= widthOf(s);
+    }
+  }
   for (const s of [...opts.series].reverse()) {
     const ok = s.points.filter(([x, y]) => finite(x, opts.logX) && finite(y, opts.logY));
     if (s.dots) {
@@ -607,11 +630,6 @@ function chart(opts) {
         pen = true;
       }
       plot.append(svg("path", { d, class: "line", stroke: s.color, "stroke-width": s.thin ? 1 : 2, "data-series": s.label, "data-points": ok.length }));
-    }
-    if (s.label) {
-      const t = svg("text", { x: lx, y: legendY, class: "legend-text", fill: s.color, "text-anchor": "end" }, s.label);
-      legend.append(t);
-      lx -= 9 + 7 * s.label.length;
     }
   }
   root.append(plot, legend);
