@@ -574,6 +574,16 @@ impl Walk {
                 fmt_num(e.local)
             );
         }
+        // a constant's value flows in along its edge, but no gradient flows back
+        for n in &self.forward {
+            for &c in n
+                .inputs
+                .iter()
+                .filter(|&&i| self.forward[i].op == "constant")
+            {
+                let _ = writeln!(s, "  v{c} -> v{} [style=dashed];", n.id);
+            }
+        }
         s.push_str("}\n");
         s
     }
@@ -705,6 +715,12 @@ mod tests {
         assert_eq!((c.op.as_str(), c.name.as_str()), ("constant", "2"));
         let e = edge(&w, "x", "x^2");
         assert_eq!((e.rule.as_str(), e.local), ("2·x^(2-1)", 6.0));
+        // the graph export draws the exponent's edge too, dashed: no gradient flows back
+        let dot = w.to_dot();
+        assert!(
+            dot.contains(&format!("v{} -> v{} [style=dashed];", c.id, power.id)),
+            "{dot}"
+        );
         // a negative exponent is one constant too, bracketed where it is read
         let w = explain("y^-2", &at(&[("y", 2.0)])).unwrap();
         assert_eq!(w.forward.len(), 3, "{:#?}", w.forward);
