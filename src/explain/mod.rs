@@ -13,7 +13,7 @@ pub use parse::{Expr, OPERATORS, functions, parse};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::scalar::{Dual, Real};
-use crate::tensor::{BinaryOp, Tensor};
+use crate::tensor::{BinaryOp, Tensor, UnaryOp};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -178,6 +178,8 @@ fn eval_dual(e: &Expr, at: &BTreeMap<String, f64>, seed: &str) -> Result<Dual<f6
             Ok(match x {
                 Expr::Neg(_) => -a[0],
                 Expr::Call(op, _) => a[0].unary(*op),
+                // as recorded: a constant exponent is powf, with its rule (x⁰'s slope is 0)
+                Expr::Bin('^', _, b) if is_literal(b) => a[0].unary(UnaryOp::PowF(a[1].v)),
                 Expr::Bin(c, ..) => a[0].binary(binary_of(*c), a[1]),
                 Expr::MaxMin(is_max, ..) => {
                     let op = if *is_max {
@@ -727,6 +729,17 @@ mod tests {
         assert_eq!(w.forward[2].text, "y^(-2)");
         assert_eq!(w.edges[0].rule, "(-2)·y^((-2)-1)");
         assert_eq!(w.gradient["y"], -0.25);
+        // forward mode takes the same rule as the tape: x⁰'s slope at 0 is 0, not 0·0⁻¹
+        let w = explain("x^0", &at(&[("x", 0.0)])).unwrap();
+        assert_eq!((w.check[0].reverse, w.check[0].forward), (0.0, 0.0));
+        // a rule that is one constant operand is that constant, bare
+        let w = explain("-2*x", &at(&[("x", 1.0)])).unwrap();
+        assert_eq!((w.edges[0].rule.as_str(), w.edges[0].local), ("-2", -2.0));
+        // the table's remark in its placeholders is left out of the learner's rule
+        let w = explain("2^x", &at(&[("x", 1.0)])).unwrap();
+        assert_eq!(w.edges[0].rule, "2^x·ln(2)");
+        let w = explain("max(x, y)", &at(&[("x", 2.0), ("y", 1.0)])).unwrap();
+        assert_eq!(w.edges[0].rule, "1 if x > y (½ at a tie)");
     }
 
     #[test]

@@ -67,7 +67,35 @@ pub(super) fn rule_in_names(
         _ => {}
     }
     // the table writes aᵇ with a superscript letter, which no placeholder search sees
-    let formula = formula.replace("aᵇ", "a^b");
+    let mut formula = formula.replace("aᵇ", "a^b");
+    // a rule that is one operand is that operand's name, bare: ∂(−2 × x)/∂x = -2
+    if let Some(&(_, id)) = places.iter().find(|(p, _)| *p == formula.trim()) {
+        let name = forward[id].name.clone();
+        let operands = if forward[id].op == "constant" {
+            Vec::new()
+        } else {
+            vec![Operand {
+                name: name.clone(),
+                value: forward[id].value,
+            }]
+        };
+        return (name, operands);
+    }
+    // the table's remark on the rule's edge cases ("PyTorch's: 0 where a = 0 ...") puts
+    // its placeholders in conditions, which no substitution makes read right (2 = 0):
+    // such a remark is left out; one in words ("½ at a tie") stays
+    let mut remark = String::new();
+    if let Some(cut) = formula.find(" (") {
+        let conditions = places.iter().any(|(p, _)| {
+            [" =", " <", " >", " ≥", " ≤"]
+                .iter()
+                .any(|op| formula[cut..].contains(&format!(" {p}{op}")))
+        });
+        if !conditions {
+            remark = formula[cut..].to_string();
+        }
+        formula.truncate(cut);
+    }
     let mut out = String::new();
     let mut named: Vec<usize> = Vec::new();
     let chars: Vec<char> = formula.chars().collect();
@@ -107,6 +135,7 @@ pub(super) fn rule_in_names(
             value: forward[id].value,
         })
         .collect();
+    out.push_str(&remark);
     (out, operands)
 }
 
