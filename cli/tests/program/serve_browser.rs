@@ -315,6 +315,14 @@ async fn walk_tells_the_truth(c: &Client, base: &str) {
         .await
         .unwrap();
     assert_eq!(arrows, 3);
+    c.execute(
+        "document.getElementById('last').click(); document.getElementById('prev').click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("walk-fanout.png"), png).unwrap();
     // x^2: the exponent is a node with its edge, the node reads as the learner wrote it
     let walk = chainrule::explain::explain(
         "x^2 + y",
