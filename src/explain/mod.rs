@@ -4,14 +4,16 @@
 //! running sum ū where u feeds several nodes — and compare the gradient with forward
 //! mode (dual numbers) and central differences.
 
+mod names;
 mod parse;
 
-pub use parse::{Expr, parse};
+use names::{disagree, node_prefix, node_text, rule_in_names, why_they_disagree};
+pub use parse::{Expr, OPERATORS, functions, parse};
 
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::scalar::{Dual, Real};
-use crate::tensor::{BinaryOp, Tensor};
+use crate::tensor::{BinaryOp, Tensor, UnaryOp};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +27,12 @@ pub struct ForwardNode {
     pub op: String,
     /// The variable name or constant, for leaves.
     pub label: String,
+    /// What the walk calls the node: a variable's name, a constant's value, or a
+    /// prefix and the id (`v3`; another prefix where a variable is spelt like that).
+    pub name: String,
+    /// The node as the learner writes it, in its inputs' names (`w × x`, `x^2`,
+    /// `tanh(v4)`); a leaf's name.
+    pub text: String,
     /// Ids of the inputs.
     pub inputs: Vec<usize>,
     /// The value.
@@ -42,8 +50,14 @@ pub struct Edge {
     pub op: String,
     /// Which argument of v's op u is (0: `a`/`x`, 1: `b`).
     pub arg: usize,
-    /// ∂v/∂u as a formula.
+    /// ∂v/∂u as the elementwise table writes the rule, in its placeholders (`a`, `b`,
+    /// `x`, `p`).
     pub formula: String,
+    /// The same rule in the operands' own names (`x` for ∂(w × x)/∂w, `2·x^(2-1)` for
+    /// `x^2`): what the walk shows.
+    pub rule: String,
+    /// The values of the nodes the rule names (constants are their own value).
+    pub operands: Vec<Operand>,
     /// ∂v/∂u as a number.
     pub local: f64,
     /// v̄, the gradient arriving at v.
@@ -54,6 +68,15 @@ pub struct Edge {
     pub running: f64,
     /// How many contributions u has received so far (2 or more: accumulation).
     pub count: usize,
+}
+
+/// A node the rule of an edge names, with its value.
+#[derive(Clone, Debug, Serialize)]
+pub struct Operand {
+    /// The node's name in the walk.
+    pub name: String,
+    /// Its value.
+    pub value: f64,
 }
 
 /// The gradient with respect to one variable by the three methods.
@@ -67,6 +90,9 @@ pub struct GradientCheck {
     pub forward: f64,
     /// Central differences.
     pub finite_diff: f64,
+    /// Why reverse mode and central differences disagree, where they do (a kink, a
+    /// tie of max or min, a division by zero); `None` where they agree.
+    pub note: Option<String>,
 }
 
 /// The whole walk.
@@ -105,6 +131,8 @@ fn fold<V>(
         match step {
             Step::Visit(x) => match x {
                 Expr::Num(_) | Expr::Var(_) => values.push(leaf(x)?),
+                // `-2` is one constant, not the negation of one: `x^-2` is a power
+                Expr::Neg(a) if matches!(**a, Expr::Num(_)) => values.push(leaf(x)?),
                 Expr::Neg(a) | Expr::Call(_, a) => {
                     todo.push(Step::Combine(x, 1));
                     todo.push(Step::Visit(a));
@@ -142,6 +170,7 @@ fn eval_dual(e: &Expr, at: &BTreeMap<String, f64>, seed: &str) -> Result<Dual<f6
         e,
         &mut |x| match x {
             Expr::Num(v) => Ok(Dual::new(*v, 0.0)),
+            Expr::Neg(a) => Ok(Dual::new(-literal(a), 0.0)),
             Expr::Var(n) => Ok(Dual::new(at[n], if n == seed { 1.0 } else { 0.0 })),
             _ => unreachable!(),
         },
@@ -149,6 +178,8 @@ fn eval_dual(e: &Expr, at: &BTreeMap<String, f64>, seed: &str) -> Result<Dual<f6
             Ok(match x {
                 Expr::Neg(_) => -a[0],
                 Expr::Call(op, _) => a[0].unary(*op),
+                // as recorded: a constant exponent is powf, with its rule (x⁰'s slope is 0)
+                Expr::Bin('^', _, b) if is_literal(b) => a[0].unary(UnaryOp::PowF(a[1].v)),
                 Expr::Bin(c, ..) => a[0].binary(binary_of(*c), a[1]),
                 Expr::MaxMin(is_max, ..) => {
                     let op = if *is_max {
@@ -164,21 +195,34 @@ fn eval_dual(e: &Expr, at: &BTreeMap<String, f64>, seed: &str) -> Result<Dual<f6
     )
 }
 
+/// The number of a literal (fold hands `Num` and negated `Num` to its leaf function).
+fn literal(e: &Expr) -> f64 {
+    match e {
+        Expr::Num(v) => *v,
+        _ => unreachable!("fold hands only literals here"),
+    }
+}
+
 fn eval(e: &Expr, at: &BTreeMap<String, f64>) -> Result<f64> {
     Ok(eval_dual(e, at, "")?.v)
 }
 
 /// Records `e` on `tape`: one leaf per variable (in order of appearance), then the ops.
+/// A constant exponent is recorded as `powf`, which reads it as a parameter rather than
+/// as an input: `exponents` maps each such node to the constant's node, so the walk can
+/// still draw the exponent's edge.
 fn record<'t>(
     e: &Expr,
     tape: &'t Tape<f64>,
     vars: &BTreeMap<String, Var<'t, f64>>,
+    exponents: &mut BTreeMap<usize, (usize, f64)>,
 ) -> Result<Var<'t, f64>> {
     let scalar = |v: f64| Tensor::scalar(v);
     fold(
         e,
         &mut |x| match x {
             Expr::Num(v) => Ok(tape.constant(scalar(*v))),
+            Expr::Neg(a) => Ok(tape.constant(scalar(-literal(a)))),
             Expr::Var(n) => Ok(vars[n]),
             _ => unreachable!(),
         },
@@ -186,9 +230,11 @@ fn record<'t>(
             Expr::Neg(_) => Ok(a[0].neg()),
             Expr::Call(op, _) => Ok(a[0].unary(*op)),
             // a constant exponent is powf (its derivative needs no logarithm of the base)
-            Expr::Bin('^', _, b) if matches!(**b, Expr::Num(_)) => {
-                let Expr::Num(p) = **b else { unreachable!() };
-                Ok(a[0].powf(p))
+            Expr::Bin('^', _, b) if is_literal(b) => {
+                let p = a[1].value().data()[0];
+                let out = a[0].powf(p);
+                exponents.insert(out.id(), (a[1].id(), p));
+                Ok(out)
             }
             Expr::Bin(c, ..) => a[0].binary(binary_of(*c), a[1]),
             Expr::MaxMin(true, ..) => a[0].maximum(a[1]),
@@ -196,6 +242,14 @@ fn record<'t>(
             _ => unreachable!(),
         },
     )
+}
+
+fn is_literal(e: &Expr) -> bool {
+    match e {
+        Expr::Num(_) => true,
+        Expr::Neg(a) => matches!(**a, Expr::Num(_)),
+        _ => false,
+    }
 }
 
 /// Parses `at` as `x=2,w=-0.5`.
@@ -220,6 +274,20 @@ pub fn parse_assignments(at: &str) -> Result<BTreeMap<String, f64>> {
     Ok(out)
 }
 
+/// The value of `expression` at the point `at`, in the walk's grammar: what the walk's
+/// exercise reads a learner's answer with (a number, or a rule written in the walk's
+/// names).
+pub fn evaluate(expression: &str, at: &BTreeMap<String, f64>) -> Result<f64> {
+    let e = parse(expression)?;
+    if let Some(missing) = e.variables().into_iter().find(|n| !at.contains_key(n)) {
+        return Err(Error::invalid(
+            "explain",
+            format!("'{missing}' is not a name of this walk"),
+        ));
+    }
+    eval(&e, at)
+}
+
 /// Records, sweeps and checks `expression` at the point `at`.
 pub fn explain(expression: &str, at: &BTreeMap<String, f64>) -> Result<Walk> {
     let e = parse(expression)?;
@@ -227,7 +295,7 @@ pub fn explain(expression: &str, at: &BTreeMap<String, f64>) -> Result<Walk> {
     if let Some(missing) = names.iter().find(|n| !at.contains_key(*n)) {
         return Err(Error::invalid(
             "explain",
-            format!("variable '{missing}' has no value; give it with --at {missing}=..."),
+            format!("variable '{missing}' has no value"),
         ));
     }
     let tape = Tape::<f64>::new();
@@ -235,25 +303,45 @@ pub fn explain(expression: &str, at: &BTreeMap<String, f64>) -> Result<Walk> {
         .iter()
         .map(|n| (n.clone(), tape.var(Tensor::scalar(at[n]))))
         .collect();
-    let out = record(&e, &tape, &vars)?;
+    let mut exponents = BTreeMap::new();
+    let out = record(&e, &tape, &vars, &mut exponents)?;
     let grads = tape.backward_keep_all(out)?;
     let nodes = tape.nodes();
     let label_of_leaf: BTreeMap<usize, &str> =
         vars.iter().map(|(n, v)| (v.id(), n.as_str())).collect();
-    let forward: Vec<ForwardNode> = nodes
-        .iter()
-        .map(|n| ForwardNode {
+    let prefix = node_prefix(&names);
+    let mut forward: Vec<ForwardNode> = Vec::with_capacity(nodes.len());
+    for n in &nodes {
+        let label = match n.op.as_str() {
+            "leaf" => label_of_leaf.get(&n.id).copied().unwrap_or("?").to_string(),
+            "constant" => format!("{}", n.value.data()[0]),
+            _ => String::new(),
+        };
+        let name = if label.is_empty() {
+            format!("{prefix}{}", n.id)
+        } else {
+            label.clone()
+        };
+        let mut inputs = n.inputs.clone();
+        if let Some(&(c, _)) = exponents.get(&n.id) {
+            inputs.push(c);
+        }
+        let args: Vec<&str> = inputs.iter().map(|&i| forward[i].name.as_str()).collect();
+        let text = if inputs.is_empty() {
+            name.clone()
+        } else {
+            node_text(&n.op, &args)
+        };
+        forward.push(ForwardNode {
             id: n.id,
             op: n.op.clone(),
-            label: match n.op.as_str() {
-                "leaf" => label_of_leaf.get(&n.id).copied().unwrap_or("?").to_string(),
-                "constant" => format!("{}", n.value.data()[0]),
-                _ => String::new(),
-            },
-            inputs: n.inputs.clone(),
+            label,
+            name,
+            text,
+            inputs,
             value: n.value.data()[0],
-        })
-        .collect();
+        });
+    }
     let node_grads: Vec<f64> = (0..nodes.len())
         .map(|i| grads.by_id(i).map(|g| g.data()[0]).unwrap_or(0.0))
         .collect();
@@ -271,12 +359,15 @@ pub fn explain(expression: &str, at: &BTreeMap<String, f64>) -> Result<Walk> {
             let contribution = node_grads[v] * local;
             running[u] += contribution;
             counts[u] += 1;
+            let (rule, operands) = rule_in_names(&formula, &forward, v, exponents.get(&v));
             edges.push(Edge {
                 from: u,
                 to: v,
                 op: nodes[v].op.clone(),
                 arg,
                 formula,
+                rule,
+                operands,
                 local,
                 upstream: node_grads[v],
                 contribution,
@@ -296,12 +387,18 @@ pub fn explain(expression: &str, at: &BTreeMap<String, f64>) -> Result<Walk> {
         let mut minus = at.clone();
         *minus.get_mut(name).expect("present") -= h;
         let fd = (eval(&e, &plus)? - eval(&e, &minus)?) / (2.0 * h);
+        let note = if disagree(reverse, fd) {
+            Some(why_they_disagree(&forward, var.id(), reverse, fd, h))
+        } else {
+            None
+        };
         gradient.insert(name.clone(), reverse);
         check.push(GradientCheck {
             name: name.clone(),
             reverse,
             forward: forward_mode,
             finite_diff: fd,
+            note,
         });
     }
     Ok(Walk {
@@ -315,11 +412,7 @@ pub fn explain(expression: &str, at: &BTreeMap<String, f64>) -> Result<Walk> {
     })
 }
 
-fn nodes_with_two(forward: &[ForwardNode], id: usize) -> bool {
-    forward[id].inputs.len() == 2
-}
-
-fn fmt_num(v: f64) -> String {
+pub(super) fn fmt_num(v: f64) -> String {
     if v == 0.0 || (1e-4..1e6).contains(&v.abs()) {
         let s = format!("{v:.6}");
         let s = s.trim_end_matches('0').trim_end_matches('.');
@@ -334,7 +427,7 @@ impl Walk {
     pub fn render(&self, limit: Option<usize>) -> String {
         let mut s = String::new();
         let lim = limit.unwrap_or(usize::MAX);
-        let name = |id: usize| format!("v{id}");
+        let name = |id: usize| self.forward[id].name.as_str();
         let shown: String = if self.expression.chars().count() > 90 {
             format!(
                 "{}… ({} characters)",
@@ -346,50 +439,69 @@ impl Walk {
         };
         let _ = writeln!(s, "{shown} = {}", fmt_num(self.value));
         let _ = writeln!(s, "\nforward pass ({} nodes)", self.forward.len());
-        let _ = writeln!(
-            s,
-            "  {:<6} {:<10} {:<14} {:>14}",
-            "node", "op", "inputs", "value"
-        );
+        let _ = writeln!(s, "  {:<6} {:<24} {:>14}", "node", "computes", "value");
         for n in self.forward.iter().take(lim) {
-            let inputs = if n.inputs.is_empty() {
-                n.label.clone()
-            } else {
-                n.inputs
-                    .iter()
-                    .map(|&i| name(i))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            let what = match n.op.as_str() {
+                "leaf" => "variable".to_string(),
+                "constant" => "constant".to_string(),
+                _ => n.text.clone(),
             };
-            let _ = writeln!(
-                s,
-                "  {:<6} {:<10} {:<14} {:>14}",
-                name(n.id),
-                n.op,
-                inputs,
-                fmt_num(n.value)
-            );
+            let _ = writeln!(s, "  {:<6} {:<24} {:>14}", n.name, what, fmt_num(n.value));
         }
         if self.forward.len() > lim {
             let _ = writeln!(s, "  ... {} more nodes", self.forward.len() - lim);
         }
         let _ = writeln!(
             s,
-            "\nreverse sweep ({} edges, from the output back; v̄ = ∂out/∂v)",
+            "\nreverse sweep ({} edges, from the output back; v̄ = ∂f/∂v)",
             self.edges.len()
         );
+        let rows: Vec<(String, String, &Edge)> = self
+            .edges
+            .iter()
+            .take(lim)
+            .map(|e| {
+                let values: Vec<String> = e
+                    .operands
+                    .iter()
+                    .filter(|o| o.name != e.rule)
+                    .map(|o| format!("{} = {}", o.name, fmt_num(o.value)))
+                    .collect();
+                let at = if values.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", values.join(", "))
+                };
+                let value = fmt_num(e.local);
+                // a constant rule (1, -1) is its own value: say it once
+                let local = if e.rule == value {
+                    format!("∂{}/∂{} = {value}", name(e.to), name(e.from))
+                } else {
+                    format!(
+                        "∂{}/∂{} = {}{at} = {value}",
+                        name(e.to),
+                        name(e.from),
+                        e.rule
+                    )
+                };
+                (format!("{}→{}", name(e.from), name(e.to)), local, e)
+            })
+            .collect();
+        // the rules' lengths vary with the learner's names: the columns follow them
+        let ew = rows
+            .iter()
+            .map(|r| r.0.chars().count())
+            .fold(13, usize::max);
+        let lw = rows
+            .iter()
+            .map(|r| r.1.chars().count())
+            .fold(38, usize::max);
         let _ = writeln!(
             s,
-            "  {:<13} {:<38} {:>10} {:>10} {:>10}",
+            "  {:<ew$} {:<lw$} {:>10} {:>10} {:>10}",
             "edge u→v", "local derivative ∂v/∂u", "v̄", "v̄·∂v/∂u", "ū so far"
         );
-        for e in self.edges.iter().take(lim) {
-            let wrt = match (nodes_with_two(&self.forward, e.to), e.arg) {
-                (false, _) => "x",
-                (true, 0) => "a",
-                (true, _) => "b",
-            };
-            let local = format!("{} ∂/∂{wrt}: {} = {}", e.op, e.formula, fmt_num(e.local));
+        for (edge, local, e) in &rows {
             let acc = if e.count > 1 {
                 format!("(sum of {})", e.count)
             } else {
@@ -397,8 +509,8 @@ impl Walk {
             };
             let _ = writeln!(
                 s,
-                "  {:<13} {:<38} {:>10} {:>10} {:>10}  {}",
-                format!("{}→{}", name(e.from), name(e.to)),
+                "  {:<ew$} {:<lw$} {:>10} {:>10} {:>10}  {}",
+                edge,
                 local,
                 fmt_num(e.upstream),
                 fmt_num(e.contribution),
@@ -427,6 +539,11 @@ impl Walk {
                 (c.reverse - c.finite_diff).abs()
             );
         }
+        for c in &self.check {
+            if let Some(note) = &c.note {
+                let _ = writeln!(s, "  ∂f/∂{}: {note}", c.name);
+            }
+        }
         s.lines().map(|l| format!("{}\n", l.trim_end())).collect()
     }
 
@@ -436,15 +553,14 @@ impl Walk {
             "digraph chainrule {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
         );
         for n in &self.forward {
-            let title = if n.label.is_empty() {
-                n.op.clone()
-            } else {
-                format!("{} {}", n.op, n.label)
+            let title = match n.op.as_str() {
+                "leaf" => n.name.clone(),
+                "constant" => format!("constant {}", n.name),
+                _ => format!("{} = {}", n.name, n.text),
             };
             let _ = writeln!(
                 s,
-                "  v{} [label=\"v{}: {}\\nvalue {}\\ngrad {}\"];",
-                n.id,
+                "  v{} [label=\"{}\\nvalue {}\\ngrad {}\"];",
                 n.id,
                 title.replace('"', "'"),
                 fmt_num(n.value),
@@ -459,6 +575,16 @@ impl Walk {
                 e.to,
                 fmt_num(e.local)
             );
+        }
+        // a constant's value flows in along its edge, but no gradient flows back
+        for n in &self.forward {
+            for &c in n
+                .inputs
+                .iter()
+                .filter(|&&i| self.forward[i].op == "constant")
+            {
+                let _ = writeln!(s, "  v{c} -> v{} [style=dashed];", n.id);
+            }
         }
         s.push_str("}\n");
         s
@@ -527,7 +653,11 @@ mod tests {
         let e = explain("x + y", &at(&[("x", 1.0)]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("variable 'y' has no value"), "{e}");
+        // the library's message is the program's and the page's: no flag of either
+        assert!(
+            e.contains("variable 'y' has no value") && !e.contains("--at"),
+            "{e}"
+        );
         assert!(
             parse_assignments("x=2,w")
                 .unwrap_err()
@@ -540,5 +670,107 @@ mod tests {
                 .to_string()
                 .contains("('abc') is not a number")
         );
+    }
+    fn edge<'w>(w: &'w Walk, from: &str, to_text: &str) -> &'w Edge {
+        w.edges
+            .iter()
+            .find(|e| w.forward[e.from].name == from && w.forward[e.to].text == to_text)
+            .unwrap_or_else(|| panic!("no edge {from} → {to_text} in {:#?}", w.forward))
+    }
+
+    #[test]
+    fn rules_are_shown_in_the_operands_names_and_values() {
+        let w = explain("tanh(w*x + b)", &at(&[("x", 2.0), ("w", -0.5), ("b", 1.5)])).unwrap();
+        // ∂(w × x)/∂w is the other factor, x = 2: never the table's placeholder `b`
+        let e = edge(&w, "w", "w × x");
+        assert_eq!((e.rule.as_str(), e.local), ("x", 2.0));
+        assert_eq!(e.operands.len(), 1);
+        assert_eq!(
+            (e.operands[0].name.as_str(), e.operands[0].value),
+            ("x", 2.0)
+        );
+        let e = edge(&w, "v4", "tanh(v4)");
+        assert_eq!(e.rule, "1 - tanh²(v4)");
+        assert_eq!(e.operands[0].value, 0.5);
+        // relu's rule is about its own input, the inner node −x, not the learner's x
+        let w = explain("relu(-x)", &at(&[("x", 0.7)])).unwrap();
+        let e = edge(&w, "v1", "relu(v1)");
+        assert_eq!(e.rule, "1 if v1 > 0 else 0");
+        assert_eq!(
+            (e.operands[0].name.as_str(), e.operands[0].value),
+            ("v1", -0.7)
+        );
+        assert_eq!(w.forward[1].text, "−x");
+        // a variable spelt like a node: the nodes take another prefix
+        let w = explain("v4*v1 + v4", &at(&[("v4", 2.0), ("v1", 3.0)])).unwrap();
+        let names: Vec<&str> = w.forward.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["v4", "v1", "u2", "u3"]);
+    }
+
+    #[test]
+    fn a_constant_exponent_is_a_node_with_its_edge_and_its_value_in_the_rule() {
+        let w = explain("x^2", &at(&[("x", 3.0)])).unwrap();
+        let power = w.forward.last().unwrap();
+        assert_eq!(power.op, "powf");
+        assert_eq!(power.text, "x^2");
+        let c = &w.forward[power.inputs[1]];
+        assert_eq!((c.op.as_str(), c.name.as_str()), ("constant", "2"));
+        let e = edge(&w, "x", "x^2");
+        assert_eq!((e.rule.as_str(), e.local), ("2·x^(2-1)", 6.0));
+        // the graph export draws the exponent's edge too, dashed: no gradient flows back
+        let dot = w.to_dot();
+        assert!(
+            dot.contains(&format!("v{} -> v{} [style=dashed];", c.id, power.id)),
+            "{dot}"
+        );
+        // a negative exponent is one constant too, bracketed where it is read
+        let w = explain("y^-2", &at(&[("y", 2.0)])).unwrap();
+        assert_eq!(w.forward.len(), 3, "{:#?}", w.forward);
+        assert_eq!(w.forward[2].text, "y^(-2)");
+        assert_eq!(w.edges[0].rule, "(-2)·y^((-2)-1)");
+        assert_eq!(w.gradient["y"], -0.25);
+        // forward mode takes the same rule as the tape: x⁰'s slope at 0 is 0, not 0·0⁻¹
+        let w = explain("x^0", &at(&[("x", 0.0)])).unwrap();
+        assert_eq!((w.check[0].reverse, w.check[0].forward), (0.0, 0.0));
+        // a rule that is one constant operand is that constant, bare
+        let w = explain("-2*x", &at(&[("x", 1.0)])).unwrap();
+        assert_eq!((w.edges[0].rule.as_str(), w.edges[0].local), ("-2", -2.0));
+        // the table's remark in its placeholders is left out of the learner's rule
+        let w = explain("2^x", &at(&[("x", 1.0)])).unwrap();
+        assert_eq!(w.edges[0].rule, "2^x·ln(2)");
+        let w = explain("max(x, y)", &at(&[("x", 2.0), ("y", 1.0)])).unwrap();
+        assert_eq!(w.edges[0].rule, "1 if x > y (½ at a tie)");
+    }
+
+    #[test]
+    fn an_answer_is_read_in_the_walks_grammar_and_names() {
+        let p = at(&[("v4", 0.5), ("x", 2.0)]);
+        let t = 0.5f64.tanh();
+        assert_eq!(evaluate("1 - tanh(v4)^2", &p).unwrap(), 1.0 - t * t);
+        assert_eq!(evaluate("x", &p).unwrap(), 2.0);
+        assert_eq!(evaluate("0.786", &p).unwrap(), 0.786);
+        let e = evaluate("y + 1", &p).unwrap_err().to_string();
+        assert!(e.contains("'y' is not a name of this walk"), "{e}");
+        assert!(evaluate("1 +", &p).is_err());
+    }
+
+    #[test]
+    fn a_kink_and_a_division_by_zero_say_why_the_methods_disagree() {
+        let w = explain("relu(x) - relu(-x)", &at(&[("x", 0.0)])).unwrap();
+        let c = &w.check[0];
+        assert_eq!((c.reverse, c.finite_diff), (0.0, 1.0));
+        let note = c.note.as_deref().unwrap();
+        assert!(note.contains("relu(x) sits at its kink (x = 0)"), "{note}");
+        let w = explain("1 / x", &at(&[("x", 0.0)])).unwrap();
+        let note = w.check[0].note.as_deref().unwrap();
+        assert!(note.contains("divides by zero (x = 0)"), "{note}");
+        // max at a tie splits the gradient, ½ each: the differences' average agrees
+        let w = explain("max(x, y)", &at(&[("x", 1.0), ("y", 1.0)])).unwrap();
+        assert_eq!(w.check[0].reverse, 0.5);
+        assert!(w.check.iter().all(|c| c.note.is_none()), "{:?}", w.check);
+        // where they agree, no note
+        let w = explain("tanh(w*x + b)", &at(&[("x", 2.0), ("w", -0.5), ("b", 1.5)])).unwrap();
+        assert!(w.check.iter().all(|c| c.note.is_none()), "{:?}", w.check);
+        assert!(!w.render(None).contains("disagree"));
     }
 }

@@ -1,7 +1,8 @@
-//! The expression language of `chainrule explain`: numbers, named variables,
-//! `+ - * / ^`, unary minus, parentheses, and the functions exp, ln, sqrt, abs, sin, cos,
-//! tanh, sigmoid, relu (one argument), max and min (two). A recursive-descent parser
-//! whose errors give the column.
+//! The expression language of `chainrule explain`: numbers, named variables, the
+//! operators of [`OPERATORS`], unary minus, parentheses, the one-argument functions of
+//! the elementwise table and max and min ([`functions`]). A recursive-descent parser
+//! whose errors give the column, and suggest the grammar's spelling for a few that
+//! learners bring from elsewhere (`log`, `tan`, `pow`, `**`).
 
 use crate::error::{Error, Result};
 use crate::tensor::UnaryOp;
@@ -21,6 +22,40 @@ pub enum Expr {
     Call(UnaryOp, Box<Expr>),
     /// `max(a, b)` (true) or `min(a, b)` (false).
     MaxMin(bool, Box<Expr>, Box<Expr>),
+}
+
+/// The operators of the grammar: each one's ASCII spelling and the other characters
+/// read as it (what a learner pastes from typeset text). The page lists these, so its
+/// list and the parser's cannot drift apart.
+pub const OPERATORS: [(char, &[char]); 5] = [
+    ('+', &[]),
+    ('-', &['\u{2212}']),
+    ('*', &['×', '·']),
+    ('/', &['÷']),
+    ('^', &[]),
+];
+
+/// The functions the grammar knows, in the order the page lists them: the elementwise
+/// table's one-argument functions, then `max` and `min`.
+pub fn functions() -> Vec<&'static str> {
+    UnaryOp::FUNCTIONS
+        .iter()
+        .map(|f| f.name())
+        .chain(["max", "min"])
+        .collect()
+}
+
+/// What to write instead of a function the grammar does not have but learners expect.
+fn suggestion(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "log" => "the natural logarithm is ln(x)",
+        "tan" => "write tan(x) as sin(x)/cos(x)",
+        "pow" => "write pow(a, b) as a^b",
+        "exp2" => "write 2^x",
+        "sqr" | "square" => "write x^2",
+        "softplus" => "write softplus(x) as ln(1 + exp(x))",
+        _ => return None,
+    })
 }
 
 /// Deepest nesting of parentheses and unary minus accepted (the parser recurses).
@@ -93,6 +128,9 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>> {
         } else if "+-*/^(),".contains(ch) {
             out.push((Tok::Op(ch), col));
             i += 1;
+        } else if let Some(&(op, _)) = OPERATORS.iter().find(|(_, alt)| alt.contains(&ch)) {
+            out.push((Tok::Op(op), col));
+            i += 1;
         } else {
             return Err(error(src, col, format!("unexpected character '{ch}'")));
         }
@@ -141,7 +179,11 @@ impl Parser<'_> {
     fn term(&mut self) -> Result<Expr> {
         let mut lhs = self.unary()?;
         while let Tok::Op(c @ ('*' | '/')) = *self.peek() {
+            let at = self.col();
             self.pos += 1;
+            if c == '*' && *self.peek() == Tok::Op('*') {
+                return Err(error(self.src, at, "'**' is not a power here: write x^2"));
+            }
             lhs = Expr::Bin(c, Box::new(lhs), Box::new(self.unary()?));
         }
         Ok(lhs)
@@ -203,16 +245,14 @@ impl Parser<'_> {
                     let b = self.nested(|p| p.expr())?;
                     Expr::MaxMin(name == "max", Box::new(a), Box::new(b))
                 } else {
-                    let known: Vec<&str> = UnaryOp::FUNCTIONS
-                        .iter()
-                        .map(|f| f.name())
-                        .chain(["max", "min"])
-                        .collect();
-                    return Err(error(
-                        self.src,
-                        col,
-                        format!("unknown function '{name}'; known: {}", known.join(", ")),
-                    ));
+                    let msg = match suggestion(&name) {
+                        Some(hint) => format!("unknown function '{name}': {hint}"),
+                        None => format!(
+                            "unknown function '{name}'; known: {}",
+                            functions().join(", ")
+                        ),
+                    };
+                    return Err(error(self.src, col, msg));
                 };
                 self.expect(')')?;
                 Ok(e)
@@ -314,6 +354,12 @@ mod tests {
             )
         );
         assert_eq!(parse("1e-3").unwrap(), Expr::Num(1e-3));
+        // the typeset operators a learner may paste read as their ASCII spelling
+        assert_eq!(
+            parse("2 × x − y ÷ 3").unwrap(),
+            parse("2 * x - y / 3").unwrap()
+        );
+        assert_eq!(parse("−x·y").unwrap(), parse("-x*y").unwrap());
         assert_eq!(
             parse("max(a, min(b, 1))").unwrap().variables(),
             vec!["a", "b"]
@@ -343,6 +389,18 @@ mod tests {
                 .to_string()
                 .contains("unexpected 'y'")
         );
+        for (src, col, says) in [
+            ("log(x)", 1, "ln(x)"),
+            ("tan(x)", 1, "sin(x)/cos(x)"),
+            ("pow(x, 2)", 1, "a^b"),
+            ("x**2", 2, "write x^2"),
+        ] {
+            let e = parse(src).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("column {col}")) && e.contains(says),
+                "{src}: {e}"
+            );
+        }
         let deep = format!("{}x{}", "(".repeat(600), ")".repeat(600));
         assert!(
             parse(&deep)

@@ -28,6 +28,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let at = parse_assignments(&args.at)?;
+    let parsed = chainrule::explain::parse(&args.expression)?;
+    if let Some(missing) = parsed.variables().into_iter().find(|n| !at.contains_key(n)) {
+        anyhow::bail!("variable '{missing}' has no value; give it with --at {missing}=...");
+    }
     let walk = explain(&args.expression, &at)?;
     if args.json {
         let mut v = serde_json::to_value(&walk)?;

@@ -36,7 +36,26 @@ fn parse_errors_and_missing_values_fail_with_the_column_or_name() {
     let o = chainrule(&["explain", "foo(x)", "--at", "x=1"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown function 'foo'"));
     let o = chainrule(&["explain", "x + y", "--at", "x=1"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("variable 'y' has no value"));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("variable 'y' has no value") && e.contains("--at y="),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_sweep_names_the_operands_and_a_kink_is_explained() {
+    let o = chainrule(&["explain", "tanh(w*x + b)", "--at", "x=2,w=-0.5,b=1.5"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("∂v3/∂w = x = 2"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("v3 ") && l.contains("w × x")),
+        "{text}"
+    );
+    let o = chainrule(&["explain", "relu(x) - relu(-x)", "--at", "x=0"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("sits at its kink"), "{text}");
 }
 
 #[test]

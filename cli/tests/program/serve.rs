@@ -48,6 +48,19 @@ fn the_walk_endpoint_gives_the_engines_numbers_and_points_at_errors() {
     }
     assert_eq!(v["edges"].as_array().unwrap().len(), walk.edges.len());
     assert_eq!(v["layout"]["crossings"], 0);
+    // a learner's answer, read in the walk's grammar and names
+    let (status, body) = server.get("/api/evaluate?expr=1-tanh(v4)%5E2&at=v4=0.5");
+    assert_eq!(status, 200, "{body}");
+    let t = 0.5f64.tanh();
+    assert_eq!(json(&body)["value"].as_f64(), Some(1.0 - t * t));
+    let (status, body) = server.get("/api/evaluate?expr=q%2B1&at=v4=0.5");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("'q'"),
+        "{body}"
+    );
+    let (status, body) = server.get(&format!("/api/evaluate?expr={}&at=x=1", "x%2B".repeat(600)));
+    assert_eq!(status, 400, "{body}");
     // the page itself and its assets
     let (status, page) = server.get("/walk?expr=x&at=x=1");
     assert!(status == 200 && page.contains("/assets/app.js"));
@@ -249,13 +262,12 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// One keep-alive connection sending requests until `until`: the number answered 200,
-/// and any failure.
-fn client(addr: &str, until: Instant, expr: &str) -> (usize, Option<String>) {
+/// One keep-alive connection sending requests for `path` until `until`: the number
+/// answered 200, and any failure.
+fn client(addr: &str, until: Instant, path: &str) -> (usize, Option<String>) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request =
-        format!("GET /api/walk?expr={expr}&at=x=0.5,w=2,b=-1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
     let mut ok = 0;
     let mut buf = Vec::new();
     while Instant::now() < until {
@@ -300,20 +312,26 @@ fn client(addr: &str, until: Instant, expr: &str) -> (usize, Option<String>) {
 fn fifty_clients_for_ten_seconds_get_no_error_and_memory_stays_flat() {
     let dir = crate::common::temp("serve-load");
     let server = Server::start(&dir.join("runs"), &dir);
-    let exprs = [
+    let mut paths: Vec<String> = [
         "tanh(w*x%2Bb)",
         "ln(1%2Bexp(w*x))-b*w*x",
         "x*x%2Bsin(x)*cos(w)",
         "max(x*w,b)/(x%2B2)",
         "sigmoid(w*x%2Bb)*x",
-    ];
+    ]
+    .iter()
+    .map(|e| format!("/api/walk?expr={e}&at=x=0.5,w=2,b=-1"))
+    .collect();
+    // the exercise's answers and the grammar's list
+    paths.push("/api/evaluate?expr=1-tanh(v4)%5E2&at=v4=0.5".into());
+    paths.push("/api/grammar".into());
     let run = |seconds: u64| {
         let until = Instant::now() + Duration::from_secs(seconds);
         let handles: Vec<_> = (0..50)
             .map(|i| {
                 let addr = server.addr.clone();
-                let expr = exprs[i % exprs.len()];
-                std::thread::spawn(move || client(&addr, until, expr))
+                let path = paths[i % paths.len()].clone();
+                std::thread::spawn(move || client(&addr, until, &path))
             })
             .collect();
         let mut total = 0;

@@ -856,6 +856,25 @@ fn clipping_carries_a_recurrent_net_over_a_cliff_that_throws_the_unclipped_run_o
     let loss = |r: &serde_json::Value| r["final_val_loss"].as_f64().unwrap_or(f64::INFINITY);
     assert!(loss(clipped) < loss(unclipped), "{v}");
     assert!(clipped["clipped_steps"].as_u64().unwrap() > 0);
+    // clipping.svg's lines as data, for the page: the largest bucket of the norm is the
+    // run's largest norm, and every step is in a bucket of the loss
+    let pair = &v["pair"];
+    assert_eq!(
+        (pair["seed"].as_u64(), pair["clip"].as_f64()),
+        (Some(1), Some(1.0))
+    );
+    for (name, run) in [("unclipped", unclipped), ("clipped", clipped)] {
+        let largest = pair[name]["grad_norm"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_f64().unwrap())
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(largest, run["max_grad_norm"].as_f64().unwrap(), "{name}");
+        let buckets = pair[name]["loss"].as_array().unwrap().len() as u64;
+        let bucket = pair["bucket"].as_u64().unwrap();
+        assert_eq!(buckets, steps.div_ceil(bucket), "{name}");
+    }
     // at the cliff: clipping by norm keeps the direction, clipping by value turns it
     let angles = v["angles"]["clipped"].as_array().unwrap();
     assert_eq!(v["angles"]["step"], unclipped["spike_step"]);

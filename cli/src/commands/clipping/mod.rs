@@ -671,6 +671,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .expect("every seed ran both ways")
     };
     plot::plot_pair(&out.join("clipping.svg"), pair(false), pair(true), CLIP)?;
+    let pair_json = plot::pair_json(pair(false), pair(true), CLIP);
     let angle_json = angle_rows.as_ref().map(|(seed, spike, rows)| {
         serde_json::json!({ "seed": seed, "step": spike.step, "norm": spike.norm, "clipped": rows })
     });
@@ -686,6 +687,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "clip": CLIP,
         },
         "runs": runs,
+        "pair": pair_json,
         "angles": angle_json,
         "text_runs": text_runs,
         "depth": depth,

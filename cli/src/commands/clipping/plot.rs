@@ -26,6 +26,30 @@ fn buckets(values: &[(usize, f64)], take_max: bool) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The lines of clipping.svg as data, for clipping.json (the page draws these): each
+/// run's loss (the mean of each bucket of steps) and gradient norm before clipping (the
+/// largest of each bucket), as `[step, value]` pairs, with the seed, the clipping
+/// threshold and the unclipped run's spike.
+pub fn pair_json(unclipped: &Run, clipped: &Run, clip: f64) -> serde_json::Value {
+    let series = |r: &Run| {
+        let losses: Vec<(usize, f64)> = (1..).zip(r.losses.iter().copied()).collect();
+        let norms: Vec<(usize, f64)> = r.norms.iter().map(|n| (n.0, n.1)).collect();
+        serde_json::json!({
+            "clip": r.clip,
+            "loss": buckets(&losses, false),
+            "grad_norm": buckets(&norms, true),
+        })
+    };
+    serde_json::json!({
+        "seed": unclipped.seed,
+        "clip": clip,
+        "bucket": unclipped.losses.len().div_ceil(POINTS).max(1),
+        "spike_step": unclipped.spike.as_ref().map(|s| s.step),
+        "unclipped": series(unclipped),
+        "clipped": series(clipped),
+    })
+}
+
 /// Training loss (left, both runs on one axis) and gradient norm before clipping (right,
 /// log axis, with the clipping threshold), the unclipped run's spike marked on both.
 pub fn plot_pair(path: &Path, unclipped: &Run, clipped: &Run, clip: f64) -> anyhow::Result<()> {

@@ -1,7 +1,9 @@
 //! Places a computation graph on a grid, left to right: each op one column right of its
 //! latest input, each leaf just left of its first consumer, and edges that span several
-//! columns routed through waypoints. The order within a column comes from barycenter
-//! sweeps (Sugiyama's method), keeping the order with the fewest crossings seen.
+//! columns routed through waypoints, one edge per use of an input (x·x has two). The
+//! order within a column comes from barycenter sweeps (Sugiyama's method), keeping the
+//! order with the fewest crossings seen. Each edge's label gets a place near the edge
+//! and off every node, in the page's pixels ([`GEOMETRY`]).
 
 use serde::Serialize;
 
@@ -17,22 +19,71 @@ pub struct Layout {
     pub cols: usize,
     /// Number of rows of the tallest column.
     pub rows: usize,
-    /// One entry per distinct edge u → v: the points it passes through, from u to v.
+    /// One entry per use of an input: the edge u → v for each argument of v that u is.
     pub paths: Vec<EdgePath>,
     /// Edge crossings between neighbouring columns in this layout.
     pub crossings: usize,
+    /// The sizes the page draws with, in pixels.
+    pub geometry: Geometry,
+    /// The drawing's width, in pixels.
+    pub width: f64,
+    /// The drawing's height, in pixels (room for a label above and below the nodes).
+    pub height: f64,
 }
 
-/// The route of the edge `from → to`.
+/// The route of the edge `from → to` for argument `arg` of `to`.
 #[derive(Clone, Debug, Serialize)]
 pub struct EdgePath {
     /// The input node.
     pub from: usize,
     /// The consumer.
     pub to: usize,
+    /// Which of `to`'s inputs this edge is.
+    pub arg: usize,
     /// `[column, row]` of every point, `from`'s first and `to`'s last.
     pub points: Vec<[f64; 2]>,
+    /// How far below the middle of `to`'s left side the edge ends, in pixels: edges into
+    /// one node end at different heights, in the order they arrive.
+    pub end_dy: f64,
+    /// The centre of the edge's label, in pixels: near the edge, off every node.
+    pub label: [f64; 2],
 }
+
+/// The page's drawing sizes, in pixels.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Geometry {
+    /// From one column's left side to the next one's.
+    pub col_w: f64,
+    /// From one row's top to the next one's.
+    pub row_h: f64,
+    /// A node's box.
+    pub node_w: f64,
+    /// A node's box.
+    pub node_h: f64,
+    /// Left and right margin.
+    pub margin: f64,
+    /// Room above the first row (and below the last) for a label.
+    pub top: f64,
+    /// An edge label's box: the page fits its text into it.
+    pub label_w: f64,
+    /// An edge label's box.
+    pub label_h: f64,
+}
+
+/// The sizes the page draws the walk's graph with.
+pub const GEOMETRY: Geometry = Geometry {
+    col_w: 178.0,
+    row_h: 84.0,
+    node_w: 128.0,
+    node_h: 58.0,
+    margin: 8.0,
+    top: 26.0,
+    label_w: 168.0,
+    label_h: 20.0,
+};
+
+/// Space kept between a label and a node's box.
+const LABEL_GAP: f64 = 2.0;
 
 /// Lays out the graph whose node `v` reads the nodes `inputs[v]` (ids below `v`, as on a
 /// tape, where recording order is a topological order).
@@ -121,22 +172,139 @@ pub fn layout(inputs: &[Vec<usize>]) -> Layout {
             vrow[x] = i as f64 + offset;
         }
     }
-    let paths = chains
-        .into_iter()
-        .map(|(from, to, chain)| EdgePath {
-            from,
-            to,
-            points: chain.iter().map(|&x| [vcol[x] as f64, vrow[x]]).collect(),
-        })
-        .collect();
+    // one path per use: x·x draws both of mul's arguments
+    let mut paths: Vec<EdgePath> = Vec::new();
+    for (from, to, chain) in chains {
+        let points: Vec<[f64; 2]> = chain.iter().map(|&x| [vcol[x] as f64, vrow[x]]).collect();
+        for (arg, _) in inputs[to].iter().enumerate().filter(|(_, u)| **u == from) {
+            paths.push(EdgePath {
+                from,
+                to,
+                arg,
+                points: points.clone(),
+                end_dy: 0.0,
+                label: [0.0, 0.0],
+            });
+        }
+    }
+    paths.sort_by_key(|p| (p.to, p.arg));
+    let row = vrow[..n].to_vec();
+    let g = GEOMETRY;
+    let width = 2.0 * g.margin + cols.max(1) as f64 * g.col_w - (g.col_w - g.node_w);
+    let height = 2.0 * g.top + rows.max(1) as f64 * g.row_h - (g.row_h - g.node_h);
+    // edges into one node end at different heights, in the order they arrive from
+    let mut start = 0;
+    while start < paths.len() {
+        let to = paths[start].to;
+        let end = start + paths[start..].iter().take_while(|p| p.to == to).count();
+        let mut order: Vec<usize> = (start..end).collect();
+        order.sort_by(|&a, &b| {
+            let before = |p: &EdgePath| p.points[p.points.len() - 2][1];
+            before(&paths[a]).total_cmp(&before(&paths[b]))
+        });
+        let k = order.len();
+        for (i, &p) in order.iter().enumerate() {
+            paths[p].end_dy = if k == 1 {
+                0.0
+            } else {
+                (i as f64 / (k - 1) as f64 - 0.5) * (g.node_h - 24.0)
+            };
+        }
+        start = end;
+    }
+    let mut boxes: Vec<Vec<f64>> = vec![Vec::new(); cols];
+    for v in 0..n {
+        boxes[col[v]].push(g.top + row[v] * g.row_h);
+    }
+    for p in &mut paths {
+        let pixels = pixel_points(p, g);
+        p.label = place_label(&pixels, &boxes, height, g);
+    }
     Layout {
         col,
-        row: vrow[..n].to_vec(),
+        row,
         cols,
         rows,
         paths,
         crossings: best_crossings,
+        geometry: g,
+        width,
+        height,
     }
+}
+
+/// The points an edge's curve passes through, in pixels: out of `from`'s right side,
+/// through the middle of each waypoint's column, into `to`'s left side.
+fn pixel_points(p: &EdgePath, g: Geometry) -> Vec<[f64; 2]> {
+    let last = p.points.len() - 1;
+    p.points
+        .iter()
+        .enumerate()
+        .map(|(i, &[c, r])| {
+            let x = g.margin + c * g.col_w;
+            let y = g.top + r * g.row_h + g.node_h / 2.0;
+            match i {
+                0 => [x + g.node_w, y],
+                _ if i == last => [x, y + p.end_dy],
+                _ => [x + g.node_w / 2.0, y],
+            }
+        })
+        .collect()
+}
+
+/// The edge's height at `x`, along the straight segments between its points.
+fn height_at(points: &[[f64; 2]], x: f64) -> f64 {
+    for w in points.windows(2) {
+        if x <= w[1][0] {
+            let t = ((x - w[0][0]) / (w[1][0] - w[0][0])).clamp(0.0, 1.0);
+            return w[0][1] + t * (w[1][1] - w[0][1]);
+        }
+    }
+    points[points.len() - 1][1]
+}
+
+/// The centre of a label for the edge through `points`: for each segment, the label
+/// centred on it or pushed against either end, at the height nearest the edge's where
+/// its box meets no node (`tops`: each column's node tops). The drawing's top and bottom
+/// margins hold a label when nothing nearer is free.
+fn place_label(points: &[[f64; 2]], tops: &[Vec<f64>], height: f64, g: Geometry) -> [f64; 2] {
+    let half_w = g.label_w / 2.0;
+    let half_h = g.label_h / 2.0;
+    let (lo, hi) = (half_h + 1.0, height - half_h - 1.0);
+    let mut best: Option<(f64, [f64; 2])> = None;
+    for w in points.windows(2) {
+        let (a, b) = (w[0][0], w[1][0]);
+        for x in [(a + b) / 2.0, a + 4.0 + half_w, b - 4.0 - half_w] {
+            let target = height_at(points, x).clamp(lo, hi);
+            // the centre heights at which the label's box would meet a node's
+            let mut blocked: Vec<(f64, f64)> = Vec::new();
+            for (c, column) in tops.iter().enumerate() {
+                let left = g.margin + c as f64 * g.col_w;
+                if left - LABEL_GAP >= x + half_w || left + g.node_w + LABEL_GAP <= x - half_w {
+                    continue;
+                }
+                for &top in column {
+                    blocked.push((
+                        top - LABEL_GAP - half_h,
+                        top + g.node_h + LABEL_GAP + half_h,
+                    ));
+                }
+            }
+            let free =
+                |y: f64| y >= lo && y <= hi && blocked.iter().all(|&(s, e)| y <= s || y >= e);
+            let candidates = std::iter::once(target)
+                .chain(blocked.iter().flat_map(|&(s, e)| [s, e]))
+                .chain([lo, hi]);
+            for y in candidates.filter(|&y| free(y)) {
+                // nearer the edge first; then nearer the segment's middle
+                let cost = (y - target).abs() + ((a + b) / 2.0 - x).abs() / 8.0;
+                if best.is_none_or(|(c, _)| cost < c) {
+                    best = Some((cost, [x, y]));
+                }
+            }
+        }
+    }
+    best.map_or([points[0][0], lo], |(_, at)| at)
 }
 
 /// Largest grid (nodes and waypoints) whose order is refined by swapping neighbours and
@@ -295,12 +463,58 @@ mod tests {
                     assert_eq!(w[1][0], w[0][0] + 1.0);
                 }
             }
+            // one path per use of an input
+            let uses: usize = inputs.iter().map(Vec::len).sum();
+            assert_eq!(l.paths.len(), uses, "{expr}");
             // no two nodes share a place
             for a in 0..inputs.len() {
                 for b in a + 1..inputs.len() {
                     assert!(
                         (l.col[a], l.row[a].to_bits()) != (l.col[b], l.row[b].to_bits()),
                         "{expr}: nodes {a} and {b} overlap"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn labels_sit_inside_the_drawing_and_off_every_node() {
+        for (expr, at) in [
+            ("tanh(w*x + b)", "x=2,w=-0.5,b=1.5"),
+            ("x*x + sin(x)", "x=0.7"),
+            ("x^2 + 3*y", "x=1,y=2"),
+            ("ln(1 + exp(w*x)) - y*w*x", "x=0.5,w=2,y=1"),
+            (
+                "sigmoid(c1*tanh(w1*x + b1) + c2*tanh(w2*x + b2) + d)",
+                "x=0.5,w1=1,b1=0,w2=-1,b2=0.5,c1=2,c2=-1,d=0.1",
+            ),
+            (
+                "(a*b + c*d)*(a - d) + max(a, b)^2 / (1 + c^2)",
+                "a=1,b=2,c=3,d=4",
+            ),
+        ] {
+            let inputs = graph_of(expr, at);
+            let l = layout(&inputs);
+            let g = l.geometry;
+            for p in &l.paths {
+                let [x, y] = p.label;
+                let (x0, x1) = (x - g.label_w / 2.0, x + g.label_w / 2.0);
+                let (y0, y1) = (y - g.label_h / 2.0, y + g.label_h / 2.0);
+                assert!(
+                    y0 >= 0.0 && y1 <= l.height && x0 >= 0.0 && x1 <= l.width,
+                    "{expr}: label {p:?} outside {} × {}",
+                    l.width,
+                    l.height
+                );
+                for v in 0..inputs.len() {
+                    let nx = g.margin + l.col[v] as f64 * g.col_w;
+                    let ny = g.top + l.row[v] * g.row_h;
+                    let apart = x1 <= nx || x0 >= nx + g.node_w || y1 <= ny || y0 >= ny + g.node_h;
+                    assert!(
+                        apart,
+                        "{expr}: the label of {} → {} at {:?} covers node {v}",
+                        p.from, p.to, p.label
                     );
                 }
             }
@@ -321,7 +535,13 @@ mod tests {
                 points.len() - 1
             })
         };
+        let mut seen = Vec::new();
         for p in &l.paths {
+            // the grid has one chain per pair; a second use of an input shares it
+            if seen.contains(&(p.from, p.to)) {
+                continue;
+            }
+            seen.push((p.from, p.to));
             let ids: Vec<usize> = p
                 .points
                 .iter()

@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chainrule::Error;
-use chainrule::explain::{explain, parse_assignments};
+use chainrule::explain::{evaluate, explain, parse_assignments};
 use runs::Runs;
 use serde::Deserialize;
 use serde_json::json;
@@ -132,6 +132,8 @@ fn router(runs: Runs) -> Router {
         .route("/runs/{name}", get(page))
         .route("/assets/{file}", get(asset))
         .route("/api/walk", get(walk))
+        .route("/api/grammar", get(grammar))
+        .route("/api/evaluate", get(evaluate_answer))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{name}/metrics", get(metrics))
         .route("/files/{*path}", get(file))
@@ -225,7 +227,13 @@ fn walk_json(expr: &str, at: &str) -> Result<serde_json::Value, serde_json::Valu
         _ => {
             let msg = e.to_string();
             let msg = msg.strip_prefix("explain: ").unwrap_or(&msg).to_string();
-            json!({"error": msg, "field": if msg.contains("has no value") { "at" } else { "expr" }})
+            match missing_variable(&msg) {
+                Some(name) => json!({
+                    "error": format!("{msg}; give it in the values box, e.g. {name}=1"),
+                    "field": "at"
+                }),
+                None => json!({"error": msg, "field": "expr"}),
+            }
         }
     })?;
     let inputs: Vec<Vec<usize>> = walk.forward.iter().map(|n| n.inputs.clone()).collect();
@@ -233,6 +241,50 @@ fn walk_json(expr: &str, at: &str) -> Result<serde_json::Value, serde_json::Valu
     v["layout"] = serde_json::to_value(layout::layout(&inputs))
         .map_err(|e| json!({"error": e.to_string()}))?;
     Ok(v)
+}
+
+/// `GET /api/evaluate?expr=…&at=…`: the value of a learner's answer (a number or a rule
+/// in the walk's names, the names' values in `at`), or 400 with `error`.
+async fn evaluate_answer(Query(q): Query<WalkQuery>) -> Response {
+    if q.expr.len() > MAX_EXPR_BYTES || q.at.len() > MAX_EXPR_BYTES {
+        let msg = format!("an answer and its values take at most {MAX_EXPR_BYTES} bytes each");
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response();
+    }
+    let value = parse_assignments(&q.at).and_then(|at| evaluate(&q.expr, &at));
+    match value {
+        // JSON has no infinity: a non-finite value is null, which the page reports
+        Ok(v) => axum::Json(json!({ "value": v })).into_response(),
+        Err(e) => {
+            let msg = match &e {
+                Error::Expression { column, msg, .. } => format!("column {column}: {msg}"),
+                _ => {
+                    let msg = e.to_string();
+                    msg.strip_prefix("explain: ").unwrap_or(&msg).to_string()
+                }
+            };
+            (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response()
+        }
+    }
+}
+
+/// The variable named by the engine's "variable 'NAME' has no value".
+fn missing_variable(msg: &str) -> Option<&str> {
+    msg.strip_prefix("variable '")?
+        .strip_suffix("' has no value")
+}
+
+/// `GET /api/grammar`: the walk's operators (each with the characters also read as
+/// it) and functions, from the parser's own lists, for the page to show.
+async fn grammar() -> Response {
+    let operators: Vec<serde_json::Value> = chainrule::explain::OPERATORS
+        .iter()
+        .map(|(op, also)| json!({"op": op.to_string(), "also": also.iter().map(char::to_string).collect::<Vec<_>>()}))
+        .collect();
+    axum::Json(json!({
+        "operators": operators,
+        "functions": chainrule::explain::functions(),
+    }))
+    .into_response()
 }
 
 async fn list_runs(State(runs): State<Arc<Runs>>) -> Response {
