@@ -4,7 +4,9 @@
 //! into the binary; the server only reads, and only regular files under the runs folder.
 
 mod layout;
+mod optimizers;
 mod runs;
+mod surface;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -34,6 +36,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
+const OPTIMIZERS_JS: &str = include_str!("assets/optimizers.js");
 
 /// Options of `chainrule serve`.
 #[derive(clap::Args, Debug)]
@@ -130,6 +133,8 @@ fn router(runs: Runs) -> Router {
         .route("/walk", get(page))
         .route("/runs", get(page))
         .route("/runs/{name}", get(page))
+        .route("/optimizers", get(page))
+        .route("/api/optimizers", get(optimizers::handler))
         .route("/assets/{file}", get(asset))
         .route("/api/walk", get(walk))
         .route("/api/runs", get(list_runs))
@@ -162,6 +167,7 @@ async fn asset(UrlPath(file): UrlPath<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
+        "optimizers.js" => (OPTIMIZERS_JS, "text/javascript; charset=utf-8"),
         _ => return not_found(),
     };
     (
@@ -290,4 +296,17 @@ async fn file(State(runs): State<Arc<Runs>>, UrlPath(path): UrlPath<String>) -> 
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// Runs `work` on a blocking thread: its JSON, or 400 with its one-line error.
+async fn blocking_json(
+    work: impl FnOnce() -> Result<serde_json::Value, String> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => axum::Json(v).into_response(),
+        Ok(Err(msg)) => {
+            (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response()
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }

@@ -1,0 +1,206 @@
+//! The lessons' endpoints over real HTTP: `/api/optimizers` takes the library's own
+//! optimizer steps (checked against a direct call of `chainrule::optim` on the
+//! quadratic's gradient written out by hand), names what is wrong with a request in one
+//! line, and its Rosenbrock figures are printed as the closing note's table.
+
+use crate::common::Server;
+use chainrule::nn::{ParamId, ParamStore};
+use chainrule::optim::{Adam, Optimizer, RmsProp, Sgd};
+use chainrule::tensor::Tensor;
+
+pub(crate) fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The points of `steps` steps of `opt` from `start` on `grad`, through the library's
+/// optimizer in f64.
+pub(crate) fn library_path(
+    mut opt: Box<dyn Optimizer<f64>>,
+    start: [f64; 2],
+    steps: usize,
+    grad: impl Fn([f64; 2]) -> [f64; 2],
+) -> Vec<[f64; 2]> {
+    let mut store = ParamStore::<f64>::new();
+    store.add("x", Tensor::scalar(start[0])).unwrap();
+    store.add("y", Tensor::scalar(start[1])).unwrap();
+    let at = |s: &ParamStore<f64>| [0, 1].map(|i| s.get(ParamId(i)).data()[0]);
+    let mut points = vec![at(&store)];
+    for _ in 0..steps {
+        let g = grad(at(&store));
+        let grads = g.map(|g| Some(Tensor::scalar(g)));
+        opt.step(&mut store, &grads).unwrap();
+        points.push(at(&store));
+    }
+    points
+}
+
+/// The optimizer `name` of the page with its settings, built directly.
+pub(crate) fn library_optimizer(
+    name: &str,
+    settings: &serde_json::Value,
+) -> Box<dyn Optimizer<f64>> {
+    let f = |k: &str| settings[k].as_f64().unwrap();
+    match name {
+        "sgd" => Box::new(Sgd::new(f("lr"), 0.0, false, 0.0)),
+        "momentum" => Box::new(Sgd::new(f("lr"), f("momentum"), false, 0.0)),
+        "nesterov" => Box::new(Sgd::new(f("lr"), f("momentum"), true, 0.0)),
+        "rmsprop" => Box::new(RmsProp::new(f("lr_adaptive"), f("alpha"), 0.0)),
+        "adam" => Box::new(Adam::with_betas(
+            f("lr_adaptive"),
+            0.0,
+            false,
+            (f("beta1"), f("beta2")),
+        )),
+        "adamw" => Box::new(Adam::with_betas(
+            f("lr_adaptive"),
+            f("weight_decay"),
+            true,
+            (f("beta1"), f("beta2")),
+        )),
+        other => panic!("unknown optimizer {other}"),
+    }
+}
+
+#[test]
+fn the_optimizers_endpoint_takes_the_librarys_steps_on_the_quadratic() {
+    let dir = crate::common::temp("lessons-optim");
+    let server = Server::start(&dir.join("runs"), &dir);
+    // momentum 0.5 and lr 0.03 keep Nesterov from diverging within the steps compared
+    let (status, body) = server.get(
+        "/api/optimizers?f=quadratic&kappa=20&steps=25&x0=-3&y0=1.5&lr=0.03&momentum=0.5&lr_adaptive=0.2&beta1=0.8&beta2=0.99&alpha=0.9&weight_decay=0.05",
+    );
+    assert_eq!(status, 200, "{body}");
+    let a = json(&body);
+    assert_eq!(a["formula"], "0.5*(x^2 + 20*y^2)");
+    // the Hessian of 0.5(x² + κy²) is diag(1, κ): 2/λ_max = 2/κ
+    assert_eq!(
+        a["curvature"]["eigenvalues"],
+        serde_json::json!([1.0, 20.0])
+    );
+    assert_eq!(a["curvature"]["stable_lr"], 0.1);
+    let paths = a["paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 6);
+    let mut worst: f64 = 0.0;
+    for p in paths {
+        let name = p["name"].as_str().unwrap();
+        let opt = library_optimizer(name, &a["settings"]);
+        // ∇ 0.5(x² + 20y²) written out, not taken from a tape
+        let expected = library_path(opt, [-3.0, 1.5], 25, |[x, y]| [x, 20.0 * y]);
+        let got: Vec<[f64; 2]> = p["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| [q[0].as_f64().unwrap(), q[1].as_f64().unwrap()])
+            .collect();
+        assert_eq!(got.len(), 26, "{name}: {}", p["stopped"]);
+        for (k, (g, e)) in got.iter().zip(&expected).enumerate() {
+            for i in 0..2 {
+                let d = (g[i] - e[i]).abs();
+                worst = worst.max(d / e[i].abs().max(1.0));
+                assert!(
+                    d <= 1e-12 * e[i].abs().max(1.0),
+                    "{name}, step {k}: the endpoint gives {g:?}, the library {e:?}"
+                );
+            }
+        }
+        // f at each point is the quadratic's value there
+        let loss = p["loss"][25].as_f64().unwrap();
+        let [x, y] = expected[25];
+        assert!((loss - 0.5 * (x * x + 20.0 * y * y)).abs() <= 1e-12 * loss.abs().max(1.0));
+    }
+    eprintln!("optimizers: 6 × 25 steps, largest difference from the library {worst:e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_optimizers_endpoint_names_what_is_wrong_in_one_line() {
+    let dir = crate::common::temp("lessons-optim-errors");
+    let server = Server::start(&dir.join("runs"), &dir);
+    for (query, says) in [
+        (
+            "f=quadratic&steps=10001",
+            "steps is 10001; it must be between 1 and 10000",
+        ),
+        (
+            "f=quadratic&steps=2.5",
+            "steps is 2.5; it must be a whole number",
+        ),
+        ("f=quadratic&lr=fast", "lr is 'fast', not a number"),
+        (
+            "f=quadratic&kappa=0",
+            "kappa is 0; it must be between 1 and 1000",
+        ),
+        (
+            "f=cubic",
+            "f is 'cubic'; choose quadratic, rosenbrock, beale, saddle or expr",
+        ),
+        (
+            "f=expr&expr=x*w",
+            "the expression may use x and y only; it uses 'w'",
+        ),
+        ("f=expr&expr=x*(y", "the expression, column 5"),
+        ("f=expr", "expr is empty"),
+        (
+            "f=quadratic&x0=1e9",
+            "x0 is 1000000000; it must be between -5 and 5",
+        ),
+    ] {
+        let (status, body) = server.get(&format!("/api/optimizers?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        let e = json(&body)["error"].as_str().unwrap().to_string();
+        assert!(e.starts_with(says), "{query}: {e}");
+        assert!(!e.contains('\n'), "{query}: {e}");
+    }
+    // a path that leaves for infinity ends and says where; the others go on
+    let (status, body) = server.get("/api/optimizers?f=quadratic&lr=0.09&steps=500");
+    assert_eq!(status, 200, "{body}");
+    let a = json(&body);
+    let sgd = &a["paths"][0];
+    assert!(
+        sgd["stopped"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("diverged at step")),
+        "{}",
+        sgd["stopped"]
+    );
+    // a typed expression: its grid and paths come back
+    let (status, body) = server.get("/api/optimizers?f=expr&expr=x%5E2%2B3*y%5E2&steps=5");
+    assert_eq!(status, 200, "{body}");
+    let a = json(&body);
+    assert_eq!(a["grid"]["values"].as_array().unwrap().len(), 64 * 64);
+    assert_eq!(a["curvature"]["eigenvalues"], serde_json::json!([2.0, 6.0]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn rosenbrock_steps_to_the_minimum_at_the_default_settings() {
+    let dir = crate::common::temp("lessons-rosenbrock");
+    let server = Server::start(&dir.join("runs"), &dir);
+    let (status, body) = server.get("/api/optimizers?f=rosenbrock&steps=10000");
+    assert_eq!(status, 200, "{body}");
+    let a = json(&body);
+    eprintln!(
+        "Rosenbrock from {} at {}: steps to within 1e-3 of (1, 1)",
+        a["start"], a["settings"]
+    );
+    let mut reached = std::collections::BTreeMap::new();
+    for p in a["paths"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap().to_string();
+        let points = p["points"].as_array().unwrap();
+        let last = points.last().unwrap();
+        let d = (last[0].as_f64().unwrap() - 1.0).hypot(last[1].as_f64().unwrap() - 1.0);
+        assert!(p["stopped"].is_null(), "{name}: {}", p["stopped"]);
+        assert_eq!(points.len(), 10_001, "{name}");
+        eprintln!(
+            "| {name:<8} | {:>24} | {d:.3e} |",
+            p["reached"]
+                .as_u64()
+                .map_or("not in 10,000 steps".into(), |s| s.to_string())
+        );
+        reached.insert(name, p["reached"].as_u64());
+    }
+    // momentum's velocity runs along the curved valley that SGD crawls down
+    let momentum = reached["momentum"].expect("momentum reaches the minimum");
+    assert!(reached["sgd"].is_none_or(|s| s > momentum), "{reached:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,170 @@
+//! The lessons in a real browser (headless Chromium through chromedriver, as
+//! `serve_browser.rs`): the ravine example draws SGD's path longer than momentum's, with
+//! the first three points of each the library's own steps to the digits shown, and a
+//! click on the plot starts the paths there. Screenshots of each lesson go to
+//! `target/tmp/screenshots/`.
+//!
+//! Without `chromium` and `chromium-driver` installed the test says so and passes,
+//! unless `CHAINRULE_BROWSER_TEST=require`.
+
+use crate::common::Server;
+use crate::lessons::{library_optimizer, library_path};
+use crate::serve_browser::{CHROMEDRIVER, CHROMIUM, Driver, screenshots, text_of, until};
+use fantoccini::{Client, ClientBuilder, Locator};
+use std::path::Path;
+
+/// The number `shown` as the page prints it (six significant digits, trailing zeros
+/// dropped) agrees with `exact`: within half a unit of its sixth significant digit.
+fn agrees6(shown: &str, exact: f64) -> bool {
+    let Ok(v) = shown.trim().parse::<f64>() else {
+        return false;
+    };
+    if exact == 0.0 {
+        return v == 0.0;
+    }
+    let half = 0.5 * 10f64.powi(exact.abs().log10().floor() as i32 - 5);
+    (v - exact).abs() <= half * (1.0 + 1e-9)
+}
+
+/// `(x, y)` as the table shows a point.
+fn point(text: &str) -> (String, String) {
+    let inner = text.trim().trim_start_matches('(').trim_end_matches(')');
+    let (x, y) = inner.split_once(", ").unwrap_or_else(|| panic!("{text}"));
+    (x.to_string(), y.to_string())
+}
+
+/// Waits for an answer of the optimizers page newer than `after` and returns its number.
+async fn optimizers_ready(c: &Client, after: u64) -> u64 {
+    until(
+        c,
+        "const r = document.getElementById('opt-result'); return r && r.dataset.ready ? Number(r.dataset.ready) : 0;",
+        "the optimizers' paths",
+        |v| v.as_u64().is_some_and(|n| n > after),
+    )
+    .await
+    .as_u64()
+    .unwrap()
+}
+
+/// The first three points of each optimizer in the table against the library's steps
+/// from `start` on the gradient `grad`.
+async fn first_points_agree(
+    c: &Client,
+    names: &[&str],
+    settings: &serde_json::Value,
+    start: [f64; 2],
+    grad: impl Fn([f64; 2]) -> [f64; 2] + Copy,
+) {
+    for name in names {
+        let expected = library_path(library_optimizer(name, settings), start, 2, grad);
+        for (k, e) in expected.iter().enumerate() {
+            let shown = text_of(
+                c,
+                &format!("#opt-table tr[data-optimizer='{name}'] .pt[data-k='{k}']"),
+            )
+            .await;
+            let (x, y) = point(&shown);
+            assert!(
+                agrees6(&x, e[0]) && agrees6(&y, e[1]),
+                "{name}, point {k}: the page shows {shown}, the library {e:?}"
+            );
+        }
+    }
+}
+
+async fn optimizers_view(c: &Client, base: &str) {
+    c.goto(&format!("{base}/optimizers")).await.unwrap();
+    let first = optimizers_ready(c, 0).await;
+    // the ravine: κ = 50, η = 0.038 just under 2/λ_max = 0.04, momentum 0.7
+    let curvature = text_of(c, "#curvature").await;
+    assert!(curvature.contains("eigenvalues 1 and 50"), "{curvature}");
+    assert!(curvature.contains("2/λ_max = 0.04"), "{curvature}");
+    let length = |name: &str| {
+        format!(
+            "const p = document.querySelector(\"path.trajectory[data-optimizer='{name}']\"); return p ? Number(p.dataset.length) : null;"
+        )
+    };
+    let sgd = c.execute(&length("sgd"), vec![]).await.unwrap();
+    let momentum = c.execute(&length("momentum"), vec![]).await.unwrap();
+    let (sgd, momentum) = (sgd.as_f64().unwrap(), momentum.as_f64().unwrap());
+    assert!(
+        sgd > 1.5 * momentum,
+        "SGD's path {sgd} is not longer than momentum's {momentum}"
+    );
+    let settings = serde_json::json!({
+        "lr": 0.038, "momentum": 0.7, "lr_adaptive": 0.1, "alpha": 0.99,
+        "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01,
+    });
+    let ravine = |[x, y]: [f64; 2]| [x, 50.0 * y];
+    let all = ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"];
+    first_points_agree(c, &all, &settings, [-4.0, 1.0], ravine).await;
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("optimizers.png"), png).unwrap();
+    // a click on the plot starts every path there
+    c.find(Locator::Css("#contour"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    optimizers_ready(c, first).await;
+    let url = c.current_url().await.unwrap();
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    let start = [q["x0"].parse().unwrap(), q["y0"].parse().unwrap()];
+    assert!(start != [-4.0, 1.0], "{url}");
+    first_points_agree(c, &all, &settings, start, ravine).await;
+    // Rosenbrock from the menu: its own formula and defaults
+    let pick = c.find(Locator::Css("#opt-function")).await.unwrap();
+    pick.select_by_value("rosenbrock").await.unwrap();
+    until(
+        c,
+        "const e = document.getElementById('curvature'); return e ? e.textContent : '';",
+        "Rosenbrock's paths",
+        |v| v.as_str().is_some_and(|t| t.contains("100*(y - x^2)^2")),
+    )
+    .await;
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("optimizers-rosenbrock.png"), png).unwrap();
+}
+
+#[test]
+fn the_lessons_draw_the_engines_numbers_in_chromium() {
+    let required = std::env::var("CHAINRULE_BROWSER_TEST").is_ok_and(|v| v == "require");
+    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
+        assert!(
+            !required,
+            "CHAINRULE_BROWSER_TEST=require, but {CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)"
+        );
+        eprintln!("skipped: needs {CHROMIUM} and {CHROMEDRIVER}");
+        return;
+    }
+    let dir = crate::common::temp("lessons-browser");
+    let server = Server::start(&dir.join("runs"), &dir);
+    let driver = Driver::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                         "--disable-gpu", "--window-size=1200,1100", "--hide-scrollbars"],
+            }),
+        );
+        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&driver.url)
+            .await
+            .expect("a Chromium session");
+        let base = server.url();
+        optimizers_view(&c, &base).await;
+        c.close().await.unwrap();
+    });
+    eprintln!("screenshots: {}", screenshots().display());
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
