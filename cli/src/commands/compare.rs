@@ -26,23 +26,26 @@ pub struct Args {
     out: Option<PathBuf>,
 }
 
+/// One measurement: a method's median seconds for a function at a size, and its ratio to
+/// the function itself (or why it was skipped).
 #[derive(Clone, Debug, serde::Serialize)]
-struct Row {
-    function: &'static str,
-    n: usize,
-    method: &'static str,
-    median_s: Option<f64>,
-    ratio: Option<f64>,
+pub(crate) struct Row {
+    pub(crate) function: &'static str,
+    pub(crate) n: usize,
+    pub(crate) method: &'static str,
+    pub(crate) median_s: Option<f64>,
+    pub(crate) ratio: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
-struct Plan {
-    budget: Duration,
+/// What to measure, and how long each measurement may take.
+pub(crate) struct Plan {
+    pub(crate) budget: Duration,
     /// Skip a measurement whose single call is predicted to take longer than this.
-    cap_s: f64,
-    f_sizes: Vec<usize>,
-    g_sizes: Vec<usize>,
+    pub(crate) cap_s: f64,
+    pub(crate) f_sizes: Vec<usize>,
+    pub(crate) g_sizes: Vec<usize>,
 }
 
 fn time(plan: &Plan, f: impl FnMut()) -> Timing {
@@ -75,7 +78,9 @@ fn f_value(x: &Tensor<F32>) -> F32 {
         .expect("W4 evaluates")
 }
 
-fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
+/// W4's gradient at each of the plan's sizes: `f` itself, reverse mode, forward mode (N
+/// passes) and central differences (2N evaluations), a row each.
+pub(crate) fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
     for &n in &plan.f_sizes {
         let x = w4_input::<F32>(n);
         let tf = time(plan, || {
@@ -134,7 +139,9 @@ fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
     }
 }
 
-fn run_g(plan: &Plan, rows: &mut Vec<Row>) -> Vec<(usize, JacobianMode)> {
+/// W5's Jacobian at each of the plan's sizes: `g` itself, forward mode and reverse mode
+/// (M sweeps), a row each; and the mode `jacobian` picks there.
+pub(crate) fn run_g(plan: &Plan, rows: &mut Vec<Row>) -> Vec<(usize, JacobianMode)> {
     let t = Tensor::<F32>::from_vec(vec![0.5], &[1]).expect("one element");
     let mut picked = Vec::new();
     for &m in &plan.g_sizes {

@@ -132,7 +132,7 @@ fn the_optimizers_endpoint_names_what_is_wrong_in_one_line() {
         ),
         (
             "f=cubic",
-            "f is 'cubic'; choose quadratic, rosenbrock, beale, saddle or expr",
+            "f is 'cubic'; choose quadratic, rosenbrock, beale, cliff, saddle or expr",
         ),
         (
             "f=expr&expr=x*w",
@@ -163,6 +163,16 @@ fn the_optimizers_endpoint_names_what_is_wrong_in_one_line() {
         "{}",
         sgd["stopped"]
     );
+    // on the cliff, SGD's step that lands on the wall is thrown far; clipping the
+    // gradient's norm to 1 bounds every step by η·1
+    let sgd_step = |clip: &str| {
+        let (status, body) = server.get(&format!("/api/optimizers?f=cliff&clip={clip}"));
+        assert_eq!(status, 200, "{body}");
+        json(&body)["paths"][0]["largest_step"].as_f64().unwrap()
+    };
+    let (thrown, clipped) = (sgd_step("0"), sgd_step("1"));
+    assert!(thrown > 10.0, "{thrown}");
+    assert!(clipped <= 0.1 + 1e-12, "{clipped}");
     // a typed expression: its grid and paths come back
     let (status, body) = server.get("/api/optimizers?f=expr&expr=x%5E2%2B3*y%5E2&steps=5");
     assert_eq!(status, 200, "{body}");
@@ -202,5 +212,68 @@ fn rosenbrock_steps_to_the_minimum_at_the_default_settings() {
     // momentum's velocity runs along the curved valley that SGD crawls down
     let momentum = reached["momentum"].expect("momentum reaches the minimum");
     assert!(reached["sgd"].is_none_or(|s| s > momentum), "{reached:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_cost_endpoint_measures_one_size_at_a_time_within_its_bounds() {
+    let dir = crate::common::temp("lessons-cost");
+    let server = Server::start(&dir.join("runs"), &dir);
+    let (status, body) = server.get("/api/cost?n=100");
+    assert_eq!(status, 200, "{body}");
+    let a = json(&body);
+    let methods: Vec<&str> = a["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["f", "reverse", "forward", "finite_diff"]);
+    for r in a["rows"].as_array().unwrap() {
+        assert_eq!(r["n"], 100);
+        assert!(r["median_s"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+    }
+    // a million inputs: N passes of forward mode would take minutes, so they are skipped
+    // with the predicted time, and the request stays near its second
+    let (status, body) = server.get("/api/cost?n=1000000");
+    assert_eq!(status, 200, "{body}");
+    let a = json(&body);
+    let forward = &a["rows"][2];
+    assert!(forward["median_s"].is_null(), "{forward}");
+    assert!(
+        forward["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("skipped: about"),
+        "{forward}"
+    );
+    assert!(a["rows"][1]["median_s"].as_f64().is_some(), "{body}");
+    assert!(a["took_s"].as_f64().unwrap() < 2.0, "{body}");
+    let (status, body) = server.get("/api/cost?m=300");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["rows"][1]["method"], "forward");
+    for (query, says) in [
+        ("n=0", "n is 0; it must be between 1 and 1000000"),
+        ("n=ten", "n is 'ten', not a whole number"),
+        ("m=100001", "m is 100001; it must be between 1 and 100000"),
+        ("n=5&m=5", "give n (the inputs of f"),
+        ("", "give n (the inputs of f"),
+    ] {
+        let (status, body) = server.get(&format!("/api/cost?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        let e = json(&body)["error"].as_str().unwrap().to_string();
+        assert!(e.starts_with(says), "{query}: {e}");
+    }
+    // a queue of one: two at once, and one of them is told to retry
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| server.get("/api/cost?n=1000")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let busy: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert_eq!(busy.len(), 1, "{answers:?}");
+    assert!(busy[0].1.contains("busy"), "{answers:?}");
+    assert!(answers.iter().any(|(s, _)| *s == 200), "{answers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

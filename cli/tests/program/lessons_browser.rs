@@ -1,7 +1,9 @@
 //! The lessons in a real browser (headless Chromium through chromedriver, as
 //! `serve_browser.rs`): the ravine example draws SGD's path longer than momentum's, with
 //! the first three points of each the library's own steps to the digits shown, and a
-//! click on the plot starts the paths there. Screenshots of each lesson go to
+//! click on the plot starts the paths there; the cost page draws a point for each N
+//! measured; the quiz marks a wrong answer and accepts a right one, whose explanation
+//! quotes the engine's figures. Screenshots of each lesson go to
 //! `target/tmp/screenshots/`.
 //!
 //! Without `chromium` and `chromium-driver` installed the test says so and passes,
@@ -9,7 +11,7 @@
 
 use crate::common::Server;
 use crate::lessons::{library_optimizer, library_path};
-use crate::serve_browser::{CHROMEDRIVER, CHROMIUM, Driver, screenshots, text_of, until};
+use crate::serve_browser::{CHROMEDRIVER, CHROMIUM, Driver, click, screenshots, text_of, until};
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::Path;
 
@@ -127,6 +129,130 @@ async fn optimizers_view(c: &Client, base: &str) {
     std::fs::write(screenshots().join("optimizers-rosenbrock.png"), png).unwrap();
 }
 
+async fn cost_view(c: &Client, base: &str) {
+    c.goto(&format!("{base}/cost")).await.unwrap();
+    let n = c.wait().for_element(Locator::Css("#cost-n")).await.unwrap();
+    let dots = "const g = document.querySelector(\"#cost-chart-f g.dots[data-series='reverse']\"); return g ? Number(g.dataset.points) : 0;";
+    for (k, size) in ["300", "3000"].into_iter().enumerate() {
+        n.clear().await.unwrap();
+        n.send_keys(size).await.unwrap();
+        click(c, "#cost-measure-f").await;
+        until(c, dots, "a measured point", |v| {
+            v.as_u64() == Some(k as u64 + 1)
+        })
+        .await;
+        // the table's row for this N shows the server's reverse-mode time
+        let cell = c
+            .find(Locator::Css(&format!(
+                "#cost-table-f tr[data-n='{size}'] td.reverse"
+            )))
+            .await
+            .unwrap();
+        let seconds: f64 = cell
+            .attr("data-seconds")
+            .await
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(seconds > 0.0 && seconds < 1.0, "{seconds}");
+    }
+    let sentence = text_of(c, "#cost-crossover-f").await;
+    assert!(sentence.contains("everse mode"), "{sentence}");
+    click(c, "#cost-measure-g").await;
+    until(
+        c,
+        "const g = document.querySelector(\"#cost-chart-g g.dots[data-series='forward']\"); return g ? Number(g.dataset.points) : 0;",
+        "a Jacobian's point",
+        |v| v.as_u64() == Some(1),
+    )
+    .await;
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("cost.png"), png).unwrap();
+}
+
+/// The number after `label` in `text` (up to a comma, a space or the end).
+fn number_after(text: &str, label: &str) -> String {
+    let rest = text
+        .split_once(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"))
+        .1;
+    rest.split([',', ' ']).next().unwrap().to_string()
+}
+
+async fn figure_of(c: &Client, q: &str) -> String {
+    until(
+        c,
+        &format!(
+            "const f = document.querySelector('#check-{q} .figure'); return f && f.dataset.ready ? f.textContent : null;"
+        ),
+        "the explanation's figure",
+        |v| v.is_string(),
+    )
+    .await
+    .as_str()
+    .unwrap()
+    .to_string()
+}
+
+async fn check_view(c: &Client, server: &Server) {
+    c.goto(&format!("{}/check", server.url())).await.unwrap();
+    c.wait()
+        .for_element(Locator::Css("#check-q1"))
+        .await
+        .unwrap();
+    let verdict = |q: &str| {
+        format!(
+            "const v = document.querySelector('#check-{q} .verdict'); return v && !v.hidden ? v.dataset.verdict : null;"
+        )
+    };
+    // a wrong answer is marked, with the right one named
+    click(c, "#check-q1 input[value='a']").await;
+    until(c, &verdict("q1"), "the verdict", |v| v == "wrong").await;
+    let text = text_of(c, "#check-q1 .verdict").await;
+    assert!(text.contains("The answer is: about 2,000,000"), "{text}");
+    assert_eq!(text_of(c, "#check-score").await, "0 of 4 right (3 to go)");
+    // the right one is accepted, and its figure is a measurement
+    click(c, "#check-q1 input[value='b']").await;
+    until(c, &verdict("q1"), "the verdict", |v| v == "right").await;
+    let figure = figure_of(c, "q1").await;
+    assert!(
+        figure.contains("at N = 1000: finite differences"),
+        "{figure}"
+    );
+    // the walk's gradient, as the engine gives it
+    click(c, "#check-q4 input[value='b']").await;
+    until(c, &verdict("q4"), "the verdict", |v| v == "right").await;
+    let figure = figure_of(c, "q4").await;
+    let at = chainrule::explain::parse_assignments("x=2,w=-0.5,b=1.5").unwrap();
+    let walk = chainrule::explain::explain("tanh(w*x + b)", &at).unwrap();
+    for (name, g) in &walk.gradient {
+        let shown = number_after(&figure, &format!("∂f/∂{name} = "));
+        assert!(agrees6(&shown, *g), "∂f/∂{name}: {shown} against {g}");
+    }
+    assert!(
+        figure.contains(&format!("over {} edges", walk.edges.len())),
+        "{figure}"
+    );
+    // the cliff's longest steps, as the optimizers endpoint computes them
+    click(c, "#check-q3 input[value='c']").await;
+    let figure = figure_of(c, "q3").await;
+    for (clip, label) in [(0, "longest step is "), (1, "without clipping and ")] {
+        let (_, body) = server.get(&format!("/api/optimizers?f=cliff&clip={clip}"));
+        let a = crate::lessons::json(&body);
+        let exact = a["paths"][0]["largest_step"].as_f64().unwrap();
+        let shown = number_after(&figure, label);
+        assert!(
+            agrees6(&shown, exact),
+            "clip {clip}: {shown} against {exact}"
+        );
+    }
+    assert_eq!(text_of(c, "#check-score").await, "3 of 4 right (1 to go)");
+    c.execute("window.scrollTo(0, 0);", vec![]).await.unwrap();
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join("check.png"), png).unwrap();
+}
+
 #[test]
 fn the_lessons_draw_the_engines_numbers_in_chromium() {
     let required = std::env::var("CHAINRULE_BROWSER_TEST").is_ok_and(|v| v == "require");
@@ -162,6 +288,8 @@ fn the_lessons_draw_the_engines_numbers_in_chromium() {
             .expect("a Chromium session");
         let base = server.url();
         optimizers_view(&c, &base).await;
+        cost_view(&c, &base).await;
+        check_view(&c, &server).await;
         c.close().await.unwrap();
     });
     eprintln!("screenshots: {}", screenshots().display());

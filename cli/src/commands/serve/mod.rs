@@ -3,6 +3,7 @@
 //! runs under a folder while they train. The page's HTML, script and style are compiled
 //! into the binary; the server only reads, and only regular files under the runs folder.
 
+mod cost;
 mod layout;
 mod optimizers;
 mod runs;
@@ -37,6 +38,8 @@ const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 const OPTIMIZERS_JS: &str = include_str!("assets/optimizers.js");
+const COST_JS: &str = include_str!("assets/cost.js");
+const CHECK_JS: &str = include_str!("assets/check.js");
 
 /// Options of `chainrule serve`.
 #[derive(clap::Args, Debug)]
@@ -135,6 +138,9 @@ fn router(runs: Runs) -> Router {
         .route("/runs/{name}", get(page))
         .route("/optimizers", get(page))
         .route("/api/optimizers", get(optimizers::handler))
+        .route("/cost", get(page))
+        .route("/api/cost", get(cost::handler))
+        .route("/check", get(page))
         .route("/assets/{file}", get(asset))
         .route("/api/walk", get(walk))
         .route("/api/runs", get(list_runs))
@@ -168,6 +174,8 @@ async fn asset(UrlPath(file): UrlPath<String>) -> Response {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
         "optimizers.js" => (OPTIMIZERS_JS, "text/javascript; charset=utf-8"),
+        "cost.js" => (COST_JS, "text/javascript; charset=utf-8"),
+        "check.js" => (CHECK_JS, "text/javascript; charset=utf-8"),
         _ => return not_found(),
     };
     (

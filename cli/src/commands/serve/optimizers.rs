@@ -6,7 +6,7 @@
 use super::surface::{Surface, eigenvalues};
 use chainrule::autodiff::Tape;
 use chainrule::nn::ParamStore;
-use chainrule::optim::{Adam, Optimizer, RmsProp, Sgd};
+use chainrule::optim::{Adam, Optimizer, RmsProp, Sgd, clip_grad_norm};
 use chainrule::tensor::Tensor;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -82,6 +82,18 @@ fn preset(name: &str, kappa: f64) -> Option<Preset> {
             0.9,
             2000,
         ),
+        // a cliff: a wall 40 high within a tenth of x = 1, whose face is hundreds of times
+        // steeper than the slope that leads to it (docs/clipping.md, in two dimensions)
+        "cliff" => p(
+            "0.5*(x - 3)^2 + 0.5*y^2 + 40*sigmoid(50*(x - 1))".into(),
+            [-3.0, 5.0, -2.0, 2.0],
+            [-1.0, 1.0],
+            None,
+            0.1,
+            0.1,
+            0.5,
+            60,
+        ),
         "saddle" => p(
             "x^2 - y^2".into(),
             [-2.0, 2.0, -2.0, 2.0],
@@ -122,6 +134,8 @@ pub(super) struct Settings {
     pub(super) beta1: f64,
     pub(super) beta2: f64,
     pub(super) weight_decay: f64,
+    /// The gradient's global norm is clipped to this before each step (0: not clipped).
+    pub(super) clip: f64,
 }
 
 /// A number from the query, or the default; the error names the field and the range.
@@ -149,15 +163,15 @@ fn number(
 }
 
 impl Settings {
-    /// Reads the query: `f` (quadratic, rosenbrock, beale, saddle or expr), `expr`,
-    /// `kappa`, `x0`, `y0`, `steps`, `lr`, `lr_adaptive`, `momentum`, `alpha`, `beta1`,
-    /// `beta2`, `weight_decay`; anything left out is the function's default.
+    /// Reads the query: `f` (quadratic, rosenbrock, beale, cliff, saddle or expr),
+    /// `expr`, `kappa`, `x0`, `y0`, `steps`, `lr`, `lr_adaptive`, `momentum`, `alpha`,
+    /// `beta1`, `beta2`, `weight_decay`, `clip`; anything left out is the function's default.
     pub(super) fn from_query(q: &HashMap<String, String>) -> Result<Settings, String> {
         let function = q.get("f").map_or("quadratic", String::as_str).to_string();
         let kappa = number(q, "kappa", 50.0, 1.0..=1000.0)?;
         let Some(mut p) = preset(&function, kappa) else {
             return Err(format!(
-                "f is '{function}'; choose quadratic, rosenbrock, beale, saddle or expr"
+                "f is '{function}'; choose quadratic, rosenbrock, beale, cliff, saddle or expr"
             ));
         };
         if function == "expr" {
@@ -192,6 +206,7 @@ impl Settings {
             beta1: number(q, "beta1", 0.9, 0.0..=0.999)?,
             beta2: number(q, "beta2", 0.999, 0.0..=0.99999)?,
             weight_decay: number(q, "weight_decay", 0.01, 0.0..=1.0)?,
+            clip: number(q, "clip", 0.0, 0.0..=1000.0)?,
             view: p.view,
             minimum: p.minimum,
             formula: p.formula,
@@ -231,6 +246,8 @@ pub(super) struct Path {
     pub(super) loss: Vec<f64>,
     /// The first step after which the point is within 1e-3 of the minimum.
     pub(super) reached: Option<usize>,
+    /// The longest single step.
+    pub(super) largest_step: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) stopped: Option<String>,
 }
@@ -252,6 +269,7 @@ pub(super) fn path(
         points: Vec::with_capacity(s.steps + 1),
         loss: Vec::with_capacity(s.steps + 1),
         reached: None,
+        largest_step: 0.0,
         stopped: None,
     };
     for step in 0..=s.steps {
@@ -262,6 +280,11 @@ pub(super) fn path(
             .record(&tape, params.vars()[0], params.vars()[1])
             .map_err(fail)?;
         let value = loss.item().map_err(fail)?;
+        if let Some(before) = out.points.last() {
+            out.largest_step = out
+                .largest_step
+                .max((at[0] - before[0]).hypot(at[1] - before[1]));
+        }
         out.points.push(at);
         out.loss.push(value);
         if out.reached.is_none()
@@ -285,7 +308,10 @@ pub(super) fn path(
             break;
         }
         let mut grads = tape.backward(loss).map_err(fail)?;
-        let grads = params.grads(&mut grads).map_err(fail)?;
+        let mut grads = params.grads(&mut grads).map_err(fail)?;
+        if s.clip > 0.0 {
+            clip_grad_norm(&mut grads, s.clip, false).map_err(fail)?;
+        }
         drop(params);
         drop(tape);
         opt.step(&mut store, &grads).map_err(fail)?;
@@ -321,7 +347,7 @@ pub(super) fn answer(q: &HashMap<String, String>) -> Result<serde_json::Value, S
         "settings": {
             "lr": s.lr, "lr_adaptive": s.lr_adaptive, "momentum": s.momentum,
             "alpha": s.alpha, "beta1": s.beta1, "beta2": s.beta2,
-            "weight_decay": s.weight_decay,
+            "weight_decay": s.weight_decay, "clip": s.clip,
         },
         "grid": { "n": GRID, "values": grid },
         "curvature": {

@@ -42,6 +42,8 @@ function fmt(v) {
 /** The lessons in their own scripts: path → [nav link, view]. */
 const LESSONS = {
   "/optimizers": ["nav-optimizers", (main) => optimizersView(main)],
+  "/cost": ["nav-cost", (main) => costView(main)],
+  "/check": ["nav-check", (main) => checkView(main)],
 };
 
 function route() {

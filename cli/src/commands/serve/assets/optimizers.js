@@ -16,6 +16,7 @@ const FUNCTIONS = [
   ["quadratic", "ill-conditioned quadratic (a ravine)"],
   ["rosenbrock", "Rosenbrock's banana valley"],
   ["beale", "Beale's function"],
+  ["cliff", "a cliff (try clipping)"],
   ["saddle", "a saddle, x² − y²"],
   ["expr", "your expression in x and y"],
 ];
@@ -29,6 +30,7 @@ const SLIDERS = [
   ["beta1", "Adam β₁", 0, 0.99, 0.01],
   ["beta2", "Adam β₂", 0.5, 0.9999, 0.0001],
   ["weight_decay", "AdamW weight decay λ", 0, 0.5, 0.01],
+  ["clip", "clip the gradient's norm at (0: off)", 0, 10, 0.1],
 ];
 
 const RAVINE = { f: "quadratic", kappa: "50", lr: "0.038", momentum: "0.7", steps: "100", show: "sgd,momentum" };
@@ -285,9 +287,10 @@ function optimizerTable(a, on, paths) {
       el("td", { class: "num first" }, first.flatMap((s, k) => (k ? [el("br"), s] : [s]))),
       el("td", { class: "num last" }, `(${fmt(last[0])}, ${fmt(last[1])})`, el("br"), `f = ${fmt(p.loss[p.loss.length - 1])}`, p.stopped ? el("div", { class: "stopped" }, p.stopped) : null),
       el("td", { class: "num reached" }, reached),
-      el("td", { class: "num length" }, fmt(pathLength(p.points))));
+      el("td", { class: "num length" }, fmt(pathLength(p.points))),
+      el("td", { class: "num largest" }, fmt(p.largest_step)));
   });
   return el("table", { id: "opt-table", class: "edge-table" },
-    el("tr", {}, el("th", {}, "optimizer and its update (g = ∇f, the tape's gradient)"), el("th", {}, "first three points"), el("th", {}, "last point"), el("th", {}, "first within 1e-3 of the minimum"), el("th", {}, "path length")),
+    el("tr", {}, el("th", {}, "optimizer and its update (g = ∇f, the tape's gradient)"), el("th", {}, "first three points"), el("th", {}, "last point"), el("th", {}, "first within 1e-3 of the minimum"), el("th", {}, "path length"), el("th", {}, "longest step")),
     rows);
 }
