@@ -1,12 +1,16 @@
 //! The lessons' endpoints over real HTTP: `/api/optimizers` takes the library's own
 //! optimizer steps (checked against a direct call of `chainrule::optim` on the
 //! quadratic's gradient written out by hand), names what is wrong with a request in one
-//! line, and its Rosenbrock figures are printed as the closing note's table.
+//! line, and its Rosenbrock figures are printed as the closing note's table;
+//! `/api/cost` measures within its bounds, one request at a time; and 50 clients on the
+//! lessons for 10 s get no error and leave the server's memory where it was.
 
 use crate::common::Server;
 use chainrule::nn::{ParamId, ParamStore};
 use chainrule::optim::{Adam, Optimizer, RmsProp, Sgd};
 use chainrule::tensor::Tensor;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 pub(crate) fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
@@ -275,5 +279,137 @@ fn the_cost_endpoint_measures_one_size_at_a_time_within_its_bounds() {
     assert_eq!(busy.len(), 1, "{answers:?}");
     assert!(busy[0].1.contains("busy"), "{answers:?}");
     assert!(answers.iter().any(|(s, _)| *s == 200), "{answers:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One keep-alive connection sending `GET` for each of `paths` in turn until `until`:
+/// the answers 200, the answers 503 "busy" (where `busy_ok`, each followed by the
+/// second's wait the answer asks for), and any failure.
+fn load_client(
+    addr: &str,
+    until: Instant,
+    paths: &[String],
+    busy_ok: bool,
+) -> (usize, usize, Option<String>) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (mut ok, mut busy) = (0, 0);
+    let mut buf = Vec::new();
+    for path in paths.iter().cycle() {
+        if Instant::now() >= until {
+            break;
+        }
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        if let Err(e) = s.write_all(request.as_bytes()) {
+            return (ok, busy, Some(format!("write: {e}")));
+        }
+        buf.clear();
+        let mut byte = [0u8; 16384];
+        let (head_end, length, status) = loop {
+            match s.read(&mut byte) {
+                Ok(0) => return (ok, busy, Some("closed".into())),
+                Ok(n) => buf.extend_from_slice(&byte[..n]),
+                Err(e) => return (ok, busy, Some(format!("read: {e}"))),
+            }
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                let status = head.split(' ').nth(1).unwrap_or("").to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                break (i + 4, len, status);
+            }
+        };
+        while buf.len() < head_end + length {
+            match s.read(&mut byte) {
+                Ok(0) => return (ok, busy, Some("closed in a body".into())),
+                Ok(n) => buf.extend_from_slice(&byte[..n]),
+                Err(e) => return (ok, busy, Some(format!("read: {e}"))),
+            }
+        }
+        let body = String::from_utf8_lossy(&buf[head_end..]);
+        match status.as_str() {
+            "200" => ok += 1,
+            "503" if busy_ok && body.contains("\"busy\":true") => {
+                // as the answer's Retry-After asks, and as the page does
+                busy += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            _ => return (ok, busy, Some(format!("{path}: {status} {body}"))),
+        }
+    }
+    (ok, busy, None)
+}
+
+#[test]
+fn fifty_clients_on_the_lessons_for_ten_seconds_get_no_error_and_memory_stays_flat() {
+    let dir = crate::common::temp("lessons-load");
+    let server = Server::start(&dir.join("runs"), &dir);
+    let lessons: Vec<String> = [
+        "/api/optimizers?f=quadratic&steps=100",
+        "/api/optimizers?f=rosenbrock&steps=300&x0=-1&y0=2.5",
+        "/api/optimizers?f=beale&steps=200",
+        "/api/optimizers?f=cliff&clip=1",
+        "/api/optimizers?f=saddle",
+        "/api/optimizers?f=expr&expr=sin(x)*cos(y)%2Bx%5E2/8&steps=150",
+        "/optimizers",
+        "/assets/optimizers.js",
+        "/cost",
+        "/assets/cost.js",
+        "/check",
+        "/assets/check.js",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cost: Vec<String> = ["/api/cost?n=100", "/api/cost?m=100", "/api/cost?n=3000"]
+        .map(String::from)
+        .to_vec();
+    let run = |seconds: u64| {
+        let until = Instant::now() + Duration::from_secs(seconds);
+        // 45 clients on the optimizers and the pages, 5 asking for measurements at once
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let addr = server.addr.clone();
+                let (mut paths, busy_ok) = if i < 45 {
+                    (lessons.clone(), false)
+                } else {
+                    (cost.clone(), true)
+                };
+                let len = paths.len();
+                paths.rotate_left(i % len);
+                std::thread::spawn(move || load_client(&addr, until, &paths, busy_ok))
+            })
+            .collect();
+        let (mut ok, mut measured, mut busy) = (0, 0, 0);
+        for (i, h) in handles.into_iter().enumerate() {
+            let (answered, told_busy, failure) = h.join().unwrap();
+            assert!(
+                failure.is_none(),
+                "a client failed after {answered} answers: {failure:?}"
+            );
+            if i < 45 {
+                ok += answered;
+            } else {
+                measured += answered;
+            }
+            busy += told_busy;
+        }
+        (ok, measured, busy)
+    };
+    let warm = run(2);
+    let before = crate::serve::rss_kb(server.pid());
+    let (answered, measured, busy) = run(10);
+    let after = crate::serve::rss_kb(server.pid());
+    eprintln!(
+        "lessons load: in 10 s, 45 clients got {answered} answers (optimizers and pages) and 5 clients got {measured} measurements and {busy} busy answers ({warm:?} in the 2 s warm-up); resident memory {before} kB → {after} kB"
+    );
+    assert!(answered >= 500, "only {answered} answers in 10 s");
+    assert!(measured >= 3, "only {measured} measurements in 10 s");
+    assert!(
+        after <= before + before / 5 + 2048,
+        "resident memory grew from {before} kB to {after} kB under load"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -239,7 +239,7 @@ fn a_slow_or_malformed_client_does_not_stall_others() {
 }
 
 /// Resident memory of a process, in kB.
-fn rss_kb(pid: u32) -> u64 {
+pub(crate) fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
