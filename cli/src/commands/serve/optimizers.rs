@@ -102,7 +102,7 @@ fn preset(name: &str, kappa: f64) -> Option<Preset> {
             0.05,
             0.05,
             0.9,
-            60,
+            25,
         ),
         "expr" => p(
             String::new(),

@@ -12,13 +12,20 @@ const OPTIMIZERS = [
   ["adamw", "AdamW", "#0e8c93", "p ← p·(1 − η·λ);  then Adam's step", "Adam with decoupled weight decay λ: every step first shrinks p toward 0, so it settles where the pull of the function balances the decay, not exactly at the minimum."],
 ];
 
+/** The menu: value, name, the optimizers shown at first, and what to look for. */
 const FUNCTIONS = [
-  ["quadratic", "ill-conditioned quadratic (a ravine)"],
-  ["rosenbrock", "Rosenbrock's banana valley"],
-  ["beale", "Beale's function"],
-  ["cliff", "a cliff (try clipping)"],
-  ["saddle", "a saddle, x² − y²"],
-  ["expr", "your expression in x and y"],
+  ["quadratic", "ill-conditioned quadratic (a ravine)", "sgd,momentum",
+    "Curvature 1 along x and κ across: a long narrow ravine. With η just under 2/λ_max, SGD's steps across the ravine overshoot and come back, and its progress along it is slow; momentum at the same η turns the zig-zag into a damped path. Drag κ to narrow the ravine, or η past 2/λ_max to watch SGD diverge."],
+  ["rosenbrock", "Rosenbrock's banana valley", "",
+    "A curved valley whose floor falls gently to the minimum at (1, 1). Every optimizer reaches the floor quickly; the question is how fast each then travels along it. The table counts the steps to within 1e-3 of the minimum."],
+  ["beale", "Beale's function", "",
+    "Flat plateaus and steep walls, with the minimum at (3, 0.5): the gradient's size varies by orders of magnitude, which the adaptive optimizers (RMSprop, Adam) divide out."],
+  ["cliff", "a cliff (try clipping)", "sgd",
+    "A wall 40 high around x = 1, its face hundreds of times steeper than the slope that leads to it. A step that lands on the face is thrown back far. Set \"clip the gradient's norm\" to 1: every step is then at most η long, in the gradient's direction."],
+  ["saddle", "a saddle, x² − y²", "",
+    "A point where f curves up along x and down along y. Starting almost on the x axis, the gradient along y is tiny at first: plain SGD lingers near the saddle, momentum and the adaptive optimizers leave it sooner."],
+  ["expr", "your expression in x and y", "",
+    "Any function of x and y in the walk's grammar (+ − * / ^, exp, ln, sqrt, sin, cos, tanh, sigmoid, relu, max, min, …), drawn over −3 ≤ x, y ≤ 3."],
 ];
 
 /** The sliders: query name, label, min, max, step, and which optimizers read it. */
@@ -41,6 +48,7 @@ function optimizersView(main) {
   const state = { params, answer: null, timer: null, seq: 0 };
   const pick = el("select", { id: "opt-function", "aria-label": "function" },
     FUNCTIONS.map(([v, label]) => el("option", { value: v }, label)));
+  const about = el("p", { id: "opt-about", class: "note" });
   pick.value = params.get("f") || "quadratic";
   const expr = el("input", { id: "opt-expr", type: "text", size: 36, spellcheck: "false", "aria-label": "expression in x and y", value: params.get("expr") || "x^2 + 10*sin(y)^2" });
   const exprBox = el("label", { id: "opt-expr-box" }, " f(x, y) = ", expr, " ", el("button", { id: "opt-go", type: "button" }, "Draw"));
@@ -78,14 +86,16 @@ function optimizersView(main) {
       "Every optimizer turns the gradient the chain rule gives into a step. Here the server runs chainrule's own optimizers, the code that trains its models, on a function of two variables, with gradients from its tape, in f64; ",
       "the page draws each path over the function's contours. Click the plot to start from there; move a slider to run again."),
     el("div", { class: "walk-form" }, ravine, " or ", pick, kappaBox, exprBox, el("label", {}, " steps ", steps)),
-    sliders, boxes, error, out);
-  state.els = { pick, expr, exprBox, kappa, kappaOut, kappaBox, steps, inputs, error, out };
+    about, sliders, boxes, error, out);
+  state.els = { about, pick, expr, exprBox, kappa, kappaOut, kappaBox, steps, inputs, error, out };
   pick.onchange = () => {
-    // another function: every optimizer again, on its own default settings
+    // another function, on its own default settings and with its own optimizers shown
     const keep = new URLSearchParams({ f: pick.value });
     if (pick.value === "expr") keep.set("expr", expr.value);
+    const first = FUNCTIONS.find((f) => f[0] === pick.value)[2];
+    if (first) keep.set("show", first);
     state.params = keep;
-    for (const [id] of OPTIMIZERS) document.getElementById(`show-${id}`).checked = true;
+    for (const [id] of OPTIMIZERS) document.getElementById(`show-${id}`).checked = !first || first.split(",").includes(id);
     syncControls(state);
     schedule(state, 0);
   };
@@ -112,6 +122,7 @@ function syncControls(state) {
   const p = state.params;
   pick.value = p.get("f") || "quadratic";
   kappaBox.hidden = pick.value !== "quadratic";
+  state.els.about.textContent = FUNCTIONS.find((f) => f[0] === pick.value)?.[3] ?? "";
   exprBox.hidden = pick.value !== "expr";
   kappa.value = p.get("kappa") || 50;
   kappaOut.textContent = kappa.value;
@@ -182,7 +193,8 @@ function draw(state) {
     c.stable_lr === null
       ? ": no positive curvature there, so no learning rate is small enough to make plain gradient descent settle."
       : `. Along the eigenvector of λ_max, gradient descent multiplies the error by 1 − η·λ_max each step: it diverges once η > 2/λ_max = ${fmt(c.stable_lr)}` +
-        ` (your η for SGD is ${fmt(a.settings.lr)}, η·λ_max = ${fmt(a.settings.lr * lam[1])}).`);
+        ` (your η for SGD is ${fmt(a.settings.lr)}, η·λ_max = ${fmt(a.settings.lr * lam[1])}).`,
+    lam[0] < 0 ? " λ_min < 0: along its eigenvector f curves down, and gradient descent moves away from this point the faster the further it is." : "");
   out.append(curvature,
     el("div", { class: "charts" }, contour(state, a, on, paths), lossChart(a, on, paths)),
     optimizerTable(a, on, paths));
