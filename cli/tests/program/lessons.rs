@@ -219,8 +219,21 @@ fn rosenbrock_steps_to_the_minimum_at_the_default_settings() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// CPU seconds (user and system, all threads) process `pid` has used, in 1/100 s.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // fields after the command name, which may hold spaces: utime and stime are 12 and 13
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    (fields[11] + fields[12]) / 100.0
+}
+
 #[test]
 fn the_cost_endpoint_measures_one_size_at_a_time_within_its_bounds() {
+    let _heavy = crate::common::heavy();
     let dir = crate::common::temp("lessons-cost");
     let server = Server::start(&dir.join("runs"), &dir);
     let (status, body) = server.get("/api/cost?n=100");
@@ -239,7 +252,9 @@ fn the_cost_endpoint_measures_one_size_at_a_time_within_its_bounds() {
     }
     // a million inputs: N passes of forward mode would take minutes, so they are skipped
     // with the predicted time, and the request stays near its second
+    let cpu_before = cpu_seconds(server.pid());
     let (status, body) = server.get("/api/cost?n=1000000");
+    let cpu = cpu_seconds(server.pid()) - cpu_before;
     assert_eq!(status, 200, "{body}");
     let a = json(&body);
     let forward = &a["rows"][2];
@@ -252,7 +267,13 @@ fn the_cost_endpoint_measures_one_size_at_a_time_within_its_bounds() {
         "{forward}"
     );
     assert!(a["rows"][1]["median_s"].as_f64().is_some(), "{body}");
-    assert!(a["took_s"].as_f64().unwrap() < 2.0, "{body}");
+    // the server's own CPU time (every thread) for this one request; its wall time
+    // depends on what else the machine runs
+    eprintln!(
+        "cost: N = 1,000,000 took {} s, {cpu:.2} s of the server's CPU",
+        a["took_s"]
+    );
+    assert!(cpu <= 1.2, "{cpu} s of CPU for one measurement: {body}");
     let (status, body) = server.get("/api/cost?m=300");
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["rows"][1]["method"], "forward");
@@ -307,6 +328,8 @@ fn load_client(
         let mut byte = [0u8; 16384];
         let (head_end, length, status) = loop {
             match s.read(&mut byte) {
+                // a signal to the test process (a child's exit) is no failure of the server
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) => return (ok, busy, Some("closed".into())),
                 Ok(n) => buf.extend_from_slice(&byte[..n]),
                 Err(e) => return (ok, busy, Some(format!("read: {e}"))),
@@ -324,6 +347,7 @@ fn load_client(
         };
         while buf.len() < head_end + length {
             match s.read(&mut byte) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) => return (ok, busy, Some("closed in a body".into())),
                 Ok(n) => buf.extend_from_slice(&byte[..n]),
                 Err(e) => return (ok, busy, Some(format!("read: {e}"))),
@@ -345,6 +369,7 @@ fn load_client(
 
 #[test]
 fn fifty_clients_on_the_lessons_for_ten_seconds_get_no_error_and_memory_stays_flat() {
+    let _heavy = crate::common::heavy();
     let dir = crate::common::temp("lessons-load");
     let server = Server::start(&dir.join("runs"), &dir);
     let lessons: Vec<String> = [

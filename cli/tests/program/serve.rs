@@ -267,6 +267,8 @@ fn client(addr: &str, until: Instant, expr: &str) -> (usize, Option<String>) {
         let mut byte = [0u8; 4096];
         let (head_end, length) = loop {
             match s.read(&mut byte) {
+                // a signal to the test process (a child's exit) is no failure of the server
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) => return (ok, Some("closed".into())),
                 Ok(n) => buf.extend_from_slice(&byte[..n]),
                 Err(e) => return (ok, Some(format!("read: {e}"))),
@@ -286,6 +288,7 @@ fn client(addr: &str, until: Instant, expr: &str) -> (usize, Option<String>) {
         };
         while buf.len() < head_end + length {
             match s.read(&mut byte) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) => return (ok, Some("closed in a body".into())),
                 Ok(n) => buf.extend_from_slice(&byte[..n]),
                 Err(e) => return (ok, Some(format!("read: {e}"))),
@@ -298,6 +301,7 @@ fn client(addr: &str, until: Instant, expr: &str) -> (usize, Option<String>) {
 
 #[test]
 fn fifty_clients_for_ten_seconds_get_no_error_and_memory_stays_flat() {
+    let _heavy = crate::common::heavy();
     let dir = crate::common::temp("serve-load");
     let server = Server::start(&dir.join("runs"), &dir);
     let exprs = [

@@ -16,6 +16,9 @@ const MAX_M: usize = 100_000;
 const BUDGET: Duration = Duration::from_millis(40);
 /// A method whose one call is predicted to take longer than this is skipped, and says so.
 const CAP_S: f64 = 0.06;
+/// A method predicted to end past this time from the request's start is skipped too: on
+/// a machine busy with other work the sampling budgets alone could add up to more.
+const TIME_LIMIT: Duration = Duration::from_secs(1);
 
 /// Whether a measurement is running: a second one would time the first's load too.
 static BUSY: AtomicBool = AtomicBool::new(false);
@@ -53,13 +56,14 @@ fn size(q: &HashMap<String, String>) -> Result<(&'static str, usize), String> {
 
 /// Measures one size; the rows as `compare --json` writes them.
 fn measure(function: &'static str, n: usize) -> serde_json::Value {
+    let start = Instant::now();
     let plan = Plan {
+        deadline: Some(start + TIME_LIMIT),
         budget: BUDGET,
         cap_s: CAP_S,
         f_sizes: if function == "f" { vec![n] } else { vec![] },
         g_sizes: if function == "g" { vec![n] } else { vec![] },
     };
-    let start = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
     run_f(&plan, &mut rows);
     let picked = run_g(&plan, &mut rows);

@@ -17,6 +17,9 @@ const COST_KINDS = {
     crossing: ["reverse", "forward"],
   },
 };
+/** The measurements a shared URL asked for of f, which g's wait for (one at a time). */
+let costQueue = Promise.resolve();
+
 const METHOD_NAMES = { f: "the function", reverse: "reverse mode", forward: "forward mode", finite_diff: "finite differences" };
 
 function costView(main) {
@@ -88,8 +91,17 @@ function costSection(kind) {
   };
   go.onclick = () => measure(size.value);
   size.onkeydown = (ev) => { if (ev.key === "Enter") measure(size.value); };
-  sweep.onclick = async () => { for (const n of [10, 100, 1000, 10000, 100000]) if (!(await measure(n))) break; };
+  const series = async (sizes) => { for (const n of sizes) if (!(await measure(n))) break; };
+  sweep.onclick = () => series([10, 100, 1000, 10000, 100000]);
   redraw();
+  // a shared URL (/cost?n=10,100,1000) measures its sizes in turn; f's before g's
+  const asked = new URLSearchParams(location.search).get(spec.key);
+  if (asked) {
+    const sizes = asked.split(",").filter((v) => v.trim() !== "");
+    const before = kind === "g" && new URLSearchParams(location.search).get("n") ? costQueue : Promise.resolve();
+    const done = before.then(() => series(sizes));
+    if (kind === "f") costQueue = done;
+  }
   return el("section", { class: "cost", id: `cost-${kind}` },
     el("h2", {}, spec.title),
     el("p", { class: "intro" }, spec.what),
