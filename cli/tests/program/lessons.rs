@@ -177,6 +177,13 @@ fn the_optimizers_endpoint_names_what_is_wrong_in_one_line() {
     let (thrown, clipped) = (sgd_step("0"), sgd_step("1"));
     assert!(thrown > 10.0, "{thrown}");
     assert!(clipped <= 0.1 + 1e-12, "{clipped}");
+    // a start where f is not defined says so, rather than that the path diverged
+    let (status, body) = server.get("/api/optimizers?f=expr&expr=sqrt(x)&x0=-2&y0=1");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body)["paths"][0]["stopped"],
+        "f is not defined at step 0, at (-2, 1)"
+    );
     // a typed expression: its grid and paths come back
     let (status, body) = server.get("/api/optimizers?f=expr&expr=x%5E2%2B3*y%5E2&steps=5");
     assert_eq!(status, 200, "{body}");

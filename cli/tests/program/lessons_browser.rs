@@ -127,6 +127,35 @@ async fn optimizers_view(c: &Client, base: &str) {
     .await;
     let png = c.screenshot().await.unwrap();
     std::fs::write(screenshots().join("optimizers-rosenbrock.png"), png).unwrap();
+    // a typed expression: a mistake named in one line, then its own curvature
+    let pick = c.find(Locator::Css("#opt-function")).await.unwrap();
+    pick.select_by_value("expr").await.unwrap();
+    let expr = c.find(Locator::Css("#opt-expr")).await.unwrap();
+    expr.clear().await.unwrap();
+    expr.send_keys("x*w").await.unwrap();
+    click(c, "#opt-go").await;
+    let error = until(
+        c,
+        "const e = document.getElementById('opt-error'); return e && !e.hidden ? e.textContent : null;",
+        "the expression's error",
+        |v| v.is_string(),
+    )
+    .await;
+    assert_eq!(error, "the expression may use x and y only; it uses 'w'");
+    expr.clear().await.unwrap();
+    expr.send_keys("x^2 + 3*y^2").await.unwrap();
+    click(c, "#opt-go").await;
+    let curvature = until(
+        c,
+        "const e = document.getElementById('curvature'); const r = document.getElementById('opt-error'); return e && r.hidden ? e.textContent : '';",
+        "the typed function's paths",
+        |v| v.as_str().is_some_and(|t| t.contains("x^2 + 3*y^2")),
+    )
+    .await;
+    assert!(
+        curvature.as_str().unwrap().contains("eigenvalues 2 and 6"),
+        "{curvature}"
+    );
 }
 
 async fn cost_view(c: &Client, base: &str) {

@@ -293,6 +293,13 @@ pub(super) fn path(
         {
             out.reached = Some(step);
         }
+        if value.is_nan() {
+            out.stopped = Some(format!(
+                "f is not defined at step {step}, at ({}, {})",
+                at[0], at[1]
+            ));
+            break;
+        }
         if !(value.is_finite() && at.iter().all(|c| c.abs() < DIVERGED)) {
             out.stopped = Some(format!("diverged at step {step}"));
             break;

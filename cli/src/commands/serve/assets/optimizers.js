@@ -64,7 +64,8 @@ function optimizersView(main) {
     const out = el("output", { id: `opt-${name}-value` });
     inputs[name] = [input, out];
     input.oninput = () => { out.textContent = input.value; params.set(name, input.value); schedule(state, 150); };
-    sliders.append(el("label", { class: "slider" }, el("span", {}, label), input, out));
+    const limit = name === "lr" ? el("span", { id: "opt-lr-limit", class: "limit" }) : null;
+    sliders.append(el("label", { class: "slider" }, el("span", {}, label, limit), input, out));
   }
   const shown = new Set((params.get("show") || OPTIMIZERS.map((o) => o[0]).join(",")).split(","));
   const boxes = el("div", { class: "optimizer-boxes" },
@@ -87,7 +88,7 @@ function optimizersView(main) {
       "the page draws each path over the function's contours. Click the plot to start from there; move a slider to run again."),
     el("div", { class: "walk-form" }, ravine, " or ", pick, kappaBox, exprBox, el("label", {}, " steps ", steps)),
     about, sliders, boxes, error, out);
-  state.els = { about, pick, expr, exprBox, kappa, kappaOut, kappaBox, steps, inputs, error, out };
+  state.els = { sliders, about, pick, expr, exprBox, kappa, kappaOut, kappaBox, steps, inputs, error, out };
   pick.onchange = () => {
     // another function, on its own default settings and with its own optimizers shown
     const keep = new URLSearchParams({ f: pick.value });
@@ -155,9 +156,14 @@ async function load(state) {
   if (body.error) {
     error.textContent = body.error;
     error.hidden = false;
+    // nothing drawn belongs to what was asked; the sliders wait for the server's values
+    out.replaceChildren();
+    state.answer = null;
+    state.els.sliders.hidden = true;
     return;
   }
   error.hidden = true;
+  state.els.sliders.hidden = false;
   state.answer = body;
   // the controls show what the server used, defaults included
   for (const [name, [input, o]] of Object.entries(state.els.inputs)) {
@@ -165,6 +171,8 @@ async function load(state) {
     o.textContent = String(body.settings[name]);
   }
   state.els.steps.value = body.steps;
+  const stable = body.curvature.stable_lr;
+  document.getElementById("opt-lr-limit").textContent = stable === null ? "" : `; stable below 2/λ_max = ${fmt(stable)}`;
   draw(state);
   out.dataset.ready = String(seq);
 }
@@ -188,13 +196,16 @@ function draw(state) {
   const on = shownOptimizers();
   const c = a.curvature;
   const lam = c.eigenvalues;
+  const defined = lam.every((v) => v !== null);
   const curvature = el("p", { id: "curvature", class: "summary" },
-    `f(x, y) = ${a.formula}. The Hessian at (${fmt(c.at[0])}, ${fmt(c.at[1])}) has eigenvalues ${fmt(lam[0])} and ${fmt(lam[1])}`,
-    c.stable_lr === null
+    `f(x, y) = ${a.formula}. `,
+    !defined ? `Its Hessian at (${fmt(c.at[0])}, ${fmt(c.at[1])}) is not finite: f is not defined there, or not twice differentiable.`
+    : `The Hessian at (${fmt(c.at[0])}, ${fmt(c.at[1])}) has eigenvalues ${fmt(lam[0])} and ${fmt(lam[1])}`,
+    !defined ? "" : c.stable_lr === null
       ? ": no positive curvature there, so no learning rate is small enough to make plain gradient descent settle."
       : `. Along the eigenvector of λ_max, gradient descent multiplies the error by 1 − η·λ_max each step: it diverges once η > 2/λ_max = ${fmt(c.stable_lr)}` +
         ` (your η for SGD is ${fmt(a.settings.lr)}, η·λ_max = ${fmt(a.settings.lr * lam[1])}).`,
-    lam[0] < 0 ? " λ_min < 0: along its eigenvector f curves down, and gradient descent moves away from this point the faster the further it is." : "");
+    defined && lam[0] < 0 ? " λ_min < 0: along its eigenvector f curves down, and gradient descent moves away from this point the faster the further it is." : "");
   out.append(curvature,
     el("div", { class: "charts" }, contour(state, a, on, paths), lossChart(a, on, paths)),
     optimizerTable(a, on, paths));
@@ -277,10 +288,9 @@ function contour(state, a, on, paths) {
 }
 
 function lossChart(a, on, paths) {
-  // f − f(minimum) where the minimum is known, so that the log axis reaches toward 0
-  const fmin = a.minimum ? 0 : null;
-  const series = on.map(([id, name, color]) => ({
-    label: "", color, points: paths[id].loss.map((v, k) => [k, v === null ? NaN : v - (fmin ?? 0)]),
+  // every minimum of the menu is 0: there, f itself falls toward 0 on the log axis
+  const series = on.map(([id, , color]) => ({
+    label: "", color, points: paths[id].loss.map((v, k) => [k, v === null ? NaN : v]),
   }));
   const positive = series.every((s) => s.points.every(([, v]) => !Number.isFinite(v) || v > 0));
   const c = chart({ title: positive ? "f at each step (log axis; colours as above)" : "f at each step (linear axis: f goes below 0)", xLabel: "step", logY: positive, series });
