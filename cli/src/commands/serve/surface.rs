@@ -126,3 +126,49 @@ fn record<'t>(
         Expr::MaxMin(false, a, b) => rec(a)?.minimum(rec(b)?)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_runs_row_by_row_from_the_bottom_and_a_constant_fills_it() {
+        let s = Surface::parse("x + 2*y").unwrap();
+        let g = s.grid(3, [0.0, 2.0, 0.0, 2.0]).unwrap();
+        let want = [0.0, 1.0, 2.0, 2.0, 3.0, 4.0, 4.0, 5.0, 6.0];
+        assert_eq!(g, want.map(Some).to_vec());
+        let c = Surface::parse("3")
+            .unwrap()
+            .grid(2, [0.0, 1.0, 0.0, 1.0])
+            .unwrap();
+        assert_eq!(c, vec![Some(3.0); 4]);
+        // outside where ln is defined: no value, not a number drawn as one
+        let l = Surface::parse("ln(x)")
+            .unwrap()
+            .grid(2, [-1.0, 1.0, 0.0, 1.0])
+            .unwrap();
+        assert_eq!(l, vec![None, Some(0.0), None, Some(0.0)]);
+    }
+
+    #[test]
+    fn the_hessian_and_its_eigenvalues_are_those_of_the_formula() {
+        // x²y: [[2y, 2x], [2x, 0]] at (1, 2) = [[4, 2], [2, 0]], eigenvalues 2 ∓ √8
+        let h = Surface::parse("x^2*y").unwrap().hessian(1.0, 2.0).unwrap();
+        assert_eq!(h, [[4.0, 2.0], [2.0, 0.0]]);
+        let [lo, hi] = eigenvalues(h);
+        assert!((lo - (2.0 - 8f64.sqrt())).abs() < 1e-15, "{lo}");
+        assert!((hi - (2.0 + 8f64.sqrt())).abs() < 1e-15, "{hi}");
+        assert_eq!(eigenvalues([[1.0, 0.0], [0.0, 50.0]]), [1.0, 50.0]);
+    }
+
+    #[test]
+    fn an_expression_names_its_mistake() {
+        let e = |t: &str| Surface::parse(t).err().unwrap();
+        assert_eq!(e("x*w"), "the expression may use x and y only; it uses 'w'");
+        assert!(
+            e("x*(y").starts_with("the expression, column 5:"),
+            "{}",
+            e("x*(y")
+        );
+    }
+}

@@ -34,7 +34,7 @@ function costView(main) {
 function costSection(kind) {
   const spec = COST_KINDS[kind];
   const points = new Map(); // size → rows
-  const size = el("input", { id: `cost-${spec.key}`, type: "number", min: 1, max: kind === "f" ? 1000000 : 100000, value: 1000, style: "width: 8em", "aria-label": spec.size });
+  const size = el("input", { id: `cost-${spec.key}`, type: "number", min: 1, max: kind === "f" ? 1000000 : 100000, value: 1000, class: "size", "aria-label": spec.size });
   const go = el("button", { id: `cost-measure-${kind}`, type: "button" }, "Measure");
   const sweep = el("button", { id: `cost-sweep-${kind}`, type: "button" }, `Measure ${spec.size} = 10, 100, …, 10⁵`);
   const status = el("span", { id: `cost-status-${kind}`, class: "note" });

@@ -42,6 +42,12 @@ const SLIDERS = [
 
 const RAVINE = { f: "quadratic", kappa: "50", lr: "0.038", momentum: "0.7", steps: "100", show: "sgd,momentum" };
 
+/** `e` in `color`, through the style object: the page's policy refuses style attributes. */
+function colored(e, color) {
+  e.style.color = color;
+  return e;
+}
+
 function optimizersView(main) {
   const params = new URLSearchParams(location.search);
   if (![...params.keys()].length) for (const [k, v] of Object.entries(RAVINE)) params.set(k, v);
@@ -55,7 +61,7 @@ function optimizersView(main) {
   const kappa = el("input", { id: "opt-kappa", type: "range", min: 1, max: 200, step: 1, value: params.get("kappa") || 50 });
   const kappaOut = el("output", { id: "opt-kappa-value" });
   const kappaBox = el("label", { id: "opt-kappa-box" }, " condition number κ ", kappa, " ", kappaOut);
-  const steps = el("input", { id: "opt-steps", type: "number", min: 1, max: 10000, value: params.get("steps") || "", "aria-label": "steps", style: "width: 6em" });
+  const steps = el("input", { id: "opt-steps", type: "number", min: 1, max: 10000, value: params.get("steps") || "", "aria-label": "steps" });
   const ravine = el("button", { id: "example-ravine", type: "button" }, "Example: the ravine, SGD against momentum");
   const sliders = el("div", { class: "sliders" });
   const inputs = {};
@@ -77,7 +83,7 @@ function optimizersView(main) {
         history.replaceState(null, "", `/optimizers?${params}`);
         if (state.answer) draw(state);
       };
-      return el("label", { style: `color: ${color}` }, box, ` ${name} `);
+      return colored(el("label", {}, box, ` ${name} `), color);
     }));
   const error = el("div", { id: "opt-error", class: "error", hidden: true });
   const out = el("div", { id: "opt-result" });
@@ -305,7 +311,7 @@ function optimizerTable(a, on, paths) {
     const first = p.points.slice(0, 3).map((pt, k) => el("span", { class: "pt", "data-k": k }, `(${fmt(pt[0])}, ${fmt(pt[1])})`));
     const reached = a.minimum === null ? "no minimum" : p.reached === null ? "not within these steps" : `step ${p.reached}`;
     return el("tr", { "data-optimizer": id, class: on.some((o) => o[0] === id) ? "" : "hidden-row" },
-      el("td", {}, el("b", { style: `color: ${color}` }, name), el("div", { class: "update" }, el("code", {}, update)), el("div", { class: "why" }, why)),
+      el("td", {}, colored(el("b", {}, name), color), el("div", { class: "update" }, el("code", {}, update)), el("div", { class: "why" }, why)),
       el("td", { class: "num first" }, first.flatMap((s, k) => (k ? [el("br"), s] : [s]))),
       el("td", { class: "num last" }, `(${fmt(last[0])}, ${fmt(last[1])})`, el("br"), `f = ${fmt(p.loss[p.loss.length - 1])}`, p.stopped ? el("div", { class: "stopped" }, p.stopped) : null),
       el("td", { class: "num reached" }, reached),
