@@ -100,6 +100,29 @@ async fn optimizers_view(c: &Client, base: &str) {
     let ravine = |[x, y]: [f64; 2]| [x, 50.0 * y];
     let all = ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"];
     first_points_agree(c, &all, &settings, [-4.0, 1.0], ravine).await;
+    // drawn again from the example button, nothing the page does breaks its own policy
+    // (a style attribute would), and each optimizer wears its colour
+    c.execute(
+        "window.violations = []; document.addEventListener('securitypolicyviolation', (e) => window.violations.push(e.violatedDirective));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(c, "#example-ravine").await;
+    let first = optimizers_ready(c, first).await;
+    let violations = c
+        .execute("return window.violations;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(violations, serde_json::json!([]));
+    let colour = c
+        .execute(
+            "return getComputedStyle(document.querySelector(\"#opt-table tr[data-optimizer='sgd'] b\")).color;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(colour, "rgb(31, 95, 191)");
     let png = c.screenshot().await.unwrap();
     std::fs::write(screenshots().join("optimizers.png"), png).unwrap();
     // a click on the plot starts every path there
