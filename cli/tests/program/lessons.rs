@@ -82,6 +82,7 @@ fn the_optimizers_endpoint_takes_the_librarys_steps_on_the_quadratic() {
         serde_json::json!([1.0, 20.0])
     );
     assert_eq!(a["curvature"]["stable_lr"], 0.1);
+    assert!((a["curvature"]["lr_times_lambda_max"].as_f64().unwrap() - 0.6).abs() < 1e-15);
     let paths = a["paths"].as_array().unwrap();
     assert_eq!(paths.len(), 6);
     let mut worst: f64 = 0.0;
@@ -107,6 +108,19 @@ fn the_optimizers_endpoint_takes_the_librarys_steps_on_the_quadratic() {
                 );
             }
         }
+        // the path's length and longest step, from the library's points
+        let steps: Vec<f64> = expected
+            .windows(2)
+            .map(|w| (w[1][0] - w[0][0]).hypot(w[1][1] - w[0][1]))
+            .collect();
+        let length: f64 = steps.iter().sum();
+        let shown = p["length"].as_f64().unwrap();
+        assert!(
+            (shown - length).abs() <= 1e-12 * length,
+            "{name}: {shown} against {length}"
+        );
+        let longest = steps.iter().cloned().fold(0.0, f64::max);
+        assert!((p["largest_step"].as_f64().unwrap() - longest).abs() <= 1e-12 * longest);
         // f at each point is the quadratic's value there
         let loss = p["loss"][25].as_f64().unwrap();
         let [x, y] = expected[25];

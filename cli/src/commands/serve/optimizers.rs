@@ -248,6 +248,8 @@ pub(super) struct Path {
     pub(super) reached: Option<usize>,
     /// The longest single step.
     pub(super) largest_step: f64,
+    /// The path's length, step by step.
+    pub(super) length: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) stopped: Option<String>,
 }
@@ -270,6 +272,7 @@ pub(super) fn path(
         loss: Vec::with_capacity(s.steps + 1),
         reached: None,
         largest_step: 0.0,
+        length: 0.0,
         stopped: None,
     };
     for step in 0..=s.steps {
@@ -281,9 +284,9 @@ pub(super) fn path(
             .map_err(fail)?;
         let value = loss.item().map_err(fail)?;
         if let Some(before) = out.points.last() {
-            out.largest_step = out
-                .largest_step
-                .max((at[0] - before[0]).hypot(at[1] - before[1]));
+            let step = (at[0] - before[0]).hypot(at[1] - before[1]);
+            out.largest_step = out.largest_step.max(step);
+            out.length += step;
         }
         out.points.push(at);
         out.loss.push(value);
@@ -363,6 +366,7 @@ pub(super) fn answer(q: &HashMap<String, String>) -> Result<serde_json::Value, S
             "eigenvalues": lambda,
             // gradient descent diverges along an eigenvector once lr·λ > 2
             "stable_lr": (lambda[1] > 0.0).then(|| 2.0 / lambda[1]),
+            "lr_times_lambda_max": s.lr * lambda[1],
         },
         "paths": paths,
     }))

@@ -187,13 +187,6 @@ function shownOptimizers() {
   return OPTIMIZERS.filter(([id]) => document.getElementById(`show-${id}`).checked);
 }
 
-/** Length of a path of points, summed segment by segment. */
-function pathLength(points) {
-  let s = 0;
-  for (let i = 1; i < points.length; i++) s += Math.hypot(points[i][0] - points[i - 1][0], points[i][1] - points[i - 1][1]);
-  return s;
-}
-
 function draw(state) {
   const a = state.answer;
   const out = state.els.out;
@@ -210,7 +203,7 @@ function draw(state) {
     !defined ? "" : c.stable_lr === null
       ? ": no positive curvature there, so no learning rate is small enough to make plain gradient descent settle."
       : `. Along the eigenvector of λ_max, gradient descent multiplies the error by 1 − η·λ_max each step: it diverges once η > 2/λ_max = ${fmt(c.stable_lr)}` +
-        ` (your η for SGD is ${fmt(a.settings.lr)}, η·λ_max = ${fmt(a.settings.lr * lam[1])}).`,
+        ` (your η for SGD is ${fmt(a.settings.lr)}, η·λ_max = ${fmt(c.lr_times_lambda_max)}).`,
     defined && lam[0] < 0 ? " λ_min < 0: along its eigenvector f curves down, and gradient descent moves away from this point the faster the further it is." : "");
   out.append(curvature,
     el("div", { class: "charts" }, contour(state, a, on, paths), lossChart(a, on, paths)),
@@ -271,7 +264,7 @@ function contour(state, a, on, paths) {
   for (const [id, , color] of on) {
     const p = paths[id];
     const d = p.points.map(([x, y], k) => `${k ? "L" : "M"} ${X(x).toFixed(2)} ${Y(y).toFixed(2)}`).join(" ");
-    plot.append(svg("path", { d, class: "trajectory", stroke: color, "data-optimizer": id, "data-points": p.points.length, "data-length": pathLength(p.points) }));
+    plot.append(svg("path", { d, class: "trajectory", stroke: color, "data-optimizer": id, "data-points": p.points.length, "data-length": p.length }));
   }
   plot.append(svg("circle", { cx: X(a.start[0]), cy: Y(a.start[1]), r: 5, class: "start" }));
   root.append(plot);
@@ -315,7 +308,7 @@ function optimizerTable(a, on, paths) {
       el("td", { class: "num first" }, first.flatMap((s, k) => (k ? [el("br"), s] : [s]))),
       el("td", { class: "num last" }, `(${fmt(last[0])}, ${fmt(last[1])})`, el("br"), `f = ${fmt(p.loss[p.loss.length - 1])}`, p.stopped ? el("div", { class: "stopped" }, p.stopped) : null),
       el("td", { class: "num reached" }, reached),
-      el("td", { class: "num length" }, fmt(pathLength(p.points))),
+      el("td", { class: "num length" }, fmt(p.length)),
       el("td", { class: "num largest" }, fmt(p.largest_step)));
   });
   return el("table", { id: "opt-table", class: "edge-table" },
