@@ -93,7 +93,7 @@ async fn optimizers_view(c: &Client, base: &str) {
         sgd > 1.5 * momentum,
         "SGD's path {sgd} is not longer than momentum's {momentum}"
     );
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "lr": 0.038, "momentum": 0.7, "lr_adaptive": 0.1, "alpha": 0.99,
         "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01,
     });
@@ -125,6 +125,23 @@ async fn optimizers_view(c: &Client, base: &str) {
     assert_eq!(colour, "rgb(31, 95, 191)");
     let png = c.screenshot().await.unwrap();
     std::fs::write(screenshots().join("optimizers.png"), png).unwrap();
+    // the learning rate slider past 2/λ_max = 0.04: SGD's path leaves for good
+    c.execute(
+        "const s = document.getElementById('opt-lr'); s.value = '0.045'; s.dispatchEvent(new Event('input'));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let first = optimizers_ready(c, first).await;
+    let stopped = text_of(c, "#opt-table tr[data-optimizer='sgd'] .stopped").await;
+    assert!(stopped.starts_with("diverged at step"), "{stopped}");
+    let momentum = c
+        .find(Locator::Css(
+            "#opt-table tr[data-optimizer='momentum'] .stopped",
+        ))
+        .await;
+    assert!(momentum.is_err(), "momentum's path stopped too");
+    settings["lr"] = serde_json::json!(0.045);
     // a click on the plot starts every path there
     c.find(Locator::Css("#contour"))
         .await

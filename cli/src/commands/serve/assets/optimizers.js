@@ -69,7 +69,7 @@ function optimizersView(main) {
     const input = el("input", { id: `opt-${name}`, type: "range", min, max, step });
     const out = el("output", { id: `opt-${name}-value` });
     inputs[name] = [input, out];
-    input.oninput = () => { out.textContent = input.value; params.set(name, input.value); schedule(state, 150); };
+    input.oninput = () => { out.textContent = input.value; state.params.set(name, input.value); schedule(state, 150); };
     const limit = name === "lr" ? el("span", { id: "opt-lr-limit", class: "limit" }) : null;
     sliders.append(el("label", { class: "slider" }, el("span", {}, label, limit), input, out));
   }
@@ -79,8 +79,8 @@ function optimizersView(main) {
       const box = el("input", { type: "checkbox", id: `show-${id}`, checked: shown.has(id) });
       box.onchange = () => {
         const on = OPTIMIZERS.map((o) => o[0]).filter((o) => document.getElementById(`show-${o}`).checked);
-        params.set("show", on.join(","));
-        history.replaceState(null, "", `/optimizers?${params}`);
+        state.params.set("show", on.join(","));
+        history.replaceState(null, "", `/optimizers?${state.params}`);
         if (state.answer) draw(state);
       };
       return colored(el("label", {}, box, ` ${name} `), color);
