@@ -54,28 +54,29 @@ fn time(plan: &Plan, f: impl FnMut()) -> Timing {
     measure(plan.budget, 3, f)
 }
 
-/// The median time of `f`, or a note saying why it was skipped when one call is
-/// predicted to take longer than the plan's cap.
+/// The median time of `f`, or a note saying why it was skipped: one call is predicted to
+/// take longer than the plan's cap, or to end past its deadline.
 fn time_or_skip(
     plan: &Plan,
     predicted_s: f64,
     what: &str,
     f: impl FnMut(),
 ) -> (Option<f64>, Option<String>) {
-    if plan
-        .deadline
-        .is_some_and(|d| std::time::Instant::now() + Duration::from_secs_f64(predicted_s) > d)
-    {
-        (
-            None,
-            Some(format!(
-                "skipped: about {predicted_s:.2} s per {what}, past this request's time"
-            )),
-        )
-    } else if predicted_s > plan.cap_s {
+    let left_s = plan.deadline.map(|d| {
+        d.saturating_duration_since(std::time::Instant::now())
+            .as_secs_f64()
+    });
+    if predicted_s > plan.cap_s {
         (
             None,
             Some(format!("skipped: about {predicted_s:.1} s per {what}")),
+        )
+    } else if left_s.is_some_and(|left| predicted_s > left) {
+        (
+            None,
+            Some(format!(
+                "skipped: about {predicted_s:.2} s per {what}, more than this request has left"
+            )),
         )
     } else {
         (Some(time(plan, f).median_s), None)

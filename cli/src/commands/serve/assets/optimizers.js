@@ -19,7 +19,7 @@ const FUNCTIONS = [
   ["rosenbrock", "Rosenbrock's banana valley", "",
     "A curved valley whose floor falls gently to the minimum at (1, 1). Every optimizer reaches the floor quickly; the question is how fast each then travels along it. The table counts the steps to within 1e-3 of the minimum."],
   ["beale", "Beale's function", "",
-    "Flat plateaus and steep walls, with the minimum at (3, 0.5): the gradient's size varies by orders of magnitude, which the adaptive optimizers (RMSprop, Adam) divide out."],
+    "Flat plateaus and steep walls, with the minimum at (3, 0.5): the gradient's size varies by orders of magnitude, which the adaptive optimizers (RMSprop, Adam) divide out. Dividing it out is not always faster: the table shows which gets there first at these settings."],
   ["cliff", "a cliff (try clipping)", "sgd",
     "A wall 40 high around x = 1, its face hundreds of times steeper than the slope that leads to it. A step that lands on the face is thrown back far. Set \"clip the gradient's norm\" to 1: every step is then at most η long, in the gradient's direction."],
   ["saddle", "a saddle, x² − y²", "",
