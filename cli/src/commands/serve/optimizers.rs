@@ -322,6 +322,7 @@ pub(super) fn path(
         if s.clip > 0.0 {
             clip_grad_norm(&mut grads, s.clip, false).map_err(fail)?;
         }
+        // the optimizer updates the store in place: the step's tape lets go of it first
         drop(params);
         drop(tape);
         opt.step(&mut store, &grads).map_err(fail)?;
