@@ -45,10 +45,10 @@ const QUESTIONS = [
         const r = await fetch(`/api/optimizers?f=cliff&clip=${clip}`);
         const body = await r.json();
         if (body.error) throw new Error(body.error);
-        return body.paths.find((p) => p.name === "sgd").largest_step;
+        return [body.paths.find((p) => p.name === "sgd").largest_step, body.settings.lr];
       };
-      const [off, on] = [await step(0), await step(1)];
-      return `Computed now: on the cliff lesson's wall, SGD's longest step is ${fmt(off)} without clipping and ${fmt(on)} with the gradient's norm clipped to 1 (η = 0.1). \`chainrule clipping\` shows the same on a recurrent network.`;
+      const [[off, lr], [on]] = [await step(0), await step(1)];
+      return `Computed now: on the cliff lesson's wall, SGD's longest step is ${fmt(off)} without clipping and ${fmt(on)} with the gradient's norm clipped to 1 (η = ${fmt(lr)}). \`chainrule clipping\` shows the same on a recurrent network; its folder's figures are drawn under Runs.`;
     },
   },
   {
