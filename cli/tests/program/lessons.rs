@@ -218,6 +218,11 @@ fn rosenbrock_steps_to_the_minimum_at_the_default_settings() {
         "Rosenbrock from {} at {}: steps to within 1e-3 of (1, 1)",
         a["start"], a["settings"]
     );
+    // the Hessian at (1, 1) from the tape, as the formula gives it: [[802, −400], [−400, 200]]
+    assert_eq!(
+        a["curvature"]["hessian"],
+        serde_json::json!([[802.0, -400.0], [-400.0, 200.0]])
+    );
     let mut reached = std::collections::BTreeMap::new();
     for p in a["paths"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap().to_string();
