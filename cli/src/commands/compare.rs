@@ -26,41 +26,57 @@ pub struct Args {
     out: Option<PathBuf>,
 }
 
+/// One measurement: a method's median seconds for a function at a size, and its ratio to
+/// the function itself (or why it was skipped).
 #[derive(Clone, Debug, serde::Serialize)]
-struct Row {
-    function: &'static str,
-    n: usize,
-    method: &'static str,
-    median_s: Option<f64>,
-    ratio: Option<f64>,
+pub(crate) struct Row {
+    pub(crate) function: &'static str,
+    pub(crate) n: usize,
+    pub(crate) method: &'static str,
+    pub(crate) median_s: Option<f64>,
+    pub(crate) ratio: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
-struct Plan {
-    budget: Duration,
+/// What to measure, and how long each measurement may take.
+pub(crate) struct Plan {
+    pub(crate) budget: Duration,
     /// Skip a measurement whose single call is predicted to take longer than this.
-    cap_s: f64,
-    f_sizes: Vec<usize>,
-    g_sizes: Vec<usize>,
+    pub(crate) cap_s: f64,
+    pub(crate) f_sizes: Vec<usize>,
+    pub(crate) g_sizes: Vec<usize>,
+    /// Skip every measurement left once this is past (the page's bound per request).
+    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 fn time(plan: &Plan, f: impl FnMut()) -> Timing {
     measure(plan.budget, 3, f)
 }
 
-/// The median time of `f`, or a note saying why it was skipped when one call is
-/// predicted to take longer than the plan's cap.
+/// The median time of `f`, or a note saying why it was skipped: one call is predicted to
+/// take longer than the plan's cap, or to end past its deadline.
 fn time_or_skip(
     plan: &Plan,
     predicted_s: f64,
     what: &str,
     f: impl FnMut(),
 ) -> (Option<f64>, Option<String>) {
+    let left_s = plan.deadline.map(|d| {
+        d.saturating_duration_since(std::time::Instant::now())
+            .as_secs_f64()
+    });
     if predicted_s > plan.cap_s {
         (
             None,
             Some(format!("skipped: about {predicted_s:.1} s per {what}")),
+        )
+    } else if left_s.is_some_and(|left| predicted_s > left) {
+        (
+            None,
+            Some(format!(
+                "skipped: about {predicted_s:.2} s per {what}, more than this request has left"
+            )),
         )
     } else {
         (Some(time(plan, f).median_s), None)
@@ -75,7 +91,9 @@ fn f_value(x: &Tensor<F32>) -> F32 {
         .expect("W4 evaluates")
 }
 
-fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
+/// W4's gradient at each of the plan's sizes: `f` itself, reverse mode, forward mode (N
+/// passes) and central differences (2N evaluations), a row each.
+pub(crate) fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
     for &n in &plan.f_sizes {
         let x = w4_input::<F32>(n);
         let tf = time(plan, || {
@@ -134,7 +152,9 @@ fn run_f(plan: &Plan, rows: &mut Vec<Row>) {
     }
 }
 
-fn run_g(plan: &Plan, rows: &mut Vec<Row>) -> Vec<(usize, JacobianMode)> {
+/// W5's Jacobian at each of the plan's sizes: `g` itself, forward mode and reverse mode
+/// (M sweeps), a row each; and the mode `jacobian` picks there.
+pub(crate) fn run_g(plan: &Plan, rows: &mut Vec<Row>) -> Vec<(usize, JacobianMode)> {
     let t = Tensor::<F32>::from_vec(vec![0.5], &[1]).expect("one element");
     let mut picked = Vec::new();
     for &m in &plan.g_sizes {
@@ -343,6 +363,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             cap_s: 0.05,
             f_sizes: vec![10, 100, 1000, 10_000],
             g_sizes: vec![10, 100, 1000, 10_000],
+            deadline: None,
         }
     } else {
         Plan {
@@ -350,6 +371,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             cap_s: 2.0,
             f_sizes: vec![10, 100, 1000, 10_000, 100_000, 1_000_000],
             g_sizes: vec![10, 100, 1000, 10_000, 100_000],
+            deadline: None,
         }
     };
     let out = super::out_dir(args.out, "compare");

@@ -3,6 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Held by the tests that load or time the machine (the servers' load tests, the cost
+/// measurements), so that they do not run at once and skew each other's figures.
+pub static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`HEAVY`] (a test that failed while holding it does not block the others).
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A run's `metrics.jsonl` (a row per step and a row per evaluation), without the
 /// wall-clock column (the only one that differs between two runs of the same seed).
 pub fn metric_rows(dir: &Path) -> Vec<serde_json::Value> {

@@ -9,6 +9,8 @@ mod explain_cli;
 mod family_cli;
 mod gpt_cli;
 mod kill;
+mod lessons;
+mod lessons_browser;
 mod readme;
 mod serve;
 mod serve_browser;

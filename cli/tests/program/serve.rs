@@ -252,7 +252,7 @@ fn a_slow_or_malformed_client_does_not_stall_others() {
 }
 
 /// Resident memory of a process, in kB.
-fn rss_kb(pid: u32) -> u64 {
+pub(crate) fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -279,6 +279,8 @@ fn client(addr: &str, until: Instant, path: &str) -> (usize, Option<String>) {
         let mut byte = [0u8; 4096];
         let (head_end, length) = loop {
             match s.read(&mut byte) {
+                // a signal to the test process (a child's exit) is no failure of the server
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) => return (ok, Some("closed".into())),
                 Ok(n) => buf.extend_from_slice(&byte[..n]),
                 Err(e) => return (ok, Some(format!("read: {e}"))),
@@ -298,6 +300,7 @@ fn client(addr: &str, until: Instant, path: &str) -> (usize, Option<String>) {
         };
         while buf.len() < head_end + length {
             match s.read(&mut byte) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) => return (ok, Some("closed in a body".into())),
                 Ok(n) => buf.extend_from_slice(&byte[..n]),
                 Err(e) => return (ok, Some(format!("read: {e}"))),
@@ -310,6 +313,7 @@ fn client(addr: &str, until: Instant, path: &str) -> (usize, Option<String>) {
 
 #[test]
 fn fifty_clients_for_ten_seconds_get_no_error_and_memory_stays_flat() {
+    let _heavy = crate::common::heavy();
     let dir = crate::common::temp("serve-load");
     let server = Server::start(&dir.join("runs"), &dir);
     let mut paths: Vec<String> = [

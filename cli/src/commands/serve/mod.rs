@@ -3,8 +3,11 @@
 //! runs under a folder while they train. The page's HTML, script and style are compiled
 //! into the binary; the server only reads, and only regular files under the runs folder.
 
+mod cost;
 mod layout;
+mod optimizers;
 mod runs;
+mod surface;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -34,6 +37,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
+const OPTIMIZERS_JS: &str = include_str!("assets/optimizers.js");
+const COST_JS: &str = include_str!("assets/cost.js");
+const CHECK_JS: &str = include_str!("assets/check.js");
 
 /// Options of `chainrule serve`.
 #[derive(clap::Args, Debug)]
@@ -130,6 +136,11 @@ fn router(runs: Runs) -> Router {
         .route("/walk", get(page))
         .route("/runs", get(page))
         .route("/runs/{name}", get(page))
+        .route("/optimizers", get(page))
+        .route("/api/optimizers", get(optimizers::handler))
+        .route("/cost", get(page))
+        .route("/api/cost", get(cost::handler))
+        .route("/check", get(page))
         .route("/assets/{file}", get(asset))
         .route("/api/walk", get(walk))
         .route("/api/grammar", get(grammar))
@@ -164,6 +175,9 @@ async fn asset(UrlPath(file): UrlPath<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
+        "optimizers.js" => (OPTIMIZERS_JS, "text/javascript; charset=utf-8"),
+        "cost.js" => (COST_JS, "text/javascript; charset=utf-8"),
+        "check.js" => (CHECK_JS, "text/javascript; charset=utf-8"),
         _ => return not_found(),
     };
     (
@@ -342,4 +356,17 @@ async fn file(State(runs): State<Arc<Runs>>, UrlPath(path): UrlPath<String>) -> 
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// Runs `work` on a blocking thread: its JSON, or 400 with its one-line error.
+async fn blocking_json(
+    work: impl FnOnce() -> Result<serde_json::Value, String> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => axum::Json(v).into_response(),
+        Ok(Err(msg)) => {
+            (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response()
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }

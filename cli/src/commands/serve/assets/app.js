@@ -39,12 +39,23 @@ function fmt(v) {
   return `${mant}e${e.replace("+", "")}`;
 }
 
+/** The lessons in their own scripts: path → [nav link, view]. */
+const LESSONS = {
+  "/optimizers": ["nav-optimizers", (main) => optimizersView(main)],
+  "/cost": ["nav-cost", (main) => costView(main)],
+  "/check": ["nav-check", (main) => checkView(main)],
+};
+
 function route() {
   const main = document.getElementById("main");
   main.replaceChildren();
   const path = location.pathname;
-  for (const id of ["nav-walk", "nav-runs"]) document.getElementById(id).classList.remove("here");
-  if (path.startsWith("/runs/")) {
+  for (const a of document.querySelectorAll("nav a")) a.classList.remove("here");
+  const lesson = LESSONS[path];
+  if (lesson) {
+    document.getElementById(lesson[0]).classList.add("here");
+    lesson[1](main);
+  } else if (path.startsWith("/runs/")) {
     document.getElementById("nav-runs").classList.add("here");
     runView(main, decodeURIComponent(path.slice(6)));
   } else if (path === "/runs") {
