@@ -11,9 +11,8 @@
 
 use crate::common::Server;
 use crate::lessons::{library_optimizer, library_path};
-use crate::serve_browser::{CHROMEDRIVER, CHROMIUM, Driver, click, screenshots, text_of, until};
-use fantoccini::{Client, ClientBuilder, Locator};
-use std::path::Path;
+use crate::serve_browser::{Driver, browser_at_hand, click, screenshots, session, text_of, until};
+use fantoccini::{Client, Locator};
 
 /// The number `shown` as the page prints it (six significant digits, trailing zeros
 /// dropped) agrees with `exact`: within half a unit of its sixth significant digit.
@@ -324,13 +323,7 @@ async fn check_view(c: &Client, server: &Server) {
 
 #[test]
 fn the_lessons_draw_the_engines_numbers_in_chromium() {
-    let required = std::env::var("CHAINRULE_BROWSER_TEST").is_ok_and(|v| v == "require");
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            !required,
-            "CHAINRULE_BROWSER_TEST=require, but {CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)"
-        );
-        eprintln!("skipped: needs {CHROMIUM} and {CHROMEDRIVER}");
+    if !browser_at_hand() {
         return;
     }
     let dir = crate::common::temp("lessons-browser");
@@ -341,20 +334,7 @@ fn the_lessons_draw_the_engines_numbers_in_chromium() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                         "--disable-gpu", "--window-size=1200,1100", "--hide-scrollbars"],
-            }),
-        );
-        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&driver.url)
-            .await
-            .expect("a Chromium session");
+        let c = session(&driver, [1200, 1100]).await;
         let base = server.url();
         optimizers_view(&c, &base).await;
         cost_view(&c, &base).await;

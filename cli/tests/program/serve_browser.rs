@@ -770,17 +770,44 @@ async fn run_pages(c: &Client, base: &str, runs: &Path) {
     std::fs::write(screenshots().join("runs-clipping.png"), png).unwrap();
 }
 
+/// Whether Chromium and its driver are installed; without them a browser test says so and
+/// passes, unless `CHAINRULE_BROWSER_TEST=require` (as in `.ci/run`), where it fails.
+pub(crate) fn browser_at_hand() -> bool {
+    let required = std::env::var("CHAINRULE_BROWSER_TEST").is_ok_and(|v| v == "require");
+    if Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists() {
+        return true;
+    }
+    assert!(
+        !required,
+        "CHAINRULE_BROWSER_TEST=require, but {CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)"
+    );
+    eprintln!(
+        "skipped: needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+    );
+    false
+}
+
+/// A headless Chromium session through `driver`, with a window of `[width, height]`.
+pub(crate) async fn session(driver: &Driver, [width, height]: [u32; 2]) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", format!("--window-size={width},{height}"), "--hide-scrollbars"],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
 #[test]
 fn the_page_walks_the_chain_rule_and_draws_a_run_in_chromium() {
-    let required = std::env::var("CHAINRULE_BROWSER_TEST").is_ok_and(|v| v == "require");
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            !required,
-            "CHAINRULE_BROWSER_TEST=require, but {CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)"
-        );
-        eprintln!(
-            "skipped: needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
-        );
+    if !browser_at_hand() {
         return;
     }
     let dir = crate::common::temp("serve-browser");
@@ -846,20 +873,7 @@ fn the_page_walks_the_chain_rule_and_draws_a_run_in_chromium() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                         "--disable-gpu", "--window-size=1200,820", "--hide-scrollbars"],
-            }),
-        );
-        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&driver.url)
-            .await
-            .expect("a Chromium session");
+        let c = session(&driver, [1200, 820]).await;
         let base = server.url();
         walk_view(&c, &base).await;
         walk_tells_the_truth(&c, &base).await;
