@@ -229,23 +229,9 @@ pub(super) fn w12_conv2(cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
 
     let mut gradients = Vec::new();
     for wrt_w in [true, false] {
-        tape.clear();
-        let (xv, wv) = if wrt_w {
-            (tape.constant(x.clone()), tape.var(w.clone()))
-        } else {
-            (tape.var(x.clone()), tape.constant(w.clone()))
-        };
-        let yv = xv.conv2d(wv, Some(tape.constant(b.clone())), opts)?;
-        let wrt = if wrt_w { wv } else { xv };
-        let mut grad = Tensor::zeros(&wrt.shape())?;
-        let mut failure = None;
-        let t = measure(budget, 10, || match tape.backward_with(yv, g.clone()) {
-            Ok(grads) => grad = grads.wrt(wrt).expect("one tape"),
-            Err(e) => failure = Some(e),
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        let (t, grad) = one_gradient(&mut tape, (&x, &w, &g), wrt_w, (budget, 10), |x, w| {
+            x.conv2d(w, Some(x.tape().constant(b.clone())), opts)
+        })?;
         let (name, reference): (_, &dyn Fn([usize; 4]) -> f64) = if wrt_w {
             ("w12_conv2_weight_grad", &dw_at)
         } else {

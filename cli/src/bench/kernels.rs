@@ -31,19 +31,14 @@ pub(super) fn square_matmul(n: usize, cfg: &BenchConfig) -> Result<BenchRow> {
     row.verify_product(err)
 }
 
-/// The three products of each W1 layer through the tape: `A·B` is the forward `X·W`
-/// recorded by `Var::matmul`; `Aᵀ·B` (`dW = Xᵀ·G`) and `A·Bᵀ` (`dX = G·Wᵀ`) are reverse
-/// sweeps (`backward_with`, seed `G`) of a recorded product where only `W`, or only `X`,
-/// needs a gradient; `layer` records the product with both as variables and runs the
-/// forward and a backward that gives both gradients (GFLOP/s over the three products).
-/// Every output is checked against f64 dot products.
-/// The time of the backward sweep of `X·W` for one operand's gradient (`W`'s with
-/// `wrt_w`, else `X`'s), seeded with `G`, and that gradient.
-fn one_gradient(
+/// The time of the backward sweep of `record(x, w)` for one operand's gradient (`w`'s
+/// with `wrt_w`, else `x`'s; the other is a constant), seeded with `g`, and that gradient.
+pub(super) fn one_gradient(
     tape: &mut Tape<f32>,
     (x, w, g): (&Tensor<f32>, &Tensor<f32>, &Tensor<f32>),
     wrt_w: bool,
-    budget: Duration,
+    (budget, min_reps): (Duration, usize),
+    record: impl for<'t> FnOnce(Var<'t, f32>, Var<'t, f32>) -> Result<Var<'t, f32>>,
 ) -> Result<(Timing, Tensor<f32>)> {
     tape.clear();
     let (xv, wv) = if wrt_w {
@@ -51,13 +46,15 @@ fn one_gradient(
     } else {
         (tape.var(x.clone()), tape.constant(w.clone()))
     };
-    let yv = xv.matmul(wv)?;
+    let yv = record(xv, wv)?;
     let wrt = if wrt_w { wv } else { xv };
     let mut grad = Tensor::zeros(&wrt.shape())?;
     let mut failure = None;
-    let t = measure(budget, 20, || match tape.backward_with(yv, g.clone()) {
-        Ok(grads) => grad = grads.wrt(wrt).expect("one tape"),
-        Err(e) => failure = Some(e),
+    let t = measure(budget, min_reps, || {
+        match tape.backward_with(yv, g.clone()) {
+            Ok(grads) => grad = grads.wrt(wrt).expect("one tape"),
+            Err(e) => failure = Some(e),
+        }
     });
     match failure {
         Some(e) => Err(e),
@@ -65,7 +62,14 @@ fn one_gradient(
     }
 }
 
-/// The layer products of a model, `X [m×k] · W [k×n]` for each `(m, k, n)` in `shapes`, rows
+/// The three products of each layer through the tape: `A·B` is the forward `X·W`
+/// recorded by `Var::matmul`; `Aᵀ·B` (`dW = Xᵀ·G`) and `A·Bᵀ` (`dX = G·Wᵀ`) are reverse
+/// sweeps (`backward_with`, seed `G`) of a recorded product where only `W`, or only `X`,
+/// needs a gradient; `layer` records the product with both as variables and runs the
+/// forward and a backward that gives both gradients (GFLOP/s over the three products).
+/// Every output is checked against f64 dot products.
+///
+/// The layers are `X [m×k] · W [k×n]` for each `(m, k, n)` in `shapes`, rows
 /// named `{workload}/{m}x{k}x{n}/{case}`, timed as the trainer runs them: with a second
 /// worker kept awake (woken from sleep for each product, it starts late on a small
 /// virtual machine, and a product of a few hundred microseconds then runs on one core).
@@ -146,12 +150,16 @@ fn layer_gemm_rows(
         rows.push(r.verify_product(y_err(&y))?);
 
         // weight gradient Xᵀ·G: only W needs a gradient
-        let (t, mut dw) = one_gradient(&mut tape, (&x, &w, &g), true, budget)?;
+        let (t, mut dw) = one_gradient(&mut tape, (&x, &w, &g), true, (budget, 20), |x, w| {
+            x.matmul(w)
+        })?;
         let r = row("Aᵀ·B", "Xᵀ·G (dW)", t, (k, n, m), 1.0);
         rows.push(r.verify_product(dw_err(&dw))?);
 
         // input gradient G·Wᵀ: only X needs a gradient
-        let (t, mut dx) = one_gradient(&mut tape, (&x, &w, &g), false, budget)?;
+        let (t, mut dx) = one_gradient(&mut tape, (&x, &w, &g), false, (budget, 20), |x, w| {
+            x.matmul(w)
+        })?;
         let r = row("A·Bᵀ", "G·Wᵀ (dX)", t, (m, k, n), 1.0);
         rows.push(r.verify_product(dx_err(&dx))?);
 

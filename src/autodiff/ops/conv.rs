@@ -6,7 +6,7 @@
 //! one product per chunk and the input gradient by scattering the columns' gradient back
 //! (col2im). Second order differentiates the same convolution written in built-in ops.
 
-use super::{Family, Grads, Op, Tangents, VarGrads};
+use super::{Family, Grads, Op, Tangents, VarGrads, row_sum};
 use crate::autodiff::suite::{Case, Domain, sample};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
@@ -242,27 +242,13 @@ const MIN_TASKS: usize = 16;
 impl ConvDims {
     /// Samples per task of both rules: each task lays out the patches of this many samples
     /// as the columns of one product (`[cg·kh·kw, samples·ho·wo]`), as many as fit in
-    /// [`PATCH_BYTES`], at least one and at most a [`MIN_TASKS`]th of the batch. It depends on the shapes alone, so that the
-    /// weight gradient's partial sums (and so its value) do not depend on the number of
-    /// threads.
+    /// [`PATCH_BYTES`], at least one and at most a [`MIN_TASKS`]th of the batch. It
+    /// depends on the shapes alone, so that the weight gradient's partial sums (and so its
+    /// value) do not depend on the number of threads.
     fn samples_per_task<T>(&self) -> usize {
         let per_sample = (self.k() * self.positions() * std::mem::size_of::<T>()).max(1);
         (PATCH_BYTES / per_sample).clamp(1, self.n.div_ceil(MIN_TASKS).max(1))
     }
-}
-
-/// The sum of a slice in sixteen interleaved partial sums, which vectorise (a single
-/// running sum waits on each addition in turn).
-fn lane_sum<T: Element>(v: &[T]) -> T {
-    let mut lanes = [T::zero(); 16];
-    let mut chunks = v.chunks_exact(16);
-    for c in &mut chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += x;
-        }
-    }
-    let tail: T = chunks.remainder().iter().copied().sum();
-    lanes.iter().copied().sum::<T>() + tail
 }
 
 /// `c ⟵ a·b` (or `c += a·b`): on this thread alone when the caller's parallel loop has
@@ -403,7 +389,7 @@ fn conv_vjp<T: Element>(
             if want_b {
                 let dbg = &mut db[grp * d.og..(grp + 1) * d.og];
                 for (acc, row) in dbg.iter_mut().zip(gc.chunks_exact(width)) {
-                    *acc += lane_sum(row);
+                    *acc += row_sum(row);
                 }
             }
             if want_w {

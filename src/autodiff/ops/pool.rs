@@ -95,6 +95,28 @@ fn for_each_tap(
     }
 }
 
+/// The first maximum among a window's taps (in-plane indices, in row-major order) and its
+/// index: a strict comparison keeps the first; selects, not branches, since which tap wins
+/// is data (unpredictable). A NaN counts as the maximum, so it propagates: the first one.
+#[inline(always)]
+fn first_max<T: Element>(xp: &[T], taps: impl Iterator<Item = usize> + Clone) -> (T, usize) {
+    let mut rest = taps.clone();
+    let first = rest.next().expect("a window has a tap inside the input");
+    let (mut b, mut i_b, mut nan) = (xp[first], first, xp[first].is_nan());
+    for i in rest {
+        let v = xp[i];
+        let take = v > b;
+        b = if take { v } else { b };
+        i_b = if take { i } else { i_b };
+        nan |= v.is_nan();
+    }
+    if nan {
+        i_b = taps.into_iter().find(|&i| xp[i].is_nan()).unwrap_or(i_b);
+        b = xp[i_b];
+    }
+    (b, i_b)
+}
+
 /// Max pooling: the output and, per output element, the input index of its window's
 /// first maximum (a NaN counts as the maximum, so it propagates).
 fn max_forward<T: Element>(x: &Tensor<T>, p: &Pool2dOptions) -> Result<(Tensor<T>, Arc<[usize]>)> {
@@ -113,62 +135,20 @@ fn max_forward<T: Element>(x: &Tensor<T>, p: &Pool2dOptions) -> Result<(Tensor<T
             (start + k).saturating_sub(pad).min(size),
         )
     };
-    // the first maximum of a window's taps (`(value, in-plane index)` in row-major order),
-    // a strict comparison keeping the first; selects, not branches, since which tap wins
-    // is data (unpredictable). `None` when a tap is NaN: the caller finds the first NaN.
-    let first_max = |taps: [(T, usize); 4]| {
-        let (mut b, mut i_b, mut nan) = (taps[0].0, taps[0].1, false);
-        for (v, i) in taps {
-            let take = v > b;
-            b = if take { v } else { b };
-            i_b = if take { i } else { i_b };
-            nan |= v.is_nan();
-        }
-        (!nan).then_some((b, i_b))
-    };
     let plane = |(plane, (bo, ao)): (usize, (&mut [T], &mut [usize]))| {
         let xp = &xs[plane * h * w..(plane + 1) * h * w];
-        if (kh, kw, ph, pw) == (2, 2, 0, 0) {
-            // the common 2×2 window without padding, with its four taps unrolled
-            let mut done = true;
-            for oh in 0..ho {
-                let (r0, r1) = (oh * sh * w, (oh * sh + 1) * w);
-                for ow in 0..wo {
-                    let c = ow * sw;
-                    let taps = [r0 + c, r0 + c + 1, r1 + c, r1 + c + 1].map(|i| (xp[i], i));
-                    let Some((b, i_b)) = first_max(taps) else {
-                        done = false;
-                        break;
-                    };
-                    let o = oh * wo + ow;
-                    (bo[o], ao[o]) = (b, plane * h * w + i_b);
-                }
-            }
-            if done {
-                return;
-            }
-        }
+        // the common 2×2 window without padding gets its four taps unrolled
+        let two_by_two = (kh, kw, ph, pw) == (2, 2, 0, 0);
         for oh in 0..ho {
             let (y0, y1) = span(oh * sh, ph, kh, h);
             for ow in 0..wo {
-                let (x0, x1) = span(ow * sw, pw, kw, w);
-                let (mut b, mut i_b, mut nan) = (xp[y0 * w + x0], y0 * w + x0, false);
-                for y in y0..y1 {
-                    for (i, &v) in (y * w + x0..).zip(&xp[y * w + x0..y * w + x1]) {
-                        // a strict comparison keeps the first maximum; selects, not
-                        // branches, since which tap wins is data (unpredictable)
-                        let take = v > b;
-                        b = if take { v } else { b };
-                        i_b = if take { i } else { i_b };
-                        nan |= v.is_nan();
-                    }
-                }
-                if nan {
-                    // a NaN counts as the maximum, so it propagates: the first one
-                    let rows = (y0..y1).flat_map(|y| y * w + x0..y * w + x1);
-                    i_b = rows.into_iter().find(|&i| xp[i].is_nan()).unwrap_or(i_b);
-                    b = xp[i_b];
-                }
+                let (b, i_b) = if two_by_two {
+                    let (r0, r1, c) = (oh * sh * w, (oh * sh + 1) * w, ow * sw);
+                    first_max(xp, [r0 + c, r0 + c + 1, r1 + c, r1 + c + 1].into_iter())
+                } else {
+                    let (x0, x1) = span(ow * sw, pw, kw, w);
+                    first_max(xp, (y0..y1).flat_map(move |y| y * w + x0..y * w + x1))
+                };
                 let o = oh * wo + ow;
                 (bo[o], ao[o]) = (b, plane * h * w + i_b);
             }

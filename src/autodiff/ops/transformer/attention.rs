@@ -4,8 +4,9 @@
 //! a product for the output), heads in parallel; under the causal mask the hidden keys
 //! are skipped.
 
+use super::super::row_sum;
 use super::super::{AttentionRecord, Grads, Op, Tangents};
-use super::{row_max, row_sum};
+use super::row_max;
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{

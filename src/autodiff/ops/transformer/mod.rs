@@ -37,34 +37,6 @@ pub(super) fn row_max<T: Element>(row: &[T]) -> T {
     m
 }
 
-/// The sum of a row, in eight lanes so that the loop vectorises.
-#[inline(always)]
-pub(super) fn row_sum<T: Element>(row: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let chunks = row.chunks_exact(8);
-    let rest = chunks.remainder().iter().fold(T::zero(), |s, &v| s + v);
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
-        }
-    }
-    acc.iter().fold(rest, |s, &a| s + a)
-}
-
-/// `Σ a·b` of two rows, in eight lanes so that the loop vectorises.
-#[inline(always)]
-pub(super) fn row_dot<T: Element>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let rest = (ca.remainder().iter().zip(cb.remainder())).fold(T::zero(), |s, (&x, &y)| s + x * y);
-    for (x, y) in ca.zip(cb) {
-        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    acc.iter().fold(rest, |s, &v| s + v)
-}
-
 /// Layer normalisation and attention.
 pub(crate) struct Transformer;
 

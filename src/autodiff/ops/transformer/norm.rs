@@ -2,7 +2,7 @@
 //! backward per row, keeping only each row's mean and 1/σ for the reverse rule.
 
 use super::super::{Grads, Op, Tangents};
-use super::{row_dot, row_sum};
+use super::super::{row_dot, row_sum};
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, PARALLEL_MIN_LEN, Tensor, with_avx2};
